@@ -1,0 +1,40 @@
+# Visor. `make run` starts a dev agent with embedded etcd; `make test` runs the suite.
+GO        ?= go
+BIN       := bin/visor
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS   := -X github.com/visorhq/visor/internal/version.Version=$(VERSION) \
+             -X github.com/visorhq/visor/internal/version.Commit=$(COMMIT) \
+             -X github.com/visorhq/visor/internal/version.Date=$(DATE)
+# Tests that need root or long runs opt in through these.
+TESTFLAGS ?= -race -timeout 20m
+
+.PHONY: all build run test vet fmt bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/visor
+
+## run: the dev agent with embedded etcd on 127.0.0.1:2379 (Ctrl-C stops it).
+run: build
+	./$(BIN) agent -dev
+
+## test: vet, formatting and the whole suite (real etcd embedded, real processes) with -race.
+test: vet
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
+	$(GO) test $(TESTFLAGS) ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w .
+
+## bench: Go benchmarks of the registry and supervisor (figures go to BENCHMARKS.md).
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./registry/ ./supervisor/
+
+clean:
+	rm -rf bin

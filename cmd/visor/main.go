@@ -1,0 +1,4 @@
+// Command visor is the Visor CLI and host agent.
+package main
+
+func main() {}

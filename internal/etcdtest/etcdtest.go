@@ -1,0 +1,84 @@
+package etcdtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/embedetcd"
+)
+
+// Cluster is one embedded etcd member started for a test.
+type Cluster struct {
+	srv *embedetcd.Server
+}
+
+var prefixSeq atomic.Int64
+
+// New starts an embedded etcd member and registers its shutdown with
+// t.Cleanup. It skips the test under -short.
+func New(t testing.TB) *Cluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("etcdtest: skipped in -short mode (starts an embedded etcd)")
+	}
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		cport, pport := freePort(t), freePort(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		srv, err := embedetcd.Start(ctx, embedetcd.Config{
+			Dir:       t.TempDir(),
+			Name:      "test",
+			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", cport),
+			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", pport),
+			Unsafe:    true,
+		})
+		cancel()
+		if err != nil {
+			// A free port can be taken between probing and binding; try again.
+			lastErr = err
+			continue
+		}
+		t.Cleanup(srv.Close)
+		return &Cluster{srv: srv}
+	}
+	t.Fatalf("etcdtest: start embedded etcd: %v", lastErr)
+	return nil
+}
+
+// Endpoints returns the client endpoints of the member.
+func (c *Cluster) Endpoints() []string { return []string{c.srv.Endpoint()} }
+
+// Client returns a new client connected to the member, closed at cleanup.
+func (c *Cluster) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("etcdtest: client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// Prefix returns a key prefix unique to this test, so that several tests can
+// share one member.
+func Prefix(t testing.TB) string {
+	name := strings.NewReplacer("/", "-", " ", "-").Replace(strings.ToLower(t.Name()))
+	return fmt.Sprintf("/t%d-%s/", prefixSeq.Add(1), name)
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("etcdtest: free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
