@@ -1,4 +1,187 @@
-// Command visor is the Visor CLI and host agent.
+// Command visor is the Visor CLI and host agent in one binary.
+//
+// `visor agent` runs the per-host daemon; every other subcommand talks to the
+// registry (etcd) directly, or to an agent's local API. main stays thin: it
+// parses flags, builds the root logger and calls into the packages.
 package main
 
-func main() {}
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// errUsage marks an error whose message is a usage problem; the exit code is 2.
+var errUsage = errors.New("usage")
+
+// usageError returns an error wrapping errUsage with a one-line message.
+func usageError(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+// run executes one invocation and returns the process exit code. It is the
+// whole program minus os.Exit, so tests can call it.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := rootCommand()
+	err := root.execute(ctx, e, args)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "visor: %s\n", strings.TrimPrefix(err.Error(), "usage: "))
+		return 2
+	default:
+		fmt.Fprintf(stderr, "visor: %s\n", err)
+		return 1
+	}
+}
+
+// command is one node of the CLI tree: a group with subcommands, or a leaf
+// with a Run function. Commands register themselves with register in an
+// init function of the file that implements them, one file per area.
+type command struct {
+	// Name is the word that selects the command ("app", "create").
+	Name string
+	// Args documents the positional arguments, e.g. "APP [APP...]".
+	Args string
+	// Short is a one-line description shown in the parent's help.
+	Short string
+	// Long is optional extra help text.
+	Long string
+	// Flags declares the command's own flags; global flags are added to
+	// every leaf automatically. May be nil.
+	Flags func(fs *flag.FlagSet)
+	// Run executes a leaf command with the positional arguments left after
+	// flag parsing. Nil for groups.
+	Run func(ctx context.Context, e *env, args []string) error
+	// Subs are the subcommands of a group.
+	Subs []*command
+
+	parent *command
+}
+
+var topLevel []*command
+
+// register adds a top-level command. Call it from init.
+func register(c *command) { topLevel = append(topLevel, c) }
+
+func rootCommand() *command {
+	root := &command{Name: "visor", Short: "run a fleet's processes from an etcd registry"}
+	subs := append([]*command(nil), topLevel...)
+	sort.Slice(subs, func(i, j int) bool { return subs[i].Name < subs[j].Name })
+	root.Subs = subs
+	root.link()
+	return root
+}
+
+func (c *command) link() {
+	for _, s := range c.Subs {
+		s.parent = c
+		s.link()
+	}
+}
+
+func (c *command) path() string {
+	if c.parent == nil {
+		return c.Name
+	}
+	return c.parent.path() + " " + c.Name
+}
+
+// execute parses args for c: global flags and, for a group, the next word
+// selects a subcommand; for a leaf, the command's flags and then Run.
+func (c *command) execute(ctx context.Context, e *env, args []string) error {
+	fs := flag.NewFlagSet(c.path(), flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	e.globals.bind(fs)
+	if c.Flags != nil {
+		c.Flags(fs)
+	}
+	fs.Usage = func() { c.usage(e.stderr, fs) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %s", errUsage, err.Error())
+	}
+	rest := fs.Args()
+	if c.Run != nil {
+		// Allow flags after positional arguments ("visor app show web -o json").
+		rest, err := parseInterspersed(fs, rest)
+		if err != nil {
+			return fmt.Errorf("%w: %s", errUsage, err.Error())
+		}
+		return c.Run(ctx, e, rest)
+	}
+	if len(rest) == 0 {
+		c.usage(e.stderr, fs)
+		return usageError("%s: missing command", c.path())
+	}
+	if rest[0] == "help" {
+		c.usage(e.stdout, fs)
+		return nil
+	}
+	for _, s := range c.Subs {
+		if s.Name == rest[0] {
+			return s.execute(ctx, e, rest[1:])
+		}
+	}
+	return usageError("%s: unknown command %q (see '%s --help')", c.path(), rest[0], c.path())
+}
+
+// parseInterspersed parses flags that follow positional arguments and
+// returns the positional arguments in order. "--" ends flag parsing.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		a := args[0]
+		if a == "--" {
+			pos = append(pos, args[1:]...)
+			break
+		}
+		if len(a) > 1 && a[0] == '-' {
+			if err := fs.Parse(args); err != nil {
+				return nil, err
+			}
+			args = fs.Args()
+			continue
+		}
+		pos = append(pos, a)
+		args = args[1:]
+	}
+	return pos, nil
+}
+
+func (c *command) usage(w io.Writer, fs *flag.FlagSet) {
+	if c.Run != nil {
+		fmt.Fprintf(w, "Usage: %s [flags] %s\n\n%s\n", c.path(), c.Args, c.Short)
+	} else {
+		fmt.Fprintf(w, "Usage: %s COMMAND [flags]\n\n%s\n\nCommands:\n", c.path(), c.Short)
+		for _, s := range c.Subs {
+			fmt.Fprintf(w, "  %-10s %s\n", s.Name, s.Short)
+		}
+	}
+	if c.Long != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.Long))
+	}
+	fmt.Fprintf(w, "\nFlags:\n")
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
