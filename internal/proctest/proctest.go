@@ -1,0 +1,231 @@
+package proctest
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// EnvVar, set to "1", makes Main run the workload named by os.Args[1].
+const EnvVar = "VISOR_PROCTEST"
+
+// Main runs the workload and exits when the process was started through
+// Command and Env; otherwise it returns at once. Call it first in TestMain.
+func Main() {
+	if os.Getenv(EnvVar) != "1" || len(os.Args) < 2 {
+		return
+	}
+	os.Exit(run(os.Args[1], os.Args[2:]))
+}
+
+// Binary returns the absolute path of the running test binary.
+func Binary() string {
+	p, err := os.Executable()
+	if err != nil {
+		p = os.Args[0]
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
+	}
+	return p
+}
+
+// Command returns the argv that runs workload with args.
+func Command(workload string, args ...string) []string {
+	return append([]string{Binary(), workload}, args...)
+}
+
+// Env returns the environment a workload needs (EnvVar and PATH).
+func Env() []string {
+	return []string{EnvVar + "=1", "PATH=" + os.Getenv("PATH")}
+}
+
+// Exec returns an *exec.Cmd running the workload, for bare os/exec comparisons.
+func Exec(workload string, args ...string) *exec.Cmd {
+	argv := Command(workload, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = Env()
+	return cmd
+}
+
+func run(workload string, args []string) int {
+	arg := func(i int, def string) string {
+		if i < len(args) {
+			return args[i]
+		}
+		return def
+	}
+	dur := func(s string) time.Duration {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "proctest: bad duration %q\n", s)
+			os.Exit(2)
+		}
+		return d
+	}
+	num := func(s string) int {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "proctest: bad number %q\n", s)
+			os.Exit(2)
+		}
+		return n
+	}
+	switch workload {
+	case "sleep":
+		// sleep [D]: sleep D (default: forever), then exit 0.
+		if d := arg(0, ""); d != "" {
+			time.Sleep(dur(d))
+			return 0
+		}
+		select {}
+	case "exit":
+		// exit N: exit at once with code N.
+		return num(arg(0, "0"))
+	case "crash-after":
+		// crash-after D: run D, then exit 1.
+		time.Sleep(dur(arg(0, "0s")))
+		fmt.Fprintln(os.Stderr, "crashing")
+		return 1
+	case "ignore-sigterm":
+		// ignore-sigterm [FILE]: ignore SIGTERM, write FILE when ready, run forever.
+		signal.Ignore(syscall.SIGTERM)
+		ready(arg(0, ""), strconv.Itoa(os.Getpid()))
+		select {}
+	case "spawn-grandchild":
+		// spawn-grandchild FILE: start an ignore-sigterm grandchild in our
+		// process group, write its pid to FILE, run forever.
+		cmd := Exec("ignore-sigterm")
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		ready(arg(0, ""), strconv.Itoa(cmd.Process.Pid))
+		select {}
+	case "print-lines":
+		// print-lines N [WIDTH]: write N numbered lines of WIDTH bytes to
+		// stdout and one line to stderr, then exit 0.
+		n, width := num(arg(0, "1")), num(arg(1, "0"))
+		pad := ""
+		if width > 10 {
+			pad = strings.Repeat("x", width-10)
+		}
+		for i := range n {
+			fmt.Fprintf(os.Stdout, "line %05d%s\n", i, pad)
+		}
+		fmt.Fprintln(os.Stderr, "done")
+		return 0
+	case "alloc":
+		// alloc MB: allocate and touch MB MiB, then run forever.
+		mb := num(arg(0, "1"))
+		var keep [][]byte
+		for range mb {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			keep = append(keep, b)
+		}
+		fmt.Fprintln(os.Stdout, "allocated", len(keep))
+		select {}
+	case "listen-port":
+		// listen-port ADDR [FILE]: serve HTTP 200 on ADDR (and accept TCP),
+		// write FILE when listening, run forever.
+		ln, err := net.Listen("tcp", arg(0, "127.0.0.1:0"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		ready(arg(1, ""), ln.Addr().String())
+		return func() int {
+			err := http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				fmt.Fprintln(w, "ok")
+			}))
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}()
+	case "crash-seq":
+		// crash-seq FILE D1,D2,...: the k-th run (counted in FILE) lives Dk
+		// and exits 1; once the list is used up it runs forever.
+		file, seq := arg(0, ""), strings.Split(arg(1, ""), ",")
+		k := 0
+		if b, err := os.ReadFile(file); err == nil {
+			k, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		if err := os.WriteFile(file, []byte(strconv.Itoa(k+1)), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		if k >= len(seq) {
+			select {}
+		}
+		time.Sleep(dur(seq[k]))
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "proctest: unknown workload %q\n", workload)
+	return 2
+}
+
+// ready writes content to file atomically, if file is set.
+func ready(file, content string) {
+	if file == "" {
+		return
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err == nil {
+		_ = os.Rename(tmp, file)
+	}
+}
+
+// WaitFor polls cond every few milliseconds until it returns true, failing
+// the test with what when timeout passes first.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		case <-tick.C:
+		}
+	}
+}
+
+// ReadFile waits until file exists and returns its content.
+func ReadFile(t testing.TB, timeout time.Duration, file string) string {
+	t.Helper()
+	var b []byte
+	WaitFor(t, timeout, "file "+filepath.Base(file), func() bool {
+		var err error
+		b, err = os.ReadFile(file)
+		return err == nil
+	})
+	return string(b)
+}
+
+// Alive reports whether pid names a live process (present and not a zombie).
+func Alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return false
+	}
+	st := s[i+2]
+	return st != 'Z' && st != 'X'
+}
