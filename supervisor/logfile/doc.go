@@ -1,0 +1,48 @@
+// Package logfile writes, rotates, tails and follows the stdout/stderr log
+// files of supervised processes.
+//
+// # Design
+//
+// The child writes straight into its log file: the supervisor opens the file
+// with [OpenAppend] and hands the descriptor to the child as stdout or
+// stderr. There is no pipe and no per-process log helper, so output keeps
+// flowing while the agent is down (processes outlive the agent) and costs the
+// agent nothing per process.
+//
+// Because the agent does not sit in the write path, rotation works on the
+// file in place, done by one [Rotator] goroutine for all files. The active
+// file keeps its name; rotated files are path.1 (newest) … path.N (oldest,
+// N = Options.MaxFiles); older ones are dropped. When a file grows past
+// Options.MaxBytes the Rotator copies its head into path.1 (after shifting
+// path.1..N-1 up by one) and then removes that head from the active file:
+//
+//   - collapse mode (Linux, ext4/xfs): the copied head, rounded down to the
+//     file system block size, is removed with fallocate(FALLOC_FL_COLLAPSE_RANGE).
+//     The kernel serialises this with O_APPEND writes, so no byte is lost and
+//     none is duplicated. The cut is block-aligned, so a line may be split
+//     between path.1 and the active file.
+//   - truncate mode (everything else): copy, then copy whatever was appended
+//     meanwhile (bounded rounds), then ftruncate to zero. Bytes written between
+//     the last copy round and the truncate are lost; that window is two system
+//     calls wide. O_APPEND writers continue at the new end. The cut is wherever
+//     the writer was, so the rotated file ends with whole lines whenever the
+//     child writes whole lines (line-buffered output).
+//
+// A rotation in collapse mode is recorded in the extended attribute
+// "user.visor.logfile.base" (bytes removed from the head so far), so that
+// [Follow] keeps its position exactly across rotations. Without it, Follow
+// notices the shrink and restarts at the beginning of the file.
+//
+// Size checks cost nothing while files are quiet: the Rotator watches the
+// directories with inotify (IN_MODIFY) and stats only the files that changed,
+// plus a full rescan every [RescanInterval] as a safety net (and on inotify
+// queue overflow). Without inotify it falls back to a ticker.
+//
+// [Tail] reads backwards in blocks and never loads the whole file; [Follow]
+// streams appended data using inotify and survives rotation, truncation and
+// rename-and-recreate. Both cut lines longer than Options.MaxLineBytes and
+// append [TruncatedMarker].
+//
+// This package must not import go.etcd.io/..., the registry, the agent, or
+// the supervisor package itself (the supervisor imports it).
+package logfile

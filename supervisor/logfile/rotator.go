@@ -1,0 +1,371 @@
+package logfile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// RescanInterval is how often the Rotator checks every registered file even
+// without inotify events, as a safety net against lost events.
+const RescanInterval = 30 * time.Second
+
+// maxTailRounds bounds the copy rounds of truncate-mode rotation.
+const maxTailRounds = 8
+
+// Rotator rotates registered log files by size. One Rotator serves all
+// files of an agent with a single goroutine ([Rotator.Run]). Add and Remove
+// may be called at any time, from any goroutine.
+type Rotator struct {
+	logger hclog.Logger
+
+	// forceTruncate disables collapse mode (tests and benchmarks).
+	forceTruncate bool
+
+	// mu guards everything below.
+	mu      sync.Mutex
+	files   map[string]*entry // by cleaned path
+	dirs    map[string]*dirWatch
+	wds     map[int]string // watch descriptor -> dir
+	w       *watcher       // non-nil while Run is active
+	running bool
+}
+
+type entry struct {
+	path string
+	dir  string
+	name string
+	opts Options
+}
+
+type dirWatch struct {
+	refs int
+	wd   int // -1 when not watched
+}
+
+// NewRotator returns a Rotator logging to logger (nil means no logging).
+func NewRotator(logger hclog.Logger) *Rotator {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &Rotator{
+		logger: logger.Named("logrotate"),
+		files:  make(map[string]*entry),
+		dirs:   make(map[string]*dirWatch),
+		wds:    make(map[int]string),
+	}
+}
+
+// Add registers path for rotation with o (zero or negative fields take their
+// defaults; callers validate first with [Options.Validate]). Adding a path
+// again replaces its options. A missing parent directory is created (0750)
+// so that it can be watched.
+func (r *Rotator) Add(path string, o Options) {
+	path = filepath.Clean(path)
+	e := &entry{path: path, dir: filepath.Dir(path), name: filepath.Base(path), opts: o.WithDefaults()}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.files[path]; ok {
+		old.opts = e.opts
+		return
+	}
+	r.files[path] = e
+	d, ok := r.dirs[e.dir]
+	if !ok {
+		d = &dirWatch{wd: -1}
+		r.dirs[e.dir] = d
+	}
+	d.refs++
+	if r.w != nil && d.wd < 0 {
+		r.watchLocked(e.dir, d)
+	}
+}
+
+// Remove unregisters path. Its files are left in place.
+func (r *Rotator) Remove(path string) {
+	path = filepath.Clean(path)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.files[path]
+	if !ok {
+		return
+	}
+	delete(r.files, path)
+	d := r.dirs[e.dir]
+	d.refs--
+	if d.refs > 0 {
+		return
+	}
+	delete(r.dirs, e.dir)
+	if d.wd >= 0 {
+		delete(r.wds, d.wd)
+		if r.w != nil {
+			r.w.remove(d.wd)
+		}
+	}
+}
+
+func (r *Rotator) watchLocked(dir string, d *dirWatch) {
+	wd, err := r.w.add(dir, maskRotator)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Registered before OpenAppend created it: create it the same way.
+		if mkErr := os.MkdirAll(dir, 0o750); mkErr == nil {
+			wd, err = r.w.add(dir, maskRotator)
+		}
+	}
+	if err != nil {
+		// The periodic rescan still covers this directory.
+		r.logger.Warn("cannot watch log dir", "dir", dir, "error", err)
+		return
+	}
+	d.wd = wd
+	r.wds[wd] = dir
+}
+
+// Run rotates files until ctx is done, then returns nil. It is the only
+// goroutine doing rotation work and returns after it stops; it must not be
+// called twice concurrently (ErrRunning).
+func (r *Rotator) Run(ctx context.Context) error {
+	w, err := newWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	stop := w.interruptOn(ctx)
+	defer stop()
+
+	r.mu.Lock()
+	if r.running {
+		r.mu.Unlock()
+		return ErrRunning
+	}
+	r.running = true
+	r.w = w
+	for dir, d := range r.dirs {
+		r.watchLocked(dir, d)
+	}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.running = false
+		r.w = nil
+		clear(r.wds)
+		for _, d := range r.dirs {
+			d.wd = -1
+		}
+		r.mu.Unlock()
+	}()
+
+	r.scanAll()
+	for {
+		evs, err := w.read(ctx, RescanInterval)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if evs == nil {
+			r.scanAll()
+			continue
+		}
+		r.handle(evs)
+	}
+}
+
+// handle checks the files named by evs (each at most once per batch).
+func (r *Rotator) handle(evs []event) {
+	var todo []entry
+	seen := make(map[string]bool)
+	r.mu.Lock()
+	for _, ev := range evs {
+		if ev.overflow {
+			r.mu.Unlock()
+			r.scanAll()
+			return
+		}
+		dir, ok := r.wds[ev.wd]
+		if !ok {
+			continue
+		}
+		if ev.ignored {
+			// The directory went away; a later Add or rescan re-watches it.
+			delete(r.wds, ev.wd)
+			if d := r.dirs[dir]; d != nil {
+				d.wd = -1
+			}
+			continue
+		}
+		p := filepath.Join(dir, ev.name)
+		if e, ok := r.files[p]; ok && !seen[p] {
+			seen[p] = true
+			todo = append(todo, *e)
+		}
+	}
+	r.mu.Unlock()
+	for _, e := range todo {
+		r.check(e)
+	}
+}
+
+// scanAll checks every registered file and re-watches unwatched dirs.
+func (r *Rotator) scanAll() {
+	r.mu.Lock()
+	todo := make([]entry, 0, len(r.files))
+	for _, e := range r.files {
+		todo = append(todo, *e)
+	}
+	if r.w != nil {
+		for dir, d := range r.dirs {
+			if d.wd < 0 {
+				if _, err := os.Stat(dir); err == nil {
+					r.watchLocked(dir, d)
+				}
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, e := range todo {
+		r.check(e)
+	}
+}
+
+// check rotates e if it is over its limit. Errors are logged: one bad file
+// must not stop rotation of the others.
+func (r *Rotator) check(e entry) {
+	st, err := os.Stat(e.path)
+	if err != nil || st.Size() <= e.opts.MaxBytes {
+		return
+	}
+	mode, err := r.rotate(e.path, e.opts)
+	if err != nil {
+		r.logger.Warn("log rotation failed", "path", e.path, "error", err)
+		return
+	}
+	r.logger.Debug("log rotated", "path", e.path, "mode", mode)
+}
+
+// rotate rotates path now if it is larger than o.MaxBytes and reports the
+// mode used ("collapse" or "truncate"; "" when nothing was done).
+func (r *Rotator) rotate(path string, o Options) (string, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return "", fmt.Errorf("open: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("stat: %w", err)
+	}
+	size := st.Size()
+	if size <= o.MaxBytes {
+		return "", nil
+	}
+	tmp := path + ".rotating"
+	dst, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, st.Mode().Perm())
+	if err != nil {
+		return "", fmt.Errorf("create %s: %w", filepath.Base(tmp), err)
+	}
+	defer func() {
+		if dst != nil {
+			dst.Close()
+			os.Remove(tmp)
+		}
+	}()
+
+	mode := "truncate"
+	if k := collapseLen(size, blockSize(st)); k > 0 && !r.forceTruncate {
+		if err := copyRange(dst, f, 0, k); err != nil {
+			return "", err
+		}
+		switch err := collapseHead(f, k); {
+		case err == nil:
+			mode = "collapse"
+			addBase(f, k)
+		case errors.Is(err, errCollapseUnsupported):
+			if err := dst.Truncate(0); err != nil {
+				return "", fmt.Errorf("reset %s: %w", filepath.Base(tmp), err)
+			}
+			if _, err := dst.Seek(0, io.SeekStart); err != nil {
+				return "", fmt.Errorf("reset %s: %w", filepath.Base(tmp), err)
+			}
+		default:
+			return "", err
+		}
+	}
+	if mode == "truncate" {
+		// Copy, then what was appended meanwhile, then truncate at once:
+		// only bytes written between the last round and the truncate are lost.
+		var copied int64
+		for range maxTailRounds {
+			st, err := f.Stat()
+			if err != nil {
+				return "", fmt.Errorf("stat: %w", err)
+			}
+			if st.Size() <= copied {
+				break
+			}
+			if err := copyRange(dst, f, copied, st.Size()-copied); err != nil {
+				return "", err
+			}
+			copied = st.Size()
+		}
+		if err := f.Truncate(0); err != nil {
+			return "", fmt.Errorf("truncate: %w", err)
+		}
+		addBase(f, copied)
+	}
+	if err := dst.Close(); err != nil {
+		return "", fmt.Errorf("close %s: %w", filepath.Base(tmp), err)
+	}
+	dst = nil
+	for i := o.MaxFiles - 1; i >= 1; i-- {
+		err := os.Rename(rotatedName(path, i), rotatedName(path, i+1))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			os.Remove(tmp)
+			return "", fmt.Errorf("shift rotated files: %w", err)
+		}
+	}
+	if err := os.Rename(tmp, rotatedName(path, 1)); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("rename rotated file: %w", err)
+	}
+	return mode, nil
+}
+
+// collapseLen is the block-aligned head length to collapse from a file of
+// the given size: the largest multiple of bs strictly below size.
+func collapseLen(size, bs int64) int64 {
+	if bs <= 0 {
+		return 0
+	}
+	k := (size / bs) * bs
+	if k >= size {
+		k -= bs
+	}
+	return k
+}
+
+// copyRange copies n bytes of src starting at off to the end of dst
+// (copy_file_range where the kernel offers it).
+func copyRange(dst, src *os.File, off, n int64) error {
+	if _, err := src.Seek(off, io.SeekStart); err != nil {
+		return fmt.Errorf("seek: %w", err)
+	}
+	got, err := dst.ReadFrom(io.LimitReader(src, n))
+	if err != nil {
+		return fmt.Errorf("copy to rotated file: %w", err)
+	}
+	if got != n {
+		return fmt.Errorf("copy to rotated file: short copy %d of %d bytes: %w", got, n, io.ErrUnexpectedEOF)
+	}
+	return nil
+}

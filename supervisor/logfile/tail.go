@@ -1,0 +1,136 @@
+package logfile
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"unicode/utf8"
+)
+
+// tailBlock is the size of the blocks Tail reads backwards.
+const tailBlock = 64 << 10
+
+// ErrNegativeCount is returned (wrapped) by Tail for n < 0.
+var ErrNegativeCount = errors.New("logfile: negative line count")
+
+// Tail returns the last n lines of the log at path with default options.
+// See [Options.Tail].
+func Tail(path string, n int) ([]string, error) {
+	return Options{}.Tail(path, n)
+}
+
+// Tail returns the last n lines of the log at path, oldest first, without
+// their newlines. When the active file holds fewer than n lines, older lines
+// come from the rotated files path.1 … path.MaxFiles. Files are read
+// backwards in blocks, so the cost depends on n and the line lengths, not on
+// the file size. Lines longer than MaxLineBytes are cut and end with
+// TruncatedMarker.
+func (o Options) Tail(path string, n int) ([]string, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("%w: %d", ErrNegativeCount, n)
+	}
+	o = o.WithDefaults()
+	var out []string
+	for i := 0; i <= o.MaxFiles && len(out) < n; i++ {
+		p := path
+		if i > 0 {
+			p = rotatedName(path, i)
+		}
+		lines, err := tailFile(p, n-len(out), o.MaxLineBytes)
+		if err != nil {
+			if i > 0 && errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			return nil, err
+		}
+		out = append(lines, out...)
+	}
+	return out, nil
+}
+
+// tailFile returns the last n lines of one file.
+func tailFile(path string, n, maxLine int) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("tail: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("tail: %w", err)
+	}
+	size := st.Size()
+	if n == 0 || size == 0 {
+		return nil, nil
+	}
+
+	// Find line boundaries scanning backwards; content is read afterwards,
+	// capped per line, so a huge line costs no memory.
+	type span struct{ start, end int64 }
+	spans := make([]span, 0, n)
+	buf := make([]byte, tailBlock)
+	end := size // end of the line being collected (exclusive)
+	pos := size
+	var last [1]byte
+	if _, err := f.ReadAt(last[:], size-1); err != nil {
+		return nil, fmt.Errorf("tail: %w", err)
+	}
+	if last[0] == '\n' {
+		end, pos = size-1, size-1
+	}
+	for pos > 0 && len(spans) < n {
+		blk := min(int64(tailBlock), pos)
+		b := buf[:blk]
+		if _, err := f.ReadAt(b, pos-blk); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("tail: %w", err)
+		}
+		for len(b) > 0 && len(spans) < n {
+			i := bytes.LastIndexByte(b, '\n')
+			if i < 0 {
+				break
+			}
+			nl := pos - blk + int64(i)
+			spans = append(spans, span{nl + 1, end})
+			end = nl
+			b = b[:i]
+		}
+		pos -= blk
+	}
+	if len(spans) < n && pos == 0 {
+		spans = append(spans, span{0, end})
+	}
+
+	lines := make([]string, len(spans))
+	for i, s := range spans {
+		l := s.end - s.start
+		cut := l > int64(maxLine)
+		if cut {
+			l = int64(maxLine)
+		}
+		b := make([]byte, l)
+		if _, err := f.ReadAt(b, s.start); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("tail: %w", err)
+		}
+		if cut {
+			b = append(trimPartialRune(b), TruncatedMarker...)
+		}
+		lines[len(spans)-1-i] = string(b)
+	}
+	return lines, nil
+}
+
+// trimPartialRune drops an incomplete UTF-8 sequence at the end of b.
+func trimPartialRune(b []byte) []byte {
+	for i := 1; i <= utf8.UTFMax && i <= len(b); i++ {
+		if utf8.RuneStart(b[len(b)-i]) {
+			if !utf8.FullRune(b[len(b)-i:]) {
+				return b[:len(b)-i]
+			}
+			return b
+		}
+	}
+	return b
+}
