@@ -1,0 +1,279 @@
+package discovery
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/miekg/dns"
+)
+
+// DNSServer answers DNS questions about healthy endpoints over UDP and TCP:
+//
+//	SRV  <proc>.<app>.visor.         one record per endpoint: port and a target
+//	A    <proc>.<app>.visor.         IPv4 addresses of the endpoints
+//	AAAA <proc>.<app>.visor.         IPv6 addresses of the endpoints
+//	A/AAAA <hex-ip>.addr.visor.      the address encoded in the name (SRV targets)
+//
+// A service name's labels appear in reverse order under Domain, so service
+// "web.api" (app web, proc api) is "api.web.visor." and an external service
+// "payments" is "payments.visor.". SRV answers carry the target's address
+// records in the additional section. A name without healthy endpoints is
+// NXDOMAIN. Answers have a TTL of TTL seconds, so clients re-ask soon.
+type DNSServer struct {
+	// Addr is the UDP and TCP address to listen on, e.g. "127.0.0.1:8600".
+	// Ignored for a protocol whose PacketConn or Listener is set.
+	Addr string
+	// Domain is the zone served; default "visor.".
+	Domain string
+	// Store is where endpoints are looked up.
+	Store *Store
+	// Logger receives lifecycle messages; default: discard.
+	Logger hclog.Logger
+	// TTL of answers; default 5s.
+	TTL time.Duration
+	// PacketConn and Listener, when set, are used instead of listening on
+	// Addr (tests, socket activation). Run closes them.
+	PacketConn net.PacketConn
+	Listener   net.Listener
+}
+
+// lookupTimeout bounds the etcd read behind one question.
+const lookupTimeout = 2 * time.Second
+
+// Run serves until ctx ends, then shuts both listeners down and returns
+// nil once they are closed. A listen or serve failure is returned.
+func (d *DNSServer) Run(ctx context.Context) error {
+	if d.Store == nil {
+		return errors.New("discovery: dns server needs a Store")
+	}
+	log := d.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	log = log.Named("dns")
+	domain := dns.Fqdn(strings.ToLower(d.Domain))
+	if d.Domain == "" {
+		domain = "visor."
+	}
+	ttl := uint32(5)
+	if d.TTL > 0 {
+		ttl = uint32(max(d.TTL/time.Second, 1))
+	}
+	pc, ln := d.PacketConn, d.Listener
+	if pc == nil {
+		var err error
+		if pc, err = net.ListenPacket("udp", d.Addr); err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return fmt.Errorf("dns listen udp %s: %w", d.Addr, err)
+		}
+	}
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", d.Addr); err != nil {
+			pc.Close()
+			return fmt.Errorf("dns listen tcp %s: %w", d.Addr, err)
+		}
+	}
+	r := &resolver{store: d.Store, domain: domain, ttl: ttl, log: log, base: ctx}
+	handler := dns.HandlerFunc(r.serve)
+
+	servers := []*dns.Server{
+		{PacketConn: pc, Handler: handler},
+		{Listener: ln, Handler: handler},
+	}
+	errs := make(chan error, len(servers))
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- srv.ActivateAndServe()
+		}()
+		select {
+		case <-started:
+		case err := <-errs:
+			errs <- err
+		}
+	}
+	log.Info("dns server listening", "udp", pc.LocalAddr().String(), "tcp", ln.Addr().String(), "domain", domain)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	for _, srv := range servers {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = srv.ShutdownContext(sctx) // "server not started" when its serve already failed
+		cancel()
+	}
+	pc.Close()
+	ln.Close()
+	wg.Wait()
+	if runErr != nil {
+		return fmt.Errorf("dns serve: %w", runErr)
+	}
+	return nil
+}
+
+// resolver answers one question at a time from the Store.
+type resolver struct {
+	store  *Store
+	domain string
+	ttl    uint32
+	log    hclog.Logger
+	base   context.Context
+}
+
+func (r *resolver) serve(w dns.ResponseWriter, req *dns.Msg) {
+	resp := new(dns.Msg)
+	resp.SetReply(req)
+	resp.Authoritative = true
+	if len(req.Question) != 1 {
+		resp.Rcode = dns.RcodeFormatError
+		_ = w.WriteMsg(resp)
+		return
+	}
+	q := req.Question[0]
+	ctx, cancel := context.WithTimeout(r.base, lookupTimeout)
+	defer cancel()
+	resp.Rcode = r.answer(ctx, q, resp)
+	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {
+		size := 512
+		if opt := req.IsEdns0(); opt != nil {
+			size = int(opt.UDPSize())
+		}
+		resp.Truncate(size)
+	}
+	if err := w.WriteMsg(resp); err != nil {
+		r.log.Debug("dns write failed", "error", err)
+	}
+}
+
+// answer fills resp for question q and returns the rcode.
+func (r *resolver) answer(ctx context.Context, q dns.Question, resp *dns.Msg) int {
+	name := strings.ToLower(q.Name)
+	if q.Qclass != dns.ClassINET || !dns.IsSubDomain(r.domain, name) {
+		return dns.RcodeRefused
+	}
+	rel := strings.TrimSuffix(strings.TrimSuffix(name, r.domain), ".")
+	if rel == "" {
+		if q.Qtype == dns.TypeSOA || q.Qtype == dns.TypeNS {
+			resp.Answer = append(resp.Answer, r.soa())
+		}
+		return dns.RcodeSuccess
+	}
+	if hexIP, ok := strings.CutSuffix(rel, ".addr"); ok && !strings.Contains(hexIP, ".") {
+		ip := decodeIP(hexIP)
+		if ip == nil {
+			return dns.RcodeNameError
+		}
+		if rr := r.addrRR(q.Name, ip, q.Qtype); rr != nil {
+			resp.Answer = append(resp.Answer, rr)
+		}
+		return dns.RcodeSuccess
+	}
+	labels := strings.Split(rel, ".")
+	for i, j := 0, len(labels)-1; i < j; i, j = i+1, j-1 {
+		labels[i], labels[j] = labels[j], labels[i]
+	}
+	service := strings.Join(labels, ".")
+	if ValidateName(service) != nil {
+		return dns.RcodeNameError
+	}
+	eps, err := r.store.Lookup(ctx, service, "", true)
+	if err != nil {
+		r.log.Warn("dns lookup failed", "service", service, "error", err)
+		return dns.RcodeServerFailure
+	}
+	if len(eps) == 0 {
+		resp.Ns = append(resp.Ns, r.soa())
+		return dns.RcodeNameError
+	}
+	for _, e := range eps {
+		ip := net.ParseIP(e.Addr)
+		switch q.Qtype {
+		case dns.TypeSRV:
+			target := dns.Fqdn(e.Addr)
+			if ip != nil {
+				target = encodeIP(ip) + ".addr." + r.domain
+				if rr := r.addrRR(target, ip, addrType(ip)); rr != nil {
+					resp.Extra = append(resp.Extra, rr)
+				}
+			}
+			resp.Answer = append(resp.Answer, &dns.SRV{
+				Hdr:      dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: r.ttl},
+				Priority: 1, Weight: 1, Port: uint16(e.Port), Target: target,
+			})
+		case dns.TypeA, dns.TypeAAAA, dns.TypeANY:
+			if ip == nil {
+				continue
+			}
+			if rr := r.addrRR(q.Name, ip, q.Qtype); rr != nil {
+				resp.Answer = append(resp.Answer, rr)
+			}
+		}
+	}
+	return dns.RcodeSuccess
+}
+
+func addrType(ip net.IP) uint16 {
+	if ip.To4() != nil {
+		return dns.TypeA
+	}
+	return dns.TypeAAAA
+}
+
+// addrRR returns an A or AAAA record for ip when qtype asks for its family.
+func (r *resolver) addrRR(name string, ip net.IP, qtype uint16) dns.RR {
+	if v4 := ip.To4(); v4 != nil {
+		if qtype != dns.TypeA && qtype != dns.TypeANY {
+			return nil
+		}
+		return &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: r.ttl}, A: v4}
+	}
+	if qtype != dns.TypeAAAA && qtype != dns.TypeANY {
+		return nil
+	}
+	return &dns.AAAA{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: r.ttl}, AAAA: ip.To16()}
+}
+
+func (r *resolver) soa() dns.RR {
+	return &dns.SOA{
+		Hdr:     dns.RR_Header{Name: r.domain, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: r.ttl},
+		Ns:      "ns." + r.domain,
+		Mbox:    "hostmaster." + r.domain,
+		Serial:  1,
+		Refresh: 3600, Retry: 600, Expire: 86400, Minttl: r.ttl,
+	}
+}
+
+// encodeIP writes an IP as hex: 8 digits for IPv4, 32 for IPv6.
+func encodeIP(ip net.IP) string {
+	if v4 := ip.To4(); v4 != nil {
+		return hex.EncodeToString(v4)
+	}
+	return hex.EncodeToString(ip.To16())
+}
+
+func decodeIP(s string) net.IP {
+	if len(s) != 8 && len(s) != 32 {
+		return nil
+	}
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		return nil
+	}
+	return net.IP(b)
+}

@@ -1,0 +1,488 @@
+package discovery
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+type clientKey struct{}
+
+// WithClient returns a context naming the client of a request, e.g. the
+// name of the token an authenticating middleware accepted. The handler
+// counts registrations against this name; without it the client is the
+// bearer token (hashed) or else the remote IP address.
+func WithClient(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, clientKey{}, name)
+}
+
+// clientOf names the client of r for the per-client cap.
+func clientOf(r *http.Request) string {
+	if name, ok := r.Context().Value(clientKey{}).(string); ok && name != "" {
+		return name
+	}
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && tok != "" {
+		sum := sha256.Sum256([]byte(tok))
+		return "token:" + hex.EncodeToString(sum[:8])
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// heartbeatInterval spaces SSE comments that keep idle watch connections
+// open through proxies.
+const heartbeatInterval = 15 * time.Second
+
+type handler struct {
+	store *Store
+	reg   *Registrar
+	log   hclog.Logger
+}
+
+// NewHandler returns the HTTP API of service discovery, routes under
+// /v1/services:
+//
+//	GET    /v1/services                     service names
+//	GET    /v1/services/{name}?version=&healthy=1   lookup ({name} may be "name@range")
+//	GET    /v1/services/{name}/watch?since=REV&version=   server-sent events (Last-Event-ID resumes)
+//	POST   /v1/services/{name}              register {version,address,port,meta,ttl}
+//	PUT    /v1/services/{name}/{id}         renew (heartbeat)
+//	DELETE /v1/services/{name}/{id}         deregister
+//
+// Errors are JSON {"error": "..."} with a 4xx status naming the problem
+// (400 malformed input, 404 unknown registration, 413 too large, 429 cap
+// reached), 5xx for etcd failures. reg may be nil: the write routes then
+// answer 501. The caller authenticates; see WithClient.
+func NewHandler(store *Store, reg *Registrar, logger hclog.Logger) http.Handler {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	h := &handler{store: store, reg: reg, log: logger.Named("discovery-http")}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/services", h.services)
+	mux.HandleFunc("GET /v1/services/{name}", h.lookup)
+	mux.HandleFunc("GET /v1/services/{name}/watch", h.watch)
+	mux.HandleFunc("POST /v1/services/{name}", h.register)
+	mux.HandleFunc("PUT /v1/services/{name}/{id}", h.renew)
+	mux.HandleFunc("DELETE /v1/services/{name}/{id}", h.free)
+	mux.HandleFunc("/v1/services/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no route %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	writeJSON(w, status, errorBody{Error: err.Error()})
+}
+
+// fail answers err with the status its class calls for.
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.Is(err, ErrInvalid):
+		writeError(w, http.StatusBadRequest, err)
+	case errors.Is(err, ErrTooLarge), errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, err)
+	case errors.Is(err, ErrUnknown):
+		writeError(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrLimit):
+		writeError(w, http.StatusTooManyRequests, err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		writeError(w, http.StatusServiceUnavailable, err)
+	default:
+		h.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+		writeError(w, http.StatusInternalServerError, err)
+	}
+}
+
+// LookupResponse is the body of GET /v1/services/{name}.
+type LookupResponse struct {
+	Service   string     `json:"service"`
+	Version   string     `json:"version,omitempty"`
+	Revision  int64      `json:"revision"`
+	Endpoints []Endpoint `json:"endpoints"`
+}
+
+func (h *handler) services(w http.ResponseWriter, r *http.Request) {
+	names, err := h.store.Services(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if names == nil {
+		names = []string{}
+	}
+	writeJSON(w, http.StatusOK, map[string][]string{"services": names})
+}
+
+// nameAndVersion reads {name}, which may carry "@range", and ?version=.
+func nameAndVersion(r *http.Request) (string, string, error) {
+	name, version := SplitNameVersion(r.PathValue("name"))
+	if q := r.URL.Query().Get("version"); q != "" {
+		if version != "" && version != q {
+			return "", "", fmt.Errorf("%w: version given twice: %q in the path, %q in the query", ErrInvalid, version, q)
+		}
+		version = q
+	}
+	if err := ValidateName(name); err != nil {
+		return "", "", err
+	}
+	return name, version, nil
+}
+
+func parseBool(r *http.Request, key string) (bool, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%w: %s=%q: want a boolean", ErrInvalid, key, v)
+	}
+	return b, nil
+}
+
+func (h *handler) lookup(w http.ResponseWriter, r *http.Request) {
+	name, version, err := nameAndVersion(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	healthy, err := parseBool(r, "healthy")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	eps, rev, err := h.store.LookupRevision(r.Context(), name, version, healthy)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if h.reg != nil {
+		for i := range eps {
+			if eps[i].Source == SourceExternal {
+				if held, ok := h.reg.Registration(eps[i].ID); ok {
+					eps[i].Expires = held.Expires
+				}
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, LookupResponse{Service: name, Version: version, Revision: rev, Endpoints: eps})
+}
+
+// RegisterRequest is the body of POST /v1/services/{name}.
+type RegisterRequest struct {
+	// Version of the registering process; may also come as "name@version"
+	// in the path.
+	Version string `json:"version,omitempty"`
+	// Address clients connect to; default: the request's remote IP.
+	Address string `json:"address,omitempty"`
+	// Port, 1-65535.
+	Port int `json:"port"`
+	// Meta is free-form metadata, at most MaxMetaBytes (keys + values).
+	Meta map[string]string `json:"meta,omitempty"`
+	// TTL is a Go duration ("30s") or a number of seconds; default 30s.
+	TTL TTL `json:"ttl,omitzero"`
+}
+
+// TTL is a duration in JSON as a Go duration string ("30s") or a number of
+// seconds.
+type TTL time.Duration
+
+// MarshalJSON writes the TTL as a duration string.
+func (t TTL) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(t).String()) }
+
+// UnmarshalJSON reads "30s" or 30.
+func (t *TTL) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%w: ttl %q: %w", ErrInvalid, s, err)
+		}
+		*t = TTL(d)
+		return nil
+	}
+	var secs float64
+	if err := json.Unmarshal(b, &secs); err != nil {
+		return fmt.Errorf("%w: ttl %s: want \"30s\" or a number of seconds", ErrInvalid, b)
+	}
+	*t = TTL(time.Duration(secs * float64(time.Second)))
+	return nil
+}
+
+// Registration is the answer to register and renew: the endpoint, its
+// TTL and how often to renew (TTL/3).
+type Registration struct {
+	Endpoint
+	TTL        TTL `json:"ttl"`
+	RenewEvery TTL `json:"renew_every"`
+}
+
+func (h *handler) registration(ep Endpoint) Registration {
+	ttl := time.Until(ep.Expires).Round(time.Second)
+	return Registration{Endpoint: ep, TTL: TTL(ttl), RenewEvery: TTL(ttl / 3)}
+}
+
+func (h *handler) maxBody() int64 { return int64(h.reg.cfg.MaxMetaBytes) + 4096 }
+
+func (h *handler) register(w http.ResponseWriter, r *http.Request) {
+	if h.reg == nil {
+		writeError(w, http.StatusNotImplemented, errors.New("registration is not enabled on this agent"))
+		return
+	}
+	name, version := SplitNameVersion(r.PathValue("name"))
+	if err := ValidateName(name); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	var req RegisterRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.maxBody()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			h.fail(w, r, fmt.Errorf("%w: request body over %d bytes", ErrTooLarge, mbe.Limit))
+			return
+		}
+		if errors.Is(err, ErrInvalid) {
+			h.fail(w, r, err)
+			return
+		}
+		h.fail(w, r, fmt.Errorf("%w: request body: %w", ErrInvalid, err))
+		return
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		h.fail(w, r, fmt.Errorf("%w: request body: data after the JSON object", ErrInvalid))
+		return
+	}
+	if req.Version != "" && version != "" && req.Version != version {
+		h.fail(w, r, fmt.Errorf("%w: version given twice: %q in the path, %q in the body", ErrInvalid, version, req.Version))
+		return
+	}
+	if req.Version != "" {
+		version = req.Version
+	}
+	addr := req.Address
+	if addr == "" {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil || net.ParseIP(host) == nil {
+			h.fail(w, r, fmt.Errorf("%w: address missing and the remote address %q is not an IP", ErrInvalid, r.RemoteAddr))
+			return
+		}
+		addr = host
+	}
+	if req.TTL < 0 {
+		h.fail(w, r, fmt.Errorf("%w: ttl %v is negative", ErrInvalid, time.Duration(req.TTL)))
+		return
+	}
+	ep, err := h.reg.Register(r.Context(), clientOf(r), Endpoint{
+		Service: name, Version: version, Addr: addr, Port: req.Port, Meta: req.Meta,
+	}, time.Duration(req.TTL))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/services/"+name+"/"+ep.ID)
+	writeJSON(w, http.StatusCreated, h.registration(ep))
+}
+
+// held checks that {id} is a registration of {name} held here.
+func (h *handler) held(r *http.Request) (string, error) {
+	name, id := r.PathValue("name"), r.PathValue("id")
+	if err := ValidateName(name); err != nil {
+		return "", err
+	}
+	ep, ok := h.reg.Registration(id)
+	if !ok || ep.Service != name {
+		return "", fmt.Errorf("%w: %q of service %q", ErrUnknown, id, name)
+	}
+	return id, nil
+}
+
+func (h *handler) renew(w http.ResponseWriter, r *http.Request) {
+	if h.reg == nil {
+		writeError(w, http.StatusNotImplemented, errors.New("registration is not enabled on this agent"))
+		return
+	}
+	id, err := h.held(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	ep, err := h.reg.Renew(r.Context(), id)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, h.registration(ep))
+}
+
+func (h *handler) free(w http.ResponseWriter, r *http.Request) {
+	if h.reg == nil {
+		writeError(w, http.StatusNotImplemented, errors.New("registration is not enabled on this agent"))
+		return
+	}
+	id, err := h.held(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if err := h.reg.Free(r.Context(), id); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// EventID formats the SSE id of the index-th event at revision rev.
+func EventID(rev int64, index int) string { return fmt.Sprintf("%d-%d", rev, index) }
+
+// ParseEventID parses an SSE id written by EventID.
+func ParseEventID(s string) (rev int64, index int, err error) {
+	rs, is, ok := strings.Cut(s, "-")
+	rev, err1 := strconv.ParseInt(rs, 10, 64)
+	index, err2 := strconv.Atoi(is)
+	if !ok || err1 != nil || err2 != nil || rev < 1 || index < 0 {
+		return 0, 0, fmt.Errorf("%w: event id %q: want REVISION-INDEX", ErrInvalid, s)
+	}
+	return rev, index, nil
+}
+
+// resumePoint reads where a watch resumes: after Last-Event-ID, or after
+// revision ?since=, or from now.
+func resumePoint(r *http.Request) (from int64, skipUpTo int, err error) {
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		rev, idx, err := ParseEventID(id)
+		if err != nil {
+			return 0, 0, err
+		}
+		return rev, idx, nil
+	}
+	if s := r.URL.Query().Get("since"); s != "" {
+		rev, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || rev < 0 {
+			return 0, 0, fmt.Errorf("%w: since=%q: want a revision", ErrInvalid, s)
+		}
+		if rev == 0 {
+			return 0, -1, nil
+		}
+		return rev + 1, -1, nil
+	}
+	return 0, -1, nil
+}
+
+// WatchEvent is the data of one SSE event of the watch endpoint.
+type WatchEvent struct {
+	Type     EventType `json:"type"`
+	Revision int64     `json:"revision"`
+	Endpoint Endpoint  `json:"endpoint"`
+}
+
+func (h *handler) watch(w http.ResponseWriter, r *http.Request) {
+	name, version, err := nameAndVersion(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	m, err := ParseVersionQuery(version)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	from, skipUpTo, err := resumePoint(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	events := h.store.Watch(ctx, name, from)
+	beat := time.NewTicker(heartbeatInterval)
+	defer beat.Stop()
+	var curRev int64
+	idx := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-beat.C:
+			if _, err := io.WriteString(w, ": ping\n\n"); err != nil {
+				return
+			}
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if ev.Err != nil && ev.Type == "" {
+				writeSSEError(w, ev.Err) // fatal; the channel closes next
+				_ = rc.Flush()
+				continue
+			}
+			if ev.Revision != curRev {
+				curRev, idx = ev.Revision, 0
+			} else {
+				idx++
+			}
+			if ev.Revision == from && idx <= skipUpTo {
+				continue // delivered before the client reconnected
+			}
+			if ev.Err != nil {
+				writeSSEError(w, ev.Err)
+			} else if m.Match(ev.Endpoint.Version) {
+				b, err := json.Marshal(WatchEvent{Type: ev.Type, Revision: ev.Revision, Endpoint: ev.Endpoint})
+				if err != nil {
+					writeSSEError(w, err)
+					continue
+				}
+				if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", EventID(ev.Revision, idx), ev.Type, b); err != nil {
+					return
+				}
+			}
+		}
+		// Flush once the burst of one etcd response is written.
+		if len(events) == 0 {
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func writeSSEError(w io.Writer, err error) {
+	b, _ := json.Marshal(errorBody{Error: err.Error()})
+	fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+}
