@@ -1,0 +1,144 @@
+package systemd
+
+// unitText is the systemd unit template. Every directive carries a comment
+// saying why it is there; the hardening section also lists what is left out
+// on purpose, because instances are the agent's children and inherit its
+// sandbox: anything that restricts the agent restricts every workload.
+const unitText = `# {{.Name}}.service: the Visor host agent.
+# Rendered by "visor service render --init systemd"; "visor service install"
+# writes it to /etc/systemd/system/, the packages to /lib/systemd/system/.
+
+[Unit]
+# Shown by systemctl status.
+Description=Visor host agent
+# Where operators find out what this is.
+Documentation=https://github.com/visorhq/visor
+# The agent dials etcd at start-up: start once the network is configured.
+Wants=network-online.target
+# Ordering for the Wants= above.
+After=network-online.target
+# Never give up restarting: an agent that keeps failing (etcd down for a long
+# time) must come back once the cause is gone.
+StartLimitIntervalSec=0
+
+[Service]
+# The agent sends READY=1 once its registry session is up and STOPPING=1 when
+# it begins to shut down, so "systemctl start" returns when it is serving.
+Type=notify
+# Only the agent's own process may notify: a workload that inherited
+# $NOTIFY_SOCKET must not be able to mark the agent ready or stopping.
+NotifyAccess=main
+# The agent; its flags were given to "visor service install".
+ExecStart={{.Exec}}
+{{- if .User}}
+# Run as this user instead of root (workloads then run as this user too, and
+# the agent cannot manage their cgroups unless given the rights).
+User={{.User}}
+{{- end}}
+# Restart after a crash or a non-zero exit; "systemctl stop" stays stopped.
+Restart=on-failure
+# Pause between restarts so a crash loop does not hammer etcd.
+RestartSec=5s
+# Stop signals only the agent: the instances it supervises live in their own
+# process groups, outlive an agent restart and are re-adopted by the next
+# agent (pid + start time), so they must not be killed with it.
+KillMode=process
+# The agent shuts down on SIGTERM: it closes its session and exits 0.
+KillSignal=SIGTERM
+# Time to reach etcd and send READY=1 before systemd declares a failed start.
+TimeoutStartSec=120s
+# Time for the agent's own shutdown before SIGKILL (instances are not stopped).
+TimeoutStopSec=30s
+# The agent creates a cgroup per instance below its own: hand it the subtree.
+Delegate=yes
+# /var/lib/visor: instance records and logs; owned by User= when set.
+StateDirectory=visor
+# State may include environment secrets of apps: not world-readable.
+StateDirectoryMode=0750
+# /run/visor: the local API socket.
+RuntimeDirectory=visor
+# Local CLI users reach the socket; the socket's own mode does the gating.
+RuntimeDirectoryMode=0755
+# Keep /run/visor across agent restarts: re-adopted instances and CLI users
+# keep finding the socket directory.
+RuntimeDirectoryPreserve=yes
+# Workloads inherit the agent's limits; servers need many descriptors.
+LimitNOFILE=1048576
+# Workloads are counted in this unit's cgroup: do not cap their tasks.
+TasksMax=infinity
+# The agent's logs go to stderr, which the journal collects.
+StandardError=journal
+
+# Hardening that does not get in the way of user workloads:
+# no workload should load kernel modules, read the kernel log or set the
+# clock; these act through capabilities and /proc, not through the file
+# system layout workloads see.
+ProtectKernelModules=yes
+# See above: dmesg and /proc/kmsg stay out of reach.
+ProtectKernelLogs=yes
+# See above: the system clock is not the workloads' to change.
+ProtectClock=yes
+# Not set, on purpose: NoNewPrivileges (workloads may run setuid binaries and
+# the agent switches to each app's user), ProtectSystem/ProtectHome/
+# PrivateTmp/ReadOnlyPaths (workloads write where their apps expect; a private
+# /tmp would also differ between an instance and the agent that re-adopts it),
+# ProtectControlGroups (the agent writes cgroups), RestrictNamespaces and
+# SystemCallFilter (workloads may use containers or any system call),
+# MemoryDenyWriteExecute (breaks JIT runtimes), SystemCallArchitectures
+# (breaks 32-bit workloads), OOMScoreAdjust (inherited by every workload).
+
+[Install]
+# Start at boot in normal multi-user operation.
+WantedBy=multi-user.target
+`
+
+// plistText is the launchd property list template (launchd.plist(5)).
+const plistText = `<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<!-- {{.Name}}: the Visor host agent. Rendered by "visor service render" for launchd
+     (no double hyphen may appear in an XML comment); "visor service install" writes
+     it to /Library/LaunchDaemons/{{.Name}}.plist. -->
+<plist version="1.0">
+<dict>
+	<!-- The job's name for launchctl. -->
+	<key>Label</key>
+	<string>{{.Name}}</string>
+	<!-- The agent and the flags given to "visor service install". -->
+	<key>ProgramArguments</key>
+	<array>
+{{- range .Argv}}
+		<string>{{xml .}}</string>
+{{- end}}
+	</array>
+{{- if .User}}
+	<!-- Run as this user instead of root. -->
+	<key>UserName</key>
+	<string>{{xml .User}}</string>
+{{- end}}
+	<!-- Start when loaded, i.e. at boot. -->
+	<key>RunAtLoad</key>
+	<true/>
+	<!-- Restart after a crash or a non-zero exit, like Restart=on-failure. -->
+	<key>KeepAlive</key>
+	<dict>
+		<key>SuccessfulExit</key>
+		<false/>
+	</dict>
+	<!-- Pause between restarts, like RestartSec. -->
+	<key>ThrottleInterval</key>
+	<integer>5</integer>
+	<!-- Instances outlive an agent restart and are re-adopted: do not kill the
+	     agent's process groups with it, like KillMode=process. -->
+	<key>AbandonProcessGroup</key>
+	<true/>
+	<!-- Seconds between SIGTERM and SIGKILL on stop, like TimeoutStopSec. -->
+	<key>ExitTimeOut</key>
+	<integer>30</integer>
+	<!-- The agent logs to stderr. -->
+	<key>StandardErrorPath</key>
+	<string>{{xml .LogPath}}</string>
+	<key>StandardOutPath</key>
+	<string>{{xml .LogPath}}</string>
+</dict>
+</plist>
+`
