@@ -42,7 +42,9 @@ func TestNotify(t *testing.T) {
 		socket func(t *testing.T) string
 	}{
 		{"path", func(t *testing.T) string { return filepath.Join(t.TempDir(), "notify.sock") }},
-		{"abstract", func(t *testing.T) string { return fmt.Sprintf("@visor-notify-test-%d-%d", os.Getpid(), time.Now().UnixNano()) }},
+		{"abstract", func(t *testing.T) string {
+			return fmt.Sprintf("@visor-notify-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
