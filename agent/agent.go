@@ -1,0 +1,544 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/registry"
+	"github.com/visorhq/visor/supervisor"
+)
+
+// Meta keys the agent stores with each supervised instance, so that a
+// re-adopted process can be written back to the registry without reading it.
+const (
+	metaApp     = "app"
+	metaRev     = "rev"
+	metaProc    = "proc"
+	metaPort    = "port"
+	metaTicket  = "ticket"
+	metaCreated = "created"
+)
+
+// Agent is one host's daemon. Create it with New and call Run.
+type Agent struct {
+	cfg       Config
+	log       hclog.Logger
+	reg       *registry.Registry
+	sup       *supervisor.Supervisor
+	ports     *portAllocator
+	artifacts *artifactCache
+	writer    *stateWriter
+	metrics   *metrics
+	started   time.Time
+
+	// bg owns goroutines spawned outside the main loops (stopping replaced
+	// instances); Run waits for them before it returns.
+	bg sync.WaitGroup
+
+	mu        sync.Mutex // guards the fields below
+	session   *registry.HostSession
+	sessionCh chan struct{} // closed and replaced whenever session changes
+	inflight  map[string]struct{}
+	httpAddr  string
+	readyOnce sync.Once
+	// disconnectedSince is when the agent last lost its registry session;
+	// zero while connected.
+	disconnectedSince time.Time
+}
+
+var _ supervisor.StateHandler = (*Agent)(nil)
+
+// New validates cfg and builds an agent on reg. It creates the data
+// directories and the supervisor but starts nothing; call Run.
+func New(cfg Config, reg *registry.Registry) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	for _, d := range []string{cfg.DataDir, cfg.RunDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
+	log := cfg.Logger.Named("agent").With("host", cfg.HostID)
+	a := &Agent{
+		cfg:       cfg,
+		log:       log,
+		reg:       reg,
+		ports:     newPortAllocator(cfg.PortMin, cfg.PortMax),
+		artifacts: newArtifactCache(filepath.Join(cfg.DataDir, "artifacts")),
+		started:   time.Now(),
+		sessionCh: make(chan struct{}),
+		inflight:  make(map[string]struct{}),
+	}
+	a.metrics = newMetrics(a)
+	a.writer = newStateWriter(a)
+	sup, err := supervisor.New(supervisor.Config{
+		StateDir: filepath.Join(cfg.DataDir, "instances"),
+		LogDir:   filepath.Join(cfg.DataDir, "logs"),
+		Logger:   cfg.Logger,
+		Handler:  a,
+		Cgroups:  cfg.Cgroups,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.sup = sup
+	return a, nil
+}
+
+// InstanceStateChanged implements supervisor.StateHandler: it records the
+// latest status for the state writer. It never blocks.
+func (a *Agent) InstanceStateChanged(id string, st supervisor.Status) {
+	a.writer.update(id, st)
+}
+
+// HTTPAddr returns the address the HTTP API listens on ("" before Run has
+// opened it, or when HTTP is disabled).
+func (a *Agent) HTTPAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.httpAddr
+}
+
+// Supervisor returns the agent's supervisor (for the local API and tests).
+func (a *Agent) Supervisor() *supervisor.Supervisor { return a.sup }
+
+// Run runs the agent until ctx ends: supervisor, local API, registry
+// session, ticket loop and state writer. On return every goroutine it
+// started has exited. Instances keep running unless Config.StopOnExit.
+// A cancelled ctx is a clean shutdown (nil error).
+func (a *Agent) Run(ctx context.Context) error {
+	// The supervisor and the state writer outlive ctx a little: shutdown
+	// stops claiming first, then flushes states, then stops them.
+	bg, cancelBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBG()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	supErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		supErr <- a.sup.Run(bg)
+	}()
+
+	restored, err := a.sup.Restore(ctx)
+	if err != nil {
+		cancelBG()
+		return fmt.Errorf("agent: restore instances: %w", err)
+	}
+	for _, st := range restored {
+		if p, err := strconv.Atoi(st.Meta[metaPort]); err == nil {
+			a.ports.Reserve(p, st.ID)
+		}
+		a.writer.update(st.ID, st)
+	}
+	a.log.Info("agent starting", "restored_instances", len(restored), "cgroups", a.sup.CgroupMode())
+
+	api, err := a.listen()
+	if err != nil {
+		cancelBG()
+		return err
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		api.serve(bg)
+	}()
+	go func() {
+		defer wg.Done()
+		a.writer.run(bg)
+	}()
+
+	loopErr := a.sessionLoop(ctx)
+
+	a.cfg.Stopping()
+	a.log.Info("agent shutting down", "stop_instances", a.cfg.StopOnExit)
+	// Bounded final work: the agent must exit within about 5 s.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 4*time.Second)
+	defer cancel()
+	if a.cfg.StopOnExit {
+		a.stopAll(fctx, "agent shutdown")
+	}
+	a.writer.flush(fctx)
+	if s := a.currentSession(); s != nil && a.cfg.StopOnExit {
+		// Nothing runs here any more: leave the fleet at once.
+		_ = s.Close(fctx)
+	}
+	a.bg.Wait()
+	cancelBG()
+	wg.Wait()
+	if err := <-supErr; err != nil && !errors.Is(err, context.Canceled) {
+		return errors.Join(loopErr, fmt.Errorf("agent: supervisor: %w", err))
+	}
+	return loopErr
+}
+
+// spawn runs f in a goroutine that Run waits for.
+func (a *Agent) spawn(f func()) {
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		f()
+	}()
+}
+
+// sessionLoop keeps a registry session up until ctx ends: register, adopt,
+// serve tickets; on lease loss start over with a new lease.
+func (a *Agent) sessionLoop(ctx context.Context) error {
+	retry := newBackoff(200*time.Millisecond, 5*time.Second)
+	for {
+		s, err := a.register(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.noteDisconnected(ctx)
+			a.log.Warn("registry unreachable; instances keep running", "error", err)
+			if !retry.wait(ctx) {
+				return nil
+			}
+			continue
+		}
+		retry.reset()
+		a.setSession(s)
+		a.log.Info("registry session up", "lease", fmt.Sprintf("%x", int64(s.Lease())))
+		a.adoptAll(ctx, s)
+		a.readyOnce.Do(a.cfg.Ready)
+
+		err = a.serve(ctx, s)
+		a.setSession(nil)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.metrics.leaseLost.Inc()
+		a.log.Warn("registry session lost; instances keep running", "error", err)
+	}
+}
+
+// register creates the host session. If the host key is still held by the
+// lease this agent persisted before it stopped (a restart inside the TTL),
+// that lease is revoked first: it is ours, and the instances it indexed are
+// adopted again under the new lease.
+func (a *Agent) register(ctx context.Context) (*registry.HostSession, error) {
+	host := a.hostRecord()
+	s, err := a.reg.RegisterHost(ctx, host, a.cfg.TTL)
+	if errors.Is(err, registry.ErrExists) {
+		old, ok := a.persistedLease()
+		h, herr := a.reg.Host(ctx, a.cfg.HostID)
+		if herr != nil || !ok || h.Lease != old {
+			return nil, fmt.Errorf("host %q is registered by another live agent (lease %x): %w", a.cfg.HostID, h.Lease, err)
+		}
+		a.log.Info("revoking this host's previous lease", "lease", fmt.Sprintf("%x", old))
+		if _, rerr := a.reg.Client().Revoke(ctx, clientv3.LeaseID(old)); rerr != nil {
+			return nil, fmt.Errorf("revoke previous lease: %w", rerr)
+		}
+		s, err = a.reg.RegisterHost(ctx, host, a.cfg.TTL)
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.persistLease(int64(s.Lease()))
+	return s, nil
+}
+
+func (a *Agent) leaseFile() string { return filepath.Join(a.cfg.DataDir, "lease") }
+
+func (a *Agent) persistLease(id int64) {
+	tmp := a.leaseFile() + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(id, 16)), 0o640); err == nil {
+		_ = os.Rename(tmp, a.leaseFile())
+	}
+}
+
+func (a *Agent) persistedLease() (int64, bool) {
+	b, err := os.ReadFile(a.leaseFile())
+	if err != nil {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 64)
+	return id, err == nil
+}
+
+func (a *Agent) hostRecord() registry.Host {
+	return registry.Host{
+		ID:       a.cfg.HostID,
+		Addr:     a.cfg.Addr,
+		Labels:   a.cfg.Labels,
+		Capacity: a.cfg.Capacity,
+		Version:  a.cfg.Version,
+		Started:  a.started,
+		Load:     a.hostLoad(),
+	}
+}
+
+func (a *Agent) setSession(s *registry.HostSession) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.session = s
+	if s != nil {
+		a.disconnectedSince = time.Time{}
+	} else if a.disconnectedSince.IsZero() {
+		a.disconnectedSince = time.Now()
+	}
+	close(a.sessionCh)
+	a.sessionCh = make(chan struct{})
+	a.metrics.setConnected(s != nil)
+}
+
+// currentSession returns the live session (nil while disconnected) and a
+// channel closed when it changes.
+func (a *Agent) currentSession() *registry.HostSession {
+	s, _ := a.sessionAndChange()
+	return s
+}
+
+func (a *Agent) sessionAndChange() (*registry.HostSession, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.session, a.sessionCh
+}
+
+// noteDisconnected applies StopAfterDisconnect.
+func (a *Agent) noteDisconnected(ctx context.Context) {
+	a.mu.Lock()
+	if a.disconnectedSince.IsZero() {
+		a.disconnectedSince = time.Now()
+	}
+	since := a.disconnectedSince
+	a.mu.Unlock()
+	if a.cfg.StopAfterDisconnect > 0 && time.Since(since) > a.cfg.StopAfterDisconnect {
+		live := 0
+		for _, st := range a.sup.List() {
+			if !st.State.Terminal() {
+				live++
+			}
+		}
+		if live > 0 {
+			a.log.Warn("registry unreachable past stop_after_disconnect; stopping instances", "after", a.cfg.StopAfterDisconnect, "instances", live)
+			a.stopAll(ctx, "registry unreachable past stop_after_disconnect")
+		}
+	}
+}
+
+// stopAll stops every live instance in parallel, bounded by ctx.
+func (a *Agent) stopAll(ctx context.Context, reason string) {
+	var wg sync.WaitGroup
+	for _, st := range a.sup.List() {
+		if st.State.Terminal() {
+			continue
+		}
+		wg.Add(1)
+		go func(id string) {
+			defer wg.Done()
+			if _, err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
+				a.log.Warn("stop instance", "instance", id, "reason", reason, "error", err)
+			}
+		}(st.ID)
+	}
+	wg.Wait()
+}
+
+// adoptAll re-binds every local instance to session s. Instances the
+// registry gave to another host (or marked lost) while this agent was away
+// are stopped here: they were replaced. Registry instances of this host
+// with no local process are written back as exited.
+func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
+	local := make(map[string]bool)
+	var stopWG sync.WaitGroup
+	for _, st := range a.sup.List() {
+		local[st.ID] = true
+		if st.State.Terminal() {
+			a.writer.touch(st.ID)
+			continue
+		}
+		_, err := s.Adopt(ctx, st.ID)
+		switch {
+		case err == nil:
+			a.writer.touch(st.ID)
+		case errors.Is(err, registry.ErrNotHolder), errors.Is(err, registry.ErrNotFound):
+			a.log.Info("instance replaced while away; stopping it", "instance", st.ID)
+			a.writer.drop(st.ID)
+			stopWG.Add(1)
+			go func(id string) {
+				defer stopWG.Done()
+				if _, err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
+					a.log.Warn("stop replaced instance", "instance", id, "error", err)
+				}
+				_ = a.sup.Remove(id)
+			}(st.ID)
+		default:
+			a.log.Warn("adopt instance", "instance", st.ID, "error", err)
+			a.writer.touch(st.ID)
+		}
+	}
+	stopWG.Wait()
+
+	insts, err := a.reg.HostInstances(ctx, a.cfg.HostID)
+	if err != nil {
+		a.log.Warn("list host instances", "error", err)
+		return
+	}
+	for _, in := range insts {
+		if local[in.ID] || in.State.Terminal() || in.State == registry.InstanceClaimed || in.State == registry.InstancePending {
+			continue
+		}
+		in.State = registry.InstanceExited
+		in.Reason = "process not found on host after agent restart"
+		in.Since = time.Now()
+		if err := s.UpdateInstance(ctx, in); err != nil {
+			a.log.Warn("mark missing instance exited", "instance", in.ID, "error", err)
+		}
+	}
+}
+
+// serve runs the ticket loop and the host status loop on session s until ctx
+// ends or the session's lease is lost.
+func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-s.Done():
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		a.statusLoop(sctx, s)
+	}()
+
+	sem := make(chan struct{}, a.cfg.MaxParallel)
+	for ev := range a.reg.WatchTickets(sctx, a.cfg.HostID) {
+		if ev.Err != nil {
+			a.log.Warn("ticket watch", "error", ev.Err)
+			continue
+		}
+		if ev.Deleted || !a.eligible(ev.Ticket) || !a.markInflight(ev.Ticket.ID) {
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-sctx.Done():
+			a.unmarkInflight(ev.Ticket.ID)
+			continue
+		}
+		wg.Add(1)
+		go func(t registry.Ticket) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			defer a.unmarkInflight(t.ID)
+			a.handle(sctx, s, t)
+		}(ev.Ticket)
+	}
+	select {
+	case <-s.Done():
+		return registry.ErrLeaseLost
+	default:
+		return nil
+	}
+}
+
+func (a *Agent) markInflight(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.inflight[id]; ok {
+		return false
+	}
+	a.inflight[id] = struct{}{}
+	return true
+}
+
+func (a *Agent) unmarkInflight(id string) {
+	a.mu.Lock()
+	delete(a.inflight, id)
+	a.mu.Unlock()
+}
+
+// liveCount is the number of instances supervised here that are not terminal.
+func (a *Agent) liveCount() int {
+	n := 0
+	for _, st := range a.sup.List() {
+		if !st.State.Terminal() {
+			n++
+		}
+	}
+	return n
+}
+
+// eligible reports whether this host may claim t: targeted here or
+// untargeted, not among the hosts that already failed it, and (for starts)
+// within capacity.
+func (a *Agent) eligible(t registry.Ticket) bool {
+	if t.Holder != "" {
+		return false
+	}
+	if t.Host != "" && t.Host != a.cfg.HostID {
+		return false
+	}
+	for _, h := range t.FailedHosts {
+		if h == a.cfg.HostID {
+			return false
+		}
+	}
+	if t.Op == registry.TicketStart && a.cfg.Capacity > 0 && a.liveCount() >= a.cfg.Capacity {
+		return false
+	}
+	return true
+}
+
+// claimDelay is a jittered delay that grows with the instances running
+// here, so that idle hosts tend to win untargeted tickets without any
+// central scheduler. Targeted tickets are claimed at once.
+func (a *Agent) claimDelay(t registry.Ticket) time.Duration {
+	if t.Host != "" {
+		return 0
+	}
+	base := a.cfg.ClaimDelay
+	load := time.Duration(a.liveCount()) * base / 50
+	return time.Duration(rand.Int64N(int64(base)+1)) + load
+}
+
+// backoff is a small exponential retry delay for reconnecting.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
+
+func (b *backoff) reset() { b.cur = b.min }
+
+// wait sleeps the current delay (with jitter) or until ctx ends; it reports
+// whether ctx is still live.
+func (b *backoff) wait(ctx context.Context) bool {
+	d := b.cur/2 + time.Duration(rand.Int64N(int64(b.cur/2)+1))
+	b.cur *= 2
+	if b.cur > b.max {
+		b.cur = b.max
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,381 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/visorhq/visor/internal/etcdtest"
+	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/registry"
+	"github.com/visorhq/visor/supervisor"
+)
+
+// fixture is a registry on a real embedded etcd with one app, revision and
+// proc type whose instances are the test binary acting as "sleep".
+type fixture struct {
+	reg *registry.Registry
+	ctx context.Context
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	c := etcdtest.New(t)
+	reg := registry.New(c.Client(t), etcdtest.Prefix(t), hclog.NewNullLogger())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	f := &fixture{reg: reg, ctx: ctx}
+	must(t, f.app("demo", "sleep 300"))
+	return f
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// app registers app name with revision v1 (a directory) and proc "web"
+// running the given proctest workload.
+func (f *fixture) app(name, workload string) error {
+	if _, err := f.reg.RegisterApp(f.ctx, registry.App{Name: name}); err != nil {
+		return err
+	}
+	if _, err := f.reg.RegisterRevision(f.ctx, registry.Revision{App: name, Name: "v1", Dir: os.TempDir()}); err != nil {
+		return err
+	}
+	_, err := f.reg.SetProcType(f.ctx, registry.ProcType{
+		App:         name,
+		Name:        "web",
+		Command:     "exec " + strings.Join(proctest.Command(strings.Fields(workload)[0], strings.Fields(workload)[1:]...), " "),
+		Env:         map[string]string{proctest.EnvVar: "1"},
+		StopTimeout: registry.Duration(2 * time.Second),
+		Restart:     registry.RestartPolicy{InitialDelay: registry.Duration(50 * time.Millisecond)},
+	})
+	return err
+}
+
+type testAgent struct {
+	*Agent
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startAgent runs an agent for host on f's registry; stop it with stop.
+func (f *fixture) startAgent(t *testing.T, host, dataDir string, mod func(*Config)) *testAgent {
+	t.Helper()
+	cfg := Config{
+		HostID:     host,
+		DataDir:    dataDir,
+		RunDir:     filepath.Join(dataDir, "run"),
+		HTTPAddr:   "127.0.0.1:0",
+		TTL:        3 * time.Second,
+		ClaimDelay: time.Millisecond,
+		Cgroups:    "none",
+		Logger:     hclog.New(&hclog.LoggerOptions{Name: host, Level: hclog.Info, Output: testWriter{t}}),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	a, err := New(cfg, f.reg)
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ta := &testAgent{Agent: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { ta.done <- a.Run(ctx) }()
+	t.Cleanup(func() { ta.stop(t) })
+	return ta
+}
+
+// stop cancels the agent and waits for Run to return (at most 10 s).
+func (ta *testAgent) stop(t *testing.T) {
+	t.Helper()
+	if ta.done == nil {
+		return
+	}
+	ta.cancel()
+	select {
+	case err := <-ta.done:
+		if err != nil {
+			t.Errorf("agent Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("agent did not stop within 10s")
+	}
+	ta.done = nil
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// running returns the app's instances in state running, keyed by id.
+func (f *fixture) running(t *testing.T, app string) map[string]registry.Instance {
+	t.Helper()
+	insts, err := f.reg.AppInstances(f.ctx, app)
+	must(t, err)
+	out := map[string]registry.Instance{}
+	for _, in := range insts {
+		if in.State == registry.InstanceRunning {
+			out[in.ID] = in
+		}
+	}
+	return out
+}
+
+func (f *fixture) waitRunning(t *testing.T, app string, n int) map[string]registry.Instance {
+	t.Helper()
+	var got map[string]registry.Instance
+	proctest.WaitFor(t, 30*time.Second, fmt.Sprintf("%d running instances of %s", n, app), func() bool {
+		got = f.running(t, app)
+		if len(got) != n {
+			return false
+		}
+		for _, in := range got {
+			if !proctest.Alive(in.PID) {
+				return false
+			}
+		}
+		return true
+	})
+	return got
+}
+
+func TestAgentScaleUpAndDown(t *testing.T) {
+	f := newFixture(t)
+	a := f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true })
+
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 3)
+	must(t, err)
+	up := f.waitRunning(t, "demo", 3)
+	ports := map[int]bool{}
+	for id, in := range up {
+		if in.Host != "host-a" || in.Port == 0 || in.PID == 0 {
+			t.Errorf("instance %s: host %q port %d pid %d", id, in.Host, in.Port, in.PID)
+		}
+		if ports[in.Port] {
+			t.Errorf("port %d given twice", in.Port)
+		}
+		ports[in.Port] = true
+	}
+	proctest.WaitFor(t, 10*time.Second, "start tickets completed", func() bool {
+		ts, err := f.reg.Tickets(f.ctx)
+		return err == nil && len(ts) == 0
+	})
+
+	_, err = f.reg.Scale(f.ctx, "demo", "v1", "web", 1)
+	must(t, err)
+	left := f.waitRunning(t, "demo", 1)
+	for id, in := range up {
+		if _, kept := left[id]; kept {
+			continue
+		}
+		proctest.WaitFor(t, 10*time.Second, "stopped process "+id+" gone", func() bool { return !proctest.Alive(in.PID) })
+		got, err := f.reg.Instance(f.ctx, id)
+		must(t, err)
+		if got.State != registry.InstanceExited {
+			t.Errorf("scaled-down instance %s is %s, want exited", id, got.State)
+		}
+	}
+	a.stop(t)
+	for _, in := range left {
+		if proctest.Alive(in.PID) {
+			t.Errorf("StopOnExit: pid %d still alive after agent exit", in.PID)
+		}
+	}
+}
+
+func TestAgentRestartReadoptsInstances(t *testing.T) {
+	f := newFixture(t)
+	dir := t.TempDir()
+	a := f.startAgent(t, "host-a", dir, nil)
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 2)
+	must(t, err)
+	before := f.waitRunning(t, "demo", 2)
+	a.stop(t) // instances keep running
+
+	for _, in := range before {
+		if !proctest.Alive(in.PID) {
+			t.Fatalf("instance %s (pid %d) died with the agent", in.ID, in.PID)
+		}
+	}
+	b := f.startAgent(t, "host-a", dir, func(c *Config) { c.StopOnExit = true })
+	proctest.WaitFor(t, 20*time.Second, "re-adopted instances", func() bool {
+		for _, st := range b.Supervisor().List() {
+			if st.State != supervisor.StateRunning {
+				return false
+			}
+		}
+		return len(b.Supervisor().List()) == 2
+	})
+	after := f.waitRunning(t, "demo", 2)
+	for id, in := range before {
+		got, ok := after[id]
+		if !ok || got.PID != in.PID {
+			t.Errorf("instance %s: pid %d before restart, %+v after", id, in.PID, got)
+		}
+		if n := got.Restarts["fail"]; n != 0 {
+			t.Errorf("instance %s restarted %d times across an agent restart", id, n)
+		}
+	}
+	b.stop(t)
+}
+
+func TestAgentBadTicketsAreReleasedWithReason(t *testing.T) {
+	f := newFixture(t)
+	a := f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true })
+
+	cases := []struct {
+		app, want string
+		setup     func() error
+	}{
+		{"missing-artifact", "no such file", func() error {
+			_, err := f.reg.RegisterRevision(f.ctx, registry.Revision{App: "missing-artifact", Name: "v2", ArtifactURL: "file:///nonexistent/a.tar.gz", SHA256: strings.Repeat("ab", 32)})
+			return err
+		}},
+		{"unreachable-url", "fetch", func() error {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return err
+			}
+			addr := l.Addr().String()
+			l.Close() // nothing listens there any more
+			_, err = f.reg.RegisterRevision(f.ctx, registry.Revision{App: "unreachable-url", Name: "v2", ArtifactURL: "http://" + addr + "/a.tar.gz", SHA256: strings.Repeat("ab", 32)})
+			return err
+		}},
+		{"wrong-sha", "sha256 mismatch", func() error {
+			p, _ := makeArtifact(t, map[string]string{"Procfile": "web: sleep 1\n"})
+			_, err := f.reg.RegisterRevision(f.ctx, registry.Revision{App: "wrong-sha", Name: "v2", ArtifactURL: "file://" + p, SHA256: strings.Repeat("0", 64)})
+			return err
+		}},
+		{"no-command", "not found", func() error {
+			_, err := f.reg.SetProcType(f.ctx, registry.ProcType{App: "no-command", Name: "web", Command: "exec /nonexistent/binary"})
+			if err != nil {
+				return err
+			}
+			_, err = f.reg.RegisterRevision(f.ctx, registry.Revision{App: "no-command", Name: "v2", Dir: os.TempDir()})
+			return err
+		}},
+	}
+	for _, tc := range cases {
+		must(t, f.app(tc.app, "sleep 300"))
+		must(t, tc.setup())
+		_, err := f.reg.Scale(f.ctx, tc.app, "v2", "web", 1)
+		must(t, err)
+	}
+	for _, tc := range cases {
+		proctest.WaitFor(t, 30*time.Second, tc.app+" ticket released with a reason", func() bool {
+			ts, err := f.reg.Tickets(f.ctx)
+			must(t, err)
+			for _, tk := range ts {
+				if tk.App == tc.app && len(tk.Reasons) > 0 {
+					if !strings.Contains(strings.Join(tk.Reasons, "; "), tc.want) {
+						t.Fatalf("%s: reasons %q do not mention %q", tc.app, tk.Reasons, tc.want)
+					}
+					return contains(tk.FailedHosts, "host-a")
+				}
+			}
+			// The ticket may also have run out of attempts: instance failed.
+			insts, _ := f.reg.AppInstances(f.ctx, tc.app)
+			for _, in := range insts {
+				if in.State == registry.InstanceFailed && strings.Contains(in.Reason, tc.want) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	// The agent keeps serving good tickets.
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 1)
+	must(t, err)
+	f.waitRunning(t, "demo", 1)
+	a.stop(t)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestAgentLocalAPI(t *testing.T) {
+	f := newFixture(t)
+	dir := t.TempDir()
+	a := f.startAgent(t, "host-a", dir, func(c *Config) { c.StopOnExit = true })
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 1)
+	must(t, err)
+	inst := f.waitRunning(t, "demo", 1)
+	var id string
+	for k := range inst {
+		id = k
+	}
+
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "run", SocketName))
+		},
+	}}
+	get := func(path string) (int, string) {
+		resp, err := client.Get("http://agent" + path)
+		must(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/v1/status")
+	var st Status
+	if code != 200 || json.Unmarshal([]byte(body), &st) != nil || st.Host != "host-a" || !st.Connected || st.Instances["running"] != 1 {
+		t.Errorf("/v1/status = %d %s", code, body)
+	}
+	if code, body := get("/v1/instances/" + id); code != 200 || !strings.Contains(body, id) {
+		t.Errorf("/v1/instances/%s = %d %s", id, code, body)
+	}
+	if code, _ := get("/v1/instances/nope"); code != 404 {
+		t.Errorf("unknown instance: %d, want 404", code)
+	}
+	if code, _ := get("/v1/instances/" + id + "/logs?stream=nope"); code != 400 {
+		t.Errorf("bad stream: %d, want 400", code)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "visor_agent_claims_won_total 1") || !strings.Contains(body, `visor_agent_instances{state="running"} 1`) {
+		t.Errorf("/metrics = %d, missing claim/instance figures:\n%s", code, body)
+	}
+	post := func(path, body string) int {
+		resp, err := client.Post("http://agent"+path, "application/json", strings.NewReader(body))
+		must(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := post("/v1/instances/"+id+"/signal", `{"signal":"BOGUS"}`); c != 400 {
+		t.Errorf("unknown signal: %d, want 400", c)
+	}
+	if c := post("/v1/instances/"+id+"/signal", `{"signal":"STOP"}`); c != 200 {
+		t.Errorf("STOP: %d, want 200", c)
+	}
+	if c := post("/v1/instances/"+id+"/signal", `{"signal":"CONT"}`); c != 200 {
+		t.Errorf("CONT: %d, want 200", c)
+	}
+
+	// Over HTTP a token is not needed on loopback without one configured.
+	resp, err := http.Get("http://" + a.HTTPAddr() + "/healthz")
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/healthz over http: %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,304 @@
+package agent
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/visorhq/visor/supervisor"
+	"github.com/visorhq/visor/supervisor/logfile"
+)
+
+// SocketName is the file name of the agent's unix socket in its run dir.
+const SocketName = "agent.sock"
+
+// apiServer serves the local API on the unix socket and, unless disabled,
+// on HTTP(S).
+type apiServer struct {
+	a         *Agent
+	unixL     net.Listener
+	httpL     net.Listener
+	unixSrv   *http.Server
+	httpSrv   *http.Server
+	tlsConfig bool
+}
+
+// listen opens the API listeners. The socket is mode 0660 so that members
+// of the agent's group may use the local CLI.
+func (a *Agent) listen() (*apiServer, error) {
+	sock := filepath.Join(a.cfg.RunDir, SocketName)
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("agent: remove stale socket: %w", err)
+	}
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("agent: listen on %s: %w", sock, err)
+	}
+	if err := os.Chmod(sock, 0o660); err != nil {
+		ul.Close()
+		return nil, fmt.Errorf("agent: chmod socket: %w", err)
+	}
+	s := &apiServer{a: a, unixL: ul}
+	mux := a.routes()
+	s.unixSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if !a.cfg.DisableHTTP {
+		hl, err := net.Listen("tcp", a.cfg.HTTPAddr)
+		if err != nil {
+			ul.Close()
+			return nil, fmt.Errorf("agent: listen on http_addr %s: %w", a.cfg.HTTPAddr, err)
+		}
+		s.httpL = hl
+		a.mu.Lock()
+		a.httpAddr = hl.Addr().String()
+		a.mu.Unlock()
+		s.httpSrv = &http.Server{Handler: a.requireToken(mux), ReadHeaderTimeout: 10 * time.Second}
+		s.tlsConfig = a.cfg.TLSCertFile != ""
+		a.log.Info("http api listening", "addr", hl.Addr().String(), "tls", s.tlsConfig)
+	}
+	return s, nil
+}
+
+// HTTPAddr returns the bound HTTP address (useful with port 0), or "".
+func (s *apiServer) HTTPAddr() string {
+	if s.httpL == nil {
+		return ""
+	}
+	return s.httpL.Addr().String()
+}
+
+// serve serves until ctx ends, then shuts the servers down (followers of
+// logs are cut off by the shutdown's base context).
+func (s *apiServer) serve(ctx context.Context) {
+	var wg sync.WaitGroup
+	base, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	s.unixSrv.BaseContext = func(net.Listener) context.Context { return base }
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.unixSrv.Serve(s.unixL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.a.log.Error("unix api stopped", "error", err)
+		}
+	}()
+	if s.httpSrv != nil {
+		s.httpSrv.BaseContext = func(net.Listener) context.Context { return base }
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if s.tlsConfig {
+				err = s.httpSrv.ServeTLS(s.httpL, s.a.cfg.TLSCertFile, s.a.cfg.TLSKeyFile)
+			} else {
+				err = s.httpSrv.Serve(s.httpL)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.a.log.Error("http api stopped", "error", err)
+			}
+		}()
+	}
+	<-ctx.Done()
+	cancelBase()
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = s.unixSrv.Shutdown(sctx)
+	if s.httpSrv != nil {
+		_ = s.httpSrv.Shutdown(sctx)
+	}
+	wg.Wait()
+}
+
+// requireToken demands "Authorization: Bearer <token>" from HTTP clients
+// when a token is configured, or from non-loopback clients always (Validate
+// refuses a non-loopback address without a token). /healthz stays open.
+func (a *Agent) requireToken(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if a.cfg.Token == "" && isLoopback(host) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || a.cfg.Token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(a.cfg.Token)) != 1 {
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *Agent) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /v1/status", a.handleStatus)
+	mux.HandleFunc("GET /v1/instances", a.handleInstances)
+	mux.HandleFunc("GET /v1/instances/{id}", a.handleInstance)
+	mux.HandleFunc("GET /v1/instances/{id}/logs", a.handleLogs)
+	mux.HandleFunc("POST /v1/instances/{id}/signal", a.handleSignal)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Status is the body of GET /v1/status.
+type Status struct {
+	Host       string         `json:"host"`
+	Addr       string         `json:"addr"`
+	Version    string         `json:"version"`
+	Connected  bool           `json:"connected"`
+	Lease      string         `json:"lease,omitempty"`
+	CgroupMode string         `json:"cgroup_mode"`
+	Uptime     string         `json:"uptime"`
+	Instances  map[string]int `json:"instances"`
+}
+
+func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	st := Status{
+		Host:       a.cfg.HostID,
+		Addr:       a.cfg.Addr,
+		Version:    a.cfg.Version,
+		CgroupMode: a.sup.CgroupMode(),
+		Uptime:     time.Since(a.started).Round(time.Second).String(),
+		Instances:  map[string]int{},
+	}
+	if s := a.currentSession(); s != nil {
+		st.Connected = true
+		st.Lease = fmt.Sprintf("%x", int64(s.Lease()))
+	}
+	for _, in := range a.sup.List() {
+		st.Instances[string(in.State)]++
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *Agent) handleInstances(w http.ResponseWriter, r *http.Request) {
+	list := a.sup.List()
+	if list == nil {
+		list = []supervisor.Status{}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (a *Agent) handleInstance(w http.ResponseWriter, r *http.Request) {
+	st, ok := a.sup.Status(r.PathValue("id"))
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no instance %q on this host", r.PathValue("id")))
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// handleLogs serves ?stream=stdout|stderr&tail=N&follow=1.
+func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, ok := a.sup.Status(id); !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no instance %q on this host", id))
+		return
+	}
+	q := r.URL.Query()
+	stream := q.Get("stream")
+	if stream == "" {
+		stream = "stdout"
+	}
+	if stream != "stdout" && stream != "stderr" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("stream must be stdout or stderr, not %q", stream))
+		return
+	}
+	tail := 100
+	if v := q.Get("tail"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("tail must be a non-negative integer, not %q", v))
+			return
+		}
+		tail = n
+	}
+	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
+	path := a.sup.LogPath(id, stream)
+	lines, err := logfile.Tail(path, tail)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	for _, l := range lines {
+		io.WriteString(w, l)
+		io.WriteString(w, "\n")
+	}
+	if !follow {
+		return
+	}
+	fw := &flushWriter{w: w}
+	fw.flush()
+	if err := logfile.Follow(r.Context(), path, true, fw); err != nil && r.Context().Err() == nil {
+		a.log.Debug("log follow ended", "instance", id, "error", err)
+	}
+}
+
+// flushWriter flushes after every write so followed logs arrive at once.
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f *flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	f.flush()
+	return n, err
+}
+
+func (f *flushWriter) flush() {
+	if fl, ok := f.w.(http.Flusher); ok {
+		fl.Flush()
+	}
+}
+
+// SignalRequest is the body of POST /v1/instances/{id}/signal.
+type SignalRequest struct {
+	Signal string `json:"signal"`
+}
+
+func (a *Agent) handleSignal(w http.ResponseWriter, r *http.Request) {
+	var req SignalRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "body must be JSON {\"signal\": \"HUP\"}: "+err.Error())
+		return
+	}
+	err := a.sup.Signal(r.PathValue("id"), req.Signal)
+	switch {
+	case errors.Is(err, supervisor.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, supervisor.ErrInvalidSpec):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case err != nil:
+		writeError(w, http.StatusConflict, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, map[string]string{"instance": r.PathValue("id"), "signal": req.Signal})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}

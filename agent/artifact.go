@@ -1,0 +1,261 @@
+package agent
+
+import (
+	"archive/tar"
+	"bufio"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sync/singleflight"
+)
+
+// ErrArtifact marks a revision whose artifact cannot be fetched, verified
+// or unpacked. Tickets failing with it are released with the reason so
+// another host may try (an unreachable URL may be reachable from there).
+var ErrArtifact = errors.New("agent: artifact")
+
+// maxArtifactBytes bounds a downloaded artifact (and its unpacked size), so a
+// wrong URL cannot fill the disk.
+const maxArtifactBytes = 2 << 30
+
+// artifactCache fetches revision artifacts into a content-addressed cache
+// (<dir>/blobs/<sha256>.tar.gz), checks their sha256, and unpacks each once
+// into <dir>/releases/<sha256>/, which instances of that revision share as
+// their working directory (read-mostly; an app that writes there shares it).
+type artifactCache struct {
+	dir    string
+	client *http.Client
+	group  singleflight.Group
+}
+
+func newArtifactCache(dir string) *artifactCache {
+	return &artifactCache{dir: dir, client: &http.Client{}}
+}
+
+// Dir returns the unpacked release directory of the artifact at rawURL with
+// the given sha256, fetching and unpacking it first if needed. Concurrent
+// calls for one artifact share one fetch.
+func (c *artifactCache) Dir(ctx context.Context, rawURL, sum string) (string, error) {
+	sum = strings.ToLower(sum)
+	if len(sum) != 64 {
+		return "", fmt.Errorf("%w: sha256 %q is not 64 hex digits", ErrArtifact, sum)
+	}
+	if _, err := hex.DecodeString(sum); err != nil {
+		return "", fmt.Errorf("%w: sha256 %q is not hex", ErrArtifact, sum)
+	}
+	rel := filepath.Join(c.dir, "releases", sum)
+	if _, err := os.Stat(filepath.Join(rel, ".visor-unpacked")); err == nil {
+		return rel, nil
+	}
+	v, err, _ := c.group.Do(sum, func() (any, error) {
+		if _, err := os.Stat(filepath.Join(rel, ".visor-unpacked")); err == nil {
+			return rel, nil
+		}
+		blob, err := c.fetch(ctx, rawURL, sum)
+		if err != nil {
+			return "", err
+		}
+		if err := unpack(blob, rel); err != nil {
+			return "", err
+		}
+		return rel, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return v.(string), nil
+}
+
+// fetch downloads (or copies) the artifact into the blob cache, verifying
+// its sha256 before it becomes visible under its final name.
+func (c *artifactCache) fetch(ctx context.Context, rawURL, sum string) (string, error) {
+	blobs := filepath.Join(c.dir, "blobs")
+	final := filepath.Join(blobs, sum+".tar.gz")
+	if _, err := os.Stat(final); err == nil {
+		return final, nil
+	}
+	if err := os.MkdirAll(blobs, 0o750); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", fmt.Errorf("%w: url %q: %v", ErrArtifact, rawURL, err)
+	}
+	var src io.ReadCloser
+	switch u.Scheme {
+	case "file":
+		f, err := os.Open(u.Path)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrArtifact, err)
+		}
+		src = f
+	case "http", "https":
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrArtifact, err)
+		}
+		resp, err := c.client.Do(req)
+		if err != nil {
+			return "", fmt.Errorf("%w: fetch %s: %v", ErrArtifact, rawURL, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return "", fmt.Errorf("%w: fetch %s: %s", ErrArtifact, rawURL, resp.Status)
+		}
+		src = resp.Body
+	default:
+		return "", fmt.Errorf("%w: url %q: scheme must be file, http or https", ErrArtifact, rawURL)
+	}
+	defer src.Close()
+
+	tmp, err := os.CreateTemp(blobs, ".fetch-*")
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(src, maxArtifactBytes+1))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("%w: download %s: %v", ErrArtifact, rawURL, err)
+	}
+	if n > maxArtifactBytes {
+		return "", fmt.Errorf("%w: %s is larger than %d bytes", ErrArtifact, rawURL, int64(maxArtifactBytes))
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+		return "", fmt.Errorf("%w: sha256 mismatch for %s: want %s, got %s", ErrArtifact, rawURL, sum, got)
+	}
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	return final, nil
+}
+
+// unpack extracts a tar.gz into dir via a temporary sibling directory, so a
+// half-unpacked release is never used. Entries may not escape dir.
+func unpack(blob, dir string) error {
+	f, err := os.Open(blob)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return fmt.Errorf("%w: %s is not gzip: %v", ErrArtifact, filepath.Base(blob), err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o750); err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".unpack-*")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	defer os.RemoveAll(tmp)
+	tr := tar.NewReader(zr)
+	var total int64
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%w: read tar: %v", ErrArtifact, err)
+		}
+		name := filepath.Clean(hdr.Name)
+		if name == "." {
+			continue
+		}
+		if filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
+			return fmt.Errorf("%w: tar entry %q escapes the release directory", ErrArtifact, hdr.Name)
+		}
+		target := filepath.Join(tmp, name)
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			}
+		case tar.TypeReg:
+			total += hdr.Size
+			if total > maxArtifactBytes {
+				return fmt.Errorf("%w: unpacked size exceeds %d bytes", ErrArtifact, int64(maxArtifactBytes))
+			}
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			}
+			out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, os.FileMode(hdr.Mode)&0o777)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			}
+			_, err = io.Copy(out, io.LimitReader(tr, hdr.Size))
+			if cerr := out.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("%w: write %s: %v", ErrArtifact, name, err)
+			}
+		case tar.TypeSymlink:
+			linkTarget := filepath.Join(filepath.Dir(name), hdr.Linkname)
+			if filepath.IsAbs(hdr.Linkname) || strings.HasPrefix(filepath.Clean(linkTarget), "..") {
+				return fmt.Errorf("%w: symlink %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
+			}
+			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			}
+			if err := os.Symlink(hdr.Linkname, target); err != nil {
+				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			}
+		default:
+			// Devices, fifos and hard links have no place in an app artifact.
+			continue
+		}
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ".visor-unpacked"), nil, 0o640); err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if _, serr := os.Stat(filepath.Join(dir, ".visor-unpacked")); serr == nil {
+			return nil // another agent process unpacked it first
+		}
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	return nil
+}
+
+// procfileCommand returns the command of process type proc from the
+// Procfile in dir ("name: command" lines; # comments).
+func procfileCommand(dir, proc string) (string, error) {
+	f, err := os.Open(filepath.Join(dir, "Procfile"))
+	if err != nil {
+		return "", fmt.Errorf("%w: no command for %q and no Procfile: %v", ErrArtifact, proc, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, cmd, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(name) == proc {
+			if cmd = strings.TrimSpace(cmd); cmd != "" {
+				return cmd, nil
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("%w: read Procfile: %v", ErrArtifact, err)
+	}
+	return "", fmt.Errorf("%w: Procfile has no process type %q", ErrArtifact, proc)
+}

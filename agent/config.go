@@ -1,0 +1,186 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Config configures an Agent. The zero value of every field but HostID,
+// DataDir and RunDir has a documented default; Validate names the first
+// field that is wrong.
+type Config struct {
+	// HostID identifies this host in the registry. Default: the hostname.
+	HostID string
+	// Addr is the address other hosts and clients reach this host's
+	// instances at. Default: HostID.
+	Addr string
+	// Labels are free-form host labels, written to the host record.
+	Labels map[string]string
+	// Capacity is the most instances this host runs; 0 means unlimited.
+	Capacity int
+
+	// TTL is the host lease's time to live. Default 10s; minimum 2s.
+	TTL time.Duration
+
+	// DataDir holds the supervisor's state, instance logs and the artifact
+	// cache. Required.
+	DataDir string
+	// RunDir holds the unix socket agent.sock. Required.
+	RunDir string
+
+	// HTTPAddr is the HTTP API's listen address. Default "127.0.0.1:7777";
+	// "" after defaults means "off" only if DisableHTTP is set.
+	HTTPAddr string
+	// DisableHTTP turns the HTTP listener off (the unix socket stays).
+	DisableHTTP bool
+	// Token is the bearer token the HTTP API requires from clients that are
+	// not on loopback. Required when HTTPAddr is not a loopback address.
+	Token string
+	// TLSCertFile and TLSKeyFile, when set, serve HTTPS.
+	TLSCertFile, TLSKeyFile string
+
+	// PortMin and PortMax bound the ports given to instances ($PORT).
+	// Default 20000-29999.
+	PortMin, PortMax int
+
+	// ClaimDelay is the base of the jittered delay before a claim; the delay
+	// grows with the number of instances running here. Default 20ms.
+	ClaimDelay time.Duration
+	// MaxParallel bounds tickets executed at once. Default 64.
+	MaxParallel int
+	// StatusInterval is how often host status (load, memory) is written.
+	// Default 10s; never less than 10s.
+	StatusInterval time.Duration
+
+	// StopOnExit stops every instance when the agent shuts down. Default
+	// off: instances keep running and the next agent re-adopts them.
+	StopOnExit bool
+	// StopAfterDisconnect, when > 0, stops every instance once etcd has been
+	// unreachable for that long. Default 0: never.
+	StopAfterDisconnect time.Duration
+
+	// Cgroups selects the supervisor's resource-limit backend:
+	// "auto" (default), "v2", "v1" or "none".
+	Cgroups string
+
+	// Version is written to the host record.
+	Version string
+
+	// Logger receives the agent's logs. Default: a null logger.
+	Logger hclog.Logger
+
+	// Ready is called once, when the first registry session is up (the
+	// systemd READY=1 point). Stopping is called when shutdown begins.
+	Ready, Stopping func()
+}
+
+var hostIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
+
+// withDefaults returns c with defaults filled in.
+func (c Config) withDefaults() Config {
+	if c.HostID == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.HostID = h
+		}
+	}
+	if c.Addr == "" {
+		c.Addr = c.HostID
+	}
+	if c.TTL == 0 {
+		c.TTL = 10 * time.Second
+	}
+	if c.HTTPAddr == "" && !c.DisableHTTP {
+		c.HTTPAddr = "127.0.0.1:7777"
+	}
+	if c.PortMin == 0 && c.PortMax == 0 {
+		c.PortMin, c.PortMax = 20000, 29999
+	}
+	if c.ClaimDelay == 0 {
+		c.ClaimDelay = 20 * time.Millisecond
+	}
+	if c.MaxParallel == 0 {
+		c.MaxParallel = 64
+	}
+	if c.StatusInterval < 10*time.Second {
+		c.StatusInterval = 10 * time.Second
+	}
+	if c.Cgroups == "" {
+		c.Cgroups = "auto"
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	if c.Ready == nil {
+		c.Ready = func() {}
+	}
+	if c.Stopping == nil {
+		c.Stopping = func() {}
+	}
+	return c
+}
+
+// Validate reports the first invalid field of c (after defaults), by name.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if !hostIDRe.MatchString(c.HostID) {
+		errs = append(errs, fmt.Errorf("host: %q is not a valid host id (lower-case letters, digits, '.', '-'; at most 63)", c.HostID))
+	}
+	if c.TTL < 2*time.Second {
+		errs = append(errs, fmt.Errorf("ttl: %s is below the 2s minimum", c.TTL))
+	}
+	if c.Capacity < 0 {
+		errs = append(errs, fmt.Errorf("capacity: %d is negative", c.Capacity))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir: required"))
+	} else if !filepath.IsAbs(c.DataDir) {
+		errs = append(errs, fmt.Errorf("data_dir: %q is not an absolute path", c.DataDir))
+	}
+	if c.RunDir == "" {
+		errs = append(errs, errors.New("run_dir: required"))
+	} else if !filepath.IsAbs(c.RunDir) {
+		errs = append(errs, fmt.Errorf("run_dir: %q is not an absolute path", c.RunDir))
+	}
+	if c.PortMin < 1 || c.PortMax > 65535 || c.PortMin > c.PortMax {
+		errs = append(errs, fmt.Errorf("port_range: %d-%d is not a range within 1-65535", c.PortMin, c.PortMax))
+	}
+	if c.MaxParallel < 1 {
+		errs = append(errs, fmt.Errorf("max_parallel: %d must be at least 1", c.MaxParallel))
+	}
+	if c.StopAfterDisconnect < 0 {
+		errs = append(errs, fmt.Errorf("stop_after_disconnect: %s is negative", c.StopAfterDisconnect))
+	}
+	switch c.Cgroups {
+	case "auto", "v1", "v2", "none":
+	default:
+		errs = append(errs, fmt.Errorf("cgroups: %q is not one of auto, v1, v2, none", c.Cgroups))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("tls_cert/tls_key: both or neither"))
+	}
+	if !c.DisableHTTP {
+		host, _, err := net.SplitHostPort(c.HTTPAddr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("http_addr: %q: %v", c.HTTPAddr, err))
+		} else if !isLoopback(host) && c.Token == "" {
+			errs = append(errs, fmt.Errorf("token: required when http_addr %q is not a loopback address", c.HTTPAddr))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,21 @@
+// Package agent is Visor's per-host daemon. It wires the registry (etcd)
+// to the supervisor (OS processes):
+//
+//   - it registers the host under one etcd lease (TTL, keepalive at TTL/3)
+//     that also binds the host's claims and instance index;
+//   - it watches the tickets this host may claim, claims them atomically
+//     after a small jittered delay that grows with the host's load, and
+//     executes them (start, stop, restart, signal) through the supervisor;
+//   - it writes each instance's state transitions back, coalescing bursts so
+//     that an instance start costs at most four etcd writes;
+//   - it survives etcd outages: processes keep running, the latest state of
+//     each instance is kept in memory, and on reconnect the agent
+//     re-registers, re-binds (adopts) its instances and stops only those
+//     that were replaced meanwhile;
+//   - it serves a local API on a unix socket and on HTTP (status,
+//     instances, logs, signals, Prometheus metrics, health).
+//
+// The agent imports registry and supervisor; neither of them imports agent.
+// Instances outlive the agent: shutdown leaves them running unless
+// Config.StopOnExit is set, and the next agent re-adopts them.
+package agent

@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigValidate(t *testing.T) {
+	good := Config{HostID: "h1", DataDir: "/var/lib/visor", RunDir: "/run/visor"}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("valid config rejected: %v", err)
+	}
+	cases := []struct {
+		name  string
+		mod   func(*Config)
+		field string
+	}{
+		{"bad host", func(c *Config) { c.HostID = "Bad/Host" }, "host"},
+		{"ttl too small", func(c *Config) { c.TTL = time.Second }, "ttl"},
+		{"relative data dir", func(c *Config) { c.DataDir = "data" }, "data_dir"},
+		{"missing run dir", func(c *Config) { c.RunDir = "" }, "run_dir"},
+		{"inverted port range", func(c *Config) { c.PortMin, c.PortMax = 3000, 2000 }, "port_range"},
+		{"port range beyond 65535", func(c *Config) { c.PortMin, c.PortMax = 2000, 70000 }, "port_range"},
+		{"unknown cgroups", func(c *Config) { c.Cgroups = "v3" }, "cgroups"},
+		{"negative capacity", func(c *Config) { c.Capacity = -1 }, "capacity"},
+		{"public http without token", func(c *Config) { c.HTTPAddr = "0.0.0.0:7777" }, "token"},
+		{"bad http addr", func(c *Config) { c.HTTPAddr = "nonsense" }, "http_addr"},
+		{"tls cert without key", func(c *Config) { c.TLSCertFile = "/x.pem" }, "tls_cert"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			tc.mod(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("Validate() = %v, want an error naming %q", err, tc.field)
+			}
+		})
+	}
+}
+
+// makeArtifact writes a tar.gz with the given files and returns its path
+// and sha256.
+func makeArtifact(t *testing.T, files map[string]string) (string, string) {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for name, body := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "app.tar.gz")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	return p, hex.EncodeToString(sum[:])
+}
+
+func TestArtifactCache(t *testing.T) {
+	ctx := context.Background()
+	path, sum := makeArtifact(t, map[string]string{
+		"Procfile": "# processes\nweb: ./run web\nworker:  ./run worker --fast\n",
+		"run":      "#!/bin/sh\nexec sleep 100\n",
+	})
+
+	t.Run("file url unpacks once and finds procfile commands", func(t *testing.T) {
+		c := newArtifactCache(t.TempDir())
+		dir, err := c.Dir(ctx, "file://"+path, sum)
+		if err != nil {
+			t.Fatalf("Dir: %v", err)
+		}
+		if st, err := os.Stat(filepath.Join(dir, "run")); err != nil || st.Mode()&0o100 == 0 {
+			t.Fatalf("run not unpacked executable: %v", err)
+		}
+		again, err := c.Dir(ctx, "file://"+path, sum)
+		if err != nil || again != dir {
+			t.Fatalf("second Dir = %q, %v; want cached %q", again, err, dir)
+		}
+		cmd, err := procfileCommand(dir, "worker")
+		if err != nil || cmd != "./run worker --fast" {
+			t.Fatalf("procfileCommand(worker) = %q, %v", cmd, err)
+		}
+		if _, err := procfileCommand(dir, "cron"); !errors.Is(err, ErrArtifact) {
+			t.Fatalf("missing proc: err = %v, want ErrArtifact", err)
+		}
+	})
+
+	t.Run("http url", func(t *testing.T) {
+		body, _ := os.ReadFile(path)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/app.tar.gz" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Write(body)
+		}))
+		defer srv.Close()
+		c := newArtifactCache(t.TempDir())
+		if _, err := c.Dir(ctx, srv.URL+"/app.tar.gz", sum); err != nil {
+			t.Fatalf("Dir over http: %v", err)
+		}
+		_, err := c.Dir(ctx, srv.URL+"/missing.tar.gz", strings.Repeat("a", 64))
+		if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), "404") {
+			t.Fatalf("missing artifact: err = %v, want ErrArtifact naming 404", err)
+		}
+	})
+
+	t.Run("bad input", func(t *testing.T) {
+		c := newArtifactCache(t.TempDir())
+		for name, tc := range map[string]struct{ url, sum, want string }{
+			"sha mismatch":       {"file://" + path, strings.Repeat("0", 64), "sha256 mismatch"},
+			"short sha":          {"file://" + path, "abc", "64 hex"},
+			"missing file":       {"file:///nonexistent/app.tar.gz", sum, "no such file"},
+			"unsupported scheme": {"ftp://example.invalid/a.tgz", sum, "scheme"},
+		} {
+			_, err := c.Dir(ctx, tc.url, tc.sum)
+			if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s: err = %v, want ErrArtifact containing %q", name, err, tc.want)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(c.dir, "releases")); err == nil {
+			entries, _ := os.ReadDir(filepath.Join(c.dir, "releases"))
+			if len(entries) != 0 {
+				t.Errorf("failed fetches left releases behind: %v", entries)
+			}
+		}
+	})
+
+	t.Run("entries escaping the release are refused", func(t *testing.T) {
+		evil, evilSum := makeArtifact(t, map[string]string{"../../escape": "x"})
+		c := newArtifactCache(t.TempDir())
+		_, err := c.Dir(ctx, "file://"+evil, evilSum)
+		if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), "escapes") {
+			t.Fatalf("err = %v, want an escape error", err)
+		}
+	})
+}
+
+func TestPortAllocator(t *testing.T) {
+	p := newPortAllocator(41000, 41002)
+	p.Reserve(41000, "adopted")
+	a, err := p.Allocate("a")
+	if err != nil || a == 41000 {
+		t.Fatalf("Allocate = %d, %v; want a port other than the reserved one", a, err)
+	}
+	b, err := p.Allocate("b")
+	if err != nil || b == a {
+		t.Fatalf("Allocate = %d, %v; want a second distinct port", b, err)
+	}
+	if _, err := p.Allocate("c"); !errors.Is(err, ErrNoPort) {
+		t.Fatalf("exhausted range: err = %v, want ErrNoPort", err)
+	}
+	p.Free(a, "a")
+	if c, err := p.Allocate("c"); err != nil || c != a {
+		t.Fatalf("after Free: Allocate = %d, %v; want %d", c, err, a)
+	}
+}

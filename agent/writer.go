@@ -1,0 +1,315 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/visorhq/visor/registry"
+	"github.com/visorhq/visor/supervisor"
+)
+
+// writerWorkers is how many instance states are written to etcd at once.
+const writerWorkers = 16
+
+// stateWriter writes supervisor state changes to the registry. It keeps
+// only the latest status per instance, so a burst of transitions (starting,
+// running) collapses into fewer writes, and nothing is lost while etcd is
+// unreachable: dirty instances are written again once a session is back.
+// Writes for one instance are never concurrent, so they stay in order.
+type stateWriter struct {
+	a *Agent
+
+	mu       sync.Mutex // guards everything below
+	latest   map[string]supervisor.Status
+	dirty    map[string]bool // instance needs a write
+	queued   map[string]bool // instance is in queue
+	queue    []string
+	busy     map[string]bool            // a worker is writing it
+	tickets  map[string]registry.Ticket // start tickets completing with the instance's first running state
+	progress chan struct{}              // closed and replaced after every write
+
+	kick chan struct{}
+}
+
+func newStateWriter(a *Agent) *stateWriter {
+	return &stateWriter{
+		a:        a,
+		latest:   make(map[string]supervisor.Status),
+		dirty:    make(map[string]bool),
+		queued:   make(map[string]bool),
+		busy:     make(map[string]bool),
+		tickets:  make(map[string]registry.Ticket),
+		progress: make(chan struct{}),
+		kick:     make(chan struct{}, 1),
+	}
+}
+
+func (w *stateWriter) poke() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue marks id dirty and queues it. Caller holds w.mu.
+func (w *stateWriter) enqueue(id string) {
+	w.dirty[id] = true
+	if !w.queued[id] && !w.busy[id] {
+		w.queued[id] = true
+		w.queue = append(w.queue, id)
+	}
+}
+
+// update records st as the latest status of id. It never blocks.
+func (w *stateWriter) update(id string, st supervisor.Status) {
+	w.mu.Lock()
+	w.latest[id] = st
+	w.enqueue(id)
+	w.mu.Unlock()
+	w.poke()
+}
+
+// touch queues id to be written again with its latest status.
+func (w *stateWriter) touch(id string) {
+	w.mu.Lock()
+	if _, ok := w.latest[id]; ok {
+		w.enqueue(id)
+	}
+	w.mu.Unlock()
+	w.poke()
+}
+
+// drop forgets id: it will not be written any more.
+func (w *stateWriter) drop(id string) {
+	w.mu.Lock()
+	delete(w.latest, id)
+	delete(w.dirty, id)
+	delete(w.tickets, id)
+	w.mu.Unlock()
+}
+
+// expect registers start ticket t to be completed together with the first
+// running (or terminal) state of instance id.
+func (w *stateWriter) expect(id string, t registry.Ticket) {
+	w.mu.Lock()
+	w.tickets[id] = t
+	w.mu.Unlock()
+}
+
+func (w *stateWriter) unexpect(id string) {
+	w.mu.Lock()
+	delete(w.tickets, id)
+	w.mu.Unlock()
+}
+
+// requeueDirty queues every dirty instance (after a session change).
+func (w *stateWriter) requeueDirty() {
+	w.mu.Lock()
+	for id, d := range w.dirty {
+		if d {
+			w.enqueue(id)
+		}
+	}
+	w.mu.Unlock()
+}
+
+// run dispatches dirty instances to workers until ctx ends. Should be
+// started in a goroutine; returns after its workers exit.
+func (w *stateWriter) run(ctx context.Context) {
+	jobs := make(chan string)
+	var wg sync.WaitGroup
+	for i := 0; i < writerWorkers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range jobs {
+				w.write(ctx, id)
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer close(jobs)
+	for {
+		s, changed := w.a.sessionAndChange()
+		var out chan string
+		var next string
+		if s != nil {
+			w.mu.Lock()
+			for len(w.queue) > 0 && next == "" {
+				id := w.queue[0]
+				if w.busy[id] {
+					// finish() requeues it once the running write is done.
+					w.queue = w.queue[1:]
+					w.queued[id] = false
+					continue
+				}
+				next = id
+			}
+			w.mu.Unlock()
+			if next != "" {
+				out = jobs
+			}
+		}
+		select {
+		case out <- next:
+			w.mu.Lock()
+			w.queue = w.queue[1:]
+			w.queued[next] = false
+			w.busy[next] = true
+			w.mu.Unlock()
+		case <-w.kick:
+		case <-changed:
+			w.requeueDirty()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// write writes the latest status of id with the current session.
+func (w *stateWriter) write(ctx context.Context, id string) {
+	w.mu.Lock()
+	st, ok := w.latest[id]
+	t, hasTicket := w.tickets[id]
+	w.dirty[id] = false
+	w.mu.Unlock()
+
+	retry := false
+	defer func() { w.finish(id, retry) }()
+	if !ok {
+		return
+	}
+	s := w.a.currentSession()
+	if s == nil {
+		retry = true
+		return
+	}
+	inst := w.a.toInstance(st)
+	var err error
+	completing := hasTicket && (st.State == supervisor.StateRunning || st.State.Terminal())
+	if completing {
+		err = s.CompleteWith(ctx, t, inst)
+		if errors.Is(err, registry.ErrTicketDone) || errors.Is(err, registry.ErrNotFound) {
+			err = s.UpdateInstance(ctx, inst)
+		}
+		if err == nil {
+			w.unexpect(id)
+			w.a.metrics.ticketToRunning.Observe(time.Since(t.Created).Seconds())
+		}
+	} else {
+		err = s.UpdateInstance(ctx, inst)
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, registry.ErrNotHolder):
+		// Replaced or marked lost while we were away: this copy must go.
+		w.a.log.Info("instance no longer held by this host; stopping it", "instance", id)
+		w.drop(id)
+		w.a.spawn(func() { w.a.stopReplaced(id) })
+	case ctx.Err() != nil:
+	default:
+		w.a.log.Warn("write instance state", "instance", id, "state", string(st.State), "error", err)
+		retry = true
+	}
+}
+
+// finish ends a write of id; a write that failed, or a newer status that
+// arrived meanwhile, is queued again (a failed write waits for the next
+// session change so a dead etcd is not hammered).
+func (w *stateWriter) finish(id string, failed bool) {
+	w.mu.Lock()
+	w.busy[id] = false
+	if failed {
+		w.dirty[id] = true
+	} else if w.dirty[id] {
+		w.enqueue(id)
+	}
+	close(w.progress)
+	w.progress = make(chan struct{})
+	w.mu.Unlock()
+	w.poke()
+}
+
+// pending reports whether id (or, with id "", any instance) still waits for
+// a write, and returns a channel closed at the next write.
+func (w *stateWriter) pending(id string) (bool, <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if id != "" {
+		return w.dirty[id] || w.busy[id], w.progress
+	}
+	for k := range w.latest {
+		if w.dirty[k] || w.busy[k] {
+			return true, w.progress
+		}
+	}
+	return false, w.progress
+}
+
+// flushOne waits until id's latest status is written or ctx ends.
+func (w *stateWriter) flushOne(ctx context.Context, id string) {
+	w.flushWait(ctx, id)
+}
+
+// flush waits until every status is written, the session is gone, or ctx
+// ends.
+func (w *stateWriter) flush(ctx context.Context) { w.flushWait(ctx, "") }
+
+func (w *stateWriter) flushWait(ctx context.Context, id string) {
+	for {
+		p, ch := w.pending(id)
+		if !p || w.a.currentSession() == nil {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// toInstance builds the registry record of a supervised instance.
+func (a *Agent) toInstance(st supervisor.Status) registry.Instance {
+	inst := registry.Instance{
+		ID:       st.ID,
+		App:      st.Meta[metaApp],
+		Rev:      st.Meta[metaRev],
+		Proc:     st.Meta[metaProc],
+		Host:     a.cfg.HostID,
+		PID:      st.PID,
+		State:    registry.InstanceState(st.State),
+		Since:    st.Since,
+		Restarts: st.Restarts,
+		Signal:   st.Signal,
+		Reason:   st.Reason,
+		Ticket:   st.Meta[metaTicket],
+	}
+	if !st.StartTime.IsZero() {
+		inst.PIDStart = st.StartTime.UnixNano()
+	}
+	if p, err := strconv.Atoi(st.Meta[metaPort]); err == nil {
+		inst.Port = p
+	}
+	if c, err := time.Parse(time.RFC3339Nano, st.Meta[metaCreated]); err == nil {
+		inst.Created = c
+	}
+	if st.State.Terminal() && st.ExitCode >= 0 {
+		code := st.ExitCode
+		inst.ExitCode = &code
+	}
+	return inst
+}
+
+// stopReplaced stops and forgets an instance this host no longer holds.
+func (a *Agent) stopReplaced(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
+		a.log.Warn("stop replaced instance", "instance", id, "error", err)
+	}
+	_ = a.sup.Remove(id)
+}

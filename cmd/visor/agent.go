@@ -1,0 +1,366 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/oklog/run"
+
+	"github.com/visorhq/visor/agent"
+	"github.com/visorhq/visor/internal/embedetcd"
+	"github.com/visorhq/visor/internal/version"
+	"github.com/visorhq/visor/registry"
+	"github.com/visorhq/visor/systemd"
+)
+
+func init() {
+	register(&command{
+		Name:    "agent",
+		Args:    "[flags]",
+		Short:   "run the host agent (with -dev: embedded etcd too)",
+		RawArgs: true,
+		Long: `Every flag can also come from the environment as VISOR_<FLAG> (dashes as
+underscores, e.g. VISOR_DATA_DIR) or from the JSON config file given by
+-config (keys are flag names with underscores, e.g. "data_dir"; labels may be
+an object). Precedence: flag, then environment, then config file.`,
+		Run: runAgent,
+	})
+}
+
+// agentOptions is everything `visor agent` was asked to do.
+type agentOptions struct {
+	globals    globals
+	cfg        agent.Config
+	configFile string
+	dev        bool
+	devData    string
+	devClient  string
+	devPeer    string
+	logLevel   string
+	logJSON    bool
+	// tempDataDir reports that -dev chose no data dir: runAgent makes a
+	// fresh temporary one (parsing has no side effects).
+	tempDataDir bool
+}
+
+// agentFlags declares the agent's flags on fs, writing into o; flags kept
+// as strings land in raw and are converted by fill.
+func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
+	o.globals.bind(fs)
+	str := func(name, def, usage string) {
+		v := new(string)
+		raw[name] = v
+		fs.StringVar(v, name, def, usage)
+	}
+	fs.StringVar(&o.configFile, "config", "", "JSON config file (env VISOR_CONFIG)")
+	fs.BoolVar(&o.dev, "dev", false, "development mode: run an embedded single-node etcd in this process")
+	fs.StringVar(&o.devData, "dev-data-dir", "", "dev mode: etcd data directory (default: <data-dir>/etcd)")
+	fs.StringVar(&o.devClient, "dev-client-url", "http://127.0.0.1:2379", "dev mode: embedded etcd client URL")
+	fs.StringVar(&o.devPeer, "dev-peer-url", "http://127.0.0.1:2380", "dev mode: embedded etcd peer URL")
+	str("host", "", "host id (default: the hostname)")
+	str("addr", "", "address clients reach this host's instances at (default: the host id)")
+	str("labels", "", "host labels, k=v[,k=v...]")
+	str("capacity", "0", "most instances this host runs (0: unlimited)")
+	str("ttl", "10s", "host lease TTL (keepalive every TTL/3)")
+	str("data-dir", "", "state, logs and artifact cache (default /var/lib/visor; dev: a fresh temp dir)")
+	str("run-dir", "", "directory of the unix socket agent.sock (default /run/visor; dev: <data-dir>/run)")
+	str("http-addr", "127.0.0.1:7777", "HTTP API listen address (\"off\" disables it)")
+	str("token", "", "bearer token required by the HTTP API (required off loopback)")
+	str("tls-cert", "", "serve the HTTP API over TLS with this certificate")
+	str("tls-key", "", "TLS key for -tls-cert")
+	str("port-range", "20000-29999", "ports given to instances as $PORT")
+	str("max-parallel", "64", "tickets executed at once")
+	str("stop-on-exit", "false", "stop every instance when the agent exits (default: leave them running)")
+	str("stop-after-disconnect", "0s", "stop instances after etcd has been unreachable this long (0: never)")
+	str("cgroups", "auto", "resource limits backend: auto, v2, v1 or none")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.BoolVar(&o.logJSON, "log-json", false, "log as JSON lines")
+}
+
+// parseAgentFlags parses the agent's arguments, environment and config
+// file without side effects, and returns the resulting options or an error
+// naming the offending flag or field.
+func parseAgentFlags(args []string) (agentOptions, error) {
+	var o agentOptions
+	raw := map[string]*string{}
+	fs := flag.NewFlagSet("visor agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	agentFlags(fs, &o, raw)
+	if err := fs.Parse(args); err != nil {
+		return o, usageError("agent: %v", err)
+	}
+	if fs.NArg() > 0 {
+		return o, usageError("agent: unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.configFile == "" {
+		o.configFile = os.Getenv("VISOR_CONFIG")
+	}
+	file := map[string]string{}
+	if o.configFile != "" {
+		var err error
+		if file, err = readAgentConfig(o.configFile, fs); err != nil {
+			return o, err
+		}
+	}
+	// Environment, then config file, for every flag not given explicitly.
+	var ferr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || ferr != nil || f.Name == "config" {
+			return
+		}
+		env := "VISOR_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				ferr = usageError("agent: %s: %v", env, err)
+			}
+			return
+		}
+		if v, ok := file[f.Name]; ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				ferr = usageError("agent: config %s: %s: %v", o.configFile, strings.ReplaceAll(f.Name, "-", "_"), err)
+			}
+		}
+	})
+	if ferr != nil {
+		return o, ferr
+	}
+	if err := o.fill(raw); err != nil {
+		return o, err
+	}
+	if _, err := hclogLevel(o.logLevel); err != nil {
+		return o, err
+	}
+	if err := o.cfg.Validate(); err != nil {
+		return o, usageError("agent: %v", err)
+	}
+	return o, nil
+}
+
+// readAgentConfig reads the JSON config file; keys are flag names with
+// underscores. Unknown keys are errors; keys starting with "_" are comments.
+func readAgentConfig(path string, fs *flag.FlagSet) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageError("agent: config: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, usageError("agent: config %s: not valid JSON: %v", path, err)
+	}
+	out := map[string]string{}
+	for k, v := range m {
+		if strings.HasPrefix(k, "_") {
+			continue
+		}
+		name := strings.ReplaceAll(k, "_", "-")
+		if fs.Lookup(name) == nil || name == "config" {
+			return nil, usageError("agent: config %s: unknown field %q", path, k)
+		}
+		switch x := v.(type) {
+		case string:
+			out[name] = x
+		case bool:
+			out[name] = strconv.FormatBool(x)
+		case float64:
+			out[name] = strconv.FormatFloat(x, 'f', -1, 64)
+		case map[string]any:
+			var kv []string
+			for lk, lv := range x {
+				s, ok := lv.(string)
+				if !ok {
+					return nil, usageError("agent: config %s: %s.%s must be a string", path, k, lk)
+				}
+				kv = append(kv, lk+"="+s)
+			}
+			sort.Strings(kv)
+			out[name] = strings.Join(kv, ",")
+		default:
+			return nil, usageError("agent: config %s: field %q has an unsupported type", path, k)
+		}
+	}
+	return out, nil
+}
+
+// fill converts the string-typed flags into agent.Config.
+func (o *agentOptions) fill(raw map[string]*string) error {
+	c := &o.cfg
+	get := func(n string) string { return strings.TrimSpace(*raw[n]) }
+	var err error
+	c.HostID = get("host")
+	c.Addr = get("addr")
+	if l := get("labels"); l != "" {
+		c.Labels = map[string]string{}
+		for _, kv := range strings.Split(l, ",") {
+			k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			if !ok || k == "" {
+				return usageError("agent: labels: %q is not k=v", kv)
+			}
+			c.Labels[k] = v
+		}
+	}
+	if c.Capacity, err = strconv.Atoi(get("capacity")); err != nil {
+		return usageError("agent: capacity: %q is not an integer", get("capacity"))
+	}
+	if c.TTL, err = time.ParseDuration(get("ttl")); err != nil {
+		return usageError("agent: ttl: %v", err)
+	}
+	c.DataDir = get("data-dir")
+	c.RunDir = get("run-dir")
+	if h := get("http-addr"); h == "off" {
+		c.DisableHTTP = true
+	} else {
+		c.HTTPAddr = h
+	}
+	c.Token = get("token")
+	c.TLSCertFile, c.TLSKeyFile = get("tls-cert"), get("tls-key")
+	lo, hi, ok := strings.Cut(get("port-range"), "-")
+	if c.PortMin, err = strconv.Atoi(lo); !ok || err != nil {
+		return usageError("agent: port-range: %q is not MIN-MAX", get("port-range"))
+	}
+	if c.PortMax, err = strconv.Atoi(hi); err != nil {
+		return usageError("agent: port-range: %q is not MIN-MAX", get("port-range"))
+	}
+	if c.MaxParallel, err = strconv.Atoi(get("max-parallel")); err != nil {
+		return usageError("agent: max-parallel: %q is not an integer", get("max-parallel"))
+	}
+	if c.StopOnExit, err = strconv.ParseBool(get("stop-on-exit")); err != nil {
+		return usageError("agent: stop-on-exit: %q is not a boolean", get("stop-on-exit"))
+	}
+	if c.StopAfterDisconnect, err = time.ParseDuration(get("stop-after-disconnect")); err != nil {
+		return usageError("agent: stop-after-disconnect: %v", err)
+	}
+	c.Cgroups = get("cgroups")
+	c.Version = version.Version
+
+	if c.DataDir == "" {
+		if o.dev {
+			// Placeholder for validation; runAgent makes the real temp dir.
+			o.tempDataDir = true
+			c.DataDir = filepath.Join(os.TempDir(), "visor-dev")
+		} else {
+			c.DataDir = "/var/lib/visor"
+		}
+	}
+	if c.RunDir == "" {
+		if o.dev {
+			c.RunDir = filepath.Join(c.DataDir, "run")
+		} else {
+			c.RunDir = "/run/visor"
+		}
+	}
+	return nil
+}
+
+func hclogLevel(s string) (hclog.Level, error) {
+	l := hclog.LevelFromString(s)
+	if l == hclog.NoLevel {
+		return l, usageError("agent: log-level: %q is not one of trace, debug, info, warn, error", s)
+	}
+	return l, nil
+}
+
+// runAgent is `visor agent`: embedded etcd (with -dev), the registry client
+// and the agent, composed in a run group with a fixed teardown order.
+func runAgent(ctx context.Context, e *env, args []string) error {
+	for _, a := range args {
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs := flag.NewFlagSet("visor agent", flag.ContinueOnError)
+			var o agentOptions
+			agentFlags(fs, &o, map[string]*string{})
+			fmt.Fprintf(e.stdout, "Usage: visor agent [flags]\n\nrun the host agent (with -dev: embedded etcd too)\n\nFlags:\n")
+			fs.SetOutput(e.stdout)
+			fs.PrintDefaults()
+			return nil
+		}
+	}
+	o, err := parseAgentFlags(args)
+	if err != nil {
+		return err
+	}
+	level, _ := hclogLevel(o.logLevel)
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name:       "visor",
+		Level:      level,
+		Output:     e.stderr,
+		JSONFormat: o.logJSON,
+	})
+	o.cfg.Logger = logger
+
+	if o.dev {
+		if o.tempDataDir {
+			dir, err := os.MkdirTemp("", "visor-dev-")
+			if err != nil {
+				return fmt.Errorf("dev data dir: %w", err)
+			}
+			o.cfg.DataDir = dir
+			o.cfg.RunDir = filepath.Join(dir, "run")
+		}
+		etcdDir := o.devData
+		if etcdDir == "" {
+			etcdDir = filepath.Join(o.cfg.DataDir, "etcd")
+		}
+		srv, err := embedetcd.Start(ctx, embedetcd.Config{
+			Dir:       etcdDir,
+			ClientURL: o.devClient,
+			PeerURL:   o.devPeer,
+		})
+		if err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+		defer srv.Close()
+		o.globals.endpoints = srv.Endpoint()
+		logger.Info("dev mode: embedded etcd up", "endpoint", srv.Endpoint(), "data_dir", etcdDir)
+		fmt.Fprintf(e.stderr, "\n  visor dev agent: etcd at %s, state in %s\n  in another shell: bin/visor app create demo; bin/visor --help\n\n", srv.Endpoint(), o.cfg.DataDir)
+	}
+
+	rcfg, err := o.globals.registryConfig(logger)
+	if err != nil {
+		return err
+	}
+	// Fail fast on a wrong endpoint at start-up, like etcdctl; later outages
+	// are ridden out by the agent's session loop.
+	dctx, cancel := context.WithTimeout(ctx, o.globals.timeout)
+	reg, err := registry.Dial(dctx, rcfg)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connect to registry at %s: %w", o.globals.endpoints, err)
+	}
+	defer reg.Close()
+
+	o.cfg.Ready = func() {
+		if err := systemd.NotifyReady(); err != nil {
+			logger.Warn("sd_notify ready", "error", err)
+		}
+	}
+	o.cfg.Stopping = func() {
+		if err := systemd.NotifyStopping(); err != nil {
+			logger.Warn("sd_notify stopping", "error", err)
+		}
+	}
+	a, err := agent.New(o.cfg, reg)
+	if err != nil {
+		return err
+	}
+
+	var g run.Group
+	actx, stopAgent := context.WithCancel(ctx)
+	g.Add(func() error { return a.Run(actx) }, func(error) { stopAgent() })
+	if err := g.Run(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	logger.Info("agent stopped")
+	return nil
+}
