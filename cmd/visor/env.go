@@ -135,6 +135,10 @@ type env struct {
 	stdout  io.Writer
 	stderr  io.Writer
 	globals globals
+	// flags is the leaf command's parsed flag set, set just before Run, so
+	// that Run reads its own flags without package-level variables (which
+	// would be shared by concurrent run calls in tests).
+	flags *flag.FlagSet
 }
 
 // registry dials the registry named by the global flags. The caller closes it.

@@ -73,6 +73,10 @@ type command struct {
 	Run func(ctx context.Context, e *env, args []string) error
 	// Subs are the subcommands of a group.
 	Subs []*command
+	// RawArgs passes the arguments to Run unparsed: the command parses its
+	// own flags, global ones included (the agent, which also reads a config
+	// file and VISOR_* variables).
+	RawArgs bool
 
 	parent *command
 }
@@ -108,6 +112,9 @@ func (c *command) path() string {
 // execute parses args for c: global flags and, for a group, the next word
 // selects a subcommand; for a leaf, the command's flags and then Run.
 func (c *command) execute(ctx context.Context, e *env, args []string) error {
+	if c.RawArgs && c.Run != nil {
+		return c.Run(ctx, e, args)
+	}
 	fs := flag.NewFlagSet(c.path(), flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	e.globals.bind(fs)
@@ -128,6 +135,7 @@ func (c *command) execute(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return fmt.Errorf("%w: %s", errUsage, err.Error())
 		}
+		e.flags = fs
 		return c.Run(ctx, e, rest)
 	}
 	if len(rest) == 0 {
