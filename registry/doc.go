@@ -1,0 +1,83 @@
+// Package registry is the typed Go client of the Visor registry in etcd:
+// the model (apps, env, revisions, process types, scale, tickets, claims,
+// instances, hosts), its key layout, claims bound to host leases, and
+// watches that turn etcd changes into typed events. It is usable as a
+// library on its own (Dial, then the methods of Registry).
+//
+// registry must not import os/exec or github.com/visorhq/visor/supervisor
+// (see deps_test.go); it knows nothing about running processes.
+//
+// # Key layout
+//
+// All keys live under a prefix (default "/visor/"). Values are JSON with
+// snake_case fields unless noted; ModRevision fields come from etcd and are
+// not stored.
+//
+//	apps/<app>                         App
+//	apps/<app>/env/<KEY>               env var value (raw string, not JSON)
+//	apps/<app>/revs/<rev>              Revision
+//	apps/<app>/procs/<proc>            ProcType
+//	apps/<app>/scale/<rev>/<proc>      desired count (decimal string)
+//	gen/<app>/<rev>/<proc>             generation key: empty value, only its
+//	                                   mod revision matters (see Scale)
+//	tickets/<id>                       Ticket; ids sort by creation time
+//	claims/<ticket-id>                 holder host id (raw), bound to the
+//	                                   holder's lease
+//	instances/<id>                     Instance; ids are <app>-<proc>-<8 hex>
+//	hosts/<host>                       Host, bound to the host's lease
+//	hosts/<host>/instances/<id>        empty index entry, bound to the lease
+//
+// Names of apps, revisions, process types and hosts match
+// ^[a-z0-9][a-z0-9.-]*$ and are at most 63 characters; env keys match
+// ^[A-Za-z_][A-Za-z0-9_]*$. Nothing user-supplied can contain "/", so no
+// name escapes its key. Invalid input fails with ErrInvalid before anything
+// is written.
+//
+// # Transactions
+//
+// Every multi-key change is one etcd transaction. Read-modify-write changes
+// compare the mod revisions they read and retry on conflict (bounded, with
+// ctx; ErrConflict when the budget is spent).
+//
+// A claim is one transaction and one round trip: the ticket's mod revision
+// is the one the claimer read, claims/<id> does not exist; then the claim is
+// put with the host's lease and, for a start ticket, the instance is written
+// as claimed with its host index entry (also leased). A host whose lease
+// ends loses its claims, so the tickets are free for other hosts.
+//
+// # Scale
+//
+// Scale writes apps/<app>/scale/<rev>/<proc> and, in the same transaction,
+// start tickets, each with a new instance record in state pending (so an
+// instance record exists from the moment it is wanted), or for scale-down
+// deletions and stop tickets. The counted instances of app/rev/proc are the
+// Live ones (pending, claimed, starting, running, backoff) without a stop
+// ticket; pending start tickets are counted through their pending
+// instances, never twice. Every write that changes whether an instance
+// counts (Scale, a stop ticket, a state update to stopping or a terminal
+// state, a final release, MarkLost, CompleteWith) also writes the
+// generation key gen/<app>/<rev>/<proc>, and Scale's transaction compares
+// both the scale key and the generation key with its snapshot, so
+// concurrent scalers and agents make it retry and it never overshoots.
+// Claims do not write the generation key (a claim does not change the
+// count); a scale-down that cancels a start ticket compares that its claim
+// is still absent.
+//
+// Scale-down first cancels pending unclaimed start tickets, newest first,
+// deleting the ticket and its pending instance. If more must go, it creates
+// stop tickets (targeted at the instance's host) for instances that are not
+// yet running (claimed, starting, backoff) before running ones, and within
+// each group the most recently changed (Since) first: the youngest
+// instances have the least warm state.
+//
+// A difference above 40 is applied in steps of at most 40 tickets per
+// transaction (etcd allows 128 operations per transaction by default), each
+// step re-counting.
+//
+// # Instance states
+//
+// pending → claimed → starting → running ⇄ backoff → stopping → exited,
+// and the terminal failed and lost. Only the holder (the host named by the
+// instance) changes an instance (HostSession.UpdateInstance), except lost,
+// which the reconciler sets with MarkLost.
+package registry

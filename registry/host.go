@@ -1,0 +1,488 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Hosts lists the live hosts sorted by id. If some stored values do not
+// decode, it returns the others together with an error wrapping ErrCorrupt.
+func (r *Registry) Hosts(ctx context.Context) ([]Host, error) {
+	resp, err := r.cli.Get(ctx, r.hostsDir(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("registry: list hosts: %w", err)
+	}
+	var out []Host
+	var errs []error
+	for _, kv := range resp.Kvs {
+		id := strings.TrimPrefix(string(kv.Key), r.hostsDir())
+		if strings.Contains(id, "/") {
+			continue
+		}
+		var h Host
+		if err := decodeKV(kv, &h); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		h.ID, h.ModRevision, h.Lease = id, kv.ModRevision, kv.Lease
+		out = append(out, h)
+	}
+	return out, joinCorrupt(errs)
+}
+
+// Host returns one live host.
+func (r *Registry) Host(ctx context.Context, id string) (Host, error) {
+	if err := validName("host", id); err != nil {
+		return Host{}, err
+	}
+	resp, err := r.cli.Get(ctx, r.hostKey(id))
+	if err != nil {
+		return Host{}, fmt.Errorf("registry: get host %q: %w", id, err)
+	}
+	kv := first(resp.Kvs)
+	if kv == nil {
+		return Host{}, fmt.Errorf("%w: host %q", ErrNotFound, id)
+	}
+	var h Host
+	if err := decodeKV(kv, &h); err != nil {
+		return Host{}, err
+	}
+	h.ID, h.ModRevision, h.Lease = id, kv.ModRevision, kv.Lease
+	return h, nil
+}
+
+// HostSession is one agent's presence in the registry: a lease kept alive
+// by one KeepAlive stream, the host key bound to it, and the claims and
+// instance index entries the host writes with it. When the lease is lost
+// they all vanish together, so other hosts may take over the tickets.
+type HostSession struct {
+	r     *Registry
+	id    string
+	lease clientv3.LeaseID
+	log   hclog.Logger
+
+	cancel context.CancelFunc // stops the keepalive stream
+	donec  chan struct{}      // closed by the keepalive goroutine on exit
+	wg     sync.WaitGroup     // the keepalive goroutine
+}
+
+// RegisterHost grants a lease with ttl (rounded up to whole seconds, default
+// 10s), writes hosts/<id> bound to it and keeps the lease alive until Close,
+// Orphan or loss. It fails with ErrExists while another live lease holds
+// the host key. Started and Updated default to now.
+func (r *Registry) RegisterHost(ctx context.Context, h Host, ttl time.Duration) (*HostSession, error) {
+	if err := validName("host", h.ID); err != nil {
+		return nil, err
+	}
+	if ttl < 0 {
+		return nil, fmt.Errorf("%w: host ttl %s is negative", ErrInvalid, ttl)
+	}
+	if ttl == 0 {
+		ttl = 10 * time.Second
+	}
+	now := time.Now().UTC()
+	if h.Started.IsZero() {
+		h.Started = now
+	}
+	if h.Updated.IsZero() {
+		h.Updated = now
+	}
+	grant, err := r.cli.Grant(ctx, int64(math.Ceil(ttl.Seconds())))
+	if err != nil {
+		return nil, fmt.Errorf("registry: register host %q: grant lease: %w", h.ID, err)
+	}
+	revoke := func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		r.cli.Revoke(rctx, grant.ID)
+	}
+	k := r.hostKey(h.ID)
+	resp, err := r.cli.Txn(ctx).If(absent(k)).Then(clientv3.OpPut(k, encode(h), clientv3.WithLease(grant.ID))).Commit()
+	if err != nil {
+		revoke()
+		return nil, fmt.Errorf("registry: register host %q: %w", h.ID, err)
+	}
+	if !resp.Succeeded {
+		revoke()
+		return nil, fmt.Errorf("%w: host %q is held by another live lease", ErrExists, h.ID)
+	}
+	kctx, cancel := context.WithCancel(context.Background())
+	ka, err := r.cli.KeepAlive(kctx, grant.ID)
+	if err != nil {
+		cancel()
+		revoke()
+		return nil, fmt.Errorf("registry: register host %q: keepalive: %w", h.ID, err)
+	}
+	s := &HostSession{r: r, id: h.ID, lease: grant.ID, cancel: cancel, donec: make(chan struct{}),
+		log: r.log.With("host", h.ID)}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(s.donec)
+		for range ka {
+			// The client closes ka when the lease expires, is revoked or
+			// kctx ends; responses carry nothing we need.
+		}
+		if kctx.Err() == nil {
+			s.log.Info("host lease lost", "lease", int64(grant.ID))
+		}
+	}()
+	s.log.Info("host registered", "lease", int64(grant.ID), "ttl", grant.TTL)
+	return s, nil
+}
+
+// ID returns the host id.
+func (s *HostSession) ID() string { return s.id }
+
+// Lease returns the session's lease.
+func (s *HostSession) Lease() clientv3.LeaseID { return s.lease }
+
+// Done is closed when the lease is lost (expired, revoked, or not renewed
+// within its TTL) or the session is closed or orphaned.
+func (s *HostSession) Done() <-chan struct{} { return s.donec }
+
+// Close stops the keepalives and revokes the lease, which deletes the host
+// key, its claims and its instance index entries. It waits for the
+// keepalive goroutine. Revoking an already lost lease is not an error.
+func (s *HostSession) Close(ctx context.Context) error {
+	s.cancel()
+	s.wg.Wait()
+	if _, err := s.r.cli.Revoke(ctx, s.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("registry: close host session %q: %w", s.id, err)
+	}
+	return nil
+}
+
+// Orphan stops the keepalives without revoking the lease, which then
+// expires after its TTL. Done is closed. For tests of lease expiry and for
+// handing over to a restarted agent.
+func (s *HostSession) Orphan() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// leaseErr maps an etcd lease error to ErrLeaseLost.
+func (s *HostSession) leaseErr(what string, err error) error {
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("%s: %w", what, ErrLeaseLost)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// UpdateHost rewrites the host record (status, load) under the same lease.
+// ErrLeaseLost if the lease is gone.
+func (s *HostSession) UpdateHost(ctx context.Context, h Host) error {
+	h.ID = s.id
+	if h.Updated.IsZero() {
+		h.Updated = time.Now().UTC()
+	}
+	k := s.r.hostKey(s.id)
+	what := fmt.Sprintf("registry: update host %q", s.id)
+	resp, err := s.r.cli.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(k), "=", s.lease)).
+		Then(clientv3.OpPut(k, encode(h), clientv3.WithLease(s.lease))).Commit()
+	if err != nil {
+		return s.leaseErr(what, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%s: %w", what, ErrLeaseLost)
+	}
+	return nil
+}
+
+// Claim claims ticket t as read (t.ModRevision must be the revision it was
+// read at) in one transaction: the ticket is unchanged and unclaimed, then
+// claims/<id> is written bound to the lease. For a start ticket the same
+// transaction writes the instance as claimed by this host and its host
+// index entry; for stop, restart and signal tickets the instance must be
+// indexed under this host. It returns the instance as written (start) or as
+// stored (other ops). Errors wrap ErrClaimed, ErrTicketChanged,
+// ErrTicketDone, ErrNotHolder (the instance is not on this host) or
+// ErrLeaseLost.
+func (s *HostSession) Claim(ctx context.Context, t Ticket) (Instance, error) {
+	if err := validID("ticket id", t.ID); err != nil {
+		return Instance{}, err
+	}
+	if err := validID("instance id", t.Instance); err != nil {
+		return Instance{}, err
+	}
+	if t.ModRevision == 0 {
+		return Instance{}, fmt.Errorf("%w: ticket %s has no revision; pass it as read", ErrInvalid, t.ID)
+	}
+	if t.Host != "" && t.Host != s.id {
+		return Instance{}, fmt.Errorf("%w: ticket %s targets host %q", ErrInvalid, t.ID, t.Host)
+	}
+	r := s.r
+	tk, ck, ik := r.ticketKey(t.ID), r.claimKey(t.ID), r.hostInstanceKey(s.id, t.Instance)
+	cmps := []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck)}
+	ops := []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease))}
+	var in Instance
+	if t.Op == TicketStart {
+		now := time.Now().UTC()
+		in = Instance{ID: t.Instance, App: t.App, Rev: t.Rev, Proc: t.Proc, Host: s.id,
+			State: InstanceClaimed, Since: now, Ticket: t.ID, Created: t.Created}
+		ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)),
+			clientv3.OpPut(ik, "", clientv3.WithLease(s.lease)))
+	} else {
+		cmps = append(cmps, exists(ik))
+		ops = append(ops, clientv3.OpGet(r.instanceKey(t.Instance)))
+	}
+	what := fmt.Sprintf("registry: claim ticket %s", t.ID)
+	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).
+		Else(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
+	if err != nil {
+		return Instance{}, s.leaseErr(what, err)
+	}
+	if !resp.Succeeded {
+		tkv, ckv := first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))
+		switch {
+		case tkv == nil:
+			return Instance{}, fmt.Errorf("%s: %w", what, ErrTicketDone)
+		case ckv != nil:
+			return Instance{}, fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
+		case tkv.ModRevision != t.ModRevision:
+			return Instance{}, fmt.Errorf("%s: %w", what, ErrTicketChanged)
+		default:
+			return Instance{}, fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
+		}
+	}
+	if t.Op == TicketStart {
+		in.ModRevision = resp.Header.Revision
+		s.log.Debug("ticket claimed", "ticket", t.ID, "instance", in.ID)
+		return in, nil
+	}
+	kv := first(rangeKvs(resp, 1))
+	if kv == nil {
+		return Instance{}, fmt.Errorf("%s: %w: instance %q", what, ErrNotFound, t.Instance)
+	}
+	return decodeInstance(kv, t.Instance)
+}
+
+// holderCmp compares that this session holds the claim of ticket id.
+func (s *HostSession) holderCmp(id string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.LeaseValue(s.r.claimKey(id)), "=", s.lease)
+}
+
+// Release gives up a claimed ticket in one transaction: the claim is
+// deleted and the ticket records the attempt, this host and reason. For a
+// start ticket the instance goes back to pending. When Attempts reaches
+// MaxAttempts the ticket is deleted instead; a start ticket's instance then
+// fails with reason, a stop ticket's instance counts toward its scale
+// again. ErrNotHolder unless this session holds the claim.
+func (s *HostSession) Release(ctx context.Context, t Ticket, reason string) error {
+	if err := validID("ticket id", t.ID); err != nil {
+		return err
+	}
+	r := s.r
+	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
+	what := fmt.Sprintf("registry: release ticket %s", t.ID)
+	return retry(ctx, what, func() (bool, error) {
+		snap, err := r.cli.Txn(ctx).Then(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		tkv, ckv := first(rangeKvs(snap, 0)), first(rangeKvs(snap, 1))
+		if tkv == nil {
+			return false, fmt.Errorf("%s: %w", what, ErrTicketDone)
+		}
+		if ckv == nil || clientv3.LeaseID(ckv.Lease) != s.lease {
+			return false, fmt.Errorf("%s: %w", what, ErrNotHolder)
+		}
+		cur, err := decodeTicket(tkv, t.ID)
+		if err != nil {
+			return false, err
+		}
+		if cur.MaxAttempts <= 0 {
+			cur.MaxAttempts = 3
+		}
+		cur.Attempts++
+		cur.FailedHosts = append(cur.FailedHosts, s.id)
+		cur.Reasons = append(cur.Reasons, reason)
+		cmps := []clientv3.Cmp{unchanged(tk, tkv.ModRevision), s.holderCmp(t.ID)}
+		ops := []clientv3.Op{clientv3.OpDelete(ck)}
+		final := cur.Attempts >= cur.MaxAttempts
+		if final {
+			ops = append(ops, clientv3.OpDelete(tk))
+		} else {
+			ops = append(ops, clientv3.OpPut(tk, encode(cur)))
+		}
+		if cur.Op == TicketStart || (final && cur.Op == TicketStop) {
+			in, err := r.Instance(ctx, cur.Instance)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return false, err
+			}
+			if err == nil {
+				cmps = append(cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
+				now := time.Now().UTC()
+				switch {
+				case cur.Op == TicketStop:
+					in.StopTicket = ""
+				case final:
+					in.State, in.Since = InstanceFailed, now
+					in.Reason = fmt.Sprintf("start failed %d times, last on %s: %s", cur.Attempts, s.id, reason)
+				default:
+					in.State, in.Since, in.Host = InstancePending, now, ""
+				}
+				ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)),
+					touch(r.genKey(in.App, in.Rev, in.Proc)))
+				if cur.Op == TicketStart {
+					ops = append(ops, clientv3.OpDelete(r.hostInstanceKey(s.id, in.ID)))
+				}
+			}
+		}
+		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return false, s.leaseErr(what, err)
+		}
+		if resp.Succeeded {
+			s.log.Info("ticket released", "ticket", t.ID, "attempts", cur.Attempts, "final", final, "reason", reason)
+		}
+		return resp.Succeeded, nil
+	})
+}
+
+// Complete finishes a claimed ticket: the ticket and its claim are deleted
+// in one transaction. ErrTicketDone if the ticket is gone, ErrNotHolder
+// unless this session holds the claim.
+func (s *HostSession) Complete(ctx context.Context, t Ticket) error {
+	return s.complete(ctx, t, nil)
+}
+
+// CompleteWith is Complete plus writing inst (the instance's new state, for
+// example running) in the same transaction, which must be indexed under
+// this host with this session's lease. The instance's ID and Host are
+// forced to the ticket's instance and this host.
+func (s *HostSession) CompleteWith(ctx context.Context, t Ticket, inst Instance) error {
+	if !inst.State.known() || inst.State == InstancePending || inst.State == InstanceLost {
+		return fmt.Errorf("%w: complete ticket %s with instance state %q", ErrInvalid, t.ID, inst.State)
+	}
+	return s.complete(ctx, t, &inst)
+}
+
+func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) error {
+	if err := validID("ticket id", t.ID); err != nil {
+		return err
+	}
+	r := s.r
+	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
+	cmps := []clientv3.Cmp{s.holderCmp(t.ID)}
+	ops := []clientv3.Op{clientv3.OpDelete(tk), clientv3.OpDelete(ck)}
+	if in != nil {
+		in.ID, in.Host = t.Instance, s.id
+		if err := validID("instance id", in.ID); err != nil {
+			return err
+		}
+		if in.Since.IsZero() {
+			in.Since = time.Now().UTC()
+		}
+		ik := r.hostInstanceKey(s.id, in.ID)
+		cmps = append(cmps, clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease))
+		ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(*in)), touch(r.genKey(in.App, in.Rev, in.Proc)))
+	}
+	what := fmt.Sprintf("registry: complete ticket %s", t.ID)
+	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(tk, clientv3.WithCountOnly())).Commit()
+	if err != nil {
+		return s.leaseErr(what, err)
+	}
+	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().Count == 0 {
+			return fmt.Errorf("%s: %w", what, ErrTicketDone)
+		}
+		return fmt.Errorf("%s: %w", what, ErrNotHolder)
+	}
+	if in != nil {
+		in.ModRevision = resp.Header.Revision
+	}
+	return nil
+}
+
+// UpdateInstance writes the holder's view of an instance: state, since,
+// port, pid, pid start, restarts, exit code, signal and reason; the other
+// fields keep their stored values. The stored instance must name this host
+// and not be lost (else ErrNotHolder), and the state change must pass
+// ValidTransition (else ErrTransition). The host index entry is rebound to
+// this session's lease.
+func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
+	if err := validID("instance id", inst.ID); err != nil {
+		return err
+	}
+	r := s.r
+	what := fmt.Sprintf("registry: update instance %q", inst.ID)
+	return retry(ctx, what, func() (bool, error) {
+		cur, err := r.Instance(ctx, inst.ID)
+		if err != nil {
+			return false, err
+		}
+		if cur.Host != s.id || cur.State == InstanceLost {
+			return false, fmt.Errorf("%s: instance is %s on %q: %w", what, cur.State, cur.Host, ErrNotHolder)
+		}
+		if err := ValidTransition(cur.State, inst.State); err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		next := cur
+		next.State, next.Port, next.PID, next.PIDStart = inst.State, inst.Port, inst.PID, inst.PIDStart
+		next.Restarts, next.ExitCode, next.Signal, next.Reason = inst.Restarts, inst.ExitCode, inst.Signal, inst.Reason
+		next.Since = inst.Since
+		if next.Since.IsZero() {
+			next.Since = cur.Since
+			if cur.State != inst.State {
+				next.Since = time.Now().UTC()
+			}
+		}
+		ops := []clientv3.Op{clientv3.OpPut(r.instanceKey(cur.ID), encode(next))}
+		if next.State.Terminal() {
+			ops = append(ops, clientv3.OpDelete(r.hostInstanceKey(s.id, cur.ID)))
+		} else {
+			ops = append(ops, clientv3.OpPut(r.hostInstanceKey(s.id, cur.ID), "", clientv3.WithLease(s.lease)))
+		}
+		if cur.counted() != next.counted() {
+			ops = append(ops, touch(r.genKey(cur.App, cur.Rev, cur.Proc)))
+		}
+		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(cur.ID), cur.ModRevision)).Then(ops...).Commit()
+		if err != nil {
+			return false, s.leaseErr(what, err)
+		}
+		if resp.Succeeded && cur.State != next.State {
+			s.log.Info("instance state changed", "instance", cur.ID, "from", cur.State, "to", next.State)
+		}
+		return resp.Succeeded, nil
+	})
+}
+
+// Adopt rebinds an instance to this session after the agent reconnects with
+// a new lease: if the stored instance still names this host and is neither
+// terminal nor lost, its host index entry is rewritten with this lease in
+// one transaction. ErrNotHolder if it was replaced or lost meanwhile.
+func (s *HostSession) Adopt(ctx context.Context, id string) (Instance, error) {
+	if err := validID("instance id", id); err != nil {
+		return Instance{}, err
+	}
+	r := s.r
+	what := fmt.Sprintf("registry: adopt instance %q", id)
+	var out Instance
+	err := retry(ctx, what, func() (bool, error) {
+		cur, err := r.Instance(ctx, id)
+		if err != nil {
+			return false, err
+		}
+		if cur.Host != s.id || cur.State.Terminal() {
+			return false, fmt.Errorf("%s: instance is %s on %q: %w", what, cur.State, cur.Host, ErrNotHolder)
+		}
+		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(id), cur.ModRevision)).
+			Then(clientv3.OpPut(r.hostInstanceKey(s.id, id), "", clientv3.WithLease(s.lease))).Commit()
+		if err != nil {
+			return false, s.leaseErr(what, err)
+		}
+		out = cur
+		return resp.Succeeded, nil
+	})
+	return out, err
+}

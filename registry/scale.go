@@ -1,0 +1,316 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// scaleChunk bounds the tickets one Scale transaction creates or cancels,
+// keeping each transaction well under etcd's default limit of 128
+// operations (--max-txn-ops).
+const scaleChunk = 40
+
+// scaleSnap is a consistent read of everything Scale counts.
+type scaleSnap struct {
+	rev                  int64
+	app, revOK, procOK   bool
+	scaleMod, genMod     int64
+	desired              int
+	pending, live        []Instance // counted instances
+	startTickets         map[string]Ticket
+	unclaimedStartTicket map[string]bool // by instance id
+}
+
+func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (scaleSnap, error) {
+	resp, err := r.cli.Txn(ctx).Then(
+		clientv3.OpGet(r.appKey(app), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.revKey(app, rev), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.procKey(app, proc), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.scaleKey(app, rev, proc)),
+		clientv3.OpGet(r.genKey(app, rev, proc)),
+		clientv3.OpGet(r.instancesDir(), clientv3.WithPrefix()),
+		clientv3.OpGet(r.ticketsDir(), clientv3.WithPrefix()),
+		clientv3.OpGet(r.claimsDir(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+	).Commit()
+	if err != nil {
+		return scaleSnap{}, fmt.Errorf("registry: scale %s/%s/%s: read: %w", app, rev, proc, err)
+	}
+	s := scaleSnap{
+		rev:                  resp.Header.Revision,
+		app:                  resp.Responses[0].GetResponseRange().Count > 0,
+		revOK:                resp.Responses[1].GetResponseRange().Count > 0,
+		procOK:               resp.Responses[2].GetResponseRange().Count > 0,
+		startTickets:         map[string]Ticket{},
+		unclaimedStartTicket: map[string]bool{},
+	}
+	if kv := first(rangeKvs(resp, 3)); kv != nil {
+		s.scaleMod = kv.ModRevision
+		n, err := strconv.Atoi(string(kv.Value))
+		if err != nil {
+			r.log.Warn("scale value does not decode", "key", string(kv.Key), "error", err)
+		}
+		s.desired = n
+	}
+	if kv := first(rangeKvs(resp, 4)); kv != nil {
+		s.genMod = kv.ModRevision
+	}
+	claimed := map[string]bool{}
+	for _, kv := range rangeKvs(resp, 7) {
+		claimed[strings.TrimPrefix(string(kv.Key), r.claimsDir())] = true
+	}
+	for _, kv := range rangeKvs(resp, 6) {
+		t, err := decodeTicket(kv, strings.TrimPrefix(string(kv.Key), r.ticketsDir()))
+		if err != nil || t.Op != TicketStart || t.App != app || t.Rev != rev || t.Proc != proc {
+			continue
+		}
+		s.startTickets[t.ID] = t
+		if !claimed[t.ID] {
+			s.unclaimedStartTicket[t.Instance] = true
+		}
+	}
+	for _, kv := range rangeKvs(resp, 5) {
+		in, err := decodeInstance(kv, strings.TrimPrefix(string(kv.Key), r.instancesDir()))
+		if err != nil {
+			r.log.Warn("instance value does not decode", "key", string(kv.Key), "error", err)
+			continue
+		}
+		if in.App != app || in.Rev != rev || in.Proc != proc || !in.counted() {
+			continue
+		}
+		if t, ok := s.startTickets[in.Ticket]; ok && s.unclaimedStartTicket[in.ID] && t.Instance == in.ID {
+			s.pending = append(s.pending, in)
+		} else {
+			s.live = append(s.live, in)
+		}
+	}
+	return s, nil
+}
+
+// stopRank orders instances for scale-down: not yet running first (claimed,
+// starting, backoff), then running; within a rank the newest first.
+func stopRank(a, b Instance) bool {
+	ra, rb := a.State == InstanceRunning, b.State == InstanceRunning
+	if ra != rb {
+		return !ra
+	}
+	if !a.Since.Equal(b.Since) {
+		return a.Since.After(b.Since)
+	}
+	return a.ID > b.ID
+}
+
+// Scale sets the desired count of app/rev/proc to n and, in the same
+// transaction, creates start tickets (each with a pending instance record)
+// or, to scale down, cancels pending unclaimed start tickets (newest first)
+// and then creates stop tickets (see doc.go for which instances stop). The
+// transaction compares the scale key and the proc's generation key, which
+// every change of a counted instance touches, so concurrent Scale calls,
+// claims and state updates make it retry rather than overshoot.
+//
+// A difference larger than 40 is applied in several transactions, each
+// re-counting; if another Scale of the same key lands in between, that call
+// owns the result and this one returns what it did so far.
+func (r *Registry) Scale(ctx context.Context, app, rev, proc string, n int) (ScaleResult, error) {
+	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
+		return ScaleResult{}, err
+	}
+	if n < 0 {
+		return ScaleResult{}, fmt.Errorf("%w: scale %d is negative", ErrInvalid, n)
+	}
+	res := ScaleResult{Desired: n}
+	var ours int64 // revision of our last successful write; 0 = none yet
+	what := fmt.Sprintf("registry: scale %s/%s/%s", app, rev, proc)
+	for conflicts := 0; ; {
+		done, err := r.scaleStep(ctx, app, rev, proc, n, &res, &ours)
+		if err != nil || done {
+			return res, err
+		}
+		if ours < 0 {
+			// A chunk landed; go on with the next one.
+			ours = -ours
+			continue
+		}
+		conflicts++
+		if conflicts >= maxAttempts {
+			return res, fmt.Errorf("%s: %w", what, ErrConflict)
+		}
+		if err := backoff(ctx, conflicts); err != nil {
+			return res, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+}
+
+// scaleStep runs one Scale transaction. It reports done when the scale is
+// in place or superseded; on a landed partial chunk it sets *ours to minus
+// the write's revision; on a conflict it leaves *ours alone.
+func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, res *ScaleResult, ours *int64) (bool, error) {
+	what := fmt.Sprintf("registry: scale %s/%s/%s", app, rev, proc)
+	{
+		s, err := r.scaleSnapshot(ctx, app, rev, proc)
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case !s.app:
+			return false, fmt.Errorf("%w: app %q", ErrNotFound, app)
+		case !s.revOK:
+			return false, fmt.Errorf("%w: revision %q of app %q", ErrNotFound, rev, app)
+		case !s.procOK:
+			return false, fmt.Errorf("%w: process type %q of app %q", ErrNotFound, proc, app)
+		}
+		if *ours != 0 && s.scaleMod != *ours {
+			return true, nil // superseded by a later Scale
+		}
+		if *ours == 0 {
+			res.Live, res.Pending = len(s.live), len(s.pending)
+		}
+		have := len(s.live) + len(s.pending)
+		if have == n && s.scaleMod != 0 && s.desired == n {
+			return true, nil
+		}
+		cmps := []clientv3.Cmp{
+			exists(r.appKey(app)), exists(r.revKey(app, rev)), exists(r.procKey(app, proc)),
+			unchanged(r.scaleKey(app, rev, proc), s.scaleMod),
+			unchanged(r.genKey(app, rev, proc), s.genMod),
+		}
+		ops := []clientv3.Op{
+			clientv3.OpPut(r.scaleKey(app, rev, proc), strconv.Itoa(n)),
+			touch(r.genKey(app, rev, proc)),
+		}
+		var started, stopped, cancelled []string
+		now := time.Now().UTC()
+		diff := n - have
+		for i := 0; i < min(diff, scaleChunk); i++ {
+			t := Ticket{ID: newTicketID(), Op: TicketStart, App: app, Rev: rev, Proc: proc,
+				Instance: newInstanceID(app, proc), MaxAttempts: 3, Created: now}
+			in := Instance{ID: t.Instance, App: app, Rev: rev, Proc: proc, State: InstancePending,
+				Since: now, Ticket: t.ID, Created: now}
+			ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
+				clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
+			started = append(started, t.ID)
+		}
+		if diff < 0 {
+			budget := min(-diff, scaleChunk)
+			// Newest pending start tickets first: ticket ids sort by time.
+			sort.Slice(s.pending, func(i, j int) bool { return s.pending[i].Ticket > s.pending[j].Ticket })
+			for _, in := range s.pending {
+				if budget == 0 {
+					break
+				}
+				t := s.startTickets[in.Ticket]
+				cmps = append(cmps, unchanged(r.ticketKey(t.ID), t.ModRevision), absent(r.claimKey(t.ID)),
+					unchanged(r.instanceKey(in.ID), in.ModRevision))
+				ops = append(ops, clientv3.OpDelete(r.ticketKey(t.ID)), clientv3.OpDelete(r.instanceKey(in.ID)))
+				cancelled = append(cancelled, t.ID)
+				budget--
+			}
+			sort.Slice(s.live, func(i, j int) bool { return stopRank(s.live[i], s.live[j]) })
+			for _, in := range s.live {
+				if budget == 0 {
+					break
+				}
+				t := Ticket{ID: newTicketID(), Op: TicketStop, App: app, Rev: rev, Proc: proc,
+					Instance: in.ID, Host: in.Host, MaxAttempts: 3, Created: now}
+				in.StopTicket = t.ID
+				cmps = append(cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
+				ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
+					clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
+				stopped = append(stopped, t.ID)
+				budget--
+			}
+		}
+		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		if !resp.Succeeded {
+			r.log.Debug("scale conflict, retrying", "app", app, "rev", rev, "proc", proc)
+			return false, nil
+		}
+		res.Started = append(res.Started, started...)
+		res.Stopped = append(res.Stopped, stopped...)
+		res.Cancelled = append(res.Cancelled, cancelled...)
+		if abs(diff) > scaleChunk {
+			*ours = -resp.Header.Revision
+			return false, nil
+		}
+		*ours = resp.Header.Revision
+		return true, nil
+	}
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
+
+// CurrentScale returns the desired count of app/rev/proc (0 if never set).
+func (r *Registry) CurrentScale(ctx context.Context, app, rev, proc string) (int, error) {
+	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
+		return 0, err
+	}
+	s, err := r.cli.Txn(ctx).Then(
+		clientv3.OpGet(r.appKey(app), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.revKey(app, rev), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.procKey(app, proc), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.scaleKey(app, rev, proc)),
+	).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("registry: current scale %s/%s/%s: %w", app, rev, proc, err)
+	}
+	switch {
+	case s.Responses[0].GetResponseRange().Count == 0:
+		return 0, fmt.Errorf("%w: app %q", ErrNotFound, app)
+	case s.Responses[1].GetResponseRange().Count == 0:
+		return 0, fmt.Errorf("%w: revision %q of app %q", ErrNotFound, rev, app)
+	case s.Responses[2].GetResponseRange().Count == 0:
+		return 0, fmt.Errorf("%w: process type %q of app %q", ErrNotFound, proc, app)
+	}
+	kv := first(rangeKvs(s, 3))
+	if kv == nil {
+		return 0, nil
+	}
+	v, err := strconv.Atoi(string(kv.Value))
+	if err != nil {
+		return 0, corrupt(kv.Key, err)
+	}
+	return v, nil
+}
+
+// Scales lists desired counts of one app, or of all apps when app is "".
+func (r *Registry) Scales(ctx context.Context, app string) ([]ScaleEntry, error) {
+	dir := r.appsDir()
+	if app != "" {
+		if err := validName("app name", app); err != nil {
+			return nil, err
+		}
+		dir = r.appDir(app)
+	}
+	resp, err := r.cli.Get(ctx, dir, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("registry: list scales: %w", err)
+	}
+	var out []ScaleEntry
+	var errs []error
+	for _, kv := range resp.Kvs {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), r.appsDir()), "/")
+		if len(parts) != 4 || parts[1] != "scale" {
+			continue
+		}
+		n, err := strconv.Atoi(string(kv.Value))
+		if err != nil {
+			errs = append(errs, corrupt(kv.Key, err))
+			continue
+		}
+		out = append(out, ScaleEntry{App: parts[0], Rev: parts[2], Proc: parts[3], Desired: n})
+	}
+	return out, joinCorrupt(errs)
+}

@@ -1,0 +1,410 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TicketEvent is one change seen by WatchTickets.
+type TicketEvent struct {
+	// Ticket is the ticket as stored (for Deleted and Claimed only ID and,
+	// for Claimed, Holder are set).
+	Ticket Ticket
+	// Deleted reports that the ticket was completed or cancelled.
+	Deleted bool
+	// Claimed reports that a host (Ticket.Holder) claimed the ticket.
+	Claimed bool
+	// Err reports a value that did not decode (the watch goes on) or a
+	// watch error before a re-list.
+	Err error
+	// Revision is the etcd revision of the change or listing.
+	Revision int64
+}
+
+// WatchTickets streams the unclaimed tickets host may claim (untargeted or
+// targeted at host): first a listing, then changes from the listing's
+// revision + 1, so nothing falls in between. A ticket whose claim vanishes
+// (released or its holder's lease lost) is sent again. After a compaction
+// or a watch error it re-lists. Values that do not decode are reported once
+// through Err and skipped. Tickets that failed on host are still sent
+// (their FailedHosts say so); the caller decides. A goroutine owned by ctx
+// runs the watch; it closes the channel after ctx ends, so callers cancel
+// ctx and then drain.
+func (r *Registry) WatchTickets(ctx context.Context, host string) <-chan TicketEvent {
+	ch := make(chan TicketEvent, 64)
+	go func() {
+		defer close(ch)
+		w := ticketWatch{r: r, host: host, ch: ch, reported: map[string]bool{}}
+		w.run(ctx)
+	}()
+	return ch
+}
+
+type ticketWatch struct {
+	r        *Registry
+	host     string
+	ch       chan<- TicketEvent
+	reported map[string]bool // key@modrev of bad values already reported
+}
+
+func (w *ticketWatch) send(ctx context.Context, ev TicketEvent) bool {
+	select {
+	case w.ch <- ev:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (w *ticketWatch) bad(ctx context.Context, kv *mvccpb.KeyValue, err error) bool {
+	id := fmt.Sprintf("%s@%d", kv.Key, kv.ModRevision)
+	if w.reported[id] {
+		return true
+	}
+	w.reported[id] = true
+	return w.send(ctx, TicketEvent{Err: err, Revision: kv.ModRevision})
+}
+
+func (w *ticketWatch) eligible(t Ticket) bool { return t.Host == "" || t.Host == w.host }
+
+func (w *ticketWatch) run(ctx context.Context) {
+	r := w.r
+	for failures := 0; ctx.Err() == nil; failures++ {
+		if failures > 0 {
+			if backoff(ctx, 20*failures) != nil {
+				return
+			}
+		}
+		resp, err := r.cli.Txn(ctx).Then(
+			clientv3.OpGet(r.ticketsDir(), clientv3.WithPrefix()),
+			clientv3.OpGet(r.claimsDir(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		).Commit()
+		if err != nil {
+			if ctx.Err() == nil && !w.send(ctx, TicketEvent{Err: fmt.Errorf("registry: list tickets: %w", err)}) {
+				return
+			}
+			continue
+		}
+		rev := resp.Header.Revision
+		claimed := map[string]bool{}
+		for _, kv := range rangeKvs(resp, 1) {
+			claimed[strings.TrimPrefix(string(kv.Key), r.claimsDir())] = true
+		}
+		for _, kv := range rangeKvs(resp, 0) {
+			t, err := decodeTicket(kv, strings.TrimPrefix(string(kv.Key), r.ticketsDir()))
+			if err != nil {
+				if !w.bad(ctx, kv, err) {
+					return
+				}
+				continue
+			}
+			if claimed[t.ID] || !w.eligible(t) {
+				continue
+			}
+			if !w.send(ctx, TicketEvent{Ticket: t, Revision: rev}) {
+				return
+			}
+		}
+		if w.watch(ctx, rev+1) {
+			failures = 0
+		}
+	}
+}
+
+// watch follows tickets and claims from rev until an error that needs a
+// re-list (reported through the channel) or ctx ends. It reports whether
+// it saw any response, to reset the caller's backoff.
+func (w *ticketWatch) watch(ctx context.Context, rev int64) bool {
+	r := w.r
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	tw := r.cli.Watch(wctx, r.ticketsDir(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	cw := r.cli.Watch(wctx, r.claimsDir(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	seen := false
+	for {
+		var resp clientv3.WatchResponse
+		var ok, claims bool
+		select {
+		case resp, ok = <-tw:
+		case resp, ok = <-cw:
+			claims = true
+		}
+		if !ok {
+			return seen
+		}
+		if err := resp.Err(); err != nil {
+			if ctx.Err() == nil && !errors.Is(err, rpctypes.ErrCompacted) {
+				w.send(ctx, TicketEvent{Err: fmt.Errorf("registry: watch tickets: %w", err)})
+			}
+			return seen
+		}
+		seen = true
+		for _, ev := range resp.Events {
+			if !w.handle(ctx, ev, claims) {
+				return seen
+			}
+		}
+	}
+}
+
+func (w *ticketWatch) handle(ctx context.Context, ev *clientv3.Event, claims bool) bool {
+	r := w.r
+	kv := ev.Kv
+	if claims {
+		id := strings.TrimPrefix(string(kv.Key), r.claimsDir())
+		if ev.Type == clientv3.EventTypePut {
+			return w.send(ctx, TicketEvent{Ticket: Ticket{ID: id, Holder: string(kv.Value)}, Claimed: true, Revision: kv.ModRevision})
+		}
+		// The claim vanished: if the ticket is still there, it is free again.
+		resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.ticketKey(id)), clientv3.OpGet(r.claimKey(id), clientv3.WithCountOnly())).Commit()
+		if err != nil {
+			return ctx.Err() == nil && w.send(ctx, TicketEvent{Err: fmt.Errorf("registry: get released ticket %s: %w", id, err)})
+		}
+		tkv := first(rangeKvs(resp, 0))
+		if tkv == nil || resp.Responses[1].GetResponseRange().Count > 0 {
+			return true
+		}
+		t, err := decodeTicket(tkv, id)
+		if err != nil {
+			return w.bad(ctx, tkv, err)
+		}
+		if !w.eligible(t) {
+			return true
+		}
+		return w.send(ctx, TicketEvent{Ticket: t, Revision: kv.ModRevision})
+	}
+	id := strings.TrimPrefix(string(kv.Key), r.ticketsDir())
+	if ev.Type == clientv3.EventTypeDelete {
+		return w.send(ctx, TicketEvent{Ticket: Ticket{ID: id}, Deleted: true, Revision: kv.ModRevision})
+	}
+	t, err := decodeTicket(kv, id)
+	if err != nil {
+		return w.bad(ctx, kv, err)
+	}
+	if !w.eligible(t) {
+		return true
+	}
+	return w.send(ctx, TicketEvent{Ticket: t, Revision: kv.ModRevision})
+}
+
+// EventType names what an Event is about.
+type EventType string
+
+// Event types.
+const (
+	AppChanged      EventType = "app_changed"
+	AppDeleted      EventType = "app_deleted"
+	RevChanged      EventType = "rev_changed"
+	ProcChanged     EventType = "proc_changed"
+	EnvChanged      EventType = "env_changed"
+	ScaleChanged    EventType = "scale_changed"
+	TicketCreated   EventType = "ticket_created"
+	TicketClaimed   EventType = "ticket_claimed"
+	TicketReleased  EventType = "ticket_released"
+	TicketDone      EventType = "ticket_done"
+	InstanceChanged EventType = "instance_changed"
+	InstanceDeleted EventType = "instance_deleted"
+	HostJoined      EventType = "host_joined"
+	HostLeft        EventType = "host_left"
+	HostChanged     EventType = "host_changed"
+)
+
+// Event is one typed change of the registry. Fields that do not apply to
+// the type are empty. A deleted revision, process type or env var is
+// reported as RevChanged, ProcChanged or EnvChanged with Deleted set.
+type Event struct {
+	Revision int64         `json:"revision"`
+	Type     EventType     `json:"type"`
+	Key      string        `json:"key"`
+	App      string        `json:"app,omitempty"`
+	Rev      string        `json:"rev,omitempty"`
+	Proc     string        `json:"proc,omitempty"`
+	Ticket   string        `json:"ticket,omitempty"`
+	Instance string        `json:"instance,omitempty"`
+	Host     string        `json:"host,omitempty"`
+	State    InstanceState `json:"state,omitempty"`
+	Deleted  bool          `json:"deleted,omitempty"`
+	// Err reports a value that did not decode (the event is skipped, the
+	// watch goes on), a compaction (ErrCompacted; the watch resumes at the
+	// compact revision) or a watch error (the watch resumes where it was).
+	Err error `json:"-"`
+}
+
+// WatchEvents streams typed registry events from fromRevision (0 = from
+// now). To resume, pass the last Event.Revision + 1. A goroutine owned by
+// ctx runs the watch; it closes the channel after ctx ends.
+func (r *Registry) WatchEvents(ctx context.Context, fromRevision int64) <-chan Event {
+	ch := make(chan Event, 64)
+	go func() {
+		defer close(ch)
+		r.watchEvents(ctx, fromRevision, ch)
+	}()
+	return ch
+}
+
+func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) {
+	send := func(ev Event) bool {
+		select {
+		case ch <- ev:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for failures := 0; ctx.Err() == nil; failures++ {
+		if failures > 0 && backoff(ctx, 20*failures) != nil {
+			return
+		}
+		if rev <= 0 {
+			cur, err := r.CurrentRevision(ctx)
+			if err != nil {
+				if ctx.Err() == nil && !send(Event{Err: err}) {
+					return
+				}
+				continue
+			}
+			rev = cur + 1
+		}
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := r.cli.Watch(wctx, r.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(rev))
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				if !send(Event{Revision: resp.CompactRevision, Err: fmt.Errorf("%w: events from revision %d to %d are gone", ErrCompacted, rev, resp.CompactRevision-1)}) {
+					break
+				}
+				rev = resp.CompactRevision
+				break
+			}
+			if err := resp.Err(); err != nil {
+				if ctx.Err() == nil && !send(Event{Err: fmt.Errorf("registry: watch events: %w", err)}) {
+					break
+				}
+				break
+			}
+			failures = 0
+			// Tickets touched per revision, so that a claim deleted along
+			// with its ticket (Complete, Release) is not also reported.
+			tickets := map[string]bool{}
+			for _, ev := range resp.Events {
+				if id, ok := strings.CutPrefix(string(ev.Kv.Key), r.ticketsDir()); ok {
+					tickets[fmt.Sprintf("%s@%d", id, ev.Kv.ModRevision)] = true
+				}
+			}
+			for _, ev := range resp.Events {
+				e, ok := r.event(ev, tickets)
+				rev = ev.Kv.ModRevision + 1
+				if ok && !send(e) {
+					cancel()
+					return
+				}
+			}
+		}
+		cancel()
+	}
+}
+
+// event maps one etcd event to an Event; ok is false for keys that make no
+// event (index and generation keys).
+func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bool) {
+	kv := ev.Kv
+	del := ev.Type == clientv3.EventTypeDelete
+	e := Event{Revision: kv.ModRevision, Key: string(kv.Key), Deleted: del}
+	val := kv
+	if del && ev.PrevKv != nil {
+		val = ev.PrevKv
+	}
+	parts := strings.Split(r.rel(kv.Key), "/")
+	switch {
+	case parts[0] == "apps" && len(parts) == 2:
+		e.App, e.Type = parts[1], AppChanged
+		if del {
+			e.Type = AppDeleted
+		} else if err := decodeKV(kv, &App{}); err != nil {
+			e.Err = err
+		}
+	case parts[0] == "apps" && len(parts) == 4 && parts[2] == "revs":
+		e.App, e.Rev, e.Type = parts[1], parts[3], RevChanged
+		if !del {
+			e.Err = decodeKV(kv, &Revision{})
+		}
+	case parts[0] == "apps" && len(parts) == 4 && parts[2] == "procs":
+		e.App, e.Proc, e.Type = parts[1], parts[3], ProcChanged
+		if !del {
+			e.Err = decodeKV(kv, &ProcType{})
+		}
+	case parts[0] == "apps" && len(parts) == 4 && parts[2] == "env":
+		e.App, e.Type = parts[1], EnvChanged
+	case parts[0] == "apps" && len(parts) == 5 && parts[2] == "scale":
+		e.App, e.Rev, e.Proc, e.Type = parts[1], parts[3], parts[4], ScaleChanged
+		if !del {
+			if _, err := strconv.Atoi(string(kv.Value)); err != nil {
+				e.Err = corrupt(kv.Key, err)
+			}
+		}
+	case parts[0] == "tickets" && len(parts) == 2:
+		e.Ticket = parts[1]
+		switch {
+		case del:
+			e.Type = TicketDone
+		case kv.CreateRevision == kv.ModRevision:
+			e.Type = TicketCreated
+		default:
+			e.Type = TicketReleased // only Release rewrites a ticket
+		}
+		if del && ev.PrevKv == nil {
+			break
+		}
+		t, err := decodeTicket(val, parts[1])
+		if err != nil {
+			e.Err = err
+			break
+		}
+		e.App, e.Rev, e.Proc, e.Instance, e.Host = t.App, t.Rev, t.Proc, t.Instance, t.Host
+	case parts[0] == "claims" && len(parts) == 2:
+		e.Ticket, e.Host = parts[1], string(val.Value)
+		e.Type = TicketClaimed
+		if del {
+			if tickets[fmt.Sprintf("%s@%d", parts[1], kv.ModRevision)] {
+				return e, false // reported by the ticket's own event
+			}
+			e.Type = TicketReleased
+		}
+	case parts[0] == "instances" && len(parts) == 2:
+		e.Instance, e.Type = parts[1], InstanceChanged
+		if del {
+			e.Type = InstanceDeleted
+			if ev.PrevKv == nil {
+				break
+			}
+		}
+		in, err := decodeInstance(val, parts[1])
+		if err != nil {
+			e.Err = err
+			break
+		}
+		e.App, e.Rev, e.Proc, e.Host, e.State, e.Ticket = in.App, in.Rev, in.Proc, in.Host, in.State, in.Ticket
+	case parts[0] == "hosts" && len(parts) == 2:
+		e.Host = parts[1]
+		switch {
+		case del:
+			e.Type = HostLeft
+		case kv.CreateRevision == kv.ModRevision:
+			e.Type = HostJoined
+		default:
+			e.Type = HostChanged
+		}
+		if !del {
+			e.Err = decodeKV(kv, &Host{})
+		}
+	default:
+		return e, false
+	}
+	return e, true
+}
