@@ -1,0 +1,97 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"time"
+)
+
+// healthLoop probes the process of generation gen until ctx ends: first
+// after a short delay, then every Period.
+func (s *Supervisor) healthLoop(ctx context.Context, in *instance, gen uint64, h HealthCheck, env []string, dir string) {
+	t := time.NewTimer(min(h.Period, 50*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := probe(ctx, h, env, dir)
+		if ctx.Err() != nil {
+			return
+		}
+		s.healthResult(in, gen, h, err)
+		t.Reset(h.Period)
+	}
+}
+
+// probe runs one health check; nil means it passed.
+func probe(ctx context.Context, h HealthCheck, env []string, dir string) error {
+	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
+	defer cancel()
+	switch h.Type {
+	case "exec":
+		cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
+		cmd.Env, cmd.Dir = env, dir
+		cmd.WaitDelay = time.Second
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("exec check: %w", err)
+		}
+		return nil
+	case "tcp":
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", h.Address)
+		if err != nil {
+			return fmt.Errorf("tcp check: %w", err)
+		}
+		return c.Close()
+	case "http":
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
+		if err != nil {
+			return fmt.Errorf("http check: %w", err)
+		}
+		resp, err := healthTransport.RoundTrip(req)
+		if err != nil {
+			return fmt.Errorf("http check: %w", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+			return fmt.Errorf("http check: %w: status %d", errHealthStatus, resp.StatusCode)
+		}
+		return nil
+	}
+	return fmt.Errorf("health: unknown type %q", h.Type)
+}
+
+var errHealthStatus = errors.New("unhealthy status")
+
+// healthTransport keeps no idle connections between probes.
+var healthTransport = &http.Transport{DisableKeepAlives: true}
+
+// healthResult applies one probe result to the instance: a pass may meet
+// the started criterion; FailureThreshold consecutive failures of a running
+// instance kill it for a restart with reason "health".
+func (s *Supervisor) healthResult(in *instance, gen uint64, h HealthCheck, err error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.gen != gen || in.pidfd < 0 {
+		return
+	}
+	if err == nil {
+		in.fails, in.healthy = 0, true
+		s.maybeRunningLocked(in)
+		return
+	}
+	in.fails++
+	in.log.Debug("health check failed", "failures", in.fails, "error", err)
+	if in.state == StateRunning && in.fails >= h.FailureThreshold && !in.healthKill {
+		in.log.Warn("health check failing, restarting", "failures", in.fails, "error", err)
+		in.healthKill = true
+		s.killLocked(in)
+	}
+}

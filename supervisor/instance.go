@@ -1,0 +1,397 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/visorhq/visor/supervisor/cgroup"
+	"github.com/visorhq/visor/supervisor/logfile"
+	"github.com/visorhq/visor/supervisor/restart"
+)
+
+// instance is one supervised Spec and its current process.
+type instance struct {
+	id   string
+	spec Spec
+	rs   resolved
+	log  hclog.Logger
+
+	mu         sync.Mutex // guards every field below
+	state      State
+	since      time.Time
+	reason     string
+	phase      Phase
+	gen        uint64 // incremented at every spawn or adoption
+	pid        int    // 0 without a live process
+	pidfd      int    // -1 without a live process
+	startTicks uint64
+	startTime  time.Time
+	adopted    bool
+	exitCode   int
+	signal     string
+	restarts   map[string]int
+	tracker    *restart.Tracker
+	group      *cgroup.Group // nil without cgroups
+	oomBase    uint64        // OOM kills of group before this process
+	upOK       bool          // MinUptime reached
+	healthy    bool          // a health check passed for this process
+	fails      int           // consecutive health check failures
+	healthKill bool          // the process is being killed for failing health checks
+	continued  bool          // SIGCONT sent since the last stop signal
+	backoff    time.Duration // delay of the pending restart
+
+	upTimer      *time.Timer
+	killTimer    *time.Timer
+	backoffTimer *time.Timer
+	healthCancel context.CancelFunc
+	changed      chan struct{} // closed and replaced at every transition
+}
+
+// statusLocked returns a snapshot without CPU and RSS.
+func (in *instance) statusLocked() Status {
+	st := Status{
+		ID:        in.id,
+		State:     in.state,
+		Phase:     in.phase,
+		PID:       in.pid,
+		StartTime: in.startTime,
+		Since:     in.since,
+		Restarts:  maps.Clone(in.restarts),
+		ExitCode:  in.exitCode,
+		Signal:    in.signal,
+		Reason:    in.reason,
+		Adopted:   in.adopted,
+		Meta:      maps.Clone(in.spec.Meta),
+	}
+	if in.state == StateBackoff {
+		st.Backoff = in.backoff
+	}
+	return st
+}
+
+// recordLocked returns the persisted form of the instance.
+func (in *instance) recordLocked() *record {
+	return &record{
+		Version:    recordVersion,
+		Spec:       in.spec,
+		State:      in.state,
+		Since:      in.since,
+		Phase:      in.phase,
+		PID:        in.pid,
+		StartTicks: in.startTicks,
+		StartTime:  in.startTime,
+		Restarts:   in.restarts,
+		ExitCode:   in.exitCode,
+		Signal:     in.signal,
+		Reason:     in.reason,
+	}
+}
+
+// quiesceLocked stops the instance's timers and health check for shutdown;
+// the process keeps running.
+func (in *instance) quiesceLocked(s *Supervisor) {
+	s.stopTimer(&in.upTimer)
+	s.stopTimer(&in.killTimer)
+	s.stopTimer(&in.backoffTimer)
+	if in.healthCancel != nil {
+		in.healthCancel()
+		in.healthCancel = nil
+	}
+}
+
+// transitionLocked moves the instance to state to, persists it, wakes
+// waiters and notifies the handler. An illegal move is a programming error:
+// it is logged and returned, and nothing changes.
+func (s *Supervisor) transitionLocked(in *instance, to State, reason string) error {
+	if err := checkTransition(in.state, to); err != nil {
+		in.log.Error("state machine", "error", err)
+		return err
+	}
+	from := in.state
+	in.state, in.since, in.reason = to, time.Now(), reason
+	in.log.Info("instance state changed", "from", string(from), "to", string(to), "reason", reason, "pid", in.pid)
+	if err := s.save(in.recordLocked()); err != nil {
+		in.log.Warn("persist state", "error", err)
+	}
+	close(in.changed)
+	in.changed = make(chan struct{})
+	if s.notes != nil {
+		s.notes.push(in.statusLocked())
+	}
+	return nil
+}
+
+// spawnLocked starts a new process for the instance and moves it to
+// starting (or running when it has no started criterion).
+func (s *Supervisor) spawnLocked(in *instance) error {
+	if s.cg != nil && in.group == nil {
+		g, err := s.cg.Create(in.id, in.spec.Limits)
+		if err != nil {
+			return fmt.Errorf("create cgroup: %w", err)
+		}
+		in.group = g
+	}
+	in.oomBase = 0
+	if in.group != nil {
+		if n, err := in.group.OOMKills(); err == nil {
+			in.oomBase = n
+		}
+	}
+	stdout, err := logfile.OpenAppend(s.LogPath(in.id, "stdout"))
+	if err != nil {
+		return fmt.Errorf("open stdout log: %w", err)
+	}
+	defer stdout.Close()
+	stderr, err := logfile.OpenAppend(s.LogPath(in.id, "stderr"))
+	if err != nil {
+		return fmt.Errorf("open stderr log: %w", err)
+	}
+	defer stderr.Close()
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", os.DevNull, err)
+	}
+	defer devNull.Close()
+
+	pidfd := -1
+	sys := &syscall.SysProcAttr{Setpgid: true, Credential: in.rs.cred, PidFD: &pidfd}
+	var after func(int) error
+	if in.group != nil {
+		if after, err = in.group.Prepare(sys); err != nil {
+			return fmt.Errorf("prepare cgroup: %w", err)
+		}
+	}
+	attr := &syscall.ProcAttr{
+		Dir:   in.rs.dir,
+		Env:   in.rs.env,
+		Files: []uintptr{devNull.Fd(), stdout.Fd(), stderr.Fd()},
+		Sys:   sys,
+	}
+	pid, err := syscall.ForkExec(in.rs.path, in.rs.argv, attr)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", in.rs.path, err)
+	}
+	if after != nil {
+		if err := after(pid); err != nil {
+			in.log.Warn("join cgroup", "pid", pid, "error", err)
+		}
+	}
+	ticks, _, err := procStat(pid)
+	if err != nil {
+		in.log.Warn("read process start time", "pid", pid, "error", err)
+	}
+	in.gen++
+	in.pid, in.pidfd, in.startTicks, in.adopted = pid, pidfd, ticks, false
+	in.startTime = ticksTime(ticks)
+	if ticks == 0 || in.startTime.IsZero() {
+		in.startTime = time.Now()
+	}
+	in.phase, in.continued = PhaseRunning, false
+	in.upOK, in.healthy, in.fails, in.healthKill = in.spec.MinUptime == 0, false, 0, false
+	if err := s.reaper.add(watch{in: in, gen: in.gen, fd: pidfd}); err != nil {
+		// Without a watch nobody would notice the exit: undo the start.
+		_ = killGroup(pid, syscall.SIGKILL)
+		reapPidfdBlocking(pidfd)
+		syscall.Close(pidfd)
+		in.pid, in.pidfd = 0, -1
+		return err
+	}
+	s.transitionLocked(in, StateStarting, "")
+	in.log.Debug("process started", "pid", pid, "path", in.rs.path)
+	s.armStartedLocked(in)
+	return nil
+}
+
+// armStartedLocked arms the started criterion (MinUptime, health check) of
+// the current process and moves to running when it is already met.
+func (s *Supervisor) armStartedLocked(in *instance) {
+	gen := in.gen
+	if in.rs.health != nil && s.runCtx != nil && s.track() {
+		ctx, cancel := context.WithCancel(s.runCtx)
+		in.healthCancel = cancel
+		h, env, dir := *in.rs.health, in.rs.env, in.rs.dir
+		go func() {
+			defer s.wg.Done()
+			s.healthLoop(ctx, in, gen, h, env, dir)
+		}()
+	}
+	if !in.upOK {
+		wait := in.spec.MinUptime - time.Since(in.startTime)
+		if wait <= 0 {
+			in.upOK = true
+		} else {
+			in.upTimer = s.afterFunc(wait, func() {
+				in.mu.Lock()
+				defer in.mu.Unlock()
+				if in.gen != gen || in.pidfd < 0 {
+					return
+				}
+				in.upTimer = nil
+				in.upOK = true
+				s.maybeRunningLocked(in)
+			})
+		}
+	}
+	s.maybeRunningLocked(in)
+}
+
+// maybeRunningLocked moves a starting instance to running once its started
+// criterion is met.
+func (s *Supervisor) maybeRunningLocked(in *instance) {
+	if in.state == StateStarting && in.upOK && (in.rs.health == nil || in.healthy) {
+		s.transitionLocked(in, StateRunning, "")
+	}
+}
+
+// killLocked sends the stop signal to the group, then SIGKILL to the group
+// and its cgroup after the grace period if the process is still there.
+func (s *Supervisor) killLocked(in *instance) {
+	if in.pidfd < 0 {
+		return
+	}
+	pid, gen := in.pid, in.gen
+	if err := killGroup(pid, in.rs.stopSignal); err != nil {
+		in.log.Warn("send stop signal", "pid", pid, "error", err)
+	}
+	if in.rs.stopSignal != syscall.SIGKILL {
+		// A stopped process would not act on the stop signal before SIGKILL.
+		_ = killGroup(pid, syscall.SIGCONT)
+	}
+	s.stopTimer(&in.killTimer)
+	in.killTimer = s.afterFunc(in.rs.stopTimeout, func() {
+		in.mu.Lock()
+		defer in.mu.Unlock()
+		if in.gen != gen || in.pidfd < 0 {
+			return
+		}
+		in.killTimer = nil
+		in.log.Warn("stop timeout, killing process group", "pid", pid, "timeout", in.rs.stopTimeout)
+		_ = killGroup(pid, syscall.SIGKILL)
+		if in.group != nil {
+			if err := in.group.Kill(); err != nil {
+				in.log.Warn("kill cgroup", "error", err)
+			}
+		}
+	})
+}
+
+// handleExit runs on the reaper goroutine when a watched process exits.
+func (s *Supervisor) handleExit(w watch) {
+	in := w.in
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.gen != w.gen || in.pidfd != w.fd {
+		s.reaper.release(w.fd)
+		return
+	}
+	pid := in.pid
+	// The leader is a zombie until reaped, so its pid (the group id) cannot
+	// be reused yet: kill what is left of the group first, then reap. An
+	// instance is its whole group, as systemd's KillMode=control-group.
+	_ = killGroup(pid, syscall.SIGKILL)
+	if in.group != nil {
+		if err := in.group.Kill(); err != nil {
+			in.log.Warn("kill cgroup", "error", err)
+		}
+	}
+	st := reapPidfd(w.fd)
+	s.reaper.release(w.fd)
+	in.pid, in.pidfd = 0, -1
+	s.stopTimer(&in.upTimer)
+	s.stopTimer(&in.killTimer)
+	if in.healthCancel != nil {
+		in.healthCancel()
+		in.healthCancel = nil
+	}
+	oom := false
+	if in.group != nil {
+		if n, err := in.group.OOMKills(); err == nil && n > in.oomBase {
+			oom = true
+		}
+	}
+	in.exitCode, in.signal = st.code, ""
+	switch {
+	case st.unknown:
+		in.phase = PhaseUnknown
+	case st.signaled:
+		in.phase, in.signal = PhaseSignaled, signalName(st.signal)
+	default:
+		in.phase = PhaseExited
+	}
+	exit := restart.Exit{Code: st.code, Signaled: st.signaled, OOM: oom, Health: in.healthKill, Unknown: st.unknown}
+	in.log.Info("process exited", "pid", pid, "exit_code", st.code, "signal", in.signal, "oom", oom, "unknown", st.unknown)
+	s.afterExitLocked(in, exit, exitReason(exit, in.signal))
+}
+
+// exitReason describes an exit for Status.Reason.
+func exitReason(e restart.Exit, signal string) string {
+	switch {
+	case e.OOM:
+		return "oom"
+	case e.Health:
+		return "health"
+	case e.Unknown:
+		return "exit status unknown"
+	case e.Signaled:
+		return "signal " + signal
+	default:
+		return fmt.Sprintf("exit code %d", e.Code)
+	}
+}
+
+// afterExitLocked applies the stop request or the restart policy after the
+// process is gone.
+func (s *Supervisor) afterExitLocked(in *instance, exit restart.Exit, reason string) {
+	if in.state == StateStopping {
+		s.transitionLocked(in, StateExited, "stopped")
+		return
+	}
+	d := in.tracker.Next(exit, in.startTime, time.Now())
+	switch {
+	case d.Restart:
+		in.restarts[d.Reason]++
+		in.backoff = d.Delay
+		if s.transitionLocked(in, StateBackoff, reason) == nil {
+			s.scheduleRestartLocked(in, d.Delay)
+		}
+	case d.Failed:
+		s.transitionLocked(in, StateFailed, "restart limit reached: "+reason)
+	default:
+		s.transitionLocked(in, StateExited, reason)
+	}
+}
+
+// scheduleRestartLocked starts the instance again after delay, unless it
+// left backoff meanwhile.
+func (s *Supervisor) scheduleRestartLocked(in *instance, delay time.Duration) {
+	gen := in.gen
+	in.log.Debug("restart scheduled", "delay", delay)
+	s.stopTimer(&in.backoffTimer)
+	in.backoffTimer = s.afterFunc(delay, func() {
+		in.mu.Lock()
+		defer in.mu.Unlock()
+		if in.gen != gen || in.state != StateBackoff {
+			return
+		}
+		in.backoffTimer = nil
+		if err := s.spawnLocked(in); err != nil {
+			in.log.Error("restart failed", "error", err)
+			s.transitionLocked(in, StateFailed, "restart failed: "+err.Error())
+		}
+	})
+}
+
+// reapPidfdBlocking waits for the process behind pidfd to exit and reaps it.
+func reapPidfdBlocking(pidfd int) {
+	var info sigchldInfo
+	for errors.Is(waitidBlocking(pidfd, &info), syscall.EINTR) {
+	}
+}

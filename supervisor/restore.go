@@ -1,0 +1,152 @@
+package supervisor
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	"github.com/visorhq/visor/supervisor/restart"
+)
+
+// Restore re-adopts the instances persisted in StateDir, typically by a new
+// supervisor after the previous one's process died or was upgraded. A
+// process is adopted only if its pid is alive with the persisted start time
+// (/proc/<pid>/stat field 22), so a reused pid is never mistaken for ours;
+// it is then watched through a pidfd and never started a second time. A
+// process that ended meanwhile is reported with ExitCode -1 and
+// PhaseUnknown (unless it is still our unreaped child), and its restart
+// policy applies. Instances already known are skipped. Restore blocks until
+// Run is running and returns the status of every restored instance.
+func (s *Supervisor) Restore(ctx context.Context) ([]Status, error) {
+	if err := s.awaitRun(ctx); err != nil {
+		return nil, err
+	}
+	recs, err := s.loadAll()
+	if err != nil {
+		return nil, err
+	}
+	var out []Status
+	for _, rec := range recs {
+		if ctx.Err() != nil {
+			return out, ctx.Err()
+		}
+		in, ok := s.restoreOne(rec)
+		if !ok {
+			continue
+		}
+		in.mu.Lock()
+		out = append(out, in.statusLocked())
+		in.mu.Unlock()
+	}
+	return out, nil
+}
+
+// restoreOne rebuilds one instance from rec; false when it is known already.
+func (s *Supervisor) restoreOne(rec record) (*instance, bool) {
+	rs, err := validate(rec.Spec)
+	if err != nil {
+		// The spec was valid when started (binary since removed, user
+		// deleted...): adopt what runs, a restart will fail visibly.
+		s.log.Warn("restored spec no longer valid", "instance", rec.Spec.ID, "error", err)
+		rs = fallbackResolved(rec.Spec)
+	}
+	in := s.newInstance(rec.Spec, rs)
+	in.state, in.since, in.reason, in.phase = rec.State, rec.Since, rec.Reason, rec.Phase
+	in.exitCode, in.signal, in.startTime = rec.ExitCode, rec.Signal, rec.StartTime
+	for k, v := range rec.Restarts {
+		in.restarts[k] = v
+	}
+	if s.cg != nil {
+		if g, err := s.cg.Open(rec.Spec.ID); err == nil {
+			in.group = g
+		} else {
+			in.log.Debug("no cgroup to re-open", "error", err)
+		}
+	}
+	s.mu.Lock()
+	if _, ok := s.instances[in.id]; ok {
+		s.mu.Unlock()
+		return nil, false
+	}
+	s.instances[in.id] = in
+	s.mu.Unlock()
+	s.addLogs(in)
+
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	switch {
+	case rec.State.Terminal():
+		in.pid = 0
+	case rec.PID > 0 && s.adoptLocked(in, rec):
+		in.log.Info("process adopted", "pid", in.pid, "state", string(in.state))
+		if in.state == StateStopping {
+			s.killLocked(in)
+		} else {
+			s.armStartedLocked(in)
+		}
+	case rec.State == StateBackoff:
+		in.pid = 0
+		p := in.spec.Restart.WithDefaults()
+		delay := p.InitialDelay
+		if p.NoBackoff {
+			delay = 0
+		}
+		in.backoff = delay
+		s.scheduleRestartLocked(in, delay)
+	default:
+		// The process ended while nobody watched it.
+		in.pid, in.exitCode, in.signal, in.phase = 0, -1, "", PhaseUnknown
+		in.log.Info("process gone while supervisor was down", "pid", rec.PID)
+		s.afterExitLocked(in, restart.Exit{Code: -1, Unknown: true}, "exit status unknown")
+	}
+	return in, true
+}
+
+// adoptLocked watches rec's process if it is still the one we started.
+func (s *Supervisor) adoptLocked(in *instance, rec record) bool {
+	ticks, _, err := procStat(rec.PID)
+	if err != nil || ticks != rec.StartTicks {
+		if err == nil {
+			in.log.Warn("pid reused by another process, not adopting", "pid", rec.PID)
+		}
+		return false
+	}
+	fd, err := pidfdOpen(rec.PID)
+	if err != nil {
+		return false
+	}
+	// The pid could have been reused between the check and pidfd_open:
+	// check again now that the pidfd pins the process.
+	if ticks, _, err := procStat(rec.PID); err != nil || ticks != rec.StartTicks {
+		syscall.Close(fd)
+		return false
+	}
+	in.gen++
+	in.pid, in.pidfd, in.startTicks, in.adopted = rec.PID, fd, rec.StartTicks, true
+	if t := ticksTime(rec.StartTicks); !t.IsZero() {
+		in.startTime = t
+	}
+	in.phase = PhaseRunning
+	in.upOK = in.state == StateRunning || time.Since(in.startTime) >= in.spec.MinUptime
+	in.healthy = in.state == StateRunning
+	if err := s.reaper.add(watch{in: in, gen: in.gen, fd: fd}); err != nil {
+		in.log.Warn("watch adopted process", "pid", rec.PID, "error", err)
+		syscall.Close(fd)
+		in.pid, in.pidfd, in.adopted = 0, -1, false
+		return false
+	}
+	return true
+}
+
+// fallbackResolved is enough of a resolved spec to stop an adopted process.
+func fallbackResolved(spec Spec) resolved {
+	r := resolved{stopSignal: syscall.SIGTERM, stopTimeout: DefaultStopTimeout, path: "/nonexistent"}
+	if sig, err := ParseSignal(spec.StopSignal); err == nil && spec.StopSignal != "" {
+		r.stopSignal = sig
+	}
+	if spec.StopTimeout > 0 {
+		r.stopTimeout = spec.StopTimeout
+	}
+	r.argv = spec.Command
+	return r
+}

@@ -1,0 +1,36 @@
+package supervisor
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+)
+
+var signalsByName = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT,
+	"KILL": syscall.SIGKILL, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2,
+	"TERM": syscall.SIGTERM, "ALRM": syscall.SIGALRM, "CONT": syscall.SIGCONT,
+	"STOP": syscall.SIGSTOP, "TSTP": syscall.SIGTSTP, "WINCH": syscall.SIGWINCH,
+	"ABRT": syscall.SIGABRT, "PWR": syscall.SIGPWR, "TTIN": syscall.SIGTTIN,
+	"TTOU": syscall.SIGTTOU,
+}
+
+// ParseSignal returns the signal named name: "TERM", "SIGTERM" or "term".
+// An unknown name is an error wrapping ErrInvalidSpec.
+func ParseSignal(name string) (syscall.Signal, error) {
+	n := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(name)), "SIG")
+	if sig, ok := signalsByName[n]; ok {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("%w: unknown signal %q", ErrInvalidSpec, name)
+}
+
+// signalName returns the short name of sig ("TERM"), or its number.
+func signalName(sig syscall.Signal) string {
+	for n, s := range signalsByName {
+		if s == sig {
+			return n
+		}
+	}
+	return fmt.Sprintf("%d", int(sig))
+}

@@ -1,0 +1,336 @@
+package supervisor
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/visorhq/visor/supervisor/cgroup"
+	"github.com/visorhq/visor/supervisor/logfile"
+	"github.com/visorhq/visor/supervisor/restart"
+)
+
+// Defaults of a Spec's zero values.
+const (
+	DefaultStopTimeout   = 10 * time.Second
+	DefaultHealthPeriod  = 10 * time.Second
+	DefaultHealthTimeout = 5 * time.Second
+	DefaultHealthFails   = 3
+	// DefaultPath is the PATH of a Spec without one in Env; Command[0] is
+	// looked up in it.
+	DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+
+// Spec describes one instance: what to run, as whom, how to stop it, when to
+// restart it and what it may use. The zero values of optional fields are
+// documented defaults.
+type Spec struct {
+	// ID names the instance: [a-z0-9][a-z0-9._-]*, at most 128 bytes.
+	ID string `json:"id"`
+	// Command is the argv; Command[0] without a slash is looked up in the
+	// PATH of Env (DefaultPath when Env has none). Exactly one of Command
+	// and Shell is set.
+	Command []string `json:"command,omitempty"`
+	// Shell is a line run by /bin/sh -c. A simple command line is prefixed
+	// with exec, so the shell does not stay as an extra process.
+	Shell string `json:"shell,omitempty"`
+	// Env is the whole environment of the process ("K=V"); nil means only
+	// PATH=DefaultPath. The supervisor's own environment is not inherited.
+	Env []string `json:"env,omitempty"`
+	// Dir is the working directory; "" means the supervisor's.
+	Dir string `json:"dir,omitempty"`
+	// User and Group run the process as that user (name or numeric id) and
+	// group; Group "" means the user's primary group. An unknown name is an
+	// error. Empty User runs as the supervisor's user.
+	User  string `json:"user,omitempty"`
+	Group string `json:"group,omitempty"`
+	// StopSignal is sent to the process group by Stop: "TERM" (default),
+	// "SIGTERM", "HUP", "USR1", "INT", "QUIT", "KILL", ...
+	StopSignal string `json:"stop_signal,omitempty"`
+	// StopTimeout is the grace period between StopSignal and SIGKILL;
+	// zero means 10s, negative is an error.
+	StopTimeout time.Duration `json:"stop_timeout,omitempty"`
+	// Restart is the restart policy; the zero value restarts always with
+	// exponential backoff.
+	Restart restart.Policy `json:"restart"`
+	// MinUptime is the "started" criterion: the instance is running only
+	// after this uptime and, with a Health check, its first pass. Zero
+	// without Health means running as soon as the process is started.
+	MinUptime time.Duration `json:"min_uptime,omitempty"`
+	// Health is an optional health check. Once running, FailureThreshold
+	// consecutive failures restart the process with reason "health".
+	Health *HealthCheck `json:"health,omitempty"`
+	// Logs are the rotation options of the stdout and stderr files.
+	Logs logfile.Options `json:"logs"`
+	// Limits are the resource limits, enforced through a cgroup when the
+	// host has a usable controller (see Supervisor.CgroupMode); otherwise
+	// they are not enforced and a warning is logged.
+	Limits cgroup.Limits `json:"limits"`
+	// Meta is opaque to the supervisor: persisted with the state and
+	// returned in every Status.
+	Meta map[string]string `json:"meta,omitempty"`
+}
+
+// HealthCheck probes a running instance periodically.
+type HealthCheck struct {
+	// Type is "exec", "tcp" or "http".
+	Type string `json:"type"`
+	// Command is the argv of an exec check; exit 0 passes. It runs with the
+	// instance's Env and Dir.
+	Command []string `json:"command,omitempty"`
+	// Address is the host:port a tcp check connects to.
+	Address string `json:"address,omitempty"`
+	// URL is fetched by an http check; a 2xx or 3xx status passes.
+	URL string `json:"url,omitempty"`
+	// Period between probes; zero means 10s.
+	Period time.Duration `json:"period,omitempty"`
+	// Timeout of one probe; zero means 5s (at most Period).
+	Timeout time.Duration `json:"timeout,omitempty"`
+	// FailureThreshold is the number of consecutive failures that restart
+	// a running instance; zero means 3.
+	FailureThreshold int `json:"failure_threshold,omitempty"`
+}
+
+// withDefaults returns h with its zero values replaced.
+func (h HealthCheck) withDefaults() HealthCheck {
+	if h.Period == 0 {
+		h.Period = DefaultHealthPeriod
+	}
+	if h.Timeout == 0 {
+		h.Timeout = min(DefaultHealthTimeout, h.Period)
+	}
+	if h.FailureThreshold == 0 {
+		h.FailureThreshold = DefaultHealthFails
+	}
+	return h
+}
+
+// resolved is a validated Spec ready to fork.
+type resolved struct {
+	path        string // absolute path of the executable
+	argv        []string
+	env         []string
+	dir         string
+	cred        *syscall.Credential
+	stopSignal  syscall.Signal
+	stopTimeout time.Duration
+	health      *HealthCheck // with defaults
+}
+
+var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+
+// shellMeta are the characters that make a shell line more than one simple
+// command; such a line is not prefixed with exec.
+const shellMeta = ";&|()`\n"
+
+// simpleWord matches a first word that names a program to exec.
+var simpleWord = regexp.MustCompile(`^[A-Za-z0-9_./+-]+$`)
+
+// shellKeywords are first words that exec cannot replace.
+var shellKeywords = map[string]bool{
+	"if": true, "for": true, "while": true, "until": true, "case": true, "exec": true,
+	"cd": true, "export": true, "set": true, "trap": true, "ulimit": true, "umask": true,
+	"eval": true, ".": true, "source": true, "!": true, "{": true,
+}
+
+// shellLine prefixes a simple command line with exec, so that /bin/sh
+// replaces itself with the program instead of staying as its parent.
+func shellLine(line string) string {
+	fields := strings.Fields(line)
+	if len(fields) == 0 || strings.ContainsAny(line, shellMeta) ||
+		!simpleWord.MatchString(fields[0]) || shellKeywords[fields[0]] {
+		return line
+	}
+	return "exec " + line
+}
+
+// validate checks spec and resolves the executable, user and signal. Every
+// error wraps ErrInvalidSpec.
+func validate(spec Spec) (resolved, error) {
+	var r resolved
+	bad := func(format string, args ...any) (resolved, error) {
+		return resolved{}, fmt.Errorf("%w: %s", ErrInvalidSpec, fmt.Sprintf(format, args...))
+	}
+	if len(spec.ID) > 128 || !idPattern.MatchString(spec.ID) {
+		return bad("id %q must match [a-z0-9][a-z0-9._-]* and be at most 128 bytes", spec.ID)
+	}
+	switch {
+	case len(spec.Command) > 0 && spec.Shell != "":
+		return bad("both command and shell set")
+	case len(spec.Command) > 0:
+		r.argv = append([]string(nil), spec.Command...)
+	case strings.TrimSpace(spec.Shell) != "":
+		r.argv = []string{"/bin/sh", "-c", shellLine(spec.Shell)}
+	default:
+		return bad("no command")
+	}
+	r.env = spec.Env
+	if r.env == nil {
+		r.env = []string{"PATH=" + DefaultPath}
+	}
+	r.dir = spec.Dir
+	if r.dir != "" {
+		fi, err := os.Stat(r.dir)
+		if err != nil {
+			return bad("dir: %v", err)
+		}
+		if !fi.IsDir() {
+			return bad("dir %q is not a directory", r.dir)
+		}
+	}
+	path, err := lookPath(r.argv[0], r.dir, envPath(r.env))
+	if err != nil {
+		return resolved{}, err
+	}
+	r.path = path
+	if r.cred, err = credential(spec.User, spec.Group); err != nil {
+		return resolved{}, err
+	}
+	r.stopSignal = syscall.SIGTERM
+	if spec.StopSignal != "" {
+		if r.stopSignal, err = ParseSignal(spec.StopSignal); err != nil {
+			return resolved{}, err
+		}
+	}
+	switch {
+	case spec.StopTimeout < 0:
+		return bad("negative stop timeout")
+	case spec.StopTimeout == 0:
+		r.stopTimeout = DefaultStopTimeout
+	default:
+		r.stopTimeout = spec.StopTimeout
+	}
+	if spec.MinUptime < 0 {
+		return bad("negative min uptime")
+	}
+	if err := spec.Restart.Validate(); err != nil {
+		return bad("restart: %v", err)
+	}
+	if err := spec.Logs.Validate(); err != nil {
+		return bad("logs: %v", err)
+	}
+	if err := spec.Limits.Validate(); err != nil {
+		return bad("limits: %v", err)
+	}
+	if spec.Health != nil {
+		h := spec.Health.withDefaults()
+		if h.Period < 0 || h.Timeout < 0 || h.FailureThreshold < 0 {
+			return bad("health: negative period, timeout or threshold")
+		}
+		switch h.Type {
+		case "exec":
+			if len(h.Command) == 0 {
+				return bad("health: exec check without command")
+			}
+		case "tcp":
+			if _, _, err := net.SplitHostPort(h.Address); err != nil {
+				return bad("health: tcp address: %v", err)
+			}
+		case "http":
+			u, err := url.Parse(h.URL)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return bad("health: bad http url %q", h.URL)
+			}
+		default:
+			return bad("health: unknown type %q", h.Type)
+		}
+		r.health = &h
+	}
+	return r, nil
+}
+
+// envPath returns the PATH of env, or DefaultPath.
+func envPath(env []string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], "PATH="); ok {
+			return v
+		}
+	}
+	return DefaultPath
+}
+
+// lookPath resolves name like execve would after chdir(dir), checking that
+// it is a regular executable file.
+func lookPath(name, dir, path string) (string, error) {
+	check := func(p string) error {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", p)
+		}
+		if fi.Mode().Perm()&0o111 == 0 {
+			return fmt.Errorf("%s is not executable", p)
+		}
+		return nil
+	}
+	if strings.Contains(name, "/") {
+		p := name
+		if !filepath.IsAbs(p) {
+			base := dir
+			if base == "" {
+				base, _ = os.Getwd()
+			}
+			p = filepath.Join(base, p)
+		}
+		if err := check(p); err != nil {
+			return "", fmt.Errorf("%w: command: %v", ErrInvalidSpec, err)
+		}
+		return p, nil
+	}
+	for _, d := range filepath.SplitList(path) {
+		if d == "" || !filepath.IsAbs(d) {
+			continue
+		}
+		p := filepath.Join(d, name)
+		if check(p) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: command %q not found in PATH", ErrInvalidSpec, name)
+}
+
+// credential resolves a run-as user and group; nil when both are empty.
+func credential(userName, groupName string) (*syscall.Credential, error) {
+	if userName == "" && groupName == "" {
+		return nil, nil
+	}
+	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
+	if userName != "" {
+		u, err := user.Lookup(userName)
+		if err != nil {
+			if _, nerr := strconv.Atoi(userName); nerr == nil {
+				u, err = user.LookupId(userName)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: user %q: %v", ErrInvalidSpec, userName, err)
+		}
+		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
+	}
+	if groupName != "" {
+		g, err := user.LookupGroup(groupName)
+		if err != nil {
+			if _, nerr := strconv.Atoi(groupName); nerr == nil {
+				g, err = user.LookupGroupId(groupName)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: group %q: %v", ErrInvalidSpec, groupName, err)
+		}
+		gid, _ := strconv.ParseUint(g.Gid, 10, 32)
+		cred.Gid = uint32(gid)
+	}
+	return cred, nil
+}
