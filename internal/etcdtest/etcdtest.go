@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,7 +17,11 @@ import (
 
 // Cluster is one embedded etcd member started for a test.
 type Cluster struct {
-	srv *embedetcd.Server
+	t      testing.TB
+	cfg    embedetcd.Config
+	mu     sync.Mutex // guards srv
+	srv    *embedetcd.Server
+	closed bool
 }
 
 var prefixSeq atomic.Int64
@@ -31,29 +36,70 @@ func New(t testing.TB) *Cluster {
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		cport, pport := freePort(t), freePort(t)
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		srv, err := embedetcd.Start(ctx, embedetcd.Config{
+		cfg := embedetcd.Config{
 			Dir:       t.TempDir(),
 			Name:      "test",
 			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", cport),
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", pport),
 			Unsafe:    true,
-		})
-		cancel()
+		}
+		srv, err := start(cfg)
 		if err != nil {
 			// A free port can be taken between probing and binding; try again.
 			lastErr = err
 			continue
 		}
-		t.Cleanup(srv.Close)
-		return &Cluster{srv: srv}
+		c := &Cluster{t: t, cfg: cfg, srv: srv}
+		t.Cleanup(c.close)
+		return c
 	}
 	t.Fatalf("etcdtest: start embedded etcd: %v", lastErr)
 	return nil
 }
 
+func start(cfg embedetcd.Config) (*embedetcd.Server, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return embedetcd.Start(ctx, cfg)
+}
+
+// Stop stops the member, keeping its data directory and ports, to simulate
+// an etcd outage. Start brings it back.
+func (c *Cluster) Stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.srv != nil {
+		c.srv.Close()
+		c.srv = nil
+	}
+}
+
+// Start restarts a stopped member on the same ports with the same data.
+func (c *Cluster) Start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.srv != nil || c.closed {
+		return
+	}
+	srv, err := start(c.cfg)
+	if err != nil {
+		c.t.Fatalf("etcdtest: restart embedded etcd: %v", err)
+	}
+	c.srv = srv
+}
+
+func (c *Cluster) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.srv != nil {
+		c.srv.Close()
+		c.srv = nil
+	}
+}
+
 // Endpoints returns the client endpoints of the member.
-func (c *Cluster) Endpoints() []string { return []string{c.srv.Endpoint()} }
+func (c *Cluster) Endpoints() []string { return []string{c.cfg.ClientURL} }
 
 // Client returns a new client connected to the member, closed at cleanup.
 func (c *Cluster) Client(t testing.TB) *clientv3.Client {

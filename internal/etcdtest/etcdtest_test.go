@@ -23,3 +23,26 @@ func TestNewServesPutGet(t *testing.T) {
 		t.Fatalf("prefixes are not unique: got %d keys", len(resp.Kvs))
 	}
 }
+
+func TestStopStartKeepsData(t *testing.T) {
+	c := New(t)
+	cli := c.Client(t)
+	key := Prefix(t) + "k"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, key, "v"); err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	c.Stop()
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err := cli.Get(short, key)
+	cancelShort()
+	if err == nil {
+		t.Fatalf("get succeeded while etcd was stopped")
+	}
+	c.Start()
+	resp, err := cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
+		t.Fatalf("after restart: %v %v", resp, err)
+	}
+}
