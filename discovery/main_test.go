@@ -1,0 +1,93 @@
+package discovery
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/visorhq/visor/internal/etcdtest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testLogger routes a component's log to the test's output.
+func testLogger(t testing.TB) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Output: t.Output(), Level: hclog.Debug})
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		case <-tick.C:
+		}
+	}
+}
+
+// fixture is one embedded etcd with a Store on a fresh prefix.
+type fixture struct {
+	cli    *clientv3.Client
+	prefix string
+	store  *Store
+	ctx    context.Context
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	c := etcdtest.New(t)
+	cli := c.Client(t)
+	prefix := etcdtest.Prefix(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return &fixture{cli: cli, prefix: prefix, store: NewStore(cli, prefix, testLogger(t)), ctx: ctx}
+}
+
+// keys counts the keys stored under the fixture's services prefix.
+func (f *fixture) keys(t testing.TB) int64 {
+	t.Helper()
+	resp, err := f.cli.Get(f.ctx, f.prefix+"services/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatalf("count keys: %v", err)
+	}
+	return resp.Count
+}
+
+func (f *fixture) revision(t testing.TB) int64 {
+	t.Helper()
+	resp, err := f.cli.Get(f.ctx, "revision-probe")
+	if err != nil {
+		t.Fatalf("revision: %v", err)
+	}
+	return resp.Header.Revision
+}
+
+// runRegistrar runs r.Run until the test ends.
+func runRegistrar(t *testing.T, r *Registrar) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("registrar run: %v", err)
+		}
+	})
+}
+
+func instanceEndpoint(service, version, id, addr string, port int, healthy bool) Endpoint {
+	return Endpoint{Service: service, Version: version, ID: id, Host: "h1", Addr: addr, Port: port, Healthy: healthy, Source: SourceInstance}
+}
