@@ -91,3 +91,5 @@ func runRegistrar(t *testing.T, r *Registrar) {
 func instanceEndpoint(service, version, id, addr string, port int, healthy bool) Endpoint {
 	return Endpoint{Service: service, Version: version, ID: id, Host: "h1", Addr: addr, Port: port, Healthy: healthy, Source: SourceInstance}
 }
+
+func clientOptAttachedKeys() clientv3.LeaseOption { return clientv3.WithAttachedKeys() }
