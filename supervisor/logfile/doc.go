@@ -13,8 +13,9 @@
 // file in place, done by one [Rotator] goroutine for all files. The active
 // file keeps its name; rotated files are path.1 (newest) … path.N (oldest,
 // N = Options.MaxFiles); older ones are dropped. When a file grows past
-// Options.MaxBytes the Rotator copies its head into path.1 (after shifting
-// path.1..N-1 up by one) and then removes that head from the active file:
+// Options.MaxBytes the Rotator shifts path.1..N-1 up by one, copies the head
+// of the active file into a new path.1 and then removes that head from the
+// active file:
 //
 //   - collapse mode (Linux, ext4/xfs): the copied head, rounded down to the
 //     file system block size, is removed with fallocate(FALLOC_FL_COLLAPSE_RANGE).
@@ -28,10 +29,12 @@
 //     the writer was, so the rotated file ends with whole lines whenever the
 //     child writes whole lines (line-buffered output).
 //
-// A rotation in collapse mode is recorded in the extended attribute
-// "user.visor.logfile.base" (bytes removed from the head so far), so that
-// [Follow] keeps its position exactly across rotations. Without it, Follow
-// notices the shrink and restarts at the beginning of the file.
+// Every rotation is recorded in the extended attribute
+// "user.visor.logfile.base": on the active file, the bytes removed from its
+// head so far; on each rotated file, the logical offset of its first byte.
+// [Follow] uses it to keep its exact position across rotations, and to pick
+// up from the rotated files what it had not read yet. Without xattr support,
+// Follow notices the shrink and restarts at the beginning of the file.
 //
 // Size checks cost nothing while files are quiet: the Rotator watches the
 // directories with inotify (IN_MODIFY) and stats only the files that changed,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,23 +31,30 @@ func collapseHead(f *os.File, n int64) error {
 	return nil
 }
 
-// readBase returns the rotation base recorded on f, or 0.
-func readBase(f *os.File) int64 {
+// readBase returns the rotation base recorded on f (0 if none) and whether
+// it is stable; it is not while a rotation is removing the file's head.
+func readBase(f *os.File) (base int64, stable bool) {
 	var buf [32]byte
 	n, err := unix.Fgetxattr(int(f.Fd()), baseAttr, buf[:])
 	if err != nil || n <= 0 {
-		return 0
+		return 0, true
 	}
-	v, err := strconv.ParseInt(string(buf[:n]), 10, 64)
-	if err != nil || v < 0 {
-		return 0
+	v := string(buf[:n])
+	stable = !strings.HasSuffix(v, "+")
+	b, err := strconv.ParseInt(strings.TrimSuffix(v, "+"), 10, 64)
+	if err != nil || b < 0 {
+		return 0, true
 	}
-	return v
+	return b, stable
 }
 
-// addBase adds n to the rotation base of f. Failures (no xattr support) are
-// ignored: followers then fall back to restarting at offset 0.
-func addBase(f *os.File, n int64) {
-	v := readBase(f) + n
-	_ = unix.Fsetxattr(int(f.Fd()), baseAttr, []byte(strconv.FormatInt(v, 10)), 0)
+// setBase records base on f, marked unstable ("+") while the head of f is
+// being removed. Failures (no xattr support) are ignored: followers then
+// fall back to restarting at offset 0.
+func setBase(f *os.File, base int64, stable bool) {
+	v := strconv.FormatInt(base, 10)
+	if !stable {
+		v += "+"
+	}
+	_ = unix.Fsetxattr(int(f.Fd()), baseAttr, []byte(v), 0)
 }

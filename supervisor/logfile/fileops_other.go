@@ -10,5 +10,5 @@ import (
 var errCollapseUnsupported = errors.New("logfile: collapse range unsupported")
 
 func collapseHead(f *os.File, n int64) error { return errCollapseUnsupported }
-func readBase(f *os.File) int64               { return 0 }
-func addBase(f *os.File, n int64)             {}
+func readBase(f *os.File) int64              { return 0 }
+func addBase(f *os.File, n int64)            {}

@@ -16,6 +16,10 @@ import (
 // checks the file anyway (a safety net, not the normal path).
 const followRescan = 5 * time.Second
 
+// staleRotation is how long an unstable rotation base is honoured before
+// Follow assumes the rotator crashed mid-rotation.
+const staleRotation = 2 * followRescan
+
 // Follow streams the log at path to w with default options. See
 // [Options.Follow].
 func Follow(ctx context.Context, path string, fromEnd bool, w io.Writer) error {
@@ -44,7 +48,7 @@ func (o Options) Follow(ctx context.Context, path string, fromEnd bool, w io.Wri
 		return fmt.Errorf("follow: %w", err)
 	}
 
-	fl := &follower{path: path, out: &lineCapper{w: w, max: o.MaxLineBytes}, buf: make([]byte, 32<<10)}
+	fl := &follower{path: path, maxFiles: o.MaxFiles, out: &lineCapper{w: w, max: o.MaxLineBytes}, buf: make([]byte, 32<<10)}
 	if err := fl.open(fromEnd); err != nil {
 		return err
 	}
@@ -69,11 +73,14 @@ func (o Options) Follow(ctx context.Context, path string, fromEnd bool, w io.Wri
 }
 
 type follower struct {
-	path    string
-	f       *os.File
-	logical int64 // bytes of the file's logical stream consumed so far
-	out     *lineCapper
-	buf     []byte
+	path     string
+	maxFiles int
+	f        *os.File
+	logical  int64 // bytes of the file's logical stream consumed so far
+	out      *lineCapper
+	buf      []byte
+	// pendingSince is when an unstable base was first seen (zero if none).
+	pendingSince time.Time
 }
 
 func (fl *follower) open(fromEnd bool) error {
@@ -81,7 +88,7 @@ func (fl *follower) open(fromEnd bool) error {
 	if err != nil {
 		return fmt.Errorf("follow: %w", err)
 	}
-	base := readBase(f)
+	base, _ := readBase(f)
 	fl.f, fl.logical = f, base
 	if fromEnd {
 		st, err := f.Stat()
@@ -95,37 +102,128 @@ func (fl *follower) open(fromEnd bool) error {
 }
 
 // drain copies everything from the current position to the end of file.
+// Each chunk is read between two reads of the rotation base and kept only
+// if the base stayed the same and stable, so a rotation racing with the
+// read never yields misplaced bytes.
 func (fl *follower) drain() error {
-	st, err := fl.f.Stat()
-	if err != nil {
-		return fmt.Errorf("follow: %w", err)
-	}
-	base := readBase(fl.f)
-	phys := fl.logical - base
-	switch {
-	case phys < 0:
-		// Rotated away before we read it: continue at the new head.
-		phys, fl.logical = 0, base
-	case phys > st.Size():
-		// Truncated (without a recorded base): start again at the top.
-		phys, fl.logical = 0, base
-	}
 	for {
-		n, err := fl.f.ReadAt(fl.buf, phys)
-		if n > 0 {
-			if werr := fl.out.write(fl.buf[:n]); werr != nil {
-				return fmt.Errorf("follow: write: %w", werr)
+		base, stable := readBase(fl.f)
+		if !stable {
+			if fl.pendingSince.IsZero() {
+				fl.pendingSince = time.Now()
 			}
-			phys += int64(n)
+			// A rotation is moving the head; its end (IN_ATTRIB) wakes us.
+			// A mark left by a crashed rotator is ignored after a while.
+			if time.Since(fl.pendingSince) < staleRotation {
+				return nil
+			}
+		} else {
+			fl.pendingSince = time.Time{}
+		}
+		if fl.logical < base {
+			// Rotated away before we read it: take it from the rotated files.
+			if err := fl.catchUp(base); err != nil {
+				return err
+			}
+			fl.logical = base
+		}
+		st, err := fl.f.Stat()
+		if err != nil {
+			return fmt.Errorf("follow: %w", err)
+		}
+		phys := fl.logical - base
+		if phys > st.Size() {
+			if b, ok := readBase(fl.f); b == base && ok == stable {
+				// Truncated without a recorded base: start again at the top.
+				fl.logical = base
+			}
+			continue
+		}
+		n, rerr := fl.f.ReadAt(fl.buf, phys)
+		if b, ok := readBase(fl.f); b != base || ok != stable {
+			continue // rotated while reading: retry with the new base
+		}
+		if n > 0 {
+			if err := fl.out.write(fl.buf[:n]); err != nil {
+				return fmt.Errorf("follow: write: %w", err)
+			}
 			fl.logical += int64(n)
 		}
-		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
+		if errors.Is(rerr, io.EOF) || (rerr == nil && n == 0) {
 			return nil
 		}
-		if err != nil {
-			return fmt.Errorf("follow: read: %w", err)
+		if rerr != nil {
+			return fmt.Errorf("follow: read: %w", rerr)
 		}
 	}
+}
+
+// catchUp copies the bytes between the current position and base, which a
+// rotation moved out of the active file, from the rotated files that hold
+// them (each records the logical offset of its first byte). Bytes no longer
+// kept anywhere are skipped.
+func (fl *follower) catchUp(base int64) error {
+	misses := 0
+	for fl.logical < base {
+		n, err := fl.copyFromRotated(base)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			misses = 0
+			continue
+		}
+		// Not found: a concurrent shift may have hidden it; look again,
+		// then give up (dropped, or lost in a truncate window).
+		if misses++; misses > 3 {
+			return nil
+		}
+	}
+	return nil
+}
+
+// copyFromRotated writes the rotated bytes at the current position, up to
+// base, from the one rotated file holding them, and returns how many.
+func (fl *follower) copyFromRotated(base int64) (int64, error) {
+	// All slots are looked at: a shift in progress leaves gaps.
+	for i := 1; i <= fl.maxFiles; i++ {
+		f, err := os.Open(rotatedName(fl.path, i))
+		if err != nil {
+			continue
+		}
+		start, _ := readBase(f)
+		st, err := f.Stat()
+		if err != nil || start > fl.logical || fl.logical >= start+st.Size() {
+			f.Close()
+			continue
+		}
+		n, err := fl.copyAt(f, fl.logical-start, min(base, start+st.Size())-fl.logical)
+		f.Close()
+		return n, err
+	}
+	return 0, nil
+}
+
+// copyAt writes up to n bytes of f from off and advances the position.
+func (fl *follower) copyAt(f *os.File, off, n int64) (int64, error) {
+	var done int64
+	for done < n {
+		m, err := f.ReadAt(fl.buf[:min(int64(len(fl.buf)), n-done)], off+done)
+		if m > 0 {
+			if werr := fl.out.write(fl.buf[:m]); werr != nil {
+				return done, fmt.Errorf("follow: write: %w", werr)
+			}
+			done += int64(m)
+			fl.logical += int64(m)
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return done, nil
+			}
+			return done, fmt.Errorf("follow: read: %w", err)
+		}
+	}
+	return done, nil
 }
 
 // checkReplaced switches to a new file at path if the one we hold was

@@ -269,76 +269,71 @@ func (r *Rotator) rotate(path string, o Options) (string, error) {
 	if size <= o.MaxBytes {
 		return "", nil
 	}
-	tmp := path + ".rotating"
-	dst, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, st.Mode().Perm())
-	if err != nil {
-		return "", fmt.Errorf("create %s: %w", filepath.Base(tmp), err)
+	// Shift first and copy straight into path.1, which carries the logical
+	// offset of its first byte, so that a follower that fell behind finds
+	// the bytes it missed as soon as they leave the active file.
+	for i := o.MaxFiles - 1; i >= 1; i-- {
+		err := os.Rename(rotatedName(path, i), rotatedName(path, i+1))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("shift rotated files: %w", err)
+		}
 	}
+	first := rotatedName(path, 1)
+	dst, err := os.OpenFile(first, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, st.Mode().Perm())
+	if err != nil {
+		return "", fmt.Errorf("create rotated file: %w", err)
+	}
+	defer dst.Close()
+	base, _ := readBase(f)
+	setBase(dst, base, true)
+	// Followers must not trust positions while the head moves (a seqlock:
+	// "base+" while moving, the new base after).
+	done := false
 	defer func() {
-		if dst != nil {
-			dst.Close()
-			os.Remove(tmp)
+		if !done {
+			setBase(f, base, true)
 		}
 	}()
 
-	mode := "truncate"
+	var copied int64
 	if k := collapseLen(size, blockSize(st)); k > 0 && !r.forceTruncate {
 		if err := copyRange(dst, f, 0, k); err != nil {
 			return "", err
 		}
+		copied = k
+		setBase(f, base, false)
 		switch err := collapseHead(f, k); {
 		case err == nil:
-			mode = "collapse"
-			addBase(f, k)
-		case errors.Is(err, errCollapseUnsupported):
-			if err := dst.Truncate(0); err != nil {
-				return "", fmt.Errorf("reset %s: %w", filepath.Base(tmp), err)
-			}
-			if _, err := dst.Seek(0, io.SeekStart); err != nil {
-				return "", fmt.Errorf("reset %s: %w", filepath.Base(tmp), err)
-			}
-		default:
+			done = true
+			setBase(f, base+k, true)
+			return "collapse", dst.Close()
+		case !errors.Is(err, errCollapseUnsupported):
 			return "", err
 		}
+		// Unsupported here: go on in truncate mode after what was copied.
 	}
-	if mode == "truncate" {
-		// Copy, then what was appended meanwhile, then truncate at once:
-		// only bytes written between the last round and the truncate are lost.
-		var copied int64
-		for range maxTailRounds {
-			st, err := f.Stat()
-			if err != nil {
-				return "", fmt.Errorf("stat: %w", err)
-			}
-			if st.Size() <= copied {
-				break
-			}
-			if err := copyRange(dst, f, copied, st.Size()-copied); err != nil {
-				return "", err
-			}
-			copied = st.Size()
+	// Copy what was appended meanwhile, then truncate at once: only bytes
+	// written between the last round and the truncate are lost.
+	setBase(f, base, false)
+	for range maxTailRounds {
+		st, err := f.Stat()
+		if err != nil {
+			return "", fmt.Errorf("stat: %w", err)
 		}
-		if err := f.Truncate(0); err != nil {
-			return "", fmt.Errorf("truncate: %w", err)
+		if st.Size() <= copied {
+			break
 		}
-		addBase(f, copied)
-	}
-	if err := dst.Close(); err != nil {
-		return "", fmt.Errorf("close %s: %w", filepath.Base(tmp), err)
-	}
-	dst = nil
-	for i := o.MaxFiles - 1; i >= 1; i-- {
-		err := os.Rename(rotatedName(path, i), rotatedName(path, i+1))
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			os.Remove(tmp)
-			return "", fmt.Errorf("shift rotated files: %w", err)
+		if err := copyRange(dst, f, copied, st.Size()-copied); err != nil {
+			return "", err
 		}
+		copied = st.Size()
 	}
-	if err := os.Rename(tmp, rotatedName(path, 1)); err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("rename rotated file: %w", err)
+	if err := f.Truncate(0); err != nil {
+		return "", fmt.Errorf("truncate: %w", err)
 	}
-	return mode, nil
+	done = true
+	setBase(f, base+copied, true)
+	return "truncate", dst.Close()
 }
 
 // collapseLen is the block-aligned head length to collapse from a file of

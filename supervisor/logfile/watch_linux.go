@@ -16,7 +16,7 @@ import (
 // Watch masks used by the Rotator and by Follow.
 const (
 	maskRotator = unix.IN_MODIFY
-	maskFollow  = unix.IN_MODIFY | unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_DELETE | unix.IN_MOVED_FROM
+	maskFollow  = unix.IN_MODIFY | unix.IN_ATTRIB | unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_DELETE | unix.IN_MOVED_FROM
 )
 
 // event is one inotify event: the watch it belongs to and the name of the

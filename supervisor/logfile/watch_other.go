@@ -26,11 +26,11 @@ const fallbackTick = time.Second
 // reports an overflow, which makes callers rescan everything.
 type watcher struct{}
 
-func newWatcher() (*watcher, error)                 { return &watcher{}, nil }
+func newWatcher() (*watcher, error)                         { return &watcher{}, nil }
 func (w *watcher) add(dir string, mask uint32) (int, error) { return 0, nil }
-func (w *watcher) remove(wd int)                    {}
-func (w *watcher) close() error                     { return nil }
-func (w *watcher) interruptOn(ctx context.Context) func() { return func() {} }
+func (w *watcher) remove(wd int)                            {}
+func (w *watcher) close() error                             { return nil }
+func (w *watcher) interruptOn(ctx context.Context) func()   { return func() {} }
 
 func (w *watcher) read(ctx context.Context, timeout time.Duration) ([]event, error) {
 	t := time.NewTimer(min(timeout, fallbackTick))

@@ -1,0 +1,165 @@
+package logfile
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o640); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTailSmall(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		content string
+		n       int
+		want    []string
+	}{
+		{"empty file", "", 3, nil},
+		{"zero lines", "a\nb\n", 0, nil},
+		{"fewer than n", "a\nb\n", 5, []string{"a", "b"}},
+		{"exactly n", "a\nb\nc\n", 3, []string{"a", "b", "c"}},
+		{"last two", "a\nb\nc\n", 2, []string{"b", "c"}},
+		{"no trailing newline", "a\nb\nc", 2, []string{"b", "c"}},
+		{"empty lines kept", "a\n\n\nb\n", 3, []string{"", "", "b"}},
+		{"single newline", "\n", 2, []string{""}},
+		{"one line no newline", "only", 1, []string{"only"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := filepath.Join(t.TempDir(), "x.log")
+			writeFile(t, p, tc.content)
+			got, err := Tail(p, tc.n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", tc.want) {
+				t.Fatalf("Tail(%q, %d) = %q, want %q", tc.content, tc.n, got, tc.want)
+			}
+		})
+	}
+}
+
+// writeNumbered writes lines "line %08d" from..to-1 to path.
+func writeNumbered(t testing.TB, path string, from, to int) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	for i := from; i < to; i++ {
+		fmt.Fprintf(w, "line %08d\n", i)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTailBigFile(t *testing.T) {
+	t.Parallel()
+	const total = 1_000_000 // 14 MB, many 64 KiB blocks
+	p := filepath.Join(t.TempDir(), "big.log")
+	writeNumbered(t, p, 0, total)
+	for _, n := range []int{1, 10, 5000, 20000} { // 20000 lines span several blocks
+		got, err := Tail(p, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != n {
+			t.Fatalf("Tail(%d) returned %d lines", n, len(got))
+		}
+		for i, l := range got {
+			if want := fmt.Sprintf("line %08d", total-n+i); l != want {
+				t.Fatalf("Tail(%d)[%d] = %q, want %q", n, i, l, want)
+			}
+		}
+	}
+	// More than the file holds: everything.
+	small := filepath.Join(t.TempDir(), "small.log")
+	writeNumbered(t, small, 0, 100_000)
+	got, err := Tail(small, 250_000)
+	if err != nil || len(got) != 100_000 || got[0] != "line 00000000" || got[99_999] != "line 00099999" {
+		t.Fatalf("Tail beyond size: %d lines, %v", len(got), err)
+	}
+}
+
+func TestTailSpansRotatedFiles(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "app.log")
+	writeNumbered(t, rotatedName(p, 2), 0, 10)
+	writeNumbered(t, rotatedName(p, 1), 10, 20)
+	writeNumbered(t, p, 20, 23)
+	got, err := Options{MaxFiles: 5}.Tail(p, 15)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 15 || got[0] != "line 00000008" || got[14] != "line 00000022" {
+		t.Fatalf("Tail across rotation = %q", got)
+	}
+	// Only MaxFiles rotated files are consulted.
+	got, err = Options{MaxFiles: 1}.Tail(p, 100)
+	if err != nil || len(got) != 13 {
+		t.Fatalf("Tail with MaxFiles 1: %d lines, %v", len(got), err)
+	}
+}
+
+func TestTailLongLines(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "long.log")
+	long := strings.Repeat("x", 200_000) // longer than a read block
+	utf := strings.Repeat("é", 10)       // 2-byte runes, cut mid-rune at 7 bytes
+	writeFile(t, p, "short\n"+long+"\n"+utf+"\nend\n")
+	got, err := Options{MaxLineBytes: 7}.Tail(p, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"short", "xxxxxxx" + TruncatedMarker, "ééé" + TruncatedMarker, "end"}
+	if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	got, err = Tail(p, 3) // default cap 16 KiB
+	if err != nil || len(got[0]) != DefaultMaxLineBytes+len(TruncatedMarker) {
+		t.Fatalf("default cap: len %d, %v", len(got[0]), err)
+	}
+}
+
+func TestTailBadInput(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "x.log")
+	if _, err := Tail(p, 1); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+	writeFile(t, p, "a\n")
+	if _, err := Tail(p, -1); !errors.Is(err, ErrNegativeCount) {
+		t.Fatalf("negative n: %v", err)
+	}
+}
+
+func BenchmarkTail100MB(b *testing.B) {
+	p := filepath.Join(b.TempDir(), "big.log")
+	writeNumbered(b, p, 0, 100<<20/14) // 14-byte lines
+	for _, n := range []int{10, 1000} {
+		b.Run(fmt.Sprintf("lines=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if l, err := Tail(p, n); err != nil || len(l) != n {
+					b.Fatalf("Tail: %d lines, %v", len(l), err)
+				}
+			}
+		})
+	}
+}
