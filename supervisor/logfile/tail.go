@@ -13,6 +13,10 @@ import (
 // tailBlock is the size of the blocks Tail reads backwards.
 const tailBlock = 64 << 10
 
+// tailWholeRead is the largest range Tail reads in one go once it knows the
+// line boundaries; beyond it, lines are read one by one (capped).
+const tailWholeRead = 4 << 20
+
 // ErrNegativeCount is returned (wrapped) by Tail for n < 0.
 var ErrNegativeCount = errors.New("logfile: negative line count")
 
@@ -103,6 +107,15 @@ func tailFile(path string, n, maxLine int) ([]string, error) {
 		spans = append(spans, span{0, end})
 	}
 
+	// One read for the whole range when it is small enough, else one per line.
+	var whole []byte
+	first := spans[len(spans)-1].start
+	if span := spans[0].end - first; span <= tailWholeRead {
+		whole = make([]byte, span)
+		if _, err := f.ReadAt(whole, first); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("tail: %w", err)
+		}
+	}
 	lines := make([]string, len(spans))
 	for i, s := range spans {
 		l := s.end - s.start
@@ -110,14 +123,20 @@ func tailFile(path string, n, maxLine int) ([]string, error) {
 		if cut {
 			l = int64(maxLine)
 		}
-		b := make([]byte, l)
-		if _, err := f.ReadAt(b, s.start); err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("tail: %w", err)
+		var b []byte
+		if whole != nil {
+			b = whole[s.start-first : s.start-first+l]
+		} else {
+			b = make([]byte, l)
+			if _, err := f.ReadAt(b, s.start); err != nil && !errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("tail: %w", err)
+			}
 		}
 		if cut {
-			b = append(trimPartialRune(b), TruncatedMarker...)
+			lines[len(spans)-1-i] = string(trimPartialRune(b)) + TruncatedMarker
+		} else {
+			lines[len(spans)-1-i] = string(b)
 		}
-		lines[len(spans)-1-i] = string(b)
 	}
 	return lines, nil
 }

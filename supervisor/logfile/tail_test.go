@@ -120,7 +120,7 @@ func TestTailSpansRotatedFiles(t *testing.T) {
 func TestTailLongLines(t *testing.T) {
 	t.Parallel()
 	p := filepath.Join(t.TempDir(), "long.log")
-	long := strings.Repeat("x", 200_000) // longer than a read block
+	long := strings.Repeat("x", 5<<20) // longer than a read block and tailWholeRead
 	utf := strings.Repeat("é", 10)       // 2-byte runes, cut mid-rune at 7 bytes
 	writeFile(t, p, "short\n"+long+"\n"+utf+"\nend\n")
 	got, err := Options{MaxLineBytes: 7}.Tail(p, 4)
