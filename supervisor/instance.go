@@ -190,10 +190,10 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 	}
 	in.gen++
 	in.pid, in.pidfd, in.startTicks, in.adopted = pid, pidfd, ticks, false
-	in.startTime = ticksTime(ticks)
-	if ticks == 0 || in.startTime.IsZero() {
-		in.startTime = time.Now()
-	}
+	// time.Now, not ticksTime: the boot time in /proc/stat has a one-second
+	// resolution, too coarse for MinUptime and ResetAfter, and Now carries
+	// a monotonic reading.
+	in.startTime = time.Now()
 	in.phase, in.continued = PhaseRunning, false
 	in.upOK, in.healthy, in.fails, in.healthKill = in.spec.MinUptime == 0, false, 0, false
 	if err := s.reaper.add(watch{in: in, gen: in.gen, fd: pidfd}); err != nil {

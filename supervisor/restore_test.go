@@ -1,0 +1,158 @@
+package supervisor
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/supervisor/restart"
+)
+
+// TestReadopt tears the supervisor down while its processes run, starts a
+// new one on the same state dir and checks that Restore adopts the same
+// processes without starting a second copy, and still supervises them.
+func TestReadopt(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := ctxT(t)
+	h1 := start(t, Config{StateDir: dir})
+	first, err := h1.Start(ctx, sleeper("keep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash := Spec{ID: "dies", Command: proctest.Command("crash-after", "200ms"), Env: proctest.Env(),
+		Restart: restart.Policy{InitialDelay: 10 * time.Millisecond}}
+	dying, err := h1.Start(ctx, crash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1.stopRun(t)
+	if !proctest.Alive(first.PID) {
+		t.Fatal("process died with the supervisor")
+	}
+	// "dies" exits while nobody supervises it.
+	proctest.WaitFor(t, 10*time.Second, "exit while down", func() bool { return !proctest.Alive(dying.PID) })
+
+	h2 := start(t, Config{StateDir: dir})
+	restored, err := h2.Restore(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(restored) != 2 {
+		t.Fatalf("Restore() = %+v, want 2 instances", restored)
+	}
+	st, ok := h2.Status("keep")
+	if !ok || st.PID != first.PID || !st.Adopted || st.State != StateRunning || len(st.Restarts) != 0 {
+		t.Fatalf("adopted status %+v, want pid %d running", st, first.PID)
+	}
+	// A second Restore adopts nothing twice.
+	if again, err := h2.Restore(ctx); err != nil || len(again) != 0 {
+		t.Fatalf("second Restore() = %+v, %v", again, err)
+	}
+	// "dies" was our unreaped child: its real exit status is known, and the
+	// restart policy brings it back.
+	proctest.WaitFor(t, 20*time.Second, "restart of dies", func() bool {
+		st, _ := h2.Status("dies")
+		return st.Restarts[restart.ReasonFail] >= 1 && st.PID != 0 && st.PID != dying.PID
+	})
+	for _, st := range h2.rec.of("dies") {
+		if st.State == StateBackoff && st.ExitCode != 1 {
+			t.Fatalf("backoff after restore: %+v, want exit code 1", st)
+		}
+	}
+	// The adopted process is supervised: a crash is noticed and restarted.
+	if err := h2.Signal("keep", "KILL"); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitFor(t, 20*time.Second, "restart of adopted", func() bool {
+		st, _ := h2.Status("keep")
+		return st.Restarts[restart.ReasonFail] == 1 && st.State == StateRunning && !st.Adopted
+	})
+}
+
+// TestReadoptStop stops an adopted process through the new supervisor.
+func TestReadoptStop(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := ctxT(t)
+	h1 := start(t, Config{StateDir: dir})
+	first, err := h1.Start(ctx, sleeper("svc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1.stopRun(t)
+	h2 := start(t, Config{StateDir: dir})
+	if _, err := h2.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h2.Stop(ctx, "svc")
+	if err != nil || st.State != StateExited {
+		t.Fatalf("Stop() = %+v, %v", st, err)
+	}
+	if proctest.Alive(first.PID) {
+		t.Fatal("adopted process alive after Stop")
+	}
+}
+
+// TestPidReuseGuard plants a state file naming a live process that is not
+// ours (same pid, other start time): Restore must not adopt, signal or
+// count it, and must apply the restart policy to the lost instance.
+func TestPidReuseGuard(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := ctxT(t)
+	stranger := proctest.Exec("sleep")
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = stranger.Process.Kill()
+		_ = stranger.Wait()
+	})
+	ticks, _, err := procStat(stranger.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, Config{StateDir: dir})
+	spec := sleeper("ghost")
+	spec.Restart = restart.Policy{Mode: restart.ModeNever}
+	rec := &record{Version: recordVersion, Spec: spec, State: StateRunning, Since: time.Now(),
+		PID: stranger.Process.Pid, StartTicks: ticks + 1, StartTime: time.Now()}
+	if err := h.save(rec); err != nil {
+		t.Fatal(err)
+	}
+	// Garbage next to it is skipped.
+	if err := os.WriteFile(filepath.Join(dir, "junk.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := h.Restore(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(restored) != 1 {
+		t.Fatalf("Restore() = %+v", restored)
+	}
+	st := restored[0]
+	if st.Adopted || st.PID != 0 || st.State != StateExited || st.ExitCode != -1 || st.Phase != PhaseUnknown {
+		t.Fatalf("restored %+v, want exited with unknown status, not adopted", st)
+	}
+	if !proctest.Alive(stranger.Process.Pid) {
+		t.Fatal("the stranger process was killed")
+	}
+	// With mode always, the lost instance is started again (a new pid).
+	spec.ID = "ghost2"
+	spec.Restart = restart.Policy{NoBackoff: true}
+	rec.Spec, rec.PID = spec, stranger.Process.Pid
+	if err := h.save(rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := waitState(t, h.Supervisor, "ghost2", StateRunning)
+	if got.PID == stranger.Process.Pid || got.Restarts[restart.ReasonFail] != 1 {
+		t.Fatalf("ghost2 = %+v", got)
+	}
+}

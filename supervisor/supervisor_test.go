@@ -1,0 +1,552 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/supervisor/restart"
+)
+
+func TestStartStop(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	spec := sleeper("web-1")
+	spec.Meta = map[string]string{"app": "web"}
+	st, err := h.Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start() = %v", err)
+	}
+	if st.State != StateRunning || st.PID <= 0 || st.Meta["app"] != "web" {
+		t.Fatalf("Start() status = %+v", st)
+	}
+	if !proctest.Alive(st.PID) {
+		t.Fatalf("pid %d not alive", st.PID)
+	}
+	if pgid, _ := syscall.Getpgid(st.PID); pgid != st.PID {
+		t.Fatalf("pgid = %d, want own group %d", pgid, st.PID)
+	}
+	if _, err := h.Start(ctx, spec); !errors.Is(err, ErrExists) {
+		t.Fatalf("second Start() = %v, want ErrExists", err)
+	}
+	if got, ok := h.Status("web-1"); !ok || got.RSSBytes == 0 || got.Phase != PhaseRunning {
+		t.Fatalf("Status() = %+v, %v; want RSS and phase running", got, ok)
+	}
+	final, err := h.Stop(ctx, "web-1")
+	if err != nil {
+		t.Fatalf("Stop() = %v", err)
+	}
+	if final.State != StateExited || final.Reason != "stopped" || final.Signal != "TERM" || final.PID != 0 {
+		t.Fatalf("Stop() status = %+v", final)
+	}
+	if proctest.Alive(st.PID) {
+		t.Fatalf("pid %d alive after Stop", st.PID)
+	}
+	waitNotified(t, h.rec, "web-1", StateStarting, StateRunning, StateStopping, StateExited)
+	// Wait works after the exit; Remove forgets the instance.
+	if w, err := h.Wait(ctx, "web-1"); err != nil || w.State != StateExited {
+		t.Fatalf("Wait() = %+v, %v", w, err)
+	}
+	if err := h.Remove("web-1"); err != nil {
+		t.Fatalf("Remove() = %v", err)
+	}
+	if _, ok := h.Status("web-1"); ok || fileExists(h.statePath("web-1")) {
+		t.Fatal("instance or state file still there after Remove")
+	}
+	if err := h.Remove("web-1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Remove() again = %v, want ErrNotFound", err)
+	}
+}
+
+func TestRemoveActive(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	if _, err := h.Start(ctxT(t), sleeper("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Remove("a"); !errors.Is(err, ErrActive) {
+		t.Fatalf("Remove() = %v, want ErrActive", err)
+	}
+}
+
+func TestCrashRestartWithBackoff(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	spec := Spec{ID: "crashy", Command: proctest.Command("crash-after", "20ms"), Env: proctest.Env(),
+		Restart: restart.Policy{InitialDelay: 50 * time.Millisecond, MaxDelay: time.Second}}
+	first, err := h.Start(ctxT(t), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitFor(t, 20*time.Second, "two restarts", func() bool {
+		st, _ := h.Status("crashy")
+		return st.Restarts[restart.ReasonFail] >= 2
+	})
+	waitNotified(t, h.rec, "crashy", StateRunning, StateBackoff, StateStarting, StateRunning, StateBackoff)
+	var backoffs []Status
+	for _, st := range h.rec.of("crashy") {
+		if st.State == StateBackoff {
+			backoffs = append(backoffs, st)
+		}
+	}
+	b := backoffs[0]
+	if b.ExitCode != 1 || b.Phase != PhaseExited || b.Reason != "exit code 1" || b.Backoff <= 0 || b.Backoff > 50*time.Millisecond {
+		t.Fatalf("backoff status = %+v", b)
+	}
+	if backoffs[1].Backoff <= 50*time.Millisecond*8/10 {
+		t.Fatalf("second backoff %v did not grow", backoffs[1].Backoff)
+	}
+	st, _ := h.Status("crashy")
+	if st.PID == first.PID && st.PID != 0 {
+		t.Fatalf("same pid %d after restart", st.PID)
+	}
+}
+
+// TestCrashLoopGrowsCapsResets runs a real crash loop: runs 1-4 crash at
+// once, run 5 lives longer than ResetAfter, run 6 crashes at once, then the
+// workload stays up. The delays grow, stop at MaxDelay and start over after
+// the stable run.
+func TestCrashLoopGrowsCapsResets(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	counter := filepath.Join(t.TempDir(), "count")
+	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,700ms,0s"), Env: proctest.Env(),
+		Restart: restart.Policy{InitialDelay: 40 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
+			Jitter: 0.01, ResetAfter: 500 * time.Millisecond}}
+	if _, err := h.Start(ctxT(t), spec); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitFor(t, 30*time.Second, "six restarts", func() bool {
+		st, _ := h.Status("loop")
+		return st.Restarts[restart.ReasonFail] == 6 && st.State == StateRunning
+	})
+	var got []time.Duration
+	for _, st := range h.rec.of("loop") {
+		if st.State == StateBackoff {
+			got = append(got, st.Backoff)
+		}
+	}
+	want := []time.Duration{40, 80, 100, 100, 40, 80}
+	if len(got) != len(want) {
+		t.Fatalf("backoffs %v, want about %v ms", got, want)
+	}
+	for i, w := range want {
+		w *= time.Millisecond
+		if got[i] > w || got[i] < w*98/100 {
+			t.Fatalf("backoff %d = %v, want about %v (all: %v)", i, got[i], w, got)
+		}
+	}
+}
+
+func TestNeverStaysExited(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	spec := Spec{ID: "once", Command: proctest.Command("exit", "3"), Env: proctest.Env(),
+		Restart: restart.Policy{Mode: restart.ModeNever}}
+	if _, err := h.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.Wait(ctx, "once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != StateExited || st.ExitCode != 3 || st.Phase != PhaseExited || len(st.Restarts) != 0 {
+		t.Fatalf("Wait() = %+v", st)
+	}
+	in, _ := h.lookup("once")
+	in.mu.Lock()
+	pending := in.backoffTimer != nil
+	in.mu.Unlock()
+	if pending {
+		t.Fatal("restart pending under mode never")
+	}
+	// on-failure: a clean exit stays exited too.
+	spec = Spec{ID: "clean", Command: proctest.Command("exit", "0"), Env: proctest.Env(),
+		Restart: restart.Policy{Mode: restart.ModeOnFailure}}
+	if _, err := h.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := h.Wait(ctx, "clean"); err != nil || st.ExitCode != 0 || len(st.Restarts) != 0 {
+		t.Fatalf("Wait() = %+v, %v", st, err)
+	}
+}
+
+func TestMaxRestartsFails(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	spec := Spec{ID: "budget", Command: proctest.Command("exit", "1"), Env: proctest.Env(),
+		Restart: restart.Policy{NoBackoff: true, MaxRestarts: 2}}
+	if _, err := h.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.Wait(ctx, "budget")
+	if err != nil || st.State != StateFailed || st.Restarts[restart.ReasonFail] != 2 {
+		t.Fatalf("Wait() = %+v, %v; want failed after 2 restarts", st, err)
+	}
+}
+
+func TestStopKillsAfterTimeout(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	spec := Spec{ID: "stubborn", Command: proctest.Command("ignore-sigterm", ready), Env: proctest.Env(),
+		StopTimeout: 300 * time.Millisecond}
+	st, err := h.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proctest.ReadFile(t, 20*time.Second, ready)
+	begin := time.Now()
+	final, err := h.Stop(ctx, "stubborn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(begin) < 300*time.Millisecond {
+		t.Fatalf("stopped after %v, before the grace period", time.Since(begin))
+	}
+	if final.State != StateExited || final.Signal != "KILL" || final.Phase != PhaseSignaled {
+		t.Fatalf("Stop() = %+v, want killed by KILL", final)
+	}
+	if proctest.Alive(st.PID) {
+		t.Fatal("process alive after Stop")
+	}
+}
+
+func TestStopLeavesNoGrandchild(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	file := filepath.Join(t.TempDir(), "grandchild")
+	spec := Spec{ID: "family", Command: proctest.Command("spawn-grandchild", file), Env: proctest.Env(),
+		StopTimeout: 5 * time.Second}
+	st, err := h.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc, err := strconv.Atoi(proctest.ReadFile(t, 20*time.Second, file))
+	if err != nil || !proctest.Alive(gc) {
+		t.Fatalf("grandchild %d not running: %v", gc, err)
+	}
+	// The leader dies of SIGTERM at once; the grandchild ignores it and
+	// must still be gone, without waiting for the grace period.
+	if _, err := h.Stop(ctx, "family"); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitFor(t, 3*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
+	if proctest.Alive(st.PID) {
+		t.Fatal("leader alive after Stop")
+	}
+}
+
+func TestCrashLeavesNoGrandchild(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	file := filepath.Join(t.TempDir(), "grandchild")
+	spec := Spec{ID: "orphan", Command: proctest.Command("spawn-grandchild", file), Env: proctest.Env(),
+		Restart: restart.Policy{Mode: restart.ModeNever}}
+	if _, err := h.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	gc, _ := strconv.Atoi(proctest.ReadFile(t, 20*time.Second, file))
+	if err := h.Signal("orphan", "SIGKILL"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.Wait(ctx, "orphan")
+	if err != nil || st.Signal != "KILL" {
+		t.Fatalf("Wait() = %+v, %v", st, err)
+	}
+	proctest.WaitFor(t, 3*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
+}
+
+func TestSignals(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	spec := sleeper("sig")
+	spec.Restart = restart.Policy{Mode: restart.ModeNever}
+	st, err := h.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Signal("sig", "BOGUS"); !errors.Is(err, ErrInvalidSpec) {
+		t.Fatalf("Signal(BOGUS) = %v, want ErrInvalidSpec", err)
+	}
+	if err := h.Signal("nope", "HUP"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Signal(nope) = %v, want ErrNotFound", err)
+	}
+	if err := h.Signal("sig", "STOP"); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitFor(t, 10*time.Second, "phase stopped", func() bool {
+		st, _ := h.Status("sig")
+		return st.Phase == PhaseStopped
+	})
+	if err := h.Signal("sig", "CONT"); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitFor(t, 10*time.Second, "phase continued", func() bool {
+		st, _ := h.Status("sig")
+		return st.Phase == PhaseContinued
+	})
+	if err := h.Signal("sig", "USR1"); err != nil { // Go's default for SIGUSR1: exit
+		t.Fatal(err)
+	}
+	final, err := h.Wait(ctx, "sig")
+	if err != nil || final.Signal != "USR1" || final.Reason != "signal USR1" || final.ExitCode != -1 {
+		t.Fatalf("Wait() = %+v, %v", final, err)
+	}
+	if err := h.Signal("sig", "HUP"); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Signal after exit = %v, want ErrNotRunning", err)
+	}
+	_ = st
+}
+
+func TestManualRestart(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	first, err := h.Start(ctx, sleeper("again"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.Restart(ctx, "again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PID == first.PID || st.Restarts[restart.ReasonManual] != 1 || proctest.Alive(first.PID) {
+		t.Fatalf("Restart() = %+v (first pid %d)", st, first.PID)
+	}
+	waitNotified(t, h.rec, "again", StateRunning, StateStopping, StateExited, StateStarting, StateRunning)
+}
+
+func TestShellExecs(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	spec := Spec{ID: "sh", Shell: proctest.Binary() + " sleep", Env: proctest.Env()}
+	st, err := h.Start(ctxT(t), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The shell replaced itself with the program: no extra layer.
+	proctest.WaitFor(t, 10*time.Second, "shell exec", func() bool {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(st.PID) + "/cmdline")
+		return strings.HasPrefix(string(b), proctest.Binary()+"\x00sleep")
+	})
+}
+
+func TestMinUptime(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	spec := sleeper("slow")
+	spec.MinUptime = 200 * time.Millisecond
+	st, err := h.Start(ctxT(t), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != StateStarting {
+		t.Fatalf("state %s right after Start, want starting", st.State)
+	}
+	running := waitState(t, h.Supervisor, "slow", StateRunning)
+	if running.Since.Sub(st.StartTime) < 200*time.Millisecond-10*time.Millisecond {
+		t.Fatalf("running after %v, before MinUptime", running.Since.Sub(st.StartTime))
+	}
+}
+
+func TestHealthChecks(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	dir := t.TempDir()
+	t.Run("tcp started criterion", func(t *testing.T) {
+		t.Parallel()
+		ln := filepath.Join(dir, "addr")
+		// Find a free port by listening once, then let the workload take it.
+		addr := freeAddr(t)
+		spec := Spec{ID: "tcp", Command: proctest.Command("listen-port", addr, ln), Env: proctest.Env(),
+			Health: &HealthCheck{Type: "tcp", Address: addr, Period: 50 * time.Millisecond}}
+		if _, err := h.Start(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, h.Supervisor, "tcp", StateRunning)
+		hs := Spec{ID: "http", Command: proctest.Command("listen-port", freeAddr(t)), Env: proctest.Env(),
+			Health: &HealthCheck{Type: "http", URL: "http://" + addr + "/health", Period: 50 * time.Millisecond}}
+		if _, err := h.Start(ctx, hs); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, h.Supervisor, "http", StateRunning)
+	})
+	t.Run("exec failing restarts", func(t *testing.T) {
+		t.Parallel()
+		flag := filepath.Join(dir, "healthy")
+		if err := os.WriteFile(flag, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		spec := sleeper("unhealthy")
+		spec.StopTimeout = 2 * time.Second
+		spec.Restart = restart.Policy{NoBackoff: true}
+		spec.Health = &HealthCheck{Type: "exec", Command: []string{"/bin/sh", "-c", "test -e " + flag},
+			Period: 30 * time.Millisecond, FailureThreshold: 2}
+		if _, err := h.Start(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, h.Supervisor, "unhealthy", StateRunning)
+		if err := os.Remove(flag); err != nil {
+			t.Fatal(err)
+		}
+		proctest.WaitFor(t, 20*time.Second, "health restart", func() bool {
+			st, _ := h.Status("unhealthy")
+			return st.Restarts[restart.ReasonHealth] >= 1
+		})
+		for _, st := range h.rec.of("unhealthy") {
+			if st.State == StateBackoff && st.Reason != "health" {
+				t.Fatalf("backoff reason %q, want health", st.Reason)
+			}
+		}
+	})
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := netListen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func TestRunAsUser(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("run-as needs root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skipf("no user nobody: %v", err)
+	}
+	h := start(t, Config{})
+	// The test binary may sit in a directory only root can enter: run a
+	// system binary.
+	sleep, err := lookPath("sleep", "", DefaultPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := Spec{ID: "nobody", Command: []string{sleep, "600"}, User: "nobody", Dir: "/"}
+	st, err := h.Start(ctxT(t), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(st.PID) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+			if f[1] != nobody.Uid {
+				t.Fatalf("uid %s, want %s", f[1], nobody.Uid)
+			}
+			return
+		}
+	}
+	t.Fatal("no Uid line in /proc status")
+}
+
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	dir := t.TempDir()
+	noexec := filepath.Join(dir, "noexec")
+	if err := os.WriteFile(noexec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ok := sleeper("x")
+	cases := []struct {
+		name string
+		edit func(*Spec)
+	}{
+		{"missing binary", func(s *Spec) { s.Command = []string{filepath.Join(dir, "missing")} }},
+		{"binary not in path", func(s *Spec) { s.Command = []string{"visor-no-such-binary"} }},
+		{"not executable", func(s *Spec) { s.Command = []string{noexec} }},
+		{"directory as binary", func(s *Spec) { s.Command = []string{dir} }},
+		{"unknown user", func(s *Spec) { s.User = "visor-no-such-user" }},
+		{"unknown group", func(s *Spec) { s.Group = "visor-no-such-group" }},
+		{"missing dir", func(s *Spec) { s.Dir = filepath.Join(dir, "missing") }},
+		{"unknown signal", func(s *Spec) { s.StopSignal = "SIGFOO" }},
+		{"negative stop timeout", func(s *Spec) { s.StopTimeout = -time.Second }},
+		{"negative min uptime", func(s *Spec) { s.MinUptime = -time.Second }},
+		{"negative restart delay", func(s *Spec) { s.Restart.InitialDelay = -time.Second }},
+		{"bad restart mode", func(s *Spec) { s.Restart.Mode = "sometimes" }},
+		{"negative health period", func(s *Spec) { s.Health = &HealthCheck{Type: "tcp", Address: "127.0.0.1:1", Period: -1} }},
+		{"bad health type", func(s *Spec) { s.Health = &HealthCheck{Type: "ping"} }},
+		{"bad id", func(s *Spec) { s.ID = "../etc" }},
+		{"no command", func(s *Spec) { s.Command = nil }},
+		{"command and shell", func(s *Spec) { s.Shell = "true" }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := ok
+			spec.Command = append([]string(nil), ok.Command...)
+			tc.edit(&spec)
+			_, err := h.Start(ctxT(t), spec)
+			if !errors.Is(err, ErrInvalidSpec) {
+				t.Fatalf("Start() = %v, want ErrInvalidSpec", err)
+			}
+			t.Logf("error: %v", err)
+		})
+	}
+	if l := h.List(); len(l) != 0 {
+		t.Fatalf("instances left behind: %+v", l)
+	}
+	if entries, _ := filepath.Glob(filepath.Join(h.cfg.StateDir, "*.json")); len(entries) != 0 {
+		t.Fatalf("state files left behind: %v", entries)
+	}
+	if _, err := h.Start(ctxT(t), ok); err != nil {
+		t.Fatalf("valid spec: %v", err)
+	}
+}
+
+func TestLifecycleOutsideRun(t *testing.T) {
+	t.Parallel()
+	s, err := New(Config{StateDir: t.TempDir(), Cgroups: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.Start(ctx, sleeper("early")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Start before Run = %v, want deadline exceeded", err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run() = %v", err)
+	}
+	if _, err := s.Start(context.Background(), sleeper("late")); !errors.Is(err, ErrStopped) {
+		t.Fatalf("Start after Run = %v, want ErrStopped", err)
+	}
+	if err := s.Run(context.Background()); err == nil {
+		t.Fatal("second Run() = nil, want error")
+	}
+	if _, err := New(Config{}); err == nil {
+		t.Fatal("New without StateDir = nil error")
+	}
+	if _, err := New(Config{StateDir: t.TempDir(), Cgroups: "v3"}); err == nil {
+		t.Fatal("New with cgroups v3 = nil error")
+	}
+}
