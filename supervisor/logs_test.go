@@ -2,8 +2,8 @@ package supervisor
 
 import (
 	"bytes"
-	"errors"
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"sync"
