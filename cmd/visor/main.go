@@ -35,7 +35,12 @@ func usageError(format string, args ...any) error {
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return runContext(ctx, args, stdin, stdout, stderr)
+}
 
+// runContext is run with the context that an interrupt cancels passed in, so
+// that tests can end following commands (events -f, hosts -w).
+func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := rootCommand()
 	err := root.execute(ctx, e, args)
@@ -116,14 +121,17 @@ func (c *command) execute(ctx context.Context, e *env, args []string) error {
 		return c.Run(ctx, e, args)
 	}
 	fs := flag.NewFlagSet(c.path(), flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	// Parse errors are reported once, on one line, by run; usage is printed
+	// only for --help.
+	fs.SetOutput(io.Discard)
 	e.globals.bind(fs)
 	if c.Flags != nil {
 		c.Flags(fs)
 	}
-	fs.Usage = func() { c.usage(e.stderr, fs) }
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			c.usage(e.stderr, fs)
 			return err
 		}
 		return fmt.Errorf("%w: %s", errUsage, err.Error())
@@ -132,6 +140,10 @@ func (c *command) execute(ctx context.Context, e *env, args []string) error {
 	if c.Run != nil {
 		// Allow flags after positional arguments ("visor app show web -o json").
 		rest, err := parseInterspersed(fs, rest)
+		if errors.Is(err, flag.ErrHelp) {
+			c.usage(e.stderr, fs)
+			return err
+		}
 		if err != nil {
 			return fmt.Errorf("%w: %s", errUsage, err.Error())
 		}
