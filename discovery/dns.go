@@ -77,10 +77,14 @@ func (d *DNSServer) Run(ctx context.Context) error {
 		}
 	}
 	if ln == nil {
+		tcpAddr := d.Addr
+		if _, port, err := net.SplitHostPort(d.Addr); err == nil && port == "0" && d.PacketConn == nil {
+			tcpAddr = pc.LocalAddr().String() // the same port for both protocols
+		}
 		var err error
-		if ln, err = net.Listen("tcp", d.Addr); err != nil {
+		if ln, err = net.Listen("tcp", tcpAddr); err != nil {
 			pc.Close()
-			return fmt.Errorf("dns listen tcp %s: %w", d.Addr, err)
+			return fmt.Errorf("dns listen tcp %s: %w", tcpAddr, err)
 		}
 	}
 	r := &resolver{store: d.Store, domain: domain, ttl: ttl, log: log, base: ctx}
