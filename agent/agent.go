@@ -424,6 +424,13 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		defer wg.Done()
 		a.statusLoop(sctx, s)
 	}()
+	if !a.cfg.DisableReconciler {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.lead(sctx, int64(s.Lease()))
+		}()
+	}
 
 	sem := make(chan struct{}, a.cfg.MaxParallel)
 	for ev := range a.reg.WatchTickets(sctx, a.cfg.HostID) {

@@ -164,6 +164,7 @@ type Status struct {
 	Version    string         `json:"version"`
 	Connected  bool           `json:"connected"`
 	Lease      string         `json:"lease,omitempty"`
+	Leader     string         `json:"leader,omitempty"`
 	CgroupMode string         `json:"cgroup_mode"`
 	Uptime     string         `json:"uptime"`
 	Instances  map[string]int `json:"instances"`
@@ -181,6 +182,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if s := a.currentSession(); s != nil {
 		st.Connected = true
 		st.Lease = fmt.Sprintf("%x", int64(s.Lease()))
+		st.Leader = a.leaderOf(r.Context())
 	}
 	for _, in := range a.sup.List() {
 		st.Instances[string(in.State)]++

@@ -66,6 +66,15 @@ type Config struct {
 	// unreachable for that long. Default 0: never.
 	StopAfterDisconnect time.Duration
 
+	// LostGrace is how long a host's lease must have been gone before the
+	// reconciler marks its instances lost and replaces them. Default 30s.
+	LostGrace time.Duration
+	// ReconcileInterval is the period of the reconciler's full pass (it also
+	// acts on registry events). Default 30s.
+	ReconcileInterval time.Duration
+	// DisableReconciler keeps this agent out of the reconciler election.
+	DisableReconciler bool
+
 	// Cgroups selects the supervisor's resource-limit backend:
 	// "auto" (default), "v2", "v1" or "none".
 	Cgroups string
@@ -110,6 +119,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StatusInterval < 10*time.Second {
 		c.StatusInterval = 10 * time.Second
+	}
+	if c.LostGrace == 0 {
+		c.LostGrace = 30 * time.Second
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = 30 * time.Second
 	}
 	if c.Cgroups == "" {
 		c.Cgroups = "auto"
@@ -157,6 +172,12 @@ func (c Config) Validate() error {
 	}
 	if c.StopAfterDisconnect < 0 {
 		errs = append(errs, fmt.Errorf("stop_after_disconnect: %s is negative", c.StopAfterDisconnect))
+	}
+	if c.LostGrace < 0 {
+		errs = append(errs, fmt.Errorf("lost_grace: %s is negative", c.LostGrace))
+	}
+	if c.ReconcileInterval < time.Second {
+		errs = append(errs, fmt.Errorf("reconcile_interval: %s is below 1s", c.ReconcileInterval))
 	}
 	switch c.Cgroups {
 	case "auto", "v1", "v2", "none":

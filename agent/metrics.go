@@ -15,6 +15,7 @@ type metrics struct {
 	claimsLost      prometheus.Counter
 	leaseLost       prometheus.Counter
 	connected       prometheus.Gauge
+	leader          prometheus.Gauge
 	ticketToRunning prometheus.Histogram
 }
 
@@ -33,13 +34,16 @@ func newMetrics(a *Agent) *metrics {
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "visor_agent_lease_up", Help: "1 while the agent holds a live registry lease.",
 		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "visor_agent_reconciler_leader", Help: "1 while this agent is the elected reconciler.",
+		}),
 		ticketToRunning: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "visor_agent_ticket_to_running_seconds",
 			Help:    "Time from a start ticket's creation to its instance running.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
 	}
-	m.reg.MustRegister(m.claimsWon, m.claimsLost, m.leaseLost, m.connected, m.ticketToRunning,
+	m.reg.MustRegister(m.claimsWon, m.claimsLost, m.leaseLost, m.connected, m.leader, m.ticketToRunning,
 		&instanceCollector{a: a},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

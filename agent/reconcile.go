@@ -1,0 +1,264 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/visorhq/visor/registry"
+)
+
+// The reconciler runs on one agent at a time, elected through etcd
+// (concurrency.Election under <prefix>leader, campaigning with the host
+// lease, so a dead leader's candidacy ends with its lease). It makes the
+// desired scale true:
+//
+//   - instances of hosts whose lease has been gone longer than LostGrace
+//     are marked lost (never earlier: a store outage or a short partition
+//     is not host death, and those hosts keep their instances);
+//   - every scale entry is re-applied with registry.Scale, which creates
+//     start tickets for missing instances (exited, failed, lost) and stop
+//     tickets for extra ones in one transaction, and writes nothing when
+//     there is no drift;
+//   - a proc type whose replacements keep failing is retried with
+//     exponential backoff (up to 5 minutes) and reported, not hot-looped;
+//   - terminal instances older than an hour are deleted.
+//
+// It acts on registry events (debounced) and a slow periodic full pass, and
+// does nothing while it cannot read the registry.
+
+const (
+	reconcileDebounce = 200 * time.Millisecond
+	gcAge             = time.Hour
+	maxFixBackoff     = 5 * time.Minute
+)
+
+// reconciler is the leader's state; it lives only while leading.
+type reconciler struct {
+	a        *Agent
+	hostGone map[string]time.Time // host -> when its lease was first seen gone
+	fixes    map[string]*fixState // scale key -> backoff of repeated repairs
+	stuck    map[string]bool      // ticket ids reported as having no eligible host
+}
+
+// fixState tracks repeated repairs of one scale entry.
+type fixState struct {
+	next  time.Time     // no repair before this
+	delay time.Duration // next backoff step
+	last  time.Time     // last repair
+}
+
+// lead campaigns for leadership with the host lease and runs the reconciler while
+// leader, until ctx ends or the session is lost.
+func (a *Agent) lead(ctx context.Context, lease int64) {
+	sess, err := concurrency.NewSession(a.reg.Client(), concurrency.WithLease(clientv3.LeaseID(lease)), concurrency.WithContext(ctx))
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("election session", "error", err)
+		}
+		return
+	}
+	// Orphan, never Close: Close would revoke the host's own lease.
+	defer sess.Orphan()
+	el := concurrency.NewElection(sess, a.reg.Prefix()+"leader")
+	if err := el.Campaign(ctx, a.cfg.HostID); err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("campaign for reconciler leadership", "error", err)
+		}
+		return
+	}
+	a.metrics.leader.Set(1)
+	defer a.metrics.leader.Set(0)
+	a.log.Info("elected reconciler leader")
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = el.Resign(rctx)
+	}()
+	r := &reconciler{a: a, hostGone: map[string]time.Time{}, fixes: map[string]*fixState{}, stuck: map[string]bool{}}
+	r.run(ctx, sess.Done())
+}
+
+// run reconciles on events and on a timer until ctx ends or lost closes.
+func (r *reconciler) run(ctx context.Context, lost <-chan struct{}) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := r.a.reg.WatchEvents(wctx, 0)
+	timer := time.NewTimer(0) // a first pass at once
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-lost:
+			r.a.log.Warn("reconciler leadership lost with the session")
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if ev.Err != nil {
+				continue
+			}
+			switch ev.Type {
+			case registry.HostLeft:
+				if _, seen := r.hostGone[ev.Host]; !seen {
+					r.hostGone[ev.Host] = time.Now()
+				}
+			case registry.HostJoined:
+				delete(r.hostGone, ev.Host)
+			case registry.ScaleChanged, registry.InstanceChanged, registry.TicketReleased, registry.InstanceDeleted:
+			default:
+				continue
+			}
+			// Debounce: bursts of events make one pass.
+			resetTimer(timer, reconcileDebounce)
+		case <-timer.C:
+			next := r.pass(ctx, time.Now())
+			resetTimer(timer, next)
+		}
+	}
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	t.Stop()
+	select {
+	case <-t.C:
+	default:
+	}
+	t.Reset(d)
+}
+
+// pass runs one full reconciliation and returns when the next one is due.
+func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
+	next := r.a.cfg.ReconcileInterval
+	hosts, err := r.a.reg.Hosts(ctx)
+	if err != nil {
+		r.a.log.Warn("reconcile: cannot read hosts; doing nothing", "error", err)
+		return min(next, 2*time.Second)
+	}
+	insts, err := r.a.reg.Instances(ctx)
+	if err != nil {
+		r.a.log.Warn("reconcile: cannot read instances; doing nothing", "error", err)
+		return min(next, 2*time.Second)
+	}
+	alive := map[string]bool{}
+	for _, h := range hosts {
+		alive[h.ID] = true
+		delete(r.hostGone, h.ID)
+	}
+
+	// 1. Hosts gone past the grace: their instances are lost.
+	for _, in := range insts {
+		if in.Host == "" || alive[in.Host] || in.State.Terminal() || in.State == registry.InstancePending || in.State == registry.InstanceClaimed {
+			continue
+		}
+		gone, seen := r.hostGone[in.Host]
+		if !seen {
+			r.hostGone[in.Host] = now
+			gone = now
+		}
+		if wait := r.a.cfg.LostGrace - now.Sub(gone); wait > 0 {
+			next = min(next, wait+50*time.Millisecond)
+			continue
+		}
+		reason := fmt.Sprintf("host %s gone for %s", in.Host, now.Sub(gone).Round(time.Second))
+		if err := r.a.reg.MarkLost(ctx, in.ID, reason); err != nil && !errors.Is(err, registry.ErrNotFound) {
+			r.a.log.Warn("mark instance lost", "instance", in.ID, "error", err)
+			continue
+		}
+		r.a.log.Info("instance lost", "instance", in.ID, "host", in.Host, "reason", reason)
+	}
+
+	// 2. Re-apply every desired scale (no write when nothing drifted).
+	scales, err := r.a.reg.Scales(ctx, "")
+	if err != nil {
+		r.a.log.Warn("reconcile: cannot read scales", "error", err)
+		return min(next, 2*time.Second)
+	}
+	for _, sc := range scales {
+		key := sc.App + "/" + sc.Rev + "/" + sc.Proc
+		f := r.fixes[key]
+		if f != nil && now.Before(f.next) {
+			next = min(next, f.next.Sub(now))
+			continue
+		}
+		res, err := r.a.reg.Scale(ctx, sc.App, sc.Rev, sc.Proc, sc.Desired)
+		if err != nil {
+			r.a.log.Warn("reconcile scale", "scale", key, "error", err)
+			continue
+		}
+		if len(res.Started)+len(res.Stopped)+len(res.Cancelled) == 0 {
+			if f != nil && now.Sub(f.last) > maxFixBackoff {
+				delete(r.fixes, key) // stable again
+			}
+			continue
+		}
+		r.a.log.Info("reconcile: repaired drift", "scale", key, "desired", sc.Desired,
+			"started", len(res.Started), "stopped", len(res.Stopped), "cancelled", len(res.Cancelled))
+		// Repairs that keep coming back mean replacements keep failing:
+		// back off instead of hot-looping.
+		if f == nil {
+			f = &fixState{delay: time.Second}
+			r.fixes[key] = f
+		} else if now.Sub(f.last) < 2*f.delay {
+			f.delay = min(2*f.delay, maxFixBackoff)
+			r.a.log.Warn("reconcile: replacements keep failing; backing off", "scale", key, "retry_in", f.delay)
+		}
+		f.last = now
+		f.next = now.Add(f.delay)
+	}
+
+	// 3. Tickets no live host may take are reported once, not retried.
+	if ts, err := r.a.reg.Tickets(ctx); err == nil {
+		for _, t := range ts {
+			if t.Holder != "" || r.stuck[t.ID] || len(t.FailedHosts) == 0 {
+				continue
+			}
+			if eligibleHosts(t, hosts) == 0 {
+				r.stuck[t.ID] = true
+				r.a.log.Warn("ticket has no eligible host", "ticket", t.ID, "app", t.App, "proc", t.Proc,
+					"failed_hosts", t.FailedHosts, "reasons", t.Reasons)
+			}
+		}
+	}
+
+	// 4. Forget old terminal instances.
+	for _, in := range insts {
+		if in.State.Terminal() && now.Sub(in.Since) > gcAge {
+			if err := r.a.reg.DeleteInstance(ctx, in.ID); err != nil && !errors.Is(err, registry.ErrNotFound) {
+				r.a.log.Debug("gc instance", "instance", in.ID, "error", err)
+			}
+		}
+	}
+	return max(next, 10*time.Millisecond)
+}
+
+// eligibleHosts counts live hosts that may claim t.
+func eligibleHosts(t registry.Ticket, hosts []registry.Host) int {
+	failed := map[string]bool{}
+	for _, h := range t.FailedHosts {
+		failed[h] = true
+	}
+	n := 0
+	for _, h := range hosts {
+		if failed[h.ID] || h.Draining || (t.Host != "" && t.Host != h.ID) {
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+// leaderOf returns the current reconciler leader's host id, or "".
+func (a *Agent) leaderOf(ctx context.Context) string {
+	resp, err := a.reg.Client().Get(ctx, a.reg.Prefix()+"leader/", clientv3.WithFirstCreate()...)
+	if err != nil || len(resp.Kvs) == 0 {
+		return ""
+	}
+	return string(resp.Kvs[0].Value)
+}

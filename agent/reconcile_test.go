@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"testing"
+	"time"
+
+	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/registry"
+)
+
+func TestEligibleHosts(t *testing.T) {
+	hosts := []registry.Host{{ID: "a"}, {ID: "b"}, {ID: "c", Draining: true}}
+	cases := []struct {
+		name string
+		t    registry.Ticket
+		want int
+	}{
+		{"untargeted", registry.Ticket{}, 2},
+		{"one failed", registry.Ticket{FailedHosts: []string{"a"}}, 1},
+		{"all failed", registry.Ticket{FailedHosts: []string{"a", "b"}}, 0},
+		{"targeted at a live host", registry.Ticket{Host: "b"}, 1},
+		{"targeted at a draining host", registry.Ticket{Host: "c"}, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := eligibleHosts(tc.t, hosts); got != tc.want {
+				t.Fatalf("eligibleHosts = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+// A host that dies is replaced after the grace; when it comes back it stops
+// its now-duplicate processes.
+func TestReconcilerReplacesDeadHostAndReturningHostStopsDuplicates(t *testing.T) {
+	f := newFixture(t)
+	fast := func(c *Config) {
+		c.TTL = 2 * time.Second
+		c.LostGrace = time.Second
+		c.ReconcileInterval = time.Second
+	}
+	dirA := t.TempDir()
+	a := f.startAgent(t, "host-a", dirA, fast)
+	b := f.startAgent(t, "host-b", t.TempDir(), func(c *Config) { fast(c); c.StopOnExit = true })
+
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 4)
+	must(t, err)
+	before := f.waitRunning(t, "demo", 4)
+	var onA []registry.Instance
+	for _, in := range before {
+		if in.Host == "host-a" {
+			onA = append(onA, in)
+		}
+	}
+	a.stop(t) // "dies": its processes keep running, its lease expires
+	t.Cleanup(func() {
+		for _, in := range onA {
+			killPID(in.PID)
+		}
+	})
+
+	proctest.WaitFor(t, 30*time.Second, "all 4 instances running on host-b", func() bool {
+		run := f.running(t, "demo")
+		if len(run) != 4 {
+			return false
+		}
+		for _, in := range run {
+			if in.Host != "host-b" {
+				return false
+			}
+		}
+		return true
+	})
+	for _, in := range onA {
+		got, err := f.reg.Instance(f.ctx, in.ID)
+		must(t, err)
+		if got.State != registry.InstanceLost {
+			t.Errorf("instance %s of the dead host is %s, want lost", in.ID, got.State)
+		}
+	}
+	if len(onA) > 0 {
+		// host-a returns: its old processes are duplicates now and must stop.
+		a2 := f.startAgent(t, "host-a", dirA, fast)
+		for _, in := range onA {
+			pid := in.PID
+			proctest.WaitFor(t, 30*time.Second, "returning host stops its replaced instance", func() bool { return !proctest.Alive(pid) })
+		}
+		a2.stop(t)
+	}
+	if n := len(f.running(t, "demo")); n != 4 {
+		t.Errorf("%d running after host-a returned, want 4", n)
+	}
+	b.stop(t)
+}
