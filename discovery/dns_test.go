@@ -31,7 +31,10 @@ func startDNS(t testing.TB, store *Store) string {
 			t.Fatalf("no port free for both udp and tcp: %v", err)
 		}
 	}
-	d := &DNSServer{Store: store, PacketConn: pc, Listener: ln, Logger: testLogger(t)}
+	d := &DNSServer{Store: store, PacketConn: pc, Listener: ln}
+	if _, isTest := t.(*testing.T); isTest {
+		d.Logger = testLogger(t)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
