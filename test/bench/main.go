@@ -1,0 +1,404 @@
+// Command bench measures Visor end to end on this machine and prints JSON.
+//
+// It starts an embedded etcd, builds (or takes with -visor) the visor
+// binary, runs -agents agents as subprocesses, and for each N in -n scales
+// an app of /bin/sleep processes from 0 to N, measuring:
+//
+//   - seconds until all N run (registry state running with a live pid);
+//   - p50/p99 ticket-to-running latency (ticket creation to the instance's
+//     running write);
+//   - etcd writes per instance started (etcd revision delta / N);
+//   - for the largest N: agent RSS and CPU while the instances idle, the
+//     etcd writes an idle fleet makes, and crash-to-running latency
+//     (SIGKILL an instance, time until it runs again);
+//   - the floor: a bare os/exec loop starting the same N /bin/sleep
+//     processes, measured in the same run.
+//
+// All loops are bounded in count and time; everything it starts is stopped
+// at the end. Usage: go run ./test/bench -n 100,1000 -agents 3
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/embedetcd"
+	"github.com/visorhq/visor/registry"
+)
+
+// Result is one scale-up measurement.
+type Result struct {
+	N                     int     `json:"n"`
+	Agents                int     `json:"agents"`
+	SecondsToAllRunning   float64 `json:"seconds_to_all_running"`
+	BareExecSeconds       float64 `json:"bare_exec_seconds"`
+	RatioToBareExec       float64 `json:"ratio_to_bare_exec"`
+	TicketToRunningP50Ms  float64 `json:"ticket_to_running_p50_ms"`
+	TicketToRunningP99Ms  float64 `json:"ticket_to_running_p99_ms"`
+	EtcdWritesPerInstance float64 `json:"etcd_writes_per_instance"`
+	ScaleDownSeconds      float64 `json:"scale_down_seconds"`
+}
+
+// Idle is measured with the largest N running.
+type Idle struct {
+	Instances            int     `json:"instances"`
+	AgentRSSMB           float64 `json:"agent_rss_mb_max"`
+	AgentCPUPercent      float64 `json:"agent_cpu_percent_max"`
+	IdleSeconds          float64 `json:"idle_window_seconds"`
+	IdleEtcdWrites       int64   `json:"idle_etcd_writes"`
+	CrashToRunningP50Ms  float64 `json:"crash_to_running_p50_ms"`
+	CrashToRunningSample int     `json:"crash_to_running_samples"`
+}
+
+// Report is the whole output.
+type Report struct {
+	Machine string   `json:"machine"`
+	Results []Result `json:"results"`
+	Idle    *Idle    `json:"idle,omitempty"`
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	ns := flag.String("n", "100,1000", "comma-separated instance counts")
+	agents := flag.Int("agents", 3, "agents (subprocesses)")
+	visorBin := flag.String("visor", "", "visor binary (default: build ./cmd/visor)")
+	idle := flag.Duration("idle", 20*time.Second, "idle measurement window at the largest N")
+	flag.Parse()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	work, err := os.MkdirTemp("", "visor-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	bin := *visorBin
+	if bin == "" {
+		bin = filepath.Join(work, "visor")
+		out, err := exec.Command("go", "build", "-o", bin, "./cmd/visor").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("build visor: %v\n%s", err, out)
+		}
+	}
+	cport, pport := freePort(), freePort()
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{
+		Dir:       filepath.Join(work, "etcd"),
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", cport),
+		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", pport),
+		Unsafe:    false,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	reg := registry.New(cli, "/visor/", hclog.NewNullLogger())
+
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			_ = p.Process.Signal(syscall.SIGTERM)
+		}
+		for _, p := range procs {
+			_ = p.Wait()
+		}
+	}()
+	for i := 0; i < *agents; i++ {
+		lo := 20000 + i*3000
+		cmd := exec.Command(bin, "agent", "--endpoints", srv.Endpoint(),
+			"-host", fmt.Sprintf("bench-%d", i), "-data-dir", filepath.Join(work, fmt.Sprintf("agent-%d", i)),
+			"-http-addr", "off", "-cgroups", "none", "-log-level", "warn", "-stop-on-exit",
+			"-port-range", fmt.Sprintf("%d-%d", lo, lo+2999))
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		procs = append(procs, cmd)
+	}
+	if err := waitFor(ctx, time.Minute, func() bool {
+		hs, err := reg.Hosts(ctx)
+		return err == nil && len(hs) == *agents
+	}); err != nil {
+		return fmt.Errorf("agents did not register: %w", err)
+	}
+
+	if _, err := reg.RegisterApp(ctx, registry.App{Name: "bench"}); err != nil {
+		return err
+	}
+	if _, err := reg.RegisterRevision(ctx, registry.Revision{App: "bench", Name: "v1", Dir: work}); err != nil {
+		return err
+	}
+	if _, err := reg.SetProcType(ctx, registry.ProcType{App: "bench", Name: "sleep", Command: "exec /bin/sleep 3600",
+		Restart: registry.RestartPolicy{InitialDelay: registry.Duration(time.Millisecond)}}); err != nil {
+		return err
+	}
+
+	rep := Report{Machine: machine()}
+	counts := strings.Split(*ns, ",")
+	for i, s := range counts {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 {
+			return fmt.Errorf("-n: %q is not a positive count", s)
+		}
+		r, err := scaleUp(ctx, reg, cli, n, *agents)
+		if err != nil {
+			return err
+		}
+		if i == len(counts)-1 {
+			id, err := measureIdle(ctx, reg, cli, procs, n, *idle)
+			if err != nil {
+				return err
+			}
+			rep.Idle = id
+		}
+		t0 := time.Now()
+		if _, err := reg.Scale(ctx, "bench", "v1", "sleep", 0); err != nil {
+			return err
+		}
+		if err := waitFor(ctx, 5*time.Minute, func() bool { return countRunning(ctx, reg) == 0 }); err != nil {
+			return fmt.Errorf("scale down: %w", err)
+		}
+		r.ScaleDownSeconds = time.Since(t0).Seconds()
+		r.BareExecSeconds = bareExec(n)
+		r.RatioToBareExec = r.SecondsToAllRunning / r.BareExecSeconds
+		rep.Results = append(rep.Results, r)
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, n, agents int) (Result, error) {
+	r := Result{N: n, Agents: agents}
+	rev0, err := reg.CurrentRevision(ctx)
+	if err != nil {
+		return r, err
+	}
+	t0 := time.Now()
+	if _, err := reg.Scale(ctx, "bench", "v1", "sleep", n); err != nil {
+		return r, err
+	}
+	if err := waitFor(ctx, 5*time.Minute, func() bool { return countRunning(ctx, reg) == n }); err != nil {
+		return r, fmt.Errorf("scale to %d: %w (running %d)", n, err, countRunning(ctx, reg))
+	}
+	r.SecondsToAllRunning = time.Since(t0).Seconds()
+	// Let the last completions land before counting writes.
+	_ = waitFor(ctx, 30*time.Second, func() bool {
+		ts, err := reg.Tickets(ctx)
+		return err == nil && len(ts) == 0
+	})
+	rev1, err := reg.CurrentRevision(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.EtcdWritesPerInstance = float64(rev1-rev0) / float64(n)
+	insts, err := reg.AppInstances(ctx, "bench")
+	if err != nil {
+		return r, err
+	}
+	var lat []float64
+	for _, in := range insts {
+		if in.State == registry.InstanceRunning && !in.Created.IsZero() {
+			lat = append(lat, float64(in.Since.Sub(in.Created).Microseconds())/1000)
+		}
+	}
+	r.TicketToRunningP50Ms, r.TicketToRunningP99Ms = pct(lat, 0.5), pct(lat, 0.99)
+	return r, nil
+}
+
+func measureIdle(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, agents []*exec.Cmd, n int, window time.Duration) (*Idle, error) {
+	id := &Idle{Instances: n, IdleSeconds: window.Seconds()}
+	settle := time.NewTimer(2 * time.Second)
+	<-settle.C
+	rev0, err := reg.CurrentRevision(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cpu0 := map[int]float64{}
+	for _, a := range agents {
+		cpu0[a.Process.Pid] = cpuSeconds(a.Process.Pid)
+	}
+	t := time.NewTimer(window)
+	<-t.C
+	for _, a := range agents {
+		pid := a.Process.Pid
+		id.AgentCPUPercent = max(id.AgentCPUPercent, 100*(cpuSeconds(pid)-cpu0[pid])/window.Seconds())
+		id.AgentRSSMB = max(id.AgentRSSMB, rssMB(pid))
+	}
+	rev1, err := reg.CurrentRevision(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id.IdleEtcdWrites = rev1 - rev0
+
+	// Crash-to-running: SIGKILL a few instances, time until running again
+	// with a new pid (zero backoff in the proc type).
+	insts, err := reg.AppInstances(ctx, "bench")
+	if err != nil {
+		return nil, err
+	}
+	var lat []float64
+	for _, in := range insts {
+		if len(lat) >= 20 {
+			break
+		}
+		if in.State != registry.InstanceRunning || in.PID == 0 {
+			continue
+		}
+		t0 := time.Now()
+		_ = syscall.Kill(in.PID, syscall.SIGKILL)
+		err := waitFor(ctx, 30*time.Second, func() bool {
+			got, err := reg.Instance(ctx, in.ID)
+			return err == nil && got.State == registry.InstanceRunning && got.PID != in.PID
+		})
+		if err != nil {
+			return nil, fmt.Errorf("crash-to-running of %s: %w", in.ID, err)
+		}
+		lat = append(lat, float64(time.Since(t0).Microseconds())/1000)
+	}
+	id.CrashToRunningP50Ms = pct(lat, 0.5)
+	id.CrashToRunningSample = len(lat)
+	return id, nil
+}
+
+// bareExec starts n /bin/sleep processes with a plain os/exec loop and
+// returns the seconds until all are started; then kills and reaps them.
+func bareExec(n int) float64 {
+	cmds := make([]*exec.Cmd, 0, n)
+	t0 := time.Now()
+	for i := 0; i < n; i++ {
+		c := exec.Command("/bin/sleep", "3600")
+		if err := c.Start(); err == nil {
+			cmds = append(cmds, c)
+		}
+	}
+	d := time.Since(t0).Seconds()
+	for _, c := range cmds {
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	}
+	return d
+}
+
+func countRunning(ctx context.Context, reg *registry.Registry) int {
+	insts, err := reg.AppInstances(ctx, "bench")
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, in := range insts {
+		if in.State == registry.InstanceRunning {
+			n++
+		}
+	}
+	return n
+}
+
+// waitFor polls cond every 20 ms until it holds or d passes.
+func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			return fmt.Errorf("timed out after %s", d)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+func pct(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	sort.Float64s(v)
+	return v[int(p*float64(len(v)-1))]
+}
+
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+func rssMB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func machine() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	model := ""
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "model name"); ok {
+			model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+			break
+		}
+	}
+	return fmt.Sprintf("%s, %d cpus", model, numCPU())
+}
+
+func numCPU() int {
+	n := 0
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "processor") {
+			n++
+		}
+	}
+	return n
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
