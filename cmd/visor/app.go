@@ -1,0 +1,318 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/visorhq/visor/registry"
+)
+
+func init() {
+	register(&command{
+		Name:  "app",
+		Short: "create, list, show and delete apps",
+		Subs: []*command{
+			{
+				Name:  "create",
+				Args:  "APP",
+				Short: "register a new app",
+				Flags: func(fs *flag.FlagSet) {
+					fs.String("repo", "", "source repository URL of the app")
+					fs.String("stack", "", "stack (runtime) the app is built for")
+				},
+				Run: runAppCreate,
+			},
+			{
+				Name:  "list",
+				Short: "list apps",
+				Run:   runAppList,
+			},
+			{
+				Name:  "show",
+				Args:  "APP",
+				Short: "show an app with its env, revisions, process types and scale",
+				Run:   runAppShow,
+			},
+			{
+				Name:  "delete",
+				Args:  "APP",
+				Short: "delete an app with its env, revisions, process types and scale",
+				Long: `An app with live instances is refused unless --force is given; --force
+removes the app's registry records but does not stop running instances.`,
+				Flags: func(fs *flag.FlagSet) {
+					fs.Bool("force", false, "delete even if the app has live instances")
+				},
+				Run: runAppDelete,
+			},
+		},
+	})
+}
+
+// appOut is the CLI's JSON form of an app; field names are part of the CLI's
+// stable output.
+type appOut struct {
+	Name    string    `json:"name"`
+	RepoURL string    `json:"repo_url,omitempty"`
+	Stack   string    `json:"stack,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+func newAppOut(a registry.App) appOut {
+	return appOut{Name: a.Name, RepoURL: a.RepoURL, Stack: a.Stack, Created: a.Created}
+}
+
+// appShowOut is the JSON form of `visor app show`.
+type appShowOut struct {
+	appOut
+	Env       map[string]string `json:"env"`
+	Revisions []revOut          `json:"revisions"`
+	ProcTypes []procOut         `json:"proc_types"`
+	Scale     []scaleEntryOut   `json:"scale"`
+}
+
+// scaleEntryOut is one desired-scale record.
+type scaleEntryOut struct {
+	Rev     string `json:"rev"`
+	Proc    string `json:"proc"`
+	Desired int    `json:"desired"`
+}
+
+func runAppCreate(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 1, 1, "APP"); err != nil {
+		return err
+	}
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		a, err := r.RegisterApp(ctx, registry.App{
+			Name:    args[0],
+			RepoURL: flagString(e, "repo"),
+			Stack:   flagString(e, "stack"),
+		})
+		if err != nil {
+			return fmt.Errorf("create app %q: %w", args[0], err)
+		}
+		return e.print(newAppOut(a), func(w io.Writer) {
+			fmt.Fprintf(w, "created app %s\n", a.Name)
+		})
+	})
+}
+
+func runAppList(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 0, 0, ""); err != nil {
+		return err
+	}
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		apps, err := r.Apps(ctx)
+		if err != nil {
+			return fmt.Errorf("list apps: %w", err)
+		}
+		sort.Slice(apps, func(i, j int) bool { return apps[i].Name < apps[j].Name })
+		out := make([]appOut, 0, len(apps))
+		for _, a := range apps {
+			out = append(out, newAppOut(a))
+		}
+		return e.print(out, func(w io.Writer) {
+			fmt.Fprintln(w, "NAME\tREPO\tSTACK\tCREATED")
+			for _, a := range out {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", a.Name, dash(a.RepoURL), dash(a.Stack), ago(a.Created))
+			}
+		})
+	})
+}
+
+func runAppShow(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 1, 1, "APP"); err != nil {
+		return err
+	}
+	name := args[0]
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		a, err := r.App(ctx, name)
+		if err != nil {
+			return fmt.Errorf("show app %q: %w", name, err)
+		}
+		envs, err := r.Env(ctx, name)
+		if err != nil {
+			return fmt.Errorf("show app %q: env: %w", name, err)
+		}
+		revs, err := r.Revisions(ctx, name)
+		if err != nil {
+			return fmt.Errorf("show app %q: revisions: %w", name, err)
+		}
+		procs, err := r.ProcTypes(ctx, name)
+		if err != nil {
+			return fmt.Errorf("show app %q: proc types: %w", name, err)
+		}
+		scales, err := r.Scales(ctx, name)
+		if err != nil {
+			return fmt.Errorf("show app %q: scale: %w", name, err)
+		}
+		out := appShowOut{
+			appOut:    newAppOut(a),
+			Env:       envs,
+			Revisions: make([]revOut, 0, len(revs)),
+			ProcTypes: make([]procOut, 0, len(procs)),
+			Scale:     make([]scaleEntryOut, 0, len(scales)),
+		}
+		if out.Env == nil {
+			out.Env = map[string]string{}
+		}
+		for _, v := range revs {
+			out.Revisions = append(out.Revisions, newRevOut(v))
+		}
+		for _, p := range procs {
+			out.ProcTypes = append(out.ProcTypes, newProcOut(p))
+		}
+		for _, s := range scales {
+			out.Scale = append(out.Scale, scaleEntryOut{Rev: s.Rev, Proc: s.Proc, Desired: s.Desired})
+		}
+		sort.Slice(out.Scale, func(i, j int) bool {
+			if out.Scale[i].Rev != out.Scale[j].Rev {
+				return out.Scale[i].Rev < out.Scale[j].Rev
+			}
+			return out.Scale[i].Proc < out.Scale[j].Proc
+		})
+		return e.print(out, func(w io.Writer) {
+			fmt.Fprintf(w, "Name:\t%s\n", out.Name)
+			fmt.Fprintf(w, "Repo:\t%s\n", dash(out.RepoURL))
+			fmt.Fprintf(w, "Stack:\t%s\n", dash(out.Stack))
+			fmt.Fprintf(w, "Created:\t%s\n", out.Created.UTC().Format(time.RFC3339))
+			fmt.Fprintf(w, "Env:\t%s\n", strings.Join(sortedKeys(out.Env), " "))
+			names := make([]string, 0, len(out.Revisions))
+			for _, v := range out.Revisions {
+				names = append(names, v.Name)
+			}
+			fmt.Fprintf(w, "Revisions:\t%s\n", dash(strings.Join(names, " ")))
+			names = names[:0]
+			for _, p := range out.ProcTypes {
+				names = append(names, p.Name)
+			}
+			fmt.Fprintf(w, "Proc types:\t%s\n", dash(strings.Join(names, " ")))
+			names = names[:0]
+			for _, s := range out.Scale {
+				names = append(names, fmt.Sprintf("%s/%s=%d", s.Rev, s.Proc, s.Desired))
+			}
+			fmt.Fprintf(w, "Scale:\t%s\n", dash(strings.Join(names, " ")))
+		})
+	})
+}
+
+func runAppDelete(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 1, 1, "APP"); err != nil {
+		return err
+	}
+	force := flagBool(e, "force")
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		if err := r.UnregisterApp(ctx, args[0], force); err != nil {
+			if errors.Is(err, registry.ErrInUse) {
+				return fmt.Errorf("delete app %q: %w (use --force to delete anyway)", args[0], err)
+			}
+			return fmt.Errorf("delete app %q: %w", args[0], err)
+		}
+		return e.print(map[string]string{"deleted": args[0]}, func(w io.Writer) {
+			fmt.Fprintf(w, "deleted app %s\n", args[0])
+		})
+	})
+}
+
+// The helpers below are shared by every registry command.
+
+// withRegistry checks the output format, dials the registry, runs fn and
+// closes the registry. Registry input errors (ErrInvalid) become usage
+// errors, so bad input exits with 2 like a bad flag.
+func withRegistry(ctx context.Context, e *env, fn func(r *registry.Registry) error) error {
+	if _, err := e.jsonOutput(); err != nil {
+		return err
+	}
+	r, err := e.registry(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	err = fn(r)
+	if err != nil && errors.Is(err, registry.ErrInvalid) && !errors.Is(err, errUsage) {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return err
+}
+
+// wantArgs checks the number of positional arguments; max < 0 means no limit.
+func wantArgs(args []string, min, max int, names string) error {
+	switch {
+	case len(args) < min:
+		return usageError("missing argument: want %s", names)
+	case max >= 0 && len(args) > max:
+		if max == 0 {
+			return usageError("unexpected argument %q", args[max])
+		}
+		return usageError("unexpected argument %q: want %s", args[max], names)
+	}
+	return nil
+}
+
+// flagString returns the value of the leaf command's flag name.
+func flagString(e *env, name string) string {
+	return e.flags.Lookup(name).Value.String()
+}
+
+// flagBool returns the value of the leaf command's boolean flag name.
+func flagBool(e *env, name string) bool {
+	return e.flags.Lookup(name).Value.(flag.Getter).Get().(bool)
+}
+
+// flagValue returns the typed value of the leaf command's flag name.
+func flagValue[T any](e *env, name string) T {
+	return e.flags.Lookup(name).Value.(flag.Getter).Get().(T)
+}
+
+// flagIsSet reports whether the flag name was given on the command line.
+func flagIsSet(e *env, name string) bool {
+	set := false
+	e.flags.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
+}
+
+// dash returns s, or "-" for an empty s, for table cells.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// ago formats the time since t for tables ("12s", "3m", "5h", "2d").
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := time.Since(t)
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	default:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

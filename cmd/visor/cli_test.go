@@ -1,0 +1,382 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/visorhq/visor/internal/etcdtest"
+	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/registry"
+)
+
+// harness runs the visor CLI in-process against one embedded etcd member,
+// under a key prefix of its own.
+type harness struct {
+	t      *testing.T
+	etcd   *etcdtest.Cluster
+	ep     string
+	prefix string
+}
+
+// newHarness starts an embedded etcd for t.
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	c := etcdtest.New(t)
+	return &harness{t: t, etcd: c, ep: strings.Join(c.Endpoints(), ","), prefix: etcdtest.Prefix(t)}
+}
+
+// sub returns a harness on the same etcd with a fresh prefix, for subtests.
+func (h *harness) sub(t *testing.T) *harness {
+	return &harness{t: t, etcd: h.etcd, ep: h.ep, prefix: etcdtest.Prefix(t)}
+}
+
+// result is what one CLI invocation produced.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// run invokes the CLI with the harness's endpoints and prefix.
+func (h *harness) run(args ...string) result {
+	h.t.Helper()
+	full := append([]string{"--endpoints", h.ep, "--prefix", h.prefix, "--timeout", "10s"}, args...)
+	return runCLI(full...)
+}
+
+func runCLI(args ...string) result {
+	var stdout, stderr bytes.Buffer
+	code := run(args, strings.NewReader(""), &stdout, &stderr)
+	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
+}
+
+// ok runs the CLI and fails the test unless it exits 0; it returns stdout.
+func (h *harness) ok(args ...string) string {
+	h.t.Helper()
+	res := h.run(args...)
+	if res.code != 0 {
+		h.t.Fatalf("visor %s: exit %d, stderr: %s", strings.Join(args, " "), res.code, res.stderr)
+	}
+	return res.stdout
+}
+
+// okJSON runs the CLI with -o json and decodes stdout into v.
+func (h *harness) okJSON(v any, args ...string) {
+	h.t.Helper()
+	out := h.ok(append(args, "-o", "json")...)
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		h.t.Fatalf("visor %s -o json: decode %q: %v", strings.Join(args, " "), out, err)
+	}
+}
+
+// fails runs the CLI and checks that it exits with code and prints exactly
+// one line on stderr, starting with "visor: " and containing every want.
+func (h *harness) fails(code int, want []string, args ...string) {
+	h.t.Helper()
+	checkFailure(h.t, h.run(args...), code, want, args)
+}
+
+func checkFailure(t *testing.T, res result, code int, want []string, args []string) {
+	t.Helper()
+	if res.code != code {
+		t.Fatalf("visor %s: exit %d, want %d; stdout %q stderr %q", strings.Join(args, " "), res.code, code, res.stdout, res.stderr)
+	}
+	msg := res.stderr
+	if !strings.HasPrefix(msg, "visor: ") || strings.Count(msg, "\n") != 1 || !strings.HasSuffix(msg, "\n") {
+		t.Fatalf("visor %s: stderr is not one line starting with 'visor: ': %q", strings.Join(args, " "), msg)
+	}
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("visor %s: stderr %q does not mention %q", strings.Join(args, " "), msg, w)
+		}
+	}
+}
+
+// registry returns a registry client on the harness's etcd and prefix, the
+// way an agent or another program would use it.
+func (h *harness) registry() *registry.Registry {
+	h.t.Helper()
+	r := registry.New(h.etcd.Client(h.t), h.prefix, hclog.NewNullLogger())
+	h.t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// ctx returns a context bounded for one test step.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// keysOf returns the sorted keys of a decoded JSON object.
+func keysOf(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// checkFields fails unless the JSON object m has exactly the given keys.
+func checkFields(t *testing.T, what string, m map[string]any, want ...string) {
+	t.Helper()
+	sort.Strings(want)
+	if got := keysOf(m); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("%s: json fields %v, want %v", what, got, want)
+	}
+}
+
+// myCommands are the commands this file's package tests cover.
+var myCommands = []string{"app", "env", "rev", "proc", "scale", "ps", "tickets", "hosts", "events"}
+
+func TestHelpOnEveryCommand(t *testing.T) {
+	root := rootCommand()
+	var paths [][]string
+	for _, c := range root.Subs {
+		if !contains(myCommands, c.Name) {
+			continue
+		}
+		paths = append(paths, []string{c.Name})
+		for _, s := range c.Subs {
+			paths = append(paths, []string{c.Name, s.Name})
+		}
+	}
+	if len(paths) < 20 {
+		t.Fatalf("found %d commands, want every registry command registered", len(paths))
+	}
+	for _, p := range paths {
+		t.Run(strings.Join(p, "_"), func(t *testing.T) {
+			res := runCLI(append(p, "--help")...)
+			if res.code != 0 {
+				t.Fatalf("visor %s --help: exit %d: %s", strings.Join(p, " "), res.code, res.stderr)
+			}
+			want := "Usage: visor " + strings.Join(p, " ")
+			if !strings.Contains(res.stderr, want) || !strings.Contains(res.stderr, "-endpoints") {
+				t.Errorf("visor %s --help: want %q and the global flags in:\n%s", strings.Join(p, " "), want, res.stderr)
+			}
+		})
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// TestBadInputNoRegistry covers usage errors found before dialling: they
+// must not need etcd, so the endpoint here is unreachable.
+func TestBadInputNoRegistry(t *testing.T) {
+	dead := []string{"--endpoints", "127.0.0.1:1", "--timeout", "1s"}
+	cases := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"app create missing", []string{"app", "create"}, []string{"missing argument", "APP"}},
+		{"app create extra", []string{"app", "create", "a", "b"}, []string{"unexpected argument", `"b"`}},
+		{"app show missing", []string{"app", "show"}, []string{"missing argument", "APP"}},
+		{"app delete missing", []string{"app", "delete"}, []string{"missing argument", "APP"}},
+		{"app list extra", []string{"app", "list", "x"}, []string{"unexpected argument", `"x"`}},
+		{"app unknown sub", []string{"app", "frob"}, []string{"unknown command", `"frob"`}},
+		{"env set missing", []string{"env", "set", "web"}, []string{"missing argument", "KEY=VALUE"}},
+		{"env set no equals", []string{"env", "set", "web", "FOO"}, []string{`"FOO"`, "KEY=VALUE"}},
+		{"env set empty key", []string{"env", "set", "web", "=x"}, []string{`"=x"`, "KEY=VALUE"}},
+		{"env set twice", []string{"env", "set", "web", "A=1", "A=2"}, []string{"A given twice"}},
+		{"env unset missing", []string{"env", "unset", "web"}, []string{"missing argument"}},
+		{"env unset assignment", []string{"env", "unset", "web", "A=1"}, []string{`"A=1"`, "want a KEY"}},
+		{"env list missing", []string{"env", "list"}, []string{"missing argument", "APP"}},
+		{"rev register missing", []string{"rev", "register", "web"}, []string{"missing argument", "APP REV"}},
+		{"rev register no source", []string{"rev", "register", "web", "v1"}, []string{"--artifact", "--dir"}},
+		{"rev register both", []string{"rev", "register", "web", "v1", "--artifact", "file:///a.tgz", "--sha256", strings.Repeat("a", 64), "--dir", "/srv"}, []string{"exclusive"}},
+		{"rev register no sha", []string{"rev", "register", "web", "v1", "--artifact", "file:///a.tgz"}, []string{"--sha256"}},
+		{"rev register bad scheme", []string{"rev", "register", "web", "v1", "--artifact", "ftp://x/a.tgz", "--sha256", strings.Repeat("a", 64)}, []string{"ftp://x/a.tgz", "file://"}},
+		{"rev register relative dir", []string{"rev", "register", "web", "v1", "--dir", "srv/web"}, []string{`"srv/web"`, "absolute"}},
+		{"rev delete missing", []string{"rev", "delete", "web"}, []string{"missing argument", "APP REV"}},
+		{"proc set missing", []string{"proc", "set", "web"}, []string{"missing argument", "APP PROC"}},
+		{"proc delete missing", []string{"proc", "delete", "web"}, []string{"missing argument"}},
+		{"proc set bad env flag", []string{"proc", "set", "web", "web", "--env", "NOEQUALS"}, []string{"NOEQUALS", "KEY=VALUE"}},
+		{"proc set bad duration", []string{"proc", "set", "web", "web", "--stop-timeout", "soon"}, []string{"stop-timeout", "soon"}},
+		{"scale missing", []string{"scale", "web", "v1"}, []string{"missing argument", "PROC=N"}},
+		{"scale negative", []string{"scale", "web", "v1", "web=-1"}, []string{`"web=-1"`, "negative"}},
+		{"scale malformed", []string{"scale", "web", "v1", "web=x"}, []string{`"web=x"`, "not a number"}},
+		{"scale no equals", []string{"scale", "web", "v1", "web"}, []string{`"web"`, "PROC=N"}},
+		{"scale twice", []string{"scale", "web", "v1", "web=1", "web=2"}, []string{"given twice"}},
+		{"scale bad timeout", []string{"scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "0s"}, []string{"--wait-timeout", "positive"}},
+		{"ps extra", []string{"ps", "a", "b"}, []string{"unexpected argument", `"b"`}},
+		{"tickets extra", []string{"tickets", "x"}, []string{"unexpected argument"}},
+		{"hosts extra", []string{"hosts", "x"}, []string{"unexpected argument"}},
+		{"events neither since nor follow", []string{"events"}, []string{"--since", "-f"}},
+		{"events negative since", []string{"events", "--since", "-3"}, []string{"--since", "negative"}},
+		{"events bad since", []string{"events", "--since", "x"}, []string{"since"}},
+		{"bad output format", []string{"app", "list", "-o", "yaml"}, []string{"-o", `"yaml"`}},
+		{"bad output format ps", []string{"ps", "-o", "xml"}, []string{"-o", `"xml"`}},
+		{"unknown flag", []string{"ps", "--frob"}, []string{"frob"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(append([]string{}, dead...), tc.args...)
+			checkFailure(t, runCLI(args...), 2, tc.want, args)
+		})
+	}
+}
+
+func TestUnreachableRegistry(t *testing.T) {
+	args := []string{"--endpoints", "127.0.0.1:1", "--timeout", "1s", "app", "list"}
+	checkFailure(t, runCLI(args...), 1, []string{"127.0.0.1:1"}, args)
+}
+
+// registerHost registers host id with a session closed at cleanup, the way
+// an agent starts.
+func registerHost(t *testing.T, r *registry.Registry, id string) *registry.HostSession {
+	t.Helper()
+	sess, err := r.RegisterHost(testContext(t), registry.Host{ID: id, Addr: id + ".local:7070", Version: "test"}, 30*time.Second)
+	if err != nil {
+		t.Fatalf("register host %s: %v", id, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		sess.Close(ctx)
+	})
+	return sess
+}
+
+// carryOut does what an agent does with a ticket, through the registry's
+// host session API: a start ticket is claimed and its instance reported
+// starting and then running; a stop ticket is claimed and its instance
+// reported stopping and then exited.
+func carryOut(ctx context.Context, sess *registry.HostSession, tk registry.Ticket) error {
+	inst, err := sess.Claim(ctx, tk)
+	if err != nil {
+		return err
+	}
+	switch tk.Op {
+	case registry.TicketStart:
+		inst.State = registry.InstanceStarting
+		if err := sess.UpdateInstance(ctx, inst); err != nil {
+			return err
+		}
+		inst.State, inst.PID, inst.Port = registry.InstanceRunning, 4242, 5000
+		return sess.CompleteWith(ctx, tk, inst)
+	case registry.TicketStop:
+		inst.State = registry.InstanceStopping
+		if err := sess.UpdateInstance(ctx, inst); err != nil {
+			return err
+		}
+		code := 0
+		inst.State, inst.ExitCode, inst.Reason = registry.InstanceExited, &code, "stopped"
+		return sess.CompleteWith(ctx, tk, inst)
+	default:
+		return sess.Complete(ctx, tk)
+	}
+}
+
+// runInstances carries out every open start ticket on host id and fails
+// unless there were n.
+func runInstances(t *testing.T, r *registry.Registry, id string, n int) *registry.HostSession {
+	t.Helper()
+	ctx := testContext(t)
+	sess := registerHost(t, r, id)
+	tickets, err := r.Tickets(ctx)
+	if err != nil {
+		t.Fatalf("tickets: %v", err)
+	}
+	done := 0
+	for _, tk := range tickets {
+		if tk.Op != registry.TicketStart || tk.Holder != "" {
+			continue
+		}
+		if err := carryOut(ctx, sess, tk); err != nil {
+			t.Fatalf("carry out ticket %s: %v", tk.ID, err)
+		}
+		done++
+	}
+	if done != n {
+		t.Fatalf("ran %d instances, want %d", done, n)
+	}
+	return sess
+}
+
+// serveTickets carries out the tickets host sess may claim as they appear,
+// until ctx ends; errors are sent on errc. The caller waits for it to return.
+func serveTickets(ctx context.Context, r *registry.Registry, sess *registry.HostSession, errc chan<- error) {
+	for ev := range r.WatchTickets(ctx, sess.ID()) {
+		if ev.Err != nil || ev.Deleted || ev.Claimed || ev.Ticket.Holder != "" {
+			continue
+		}
+		if err := carryOut(ctx, sess, ev.Ticket); err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("carry out ticket %s: %w", ev.Ticket.ID, err)
+			return
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and a polling reader.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// follower is a CLI invocation that runs until stopped (hosts -w, events -f).
+type follower struct {
+	t              *testing.T
+	stdout, stderr lockedBuffer
+	cancel         context.CancelFunc
+	done           chan int
+	once           sync.Once
+	code           int
+}
+
+// follow starts the CLI in a goroutine; stop ends it and returns its exit code.
+func (h *harness) follow(args ...string) *follower {
+	h.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &follower{t: h.t, cancel: cancel, done: make(chan int, 1)}
+	full := append([]string{"--endpoints", h.ep, "--prefix", h.prefix, "--timeout", "10s"}, args...)
+	go func() { f.done <- runContext(ctx, full, strings.NewReader(""), &f.stdout, &f.stderr) }()
+	h.t.Cleanup(func() { f.stop() })
+	return f
+}
+
+// waitOutput waits until stdout contains want, failing after a deadline.
+func (f *follower) waitOutput(want string) {
+	f.t.Helper()
+	proctest.WaitFor(f.t, 20*time.Second, fmt.Sprintf("output %q", want), func() bool {
+		return strings.Contains(f.stdout.String(), want)
+	})
+}
+
+// stop cancels the invocation and returns its exit code; it may be called
+// more than once.
+func (f *follower) stop() int {
+	f.once.Do(func() {
+		f.cancel()
+		f.code = <-f.done
+	})
+	return f.code
+}

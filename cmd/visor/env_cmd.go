@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/visorhq/visor/registry"
+)
+
+func init() {
+	register(&command{
+		Name:  "env",
+		Short: "set, unset and list an app's environment variables",
+		Long: `Env changes apply to instances started afterwards; running instances keep
+the environment they were started with.`,
+		Subs: []*command{
+			{
+				Name:  "set",
+				Args:  "APP KEY=VALUE [KEY=VALUE...]",
+				Short: "set environment variables of an app (one transaction)",
+				Run:   runEnvSet,
+			},
+			{
+				Name:  "unset",
+				Args:  "APP KEY [KEY...]",
+				Short: "remove environment variables of an app",
+				Run:   runEnvUnset,
+			},
+			{
+				Name:  "list",
+				Args:  "APP",
+				Short: "list an app's environment variables",
+				Run:   runEnvList,
+			},
+		},
+	})
+}
+
+// parseKeyValues parses KEY=VALUE arguments; what names the arguments in
+// errors. A repeated key is an error, so that no assignment is silently lost.
+func parseKeyValues(args []string, what string) (map[string]string, error) {
+	vars := make(map[string]string, len(args))
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok || k == "" {
+			return nil, usageError("%s %q: want KEY=VALUE", what, a)
+		}
+		if _, dup := vars[k]; dup {
+			return nil, usageError("%s %q: %s given twice", what, a, k)
+		}
+		vars[k] = v
+	}
+	return vars, nil
+}
+
+func runEnvSet(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 2, -1, "APP KEY=VALUE..."); err != nil {
+		return err
+	}
+	app := args[0]
+	vars, err := parseKeyValues(args[1:], "env")
+	if err != nil {
+		return err
+	}
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		if err := r.SetEnv(ctx, app, vars); err != nil {
+			return fmt.Errorf("set env of app %q: %w", app, err)
+		}
+		keys := sortedKeys(vars)
+		return e.print(map[string]any{"app": app, "set": keys}, func(w io.Writer) {
+			fmt.Fprintf(w, "set %s on app %s\n", strings.Join(keys, " "), app)
+		})
+	})
+}
+
+func runEnvUnset(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 2, -1, "APP KEY..."); err != nil {
+		return err
+	}
+	app, keys := args[0], args[1:]
+	for _, k := range keys {
+		if strings.Contains(k, "=") {
+			return usageError("env unset: %q: want a KEY, not KEY=VALUE", k)
+		}
+	}
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		if err := r.UnsetEnv(ctx, app, keys...); err != nil {
+			return fmt.Errorf("unset env of app %q: %w", app, err)
+		}
+		return e.print(map[string]any{"app": app, "unset": keys}, func(w io.Writer) {
+			fmt.Fprintf(w, "unset %s on app %s\n", strings.Join(keys, " "), app)
+		})
+	})
+}
+
+func runEnvList(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 1, 1, "APP"); err != nil {
+		return err
+	}
+	app := args[0]
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		vars, err := r.Env(ctx, app)
+		if err != nil {
+			return fmt.Errorf("list env of app %q: %w", app, err)
+		}
+		if vars == nil {
+			vars = map[string]string{}
+		}
+		return e.print(vars, func(w io.Writer) {
+			fmt.Fprintln(w, "KEY\tVALUE")
+			for _, k := range sortedKeys(vars) {
+				fmt.Fprintf(w, "%s\t%s\n", k, vars[k])
+			}
+		})
+	})
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestEvents(t *testing.T) {
+	h := newHarness(t)
+	r := h.registry()
+	ctx := testContext(t)
+	rev0, err := r.CurrentRevision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := strconv.FormatInt(rev0+1, 10)
+
+	setupWeb(h)
+	h.ok("env", "set", "web", "A=1")
+	h.ok("scale", "web", "v1", "web=1")
+	runInstances(t, r, "h1", 1)
+	// A value written by hand that does not decode; events go on past it.
+	if _, err := h.etcd.Client(t).Put(ctx, h.prefix+"apps/broken", "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	h.ok("app", "create", "api")
+
+	out := h.ok("events", "--since", since, "-o", "json")
+	var types []string
+	var sawBad bool
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("events -o json line %q: %v", line, err)
+		}
+		for k := range ev {
+			if !contains([]string{"revision", "type", "key", "app", "rev", "proc", "ticket", "instance", "host", "state", "error"}, k) {
+				t.Errorf("events -o json: unexpected field %q in %s", k, line)
+			}
+		}
+		if ev["error"] != nil {
+			sawBad = ev["app"] == "broken" && strings.Contains(ev["key"].(string), "apps/broken")
+			continue
+		}
+		typ := ev["type"].(string)
+		if len(types) == 0 || types[len(types)-1] != typ {
+			types = append(types, typ)
+		}
+	}
+	// Scale writes the start ticket with its pending instance; the agent's
+	// claim, start and completion follow (consecutive repeats collapsed).
+	want := []string{"app_changed", "rev_changed", "proc_changed", "env_changed", "scale_changed", "ticket_created",
+		"instance_changed", "host_joined", "ticket_claimed", "instance_changed", "ticket_done", "instance_changed", "app_changed"}
+	if strings.Join(types, " ") != strings.Join(want, " ") {
+		t.Errorf("event types:\n got %v\nwant %v", types, want)
+	}
+	if !sawBad {
+		t.Errorf("no error event for the undecodable apps/broken in\n%s", out)
+	}
+	// The last event printed is the app created last: events stops at the
+	// revision current when it started.
+	if !strings.HasSuffix(strings.TrimSpace(out), `"app":"api"}`) {
+		t.Errorf("events does not end with the last change:\n%s", out)
+	}
+
+	table := h.ok("events", "--since", since)
+	if !strings.Contains(table, " app_changed app=web\n") || !strings.Contains(table, " instance_changed app=web rev=v1 proc=web") {
+		t.Errorf("events table:\n%s", table)
+	}
+
+	// From a revision after everything: nothing, and a clean exit.
+	cur, err := r.CurrentRevision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := h.ok("events", "--since", strconv.FormatInt(cur+1, 10)); out != "" {
+		t.Errorf("events past the end: %q", out)
+	}
+}
+
+func TestEventsFollow(t *testing.T) {
+	h := newHarness(t)
+	r := h.registry()
+	rev0, err := r.CurrentRevision(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ok("app", "create", "web")
+	// Resume from before the first change, then follow new ones.
+	f := h.follow("events", "-f", "--since", strconv.FormatInt(rev0+1, 10))
+	f.waitOutput(" app_changed app=web\n")
+	h.ok("app", "create", "api")
+	f.waitOutput(" app_changed app=api\n")
+	h.ok("app", "delete", "api")
+	f.waitOutput(" app_deleted app=api\n")
+	if code := f.stop(); code != 0 {
+		t.Errorf("events -f: exit %d, stderr %q", code, f.stderr.String())
+	}
+}

@@ -1,0 +1,498 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/visorhq/visor/registry"
+)
+
+func init() {
+	register(&command{
+		Name:  "proc",
+		Short: "set, list and delete an app's process types",
+		Subs: []*command{
+			{
+				Name:  "set",
+				Args:  "APP PROC [flags]",
+				Short: "create or change a process type",
+				Long: `proc set creates the process type or changes only the settings given as
+flags; the others keep their values. --memory takes bytes with an optional
+binary unit (512K, 256M, 1G; 0 = unlimited). --cpu takes millicores ("500" or
+"500m") or cores with a decimal point ("0.5", "2.0"). --health-type none
+removes the health check.`,
+				Flags: procSetFlags,
+				Run:   runProcSet,
+			},
+			{
+				Name:  "list",
+				Args:  "APP",
+				Short: "list an app's process types",
+				Run:   runProcList,
+			},
+			{
+				Name:  "delete",
+				Args:  "APP PROC",
+				Short: "delete a process type",
+				Run:   runProcDelete,
+			},
+		},
+	})
+}
+
+// kvFlag is a repeatable KEY=VALUE flag.
+type kvFlag struct{ vals []string }
+
+func (f *kvFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return strings.Join(f.vals, ",")
+}
+
+func (f *kvFlag) Set(s string) error {
+	if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
+		return fmt.Errorf("%q: want KEY=VALUE", s)
+	}
+	f.vals = append(f.vals, s)
+	return nil
+}
+
+func (f *kvFlag) Get() any { return f.vals }
+
+func procSetFlags(fs *flag.FlagSet) {
+	fs.String("command", "", `shell command line ("" = from the artifact's Procfile)`)
+	fs.String("restart", "", "restart policy: always, on-failure or never")
+	fs.Int("max-restarts", 0, "restarts allowed before the instance fails (0 = unlimited)")
+	fs.String("stop-signal", "", "signal that asks the process to stop (default TERM)")
+	fs.Duration("stop-timeout", 0, "grace period after the stop signal before SIGKILL")
+	fs.Duration("min-uptime", 0, "uptime after which a run counts as a successful start")
+	fs.String("health-type", "", "health check: exec, tcp, http, or none to remove it")
+	fs.String("health-cmd", "", "health check command line (exec), run with sh -c")
+	fs.String("health-path", "", "health check URL path (http)")
+	fs.Duration("health-period", 0, "interval between health checks")
+	fs.Duration("health-timeout", 0, "timeout of one health check")
+	fs.Int("health-threshold", 0, "consecutive failures that make the instance unhealthy")
+	fs.String("memory", "", "memory limit, e.g. 256M (0 = unlimited)")
+	fs.String("cpu", "", `CPU limit: millicores ("500") or cores ("0.5")`)
+	fs.Int("pids", 0, "maximum number of processes (0 = unlimited)")
+	fs.String("user", "", "user the process runs as")
+	fs.String("group", "", "group the process runs as")
+	fs.Var(&kvFlag{}, "env", "process environment variable KEY=VALUE (repeatable)")
+}
+
+// procOut is the CLI's JSON form of a process type. Durations are strings
+// such as "10s".
+type procOut struct {
+	App         string            `json:"app"`
+	Name        string            `json:"name"`
+	Command     string            `json:"command"`
+	Env         map[string]string `json:"env"`
+	Restart     restartOut        `json:"restart"`
+	StopSignal  string            `json:"stop_signal"`
+	StopTimeout string            `json:"stop_timeout"`
+	MinUptime   string            `json:"min_uptime"`
+	Health      *healthOut        `json:"health"`
+	Limits      limitsOut         `json:"limits"`
+	User        string            `json:"user"`
+	Group       string            `json:"group"`
+}
+
+type restartOut struct {
+	Policy       string `json:"policy"`
+	InitialDelay string `json:"initial_delay"`
+	MaxDelay     string `json:"max_delay"`
+	ResetAfter   string `json:"reset_after"`
+	MaxRestarts  int    `json:"max_restarts"`
+}
+
+type healthOut struct {
+	Type             string   `json:"type"`
+	Command          []string `json:"command"`
+	Path             string   `json:"path"`
+	Period           string   `json:"period"`
+	Timeout          string   `json:"timeout"`
+	FailureThreshold int      `json:"failure_threshold"`
+}
+
+type limitsOut struct {
+	MemoryBytes int64 `json:"memory_bytes"`
+	CPUMillis   int   `json:"cpu_millis"`
+	Pids        int   `json:"pids"`
+}
+
+func newProcOut(p registry.ProcType) procOut {
+	out := procOut{
+		App:         p.App,
+		Name:        p.Name,
+		Command:     p.Command,
+		Env:         p.Env,
+		StopSignal:  p.StopSignal,
+		StopTimeout: p.StopTimeout.String(),
+		MinUptime:   p.MinUptime.String(),
+		Restart: restartOut{
+			Policy:       p.Restart.Policy,
+			InitialDelay: p.Restart.InitialDelay.String(),
+			MaxDelay:     p.Restart.MaxDelay.String(),
+			ResetAfter:   p.Restart.ResetAfter.String(),
+			MaxRestarts:  p.Restart.MaxRestarts,
+		},
+		Limits: limitsOut{MemoryBytes: p.Limits.MemoryBytes, CPUMillis: p.Limits.CPUMillis, Pids: p.Limits.Pids},
+		User:   p.User,
+		Group:  p.Group,
+	}
+	if out.Env == nil {
+		out.Env = map[string]string{}
+	}
+	if out.Restart.Policy == "" {
+		out.Restart.Policy = "always"
+	}
+	if out.StopSignal == "" {
+		out.StopSignal = "TERM"
+	}
+	if h := p.Health; h != nil {
+		out.Health = &healthOut{
+			Type:             h.Type,
+			Command:          h.Command,
+			Path:             h.Path,
+			Period:           h.Period.String(),
+			Timeout:          h.Timeout.String(),
+			FailureThreshold: h.FailureThreshold,
+		}
+		if out.Health.Command == nil {
+			out.Health.Command = []string{}
+		}
+	}
+	return out
+}
+
+// parseMemory parses a byte count with an optional binary unit: "512K",
+// "256M", "256Mi", "1.5G", "1024". Units are powers of 1024.
+func parseMemory(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	t = strings.TrimSuffix(t, "B")
+	t = strings.TrimSuffix(t, "I")
+	mult := float64(1)
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			t = t[:len(t)-1]
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) || f*mult > math.MaxInt64/2 {
+		return 0, usageError("--memory %q: want a size such as 256M, 1G or 0", s)
+	}
+	return int64(f * mult), nil
+}
+
+// parseCPU parses a CPU limit: millicores ("500", "500m") or cores with a
+// decimal point ("0.5").
+func parseCPU(s string) (int, error) {
+	t := strings.TrimSpace(s)
+	bad := usageError("--cpu %q: want millicores (500) or cores (0.5)", s)
+	if m, ok := strings.CutSuffix(t, "m"); ok {
+		n, err := strconv.Atoi(m)
+		if err != nil || n < 0 {
+			return 0, bad
+		}
+		return n, nil
+	}
+	if strings.Contains(t, ".") {
+		f, err := strconv.ParseFloat(t, 64)
+		if err != nil || f < 0 || math.IsNaN(f) || f > 1e6 {
+			return 0, bad
+		}
+		return int(math.Round(f * 1000)), nil
+	}
+	n, err := strconv.Atoi(t)
+	if err != nil || n < 0 {
+		return 0, bad
+	}
+	return n, nil
+}
+
+var stopSignals = map[string]bool{
+	"HUP": true, "INT": true, "QUIT": true, "KILL": true, "USR1": true, "USR2": true,
+	"TERM": true, "WINCH": true, "ALRM": true, "CONT": true, "STOP": true, "TSTP": true,
+}
+
+// parseSignal normalizes a signal name ("term", "SIGTERM" → "TERM").
+func parseSignal(flagName, s string) (string, error) {
+	n := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), "SIG")
+	if !stopSignals[n] {
+		return "", usageError("--%s %q: want a signal name such as TERM, INT, QUIT or HUP", flagName, s)
+	}
+	return n, nil
+}
+
+// applyProcFlags changes p according to the flags given on the command line.
+func applyProcFlags(e *env, p *registry.ProcType) error {
+	if flagIsSet(e, "command") {
+		p.Command = flagString(e, "command")
+	}
+	if flagIsSet(e, "restart") {
+		switch v := flagString(e, "restart"); v {
+		case "always", "on-failure", "never":
+			p.Restart.Policy = v
+		default:
+			return usageError("--restart %q: want always, on-failure or never", v)
+		}
+	}
+	if flagIsSet(e, "max-restarts") {
+		n := flagValue[int](e, "max-restarts")
+		if n < 0 {
+			return usageError("--max-restarts %d: must not be negative", n)
+		}
+		p.Restart.MaxRestarts = n
+	}
+	if flagIsSet(e, "stop-signal") {
+		sig, err := parseSignal("stop-signal", flagString(e, "stop-signal"))
+		if err != nil {
+			return err
+		}
+		p.StopSignal = sig
+	}
+	for _, d := range []struct {
+		name string
+		dst  *registry.Duration
+	}{
+		{"stop-timeout", &p.StopTimeout},
+		{"min-uptime", &p.MinUptime},
+	} {
+		if flagIsSet(e, d.name) {
+			v := flagValue[time.Duration](e, d.name)
+			if v < 0 {
+				return usageError("--%s %s: must not be negative", d.name, v)
+			}
+			*d.dst = registry.Duration(v)
+		}
+	}
+	if err := applyHealthFlags(e, p); err != nil {
+		return err
+	}
+	if flagIsSet(e, "memory") {
+		m, err := parseMemory(flagString(e, "memory"))
+		if err != nil {
+			return err
+		}
+		p.Limits.MemoryBytes = m
+	}
+	if flagIsSet(e, "cpu") {
+		c, err := parseCPU(flagString(e, "cpu"))
+		if err != nil {
+			return err
+		}
+		p.Limits.CPUMillis = c
+	}
+	if flagIsSet(e, "pids") {
+		n := flagValue[int](e, "pids")
+		if n < 0 {
+			return usageError("--pids %d: must not be negative", n)
+		}
+		p.Limits.Pids = n
+	}
+	if flagIsSet(e, "user") {
+		p.User = flagString(e, "user")
+	}
+	if flagIsSet(e, "group") {
+		p.Group = flagString(e, "group")
+	}
+	if flagIsSet(e, "env") {
+		vars, err := parseKeyValues(flagValue[[]string](e, "env"), "--env")
+		if err != nil {
+			return err
+		}
+		if p.Env == nil {
+			p.Env = make(map[string]string, len(vars))
+		}
+		for k, v := range vars {
+			p.Env[k] = v
+		}
+	}
+	return nil
+}
+
+func applyHealthFlags(e *env, p *registry.ProcType) error {
+	given := false
+	for _, n := range []string{"health-type", "health-cmd", "health-path", "health-period", "health-timeout", "health-threshold"} {
+		given = given || flagIsSet(e, n)
+	}
+	if !given {
+		return nil
+	}
+	if flagIsSet(e, "health-type") {
+		switch t := flagString(e, "health-type"); t {
+		case "none":
+			p.Health = nil
+			return nil
+		case "exec", "tcp", "http":
+			if p.Health == nil {
+				p.Health = &registry.HealthCheck{}
+			}
+			p.Health.Type = t
+		default:
+			return usageError("--health-type %q: want exec, tcp, http or none", t)
+		}
+	}
+	if p.Health == nil {
+		return usageError("health flags need --health-type exec, tcp or http")
+	}
+	h := p.Health
+	if flagIsSet(e, "health-cmd") {
+		h.Command = []string{"/bin/sh", "-c", flagString(e, "health-cmd")}
+	}
+	if flagIsSet(e, "health-path") {
+		path := flagString(e, "health-path")
+		if !strings.HasPrefix(path, "/") {
+			return usageError("--health-path %q: want a path starting with /", path)
+		}
+		h.Path = path
+	}
+	for _, d := range []struct {
+		name string
+		dst  *registry.Duration
+	}{
+		{"health-period", &h.Period},
+		{"health-timeout", &h.Timeout},
+	} {
+		if flagIsSet(e, d.name) {
+			v := flagValue[time.Duration](e, d.name)
+			if v <= 0 {
+				return usageError("--%s %s: must be positive", d.name, v)
+			}
+			*d.dst = registry.Duration(v)
+		}
+	}
+	if flagIsSet(e, "health-threshold") {
+		n := flagValue[int](e, "health-threshold")
+		if n < 1 {
+			return usageError("--health-threshold %d: must be at least 1", n)
+		}
+		h.FailureThreshold = n
+	}
+	if h.Type == "exec" && len(h.Command) == 0 {
+		return usageError("--health-type exec needs --health-cmd")
+	}
+	return nil
+}
+
+func runProcSet(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 2, 2, "APP PROC"); err != nil {
+		return err
+	}
+	app, name := args[0], args[1]
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		p, err := r.ProcType(ctx, app, name)
+		switch {
+		case errors.Is(err, registry.ErrNotFound):
+			// New process type; SetProcType reports an unknown app.
+			p = registry.ProcType{App: app, Name: name}
+		case err != nil:
+			return fmt.Errorf("set proc type %s/%s: %w", app, name, err)
+		}
+		if err := applyProcFlags(e, &p); err != nil {
+			return err
+		}
+		p, err = r.SetProcType(ctx, p)
+		if err != nil {
+			return fmt.Errorf("set proc type %s/%s: %w", app, name, err)
+		}
+		return e.print(newProcOut(p), func(w io.Writer) {
+			fmt.Fprintf(w, "set proc type %s/%s\n", p.App, p.Name)
+		})
+	})
+}
+
+func runProcList(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 1, 1, "APP"); err != nil {
+		return err
+	}
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		procs, err := r.ProcTypes(ctx, args[0])
+		if err != nil {
+			return fmt.Errorf("list proc types of app %q: %w", args[0], err)
+		}
+		out := make([]procOut, 0, len(procs))
+		for _, p := range procs {
+			out = append(out, newProcOut(p))
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+		return e.print(out, func(w io.Writer) {
+			fmt.Fprintln(w, "PROC\tCOMMAND\tRESTART\tSTOP\tHEALTH\tLIMITS")
+			for _, p := range out {
+				health := "-"
+				if p.Health != nil {
+					health = p.Health.Type
+				}
+				cmd := p.Command
+				if cmd == "" {
+					cmd = "(Procfile)"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s/%s\t%s\t%s\n", p.Name, cmd, p.Restart.Policy,
+					p.StopSignal, p.StopTimeout, health, p.Limits.String())
+			}
+		})
+	})
+}
+
+// String formats the limits for tables ("mem=256M cpu=500m pids=64").
+func (l limitsOut) String() string {
+	var parts []string
+	if l.MemoryBytes > 0 {
+		parts = append(parts, "mem="+formatBytes(l.MemoryBytes))
+	}
+	if l.CPUMillis > 0 {
+		parts = append(parts, fmt.Sprintf("cpu=%dm", l.CPUMillis))
+	}
+	if l.Pids > 0 {
+		parts = append(parts, fmt.Sprintf("pids=%d", l.Pids))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, " ")
+}
+
+func formatBytes(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d%s", n/u.size, u.suffix)
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func runProcDelete(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 2, 2, "APP PROC"); err != nil {
+		return err
+	}
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		if err := r.RemoveProcType(ctx, args[0], args[1]); err != nil {
+			return fmt.Errorf("delete proc type %s/%s: %w", args[0], args[1], err)
+		}
+		return e.print(map[string]string{"app": args[0], "deleted": args[1]}, func(w io.Writer) {
+			fmt.Fprintf(w, "deleted proc type %s/%s\n", args[0], args[1])
+		})
+	})
+}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/visorhq/visor/registry"
+)
+
+func init() {
+	register(&command{
+		Name:  "ps",
+		Args:  "[APP]",
+		Short: "list instances, of all apps or of one",
+		Flags: func(fs *flag.FlagSet) {
+			fs.String("host", "", "only instances on this host")
+		},
+		Run: runPS,
+	})
+}
+
+// instanceOut is the CLI's JSON form of an instance.
+type instanceOut struct {
+	ID       string         `json:"id"`
+	App      string         `json:"app"`
+	Rev      string         `json:"rev"`
+	Proc     string         `json:"proc"`
+	Host     string         `json:"host"`
+	State    string         `json:"state"`
+	Since    time.Time      `json:"since"`
+	Port     int            `json:"port"`
+	PID      int            `json:"pid"`
+	Restarts map[string]int `json:"restarts"`
+	ExitCode *int           `json:"exit_code"`
+	Signal   string         `json:"signal"`
+	Reason   string         `json:"reason"`
+	Ticket   string         `json:"ticket"`
+	Created  time.Time      `json:"created"`
+}
+
+func newInstanceOut(i registry.Instance) instanceOut {
+	out := instanceOut{
+		ID: i.ID, App: i.App, Rev: i.Rev, Proc: i.Proc, Host: i.Host, State: string(i.State),
+		Since: i.Since, Port: i.Port, PID: i.PID, Restarts: i.Restarts, ExitCode: i.ExitCode,
+		Signal: i.Signal, Reason: i.Reason, Ticket: i.Ticket, Created: i.Created,
+	}
+	if out.Restarts == nil {
+		out.Restarts = map[string]int{}
+	}
+	return out
+}
+
+// restartSummary is the total restart count with the reasons, e.g. "3 (fail=2 oom=1)".
+func (i instanceOut) restartSummary() string {
+	total := 0
+	var parts []string
+	for _, k := range sortedKeys(i.Restarts) {
+		if n := i.Restarts[k]; n > 0 {
+			total += n
+			parts = append(parts, fmt.Sprintf("%s=%d", k, n))
+		}
+	}
+	if total == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d (%s)", total, strings.Join(parts, " "))
+}
+
+func zeroDash(n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.Itoa(n)
+}
+
+func runPS(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 0, 1, "[APP]"); err != nil {
+		return err
+	}
+	host := flagString(e, "host")
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		var (
+			insts []registry.Instance
+			err   error
+		)
+		switch {
+		case len(args) == 1:
+			insts, err = r.AppInstances(ctx, args[0])
+		case host != "":
+			insts, err = r.HostInstances(ctx, host)
+		default:
+			insts, err = r.Instances(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("list instances: %w", err)
+		}
+		if len(args) == 1 && len(insts) == 0 {
+			// No instances: say so if the app itself is unknown. (Instances of
+			// an app deleted with --force are still listed.)
+			if _, err := r.App(ctx, args[0]); err != nil {
+				return fmt.Errorf("list instances: %w", err)
+			}
+		}
+		out := make([]instanceOut, 0, len(insts))
+		for _, i := range insts {
+			if host != "" && i.Host != host {
+				continue
+			}
+			out = append(out, newInstanceOut(i))
+		}
+		sort.Slice(out, func(a, b int) bool {
+			x, y := out[a], out[b]
+			if x.App != y.App {
+				return x.App < y.App
+			}
+			if x.Rev != y.Rev {
+				return x.Rev < y.Rev
+			}
+			if x.Proc != y.Proc {
+				return x.Proc < y.Proc
+			}
+			return x.ID < y.ID
+		})
+		return e.print(out, func(w io.Writer) {
+			fmt.Fprintln(w, "INSTANCE\tAPP\tREV\tPROC\tHOST\tSTATE\tSINCE\tPORT\tPID\tRESTARTS\tREASON")
+			for _, i := range out {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.ID, i.App, i.Rev, i.Proc,
+					dash(i.Host), i.State, ago(i.Since), zeroDash(i.Port), zeroDash(i.PID),
+					i.restartSummary(), dash(i.Reason))
+			}
+		})
+	})
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/visorhq/visor/registry"
+)
+
+func init() {
+	register(&command{
+		Name:  "scale",
+		Args:  "APP REV PROC=N [PROC=N...]",
+		Short: "set the desired number of instances of process types",
+		Long: `scale writes the desired count and, in the same transaction, the start or
+stop tickets for the difference; agents carry them out. With --wait it then
+shows progress ("web/v1/web 3/5 running") until every process type has as
+many running instances as desired, and fails if --wait-timeout passes first.`,
+		Flags: func(fs *flag.FlagSet) {
+			fs.Bool("wait", false, "wait until the running instances match the desired counts")
+			fs.Duration("wait-timeout", 5*time.Minute, "how long --wait waits before failing")
+		},
+		Run: runScale,
+	})
+}
+
+// scaleArg is one PROC=N argument.
+type scaleArg struct {
+	proc string
+	n    int
+}
+
+// parseScaleArgs parses PROC=N arguments. Counts must be non-negative
+// integers and each process type may appear once.
+func parseScaleArgs(args []string) ([]scaleArg, error) {
+	out := make([]scaleArg, 0, len(args))
+	seen := make(map[string]bool, len(args))
+	for _, a := range args {
+		proc, num, ok := strings.Cut(a, "=")
+		if !ok || proc == "" {
+			return nil, usageError("scale: %q: want PROC=N", a)
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil {
+			return nil, usageError("scale: %q: count %q is not a number", a, num)
+		}
+		if n < 0 {
+			return nil, usageError("scale: %q: count must not be negative", a)
+		}
+		if seen[proc] {
+			return nil, usageError("scale: %q: process type %s given twice", a, proc)
+		}
+		seen[proc] = true
+		out = append(out, scaleArg{proc: proc, n: n})
+	}
+	return out, nil
+}
+
+// scaleOut is the CLI's JSON form of one scale change: the desired count,
+// the live instances and pending start tickets counted before the change,
+// and the tickets the change created or cancelled.
+type scaleOut struct {
+	App       string   `json:"app"`
+	Rev       string   `json:"rev"`
+	Proc      string   `json:"proc"`
+	Desired   int      `json:"desired"`
+	Live      int      `json:"live"`
+	Pending   int      `json:"pending"`
+	Started   []string `json:"started"`
+	Stopped   []string `json:"stopped"`
+	Cancelled []string `json:"cancelled"`
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func runScale(ctx context.Context, e *env, args []string) error {
+	if err := wantArgs(args, 3, -1, "APP REV PROC=N..."); err != nil {
+		return err
+	}
+	app, rev := args[0], args[1]
+	want, err := parseScaleArgs(args[2:])
+	if err != nil {
+		return err
+	}
+	wait := flagBool(e, "wait")
+	timeout := flagValue[time.Duration](e, "wait-timeout")
+	if wait && timeout <= 0 {
+		return usageError("--wait-timeout %s: must be positive", timeout)
+	}
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		out := make([]scaleOut, 0, len(want))
+		for _, w := range want {
+			res, err := r.Scale(ctx, app, rev, w.proc, w.n)
+			if err != nil {
+				return fmt.Errorf("scale %s/%s/%s to %d: %w", app, rev, w.proc, w.n, err)
+			}
+			out = append(out, scaleOut{
+				App: app, Rev: rev, Proc: w.proc,
+				Desired: res.Desired, Live: res.Live, Pending: res.Pending,
+				Started: nonNil(res.Started), Stopped: nonNil(res.Stopped), Cancelled: nonNil(res.Cancelled),
+			})
+		}
+		err := e.print(out, func(w io.Writer) {
+			fmt.Fprintln(w, "PROC\tDESIRED\tLIVE\tPENDING\tSTART\tSTOP\tCANCELLED")
+			for _, s := range out {
+				fmt.Fprintf(w, "%s/%s/%s\t%d\t%d\t%d\t%d\t%d\t%d\n", s.App, s.Rev, s.Proc,
+					s.Desired, s.Live, s.Pending, len(s.Started), len(s.Stopped), len(s.Cancelled))
+			}
+		})
+		if err != nil || !wait {
+			return err
+		}
+		progress := e.stdout
+		if asJSON, _ := e.jsonOutput(); asJSON {
+			// Keep stdout a single JSON document.
+			progress = e.stderr
+		}
+		return waitScale(ctx, r, progress, app, rev, want, timeout)
+	})
+}
+
+// scaleWaiter tracks the running instances of the process types of one
+// app revision.
+type scaleWaiter struct {
+	app, rev string
+	want     []scaleArg
+	// state is the last known state of each instance of app/rev whose
+	// process type is in want.
+	state   map[string]registry.InstanceState
+	procOf  map[string]string
+	printed map[string]int
+}
+
+func (w *scaleWaiter) wanted(proc string) bool {
+	for _, a := range w.want {
+		if a.proc == proc {
+			return true
+		}
+	}
+	return false
+}
+
+// observe records an instance's state; a terminal or deleted instance is
+// forgotten.
+func (w *scaleWaiter) observe(inst registry.Instance) {
+	if inst.App != w.app || inst.Rev != w.rev || !w.wanted(inst.Proc) {
+		return
+	}
+	w.state[inst.ID] = inst.State
+	w.procOf[inst.ID] = inst.Proc
+}
+
+func (w *scaleWaiter) forget(id string) {
+	delete(w.state, id)
+	delete(w.procOf, id)
+}
+
+func (w *scaleWaiter) running() map[string]int {
+	n := make(map[string]int, len(w.want))
+	for id, st := range w.state {
+		if st == registry.InstanceRunning {
+			n[w.procOf[id]]++
+		}
+	}
+	return n
+}
+
+// report prints a progress line for every process type whose running
+// count changed since the last report, and reports whether every process
+// type has reached its desired count.
+func (w *scaleWaiter) report(out io.Writer) bool {
+	n := w.running()
+	done := true
+	for _, a := range w.want {
+		if last, ok := w.printed[a.proc]; !ok || last != n[a.proc] {
+			fmt.Fprintf(out, "%s/%s/%s %d/%d running\n", w.app, w.rev, a.proc, n[a.proc], a.n)
+			w.printed[a.proc] = n[a.proc]
+		}
+		done = done && n[a.proc] == a.n
+	}
+	return done
+}
+
+func (w *scaleWaiter) summary() string {
+	n := w.running()
+	parts := make([]string, 0, len(w.want))
+	for _, a := range w.want {
+		parts = append(parts, fmt.Sprintf("%s/%s/%s %d/%d running", w.app, w.rev, a.proc, n[a.proc], a.n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// waitScale follows instance events of app/rev until every process type in
+// want has exactly its desired number of running instances, or timeout
+// passes. It lists the instances first and watches from the revision read
+// before the list, so no change is missed.
+func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, rev string, want []scaleArg, timeout time.Duration) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+
+	from, err := r.CurrentRevision(ctx)
+	if err != nil {
+		return fmt.Errorf("wait for scale: %w", err)
+	}
+	insts, err := r.AppInstances(ctx, app)
+	if err != nil {
+		return fmt.Errorf("wait for scale: %w", err)
+	}
+	w := &scaleWaiter{
+		app: app, rev: rev, want: want,
+		state:   make(map[string]registry.InstanceState),
+		procOf:  make(map[string]string),
+		printed: make(map[string]int),
+	}
+	for _, inst := range insts {
+		w.observe(inst)
+	}
+	events := r.WatchEvents(ctx, from+1)
+	for {
+		if w.report(out) {
+			return nil
+		}
+		select {
+		case <-timer.C:
+			return fmt.Errorf("scale: timed out after %s waiting: %s", timeout, w.summary())
+		case ev, ok := <-events:
+			if !ok {
+				if err := ctx.Err(); err != nil {
+					return fmt.Errorf("wait for scale: %w", err)
+				}
+				return errors.New("wait for scale: registry watch ended")
+			}
+			if err := w.apply(ctx, r, ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// apply updates the waiter from one registry event.
+func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev registry.Event) error {
+	if ev.Err != nil || ev.Instance == "" || (ev.App != "" && ev.App != w.app) {
+		return nil
+	}
+	switch ev.Type {
+	case registry.InstanceDeleted:
+		w.forget(ev.Instance)
+	case registry.InstanceChanged:
+		if ev.State != "" && ev.App != "" && ev.Rev != "" && ev.Proc != "" {
+			w.observe(registry.Instance{ID: ev.Instance, App: ev.App, Rev: ev.Rev, Proc: ev.Proc, State: ev.State})
+			return nil
+		}
+		inst, err := r.Instance(ctx, ev.Instance)
+		switch {
+		case errors.Is(err, registry.ErrNotFound):
+			w.forget(ev.Instance)
+		case err != nil:
+			return fmt.Errorf("wait for scale: instance %s: %w", ev.Instance, err)
+		default:
+			w.observe(inst)
+		}
+	}
+	return nil
+}

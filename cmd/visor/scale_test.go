@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// setupWeb creates app web with revision v1 and process types web and worker.
+func setupWeb(h *harness) {
+	h.ok("app", "create", "web")
+	h.ok("rev", "register", "web", "v1", "--dir", "/srv/web")
+	h.ok("proc", "set", "web", "web", "--command", "./web")
+	h.ok("proc", "set", "web", "worker", "--command", "./worker")
+}
+
+func TestScale(t *testing.T) {
+	h := newHarness(t)
+	setupWeb(h)
+
+	var res []map[string]any
+	h.okJSON(&res, "scale", "web", "v1", "web=3", "worker=1")
+	if len(res) != 2 {
+		t.Fatalf("scale -o json: %v", res)
+	}
+	checkFields(t, "scale -o json", res[0], "app", "rev", "proc", "desired", "live", "pending", "started", "stopped", "cancelled")
+	if res[0]["desired"] != 3.0 || len(res[0]["started"].([]any)) != 3 || len(res[1]["started"].([]any)) != 1 {
+		t.Errorf("scale -o json: %v", res)
+	}
+	r := h.registry()
+	ctx := testContext(t)
+	if n, err := r.CurrentScale(ctx, "web", "v1", "web"); err != nil || n != 3 {
+		t.Errorf("current scale: %d, %v", n, err)
+	}
+
+	// Down from 3 pending start tickets to 1 cancels two of them.
+	out := h.ok("scale", "web", "v1", "web=1")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[0], "PROC") ||
+		strings.Join(strings.Fields(lines[1]), " ") != "web/v1/web 1 0 3 0 0 2" {
+		t.Errorf("scale table: got\n%s", out)
+	}
+	tickets, err := r.Tickets(ctx)
+	if err != nil || len(tickets) != 2 {
+		t.Errorf("tickets after scale down: %d, %v", len(tickets), err)
+	}
+
+	h.fails(1, []string{"nope", "not found"}, "scale", "nope", "v1", "web=1")
+	h.fails(1, []string{"v9", "not found"}, "scale", "web", "v9", "web=1")
+	h.fails(1, []string{"db", "not found"}, "scale", "web", "v1", "db=1")
+	h.fails(2, []string{"invalid", "Web"}, "scale", "web", "v1", "Web=1")
+}
+
+func TestScaleWaitTimesOut(t *testing.T) {
+	h := newHarness(t)
+	setupWeb(h)
+	// No agent runs: nothing ever starts.
+	res := h.run("scale", "web", "v1", "web=2", "--wait", "--wait-timeout", "1s")
+	checkFailure(t, res, 1, []string{"timed out after 1s", "web/v1/web 0/2 running"}, nil)
+	if !strings.Contains(res.stdout, "web/v1/web 0/2 running\n") {
+		t.Errorf("progress missing: stdout %q", res.stdout)
+	}
+}
+
+func TestScaleWaitReachesScale(t *testing.T) {
+	h := newHarness(t)
+	setupWeb(h)
+	r := h.registry()
+	sess := registerHost(t, r, "h1")
+
+	ctx, cancel := context.WithCancel(testContext(t))
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serveTickets(ctx, r, sess, errc)
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	out := h.ok("scale", "web", "v1", "web=3", "worker=1", "--wait", "--wait-timeout", "60s")
+	for _, want := range []string{"web/v1/web 3/3 running\n", "web/v1/worker 1/1 running\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("scale --wait: %q missing in\n%s", want, out)
+		}
+	}
+	// Down to 1: the agent stops two; wait sees 1 running.
+	res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "60s", "-o", "json")
+	if res.code != 0 || !strings.Contains(res.stderr, "web/v1/web 1/1 running\n") || !strings.HasPrefix(res.stdout, "[") {
+		t.Errorf("scale down --wait -o json: exit %d, stdout %q, stderr %q", res.code, res.stdout, res.stderr)
+	}
+	select {
+	case err := <-errc:
+		t.Fatalf("agent: %v", err)
+	default:
+	}
+	insts, err := r.AppInstances(testContext(t), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := 0
+	for _, i := range insts {
+		if i.State == "running" {
+			running++
+		}
+	}
+	if running != 2 {
+		t.Errorf("running instances: %d, want 2 (web=1, worker=1)", running)
+	}
+}
