@@ -38,3 +38,19 @@ bench:
 
 clean:
 	rm -rf bin
+
+## package: the .deb and .rpm (packaging/nfpm.yaml) of the linux binary in bin/packages/;
+## PKG_ARCH=arm64 for arm64. nfpm runs through `go run`: nothing but Go is needed.
+.PHONY: package
+package:
+	@set -e; \
+	arch="$${PKG_ARCH:-$$($(GO) env GOARCH)}"; \
+	pkgver="$${PKG_VERSION:-$$(echo '$(VERSION)' | sed -n 's/^v\{0,1\}\([0-9]\{1,\}\.[0-9]\{1,\}\.[0-9]\{1,\}[0-9A-Za-z.+~-]*\)$$/\1/p')}"; \
+	[ -n "$$pkgver" ] || pkgver="0.0.0~dev+$(COMMIT)"; \
+	mkdir -p bin/package bin/packages; \
+	echo "building visor $$pkgver for linux/$$arch"; \
+	GOOS=linux GOARCH=$$arch CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/package/visor ./cmd/visor; \
+	for p in deb rpm; do \
+		GOARCH=$$arch PKG_VERSION=$$pkgver $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2 \
+			package -f packaging/nfpm.yaml -p $$p -t bin/packages/; \
+	done

@@ -57,7 +57,8 @@ type Config struct {
 	// Run runs systemctl and launchctl. Nil means ExecRunner.
 	Run Runner
 	// InitRunning reports whether the init system is running this host, so
-	// control commands can reach it. Nil means: systemd when
+	// control commands can reach it. Nil means: never when Root is not "/"
+	// (the files are for another system); otherwise systemd when
 	// /run/systemd/system exists (sd_booted(3)), launchd on macOS.
 	InitRunning func() bool
 	// Logger receives one Info line per change. Nil means no logging.
@@ -119,6 +120,11 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.InitRunning == nil && filepath.Clean(cfg.Root) != "/" {
+		// Files written under another root are for another system (an
+		// image): the init system running here must not load them.
+		cfg.InitRunning = func() bool { return false }
 	}
 	if cfg.InitRunning == nil {
 		cfg.InitRunning = defaultInitRunning(cfg.Init)
