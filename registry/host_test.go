@@ -1,0 +1,352 @@
+package registry
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func register(t testing.TB, r *Registry, id string) *HostSession {
+	t.Helper()
+	ctx := testCtx(t)
+	s, err := r.RegisterHost(ctx, Host{ID: id, Addr: "127.0.0.1:7070", Labels: map[string]string{"zone": "a"}, Capacity: 10, Version: "test"}, 10*time.Second)
+	if err != nil {
+		t.Fatalf("register host %s: %v", id, err)
+	}
+	t.Cleanup(func() { s.Close(testCtx(t)) })
+	return s
+}
+
+// startTicket scales app/v1/proc to one more than it counts and returns the new ticket.
+func startTicket(t testing.TB, r *Registry, app, proc string) Ticket {
+	t.Helper()
+	ctx := testCtx(t)
+	all, err := r.AppInstances(ctx, app)
+	must(t, err)
+	n := 0
+	for _, in := range all {
+		if in.Proc == proc && in.Rev == "v1" && in.counted() {
+			n++
+		}
+	}
+	res, err := r.Scale(ctx, app, "v1", proc, n+1)
+	must(t, err)
+	if len(res.Started) != 1 {
+		t.Fatalf("scale to %d started %v", n+1, res.Started)
+	}
+	tk, err := r.Ticket(ctx, res.Started[0])
+	must(t, err)
+	return tk
+}
+
+func TestHostSession(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	s := register(t, r, "h1")
+	if s.ID() != "h1" || s.Lease() == 0 {
+		t.Fatalf("session id %q lease %d", s.ID(), s.Lease())
+	}
+	_, err := r.RegisterHost(ctx, Host{ID: "h1"}, 10*time.Second)
+	mustIs(t, err, ErrExists)
+	_, err = r.RegisterHost(ctx, Host{ID: "H1"}, time.Second)
+	mustIs(t, err, ErrInvalid)
+
+	hosts, err := r.Hosts(ctx)
+	must(t, err)
+	if len(hosts) != 1 || hosts[0].ID != "h1" || hosts[0].Labels["zone"] != "a" || hosts[0].Lease != int64(s.Lease()) {
+		t.Fatalf("hosts = %+v", hosts)
+	}
+	must(t, s.UpdateHost(ctx, Host{Addr: "127.0.0.1:7070", Load: HostLoad{Load1: 0.5, Instances: 2}}))
+	h, err := r.Host(ctx, "h1")
+	must(t, err)
+	if h.Load.Instances != 2 || h.Load.Load1 != 0.5 {
+		t.Errorf("host after update = %+v", h)
+	}
+	_, err = r.Host(ctx, "h2")
+	mustIs(t, err, ErrNotFound)
+
+	// An instance index entry written with the lease disappears with it.
+	seed(t, r, "web", "v1", "worker")
+	tk := startTicket(t, r, "web", "worker")
+	_, err = s.Claim(ctx, tk)
+	must(t, err)
+
+	must(t, s.Close(ctx))
+	select {
+	case <-s.Done():
+	default:
+		t.Fatal("Done not closed after Close")
+	}
+	for _, k := range []string{r.hostKey("h1"), r.claimKey(tk.ID), r.hostInstanceKey("h1", tk.Instance)} {
+		resp, err := cli.Get(ctx, k)
+		must(t, err)
+		if len(resp.Kvs) != 0 {
+			t.Errorf("%s survived Close", k)
+		}
+	}
+	// The ticket is free again and the host id can be registered anew.
+	s2 := register(t, r, "h1")
+	_, err = s2.Claim(ctx, tk)
+	must(t, err)
+	mustIs(t, s.UpdateHost(ctx, Host{}), ErrLeaseLost)
+}
+
+func TestHostLeaseLoss(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+
+	t.Run("revoked", func(t *testing.T) {
+		s := register(t, r, "revoked")
+		_, err := cli.Revoke(ctx, s.Lease())
+		must(t, err)
+		select {
+		case <-s.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("Done not closed after the lease was revoked")
+		}
+		tk := startTicket(t, r, "web", "worker")
+		_, err = s.Claim(ctx, tk)
+		mustIs(t, err, ErrLeaseLost)
+		mustIs(t, s.UpdateHost(ctx, Host{}), ErrLeaseLost)
+		must(t, s.Close(ctx)) // revoking a lost lease is fine
+	})
+	t.Run("expired", func(t *testing.T) {
+		s, err := r.RegisterHost(ctx, Host{ID: "orphan"}, time.Second)
+		must(t, err)
+		s.Orphan()
+		<-s.Done()
+		waitFor(t, 15*time.Second, "orphaned host key to expire", func() bool {
+			_, err := r.Host(ctx, "orphan")
+			return errors.Is(err, ErrNotFound)
+		})
+		mustIs(t, s.UpdateHost(ctx, Host{}), ErrLeaseLost)
+	})
+}
+
+func TestClaimLifecycle(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
+
+	tk := startTicket(t, r, "web", "worker")
+	pending, err := r.Instance(ctx, tk.Instance)
+	must(t, err)
+	if pending.State != InstancePending || pending.Ticket != tk.ID || pending.Host != "" {
+		t.Fatalf("instance before claim = %+v", pending)
+	}
+
+	t.Run("stale revision", func(t *testing.T) {
+		stale := tk
+		stale.ModRevision--
+		_, err := h1.Claim(ctx, stale)
+		mustIs(t, err, ErrTicketChanged)
+	})
+	t.Run("unread ticket", func(t *testing.T) {
+		_, err := h1.Claim(ctx, Ticket{ID: tk.ID, Instance: tk.Instance})
+		mustIs(t, err, ErrInvalid)
+	})
+
+	in, err := h1.Claim(ctx, tk)
+	must(t, err)
+	if in.State != InstanceClaimed || in.Host != "h1" || in.ID != tk.Instance || in.App != "web" {
+		t.Fatalf("claimed instance = %+v", in)
+	}
+	_, err = h2.Claim(ctx, tk)
+	mustIs(t, err, ErrClaimed)
+	got, err := r.Ticket(ctx, tk.ID)
+	must(t, err)
+	if got.Holder != "h1" {
+		t.Errorf("holder = %q", got.Holder)
+	}
+	idx, err := cli.Get(ctx, r.hostInstanceKey("h1", tk.Instance))
+	must(t, err)
+	if len(idx.Kvs) != 1 || clientv3.LeaseID(idx.Kvs[0].Lease) != h1.Lease() {
+		t.Fatalf("index entry = %+v", idx.Kvs)
+	}
+	hts, err := r.HostTickets(ctx, "h1")
+	must(t, err)
+	if len(hts) != 1 || hts[0].ID != tk.ID {
+		t.Errorf("host tickets = %+v", hts)
+	}
+
+	// Only the holder moves the instance, along valid transitions.
+	mustIs(t, h2.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting}), ErrNotHolder)
+	mustIs(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceExited + "x"}), ErrTransition)
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting}))
+	mustIs(t, h2.Complete(ctx, tk), ErrNotHolder)
+
+	in.State, in.PID, in.Port = InstanceRunning, 4242, 5000
+	must(t, h1.CompleteWith(ctx, tk, in))
+	_, err = r.Ticket(ctx, tk.ID)
+	mustIs(t, err, ErrNotFound)
+	mustIs(t, h1.Complete(ctx, tk), ErrTicketDone)
+	_, err = h2.Claim(ctx, tk)
+	mustIs(t, err, ErrTicketDone)
+	run, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if run.State != InstanceRunning || run.PID != 4242 || run.Port != 5000 || run.Host != "h1" {
+		t.Fatalf("running instance = %+v", run)
+	}
+
+	// Holder updates keep registry-owned fields.
+	code := 0
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceRunning, PID: 4243, Restarts: map[string]int{"fail": 1}}))
+	mustIs(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstancePending}), ErrTransition)
+
+	// Restart and signal tickets target the instance's host.
+	rt, err := r.CreateTicket(ctx, Ticket{Op: TicketRestart, Instance: in.ID})
+	must(t, err)
+	if rt.Host != "h1" || rt.App != "web" || rt.Rev != "v1" || rt.Proc != "worker" || rt.MaxAttempts != 3 {
+		t.Fatalf("restart ticket = %+v", rt)
+	}
+	_, err = h2.Claim(ctx, rt)
+	mustIs(t, err, ErrInvalid)
+	got2, err := h1.Claim(ctx, rt)
+	must(t, err)
+	if got2.PID != 4243 || got2.Restarts["fail"] != 1 || got2.Ticket != tk.ID {
+		t.Errorf("instance returned by claim of restart = %+v", got2)
+	}
+	must(t, h1.Complete(ctx, rt))
+	_, err = r.CreateTicket(ctx, Ticket{Op: TicketSignal, Instance: in.ID})
+	mustIs(t, err, ErrInvalid)
+	sig, err := r.CreateTicket(ctx, Ticket{Op: TicketSignal, Instance: in.ID, Signal: "hup"})
+	must(t, err)
+	if sig.Signal != "HUP" {
+		t.Errorf("signal = %q", sig.Signal)
+	}
+	_, err = r.CreateTicket(ctx, Ticket{Op: TicketStart, Instance: in.ID})
+	mustIs(t, err, ErrInvalid)
+	_, err = r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID, App: "other"})
+	mustIs(t, err, ErrInvalid)
+	_, err = r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: "web-worker-00000000"})
+	mustIs(t, err, ErrNotFound)
+
+	// Stop: the instance stops counting at once; the holder stops it.
+	st, err := r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID})
+	must(t, err)
+	_, err = r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID})
+	mustIs(t, err, ErrExists)
+	_, err = h1.Claim(ctx, st)
+	must(t, err)
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStopping}))
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceExited, ExitCode: &code, Reason: "stopped"}))
+	must(t, h1.Complete(ctx, st))
+	done, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if done.State != InstanceExited || done.ExitCode == nil || *done.ExitCode != 0 || done.StopTicket != st.ID {
+		t.Fatalf("stopped instance = %+v", done)
+	}
+	idx, err = cli.Get(ctx, r.hostInstanceKey("h1", in.ID))
+	must(t, err)
+	if len(idx.Kvs) != 0 {
+		t.Error("index entry of exited instance remains")
+	}
+	mustIs(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceRunning}), ErrTransition)
+	_, err = r.CreateTicket(ctx, Ticket{Op: TicketRestart, Instance: in.ID})
+	mustIs(t, err, ErrInvalid)
+
+	// Garbage collection of terminal instances only.
+	must(t, r.DeleteInstance(ctx, in.ID))
+	_, err = r.Instance(ctx, in.ID)
+	mustIs(t, err, ErrNotFound)
+}
+
+func TestRelease(t *testing.T) {
+	r, _, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	hosts := []*HostSession{register(t, r, "h1"), register(t, r, "h2"), register(t, r, "h3")}
+	tk := startTicket(t, r, "web", "worker")
+
+	mustIs(t, hosts[0].Release(ctx, tk, "not mine"), ErrNotHolder)
+	for i, h := range hosts {
+		cur, err := r.Ticket(ctx, tk.ID)
+		must(t, err)
+		if cur.Attempts != i {
+			t.Fatalf("attempts = %d, want %d", cur.Attempts, i)
+		}
+		_, err = h.Claim(ctx, cur)
+		must(t, err)
+		must(t, h.Release(ctx, cur, "no space on "+h.ID()))
+		if i < len(hosts)-1 {
+			in, err := r.Instance(ctx, tk.Instance)
+			must(t, err)
+			if in.State != InstancePending || in.Host != "" {
+				t.Fatalf("instance after release = %+v", in)
+			}
+			cur, err = r.Ticket(ctx, tk.ID)
+			must(t, err)
+			if cur.Holder != "" || len(cur.FailedHosts) != i+1 || cur.FailedHosts[i] != h.ID() || cur.Reasons[i] != "no space on "+h.ID() {
+				t.Fatalf("ticket after release = %+v", cur)
+			}
+		}
+	}
+	_, err := r.Ticket(ctx, tk.ID)
+	mustIs(t, err, ErrNotFound)
+	in, err := r.Instance(ctx, tk.Instance)
+	must(t, err)
+	if in.State != InstanceFailed || in.Reason == "" {
+		t.Fatalf("instance after last release = %+v", in)
+	}
+	// A failed instance no longer counts: scaling to 1 again starts another.
+	res, err := r.Scale(ctx, "web", "v1", "worker", 1)
+	must(t, err)
+	if len(res.Started) != 1 || res.Live+res.Pending != 0 {
+		t.Errorf("rescale after failure = %+v", res)
+	}
+}
+
+func TestAdoptAndMarkLost(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	old := register(t, r, "h1")
+	tk := startTicket(t, r, "web", "worker")
+	in, err := old.Claim(ctx, tk)
+	must(t, err)
+	in.State = InstanceRunning
+	must(t, old.CompleteWith(ctx, tk, in))
+
+	// The agent loses its lease but keeps running the process.
+	_, err = cli.Revoke(ctx, old.Lease())
+	must(t, err)
+	<-old.Done()
+	fresh := register(t, r, "h1")
+	got, err := fresh.Adopt(ctx, in.ID)
+	must(t, err)
+	if got.State != InstanceRunning {
+		t.Errorf("adopted = %+v", got)
+	}
+	idx, err := cli.Get(ctx, r.hostInstanceKey("h1", in.ID))
+	must(t, err)
+	if len(idx.Kvs) != 1 || clientv3.LeaseID(idx.Kvs[0].Lease) != fresh.Lease() {
+		t.Fatalf("index after adopt = %+v", idx.Kvs)
+	}
+	other := register(t, r, "h2")
+	_, err = other.Adopt(ctx, in.ID)
+	mustIs(t, err, ErrNotHolder)
+
+	// The reconciler marks it lost; the holder can no longer move it.
+	must(t, r.MarkLost(ctx, in.ID, "host h1 gone"))
+	lost, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if lost.State != InstanceLost || lost.Reason != "host h1 gone" {
+		t.Fatalf("lost = %+v", lost)
+	}
+	mustIs(t, fresh.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceRunning}), ErrNotHolder)
+	_, err = fresh.Adopt(ctx, in.ID)
+	mustIs(t, err, ErrNotHolder)
+	mustIs(t, r.MarkLost(ctx, in.ID, "again"), ErrTransition)
+
+	// MarkLost on a pending instance also removes its start ticket, so no
+	// host resurrects it.
+	tk2 := startTicket(t, r, "web", "worker")
+	must(t, r.MarkLost(ctx, tk2.Instance, "test"))
+	_, err = fresh.Claim(ctx, tk2)
+	mustIs(t, err, ErrTicketDone)
+	mustIs(t, r.DeleteInstance(ctx, startTicket(t, r, "web", "worker").Instance), ErrInvalid)
+}
