@@ -111,6 +111,18 @@ func run(workload string, args []string) int {
 		}
 		ready(arg(0, ""), strconv.Itoa(cmd.Process.Pid))
 		select {}
+	case "spawn-escapee":
+		// spawn-escapee FILE: start an ignore-sigterm grandchild in a new
+		// session (out of our process group: only a cgroup can catch it),
+		// write its pid to FILE, run forever.
+		cmd := Exec("ignore-sigterm")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		ready(arg(0, ""), strconv.Itoa(cmd.Process.Pid))
+		select {}
 	case "print-lines":
 		// print-lines N [WIDTH]: write N numbered lines of WIDTH bytes to
 		// stdout and one line to stderr, then exit 0.

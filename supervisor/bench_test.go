@@ -1,0 +1,162 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/visorhq/visor/supervisor/restart"
+)
+
+const benchN = 1000
+
+// sleepBinary is the workload of the benchmarks: a small system binary, so
+// that 1000 copies stay cheap and both sides run the same thing.
+func sleepBinary(b *testing.B) string {
+	p, err := lookPath("sleep", "", DefaultPath)
+	if err != nil {
+		b.Skipf("no sleep binary: %v", err)
+	}
+	return p
+}
+
+// BenchmarkStart1000 starts 1000 sleepers through the supervisor and waits
+// until all run; compare with BenchmarkBareExec1000 in the same run. After
+// the last round it reports the supervisor's RSS and idle CPU with 1000
+// processes supervised.
+func BenchmarkStart1000(b *testing.B) {
+	sleep := sleepBinary(b)
+	h := start(b, Config{Logger: hclog.NewNullLogger()})
+	ctx := context.Background()
+	for i := 0; b.Loop(); i++ {
+		for j := range benchN {
+			id := fmt.Sprintf("s%d-%d", i, j)
+			st, err := h.Start(ctx, Spec{ID: id, Command: []string{sleep, "3600"}})
+			if err != nil || st.State != StateRunning {
+				b.Fatalf("Start(%s) = %+v, %v", id, st, err)
+			}
+		}
+		b.StopTimer()
+		if b.N == 1 || i == b.N-1 {
+			rss, cpu := idleUsage(b)
+			b.ReportMetric(rss, "rss-MB")
+			b.ReportMetric(cpu, "idle-cpu-%")
+		}
+		stopAll(b, h.Supervisor)
+		b.StartTimer()
+	}
+}
+
+// BenchmarkBareExec1000 is the baseline: a bare os/exec loop starting the
+// same 1000 sleepers.
+func BenchmarkBareExec1000(b *testing.B) {
+	sleep := sleepBinary(b)
+	for b.Loop() {
+		cmds := make([]*exec.Cmd, 0, benchN)
+		for range benchN {
+			cmd := exec.Command(sleep, "3600")
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			cmds = append(cmds, cmd)
+		}
+		b.StopTimer()
+		for _, cmd := range cmds {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		b.StartTimer()
+	}
+}
+
+// stopAll stops and removes every instance, 32 at a time.
+func stopAll(b *testing.B, s *Supervisor) {
+	var g errgroup.Group
+	g.SetLimit(32)
+	for _, st := range s.List() {
+		g.Go(func() error {
+			if _, err := s.Stop(context.Background(), st.ID); err != nil {
+				return err
+			}
+			return s.Remove(st.ID)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// idleUsage returns this process's RSS in MB and its CPU use in percent of
+// one core over one idle second.
+func idleUsage(b *testing.B) (rssMB, cpuPercent float64) {
+	var before, after syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	t0 := time.Now()
+	<-time.After(time.Second)
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+	used := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+	cpuPercent = 100 * float64(used) / float64(time.Since(t0))
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			rssMB = kb / 1024
+		}
+	}
+	return rssMB, cpuPercent
+}
+
+// runningHandler passes the pid of every new running state on.
+type runningHandler struct{ ch chan Status }
+
+func (h runningHandler) InstanceStateChanged(_ string, st Status) {
+	if st.State == StateRunning {
+		h.ch <- st
+	}
+}
+
+// BenchmarkRestartLatency kills a supervised process and measures until its
+// replacement runs, with zero backoff; it reports p50 and p99.
+func BenchmarkRestartLatency(b *testing.B) {
+	sleep := sleepBinary(b)
+	hd := runningHandler{ch: make(chan Status, 16)}
+	h := start(b, Config{Handler: hd, Logger: hclog.NewNullLogger()})
+	ctx := context.Background()
+	st, err := h.Start(ctx, Spec{ID: "crash", Command: []string{sleep, "3600"}, Restart: restart.Policy{NoBackoff: true}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	<-hd.ch
+	pid := st.PID
+	var mu sync.Mutex
+	var samples []time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			b.Fatal(err)
+		}
+		next := <-hd.ch
+		mu.Lock()
+		samples = append(samples, time.Since(t0))
+		mu.Unlock()
+		pid = next.PID
+	}
+	slices.Sort(samples)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b.ReportMetric(ms(samples[len(samples)/2]), "p50-ms")
+	b.ReportMetric(ms(samples[len(samples)*99/100]), "p99-ms")
+}
