@@ -147,7 +147,10 @@ func runEvents(ctx context.Context, e *env, args []string) error {
 
 // followEvents prints events from since (0 = from now) until ctx ends.
 func followEvents(ctx context.Context, r *registry.Registry, p eventPrinter, since int64) error {
-	for ev := range r.WatchEvents(ctx, since) {
+	ctx, cancel := context.WithCancel(ctx)
+	events := r.WatchEvents(ctx, since)
+	defer drain(cancel, events)
+	for ev := range events {
 		o := newEventOut(ev)
 		if err := p.print(o, o.line()); err != nil {
 			return err
@@ -187,6 +190,7 @@ func historyEvents(ctx context.Context, r *registry.Registry, p eventPrinter, si
 	idle := time.NewTimer(historyIdle)
 	defer idle.Stop()
 	events := r.WatchEvents(ctx, since)
+	defer drain(cancel, events)
 	for {
 		select {
 		case <-idle.C:
@@ -309,4 +313,12 @@ func lastChange(ctx context.Context, cli *clientv3.Client, prefix string, since,
 		}
 	}
 	return 0, nil, ctx.Err()
+}
+
+// drain cancels a registry watch and waits for its channel to close, so
+// that the watch's goroutine has ended when the command returns.
+func drain[T any](cancel context.CancelFunc, ch <-chan T) {
+	cancel()
+	for range ch {
+	}
 }

@@ -138,7 +138,10 @@ func runHosts(ctx context.Context, e *env, args []string) error {
 
 // watchHosts prints host joins and leaves from revision from until ctx ends.
 func watchHosts(ctx context.Context, r *registry.Registry, p eventPrinter, from int64) error {
-	for ev := range r.WatchEvents(ctx, from) {
+	ctx, cancel := context.WithCancel(ctx)
+	events := r.WatchEvents(ctx, from)
+	defer drain(cancel, events)
+	for ev := range events {
 		if ev.Err != nil {
 			continue
 		}

@@ -229,6 +229,7 @@ func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, re
 		w.observe(inst)
 	}
 	events := r.WatchEvents(ctx, from+1)
+	defer drain(cancel, events)
 	for {
 		if w.report(out) {
 			return nil
