@@ -89,6 +89,19 @@ type Endpoint struct {
 	ModRevision int64 `json:"mod_revision,omitempty"`
 }
 
+// ServiceName is the service of an app's process type: "<app>.<proc>".
+func ServiceName(app, proc string) string { return app + "." + proc }
+
+// InstanceEndpoint builds the endpoint the agent registers for a running
+// instance: service "<app>.<proc>", version rev, bound by the caller to
+// the host's lease with Store.Put.
+func InstanceEndpoint(app, rev, proc, id, host, addr string, port int, healthy bool) Endpoint {
+	return Endpoint{
+		Service: ServiceName(app, proc), Version: rev, ID: id, Host: host,
+		Addr: addr, Port: port, Healthy: healthy, Source: SourceInstance,
+	}
+}
+
 // ValidateName checks a service name: lower-case letters, digits, '.' and
 // '-', starting with a letter or digit, at most 127 characters.
 func ValidateName(name string) error {

@@ -161,7 +161,11 @@ func (r *Registrar) Register(ctx context.Context, client string, e Endpoint, ttl
 	if err := r.store.Put(ctx, e, lease); err != nil {
 		r.mu.Lock()
 		r.release(client)
+		// The put may have landed before the error (a cancelled request):
+		// make sure it does not outlive the answer.
+		r.deletes[e.ID] = e
 		r.mu.Unlock()
+		r.poke()
 		return Endpoint{}, err
 	}
 

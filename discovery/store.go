@@ -307,3 +307,74 @@ func (s *Store) event(ev *clientv3.Event) Event {
 	}
 	return Event{Type: EventRegister, Endpoint: e, Revision: rev}
 }
+
+// SyncHost makes the instance endpoints of host in etcd equal want: it
+// puts each of want bound to lease (skipping those already stored
+// unchanged with that lease) and deletes the host's other instance
+// endpoints. The agent calls it after (re)registering its host, e.g. with
+// a new lease after an etcd outage, and may call it periodically; single
+// Put and Delete calls follow instances between syncs. External
+// registrations are not touched. It returns how many keys it wrote and
+// deleted.
+func (s *Store) SyncHost(ctx context.Context, host string, lease clientv3.LeaseID, want []Endpoint) (put, deleted int, err error) {
+	resp, err := s.cli.Get(ctx, s.root(), clientv3.WithPrefix())
+	if err != nil {
+		return 0, 0, fmt.Errorf("sync host %s: %w", host, err)
+	}
+	type stored struct {
+		ep    Endpoint
+		value string
+		lease int64
+		rev   int64
+	}
+	have := map[string]stored{}
+	for _, kv := range resp.Kvs {
+		e, err := s.decode(kv)
+		if err != nil || e.Source != SourceInstance || e.Host != host {
+			continue
+		}
+		have[string(kv.Key)] = stored{ep: e, value: string(kv.Value), lease: kv.Lease, rev: kv.ModRevision}
+	}
+	wanted := map[string]bool{}
+	for _, e := range want {
+		if e.Host != host || e.Source != SourceInstance {
+			return put, deleted, fmt.Errorf("%w: sync host %s: endpoint %s/%s has host %q, source %q", ErrInvalid, host, e.Service, e.ID, e.Host, e.Source)
+		}
+		key := s.key(e.Service, e.ID)
+		wanted[key] = true
+		if old, ok := have[key]; ok && e.Registered.IsZero() {
+			e.Registered = old.ep.Registered
+		}
+		val, err := encode(e)
+		if err != nil {
+			return put, deleted, err
+		}
+		if old, ok := have[key]; ok && old.value == val && old.lease == int64(lease) {
+			continue
+		}
+		var opts []clientv3.OpOption
+		if lease != 0 {
+			opts = append(opts, clientv3.WithLease(lease))
+		}
+		if _, err := s.cli.Put(ctx, key, val, opts...); err != nil {
+			return put, deleted, fmt.Errorf("sync host %s: put %s/%s: %w", host, e.Service, e.ID, err)
+		}
+		put++
+	}
+	for key, old := range have {
+		if wanted[key] {
+			continue
+		}
+		// Delete only what we read: an endpoint re-put meanwhile stays.
+		tr, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", old.rev)).
+			Then(clientv3.OpDelete(key)).Commit()
+		if err != nil {
+			return put, deleted, fmt.Errorf("sync host %s: delete %s/%s: %w", host, old.ep.Service, old.ep.ID, err)
+		}
+		if tr.Succeeded {
+			deleted++
+		}
+	}
+	return put, deleted, nil
+}

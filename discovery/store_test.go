@@ -292,3 +292,50 @@ func TestStoreWatchCompacted(t *testing.T) {
 		t.Fatal("watch channel still open after ErrCompacted")
 	}
 }
+
+func TestStoreSyncHost(t *testing.T) {
+	f := newFixture(t)
+	s := f.store
+	lease1, err := f.cli.Grant(f.ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := InstanceEndpoint("web", "v1", "api", "web-api-1", "h1", "10.0.0.1", 8001, true)
+	b := InstanceEndpoint("web", "v1", "api", "web-api-2", "h1", "10.0.0.1", 8002, true)
+	other := InstanceEndpoint("web", "v1", "api", "web-api-3", "h2", "10.0.0.2", 8001, true)
+	ext := Endpoint{Service: "web.api", ID: "x1", Host: "h1", Addr: "192.0.2.1", Port: 1, Source: SourceExternal}
+	for _, e := range []Endpoint{a, b, other, ext} {
+		if err := s.Put(f.ctx, e, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// h1 now runs only web-api-1 (web-api-2 stopped while the agent was
+	// away) and has a new lease.
+	put, deleted, err := s.SyncHost(f.ctx, "h1", lease1.ID, []Endpoint{a})
+	if err != nil || put != 1 || deleted != 1 {
+		t.Fatalf("sync = %d put, %d deleted, %v; want 1, 1", put, deleted, err)
+	}
+	got, err := s.Lookup(f.ctx, "web.api", "", false)
+	if err != nil || !sameIDs(got, "web-api-1", "web-api-3", "x1") {
+		t.Fatalf("after sync: %v, %v", ids(got), err)
+	}
+	// Nothing changed: no writes.
+	before := f.revision(t)
+	if put, deleted, err := s.SyncHost(f.ctx, "h1", lease1.ID, []Endpoint{a}); err != nil || put != 0 || deleted != 0 {
+		t.Fatalf("idle sync = %d put, %d deleted, %v", put, deleted, err)
+	}
+	if after := f.revision(t); after != before {
+		t.Fatalf("idle sync wrote: revision %d -> %d", before, after)
+	}
+	// The endpoint is on h1's lease: losing the host removes it.
+	if _, err := f.cli.Revoke(f.ctx, lease1.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.Lookup(f.ctx, "web.api", "", false)
+	if err != nil || !sameIDs(got, "web-api-3", "x1") {
+		t.Fatalf("after host loss: %v, %v", ids(got), err)
+	}
+	if _, _, err := s.SyncHost(f.ctx, "h1", 0, []Endpoint{other}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("sync with another host's endpoint = %v, want ErrInvalid", err)
+	}
+}
