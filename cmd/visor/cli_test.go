@@ -284,6 +284,17 @@ func carryOut(ctx context.Context, sess *registry.HostSession, tk registry.Ticke
 	}
 }
 
+// failStart claims a start ticket and reports its instance failed, as an
+// agent does when the command is not found.
+func failStart(ctx context.Context, sess *registry.HostSession, tk registry.Ticket) error {
+	inst, err := sess.Claim(ctx, tk)
+	if err != nil {
+		return err
+	}
+	inst.State, inst.Reason = registry.InstanceFailed, "command not found"
+	return sess.CompleteWith(ctx, tk, inst)
+}
+
 // runInstances carries out every open start ticket on host id and fails
 // unless there were n.
 func runInstances(t *testing.T, r *registry.Registry, id string, n int) *registry.HostSession {
@@ -312,12 +323,13 @@ func runInstances(t *testing.T, r *registry.Registry, id string, n int) *registr
 
 // serveTickets carries out the tickets host sess may claim as they appear,
 // until ctx ends; errors are sent on errc. The caller waits for it to return.
-func serveTickets(ctx context.Context, r *registry.Registry, sess *registry.HostSession, errc chan<- error) {
+func serveTickets(ctx context.Context, r *registry.Registry, sess *registry.HostSession, errc chan<- error,
+	handle func(context.Context, *registry.HostSession, registry.Ticket) error) {
 	for ev := range r.WatchTickets(ctx, sess.ID()) {
 		if ev.Err != nil || ev.Deleted || ev.Claimed || ev.Ticket.Holder != "" {
 			continue
 		}
-		if err := carryOut(ctx, sess, ev.Ticket); err != nil && ctx.Err() == nil {
+		if err := handle(ctx, sess, ev.Ticket); err != nil && ctx.Err() == nil {
 			errc <- fmt.Errorf("carry out ticket %s: %w", ev.Ticket.ID, err)
 			return
 		}

@@ -131,15 +131,20 @@ func runScale(ctx context.Context, e *env, args []string) error {
 }
 
 // scaleWaiter tracks the running instances of the process types of one
-// app revision.
+// app revision, and the instances that failed while it waited.
 type scaleWaiter struct {
 	app, rev string
 	want     []scaleArg
 	// state is the last known state of each instance of app/rev whose
 	// process type is in want.
-	state   map[string]registry.InstanceState
-	procOf  map[string]string
-	printed map[string]int
+	state  map[string]registry.InstanceState
+	procOf map[string]string
+	// failed counts, per process type, the instances seen entering the
+	// failed state during the wait; reason is the last failure's reason.
+	failed map[string]int
+	reason map[string]string
+	// printed is the last progress line printed per process type.
+	printed map[string]string
 }
 
 func (w *scaleWaiter) wanted(proc string) bool {
@@ -151,11 +156,15 @@ func (w *scaleWaiter) wanted(proc string) bool {
 	return false
 }
 
-// observe records an instance's state; a terminal or deleted instance is
-// forgotten.
-func (w *scaleWaiter) observe(inst registry.Instance) {
+// observe records an instance's state. during reports whether the change
+// happened during the wait (an event), not before it (the initial list).
+func (w *scaleWaiter) observe(inst registry.Instance, during bool) {
 	if inst.App != w.app || inst.Rev != w.rev || !w.wanted(inst.Proc) {
 		return
+	}
+	if during && inst.State == registry.InstanceFailed && w.state[inst.ID] != registry.InstanceFailed {
+		w.failed[inst.Proc]++
+		w.reason[inst.Proc] = inst.Reason
 	}
 	w.state[inst.ID] = inst.State
 	w.procOf[inst.ID] = inst.Proc
@@ -176,16 +185,31 @@ func (w *scaleWaiter) running() map[string]int {
 	return n
 }
 
-// report prints a progress line for every process type whose running
-// count changed since the last report, and reports whether every process
-// type has reached its desired count.
+// progress is the progress line of one process type, e.g.
+// "web/v1/web 3/5 running" or "web/v1/web 0/5 running (2 failed: reason)".
+func (w *scaleWaiter) progress(a scaleArg, running int) string {
+	line := fmt.Sprintf("%s/%s/%s %d/%d running", w.app, w.rev, a.proc, running, a.n)
+	if f := w.failed[a.proc]; f > 0 {
+		line += fmt.Sprintf(" (%d failed", f)
+		if r := w.reason[a.proc]; r != "" {
+			line += ": " + r
+		}
+		line += ")"
+	}
+	return line
+}
+
+// report prints the progress line of every process type whose line changed
+// since the last report, and reports whether every process type has
+// reached its desired count.
 func (w *scaleWaiter) report(out io.Writer) bool {
 	n := w.running()
 	done := true
 	for _, a := range w.want {
-		if last, ok := w.printed[a.proc]; !ok || last != n[a.proc] {
-			fmt.Fprintf(out, "%s/%s/%s %d/%d running\n", w.app, w.rev, a.proc, n[a.proc], a.n)
-			w.printed[a.proc] = n[a.proc]
+		line := w.progress(a, n[a.proc])
+		if w.printed[a.proc] != line {
+			fmt.Fprintln(out, line)
+			w.printed[a.proc] = line
 		}
 		done = done && n[a.proc] == a.n
 	}
@@ -196,7 +220,7 @@ func (w *scaleWaiter) summary() string {
 	n := w.running()
 	parts := make([]string, 0, len(w.want))
 	for _, a := range w.want {
-		parts = append(parts, fmt.Sprintf("%s/%s/%s %d/%d running", w.app, w.rev, a.proc, n[a.proc], a.n))
+		parts = append(parts, w.progress(a, n[a.proc]))
 	}
 	return strings.Join(parts, ", ")
 }
@@ -223,10 +247,12 @@ func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, re
 		app: app, rev: rev, want: want,
 		state:   make(map[string]registry.InstanceState),
 		procOf:  make(map[string]string),
-		printed: make(map[string]int),
+		failed:  make(map[string]int),
+		reason:  make(map[string]string),
+		printed: make(map[string]string),
 	}
 	for _, inst := range insts {
-		w.observe(inst)
+		w.observe(inst, false)
 	}
 	events := r.WatchEvents(ctx, from+1)
 	defer drain(cancel, events)
@@ -260,10 +286,12 @@ func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev regist
 	case registry.InstanceDeleted:
 		w.forget(ev.Instance)
 	case registry.InstanceChanged:
-		if ev.State != "" && ev.App != "" && ev.Rev != "" && ev.Proc != "" {
-			w.observe(registry.Instance{ID: ev.Instance, App: ev.App, Rev: ev.Rev, Proc: ev.Proc, State: ev.State})
+		if ev.State != "" && ev.State != registry.InstanceFailed && ev.App != "" && ev.Rev != "" && ev.Proc != "" {
+			w.observe(registry.Instance{ID: ev.Instance, App: ev.App, Rev: ev.Rev, Proc: ev.Proc, State: ev.State}, true)
 			return nil
 		}
+		// Read the record: the event lacks its details, or it failed and
+		// the reason is worth showing.
 		inst, err := r.Instance(ctx, ev.Instance)
 		switch {
 		case errors.Is(err, registry.ErrNotFound):
@@ -271,7 +299,7 @@ func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev regist
 		case err != nil:
 			return fmt.Errorf("wait for scale: instance %s: %w", ev.Instance, err)
 		default:
-			w.observe(inst)
+			w.observe(inst, true)
 		}
 	}
 	return nil

@@ -74,7 +74,7 @@ func TestScaleWaitReachesScale(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		serveTickets(ctx, r, sess, errc)
+		serveTickets(ctx, r, sess, errc, carryOut)
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
@@ -106,5 +106,29 @@ func TestScaleWaitReachesScale(t *testing.T) {
 	}
 	if running != 2 {
 		t.Errorf("running instances: %d, want 2 (web=1, worker=1)", running)
+	}
+}
+
+func TestScaleWaitShowsFailures(t *testing.T) {
+	h := newHarness(t)
+	setupWeb(h)
+	r := h.registry()
+	sess := registerHost(t, r, "h1")
+
+	ctx, cancel := context.WithCancel(testContext(t))
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serveTickets(ctx, r, sess, errc, failStart)
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	// Every start fails: the wait shows why and gives up at the timeout.
+	res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "2s")
+	checkFailure(t, res, 1, []string{"timed out after 2s", "web/v1/web 0/1 running (1 failed: command not found)"}, nil)
+	if !strings.Contains(res.stdout, "web/v1/web 0/1 running (1 failed: command not found)\n") {
+		t.Errorf("progress does not show the failure: stdout %q", res.stdout)
 	}
 }
