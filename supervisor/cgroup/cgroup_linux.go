@@ -5,6 +5,7 @@ package cgroup
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -37,6 +38,8 @@ type Manager struct {
 	unified string
 	// v1: controller -> parent directory (memory, cpu, pids, cpuacct, freezer).
 	v1 map[string]string
+	// killTimeout bounds Kill; zero means killTimeout (tests shorten it).
+	killTimeout time.Duration
 }
 
 // Group is one instance's cgroup (one directory per hierarchy).
@@ -448,7 +451,8 @@ func (g *Group) Kill() error {
 		}
 	}
 	freezer := g.v1["freezer"]
-	deadline := time.Now().Add(killTimeout)
+	timeout := cmp.Or(g.m.killTimeout, killTimeout)
+	deadline := time.Now().Add(timeout)
 	wait := time.Millisecond
 	for {
 		pids, err := g.PIDs()
@@ -462,29 +466,80 @@ func (g *Group) Kill() error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: %q still holds %d processes after %v", ErrBusy, g.id, len(pids), killTimeout)
+			return fmt.Errorf("%w: %q still holds %d processes after %v", ErrBusy, g.id, len(pids), timeout)
 		}
-		switch {
-		case killFile != "":
+		if killFile != "" {
 			if err := writeFile(killFile, "1"); err != nil {
 				return fmt.Errorf("kill group %q: %w", g.id, err)
 			}
-		default:
-			if freezer != "" {
-				// Frozen tasks cannot fork; SIGKILL is delivered on thaw.
-				_ = writeFile(filepath.Join(freezer, "freezer.state"), "FROZEN")
+			// The kernel reports "populated 0" in cgroup.events, with an
+			// inotify event, once the last member has exited.
+			watched, err := waitUnpopulated(g.unified, deadline)
+			if err != nil {
+				return fmt.Errorf("kill group %q: %w", g.id, err)
 			}
-			for _, p := range pids {
-				_ = unix.Kill(p, unix.SIGKILL)
+			if watched {
+				continue
 			}
-			if freezer != "" {
-				_ = writeFile(filepath.Join(freezer, "freezer.state"), "THAWED")
-			}
+		} else {
+			g.signalAll(pids, freezer)
 		}
-		// Dying processes leave the group asynchronously.
+		// No emptiness notification (v1, or no cgroup.events): dying
+		// processes leave the group asynchronously, so look again after a
+		// short, growing pause.
 		t := time.NewTimer(wait)
 		<-t.C
 		wait = min(2*wait, 50*time.Millisecond)
+	}
+}
+
+// signalAll SIGKILLs pids, with the v1 group frozen meanwhile when a
+// freezer is available: frozen tasks cannot fork, and SIGKILL is delivered
+// on thaw.
+func (g *Group) signalAll(pids []int, freezer string) {
+	if freezer != "" {
+		_ = writeFile(filepath.Join(freezer, "freezer.state"), "FROZEN")
+	}
+	for _, p := range pids {
+		_ = unix.Kill(p, unix.SIGKILL)
+	}
+	if freezer != "" {
+		_ = writeFile(filepath.Join(freezer, "freezer.state"), "THAWED")
+	}
+}
+
+// waitUnpopulated blocks until dir/cgroup.events reads "populated 0" or
+// the deadline passes (the caller re-checks either way). It reports false,
+// without waiting, when the file cannot be watched.
+func waitUnpopulated(dir string, deadline time.Time) (watched bool, err error) {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return false, fmt.Errorf("inotify init: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify")
+	defer f.Close()
+	events := filepath.Join(dir, "cgroup.events")
+	if _, err := unix.InotifyAddWatch(fd, events, unix.IN_MODIFY); err != nil {
+		return false, nil
+	}
+	if err := f.SetReadDeadline(deadline); err != nil {
+		return false, err
+	}
+	buf := make([]byte, 4096)
+	for {
+		n, err := readKey(events, "populated")
+		if err != nil {
+			return false, nil // not a real cgroup2 group
+		}
+		if n == 0 {
+			return true, nil
+		}
+		if _, err := f.Read(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return true, nil
+			}
+			return true, fmt.Errorf("inotify read: %w", err)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -222,6 +223,17 @@ func TestV2FakeTree(t *testing.T) {
 	}
 	if _, err := m.Open("web-9"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Open missing: %v", err)
+	}
+	// A group that does not empty: Kill writes cgroup.kill, then gives up.
+	m.killTimeout = 30 * time.Millisecond
+	if err := g.Kill(); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Kill of a group that stays populated: %v", err)
+	}
+	if got := readString(t, filepath.Join(dir, "cgroup.kill")); got != "1" {
+		t.Fatalf("cgroup.kill = %q", got)
+	}
+	if err := os.Remove(filepath.Join(dir, "cgroup.kill")); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), nil, 0o644); err != nil {
 		t.Fatal(err)
