@@ -111,6 +111,12 @@ func (in *instance) quiesceLocked(s *Supervisor) {
 // waiters and notifies the handler. An illegal move is a programming error:
 // it is logged and returned, and nothing changes.
 func (s *Supervisor) transitionLocked(in *instance, to State, reason string) error {
+	return s.moveLocked(in, to, reason, true)
+}
+
+// moveLocked is transitionLocked; persist false skips the state file when a
+// second transition follows at once (starting then running).
+func (s *Supervisor) moveLocked(in *instance, to State, reason string, persist bool) error {
 	if err := checkTransition(in.state, to); err != nil {
 		in.log.Error("state machine", "error", err)
 		return err
@@ -118,8 +124,10 @@ func (s *Supervisor) transitionLocked(in *instance, to State, reason string) err
 	from := in.state
 	in.state, in.since, in.reason = to, time.Now(), reason
 	in.log.Info("instance state changed", "from", string(from), "to", string(to), "reason", reason, "pid", in.pid)
-	if err := s.save(in.recordLocked()); err != nil {
-		in.log.Warn("persist state", "error", err)
+	if persist {
+		if err := s.save(in.recordLocked()); err != nil {
+			in.log.Warn("persist state", "error", err)
+		}
 	}
 	close(in.changed)
 	in.changed = make(chan struct{})
@@ -204,7 +212,9 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 		in.pid, in.pidfd = 0, -1
 		return err
 	}
-	s.transitionLocked(in, StateStarting, "")
+	// Without a started criterion running follows at once: one state file
+	// write for both.
+	s.moveLocked(in, StateStarting, "", !in.upOK || in.rs.health != nil)
 	in.log.Debug("process started", "pid", pid, "path", in.rs.path)
 	s.armStartedLocked(in)
 	return nil
