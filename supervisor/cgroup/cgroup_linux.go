@@ -500,8 +500,11 @@ func (g *Group) signalAll(pids []int, freezer string) {
 	if freezer != "" {
 		_ = writeFile(filepath.Join(freezer, "freezer.state"), "FROZEN")
 	}
+	self := os.Getpid()
 	for _, p := range pids {
-		_ = unix.Kill(p, unix.SIGKILL)
+		if p > 1 && p != self { // never init or the agent itself
+			_ = unix.Kill(p, unix.SIGKILL)
+		}
 	}
 	if freezer != "" {
 		_ = writeFile(filepath.Join(freezer, "freezer.state"), "THAWED")

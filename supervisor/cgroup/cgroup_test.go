@@ -195,7 +195,9 @@ func TestV2FakeTree(t *testing.T) {
 
 	// Reading back what the kernel would report.
 	files := map[string]string{
-		"cgroup.procs":   "101\n202\n",
+		// Above any pid_max, so that no real process could ever be hit.
+		"cgroup.procs":   "4194401\n4194402\n",
+		"cgroup.kill":    "",
 		"memory.events":  "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n",
 		"memory.current": "123456\n",
 		"cpu.stat":       "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
@@ -205,7 +207,7 @@ func TestV2FakeTree(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if pids, err := g.PIDs(); err != nil || !slices.Equal(pids, []int{101, 202}) {
+	if pids, err := g.PIDs(); err != nil || !slices.Equal(pids, []int{4194401, 4194402}) {
 		t.Fatalf("PIDs = %v, %v", pids, err)
 	}
 	if n, err := g.OOMKills(); err != nil || n != 2 {
@@ -232,7 +234,7 @@ func TestV2FakeTree(t *testing.T) {
 	if got := readString(t, filepath.Join(dir, "cgroup.kill")); got != "1" {
 		t.Fatalf("cgroup.kill = %q", got)
 	}
-	if err := os.Remove(filepath.Join(dir, "cgroup.kill")); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), nil, 0o644); err != nil {
@@ -241,8 +243,8 @@ func TestV2FakeTree(t *testing.T) {
 	if err := g.Kill(); err != nil { // already empty: nothing to write
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "cgroup.kill")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("Kill wrote cgroup.kill for an empty group: %v", err)
+	if got := readString(t, filepath.Join(dir, "cgroup.kill")); got != "" {
+		t.Fatalf("Kill wrote cgroup.kill %q for an empty group", got)
 	}
 	// Bad input.
 	if _, err := m.Create("..", Limits{}); !errors.Is(err, ErrInvalidID) {
