@@ -107,6 +107,8 @@ type Status struct {
 	// others running, stopped or unknown; "not-installed" and "init-not-running"
 	// when it cannot be asked.
 	State string `json:"state"`
+	// Detail explains an "unknown" State.
+	Detail string `json:"detail,omitempty"`
 }
 
 // New returns a Manager for cfg, detecting the init system if cfg.Init is
@@ -328,13 +330,24 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 		if err != nil {
 			return st, err
 		}
+		if m.init == "unix-systemv" {
+			if _, err := os.Stat(sysvScript); err != nil {
+				st.State = "not-installed"
+				return st, nil
+			}
+		}
 		ks, err := s.Status()
 		switch {
 		case errors.Is(err, service.ErrNotInstalled):
 			st.State = "not-installed"
 			return st, nil
 		case err != nil:
-			return st, fmt.Errorf("status: %w", err)
+			// kardianos reports a stopped SysV service (its script exits 1)
+			// as an error: the service is installed, its state unclear.
+			st.Installed = true
+			st.State = "unknown"
+			st.Detail = err.Error()
+			return st, nil
 		}
 		st.Installed = true
 		st.State = map[service.Status]string{service.StatusRunning: "running", service.StatusStopped: "stopped"}[ks]
