@@ -126,7 +126,13 @@ func runScale(ctx context.Context, e *env, args []string) error {
 			// Keep stdout a single JSON document.
 			progress = e.stderr
 		}
-		return waitScale(ctx, r, progress, app, rev, want, timeout)
+		ours := make(map[string]bool)
+		for _, s := range out {
+			for _, id := range s.Started {
+				ours[id] = true
+			}
+		}
+		return waitScale(ctx, r, progress, app, rev, want, ours, timeout)
 	})
 }
 
@@ -143,6 +149,9 @@ type scaleWaiter struct {
 	// failed state during the wait; reason is the last failure's reason.
 	failed map[string]int
 	reason map[string]string
+	// ours holds the start tickets this scale created: their instances'
+	// failures count even if they happened before the wait began.
+	ours map[string]bool
 	// printed is the last progress line printed per process type.
 	printed map[string]string
 }
@@ -162,7 +171,7 @@ func (w *scaleWaiter) observe(inst registry.Instance, during bool) {
 	if inst.App != w.app || inst.Rev != w.rev || !w.wanted(inst.Proc) {
 		return
 	}
-	if during && inst.State == registry.InstanceFailed && w.state[inst.ID] != registry.InstanceFailed {
+	if (during || w.ours[inst.Ticket]) && inst.State == registry.InstanceFailed && w.state[inst.ID] != registry.InstanceFailed {
 		w.failed[inst.Proc]++
 		w.reason[inst.Proc] = inst.Reason
 	}
@@ -228,8 +237,9 @@ func (w *scaleWaiter) summary() string {
 // waitScale follows instance events of app/rev until every process type in
 // want has exactly its desired number of running instances, or timeout
 // passes. It lists the instances first and watches from the revision read
-// before the list, so no change is missed.
-func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, rev string, want []scaleArg, timeout time.Duration) error {
+// before the list, so no change is missed. ours are the start tickets the
+// scale created.
+func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, rev string, want []scaleArg, ours map[string]bool, timeout time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	timer := time.NewTimer(timeout)
@@ -249,6 +259,7 @@ func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, re
 		procOf:  make(map[string]string),
 		failed:  make(map[string]int),
 		reason:  make(map[string]string),
+		ours:    ours,
 		printed: make(map[string]string),
 	}
 	for _, inst := range insts {
