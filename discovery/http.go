@@ -244,7 +244,7 @@ type Registration struct {
 }
 
 func (h *handler) registration(ep Endpoint) Registration {
-	ttl := time.Until(ep.Expires).Round(time.Second)
+	ttl := time.Until(ep.Expires).Round(100 * time.Millisecond)
 	return Registration{Endpoint: ep, TTL: TTL(ttl), RenewEvery: TTL(ttl / 3)}
 }
 
