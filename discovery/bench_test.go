@@ -147,3 +147,57 @@ func BenchmarkRenewWrites(b *testing.B) {
 	b.ReportMetric(float64(writes)/renewals, "writes/renewal")
 	b.ReportMetric(renewals/b.Elapsed().Seconds(), "renewals/s")
 }
+
+// BenchmarkLookupHTTPParallel is BenchmarkLookupHTTP with 16 concurrent
+// clients per core: throughput rather than latency.
+func BenchmarkLookupHTTPParallel(b *testing.B) {
+	s, _, ctx := benchStore(b)
+	srv := httptest.NewServer(NewHandler(s, nil, nil))
+	defer srv.Close()
+	cl := &Client{BaseURL: srv.URL, HTTP: srv.Client()}
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			eps, err := cl.Lookup(ctx, fmt.Sprintf("app%d.web", i%benchServices), "^1.2", true)
+			if err != nil || len(eps) != benchEndpointsPer {
+				b.Errorf("lookup: %d endpoints, %v", len(eps), err)
+				return
+			}
+			i++
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lookups/s")
+}
+
+// BenchmarkLookupDNSParallel is BenchmarkLookupDNS with 16 concurrent
+// clients per core.
+func BenchmarkLookupDNSParallel(b *testing.B) {
+	s, _, _ := benchStore(b)
+	addr := startDNS(b, s)
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		cl := &dns.Client{Net: "udp", UDPSize: 4096}
+		conn, err := cl.Dial(addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer conn.Close()
+		i := 0
+		for pb.Next() {
+			m := new(dns.Msg)
+			m.SetQuestion(fmt.Sprintf("web.app%d.visor.", i%benchServices), dns.TypeSRV)
+			m.SetEdns0(4096, false)
+			resp, _, err := cl.ExchangeWithConn(m, conn)
+			if err != nil || len(resp.Answer) != benchEndpointsPer {
+				b.Errorf("SRV: %v, %v", resp, err)
+				return
+			}
+			i++
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lookups/s")
+}

@@ -29,10 +29,13 @@ type Client struct {
 // APIError is a non-2xx answer of the API. errors.Is matches it against
 // ErrInvalid (400), ErrUnknown (404), ErrTooLarge (413) and ErrLimit (429).
 type APIError struct {
-	Status  int
+	// Status is the HTTP status code.
+	Status int
+	// Message is the server's "error" text.
 	Message string
 }
 
+// Error formats the status and the server's message.
 func (e *APIError) Error() string {
 	return fmt.Sprintf("discovery api: %d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
 }

@@ -196,8 +196,10 @@ const (
 
 // Event is one change to a watched service, or an error.
 type Event struct {
-	Type     EventType `json:"type"`
-	Endpoint Endpoint  `json:"endpoint"`
+	// Type is EventRegister or EventFree; "" on a fatal error.
+	Type EventType `json:"type"`
+	// Endpoint is the new value (register) or the last value (free).
+	Endpoint Endpoint `json:"endpoint"`
 	// Revision is the etcd revision of the change. A revoked lease frees
 	// many endpoints at one revision.
 	Revision int64 `json:"revision"`
