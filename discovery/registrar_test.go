@@ -200,3 +200,33 @@ func TestRegistrarRunReturnsOnCancel(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+func TestRegistrarConcurrentFloodStopsAtCap(t *testing.T) {
+	f := newFixture(t)
+	reg := NewRegistrar(f.store, 0, RegistrarConfig{MaxPerClient: 5, Logger: testLogger(t)})
+	runRegistrar(t, reg)
+	errs := make(chan error, 20)
+	for range 20 {
+		go func() {
+			_, err := reg.Register(f.ctx, "flood", externalEndpoint("svc", "1", 80), time.Minute)
+			errs <- err
+		}()
+	}
+	ok, limited := 0, 0
+	for range 20 {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case errors.Is(err, ErrLimit):
+			limited++
+		default:
+			t.Fatalf("register: %v", err)
+		}
+	}
+	if ok != 5 || limited != 15 {
+		t.Fatalf("%d registered, %d limited; want 5 and 15", ok, limited)
+	}
+	if n := f.keys(t); n != 5 {
+		t.Fatalf("%d keys stored, want 5", n)
+	}
+}
