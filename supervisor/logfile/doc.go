@@ -38,8 +38,10 @@
 //
 // Size checks cost nothing while files are quiet: the Rotator watches the
 // directories with inotify (IN_MODIFY) and stats only the files that changed,
-// plus a full rescan every [RescanInterval] as a safety net (and on inotify
-// queue overflow). Without inotify it falls back to a ticker.
+// at most one batch of events every 200 ms, plus a full rescan every
+// [RescanInterval] as a safety net (and on inotify queue overflow). A full
+// scan of 1000 files costs about 3.5 ms. Without inotify (other systems) it
+// falls back to a one-second ticker.
 //
 // [Tail] reads backwards in blocks and never loads the whole file; [Follow]
 // streams appended data using inotify and survives rotation, truncation and

@@ -10,5 +10,8 @@ import (
 var errCollapseUnsupported = errors.New("logfile: collapse range unsupported")
 
 func collapseHead(f *os.File, n int64) error { return errCollapseUnsupported }
-func readBase(f *os.File) int64              { return 0 }
-func addBase(f *os.File, n int64)            {}
+
+// readBase: no extended attributes are used outside Linux.
+func readBase(f *os.File) (base int64, stable bool) { return 0, true }
+
+func setBase(f *os.File, base int64, stable bool) {}

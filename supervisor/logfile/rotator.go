@@ -18,6 +18,12 @@ import (
 // without inotify events, as a safety net against lost events.
 const RescanInterval = 30 * time.Second
 
+// batchInterval is the least time between two batches of inotify events:
+// a chatty process costs the Rotator at most a few checks per second, and
+// events meanwhile queue up (and coalesce) in the kernel. Files may grow
+// past MaxBytes by what is written in that time.
+const batchInterval = 200 * time.Millisecond
+
 // maxTailRounds bounds the copy rounds of truncate-mode rotation.
 const maxTailRounds = 8
 
@@ -178,6 +184,13 @@ func (r *Rotator) Run(ctx context.Context) error {
 			continue
 		}
 		r.handle(evs)
+		t := time.NewTimer(batchInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
 	}
 }
 

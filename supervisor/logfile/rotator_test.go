@@ -223,7 +223,7 @@ func TestRotatorRunWithWritingChild(t *testing.T) {
 					rotated = i
 				}
 			}
-			if rotated < 3 { // the writer may outrun the rotator on a busy machine
+			if rotated < 2 { // batches are 200 ms apart; the writer may finish sooner
 				t.Fatalf("only %d rotations for %d lines", rotated, lines)
 			}
 			for i := 1; i < len(nums); i++ {
