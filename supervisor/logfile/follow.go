@@ -36,10 +36,8 @@ func Follow(ctx context.Context, path string, fromEnd bool, w io.Writer) error {
 // It returns an error if path cannot be opened or w fails.
 func (o Options) Follow(ctx context.Context, path string, fromEnd bool, w io.Writer) error {
 	o = o.WithDefaults()
-	wt, err := newWatcher()
-	if err != nil {
-		return err
-	}
+	// Without inotify, wt falls back to a ticker.
+	wt, _ := newWatcher()
 	defer wt.close()
 	stop := wt.interruptOn(ctx)
 	defer stop()

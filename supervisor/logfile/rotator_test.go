@@ -275,6 +275,22 @@ func TestRotatorAddRemove(t *testing.T) {
 	}
 }
 
+func TestRotatorTickerFallback(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "a.log")
+	r := NewRotator(testLogger(t))
+	r.forceTicker = true
+	r.Add(p, Options{MaxBytes: 1 << 10, MaxFiles: 2})
+	startRotator(t, r)
+	if err := os.WriteFile(p, bytes.Repeat([]byte("y\n"), 1<<10), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*fallbackTick, "rotation by ticker", func() bool {
+		_, err := os.Stat(rotatedName(p, 1))
+		return err == nil
+	})
+}
+
 func TestRotatorRunTwice(t *testing.T) {
 	t.Parallel()
 	r := NewRotator(nil)
@@ -318,5 +334,34 @@ func BenchmarkRotatorScan1000(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r.scanAll()
+	}
+}
+
+// BenchmarkRotate10MiB measures one rotation of a 10 MiB file in each mode
+// (the time during which the active file's head is being moved).
+func BenchmarkRotate10MiB(b *testing.B) {
+	chunk := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq\n"), 16<<10) // 1 MiB
+	for _, mode := range []string{"collapse", "truncate"} {
+		b.Run(mode, func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "app.log")
+			r := NewRotator(nil)
+			r.forceTruncate = mode == "truncate"
+			o := Options{MaxBytes: 10 << 20, MaxFiles: 2}.WithDefaults()
+			f, err := OpenAppend(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				for range 11 {
+					f.Write(chunk)
+				}
+				b.StartTimer()
+				if got, err := r.rotate(path, o); err != nil || got != mode {
+					b.Fatalf("rotate = %q, %v", got, err)
+				}
+			}
+		})
 	}
 }

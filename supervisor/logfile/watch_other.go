@@ -4,6 +4,7 @@ package logfile
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -26,7 +27,9 @@ const fallbackTick = time.Second
 // reports an overflow, which makes callers rescan everything.
 type watcher struct{}
 
-func newWatcher() (*watcher, error)                         { return &watcher{}, nil }
+func newWatcher() (*watcher, error) {
+	return &watcher{}, errors.New("logfile: no inotify on this system")
+}
 func (w *watcher) add(dir string, mask uint32) (int, error) { return 0, nil }
 func (w *watcher) remove(wd int)                            {}
 func (w *watcher) close() error                             { return nil }
@@ -42,3 +45,6 @@ func (w *watcher) read(ctx context.Context, timeout time.Duration) ([]event, err
 		return []event{{overflow: true}}, nil
 	}
 }
+
+// tickWatcher returns a watcher (always in ticker mode here).
+func tickWatcher() *watcher { return &watcher{} }
