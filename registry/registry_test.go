@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.uber.org/goleak"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/visorhq/visor/internal/etcdtest"
@@ -21,7 +22,7 @@ func TestMain(m *testing.M) {
 	if host := os.Getenv(claimerEnv); host != "" {
 		os.Exit(claimerMain(host))
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // logWriter routes hclog output to t.Log until the test ends.
