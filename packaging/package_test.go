@@ -319,6 +319,14 @@ func TestDebPackage(t *testing.T) {
 		devSmoke(t, ctx)
 	})
 
+	// State the agent left behind; remove keeps it, purge deletes it.
+	state := "/var/lib/visor/instances/state.json"
+	if err := os.MkdirAll(filepath.Dir(state), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(state, []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	runCmd(t, ctx, "/", nil, "dpkg", "-r", "visor")
 	t.Run("removed", func(t *testing.T) {
 		for _, p := range []string{"/usr/bin/visor", "/lib/systemd/system/visor-agent.service", "/usr/lib/tmpfiles.d/visor.conf", "/usr/share/doc/visor", "/run/visor"} {
@@ -327,7 +335,7 @@ func TestDebPackage(t *testing.T) {
 			}
 		}
 		// Remove keeps the configuration, the state and the user.
-		for _, p := range []string{"/etc/visor/agent.json", "/var/lib/visor", "/etc/systemd/system/visor-agent.service.d/user.conf"} {
+		for _, p := range []string{"/etc/visor/agent.json", state, "/etc/systemd/system/visor-agent.service.d/user.conf"} {
 			if _, err := os.Lstat(p); err != nil {
 				t.Errorf("%s gone after dpkg -r: %v", p, err)
 			}
