@@ -245,7 +245,7 @@ func (s *HostSession) Claim(ctx context.Context, t Ticket) (Instance, error) {
 		tkv, ckv := first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))
 		switch {
 		case tkv == nil:
-			return Instance{}, fmt.Errorf("%s: %w", what, ErrTicketDone)
+			return Instance{}, fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
 		case ckv != nil:
 			return Instance{}, fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
 		case tkv.ModRevision != t.ModRevision:
@@ -291,7 +291,7 @@ func (s *HostSession) Release(ctx context.Context, t Ticket, reason string) erro
 		}
 		tkv, ckv := first(rangeKvs(snap, 0)), first(rangeKvs(snap, 1))
 		if tkv == nil {
-			return false, fmt.Errorf("%s: %w", what, ErrTicketDone)
+			return false, fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
 		}
 		if ckv == nil || clientv3.LeaseID(ckv.Lease) != s.lease {
 			return false, fmt.Errorf("%s: %w", what, ErrNotHolder)
@@ -394,7 +394,7 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 	}
 	if !resp.Succeeded {
 		if resp.Responses[0].GetResponseRange().Count == 0 {
-			return fmt.Errorf("%s: %w", what, ErrTicketDone)
+			return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
 		}
 		return fmt.Errorf("%s: %w", what, ErrNotHolder)
 	}

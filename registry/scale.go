@@ -151,98 +151,96 @@ func (r *Registry) Scale(ctx context.Context, app, rev, proc string, n int) (Sca
 // the write's revision; on a conflict it leaves *ours alone.
 func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, res *ScaleResult, ours *int64) (bool, error) {
 	what := fmt.Sprintf("registry: scale %s/%s/%s", app, rev, proc)
-	{
-		s, err := r.scaleSnapshot(ctx, app, rev, proc)
-		if err != nil {
-			return false, err
-		}
-		switch {
-		case !s.app:
-			return false, fmt.Errorf("%w: app %q", ErrNotFound, app)
-		case !s.revOK:
-			return false, fmt.Errorf("%w: revision %q of app %q", ErrNotFound, rev, app)
-		case !s.procOK:
-			return false, fmt.Errorf("%w: process type %q of app %q", ErrNotFound, proc, app)
-		}
-		if *ours != 0 && s.scaleMod != *ours {
-			return true, nil // superseded by a later Scale
-		}
-		if *ours == 0 {
-			res.Live, res.Pending = len(s.live), len(s.pending)
-		}
-		have := len(s.live) + len(s.pending)
-		if have == n && s.scaleMod != 0 && s.desired == n {
-			return true, nil
-		}
-		cmps := []clientv3.Cmp{
-			exists(r.appKey(app)), exists(r.revKey(app, rev)), exists(r.procKey(app, proc)),
-			unchanged(r.scaleKey(app, rev, proc), s.scaleMod),
-			unchanged(r.genKey(app, rev, proc), s.genMod),
-		}
-		ops := []clientv3.Op{
-			clientv3.OpPut(r.scaleKey(app, rev, proc), strconv.Itoa(n)),
-			touch(r.genKey(app, rev, proc)),
-		}
-		var started, stopped, cancelled []string
-		now := time.Now().UTC()
-		diff := n - have
-		for i := 0; i < min(diff, scaleChunk); i++ {
-			t := Ticket{ID: newTicketID(), Op: TicketStart, App: app, Rev: rev, Proc: proc,
-				Instance: newInstanceID(app, proc), MaxAttempts: 3, Created: now}
-			in := Instance{ID: t.Instance, App: app, Rev: rev, Proc: proc, State: InstancePending,
-				Since: now, Ticket: t.ID, Created: now}
-			ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
-				clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
-			started = append(started, t.ID)
-		}
-		if diff < 0 {
-			budget := min(-diff, scaleChunk)
-			// Newest pending start tickets first: ticket ids sort by time.
-			sort.Slice(s.pending, func(i, j int) bool { return s.pending[i].Ticket > s.pending[j].Ticket })
-			for _, in := range s.pending {
-				if budget == 0 {
-					break
-				}
-				t := s.startTickets[in.Ticket]
-				cmps = append(cmps, unchanged(r.ticketKey(t.ID), t.ModRevision), absent(r.claimKey(t.ID)),
-					unchanged(r.instanceKey(in.ID), in.ModRevision))
-				ops = append(ops, clientv3.OpDelete(r.ticketKey(t.ID)), clientv3.OpDelete(r.instanceKey(in.ID)))
-				cancelled = append(cancelled, t.ID)
-				budget--
-			}
-			sort.Slice(s.live, func(i, j int) bool { return stopRank(s.live[i], s.live[j]) })
-			for _, in := range s.live {
-				if budget == 0 {
-					break
-				}
-				t := Ticket{ID: newTicketID(), Op: TicketStop, App: app, Rev: rev, Proc: proc,
-					Instance: in.ID, Host: in.Host, MaxAttempts: 3, Created: now}
-				in.StopTicket = t.ID
-				cmps = append(cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
-				ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
-					clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
-				stopped = append(stopped, t.ID)
-				budget--
-			}
-		}
-		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
-		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
-		}
-		if !resp.Succeeded {
-			r.log.Debug("scale conflict, retrying", "app", app, "rev", rev, "proc", proc)
-			return false, nil
-		}
-		res.Started = append(res.Started, started...)
-		res.Stopped = append(res.Stopped, stopped...)
-		res.Cancelled = append(res.Cancelled, cancelled...)
-		if abs(diff) > scaleChunk {
-			*ours = -resp.Header.Revision
-			return false, nil
-		}
-		*ours = resp.Header.Revision
+	s, err := r.scaleSnapshot(ctx, app, rev, proc)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case !s.app:
+		return false, fmt.Errorf("%w: app %q", ErrNotFound, app)
+	case !s.revOK:
+		return false, fmt.Errorf("%w: revision %q of app %q", ErrNotFound, rev, app)
+	case !s.procOK:
+		return false, fmt.Errorf("%w: process type %q of app %q", ErrNotFound, proc, app)
+	}
+	if *ours != 0 && s.scaleMod != *ours {
+		return true, nil // superseded by a later Scale
+	}
+	if *ours == 0 {
+		res.Live, res.Pending = len(s.live), len(s.pending)
+	}
+	have := len(s.live) + len(s.pending)
+	if have == n && s.scaleMod != 0 && s.desired == n {
 		return true, nil
 	}
+	cmps := []clientv3.Cmp{
+		exists(r.appKey(app)), exists(r.revKey(app, rev)), exists(r.procKey(app, proc)),
+		unchanged(r.scaleKey(app, rev, proc), s.scaleMod),
+		unchanged(r.genKey(app, rev, proc), s.genMod),
+	}
+	ops := []clientv3.Op{
+		clientv3.OpPut(r.scaleKey(app, rev, proc), strconv.Itoa(n)),
+		touch(r.genKey(app, rev, proc)),
+	}
+	var started, stopped, cancelled []string
+	now := time.Now().UTC()
+	diff := n - have
+	for i := 0; i < min(diff, scaleChunk); i++ {
+		t := Ticket{ID: newTicketID(), Op: TicketStart, App: app, Rev: rev, Proc: proc,
+			Instance: newInstanceID(app, proc), MaxAttempts: 3, Created: now}
+		in := Instance{ID: t.Instance, App: app, Rev: rev, Proc: proc, State: InstancePending,
+			Since: now, Ticket: t.ID, Created: now}
+		ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
+			clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
+		started = append(started, t.ID)
+	}
+	if diff < 0 {
+		budget := min(-diff, scaleChunk)
+		// Newest pending start tickets first: ticket ids sort by time.
+		sort.Slice(s.pending, func(i, j int) bool { return s.pending[i].Ticket > s.pending[j].Ticket })
+		for _, in := range s.pending {
+			if budget == 0 {
+				break
+			}
+			t := s.startTickets[in.Ticket]
+			cmps = append(cmps, unchanged(r.ticketKey(t.ID), t.ModRevision), absent(r.claimKey(t.ID)),
+				unchanged(r.instanceKey(in.ID), in.ModRevision))
+			ops = append(ops, clientv3.OpDelete(r.ticketKey(t.ID)), clientv3.OpDelete(r.instanceKey(in.ID)))
+			cancelled = append(cancelled, t.ID)
+			budget--
+		}
+		sort.Slice(s.live, func(i, j int) bool { return stopRank(s.live[i], s.live[j]) })
+		for _, in := range s.live {
+			if budget == 0 {
+				break
+			}
+			t := Ticket{ID: newTicketID(), Op: TicketStop, App: app, Rev: rev, Proc: proc,
+				Instance: in.ID, Host: in.Host, MaxAttempts: 3, Created: now}
+			in.StopTicket = t.ID
+			cmps = append(cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
+			ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
+				clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
+			stopped = append(stopped, t.ID)
+			budget--
+		}
+	}
+	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
+	}
+	if !resp.Succeeded {
+		r.log.Debug("scale conflict, retrying", "app", app, "rev", rev, "proc", proc)
+		return false, nil
+	}
+	res.Started = append(res.Started, started...)
+	res.Stopped = append(res.Stopped, stopped...)
+	res.Cancelled = append(res.Cancelled, cancelled...)
+	if abs(diff) > scaleChunk {
+		*ours = -resp.Header.Revision
+		return false, nil
+	}
+	*ours = resp.Header.Revision
+	return true, nil
 }
 
 func abs(n int) int {
