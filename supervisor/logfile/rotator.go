@@ -142,6 +142,14 @@ func (r *Rotator) watchLocked(dir string, d *dirWatch) {
 // goroutine doing rotation work and returns after it stops; it must not be
 // called twice concurrently (ErrRunning).
 func (r *Rotator) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.running {
+		r.mu.Unlock()
+		return ErrRunning
+	}
+	r.running = true
+	r.mu.Unlock()
+
 	w, err := newWatcher()
 	if err == nil && r.forceTicker {
 		w.close()
@@ -155,11 +163,6 @@ func (r *Rotator) Run(ctx context.Context) error {
 	defer stop()
 
 	r.mu.Lock()
-	if r.running {
-		r.mu.Unlock()
-		return ErrRunning
-	}
-	r.running = true
 	r.w = w
 	for dir, d := range r.dirs {
 		r.watchLocked(dir, d)

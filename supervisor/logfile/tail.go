@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -38,37 +39,74 @@ func (o Options) Tail(path string, n int) ([]string, error) {
 	}
 	o = o.WithDefaults()
 	var out []string
-	for i := 0; i <= o.MaxFiles && len(out) < n; i++ {
+	// atStart: out[0] begins at the start of its file, so it may be the
+	// second half of a line cut by rotation (collapse mode cuts at a block
+	// boundary) whose first half ends the next older file.
+	atStart := false
+	for i := 0; i <= o.MaxFiles; i++ {
+		if len(out) >= n && !atStart {
+			break
+		}
 		p := path
+		want := n - len(out)
 		if i > 0 {
 			p = rotatedName(path, i)
+			want++ // its last line may continue in the newer file
 		}
-		lines, err := tailFile(p, n-len(out), o.MaxLineBytes)
+		lines, endsNL, fromStart, err := tailFile(p, want, o.MaxLineBytes)
 		if err != nil {
 			if i > 0 && errors.Is(err, fs.ErrNotExist) {
 				break
 			}
 			return nil, err
 		}
+		if atStart && !endsNL && len(lines) > 0 && len(out) > 0 {
+			out[0] = joinCapped(lines[len(lines)-1], out[0], o.MaxLineBytes)
+			lines = lines[:len(lines)-1]
+		}
+		atStart = fromStart
+		if room := max(n-len(out), 0); len(lines) > room {
+			lines = lines[len(lines)-room:]
+			atStart = false
+		}
+		if i > 0 && len(out) >= n {
+			break // only looked for the other half of out[0]
+		}
 		out = append(lines, out...)
 	}
 	return out, nil
 }
 
-// tailFile returns the last n lines of one file.
-func tailFile(path string, n, maxLine int) ([]string, error) {
+// joinCapped joins the two halves of a line, each possibly already cut,
+// keeping the result within max bytes (plus the marker).
+func joinCapped(a, b string, max int) string {
+	if strings.HasSuffix(a, TruncatedMarker) {
+		return a
+	}
+	bCut := strings.HasSuffix(b, TruncatedMarker)
+	s := a + strings.TrimSuffix(b, TruncatedMarker)
+	if len(s) > max || bCut {
+		return string(trimPartialRune([]byte(s[:min(len(s), max)]))) + TruncatedMarker
+	}
+	return s
+}
+
+// tailFile returns the last n lines of one file, whether it ends with a
+// newline (an empty file counts as ending with one), and whether the first
+// line returned starts at the beginning of the file.
+func tailFile(path string, n, maxLine int) (lines []string, endsNL, fromStart bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("tail: %w", err)
+		return nil, false, false, fmt.Errorf("tail: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("tail: %w", err)
+		return nil, false, false, fmt.Errorf("tail: %w", err)
 	}
 	size := st.Size()
 	if n == 0 || size == 0 {
-		return nil, nil
+		return nil, true, true, nil
 	}
 
 	// Find line boundaries scanning backwards; content is read afterwards,
@@ -80,16 +118,17 @@ func tailFile(path string, n, maxLine int) ([]string, error) {
 	pos := size
 	var last [1]byte
 	if _, err := f.ReadAt(last[:], size-1); err != nil {
-		return nil, fmt.Errorf("tail: %w", err)
+		return nil, false, false, fmt.Errorf("tail: %w", err)
 	}
-	if last[0] == '\n' {
+	endsNL = last[0] == '\n'
+	if endsNL {
 		end, pos = size-1, size-1
 	}
 	for pos > 0 && len(spans) < n {
 		blk := min(int64(tailBlock), pos)
 		b := buf[:blk]
 		if _, err := f.ReadAt(b, pos-blk); err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("tail: %w", err)
+			return nil, false, false, fmt.Errorf("tail: %w", err)
 		}
 		for len(b) > 0 && len(spans) < n {
 			i := bytes.LastIndexByte(b, '\n')
@@ -106,6 +145,7 @@ func tailFile(path string, n, maxLine int) ([]string, error) {
 	if len(spans) < n && pos == 0 {
 		spans = append(spans, span{0, end})
 	}
+	fromStart = spans[len(spans)-1].start == 0
 
 	// One read for the whole range when it is small enough, else one per line.
 	var whole []byte
@@ -113,10 +153,10 @@ func tailFile(path string, n, maxLine int) ([]string, error) {
 	if span := spans[0].end - first; span <= tailWholeRead {
 		whole = make([]byte, span)
 		if _, err := f.ReadAt(whole, first); err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("tail: %w", err)
+			return nil, false, false, fmt.Errorf("tail: %w", err)
 		}
 	}
-	lines := make([]string, len(spans))
+	lines = make([]string, len(spans))
 	for i, s := range spans {
 		l := s.end - s.start
 		cut := l > int64(maxLine)
@@ -129,7 +169,7 @@ func tailFile(path string, n, maxLine int) ([]string, error) {
 		} else {
 			b = make([]byte, l)
 			if _, err := f.ReadAt(b, s.start); err != nil && !errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("tail: %w", err)
+				return nil, false, false, fmt.Errorf("tail: %w", err)
 			}
 		}
 		if cut {
@@ -138,7 +178,7 @@ func tailFile(path string, n, maxLine int) ([]string, error) {
 			lines[len(spans)-1-i] = string(b)
 		}
 	}
-	return lines, nil
+	return lines, endsNL, fromStart, nil
 }
 
 // trimPartialRune drops an incomplete UTF-8 sequence at the end of b.

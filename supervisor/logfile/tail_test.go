@@ -167,3 +167,51 @@ func BenchmarkTail100MB(b *testing.B) {
 		})
 	}
 }
+
+func TestTailJoinsLineCutByRotation(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "app.log")
+	writeFile(t, rotatedName(p, 1), "a\nbegin of ")
+	writeFile(t, p, "the line\nnext\n")
+	for n, want := range map[int][]string{
+		1: {"next"},
+		2: {"begin of the line", "next"},
+		3: {"a", "begin of the line", "next"},
+		9: {"a", "begin of the line", "next"},
+	} {
+		got, err := Tail(p, n)
+		if err != nil || fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+			t.Errorf("Tail(%d) = %q, %v; want %q", n, got, err, want)
+		}
+	}
+	got, err := Options{MaxLineBytes: 12}.Tail(p, 2)
+	if want := []string{"begin of the" + TruncatedMarker, "next"}; err != nil || fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+		t.Errorf("capped join = %q, %v; want %q", got, err, want)
+	}
+
+	// After real collapse rotations (cuts at block boundaries) Tail still
+	// returns every line whole.
+	q := filepath.Join(t.TempDir(), "real.log")
+	f, err := OpenAppend(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := NewRotator(nil)
+	o := Options{MaxBytes: 8 << 10, MaxFiles: 10}.WithDefaults()
+	var want []string
+	for i := range 5000 {
+		l := fmt.Sprintf("line %08d", i)
+		want = append(want, l)
+		appendTo(t, f, l+"\n")
+		if i%1000 == 999 {
+			if mode, err := r.rotate(q, o); err != nil || mode != "collapse" {
+				t.Fatalf("rotate = %q, %v", mode, err)
+			}
+		}
+	}
+	got, err = o.Tail(q, 5000)
+	if err != nil || fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+		t.Fatalf("Tail after collapse rotations: %d lines, %v", len(got), err)
+	}
+}
