@@ -40,12 +40,12 @@ var (
 type Limits struct {
 	// MemoryBytes caps memory use; the kernel OOM-kills inside the group
 	// when it is exceeded.
-	MemoryBytes int64
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
 	// CPUMillis caps CPU time in thousandths of a core (1000 = one core);
 	// at least 10 when set.
-	CPUMillis int
+	CPUMillis int `json:"cpu_millis,omitempty"`
 	// Pids caps the number of processes and threads.
-	Pids int
+	Pids int `json:"pids,omitempty"`
 }
 
 // Validate reports an error naming the first invalid field.

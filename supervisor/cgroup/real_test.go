@@ -157,6 +157,20 @@ func TestCreateLimitsReal(t *testing.T) {
 			t.Errorf("%s = %q, want %q", file, got, w)
 		}
 	}
+	// A leftover empty group (agent crash) is reused, with the new limits.
+	g, err = m.Create("limits", Limits{})
+	if err != nil {
+		t.Fatalf("Create over an empty leftover group: %v", err)
+	}
+	if m.has("pids") {
+		file := filepath.Join(g.v1["pids"], "pids.max")
+		if m.Mode() == ModeV2 {
+			file = filepath.Join(g.unified, "pids.max")
+		}
+		if got := readString(t, file); got != "max" {
+			t.Errorf("reused group keeps pids.max %q, want max", got)
+		}
+	}
 	if err := g.Remove(); err != nil {
 		t.Fatal(err)
 	}

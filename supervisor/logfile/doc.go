@@ -21,7 +21,8 @@
 //     file system block size, is removed with fallocate(FALLOC_FL_COLLAPSE_RANGE).
 //     The kernel serialises this with O_APPEND writes, so no byte is lost and
 //     none is duplicated. The cut is block-aligned, so a line may be split
-//     between path.1 and the active file.
+//     between path.1 and the active file; [Tail] joins the two halves and
+//     [Follow] streams across the cut, so readers still see whole lines.
 //   - truncate mode (everything else): copy, then copy whatever was appended
 //     meanwhile (bounded rounds), then ftruncate to zero. Bytes written between
 //     the last copy round and the truncate are lost; that window is two system

@@ -29,14 +29,14 @@ var ErrRunning = errors.New("logfile: rotator already running")
 type Options struct {
 	// MaxBytes is the size above which the active file is rotated.
 	// Zero means DefaultMaxBytes (10 MiB).
-	MaxBytes int64
+	MaxBytes int64 `json:"max_bytes,omitempty"`
 	// MaxFiles is how many rotated files (path.1 … path.N) are kept.
 	// Zero means DefaultMaxFiles (5).
-	MaxFiles int
+	MaxFiles int `json:"max_files,omitempty"`
 	// MaxLineBytes caps the length of a line returned by Tail or written by
 	// Follow; longer lines are cut and TruncatedMarker is appended.
 	// Zero means DefaultMaxLineBytes (16 KiB).
-	MaxLineBytes int
+	MaxLineBytes int `json:"max_line_bytes,omitempty"`
 }
 
 // Validate reports an error naming the first negative field.
