@@ -12,11 +12,18 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.uber.org/goleak"
 
 	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/registry"
 )
+
+// TestMain fails the package's tests if goroutines outlive them: every
+// command must have ended its watches and connections when it returns.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // harness runs the visor CLI in-process against one embedded etcd member,
 // under a key prefix of its own.
