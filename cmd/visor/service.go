@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/visorhq/visor/systemd"
 )
 
@@ -237,7 +239,7 @@ func runServiceInstall(ctx context.Context, e *env, args []string) error {
 	for _, s := range secrets {
 		fmt.Fprintf(e.stderr, "warning: %s is written into the service definition, which others can read; prefer the config file\n", s)
 	}
-	m, err := newServiceManager(fs, opts)
+	m, err := newServiceManager(e, fs, opts)
 	if err != nil {
 		return fmt.Errorf("service install: %w", err)
 	}
@@ -292,12 +294,14 @@ func runServiceRender(_ context.Context, e *env, args []string) error {
 	return err
 }
 
-func newServiceManager(fs *flag.FlagSet, opts systemd.Options) (*systemd.Manager, error) {
-	init := fs.Lookup("init").Value.String()
+// newServiceManager returns the Manager the -init and -root flags in fs
+// select; its warnings (a failed best-effort stop) go to stderr.
+func newServiceManager(e *env, fs *flag.FlagSet, opts systemd.Options) (*systemd.Manager, error) {
 	m, err := systemd.New(systemd.Config{
-		Init:    init,
+		Init:    fs.Lookup("init").Value.String(),
 		Root:    fs.Lookup("root").Value.String(),
 		Options: opts,
+		Logger:  hclog.New(&hclog.LoggerOptions{Name: "visor", Level: hclog.Warn, Output: e.stderr}),
 	})
 	if errors.Is(err, systemd.ErrUnknownInit) {
 		return nil, usageError("%v", err)
@@ -311,7 +315,7 @@ func runServiceUninstall(ctx context.Context, e *env, args []string) error {
 	if len(args) > 0 {
 		return usageError("service uninstall: unexpected argument %q", args[0])
 	}
-	m, err := newServiceManager(e.flags, systemd.Options{})
+	m, err := newServiceManager(e, e.flags, systemd.Options{})
 	if err != nil {
 		return fmt.Errorf("service uninstall: %w", err)
 	}
@@ -340,7 +344,7 @@ func serviceControl(action, short string) *command {
 			if len(args) > 0 {
 				return usageError("service %s: unexpected argument %q", action, args[0])
 			}
-			m, err := newServiceManager(e.flags, systemd.Options{})
+			m, err := newServiceManager(e, e.flags, systemd.Options{})
 			if err != nil {
 				return fmt.Errorf("service %s: %w", action, err)
 			}
@@ -359,7 +363,7 @@ func runServiceStatus(ctx context.Context, e *env, args []string) error {
 	if len(args) > 0 {
 		return usageError("service status: unexpected argument %q", args[0])
 	}
-	m, err := newServiceManager(e.flags, systemd.Options{})
+	m, err := newServiceManager(e, e.flags, systemd.Options{})
 	if err != nil {
 		return fmt.Errorf("service status: %w", err)
 	}
