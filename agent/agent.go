@@ -173,9 +173,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.stopAll(fctx, "agent shutdown")
 	}
 	a.writer.flush(fctx)
-	if s := a.currentSession(); s != nil && a.cfg.StopOnExit {
-		// Nothing runs here any more: leave the fleet at once.
-		_ = s.Close(fctx)
+	if s := a.currentSession(); s != nil {
+		if a.cfg.StopOnExit {
+			// Nothing runs here any more: leave the fleet at once.
+			_ = s.Close(fctx)
+		} else {
+			// Let the lease run out by itself: a restarted agent takes it
+			// over, and if none comes, the reconciler sees the host leave.
+			s.Orphan()
+		}
 	}
 	a.bg.Wait()
 	cancelBG()
@@ -219,10 +225,11 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 		a.readyOnce.Do(a.cfg.Ready)
 
 		err = a.serve(ctx, s)
-		a.setSession(nil)
 		if ctx.Err() != nil {
-			return nil
+			return nil // Run flushes states with this session, then ends it
 		}
+		s.Orphan()
+		a.setSession(nil)
 		a.metrics.leaseLost.Inc()
 		a.log.Warn("registry session lost; instances keep running", "error", err)
 	}
@@ -357,7 +364,6 @@ func (a *Agent) stopAll(ctx context.Context, reason string) {
 // with no local process are written back as exited.
 func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 	local := make(map[string]bool)
-	var stopWG sync.WaitGroup
 	for _, st := range a.sup.List() {
 		local[st.ID] = true
 		if st.State.Terminal() {
@@ -369,26 +375,25 @@ func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 		case err == nil:
 			a.writer.touch(st.ID)
 		case errors.Is(err, registry.ErrNotHolder), errors.Is(err, registry.ErrNotFound):
-			a.log.Info("instance replaced while away; stopping it", "instance", st.ID)
-			a.writer.drop(st.ID)
-			stopWG.Add(1)
-			go func(id string) {
-				defer stopWG.Done()
-				if _, err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
-					a.log.Warn("stop replaced instance", "instance", id, "error", err)
-				}
-				_ = a.sup.Remove(id)
-			}(st.ID)
+			if a.writer.drop(st.ID) {
+				a.log.Info("instance replaced while away; stopping it", "instance", st.ID)
+				id := st.ID
+				a.spawn(func() { a.stopReplaced(id) })
+			}
 		default:
+			if ctx.Err() != nil {
+				return
+			}
 			a.log.Warn("adopt instance", "instance", st.ID, "error", err)
 			a.writer.touch(st.ID)
 		}
 	}
-	stopWG.Wait()
 
 	insts, err := a.reg.HostInstances(ctx, a.cfg.HostID)
 	if err != nil {
-		a.log.Warn("list host instances", "error", err)
+		if ctx.Err() == nil {
+			a.log.Warn("list host instances", "error", err)
+		}
 		return
 	}
 	for _, in := range insts {

@@ -36,7 +36,7 @@ func newFixture(t *testing.T) *fixture {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	f := &fixture{reg: reg, ctx: ctx}
-	must(t, f.app("demo", "sleep 300"))
+	must(t, f.app("demo", "sleep 1h"))
 	return f
 }
 
@@ -84,7 +84,7 @@ func (f *fixture) startAgent(t *testing.T, host, dataDir string, mod func(*Confi
 		TTL:        3 * time.Second,
 		ClaimDelay: time.Millisecond,
 		Cgroups:    "none",
-		Logger:     hclog.New(&hclog.LoggerOptions{Name: host, Level: hclog.Info, Output: testWriter{t}}),
+		Logger:     hclog.New(&hclog.LoggerOptions{Name: host, Level: hclog.Debug, Output: testWriter{t}}),
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -185,11 +185,10 @@ func TestAgentScaleUpAndDown(t *testing.T) {
 			continue
 		}
 		proctest.WaitFor(t, 10*time.Second, "stopped process "+id+" gone", func() bool { return !proctest.Alive(in.PID) })
-		got, err := f.reg.Instance(f.ctx, id)
-		must(t, err)
-		if got.State != registry.InstanceExited {
-			t.Errorf("scaled-down instance %s is %s, want exited", id, got.State)
-		}
+		proctest.WaitFor(t, 10*time.Second, "instance "+id+" exited in the registry", func() bool {
+			got, err := f.reg.Instance(f.ctx, id)
+			return err == nil && got.State == registry.InstanceExited
+		})
 	}
 	a.stop(t)
 	for _, in := range left {
@@ -272,7 +271,7 @@ func TestAgentBadTicketsAreReleasedWithReason(t *testing.T) {
 		}},
 	}
 	for _, tc := range cases {
-		must(t, f.app(tc.app, "sleep 300"))
+		must(t, f.app(tc.app, "sleep 1h"))
 		must(t, tc.setup())
 		_, err := f.reg.Scale(f.ctx, tc.app, "v2", "web", 1)
 		must(t, err)

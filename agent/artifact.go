@@ -259,3 +259,55 @@ func procfileCommand(dir, proc string) (string, error) {
 	}
 	return "", fmt.Errorf("%w: Procfile has no process type %q", ErrArtifact, proc)
 }
+
+// shellBuiltins are words a shell line may start with that are not files.
+var shellBuiltins = map[string]bool{
+	"exec": true, "cd": true, "export": true, "set": true, "ulimit": true, "umask": true,
+	"test": true, "[": true, "echo": true, "printf": true, "true": true, "false": true,
+	"trap": true, ".": true, "eval": true, "while": true, "for": true, "if": true, "{": true, "(": true,
+}
+
+// checkCommand finds the program a shell line runs, so that a missing or
+// non-executable binary fails the start with a clear reason (and the
+// ticket is released) instead of becoming a crash loop of exit code 127.
+// Lines it cannot read simply (variables, quoting, builtins) pass.
+func checkCommand(line, dir, pathEnv string) error {
+	words := strings.Fields(line)
+	for len(words) > 0 && (words[0] == "exec" || (strings.Contains(words[0], "=") && !strings.HasPrefix(words[0], "="))) {
+		words = words[1:]
+	}
+	if len(words) == 0 {
+		return nil
+	}
+	prog := words[0]
+	if strings.ContainsAny(prog, "$`'\"\\;|&<>(){}*?~") || shellBuiltins[prog] {
+		return nil
+	}
+	if strings.Contains(prog, "/") {
+		p := prog
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		return executable(p, prog)
+	}
+	for _, d := range filepath.SplitList(pathEnv) {
+		if d == "" {
+			continue
+		}
+		if executable(filepath.Join(d, prog), prog) == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("command not found: %q is not in PATH %s", prog, pathEnv)
+}
+
+func executable(path, name string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("command not found: %s: %w", name, err)
+	}
+	if st.IsDir() || st.Mode()&0o111 == 0 {
+		return fmt.Errorf("command %s is not an executable file", name)
+	}
+	return nil
+}

@@ -95,12 +95,15 @@ func (r *reconciler) run(ctx context.Context, lost <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-lost:
-			r.a.log.Warn("reconciler leadership lost with the session")
+			if ctx.Err() == nil {
+				r.a.log.Warn("reconciler leadership lost with the session")
+			}
 			return
 		case ev, ok := <-events:
 			if !ok {
 				return
 			}
+			r.a.log.Trace("reconciler event", "type", string(ev.Type), "host", ev.Host, "error", ev.Err)
 			if ev.Err != nil {
 				continue
 			}
@@ -137,6 +140,9 @@ func resetTimer(t *time.Timer, d time.Duration) {
 func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 	next := r.a.cfg.ReconcileInterval
 	hosts, err := r.a.reg.Hosts(ctx)
+	if err != nil && ctx.Err() != nil {
+		return next
+	}
 	if err != nil {
 		r.a.log.Warn("reconcile: cannot read hosts; doing nothing", "error", err)
 		return min(next, 2*time.Second)
@@ -146,6 +152,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		r.a.log.Warn("reconcile: cannot read instances; doing nothing", "error", err)
 		return min(next, 2*time.Second)
 	}
+	r.a.log.Debug("reconcile pass", "hosts", len(hosts), "instances", len(insts), "gone", len(r.hostGone))
 	alive := map[string]bool{}
 	for _, h := range hosts {
 		alive[h.ID] = true

@@ -41,17 +41,18 @@ func TestReconcilerReplacesDeadHostAndReturningHostStopsDuplicates(t *testing.T)
 	}
 	dirA := t.TempDir()
 	a := f.startAgent(t, "host-a", dirA, fast)
-	b := f.startAgent(t, "host-b", t.TempDir(), func(c *Config) { fast(c); c.StopOnExit = true })
-
 	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 4)
 	must(t, err)
 	before := f.waitRunning(t, "demo", 4)
 	var onA []registry.Instance
 	for _, in := range before {
-		if in.Host == "host-a" {
-			onA = append(onA, in)
-		}
+		onA = append(onA, in)
 	}
+	b := f.startAgent(t, "host-b", t.TempDir(), func(c *Config) { fast(c); c.StopOnExit = true })
+	proctest.WaitFor(t, 10*time.Second, "host-b registered", func() bool {
+		_, err := f.reg.Host(f.ctx, "host-b")
+		return err == nil
+	})
 	a.stop(t) // "dies": its processes keep running, its lease expires
 	t.Cleanup(func() {
 		for _, in := range onA {
@@ -78,15 +79,13 @@ func TestReconcilerReplacesDeadHostAndReturningHostStopsDuplicates(t *testing.T)
 			t.Errorf("instance %s of the dead host is %s, want lost", in.ID, got.State)
 		}
 	}
-	if len(onA) > 0 {
-		// host-a returns: its old processes are duplicates now and must stop.
-		a2 := f.startAgent(t, "host-a", dirA, fast)
-		for _, in := range onA {
-			pid := in.PID
-			proctest.WaitFor(t, 30*time.Second, "returning host stops its replaced instance", func() bool { return !proctest.Alive(pid) })
-		}
-		a2.stop(t)
+	// host-a returns: its old processes are duplicates now and must stop.
+	a2 := f.startAgent(t, "host-a", dirA, fast)
+	for _, in := range onA {
+		pid := in.PID
+		proctest.WaitFor(t, 30*time.Second, "returning host stops its replaced instance", func() bool { return !proctest.Alive(pid) })
 	}
+	a2.stop(t)
 	if n := len(f.running(t, "demo")); n != 4 {
 		t.Errorf("%d running after host-a returned, want 4", n)
 	}

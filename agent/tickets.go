@@ -150,6 +150,10 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 	if _, ok := env["HOME"]; !ok {
 		env["HOME"] = dir
 	}
+	if err := checkCommand(command, dir, env["PATH"]); err != nil {
+		a.ports.Free(port, inst.ID)
+		return supervisor.Spec{}, 0, err
+	}
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)

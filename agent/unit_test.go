@@ -179,3 +179,34 @@ func TestPortAllocator(t *testing.T) {
 		t.Fatalf("after Free: Allocate = %d, %v; want %d", c, err, a)
 	}
 }
+
+func TestCheckCommand(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "run"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := "/usr/bin:/bin"
+	for _, tc := range []struct {
+		line string
+		ok   bool
+	}{
+		{"sleep 10", true},
+		{"exec sleep 10", true},
+		{"FOO=1 exec ./run web", true},
+		{"./run", true},
+		{"$HOME/bin/x", true}, // not checkable: passes
+		{"cd sub && ./x", true},
+		{"exec /nonexistent/binary", false},
+		{"no-such-command-anywhere --flag", false},
+		{"./data", false},
+		{"./missing", false},
+	} {
+		err := checkCommand(tc.line, dir, path)
+		if (err == nil) != tc.ok {
+			t.Errorf("checkCommand(%q) = %v, want ok=%v", tc.line, err, tc.ok)
+		}
+	}
+}

@@ -29,6 +29,7 @@ type stateWriter struct {
 	queue    []string
 	busy     map[string]bool            // a worker is writing it
 	tickets  map[string]registry.Ticket // start tickets completing with the instance's first running state
+	replaced map[string]bool            // instances another host holds now: never written again
 	progress chan struct{}              // closed and replaced after every write
 
 	kick chan struct{}
@@ -42,6 +43,7 @@ func newStateWriter(a *Agent) *stateWriter {
 		queued:   make(map[string]bool),
 		busy:     make(map[string]bool),
 		tickets:  make(map[string]registry.Ticket),
+		replaced: make(map[string]bool),
 		progress: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 	}
@@ -66,6 +68,10 @@ func (w *stateWriter) enqueue(id string) {
 // update records st as the latest status of id. It never blocks.
 func (w *stateWriter) update(id string, st supervisor.Status) {
 	w.mu.Lock()
+	if w.replaced[id] {
+		w.mu.Unlock()
+		return
+	}
 	w.latest[id] = st
 	w.enqueue(id)
 	w.mu.Unlock()
@@ -82,13 +88,20 @@ func (w *stateWriter) touch(id string) {
 	w.poke()
 }
 
-// drop forgets id: it will not be written any more.
-func (w *stateWriter) drop(id string) {
+// drop forgets id for good: another host holds it now, and the local
+// copy's remaining transitions (stopping, exited) are not the registry's.
+// It reports whether id was not dropped before.
+func (w *stateWriter) drop(id string) bool {
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.replaced[id] {
+		return false
+	}
+	w.replaced[id] = true
 	delete(w.latest, id)
 	delete(w.dirty, id)
 	delete(w.tickets, id)
-	w.mu.Unlock()
+	return true
 }
 
 // expect registers start ticket t to be completed together with the first
@@ -206,9 +219,10 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	case err == nil:
 	case errors.Is(err, registry.ErrNotHolder):
 		// Replaced or marked lost while we were away: this copy must go.
-		w.a.log.Info("instance no longer held by this host; stopping it", "instance", id)
-		w.drop(id)
-		w.a.spawn(func() { w.a.stopReplaced(id) })
+		if w.drop(id) {
+			w.a.log.Info("instance no longer held by this host; stopping it", "instance", id)
+			w.a.spawn(func() { w.a.stopReplaced(id) })
+		}
 	case ctx.Err() != nil:
 	default:
 		w.a.log.Warn("write instance state", "instance", id, "state", string(st.State), "error", err)
