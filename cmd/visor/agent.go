@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/oklog/run"
+	oklogrun "github.com/oklog/run"
 
 	"github.com/visorhq/visor/agent"
 	"github.com/visorhq/visor/internal/embedetcd"
@@ -355,7 +355,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 
-	var g run.Group
+	var g oklogrun.Group
 	actx, stopAgent := context.WithCancel(ctx)
 	g.Add(func() error { return a.Run(actx) }, func(error) { stopAgent() })
 	if err := g.Run(); err != nil && !errors.Is(err, context.Canceled) {
