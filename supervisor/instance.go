@@ -95,6 +95,23 @@ func (in *instance) recordLocked() *record {
 	}
 }
 
+// killGroupLocked sends sig to the instance's process group. Our own
+// child's pid cannot be reused before we reap it, but an adopted process is
+// reaped by init: once it is gone its pid, and so the group id, may name
+// someone else's group, so the group is signalled only while the leader is
+// still the process we adopted (alive or zombie).
+func (in *instance) killGroupLocked(sig syscall.Signal) error {
+	if in.pid <= 0 {
+		return nil
+	}
+	if in.adopted {
+		if ticks, _, err := procStat(in.pid); err != nil || ticks != in.startTicks {
+			return nil
+		}
+	}
+	return killGroup(in.pid, sig)
+}
+
 // quiesceLocked stops the instance's timers and health check for shutdown;
 // the process keeps running.
 func (in *instance) quiesceLocked(s *Supervisor) {
@@ -268,12 +285,12 @@ func (s *Supervisor) killLocked(in *instance) {
 		return
 	}
 	pid, gen := in.pid, in.gen
-	if err := killGroup(pid, in.rs.stopSignal); err != nil {
+	if err := in.killGroupLocked(in.rs.stopSignal); err != nil {
 		in.log.Warn("send stop signal", "pid", pid, "error", err)
 	}
 	if in.rs.stopSignal != syscall.SIGKILL {
 		// A stopped process would not act on the stop signal before SIGKILL.
-		_ = killGroup(pid, syscall.SIGCONT)
+		_ = in.killGroupLocked(syscall.SIGCONT)
 	}
 	s.stopTimer(&in.killTimer)
 	in.killTimer = s.afterFunc(in.rs.stopTimeout, func() {
@@ -284,7 +301,7 @@ func (s *Supervisor) killLocked(in *instance) {
 		}
 		in.killTimer = nil
 		in.log.Warn("stop timeout, killing process group", "pid", pid, "timeout", in.rs.stopTimeout)
-		_ = killGroup(pid, syscall.SIGKILL)
+		_ = in.killGroupLocked(syscall.SIGKILL)
 		if in.group != nil {
 			if err := in.group.Kill(); err != nil {
 				in.log.Warn("kill cgroup", "error", err)
@@ -306,7 +323,7 @@ func (s *Supervisor) handleExit(w watch) {
 	// The leader is a zombie until reaped, so its pid (the group id) cannot
 	// be reused yet: kill what is left of the group first, then reap. An
 	// instance is its whole group, as systemd's KillMode=control-group.
-	_ = killGroup(pid, syscall.SIGKILL)
+	_ = in.killGroupLocked(syscall.SIGKILL)
 	if in.group != nil {
 		if err := in.group.Kill(); err != nil {
 			in.log.Warn("kill cgroup", "error", err)

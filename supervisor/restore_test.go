@@ -3,6 +3,7 @@ package supervisor
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -154,5 +155,52 @@ func TestPidReuseGuard(t *testing.T) {
 	got := waitState(t, h.Supervisor, "ghost2", StateRunning)
 	if got.PID == stranger.Process.Pid || got.Restarts[restart.ReasonFail] != 1 {
 		t.Fatalf("ghost2 = %+v", got)
+	}
+}
+
+// TestAdoptNonChild adopts a process that is not our child (as after an
+// agent restart, when init is its parent): it is watched through its pidfd,
+// stopped through its group, and its exit status is reported unknown.
+func TestAdoptNonChild(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	file := filepath.Join(t.TempDir(), "pid")
+	parent := proctest.Exec("spawn-escapee", file)
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = parent.Process.Kill()
+		_ = parent.Wait()
+	})
+	pid, err := strconv.Atoi(proctest.ReadFile(t, 20*time.Second, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticks, _, err := procStat(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, Config{})
+	spec := sleeper("foreign")
+	spec.StopTimeout = 200 * time.Millisecond
+	spec.Restart = restart.Policy{Mode: restart.ModeNever}
+	if err := h.save(&record{Version: recordVersion, Spec: spec, State: StateRunning, Since: time.Now(),
+		PID: pid, StartTicks: ticks, StartTime: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := h.Restore(ctx)
+	if err != nil || len(restored) != 1 || !restored[0].Adopted || restored[0].PID != pid {
+		t.Fatalf("Restore() = %+v, %v", restored, err)
+	}
+	st, err := h.Stop(ctx, "foreign")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != StateExited || st.ExitCode != -1 || st.Phase != PhaseUnknown || st.Reason != "stopped" {
+		t.Fatalf("Stop() = %+v, want exited with unknown status", st)
+	}
+	if proctest.Alive(pid) {
+		t.Fatal("adopted process alive after Stop")
 	}
 }

@@ -470,7 +470,7 @@ func (s *Supervisor) Signal(id, sig string) error {
 	if in.pidfd < 0 {
 		return fmt.Errorf("%w: %q", ErrNotRunning, id)
 	}
-	if err := killGroup(in.pid, signal); err != nil {
+	if err := in.killGroupLocked(signal); err != nil {
 		return fmt.Errorf("signal %s to %q: %w", signalName(signal), id, err)
 	}
 	switch signal {

@@ -119,9 +119,9 @@ func TestCrashLoopGrowsCapsResets(t *testing.T) {
 	t.Parallel()
 	h := start(t, Config{})
 	counter := filepath.Join(t.TempDir(), "count")
-	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,700ms,0s"), Env: proctest.Env(),
+	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,2500ms,0s"), Env: proctest.Env(),
 		Restart: restart.Policy{InitialDelay: 40 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
-			Jitter: 0.01, ResetAfter: 500 * time.Millisecond}}
+			Jitter: 0.01, ResetAfter: 2 * time.Second}}
 	if _, err := h.Start(ctxT(t), spec); err != nil {
 		t.Fatal(err)
 	}
