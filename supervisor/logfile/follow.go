@@ -28,12 +28,15 @@ func Follow(ctx context.Context, path string, fromEnd bool, w io.Writer) error {
 
 // Follow writes the content of the log at path to w — from its current end
 // when fromEnd is set, else from its beginning — and then everything
-// appended to it, until ctx is done; it then returns nil. It survives
+// appended to it, until ctx is done; it then returns nil. If path (or its
+// directory) does not exist yet, Follow waits for it and then streams it
+// from its beginning. It survives
 // rotation (collapse: keeps its exact position; truncation: restarts at the
 // new beginning) and rename-and-recreate (finishes the old file, then
 // follows the new one from its start). Lines longer than MaxLineBytes are
 // cut and end with TruncatedMarker. Follow waits on inotify, not on a timer.
-// It returns an error if path cannot be opened or w fails.
+// It returns an error if path cannot be opened or watched (other than not
+// existing yet) or w fails.
 func (o Options) Follow(ctx context.Context, path string, fromEnd bool, w io.Writer) error {
 	o = o.WithDefaults()
 	// Without inotify, wt falls back to a ticker.
@@ -41,23 +44,40 @@ func (o Options) Follow(ctx context.Context, path string, fromEnd bool, w io.Wri
 	defer wt.close()
 	stop := wt.interruptOn(ctx)
 	defer stop()
-	// Watch before the first read so no append is missed.
-	if _, err := wt.add(filepath.Dir(path), maskFollow); err != nil {
-		return fmt.Errorf("follow: %w", err)
-	}
 
 	fl := &follower{path: path, maxFiles: o.MaxFiles, out: &lineCapper{w: w, max: o.MaxLineBytes}, buf: make([]byte, 32<<10)}
-	if err := fl.open(fromEnd); err != nil {
-		return err
-	}
-	defer func() { fl.f.Close() }()
-
-	for {
-		if err := fl.drain(); err != nil {
-			return err
+	defer func() {
+		if fl.f != nil {
+			fl.f.Close()
 		}
-		if err := fl.checkReplaced(); err != nil {
-			return err
+	}()
+	dirWatched := false
+	for {
+		// Watch before reading so no append is missed. A directory that
+		// does not exist yet is awaited through its nearest ancestor.
+		if !dirWatched {
+			watched, err := watchDirOrAncestor(wt, filepath.Dir(path))
+			if err != nil {
+				return err
+			}
+			dirWatched = watched
+		}
+		if fl.f == nil {
+			err := fl.open(fromEnd)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				fromEnd = false // once it appears, all of it is new
+			case err != nil:
+				return err
+			}
+		}
+		if fl.f != nil {
+			if err := fl.drain(); err != nil {
+				return err
+			}
+			if err := fl.checkReplaced(); err != nil {
+				return err
+			}
 		}
 		// Any event in the directory (or the rescan timeout) is a reason to
 		// look again; reads are cheap when nothing changed.
@@ -66,6 +86,28 @@ func (o Options) Follow(ctx context.Context, path string, fromEnd bool, w io.Wri
 				return nil
 			}
 			return err
+		}
+	}
+}
+
+// watchDirOrAncestor watches dir for Follow, or, while dir does not exist,
+// its nearest existing ancestor for creations. It reports whether dir
+// itself is watched.
+func watchDirOrAncestor(wt *watcher, dir string) (bool, error) {
+	_, err := wt.add(dir, maskFollow)
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("follow: %w", err)
+	}
+	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
+		_, err := wt.add(d, maskFollow)
+		if err == nil {
+			return false, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) || d == filepath.Dir(d) {
+			return false, fmt.Errorf("follow: %w", err)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -267,10 +268,10 @@ func TestFollowErrors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	p := filepath.Join(t.TempDir(), "out.log")
-	if err := Follow(ctx, p, false, &bytes.Buffer{}); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("missing file: %v", err)
-	}
 	writeFile(t, p, "data\n")
+	if err := Follow(ctx, filepath.Join(p, "under-a-file.log"), false, &bytes.Buffer{}); !errors.Is(err, syscall.ENOTDIR) {
+		t.Fatalf("path under a regular file: %v", err)
+	}
 	if err := Follow(ctx, p, false, failWriter{}); !errors.Is(err, errSink) {
 		t.Fatalf("failing writer: %v", err)
 	}
@@ -279,5 +280,26 @@ func TestFollowErrors(t *testing.T) {
 	cancelDone()
 	if err := Follow(done, p, true, &bytes.Buffer{}); err != nil {
 		t.Fatalf("cancelled: %v", err)
+	}
+}
+
+func TestFollowBeforeCreation(t *testing.T) {
+	t.Parallel()
+	// Neither the directory nor the file exists yet. (fromEnd is not
+	// varied: whether Follow starts before or after the creation is a race
+	// the test cannot order without a ready signal.)
+	p := filepath.Join(t.TempDir(), "inst", "logs", "stdout.log")
+	out := startFollow(t, Options{}, p, false)
+	f, err := OpenAppend(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	appendTo(t, f, "first\n")
+	waitOutput(t, out, "first\n")
+	appendTo(t, f, "second\n")
+	waitOutput(t, out, "second\n")
+	if got := out.String(); got != "first\nsecond\n" {
+		t.Fatalf("followed %q", got)
 	}
 }
