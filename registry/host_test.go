@@ -192,6 +192,19 @@ func TestClaimLifecycle(t *testing.T) {
 		t.Fatalf("running instance = %+v", run)
 	}
 
+	// Listings by app and host.
+	all, err := r.Instances(ctx)
+	must(t, err)
+	byApp, err := r.AppInstances(ctx, "web")
+	must(t, err)
+	byHost, err := r.HostInstances(ctx, "h1")
+	must(t, err)
+	none, err := r.HostInstances(ctx, "h2")
+	must(t, err)
+	if len(all) != 1 || len(byApp) != 1 || len(byHost) != 1 || byHost[0].ID != in.ID || len(none) != 0 {
+		t.Fatalf("instances all=%v app=%v host=%v other=%v", all, byApp, byHost, none)
+	}
+
 	// Holder updates keep registry-owned fields.
 	code := 0
 	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceRunning, PID: 4243, Restarts: map[string]int{"fail": 1}}))

@@ -134,6 +134,17 @@ func TestDial(t *testing.T) {
 	}
 	must(t, r.Close())
 
+	// New wraps a client without taking it over.
+	cli := c.Client(t)
+	w := New(cli, "", nil)
+	must(t, w.Close())
+	if w.Client() != cli {
+		t.Error("Client() is not the wrapped client")
+	}
+	if _, err := w.App(ctx, "dialed"); err != nil {
+		t.Errorf("wrapped client closed by Close: %v", err)
+	}
+
 	r2, err := Dial(ctx, Config{Endpoints: c.Endpoints(), Prefix: "/other"})
 	must(t, err)
 	defer r2.Close()
