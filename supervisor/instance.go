@@ -202,6 +202,13 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 	}
 	pid, err := syscall.ForkExec(in.rs.path, in.rs.argv, attr)
 	if err != nil {
+		switch {
+		case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.ENOENT),
+			errors.Is(err, syscall.ENOEXEC), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EPERM):
+			// The spec cannot run here (permissions of the run-as user, a bad
+			// interpreter line, a binary removed since validation).
+			return fmt.Errorf("%w: start %s: %w", ErrInvalidSpec, in.rs.path, err)
+		}
 		return fmt.Errorf("start %s: %w", in.rs.path, err)
 	}
 	if after != nil {

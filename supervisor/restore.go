@@ -15,7 +15,9 @@ import (
 // it is then watched through a pidfd and never started a second time. A
 // process that ended meanwhile is reported with ExitCode -1 and
 // PhaseUnknown (unless it is still our unreaped child), and its restart
-// policy applies. Instances already known are skipped. Restore blocks until
+// policy applies. Instances already known are skipped. An adopted instance
+// keeps its persisted state, so the StateHandler hears of it only at its
+// next change: the returned statuses are the starting point. Restore blocks until
 // Run is running and returns the status of every restored instance.
 func (s *Supervisor) Restore(ctx context.Context) ([]Status, error) {
 	if err := s.awaitRun(ctx); err != nil {

@@ -212,13 +212,13 @@ func validate(spec Spec) (resolved, error) {
 		return bad("negative min uptime")
 	}
 	if err := spec.Restart.Validate(); err != nil {
-		return bad("restart: %v", err)
+		return resolved{}, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
 	}
 	if err := spec.Logs.Validate(); err != nil {
-		return bad("logs: %v", err)
+		return resolved{}, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
 	}
 	if err := spec.Limits.Validate(); err != nil {
-		return bad("limits: %v", err)
+		return resolved{}, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
 	}
 	if spec.Health != nil {
 		h := spec.Health.withDefaults()

@@ -496,6 +496,17 @@ func TestBadInput(t *testing.T) {
 		{"no command", func(s *Spec) { s.Command = nil }},
 		{"command and shell", func(s *Spec) { s.Shell = "true" }},
 	}
+	if os.Geteuid() == 0 {
+		// Valid on paper, refused by execve for the run-as user.
+		private := filepath.Join(dir, "private")
+		if err := os.WriteFile(private, []byte("#!/bin/sh\nexec sleep 600\n"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cases = append(cases, struct {
+			name string
+			edit func(*Spec)
+		}{"not executable by run-as user", func(s *Spec) { s.Command = []string{private}; s.User = "nobody"; s.Dir = "/" }})
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := ok
