@@ -81,7 +81,7 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	str("tls-key", "", "TLS key for -tls-cert")
 	str("port-range", "20000-29999", "ports given to instances as $PORT")
 	str("max-parallel", "64", "tickets executed at once")
-	str("stop-on-exit", "false", "stop every instance when the agent exits (default: leave them running)")
+	fs.BoolVar(&o.cfg.StopOnExit, "stop-on-exit", false, "stop every instance when the agent exits (default: leave them running)")
 	str("stop-after-disconnect", "0s", "stop instances after etcd has been unreachable this long (0: never)")
 	str("cgroups", "auto", "resource limits backend: auto, v2, v1 or none")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
@@ -235,9 +235,6 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 	}
 	if c.MaxParallel, err = strconv.Atoi(get("max-parallel")); err != nil {
 		return usageError("agent: max-parallel: %q is not an integer", get("max-parallel"))
-	}
-	if c.StopOnExit, err = strconv.ParseBool(get("stop-on-exit")); err != nil {
-		return usageError("agent: stop-on-exit: %q is not a boolean", get("stop-on-exit"))
 	}
 	if c.StopAfterDisconnect, err = time.ParseDuration(get("stop-after-disconnect")); err != nil {
 		return usageError("agent: stop-after-disconnect: %v", err)
