@@ -45,14 +45,14 @@ func claim(ctx context.Context, r *Registry, host string, claimed func(id string
 		for range events {
 		}
 	}()
-	// Offered tickets wait in avail; claims and deletions seen meanwhile
-	// remove them, and the claimer tries them in random (map) order, so
-	// claimers collide less, like agents with a spreading delay.
+	// Offered tickets wait in avail; deletions seen meanwhile remove them,
+	// and the claimer tries them in random (map) order, so claimers collide
+	// less, like agents with a spreading delay.
 	avail := map[string]Ticket{}
 	apply := func(ev TicketEvent) {
 		switch {
 		case ev.Err != nil:
-		case ev.Deleted || ev.Claimed:
+		case ev.Deleted:
 			delete(avail, ev.Ticket.ID)
 		default:
 			avail[ev.Ticket.ID] = ev.Ticket

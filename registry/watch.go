@@ -14,13 +14,11 @@ import (
 
 // TicketEvent is one change seen by WatchTickets.
 type TicketEvent struct {
-	// Ticket is the ticket as stored (for Deleted and Claimed only ID and,
-	// for Claimed, Holder are set).
+	// Ticket is the ticket as stored, with the ModRevision to pass to
+	// Claim; for Deleted only its ID is set.
 	Ticket Ticket
 	// Deleted reports that the ticket was completed or cancelled.
 	Deleted bool
-	// Claimed reports that a host (Ticket.Holder) claimed the ticket.
-	Claimed bool
 	// Err reports a value that did not decode (the watch goes on) or a
 	// watch error before a re-list.
 	Err error
@@ -160,7 +158,7 @@ func (w *ticketWatch) handle(ctx context.Context, ev *clientv3.Event, claims boo
 	if claims {
 		id := strings.TrimPrefix(string(kv.Key), r.claimsDir())
 		if ev.Type == clientv3.EventTypePut {
-			return w.send(ctx, TicketEvent{Ticket: Ticket{ID: id, Holder: string(kv.Value)}, Claimed: true, Revision: kv.ModRevision})
+			return true // claimed: nothing to offer
 		}
 		// The claim vanished: if the ticket is still there, it is free again.
 		resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.ticketKey(id)), clientv3.OpGet(r.claimKey(id), clientv3.WithCountOnly())).Commit()
