@@ -358,8 +358,10 @@ func (s *HostSession) Complete(ctx context.Context, t Ticket) error {
 
 // CompleteWith is Complete plus writing inst (the instance's new state, for
 // example running) in the same transaction, which must be indexed under
-// this host with this session's lease. The instance's ID and Host are
-// forced to the ticket's instance and this host.
+// this host with this session's lease. inst replaces the stored record
+// (start from the Instance Claim returned); its ID and Host are forced to
+// the ticket's instance and this host, and an empty App/Rev/Proc is taken
+// from the ticket.
 func (s *HostSession) CompleteWith(ctx context.Context, t Ticket, inst Instance) error {
 	if !inst.State.known() || inst.State == InstancePending || inst.State == InstanceLost {
 		return fmt.Errorf("%w: complete ticket %s with instance state %q", ErrInvalid, t.ID, inst.State)
@@ -377,6 +379,9 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 	ops := []clientv3.Op{clientv3.OpDelete(tk), clientv3.OpDelete(ck)}
 	if in != nil {
 		in.ID, in.Host = t.Instance, s.id
+		if in.App == "" && in.Rev == "" && in.Proc == "" {
+			in.App, in.Rev, in.Proc = t.App, t.Rev, t.Proc
+		}
 		if err := validID("instance id", in.ID); err != nil {
 			return err
 		}

@@ -171,7 +171,7 @@ func (s InstanceState) known() bool {
 
 var transitions = map[InstanceState][]InstanceState{
 	InstancePending:  {InstanceClaimed, InstanceFailed},
-	InstanceClaimed:  {InstancePending, InstanceStarting, InstanceRunning, InstanceBackoff, InstanceStopping, InstanceExited, InstanceFailed},
+	InstanceClaimed:  {InstanceStarting, InstanceRunning, InstanceBackoff, InstanceStopping, InstanceExited, InstanceFailed},
 	InstanceStarting: {InstanceRunning, InstanceBackoff, InstanceStopping, InstanceExited, InstanceFailed},
 	InstanceRunning:  {InstanceBackoff, InstanceStarting, InstanceStopping, InstanceExited, InstanceFailed},
 	InstanceBackoff:  {InstanceStarting, InstanceRunning, InstanceStopping, InstanceExited, InstanceFailed},
