@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/url"
 	"path"
-	"sort"
 	"strings"
 	"time"
 
@@ -568,6 +567,3 @@ func (r *Registry) RemoveProcType(ctx context.Context, app, proc string) error {
 	}
 	return r.removeChild(ctx, app, "process type", proc, r.procKey(app, proc), "", proc)
 }
-
-// sortStrings sorts ids in place and returns them.
-func sortStrings(s []string) []string { sort.Strings(s); return s }
