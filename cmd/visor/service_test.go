@@ -337,3 +337,32 @@ func TestServiceInstallMountNamespace(t *testing.T) {
 		}
 	})
 }
+
+// TestServiceInstallSecretWarning: a secret given as a flag lands in a
+// world-readable unit, so install warns and points at the config file.
+func TestServiceInstallSecretWarning(t *testing.T) {
+	root := t.TempDir()
+	r := svcRun("service", "install", "-root", root, "-init", "systemd", "-binary", "/usr/bin/visor", "--", "-token", "s3cret", "-host", "h1")
+	if r.code != 0 {
+		t.Fatalf("install: exit %d: %s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "warning: -token is written into the service definition") {
+		t.Errorf("no warning about -token: %q", r.stderr)
+	}
+	unit, err := os.ReadFile(filepath.Join(root, "etc/systemd/system/visor-agent.service"))
+	if err != nil || !strings.Contains(string(unit), "ExecStart=/usr/bin/visor agent -host=h1 -token=s3cret\n") {
+		t.Errorf("unit ExecStart wrong (%v):\n%s", err, unit)
+	}
+}
+
+// TestServiceInstallMissingValue: install's own flag without its value.
+func TestServiceInstallMissingValue(t *testing.T) {
+	root := t.TempDir()
+	r := svcRun("service", "install", "-root", root, "-init")
+	if r.code != 2 || !strings.Contains(r.stderr, "-init") {
+		t.Errorf("exit %d, %q; want 2 naming -init", r.code, r.stderr)
+	}
+	if got := files(t, root); len(got) != 0 {
+		t.Errorf("wrote %q", got)
+	}
+}
