@@ -147,6 +147,25 @@ func TestConcurrentScale(t *testing.T) {
 	in.State = InstanceRunning
 	must(t, h.CompleteWith(ctx, tickets[0], in))
 
+	t.Run("chunked", func(t *testing.T) {
+		// Differences above one transaction's worth, applied in steps.
+		var wg sync.WaitGroup
+		for _, n := range []int{130, 0, 90, 45} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := r.Scale(ctx, "web", "v1", "worker", n); err != nil {
+					t.Errorf("scale to %d: %v", n, err)
+				}
+			}()
+		}
+		wg.Wait()
+		want, err := r.CurrentScale(ctx, "web", "v1", "worker")
+		must(t, err)
+		if c, _ := counts(t, r, "web", "worker"); c != want {
+			t.Fatalf("counted %d, last written scale %d", c, want)
+		}
+	})
 	for round := range 3 {
 		t.Run(fmt.Sprint("round", round), func(t *testing.T) {
 			var wg sync.WaitGroup
