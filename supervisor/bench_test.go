@@ -52,29 +52,39 @@ func BenchmarkStart1000Cgroup(b *testing.B) {
 func benchStart(b *testing.B, h *harness) {
 	sleep := sleepBinary(b)
 	ctx := context.Background()
-	// Each round is paired with an untimed bare os/exec round, so that the
-	// reported ratio holds even when the host's load drifts between runs.
+	// Each round interleaves chunks of 100 supervised starts with untimed
+	// chunks of 100 bare os/exec starts, so that the reported ratio holds
+	// even when the load of the (shared) host drifts.
+	const chunk = 100
 	var sup, bare time.Duration
 	for i := 0; i < b.N; i++ {
-		t0 := time.Now()
-		for j := range benchN {
-			id := fmt.Sprintf("s%d-%d", i, j)
-			st, err := h.Start(ctx, Spec{ID: id, Command: []string{sleep, "3600"}})
-			if err != nil || st.State != StateRunning {
-				b.Fatalf("Start(%s) = %+v, %v", id, st, err)
+		var kills []func()
+		for c := 0; c < benchN/chunk; c++ {
+			t0 := time.Now()
+			for j := range chunk {
+				id := fmt.Sprintf("s%d-%d-%d", i, c, j)
+				st, err := h.Start(ctx, Spec{ID: id, Command: []string{sleep, "3600"}})
+				if err != nil || st.State != StateRunning {
+					b.Fatalf("Start(%s) = %+v, %v", id, st, err)
+				}
 			}
+			sup += time.Since(t0)
+			b.StopTimer()
+			d, kill := bareRound(b, sleep, chunk)
+			bare += d
+			kills = append(kills, kill)
+			b.StartTimer()
 		}
-		sup += time.Since(t0)
 		b.StopTimer()
 		if i == b.N-1 {
 			rss, cpu := idleUsage(b)
 			b.ReportMetric(rss, "rss-MB")
 			b.ReportMetric(cpu, "idle-cpu-%")
 		}
+		for _, kill := range kills {
+			kill()
+		}
 		stopAll(b, h.Supervisor)
-		d, kill := bareRound(b, sleep)
-		kill()
-		bare += d
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(sup)/float64(bare), "x-bare")
@@ -85,19 +95,19 @@ func benchStart(b *testing.B, h *harness) {
 func BenchmarkBareExec1000(b *testing.B) {
 	sleep := sleepBinary(b)
 	for b.Loop() {
-		_, kill := bareRound(b, sleep)
+		_, kill := bareRound(b, sleep, benchN)
 		b.StopTimer()
 		kill()
 		b.StartTimer()
 	}
 }
 
-// bareRound starts 1000 sleepers with os/exec and returns how long that
-// took and a func that kills and reaps them.
-func bareRound(b *testing.B, sleep string) (time.Duration, func()) {
+// bareRound starts n sleepers with os/exec and returns how long that took
+// and a func that kills and reaps them.
+func bareRound(b *testing.B, sleep string, n int) (time.Duration, func()) {
 	t0 := time.Now()
-	cmds := make([]*exec.Cmd, 0, benchN)
-	for range benchN {
+	cmds := make([]*exec.Cmd, 0, n)
+	for range n {
 		cmd := exec.Command(sleep, "3600")
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
