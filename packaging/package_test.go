@@ -193,18 +193,74 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// nsEnv marks the test binary re-executed in a private mount namespace.
+const nsEnv = "VISOR_PACKAGING_TEST_IN_MOUNT_NS"
+
 // TestDebPackage builds the .deb, installs it on this machine with dpkg,
 // checks every file, the user and the permissions, runs the installed
 // binary (version, and a dev-mode agent that must notify READY=1 and
 // STOPPING=1 like under systemd), then removes and purges the package and
 // checks that nothing is left.
+//
+// The body runs in a private mount namespace with a fresh tmpfs on /run:
+// the package's scripts create and delete /run/visor, which agents started
+// by other tests on this machine may be using at the same time.
 func TestDebPackage(t *testing.T) {
+	if os.Getenv(nsEnv) == "1" {
+		if err := syscall.Mount("tmpfs", "/run", "tmpfs", 0, "mode=0755,size=16m"); err != nil {
+			t.Fatalf("mount tmpfs on /run: %v", err)
+		}
+		if err := os.Mkdir("/run/lock", 0o1777); err != nil {
+			t.Fatal(err)
+		}
+		debPackage(t)
+		return
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("the package test installs a .deb with dpkg and needs root; run the suite as root to cover it")
 	}
 	if _, err := exec.LookPath("dpkg"); err != nil {
 		t.Skip("dpkg not installed: this is not a Debian-family machine, the .deb cannot be installed")
 	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("unshare(1) not installed; cannot give the package test a private /run")
+	}
+	// Whatever happens in the namespace, leave the machine as it was.
+	t.Cleanup(func() {
+		if installedVersion() != "" {
+			// Purge with a private /run too: postremove deletes /run/visor.
+			out, err := exec.Command(unshare, "--mount", "--propagation", "private", "--",
+				"sh", "-c", "mount -t tmpfs tmpfs /run && dpkg -P visor").CombinedOutput()
+			if err != nil {
+				t.Errorf("cleanup: dpkg -P visor: %v\n%s", err, out)
+			}
+		}
+	})
+	cmd := exec.Command(unshare, "--mount", "--propagation", "private", "--",
+		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=9m")
+	cmd.Env = append(os.Environ(), nsEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("in mount namespace:\n%s", out)
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("package test in mount namespace: %v", err)
+	}
+	// Back on the host's view of the file system: nothing is left.
+	for _, p := range hostPaths {
+		if _, err := os.Lstat(p); p != "/run/visor" && !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s left on the host (%v)", p, err)
+		}
+	}
+	if _, err := user.Lookup(testUser); err == nil {
+		t.Errorf("user %s left on the host", testUser)
+	}
+	if v := installedVersion(); v != "" {
+		t.Errorf("visor %s left installed", v)
+	}
+}
+
+// debPackage is TestDebPackage's body, run in the mount namespace.
+func debPackage(t *testing.T) {
 	checkMachineFree(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
