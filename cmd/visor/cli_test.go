@@ -333,7 +333,7 @@ func runInstances(t *testing.T, r *registry.Registry, id string, n int) *registr
 func serveTickets(ctx context.Context, r *registry.Registry, sess *registry.HostSession, errc chan<- error,
 	handle func(context.Context, *registry.HostSession, registry.Ticket) error) {
 	for ev := range r.WatchTickets(ctx, sess.ID()) {
-		if ev.Err != nil || ev.Deleted || ev.Claimed || ev.Ticket.Holder != "" {
+		if ev.Err != nil || ev.Deleted || ev.Ticket.Holder != "" {
 			continue
 		}
 		if err := handle(ctx, sess, ev.Ticket); err != nil && ctx.Err() == nil {
