@@ -69,23 +69,26 @@ TasksMax=infinity
 # The agent's logs go to stderr, which the journal collects.
 StandardError=journal
 
-# Hardening that does not get in the way of user workloads:
-# no workload should load kernel modules, read the kernel log or set the
-# clock; these act through capabilities and /proc, not through the file
-# system layout workloads see.
+# Hardening that does not get in the way of user workloads (they inherit
+# the agent's sandbox). No workload should load kernel modules: this drops
+# CAP_SYS_MODULE and hides the module tree (the kernel's own module
+# auto-loading still works).
 ProtectKernelModules=yes
-# See above: dmesg and /proc/kmsg stay out of reach.
+# No workload should read or clear the kernel log: drops CAP_SYSLOG, hides
+# /dev/kmsg and /proc/kmsg.
 ProtectKernelLogs=yes
-# See above: the system clock is not the workloads' to change.
-ProtectClock=yes
 # Not set, on purpose: NoNewPrivileges (workloads may run setuid binaries and
 # the agent switches to each app's user), ProtectSystem/ProtectHome/
 # PrivateTmp/ReadOnlyPaths (workloads write where their apps expect; a private
 # /tmp would also differ between an instance and the agent that re-adopts it),
-# ProtectControlGroups (the agent writes cgroups), RestrictNamespaces and
-# SystemCallFilter (workloads may use containers or any system call),
-# MemoryDenyWriteExecute (breaks JIT runtimes), SystemCallArchitectures
-# (breaks 32-bit workloads), OOMScoreAdjust (inherited by every workload).
+# PrivateDevices and ProtectClock (both install a device allow-list that, with
+# Delegate=yes, also cuts workloads off /dev/fuse, /dev/kvm, GPUs, ...),
+# ProtectHostname (the agent would not see a later hostname change),
+# ProtectKernelTunables and ProtectControlGroups (the agent writes cgroups;
+# workloads may tune sysctls), RestrictNamespaces and SystemCallFilter
+# (workloads may use containers or any system call), MemoryDenyWriteExecute
+# (breaks JIT runtimes), SystemCallArchitectures (breaks 32-bit workloads),
+# OOMScoreAdjust (inherited by every workload).
 
 [Install]
 # Start at boot in normal multi-user operation.
