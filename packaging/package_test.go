@@ -371,6 +371,32 @@ func debPackage(t *testing.T) {
 		}
 	})
 
+	t.Run("reinstall keeps edited config", func(t *testing.T) {
+		orig, err := os.ReadFile("/etc/visor/agent.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		edited := bytes.Replace(orig, []byte(`"log_level": "info"`), []byte(`"log_level": "debug"`), 1)
+		if bytes.Equal(edited, orig) {
+			t.Fatal(`packaged agent.json has no "log_level": "info" to edit`)
+		}
+		if err := os.WriteFile("/etc/visor/agent.json", edited, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		// Same package again: prerm upgrade, then postinst configure with
+		// the old version, as on an upgrade. No user is configured now.
+		runCmd(t, ctx, "/", []string{"VISOR_SYSTEM_USER="}, "dpkg", "-i", deb)
+		if got, err := os.ReadFile("/etc/visor/agent.json"); err != nil || !bytes.Equal(got, edited) {
+			t.Errorf("edited config replaced on reinstall (%v):\n%s", err, got)
+		}
+		if _, err := user.Lookup(testUser); err != nil {
+			t.Errorf("user %s gone after reinstall: %v", testUser, err)
+		}
+		if _, err := os.Stat("/etc/systemd/system/visor-agent.service.d/user.conf"); err != nil {
+			t.Errorf("drop-in gone after reinstall: %v", err)
+		}
+	})
+
 	t.Run("dev-smoke", func(t *testing.T) {
 		devSmoke(t, ctx)
 	})
