@@ -23,7 +23,8 @@
 //	tickets/<id>                       Ticket; ids sort by creation time
 //	claims/<ticket-id>                 holder host id (raw), bound to the
 //	                                   holder's lease
-//	instances/<id>                     Instance; ids are <app>-<proc>-<8 hex>
+//	instances/<id>                     Instance; ids are <app>-<proc>-<8 hex>,
+//	                                   so Scale reads one key range per proc
 //	hosts/<host>                       Host, bound to the host's lease
 //	hosts/<host>/instances/<id>        empty index entry, bound to the lease
 //

@@ -34,7 +34,10 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 		clientv3.OpGet(r.procKey(app, proc), clientv3.WithCountOnly()),
 		clientv3.OpGet(r.scaleKey(app, rev, proc)),
 		clientv3.OpGet(r.genKey(app, rev, proc)),
-		clientv3.OpGet(r.instancesDir(), clientv3.WithPrefix()),
+		// Instance ids start with <app>-<proc>- (newInstanceID), so this
+		// range holds every instance of app/proc, plus a few of other
+		// app/proc pairs that share the prefix, filtered below.
+		clientv3.OpGet(r.instanceKey(app+"-"+proc+"-"), clientv3.WithPrefix()),
 		clientv3.OpGet(r.ticketsDir(), clientv3.WithPrefix()),
 		clientv3.OpGet(r.claimsDir(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 	).Commit()
