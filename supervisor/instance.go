@@ -202,6 +202,9 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 	}
 	pid, err := syscall.ForkExec(in.rs.path, in.rs.argv, attr)
 	if err != nil {
+		if after != nil {
+			_ = after(-1) // releases what Prepare opened
+		}
 		switch {
 		case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.ENOENT),
 			errors.Is(err, syscall.ENOEXEC), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EPERM):

@@ -96,9 +96,10 @@ type Config struct {
 }
 
 // Supervisor runs and watches instances. Its methods are safe for concurrent
-// use. Start, Stop, Restart, Signal and Restore block until Run is running
-// (or their ctx ends); after Run has returned they fail with ErrStopped.
-// Status, List, Wait, LogPath and CgroupMode work at any time.
+// use. Start, Stop, Restart and Restore block until Run is running (or
+// their ctx ends); after Run has returned they and Signal fail with
+// ErrStopped. Status, List, Wait, Remove, LogPath and CgroupMode work at any
+// time.
 type Supervisor struct {
 	cfg    Config
 	log    hclog.Logger
