@@ -302,6 +302,19 @@ func failStart(ctx context.Context, sess *registry.HostSession, tk registry.Tick
 	return sess.CompleteWith(ctx, tk, inst)
 }
 
+// releaseStart claims a start ticket and gives it up with a reason, as an
+// agent does when a start fails on its host, so that another host may try.
+// Tickets this host gave up before are left alone.
+func releaseStart(ctx context.Context, sess *registry.HostSession, tk registry.Ticket) error {
+	if contains(tk.FailedHosts, sess.ID()) {
+		return nil
+	}
+	if _, err := sess.Claim(ctx, tk); err != nil {
+		return err
+	}
+	return sess.Release(ctx, tk, "artifact missing")
+}
+
 // runInstances carries out every open start ticket on host id and fails
 // unless there were n.
 func runInstances(t *testing.T, r *registry.Registry, id string, n int) *registry.HostSession {

@@ -99,6 +99,15 @@ func runScale(ctx context.Context, e *env, args []string) error {
 		return usageError("--wait-timeout %s: must be positive", timeout)
 	}
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		// With --wait, changes are followed from before the scale, so that a
+		// start that fails at once is still seen.
+		var from int64
+		if wait {
+			var err error
+			if from, err = r.CurrentRevision(ctx); err != nil {
+				return fmt.Errorf("scale: %w", err)
+			}
+		}
 		out := make([]scaleOut, 0, len(want))
 		for _, w := range want {
 			res, err := r.Scale(ctx, app, rev, w.proc, w.n)
@@ -132,7 +141,7 @@ func runScale(ctx context.Context, e *env, args []string) error {
 				ours[id] = true
 			}
 		}
-		return waitScale(ctx, r, progress, app, rev, want, ours, timeout)
+		return waitScale(ctx, r, progress, app, rev, want, ours, from, timeout)
 	})
 }
 
@@ -145,10 +154,16 @@ type scaleWaiter struct {
 	// process type is in want.
 	state  map[string]registry.InstanceState
 	procOf map[string]string
+	// modRev is the etcd revision of the last change applied per instance;
+	// older changes (replayed by the watch) are ignored.
+	modRev map[string]int64
 	// failed counts, per process type, the instances seen entering the
 	// failed state during the wait; reason is the last failure's reason.
 	failed map[string]int
 	reason map[string]string
+	// attempts counts, per process type, the start attempts that a host
+	// gave up during the wait (the ticket goes back for another host).
+	attempts map[string]int
 	// ours holds the start tickets this scale created: their instances'
 	// failures count even if they happened before the wait began.
 	ours map[string]bool
@@ -165,12 +180,14 @@ func (w *scaleWaiter) wanted(proc string) bool {
 	return false
 }
 
-// observe records an instance's state. during reports whether the change
-// happened during the wait (an event), not before it (the initial list).
-func (w *scaleWaiter) observe(inst registry.Instance, during bool) {
-	if inst.App != w.app || inst.Rev != w.rev || !w.wanted(inst.Proc) {
+// observe records an instance's state as of etcd revision rev. during
+// reports whether the change happened during the wait (an event), not
+// before it (the initial list).
+func (w *scaleWaiter) observe(inst registry.Instance, rev int64, during bool) {
+	if inst.App != w.app || inst.Rev != w.rev || !w.wanted(inst.Proc) || rev <= w.modRev[inst.ID] {
 		return
 	}
+	w.modRev[inst.ID] = rev
 	if (during || w.ours[inst.Ticket]) && inst.State == registry.InstanceFailed && w.state[inst.ID] != registry.InstanceFailed {
 		w.failed[inst.Proc]++
 		w.reason[inst.Proc] = inst.Reason
@@ -179,7 +196,13 @@ func (w *scaleWaiter) observe(inst registry.Instance, during bool) {
 	w.procOf[inst.ID] = inst.Proc
 }
 
-func (w *scaleWaiter) forget(id string) {
+// forget drops a deleted instance; rev is the revision of the deletion,
+// which is remembered so that replayed older changes do not revive it.
+func (w *scaleWaiter) forget(id string, rev int64) {
+	if rev <= w.modRev[id] {
+		return
+	}
+	w.modRev[id] = rev
 	delete(w.state, id)
 	delete(w.procOf, id)
 }
@@ -198,14 +221,23 @@ func (w *scaleWaiter) running() map[string]int {
 // "web/v1/web 3/5 running" or "web/v1/web 0/5 running (2 failed: reason)".
 func (w *scaleWaiter) progress(a scaleArg, running int) string {
 	line := fmt.Sprintf("%s/%s/%s %d/%d running", w.app, w.rev, a.proc, running, a.n)
-	if f := w.failed[a.proc]; f > 0 {
-		line += fmt.Sprintf(" (%d failed", f)
-		if r := w.reason[a.proc]; r != "" {
-			line += ": " + r
-		}
-		line += ")"
+	var notes []string
+	if n := w.attempts[a.proc]; n == 1 {
+		notes = append(notes, "1 start attempt failed")
+	} else if n > 1 {
+		notes = append(notes, fmt.Sprintf("%d start attempts failed", n))
 	}
-	return line
+	if n := w.failed[a.proc]; n > 0 {
+		notes = append(notes, fmt.Sprintf("%d failed", n))
+	}
+	if len(notes) == 0 {
+		return line
+	}
+	line += " (" + strings.Join(notes, ", ")
+	if r := w.reason[a.proc]; r != "" {
+		line += ": " + r
+	}
+	return line + ")"
 }
 
 // report prints the progress line of every process type whose line changed
@@ -236,34 +268,33 @@ func (w *scaleWaiter) summary() string {
 
 // waitScale follows instance events of app/rev until every process type in
 // want has exactly its desired number of running instances, or timeout
-// passes. It lists the instances first and watches from the revision read
-// before the list, so no change is missed. ours are the start tickets the
-// scale created.
-func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, rev string, want []scaleArg, ours map[string]bool, timeout time.Duration) error {
+// passes. It lists the instances, then watches from revision from+1 (read
+// before the scale), so no change is missed; changes older than an
+// instance's listed state are ignored. ours are the start tickets the scale
+// created.
+func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, rev string, want []scaleArg, ours map[string]bool, from int64, timeout time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 
-	from, err := r.CurrentRevision(ctx)
-	if err != nil {
-		return fmt.Errorf("wait for scale: %w", err)
-	}
 	insts, err := r.AppInstances(ctx, app)
 	if err != nil {
 		return fmt.Errorf("wait for scale: %w", err)
 	}
 	w := &scaleWaiter{
 		app: app, rev: rev, want: want,
-		state:   make(map[string]registry.InstanceState),
-		procOf:  make(map[string]string),
-		failed:  make(map[string]int),
-		reason:  make(map[string]string),
-		ours:    ours,
-		printed: make(map[string]string),
+		state:    make(map[string]registry.InstanceState),
+		procOf:   make(map[string]string),
+		modRev:   make(map[string]int64),
+		failed:   make(map[string]int),
+		reason:   make(map[string]string),
+		attempts: make(map[string]int),
+		ours:     ours,
+		printed:  make(map[string]string),
 	}
 	for _, inst := range insts {
-		w.observe(inst, false)
+		w.observe(inst, inst.ModRevision, false)
 	}
 	events := r.WatchEvents(ctx, from+1)
 	defer drain(cancel, events)
@@ -294,11 +325,25 @@ func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev regist
 		return nil
 	}
 	switch ev.Type {
+	case registry.TicketReleased:
+		// A host gave up a start; the ticket records why.
+		if ev.App != w.app || ev.Rev != w.rev || !w.wanted(ev.Proc) || ev.Ticket == "" {
+			return nil
+		}
+		w.attempts[ev.Proc]++
+		t, err := r.Ticket(ctx, ev.Ticket)
+		switch {
+		case errors.Is(err, registry.ErrNotFound):
+		case err != nil:
+			return fmt.Errorf("wait for scale: ticket %s: %w", ev.Ticket, err)
+		case len(t.Reasons) > 0:
+			w.reason[ev.Proc] = t.Reasons[len(t.Reasons)-1]
+		}
 	case registry.InstanceDeleted:
-		w.forget(ev.Instance)
+		w.forget(ev.Instance, ev.Revision)
 	case registry.InstanceChanged:
 		if ev.State != "" && ev.State != registry.InstanceFailed && ev.App != "" && ev.Rev != "" && ev.Proc != "" {
-			w.observe(registry.Instance{ID: ev.Instance, App: ev.App, Rev: ev.Rev, Proc: ev.Proc, State: ev.State}, true)
+			w.observe(registry.Instance{ID: ev.Instance, App: ev.App, Rev: ev.Rev, Proc: ev.Proc, State: ev.State}, ev.Revision, true)
 			return nil
 		}
 		// Read the record: the event lacks its details, or it failed and
@@ -306,11 +351,11 @@ func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev regist
 		inst, err := r.Instance(ctx, ev.Instance)
 		switch {
 		case errors.Is(err, registry.ErrNotFound):
-			w.forget(ev.Instance)
+			w.forget(ev.Instance, ev.Revision)
 		case err != nil:
 			return fmt.Errorf("wait for scale: instance %s: %w", ev.Instance, err)
 		default:
-			w.observe(inst, true)
+			w.observe(inst, inst.ModRevision, true)
 		}
 	}
 	return nil

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/visorhq/visor/registry"
 )
 
 // setupWeb creates app web with revision v1 and process types web and worker.
@@ -110,25 +112,41 @@ func TestScaleWaitReachesScale(t *testing.T) {
 }
 
 func TestScaleWaitShowsFailures(t *testing.T) {
-	h := newHarness(t)
-	setupWeb(h)
-	r := h.registry()
-	sess := registerHost(t, r, "h1")
+	for _, tc := range []struct {
+		name   string
+		handle func(context.Context, *registry.HostSession, registry.Ticket) error
+		want   string
+	}{
+		{"failed", failStart, "web/v1/web 0/1 running (1 failed: command not found)"},
+		{"released", releaseStart, "web/v1/web 0/1 running (1 start attempt failed: artifact missing)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			setupWeb(h)
+			r := h.registry()
+			sess := registerHost(t, r, "h1")
 
-	ctx, cancel := context.WithCancel(testContext(t))
-	errc := make(chan error, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		serveTickets(ctx, r, sess, errc, failStart)
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+			ctx, cancel := context.WithCancel(testContext(t))
+			errc := make(chan error, 1)
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				serveTickets(ctx, r, sess, errc, tc.handle)
+			}()
+			t.Cleanup(func() { cancel(); wg.Wait() })
 
-	// Every start fails: the wait shows why and gives up at the timeout.
-	res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "2s")
-	checkFailure(t, res, 1, []string{"timed out after 2s", "web/v1/web 0/1 running (1 failed: command not found)"}, nil)
-	if !strings.Contains(res.stdout, "web/v1/web 0/1 running (1 failed: command not found)\n") {
-		t.Errorf("progress does not show the failure: stdout %q", res.stdout)
+			// Every start fails: the wait shows why and gives up at the timeout.
+			res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "2s")
+			checkFailure(t, res, 1, []string{"timed out after 2s", tc.want}, nil)
+			if !strings.Contains(res.stdout, tc.want+"\n") {
+				t.Errorf("progress does not show the failure: stdout %q", res.stdout)
+			}
+			select {
+			case err := <-errc:
+				t.Fatalf("agent: %v", err)
+			default:
+			}
+		})
 	}
 }
