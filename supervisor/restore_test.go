@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -202,5 +204,72 @@ func TestAdoptNonChild(t *testing.T) {
 	}
 	if proctest.Alive(pid) {
 		t.Fatal("adopted process alive after Stop")
+	}
+}
+
+// TestLogsFlowWhileDown checks that a process keeps writing its log while no
+// supervisor runs: the log file is its own stdout, not a pipe through us.
+func TestLogsFlowWhileDown(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := ctxT(t)
+	h1 := start(t, Config{StateDir: dir})
+	spec := Spec{ID: "ticker", Command: proctest.Command("tick", "10ms"), Env: proctest.Env()}
+	if _, err := h1.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	path := h1.LogPath("ticker", "stdout")
+	h1.stopRun(t)
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+	down := size()
+	proctest.WaitFor(t, 10*time.Second, "log growth while down", func() bool { return size() > down+100 })
+	h2 := start(t, Config{StateDir: dir})
+	if _, err := h2.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := h2.Status("ticker"); !st.Adopted || st.State != StateRunning {
+		t.Fatalf("status %+v, want adopted and running", st)
+	}
+}
+
+// TestRestoreFinishesStop tears the supervisor down in the middle of a stop:
+// the next one finishes it (grace period, then SIGKILL), never restarts it.
+func TestRestoreFinishesStop(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	h1 := start(t, Config{StateDir: dir})
+	ready := filepath.Join(t.TempDir(), "ready")
+	spec := Spec{ID: "halfway", Command: proctest.Command("ignore-sigterm", ready), Env: proctest.Env(),
+		StopTimeout: 500 * time.Millisecond}
+	first, err := h1.Start(ctxT(t), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proctest.ReadFile(t, 20*time.Second, ready)
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := h1.Stop(short, "halfway"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Stop() = %v, want deadline exceeded (SIGTERM is ignored)", err)
+	}
+	h1.stopRun(t)
+	if !proctest.Alive(first.PID) {
+		t.Fatal("process died before the grace period")
+	}
+	h2 := start(t, Config{StateDir: dir})
+	if _, err := h2.Restore(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h2.Wait(ctxT(t), "halfway")
+	if err != nil || st.State != StateExited || st.Reason != "stopped" || st.Signal != "KILL" || len(st.Restarts) != 0 {
+		t.Fatalf("Wait() = %+v, %v; want stopped by KILL, no restart", st, err)
+	}
+	if proctest.Alive(first.PID) {
+		t.Fatal("process alive after the stop finished")
 	}
 }

@@ -91,6 +91,13 @@ func run(workload string, args []string) int {
 	case "exit":
 		// exit N: exit at once with code N.
 		return num(arg(0, "0"))
+	case "tick":
+		// tick D: print a numbered line to stdout every D, forever.
+		t := time.NewTicker(dur(arg(0, "10ms")))
+		for i := 0; ; i++ {
+			fmt.Fprintf(os.Stdout, "tick %d\n", i)
+			<-t.C
+		}
 	case "crash-after":
 		// crash-after D: run D, then exit 1.
 		time.Sleep(dur(arg(0, "0s")))
