@@ -219,9 +219,11 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 			continue
 		}
 		retry.reset()
-		a.setSession(s)
 		a.log.Info("registry session up", "lease", fmt.Sprintf("%x", int64(s.Lease())))
+		// Adopt before the state writer sees the session: a write of an
+		// instance not yet re-bound to the new lease would look replaced.
 		a.adoptAll(ctx, s)
+		a.setSession(s)
 		a.readyOnce.Do(a.cfg.Ready)
 
 		err = a.serve(ctx, s)
@@ -373,6 +375,7 @@ func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 		_, err := s.Adopt(ctx, st.ID)
 		switch {
 		case err == nil:
+			a.reclaimStartTicket(ctx, s, st)
 			a.writer.touch(st.ID)
 		case errors.Is(err, registry.ErrNotHolder), errors.Is(err, registry.ErrNotFound):
 			if a.writer.drop(st.ID) {
@@ -407,6 +410,26 @@ func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 			a.log.Warn("mark missing instance exited", "instance", in.ID, "error", err)
 		}
 	}
+}
+
+// reclaimStartTicket takes back the start ticket of an adopted instance
+// whose claim died with the previous lease before the ticket completed, so
+// that no other host starts a second copy; the state writer then completes
+// it with the instance's current state.
+func (a *Agent) reclaimStartTicket(ctx context.Context, s *registry.HostSession, st supervisor.Status) {
+	tid := st.Meta[metaTicket]
+	if tid == "" {
+		return
+	}
+	t, err := a.reg.Ticket(ctx, tid)
+	if err != nil || t.Holder != "" || t.Op != registry.TicketStart {
+		return // done, or someone holds it
+	}
+	if _, err := s.Claim(ctx, t); err != nil {
+		a.log.Debug("reclaim start ticket", "instance", st.ID, "ticket", tid, "error", err)
+		return
+	}
+	a.writer.expect(st.ID, t)
 }
 
 // serve runs the ticket loop and the host status loop on session s until ctx

@@ -152,7 +152,7 @@ func (c *cluster) startAgent(host string, extra ...string) *agentProc {
 		"-host", host,
 		"-data-dir", dataDir,
 		"-http-addr", "off",
-		"-ttl", "3s",
+		"-ttl", "5s",
 		"-cgroups", "none",
 		"-log-level", "debug",
 	}, extra...)
