@@ -105,27 +105,39 @@ func BenchmarkClaim(b *testing.B) {
 			round := max(200, 10*n)
 			var claimDur, rawDur time.Duration
 			b.ResetTimer()
-			for done := 0; done < len(tickets); done += round {
+			for done, odd := 0, false; done < len(tickets); done, odd = done+round, !odd {
 				batch := tickets[done:min(done+round, len(tickets))]
-				start := time.Now()
-				var next sync.Mutex
-				k := 0
-				fanOut(b, n, len(batch), func(i int) error {
-					next.Lock()
-					s := sessions[k%n]
-					k++
-					next.Unlock()
-					_, err := s.Claim(ctx, batch[i])
-					return err
-				})
-				claimDur += time.Since(start)
-				b.StopTimer()
-				start = time.Now()
-				fanOut(b, n, len(batch), func(i int) error {
-					return rawTxn(ctx, cli, fmt.Sprintf("%sraw/%08d", r.Prefix(), done+i))
-				})
-				rawDur += time.Since(start)
-				b.StartTimer()
+				claims := func() {
+					start := time.Now()
+					var next sync.Mutex
+					k := 0
+					fanOut(b, n, len(batch), func(i int) error {
+						next.Lock()
+						s := sessions[k%n]
+						k++
+						next.Unlock()
+						_, err := s.Claim(ctx, batch[i])
+						return err
+					})
+					claimDur += time.Since(start)
+				}
+				raws := func() {
+					b.StopTimer()
+					start := time.Now()
+					fanOut(b, n, len(batch), func(i int) error {
+						return rawTxn(ctx, cli, fmt.Sprintf("%sraw/%08d", r.Prefix(), done+i))
+					})
+					rawDur += time.Since(start)
+					b.StartTimer()
+				}
+				// Alternate the order so neither side always runs first.
+				if odd {
+					raws()
+					claims()
+				} else {
+					claims()
+					raws()
+				}
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/claimDur.Seconds(), "claims/s")
