@@ -5,13 +5,15 @@
 // SIGKILL, its stdout and stderr written to rotated log files.
 //
 // Children are reaped centrally: one poller goroutine waits on the pidfds of
-// all instances through epoll, so supervising a thousand processes costs one
-// OS thread, not a thousand blocked cmd.Wait calls. Instances outlive the
+// all instances through epoll (kqueue EVFILT_PROC on darwin), so supervising
+// a thousand processes costs one OS thread, not a thousand blocked cmd.Wait
+// calls. Instances outlive the
 // supervisor: their state is persisted per instance under Config.StateDir,
 // and Restore re-adopts them (pid plus process start time, so a reused pid is
 // never mistaken for ours) without starting a second copy.
 //
-// The package is Linux-only. It knows nothing of the registry: it must never
+// Linux is the production platform (pidfds, cgroups); darwin builds and
+// runs with kqueue and process groups only. The package knows nothing of the registry: it must never
 // import go.etcd.io/..., github.com/visorhq/visor/registry or
 // github.com/visorhq/visor/agent (enforced by deps_test.go). The agent
 // implements StateHandler and translates Status into registry records.

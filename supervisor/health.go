@@ -79,7 +79,7 @@ var healthTransport = &http.Transport{DisableKeepAlives: true}
 func (s *Supervisor) healthResult(in *instance, gen uint64, h HealthCheck, err error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.gen != gen || in.pidfd < 0 {
+	if in.gen != gen || in.handle < 0 {
 		return
 	}
 	if err == nil {

@@ -31,7 +31,7 @@ type instance struct {
 	phase      Phase
 	gen        uint64 // incremented at every spawn or adoption
 	pid        int    // 0 without a live process
-	pidfd      int    // -1 without a live process
+	handle     int    // watch handle (pidfd on Linux, pid on darwin); -1 without a live process
 	startTicks uint64
 	startTime  time.Time
 	adopted    bool
@@ -186,8 +186,8 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 	}
 	defer devNull.Close()
 
-	pidfd := -1
-	sys := &syscall.SysProcAttr{Setpgid: true, Credential: in.rs.cred, PidFD: &pidfd}
+	sys := &syscall.SysProcAttr{Setpgid: true, Credential: in.rs.cred}
+	handleOf := prepareHandle(sys)
 	var after func(int) error
 	if in.group != nil {
 		if after, err = in.group.Prepare(sys); err != nil {
@@ -219,24 +219,31 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 			in.log.Warn("join cgroup", "pid", pid, "error", err)
 		}
 	}
+	handle, err := handleOf(pid)
+	if err != nil {
+		// Unwatchable: undo the start rather than run it blind.
+		_ = killGroup(pid, syscall.SIGKILL)
+		reapBlocking(-1, pid)
+		return fmt.Errorf("watch %s: %w", in.rs.path, err)
+	}
 	ticks, _, err := procStat(pid)
 	if err != nil {
 		in.log.Warn("read process start time", "pid", pid, "error", err)
 	}
 	in.gen++
-	in.pid, in.pidfd, in.startTicks, in.adopted = pid, pidfd, ticks, false
+	in.pid, in.handle, in.startTicks, in.adopted = pid, handle, ticks, false
 	// time.Now, not ticksTime: the boot time in /proc/stat has a one-second
 	// resolution, too coarse for MinUptime and ResetAfter, and Now carries
 	// a monotonic reading.
 	in.startTime = time.Now()
 	in.phase, in.continued = PhaseRunning, false
 	in.upOK, in.healthy, in.fails, in.healthKill = in.spec.MinUptime == 0, false, 0, false
-	if err := s.reaper.add(watch{in: in, gen: in.gen, fd: pidfd}); err != nil {
+	if err := s.reaper.add(watch{in: in, gen: in.gen, fd: handle}); err != nil {
 		// Without a watch nobody would notice the exit: undo the start.
 		_ = killGroup(pid, syscall.SIGKILL)
-		reapPidfdBlocking(pidfd)
-		syscall.Close(pidfd)
-		in.pid, in.pidfd = 0, -1
+		reapBlocking(handle, pid)
+		closeHandle(handle)
+		in.pid, in.handle = 0, -1
 		return err
 	}
 	// Without a started criterion running follows at once: one state file
@@ -268,7 +275,7 @@ func (s *Supervisor) armStartedLocked(in *instance) {
 			in.upTimer = s.afterFunc(wait, func() {
 				in.mu.Lock()
 				defer in.mu.Unlock()
-				if in.gen != gen || in.pidfd < 0 {
+				if in.gen != gen || in.handle < 0 {
 					return
 				}
 				in.upTimer = nil
@@ -291,7 +298,7 @@ func (s *Supervisor) maybeRunningLocked(in *instance) {
 // killLocked sends the stop signal to the group, then SIGKILL to the group
 // and its cgroup after the grace period if the process is still there.
 func (s *Supervisor) killLocked(in *instance) {
-	if in.pidfd < 0 {
+	if in.handle < 0 {
 		return
 	}
 	pid, gen := in.pid, in.gen
@@ -306,7 +313,7 @@ func (s *Supervisor) killLocked(in *instance) {
 	in.killTimer = s.afterFunc(in.rs.stopTimeout, func() {
 		in.mu.Lock()
 		defer in.mu.Unlock()
-		if in.gen != gen || in.pidfd < 0 {
+		if in.gen != gen || in.handle < 0 {
 			return
 		}
 		in.killTimer = nil
@@ -325,7 +332,7 @@ func (s *Supervisor) handleExit(w watch) {
 	in := w.in
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.gen != w.gen || in.pidfd != w.fd {
+	if in.gen != w.gen || in.handle != w.fd {
 		s.reaper.release(w.fd)
 		return
 	}
@@ -339,9 +346,9 @@ func (s *Supervisor) handleExit(w watch) {
 			in.log.Warn("kill cgroup", "error", err)
 		}
 	}
-	st := reapPidfd(w.fd)
+	st := reapHandle(w.fd, pid)
 	s.reaper.release(w.fd)
-	in.pid, in.pidfd = 0, -1
+	in.pid, in.handle = 0, -1
 	s.stopTimer(&in.upTimer)
 	s.stopTimer(&in.killTimer)
 	if in.healthCancel != nil {
@@ -424,11 +431,4 @@ func (s *Supervisor) scheduleRestartLocked(in *instance, delay time.Duration) {
 			s.transitionLocked(in, StateFailed, "restart failed: "+err.Error())
 		}
 	})
-}
-
-// reapPidfdBlocking waits for the process behind pidfd to exit and reaps it.
-func reapPidfdBlocking(pidfd int) {
-	var info sigchldInfo
-	for errors.Is(waitidBlocking(pidfd, &info), syscall.EINTR) {
-	}
 }

@@ -67,14 +67,6 @@ func ticksTime(ticks uint64) time.Time {
 	return bt.Add(time.Duration(ticks) * (time.Second / clockTicks))
 }
 
-// exitStatus is what waitid says about an exited process.
-type exitStatus struct {
-	code     int // exit code, -1 when signaled or unknown
-	signal   syscall.Signal
-	signaled bool
-	unknown  bool
-}
-
 // sigchldInfo is the SIGCHLD layout of siginfo_t filled by waitid.
 type sigchldInfo struct {
 	signo, errno, code, _ int32
@@ -91,18 +83,62 @@ const (
 	cldDumped = 3
 )
 
-// reapPidfd collects the exit status of the exited process behind pidfd.
-// A process that is not our child (adopted from an earlier supervisor)
+// prepareHandle asks ForkExec for a pidfd (CLONE_PIDFD); the returned func
+// gives it after the fork, falling back to pidfd_open.
+func prepareHandle(sys *syscall.SysProcAttr) func(pid int) (int, error) {
+	fd := -1
+	sys.PidFD = &fd
+	return func(pid int) (int, error) {
+		if fd >= 0 {
+			return fd, nil
+		}
+		return openHandle(pid)
+	}
+}
+
+// openHandle opens a pidfd for pid: it pins the process, so a later check
+// of its start time cannot race with pid reuse.
+func openHandle(pid int) (int, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	return fd, nil
+}
+
+// closeHandle closes a pidfd.
+func closeHandle(h int) {
+	if h >= 0 {
+		unix.Close(h)
+	}
+}
+
+// reapHandle collects the exit status of the exited process behind pidfd
+// h. A process that is not our child (adopted from an earlier supervisor)
 // cannot be waited for: its status is unknown.
-func reapPidfd(pidfd int) exitStatus {
+func reapHandle(h, _ int) exitStatus {
+	return waitidPidfd(h, unix.WNOHANG)
+}
+
+// reapBlocking waits for the process (pidfd h, or pid when h < 0) to exit
+// and reaps it.
+func reapBlocking(h, pid int) {
+	if h < 0 {
+		wait4Status(pid, true)
+		return
+	}
+	waitidPidfd(h, 0)
+}
+
+func waitidPidfd(h, opts int) exitStatus {
 	var info sigchldInfo
 	for {
-		err := unix.Waitid(unix.P_PIDFD, pidfd, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|unix.WNOHANG, nil)
+		err := unix.Waitid(unix.P_PIDFD, h, (*unix.Siginfo)(unsafe.Pointer(&info)), unix.WEXITED|opts, nil)
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}
 		if err != nil || info.pid == 0 {
-			return exitStatus{code: -1, unknown: true}
+			return unknownExit
 		}
 		break
 	}
@@ -112,22 +148,5 @@ func reapPidfd(pidfd int) exitStatus {
 	case cldKilled, cldDumped:
 		return exitStatus{code: -1, signal: syscall.Signal(info.status), signaled: true}
 	}
-	return exitStatus{code: -1, unknown: true}
-}
-
-// killGroup sends sig to process group pgid, ignoring a group that is gone.
-func killGroup(pgid int, sig syscall.Signal) error {
-	if pgid <= 1 {
-		return fmt.Errorf("kill group %d: refusing", pgid)
-	}
-	err := unix.Kill(-pgid, sig)
-	if errors.Is(err, syscall.ESRCH) {
-		return nil
-	}
-	return err
-}
-
-// waitidBlocking waits for and reaps the process behind pidfd.
-func waitidBlocking(pidfd int, info *sigchldInfo) error {
-	return unix.Waitid(unix.P_PIDFD, pidfd, (*unix.Siginfo)(unsafe.Pointer(info)), unix.WEXITED, nil)
+	return unknownExit
 }

@@ -9,13 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// watch is one pidfd registered with the reaper.
-type watch struct {
-	in  *instance
-	gen uint64 // the instance's spawn generation the pidfd belongs to
-	fd  int
-}
-
 // reaper waits for the exits of all instances on one epoll set of pidfds,
 // from one goroutine: no thread per child, no per-process polling.
 type reaper struct {

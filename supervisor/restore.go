@@ -12,7 +12,7 @@ import (
 // supervisor after the previous one's process died or was upgraded. A
 // process is adopted only if its pid is alive with the persisted start time
 // (/proc/<pid>/stat field 22), so a reused pid is never mistaken for ours;
-// it is then watched through a pidfd and never started a second time. A
+// it is then watched (a pidfd on Linux, kqueue on darwin) and never started a second time. A
 // process that ended meanwhile is reported with ExitCode -1 and
 // PhaseUnknown (unless it is still our unreaped child), and its restart
 // policy applies. Instances already known are skipped. An adopted instance
@@ -113,18 +113,18 @@ func (s *Supervisor) adoptLocked(in *instance, rec record) bool {
 		}
 		return false
 	}
-	fd, err := pidfdOpen(rec.PID)
+	fd, err := openHandle(rec.PID)
 	if err != nil {
 		return false
 	}
-	// The pid could have been reused between the check and pidfd_open:
-	// check again now that the pidfd pins the process.
+	// The pid could have been reused between the check and opening the
+	// handle: check again now that a pidfd pins the process.
 	if ticks, _, err := procStat(rec.PID); err != nil || ticks != rec.StartTicks {
-		syscall.Close(fd)
+		closeHandle(fd)
 		return false
 	}
 	in.gen++
-	in.pid, in.pidfd, in.startTicks, in.adopted = rec.PID, fd, rec.StartTicks, true
+	in.pid, in.handle, in.startTicks, in.adopted = rec.PID, fd, rec.StartTicks, true
 	if t := ticksTime(rec.StartTicks); !t.IsZero() {
 		in.startTime = t
 	}
@@ -133,8 +133,8 @@ func (s *Supervisor) adoptLocked(in *instance, rec record) bool {
 	in.healthy = in.state == StateRunning
 	if err := s.reaper.add(watch{in: in, gen: in.gen, fd: fd}); err != nil {
 		in.log.Warn("watch adopted process", "pid", rec.PID, "error", err)
-		syscall.Close(fd)
-		in.pid, in.pidfd, in.adopted = 0, -1, false
+		closeHandle(fd)
+		in.pid, in.handle, in.adopted = 0, -1, false
 		return false
 	}
 	return true

@@ -11,7 +11,7 @@ var signalsByName = map[string]syscall.Signal{
 	"KILL": syscall.SIGKILL, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2,
 	"TERM": syscall.SIGTERM, "ALRM": syscall.SIGALRM, "CONT": syscall.SIGCONT,
 	"STOP": syscall.SIGSTOP, "TSTP": syscall.SIGTSTP, "WINCH": syscall.SIGWINCH,
-	"ABRT": syscall.SIGABRT, "PWR": syscall.SIGPWR, "TTIN": syscall.SIGTTIN,
+	"ABRT": syscall.SIGABRT, "TTIN": syscall.SIGTTIN,
 	"TTOU": syscall.SIGTTOU,
 }
 

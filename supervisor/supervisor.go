@@ -14,7 +14,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/shirou/gopsutil/v4/process"
-	"golang.org/x/sys/unix"
 
 	"github.com/visorhq/visor/supervisor/cgroup"
 	"github.com/visorhq/visor/supervisor/logfile"
@@ -468,7 +467,7 @@ func (s *Supervisor) Signal(id, sig string) error {
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.pidfd < 0 {
+	if in.handle < 0 {
 		return fmt.Errorf("%w: %q", ErrNotRunning, id)
 	}
 	if err := in.killGroupLocked(signal); err != nil {
@@ -587,7 +586,7 @@ func (s *Supervisor) newInstance(spec Spec, rs resolved) *instance {
 		spec:     spec,
 		rs:       rs,
 		log:      s.log.With("instance", spec.ID),
-		pidfd:    -1,
+		handle:   -1,
 		exitCode: -1,
 		phase:    PhaseUnknown,
 		restarts: make(map[string]int),
@@ -609,6 +608,3 @@ func (r *splitmix) Uint64() uint64 {
 }
 func (r *splitmix) Int63() int64    { return int64(r.Uint64() >> 1) }
 func (r *splitmix) Seed(seed int64) { r.s = uint64(seed) }
-
-// pidfdOpen opens a pidfd for pid (no flags).
-func pidfdOpen(pid int) (int, error) { return unix.PidfdOpen(pid, 0) }
