@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/visorhq/visor/discovery"
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
 )
@@ -40,6 +41,8 @@ type Agent struct {
 	artifacts *artifactCache
 	writer    *stateWriter
 	metrics   *metrics
+	services  *discovery.Store
+	registrar *discovery.Registrar
 	started   time.Time
 
 	// bg owns goroutines spawned outside the main loops (stopping replaced
@@ -84,6 +87,11 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 	}
 	a.metrics = newMetrics(a)
 	a.writer = newStateWriter(a)
+	a.services = discovery.NewStore(reg.Client(), reg.Prefix(), cfg.Logger)
+	a.registrar = discovery.NewRegistrar(a.services, 0, discovery.RegistrarConfig{
+		Host:   cfg.HostID,
+		Logger: cfg.Logger,
+	})
 	sup, err := supervisor.New(supervisor.Config{
 		StateDir: filepath.Join(cfg.DataDir, "instances"),
 		LogDir:   filepath.Join(cfg.DataDir, "logs"),
@@ -152,7 +160,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		cancelBG()
 		return err
 	}
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		api.serve(bg)
@@ -161,8 +169,47 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.writer.run(bg)
 	}()
+	go func() {
+		defer wg.Done()
+		if err := a.registrar.Run(bg); err != nil {
+			a.log.Error("service registrar stopped", "error", err)
+		}
+	}()
+	dnsErr := make(chan error, 1)
+	if a.cfg.DNSAddr != "" {
+		d := &discovery.DNSServer{Addr: a.cfg.DNSAddr, Store: a.services, Logger: a.cfg.Logger}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dnsErr <- d.Run(bg)
+		}()
+	}
 
-	loopErr := a.sessionLoop(ctx)
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	defer stopLoop()
+	wg.Add(1)
+	go func() {
+		// A DNS server that cannot listen is a start-up error, not a
+		// degraded mode: stop the agent.
+		defer wg.Done()
+		select {
+		case err := <-dnsErr:
+			if err != nil {
+				a.log.Error("dns server stopped", "addr", a.cfg.DNSAddr, "error", err)
+				dnsErr <- err
+				stopLoop()
+			}
+		case <-bg.Done():
+		}
+	}()
+	loopErr := a.sessionLoop(loopCtx)
+	select {
+	case err := <-dnsErr:
+		if err != nil {
+			loopErr = errors.Join(loopErr, fmt.Errorf("agent: dns: %w", err))
+		}
+	default:
+	}
 
 	a.cfg.Stopping()
 	a.log.Info("agent shutting down", "stop_instances", a.cfg.StopOnExit)
@@ -224,6 +271,8 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 		// instance not yet re-bound to the new lease would look replaced.
 		a.adoptAll(ctx, s)
 		a.setSession(s)
+		a.registrar.SetLease(s.Lease())
+		a.syncEndpoints(ctx, s)
 		a.readyOnce.Do(a.cfg.Ready)
 
 		err = a.serve(ctx, s)
@@ -410,6 +459,27 @@ func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 			a.log.Warn("mark missing instance exited", "instance", in.ID, "error", err)
 		}
 	}
+}
+
+// syncEndpoints makes the registry's service endpoints of this host match
+// the instances running here, bound to the new lease.
+func (a *Agent) syncEndpoints(ctx context.Context, s *registry.HostSession) {
+	var want []discovery.Endpoint
+	for _, st := range a.sup.List() {
+		if st.State == supervisor.StateRunning {
+			want = append(want, a.endpoint(st))
+		}
+	}
+	if _, _, err := a.services.SyncHost(ctx, a.cfg.HostID, s.Lease(), want); err != nil && ctx.Err() == nil {
+		a.log.Warn("sync service endpoints", "error", err)
+	}
+}
+
+// endpoint is the service endpoint of a running instance.
+func (a *Agent) endpoint(st supervisor.Status) discovery.Endpoint {
+	port, _ := strconv.Atoi(st.Meta[metaPort])
+	return discovery.InstanceEndpoint(st.Meta[metaApp], st.Meta[metaRev], st.Meta[metaProc], st.ID,
+		a.cfg.HostID, a.cfg.Addr, port, true)
 }
 
 // reclaimStartTicket takes back the start ticket of an adopted instance

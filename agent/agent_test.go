@@ -157,11 +157,29 @@ func (f *fixture) waitRunning(t *testing.T, app string, n int) map[string]regist
 
 func TestAgentScaleUpAndDown(t *testing.T) {
 	f := newFixture(t)
-	a := f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true })
+	dnsAddr := fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
+	a := f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true; c.DNSAddr = dnsAddr })
 
 	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 3)
 	must(t, err)
 	up := f.waitRunning(t, "demo", 3)
+	f.waitEndpoints(t, a.Agent, 3)
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, dnsAddr)
+	}}
+	_, srvs, err := resolver.LookupSRV(f.ctx, "", "", "web.demo.visor.")
+	if err != nil || len(srvs) != 3 {
+		t.Errorf("DNS SRV web.demo.visor. = %v, %v; want 3 records", srvs, err)
+	}
+	for _, r := range srvs {
+		found := false
+		for _, in := range up {
+			found = found || int(r.Port) == in.Port
+		}
+		if !found {
+			t.Errorf("SRV record port %d is no running instance's port", r.Port)
+		}
+	}
 	ports := map[int]bool{}
 	for id, in := range up {
 		if in.Host != "host-a" || in.Port == 0 || in.PID == 0 {
@@ -190,6 +208,7 @@ func TestAgentScaleUpAndDown(t *testing.T) {
 			return err == nil && got.State == registry.InstanceExited
 		})
 	}
+	f.waitEndpoints(t, a.Agent, 1)
 	a.stop(t)
 	for _, in := range left {
 		if proctest.Alive(in.PID) {
@@ -386,4 +405,21 @@ func killPID(pid int) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+}
+
+// waitEndpoints waits until service demo.web has n endpoints.
+func (f *fixture) waitEndpoints(t *testing.T, a *Agent, n int) {
+	t.Helper()
+	proctest.WaitFor(t, 10*time.Second, fmt.Sprintf("%d endpoints of demo.web", n), func() bool {
+		eps, err := a.services.Lookup(f.ctx, "demo.web", "", true)
+		return err == nil && len(eps) == n
+	})
+}
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	must(t, err)
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/visorhq/visor/discovery"
 	"github.com/visorhq/visor/supervisor"
 	"github.com/visorhq/visor/supervisor/logfile"
 )
@@ -153,6 +154,9 @@ func (a *Agent) routes() *http.ServeMux {
 	mux.HandleFunc("GET /v1/instances/{id}", a.handleInstance)
 	mux.HandleFunc("GET /v1/instances/{id}/logs", a.handleLogs)
 	mux.HandleFunc("POST /v1/instances/{id}/signal", a.handleSignal)
+	services := discovery.NewHandler(a.services, a.registrar, a.cfg.Logger)
+	mux.Handle("/v1/services", services)
+	mux.Handle("/v1/services/", services)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
 }

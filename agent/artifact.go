@@ -57,7 +57,8 @@ func (c *artifactCache) Dir(ctx context.Context, rawURL, sum string) (string, er
 	if _, err := os.Stat(filepath.Join(rel, ".visor-unpacked")); err == nil {
 		return rel, nil
 	}
-	v, err, _ := c.group.Do(sum, func() (any, error) {
+	// Keyed by URL too: two URLs claiming one digest must each be checked.
+	v, err, _ := c.group.Do(sum+" "+rawURL, func() (any, error) {
 		if _, err := os.Stat(filepath.Join(rel, ".visor-unpacked")); err == nil {
 			return rel, nil
 		}

@@ -75,6 +75,10 @@ type Config struct {
 	// DisableReconciler keeps this agent out of the reconciler election.
 	DisableReconciler bool
 
+	// DNSAddr, when set, serves DNS (SRV and A records of healthy service
+	// endpoints under "visor.") on this UDP and TCP address. Default off.
+	DNSAddr string
+
 	// Cgroups selects the supervisor's resource-limit backend:
 	// "auto" (default), "v2", "v1" or "none".
 	Cgroups string
@@ -178,6 +182,11 @@ func (c Config) Validate() error {
 	}
 	if c.ReconcileInterval < time.Second {
 		errs = append(errs, fmt.Errorf("reconcile_interval: %s is below 1s", c.ReconcileInterval))
+	}
+	if c.DNSAddr != "" {
+		if _, _, err := net.SplitHostPort(c.DNSAddr); err != nil {
+			errs = append(errs, fmt.Errorf("dns_addr: %q: %v", c.DNSAddr, err))
+		}
 	}
 	switch c.Cgroups {
 	case "auto", "v1", "v2", "none":

@@ -72,6 +72,15 @@ func TestReconcilerReplacesDeadHostAndReturningHostStopsDuplicates(t *testing.T)
 		}
 		return true
 	})
+	// The dead host's endpoints went with its lease; the replacements are in.
+	f.waitEndpoints(t, b.Agent, 4)
+	eps, err := b.services.Lookup(f.ctx, "demo.web", "", false)
+	must(t, err)
+	for _, ep := range eps {
+		if ep.Host != "host-b" {
+			t.Errorf("endpoint %s of host %s survived its host", ep.ID, ep.Host)
+		}
+	}
 	for _, in := range onA {
 		got, err := f.reg.Instance(f.ctx, in.ID)
 		must(t, err)

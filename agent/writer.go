@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/visorhq/visor/discovery"
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
 )
@@ -30,6 +31,7 @@ type stateWriter struct {
 	busy     map[string]bool            // a worker is writing it
 	tickets  map[string]registry.Ticket // start tickets completing with the instance's first running state
 	replaced map[string]bool            // instances another host holds now: never written again
+	endpoint map[string]bool            // instances registered as service endpoints
 	progress chan struct{}              // closed and replaced after every write
 
 	kick chan struct{}
@@ -44,6 +46,7 @@ func newStateWriter(a *Agent) *stateWriter {
 		busy:     make(map[string]bool),
 		tickets:  make(map[string]registry.Ticket),
 		replaced: make(map[string]bool),
+		endpoint: make(map[string]bool),
 		progress: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 	}
@@ -217,6 +220,7 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	}
 	switch {
 	case err == nil:
+		w.syncEndpoint(ctx, s, st)
 	case errors.Is(err, registry.ErrNotHolder):
 		// Replaced or marked lost while we were away: this copy must go.
 		if w.drop(id) {
@@ -228,6 +232,33 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 		w.a.log.Warn("write instance state", "instance", id, "state", string(st.State), "error", err)
 		retry = true
 	}
+}
+
+// syncEndpoint registers a running instance as a service endpoint (bound
+// to the host lease) and deregisters it when it stops running.
+func (w *stateWriter) syncEndpoint(ctx context.Context, s *registry.HostSession, st supervisor.Status) {
+	w.mu.Lock()
+	registered := w.endpoint[st.ID]
+	w.mu.Unlock()
+	running := st.State == supervisor.StateRunning
+	if running == registered {
+		return
+	}
+	var err error
+	if running {
+		err = w.a.services.Put(ctx, w.a.endpoint(st), s.Lease())
+	} else {
+		err = w.a.services.Delete(ctx, discovery.ServiceName(st.Meta[metaApp], st.Meta[metaProc]), st.ID)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			w.a.log.Warn("sync service endpoint", "instance", st.ID, "error", err)
+		}
+		return
+	}
+	w.mu.Lock()
+	w.endpoint[st.ID] = running
+	w.mu.Unlock()
 }
 
 // finish ends a write of id; a write that failed, or a newer status that

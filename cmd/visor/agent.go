@@ -83,6 +83,7 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	str("max-parallel", "64", "tickets executed at once")
 	fs.BoolVar(&o.cfg.StopOnExit, "stop-on-exit", false, "stop every instance when the agent exits (default: leave them running)")
 	str("stop-after-disconnect", "0s", "stop instances after etcd has been unreachable this long (0: never)")
+	str("dns-addr", "", "serve DNS for service endpoints (SRV/A under visor.) on this address, e.g. 127.0.0.1:8600 (default off)")
 	str("cgroups", "auto", "resource limits backend: auto, v2, v1 or none")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&o.logJSON, "log-json", false, "log as JSON lines")
@@ -239,6 +240,7 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 	if c.StopAfterDisconnect, err = time.ParseDuration(get("stop-after-disconnect")); err != nil {
 		return usageError("agent: stop-after-disconnect: %v", err)
 	}
+	c.DNSAddr = get("dns-addr")
 	c.Cgroups = get("cgroups")
 	c.Version = version.Version
 
