@@ -414,7 +414,7 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 // fields keep their stored values. The stored instance must name this host
 // and not be lost (else ErrNotHolder), and the state change must pass
 // ValidTransition (else ErrTransition). The host index entry is rebound to
-// this session's lease.
+// this session's lease, or deleted when the new state is terminal.
 func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
 	if err := validID("instance id", inst.ID); err != nil {
 		return err
