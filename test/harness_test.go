@@ -151,6 +151,7 @@ func (c *cluster) startAgent(host string, extra ...string) *agentProc {
 		"--prefix", c.prefix,
 		"-host", host,
 		"-data-dir", dataDir,
+		"-run-dir", filepath.Join(dataDir, "run"),
 		"-http-addr", "off",
 		"-ttl", "5s",
 		"-cgroups", "none",

@@ -83,6 +83,9 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	str("max-parallel", "64", "tickets executed at once")
 	fs.BoolVar(&o.cfg.StopOnExit, "stop-on-exit", false, "stop every instance when the agent exits (default: leave them running)")
 	str("stop-after-disconnect", "0s", "stop instances after etcd has been unreachable this long (0: never)")
+	str("lost-grace", "30s", "reconciler: how long a host's lease must be gone before its instances are replaced")
+	str("reconcile-interval", "30s", "reconciler: period of the full pass (it also acts on registry events)")
+	fs.BoolVar(&o.cfg.DisableReconciler, "no-reconciler", false, "never run the reconciler on this agent (it is elected among the others)")
 	str("dns-addr", "", "serve DNS for service endpoints (SRV/A under visor.) on this address, e.g. 127.0.0.1:8600 (default off)")
 	str("cgroups", "auto", "resource limits backend: auto, v2, v1 or none")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
@@ -239,6 +242,12 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 	}
 	if c.StopAfterDisconnect, err = time.ParseDuration(get("stop-after-disconnect")); err != nil {
 		return usageError("agent: stop-after-disconnect: %v", err)
+	}
+	if c.LostGrace, err = time.ParseDuration(get("lost-grace")); err != nil {
+		return usageError("agent: lost-grace: %v", err)
+	}
+	if c.ReconcileInterval, err = time.ParseDuration(get("reconcile-interval")); err != nil {
+		return usageError("agent: reconcile-interval: %v", err)
 	}
 	c.DNSAddr = get("dns-addr")
 	c.Cgroups = get("cgroups")

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -42,8 +43,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // that tests can end following commands (events -f, hosts -w).
 func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
-	root := rootCommand()
-	err := root.execute(ctx, e, args)
+	err := rootCommand().execute(ctx, e, args)
+
 	switch {
 	case err == nil:
 		return 0
@@ -91,12 +92,21 @@ var topLevel []*command
 // register adds a top-level command. Call it from init.
 func register(c *command) { topLevel = append(topLevel, c) }
 
+var (
+	rootOnce sync.Once
+	root     *command
+)
+
+// rootCommand returns the command tree, built and linked once: the tree is
+// shared by concurrent run calls (tests) and must not be mutated after.
 func rootCommand() *command {
-	root := &command{Name: "visor", Short: "run a fleet's processes from an etcd registry"}
-	subs := append([]*command(nil), topLevel...)
-	sort.Slice(subs, func(i, j int) bool { return subs[i].Name < subs[j].Name })
-	root.Subs = subs
-	root.link()
+	rootOnce.Do(func() {
+		root = &command{Name: "visor", Short: "run a fleet's processes from an etcd registry"}
+		subs := append([]*command(nil), topLevel...)
+		sort.Slice(subs, func(i, j int) bool { return subs[i].Name < subs[j].Name })
+		root.Subs = subs
+		root.link()
+	})
 	return root
 }
 
