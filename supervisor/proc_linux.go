@@ -137,6 +137,12 @@ func waitidPidfd(h, opts int) exitStatus {
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}
+		if err == nil && info.pid == 0 && opts&unix.WNOHANG != 0 {
+			// Our child, readable but not yet waitable: it is exiting, so
+			// a blocking wait returns at once.
+			opts &^= unix.WNOHANG
+			continue
+		}
 		if err != nil || info.pid == 0 {
 			return unknownExit
 		}
