@@ -429,11 +429,16 @@ func (s *Supervisor) Restart(ctx context.Context, id string) (Status, error) {
 	if _, err := s.Stop(ctx, id); err != nil {
 		return Status{}, err
 	}
-	in, err := s.lookup(id)
-	if err != nil {
-		return Status{}, err
+	// Lock the instance while holding s.mu, so that a concurrent Start
+	// cannot replace it between the lookup and the spawn.
+	s.mu.Lock()
+	in, ok := s.instances[id]
+	if !ok {
+		s.mu.Unlock()
+		return Status{}, fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
 	in.mu.Lock()
+	s.mu.Unlock()
 	defer in.mu.Unlock()
 	if !in.state.Terminal() {
 		// Someone started it again meanwhile.
