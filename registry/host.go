@@ -36,6 +36,13 @@ func (r *Registry) Hosts(ctx context.Context) ([]Host, error) {
 		h.ID, h.ModRevision, h.Lease = id, kv.ModRevision, kv.Lease
 		out = append(out, h)
 	}
+	drains, err := r.Drains(ctx)
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		return nil, err
+	}
+	for i := range out {
+		_, out[i].Draining = drains[out[i].ID]
+	}
 	return out, joinCorrupt(errs)
 }
 

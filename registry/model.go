@@ -223,13 +223,20 @@ type Instance struct {
 	Ticket string `json:"ticket,omitempty"`
 	// StopTicket is the outstanding stop ticket, if any. An instance with a
 	// stop ticket no longer counts toward its desired scale.
-	StopTicket  string    `json:"stop_ticket,omitempty"`
+	StopTicket string `json:"stop_ticket,omitempty"`
+	// ReplacedBy names the instance replacing this one (a drain); while
+	// set, this one no longer counts toward its scale. Replaces is the
+	// reverse link on the replacement.
+	ReplacedBy  string    `json:"replaced_by,omitempty"`
+	Replaces    string    `json:"replaces,omitempty"`
 	Created     time.Time `json:"created"`
 	ModRevision int64     `json:"-"`
 }
 
 // counted reports whether the instance counts toward its desired scale.
-func (i Instance) counted() bool { return i.State.Live() && i.StopTicket == "" }
+func (i Instance) counted() bool {
+	return i.State.Live() && i.StopTicket == "" && i.ReplacedBy == ""
+}
 
 // TicketOp is the work a ticket asks for.
 type TicketOp string

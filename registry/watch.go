@@ -212,6 +212,8 @@ const (
 	HostJoined      EventType = "host_joined"
 	HostLeft        EventType = "host_left"
 	HostChanged     EventType = "host_changed"
+	HostDrained     EventType = "host_drained"
+	HostUndrained   EventType = "host_undrained"
 )
 
 // Event is one typed change of the registry. Fields that do not apply to
@@ -400,6 +402,14 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 		}
 		if !del {
 			e.Err = decodeKV(kv, &Host{})
+		}
+	case parts[0] == "drains" && len(parts) == 2:
+		e.Host = parts[1]
+		if del {
+			e.Type = HostUndrained
+		} else {
+			e.Type = HostDrained
+			e.Err = decodeKV(kv, &Drain{})
 		}
 	default:
 		return e, false

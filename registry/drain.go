@@ -1,0 +1,220 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ErrLastHost means a drain would leave no live host to run instances on.
+var ErrLastHost = errors.New("registry: no other live host would be left")
+
+// Drain records that a host is being drained: its agent stops claiming
+// start tickets, and the reconciler starts a replacement of each of its
+// instances elsewhere, then stops the old one once the replacement runs (or
+// once the deadline passes).
+type Drain struct {
+	Host     string    `json:"host"`
+	Since    time.Time `json:"since"`
+	Deadline time.Time `json:"deadline,omitempty"`
+}
+
+func (r *Registry) drainsDir() string           { return r.prefix + "drains/" }
+func (r *Registry) drainKey(host string) string { return r.drainsDir() + host }
+
+// Drain starts draining host. The host must be live, and at least one other
+// live host that is not draining must remain (ErrLastHost otherwise), so a
+// drain never leaves the fleet with nowhere to run. deadline bounds how long
+// old instances wait for their replacements (0 = no bound). Draining a
+// draining host updates its deadline. The drain record is not bound to the
+// host's lease: it survives agent restarts until Undrain.
+func (r *Registry) Drain(ctx context.Context, host string, deadline time.Duration) (Drain, error) {
+	if err := validName("host", host); err != nil {
+		return Drain{}, err
+	}
+	if deadline < 0 {
+		return Drain{}, fmt.Errorf("%w: drain deadline %s is negative", ErrInvalid, deadline)
+	}
+	hosts, err := r.Hosts(ctx)
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		return Drain{}, err
+	}
+	drains, err := r.Drains(ctx)
+	if err != nil {
+		return Drain{}, err
+	}
+	found, others := false, 0
+	for _, h := range hosts {
+		if h.ID == host {
+			found = true
+		} else if _, draining := drains[h.ID]; !draining {
+			others++
+		}
+	}
+	if !found {
+		return Drain{}, fmt.Errorf("%w: host %q is not a live host", ErrNotFound, host)
+	}
+	if others == 0 {
+		return Drain{}, fmt.Errorf("drain %q: %w", host, ErrLastHost)
+	}
+	d := Drain{Host: host, Since: time.Now().UTC()}
+	if old, ok := drains[host]; ok {
+		d.Since = old.Since
+	}
+	if deadline > 0 {
+		d.Deadline = d.Since.Add(deadline)
+	}
+	if _, err := r.cli.Put(ctx, r.drainKey(host), encode(d)); err != nil {
+		return Drain{}, fmt.Errorf("registry: drain %q: %w", host, err)
+	}
+	r.log.Info("host draining", "host", host, "deadline", d.Deadline)
+	return d, nil
+}
+
+// Undrain ends the drain of host; ErrNotFound if it is not draining.
+func (r *Registry) Undrain(ctx context.Context, host string) error {
+	if err := validName("host", host); err != nil {
+		return err
+	}
+	resp, err := r.cli.Delete(ctx, r.drainKey(host))
+	if err != nil {
+		return fmt.Errorf("registry: undrain %q: %w", host, err)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("%w: host %q is not draining", ErrNotFound, host)
+	}
+	return nil
+}
+
+// Drains returns the hosts being drained, by host id.
+func (r *Registry) Drains(ctx context.Context) (map[string]Drain, error) {
+	resp, err := r.cli.Get(ctx, r.drainsDir(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("registry: list drains: %w", err)
+	}
+	out := make(map[string]Drain, len(resp.Kvs))
+	var errs []error
+	for _, kv := range resp.Kvs {
+		var d Drain
+		if err := decodeKV(kv, &d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.Host = strings.TrimPrefix(string(kv.Key), r.drainsDir())
+		out[d.Host] = d
+	}
+	return out, joinCorrupt(errs)
+}
+
+// WatchDrain sends whether host is draining: first the current state, then
+// every change, until ctx ends (the channel is then closed). After a watch
+// error it re-reads the state, so the last value sent is always current.
+func (r *Registry) WatchDrain(ctx context.Context, host string) <-chan bool {
+	ch := make(chan bool, 1)
+	go func() {
+		defer close(ch)
+		key := r.drainKey(host)
+		for ctx.Err() == nil {
+			resp, err := r.cli.Get(ctx, key)
+			if err != nil {
+				if backoff(ctx, 3) != nil {
+					return
+				}
+				continue
+			}
+			select {
+			case ch <- len(resp.Kvs) > 0:
+			case <-ctx.Done():
+				return
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			for wr := range r.cli.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
+				if wr.Err() != nil {
+					break
+				}
+				for _, ev := range wr.Events {
+					select {
+					case ch <- ev.Type == clientv3.EventTypePut:
+					case <-ctx.Done():
+					}
+				}
+			}
+			cancel()
+		}
+	}()
+	return ch
+}
+
+// ReplaceInstance starts a replacement of a live instance (for a drain):
+// in one transaction, a start ticket for the same app/rev/proc that the old
+// instance's host may not claim, the replacement's pending instance (which
+// names the old one in Replaces), and the old instance marked ReplacedBy,
+// which takes it out of the scale count so the two are not both counted.
+func (r *Registry) ReplaceInstance(ctx context.Context, id string) (Ticket, error) {
+	var out Ticket
+	what := fmt.Sprintf("registry: replace instance %q", id)
+	err := retry(ctx, what, func() (bool, error) {
+		old, err := r.Instance(ctx, id)
+		if err != nil {
+			return false, err
+		}
+		if !old.State.Live() || old.StopTicket != "" {
+			return false, fmt.Errorf("%s: instance is %s: %w", what, old.State, ErrInvalid)
+		}
+		if old.ReplacedBy != "" {
+			return false, fmt.Errorf("%s: already replaced by %s: %w", what, old.ReplacedBy, ErrExists)
+		}
+		now := time.Now().UTC()
+		t := Ticket{ID: newTicketID(), Op: TicketStart, App: old.App, Rev: old.Rev, Proc: old.Proc,
+			Instance: newInstanceID(old.App, old.Proc), MaxAttempts: 3, Created: now}
+		if old.Host != "" {
+			t.FailedHosts = []string{old.Host}
+			t.Reasons = []string{"replacing " + old.ID + " of draining host " + old.Host}
+		}
+		in := Instance{ID: t.Instance, App: old.App, Rev: old.Rev, Proc: old.Proc, State: InstancePending,
+			Since: now, Ticket: t.ID, Created: now, Replaces: old.ID}
+		next := old
+		next.ReplacedBy = in.ID
+		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(old.ID), old.ModRevision)).Then(
+			clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
+			clientv3.OpPut(r.instanceKey(in.ID), encode(in)),
+			clientv3.OpPut(r.instanceKey(old.ID), encode(next)),
+			touch(r.genKey(old.App, old.Rev, old.Proc)),
+		).Commit()
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		out = t
+		return resp.Succeeded, nil
+	})
+	return out, err
+}
+
+// CancelReplacement clears the ReplacedBy mark of instance id (its
+// replacement failed), so it counts toward its scale again.
+func (r *Registry) CancelReplacement(ctx context.Context, id string) error {
+	what := fmt.Sprintf("registry: cancel replacement of %q", id)
+	return retry(ctx, what, func() (bool, error) {
+		old, err := r.Instance(ctx, id)
+		if err != nil {
+			return false, err
+		}
+		if old.ReplacedBy == "" {
+			return true, nil
+		}
+		next := old
+		next.ReplacedBy = ""
+		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(old.ID), old.ModRevision)).Then(
+			clientv3.OpPut(r.instanceKey(old.ID), encode(next)),
+			touch(r.genKey(old.App, old.Rev, old.Proc)),
+		).Commit()
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		return resp.Succeeded, nil
+	})
+}
