@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -54,6 +55,9 @@ type Agent struct {
 	sessionCh chan struct{} // closed and replaced whenever session changes
 	inflight  map[string]struct{}
 	httpAddr  string
+	// draining is set while the registry says this host is being drained:
+	// no start tickets are claimed then.
+	draining atomic.Bool
 	readyOnce sync.Once
 	// disconnectedSince is when the agent last lost its registry session;
 	// zero while connected.
@@ -522,6 +526,15 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		defer wg.Done()
 		a.statusLoop(sctx, s)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for d := range a.reg.WatchDrain(sctx, a.cfg.HostID) {
+			if a.draining.Swap(d) != d {
+				a.log.Info("host drain changed", "draining", d)
+			}
+		}
+	}()
 	if !a.cfg.DisableReconciler {
 		wg.Add(1)
 		go func() {
@@ -602,6 +615,9 @@ func (a *Agent) eligible(t registry.Ticket) bool {
 		if h == a.cfg.HostID {
 			return false
 		}
+	}
+	if t.Op == registry.TicketStart && a.draining.Load() {
+		return false
 	}
 	if t.Op == registry.TicketStart && a.cfg.Capacity > 0 && a.liveCount() >= a.cfg.Capacity {
 		return false

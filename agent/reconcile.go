@@ -114,7 +114,8 @@ func (r *reconciler) run(ctx context.Context, lost <-chan struct{}) {
 				}
 			case registry.HostJoined:
 				delete(r.hostGone, ev.Host)
-			case registry.ScaleChanged, registry.InstanceChanged, registry.TicketReleased, registry.InstanceDeleted:
+			case registry.ScaleChanged, registry.InstanceChanged, registry.TicketReleased, registry.InstanceDeleted,
+				registry.HostDrained, registry.HostUndrained:
 			default:
 				continue
 			}
@@ -181,7 +182,12 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		r.a.log.Info("instance lost", "instance", in.ID, "host", in.Host, "reason", reason)
 	}
 
-	// 2. Re-apply every desired scale (no write when nothing drifted).
+	// 2. Drains: replace, then stop.
+	if wait := r.drain(ctx, now, insts); wait > 0 {
+		next = min(next, wait)
+	}
+
+	// 3. Re-apply every desired scale (no write when nothing drifted).
 	scales, err := r.a.reg.Scales(ctx, "")
 	if err != nil {
 		r.a.log.Warn("reconcile: cannot read scales", "error", err)
@@ -220,7 +226,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		f.next = now.Add(f.delay)
 	}
 
-	// 3. Tickets no live host may take are reported once, not retried.
+	// 4. Tickets no live host may take are reported once, not retried.
 	if ts, err := r.a.reg.Tickets(ctx); err == nil {
 		for _, t := range ts {
 			if t.Holder != "" || r.stuck[t.ID] || len(t.FailedHosts) == 0 {
@@ -234,7 +240,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		}
 	}
 
-	// 4. Forget old terminal instances.
+	// 5. Forget old terminal instances.
 	for _, in := range insts {
 		if in.State.Terminal() && now.Sub(in.Since) > gcAge {
 			if err := r.a.reg.DeleteInstance(ctx, in.ID); err != nil && !errors.Is(err, registry.ErrNotFound) {
@@ -243,6 +249,63 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		}
 	}
 	return max(next, 10*time.Millisecond)
+}
+
+// drain moves the live instances of draining hosts: each gets a
+// replacement (a start ticket the draining host may not claim, the old one
+// no longer counted), and once the replacement runs, or the drain's
+// deadline passes, a stop ticket for the old one. A replacement that ended
+// without running is given up, and the next pass tries again. It returns
+// how soon a deadline needs another pass (0: none pending).
+func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.Instance) time.Duration {
+	drains, err := r.a.reg.Drains(ctx)
+	if err != nil || len(drains) == 0 {
+		return 0
+	}
+	byID := make(map[string]registry.Instance, len(insts))
+	for _, in := range insts {
+		byID[in.ID] = in
+	}
+	var next time.Duration
+	for _, in := range insts {
+		d, draining := drains[in.Host]
+		if !draining || !in.State.Live() || in.StopTicket != "" {
+			continue
+		}
+		if in.ReplacedBy == "" {
+			if _, err := r.a.reg.ReplaceInstance(ctx, in.ID); err != nil {
+				r.a.log.Warn("drain: replace instance", "instance", in.ID, "host", in.Host, "error", err)
+			} else {
+				r.a.log.Info("drain: replacing instance", "instance", in.ID, "host", in.Host)
+			}
+			continue
+		}
+		rep, ok := byID[in.ReplacedBy]
+		late := !d.Deadline.IsZero() && !now.Before(d.Deadline)
+		switch {
+		case ok && rep.State == registry.InstanceRunning, late:
+			_, err := r.a.reg.CreateTicket(ctx, registry.Ticket{Op: registry.TicketStop, App: in.App, Rev: in.Rev,
+				Proc: in.Proc, Instance: in.ID, Host: in.Host})
+			if err != nil && !errors.Is(err, registry.ErrExists) {
+				r.a.log.Warn("drain: stop old instance", "instance", in.ID, "error", err)
+				continue
+			}
+			r.a.log.Info("drain: stopping old instance", "instance", in.ID, "host", in.Host,
+				"replacement", in.ReplacedBy, "deadline_passed", late)
+		case !ok || rep.State.Terminal():
+			if err := r.a.reg.CancelReplacement(ctx, in.ID); err != nil {
+				r.a.log.Warn("drain: give up replacement", "instance", in.ID, "error", err)
+			}
+		default:
+			if !d.Deadline.IsZero() {
+				wait := d.Deadline.Sub(now) + 50*time.Millisecond
+				if next == 0 || wait < next {
+					next = wait
+				}
+			}
+		}
+	}
+	return next
 }
 
 // eligibleHosts counts live hosts that may claim t.

@@ -100,3 +100,69 @@ func TestReconcilerReplacesDeadHostAndReturningHostStopsDuplicates(t *testing.T)
 	}
 	b.stop(t)
 }
+
+// A drained host's instances are replaced elsewhere first, then stopped.
+func TestDrainReplacesBeforeStopping(t *testing.T) {
+	f := newFixture(t)
+	fast := func(c *Config) {
+		c.StopOnExit = true
+		c.ReconcileInterval = time.Second
+	}
+	a := f.startAgent(t, "host-a", t.TempDir(), fast)
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 2)
+	must(t, err)
+	old := f.waitRunning(t, "demo", 2)
+	b := f.startAgent(t, "host-b", t.TempDir(), fast)
+	proctest.WaitFor(t, 10*time.Second, "host-b registered", func() bool {
+		_, err := f.reg.Host(f.ctx, "host-b")
+		return err == nil
+	})
+
+	_, err = f.reg.Drain(f.ctx, "host-b", 0)
+	if err != nil {
+		t.Fatalf("drain host-b: %v", err)
+	}
+	_, err = f.reg.Drain(f.ctx, "host-a", 0)
+	if err == nil {
+		t.Fatalf("draining the last undrained host was accepted")
+	}
+	must(t, f.reg.Undrain(f.ctx, "host-b"))
+	_, err = f.reg.Drain(f.ctx, "host-a", time.Minute)
+	must(t, err)
+
+	proctest.WaitFor(t, 30*time.Second, "both instances moved to host-b", func() bool {
+		run := f.running(t, "demo")
+		if len(run) != 2 {
+			return false
+		}
+		for _, in := range run {
+			if in.Host != "host-b" {
+				return false
+			}
+		}
+		return true
+	})
+	for id, in := range old {
+		proctest.WaitFor(t, 15*time.Second, "old instance "+id+" exited", func() bool {
+			got, err := f.reg.Instance(f.ctx, id)
+			return err == nil && got.State == registry.InstanceExited && !proctest.Alive(in.PID)
+		})
+		got, err := f.reg.Instance(f.ctx, id)
+		must(t, err)
+		rep, err := f.reg.Instance(f.ctx, got.ReplacedBy)
+		must(t, err)
+		if rep.Since.After(got.Since) {
+			t.Errorf("old %s stopped at %s before its replacement %s ran at %s", id, got.Since, rep.ID, rep.Since)
+		}
+	}
+	// A draining host claims no new work.
+	_, err = f.reg.Scale(f.ctx, "demo", "v1", "web", 3)
+	must(t, err)
+	for _, in := range f.waitRunning(t, "demo", 3) {
+		if in.Host != "host-b" {
+			t.Errorf("instance %s started on draining host %s", in.ID, in.Host)
+		}
+	}
+	a.stop(t)
+	b.stop(t)
+}

@@ -63,6 +63,8 @@ var eventTypeNames = map[registry.EventType]string{
 	registry.HostJoined:      "host_joined",
 	registry.HostLeft:        "host_left",
 	registry.HostChanged:     "host_changed",
+	registry.HostDrained:     "host_drained",
+	registry.HostUndrained:   "host_undrained",
 }
 
 func newEventOut(ev registry.Event) eventOut {
@@ -248,7 +250,7 @@ func emitsEvent(c rawChange, changes []rawChange) bool {
 		}
 		return true
 	case len(parts) == 2:
-		return parts[0] == "tickets" || parts[0] == "instances" || parts[0] == "hosts"
+		return parts[0] == "tickets" || parts[0] == "instances" || parts[0] == "hosts" || parts[0] == "drains"
 	}
 	return false
 }

@@ -136,7 +136,7 @@ func runHosts(ctx context.Context, e *env, args []string) error {
 	})
 }
 
-// watchHosts prints host joins and leaves from revision from until ctx ends.
+// watchHosts prints host joins, leaves and drains from revision from until ctx ends.
 func watchHosts(ctx context.Context, r *registry.Registry, p eventPrinter, from int64) error {
 	ctx, cancel := context.WithCancel(ctx)
 	events := r.WatchEvents(ctx, from)
@@ -161,6 +161,10 @@ func watchHosts(ctx context.Context, r *registry.Registry, p eventPrinter, from 
 			}
 		case registry.HostLeft:
 			o = hostEventOut{Event: "left", Revision: ev.Revision, HostID: ev.Host}
+		case registry.HostDrained:
+			o = hostEventOut{Event: "draining", Revision: ev.Revision, HostID: ev.Host}
+		case registry.HostUndrained:
+			o = hostEventOut{Event: "undrained", Revision: ev.Revision, HostID: ev.Host}
 		default:
 			continue
 		}

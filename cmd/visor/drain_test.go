@@ -1,0 +1,32 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestDrainCommands(t *testing.T) {
+	h := newHarness(t)
+	r := h.registry()
+	registerHost(t, r, "h1")
+
+	h.fails(1, []string{"not a live host", "nope"}, "drain", "nope")
+	h.fails(1, []string{"no other live host"}, "drain", "h1")
+	h.fails(2, []string{"HOST"}, "drain")
+	h.fails(2, []string{"invalid", "host"}, "drain", "Bad/Host")
+
+	registerHost(t, r, "h2")
+	out := h.ok("drain", "h1", "--deadline", "2m")
+	if !strings.Contains(out, "draining h1") || !strings.Contains(out, "deadline") {
+		t.Errorf("drain output %q", out)
+	}
+	var hosts []map[string]any
+	h.okJSON(&hosts, "hosts")
+	for _, ho := range hosts {
+		if (ho["id"] == "h1") != (ho["draining"] == true) {
+			t.Errorf("hosts -o json: %v", ho)
+		}
+	}
+	h.ok("undrain", "h1")
+	h.fails(1, []string{"not draining"}, "undrain", "h1")
+}
