@@ -57,7 +57,7 @@ type Agent struct {
 	httpAddr  string
 	// draining is set while the registry says this host is being drained:
 	// no start tickets are claimed then.
-	draining atomic.Bool
+	draining  atomic.Bool
 	readyOnce sync.Once
 	// disconnectedSince is when the agent last lost its registry session;
 	// zero while connected.
