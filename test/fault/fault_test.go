@@ -1,0 +1,487 @@
+package fault
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/visorhq/visor/registry"
+)
+
+// figures is one scenario's report. Durations are seconds; optional
+// figures are null when the scenario does not measure them.
+type figures struct {
+	Scenario  string `json:"scenario"`
+	Instances int    `json:"instances"`
+	// Host is the agent host the fault hit, if any.
+	Host string `json:"host,omitempty"`
+	// HostInstances is how many instances that host ran before the fault.
+	HostInstances int `json:"host_instances,omitempty"`
+	// FaultS is how long the fault lasted (partition, outage).
+	FaultS *float64 `json:"fault_s"`
+	// DetectDeadHostS is fault -> the reconciler marked the first of the
+	// host's instances lost.
+	DetectDeadHostS *float64 `json:"detect_dead_host_s"`
+	// ReplacementsRunningS is fault -> every replacement running (desired
+	// scale running on the other hosts, one process each).
+	ReplacementsRunningS *float64 `json:"replacements_running_s"`
+	// LeaderMovedS is fault -> a new reconciler leader (agent) or etcd leader.
+	LeaderMovedS *float64 `json:"leader_moved_s"`
+	// SettleAfterHealS is heal (or restart) -> settled.
+	SettleAfterHealS float64 `json:"settle_after_heal_s"`
+	// DuplicateSeconds sums, over instances, the time they ran with two or
+	// more processes (process table sampled every 100 ms).
+	DuplicateSeconds float64 `json:"duplicate_seconds"`
+	// WorstDuplicateS is the longest overlap of one instance.
+	WorstDuplicateS float64 `json:"worst_duplicate_s"`
+	// InstancesRanTwice counts instances that had 2+ processes at some point.
+	InstancesRanTwice int `json:"instances_ran_twice"`
+	// InstancesRestarted counts instances that should have been left alone
+	// but whose process changed (target 0).
+	InstancesRestarted int `json:"instances_restarted"`
+	// IllegalTransitions counts illegal instance state transitions seen.
+	IllegalTransitions int `json:"illegal_transitions"`
+}
+
+func secs(d time.Duration) float64 { return float64(d.Round(time.Millisecond)) / float64(time.Second) }
+
+func secsp(d time.Duration) *float64 { v := secs(d); return &v }
+
+// suite carries what the scenarios share.
+type suite struct {
+	f       *fleet
+	want    map[string]int
+	report  []figures
+	illegal int // illegal transitions already reported
+}
+
+func TestFaultInjection(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault-injection suite runs about five minutes; skipped in -short")
+	}
+	hosts := []string{"h1", "h2", "h3"}
+	f := newFleet(t, hosts)
+	s := &suite{f: f, want: map[string]int{"big": 100, "web": 30}}
+
+	// h1 starts alone, so it leads and runs all of "big": the host with
+	// 100 instances that the leader-kill scenario takes down.
+	f.app("big")
+	f.app("web")
+	f.startAgent("h1")
+	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.leaderAgent() == "h1" }) {
+		t.Fatal("h1 did not become reconciler leader")
+	}
+	f.scale("big", 100)
+	f.waitSettled(map[string]int{"big": 100}, 3*time.Minute)
+	f.startAgent("h2")
+	f.startAgent("h3")
+	f.scale("web", 30)
+	f.waitSettled(s.want, 3*time.Minute)
+
+	scenarios := []struct {
+		name string
+		run  func(s *suite, t *testing.T) figures
+	}{
+		{"etcd_leader_killed", (*suite).etcdLeaderKilled},
+		{"partition_below_ttl", (*suite).partitionBelowTTL},
+		{"partition_past_ttl_below_grace", (*suite).partitionBelowGrace},
+		{"partition_past_grace", (*suite).partitionPastGrace},
+		{"leader_agent_killed", func(s *suite, t *testing.T) figures { return s.hostCrash(t, true) }},
+		{"non_leader_agent_killed", func(s *suite, t *testing.T) figures { return s.hostCrash(t, false) }},
+		{"etcd_down_60s", (*suite).etcdDown},
+		{"all_agents_restarted", (*suite).allAgentsRestarted},
+	}
+	for _, sc := range scenarios {
+		ok := t.Run(sc.name, func(t *testing.T) {
+			s.f.t = t
+			fig := sc.run(s, t)
+			fig.Scenario = sc.name
+			fig.Instances = s.total()
+			total, worst, n := f.samp.duplicates()
+			fig.DuplicateSeconds, fig.WorstDuplicateS, fig.InstancesRanTwice = secs(total), secs(worst), n
+			bad := f.rec.illegalTransitions()
+			fig.IllegalTransitions = len(bad) - s.illegal
+			for _, b := range bad[s.illegal:] {
+				t.Errorf("illegal state transition: %s", b)
+			}
+			s.illegal = len(bad)
+			s.emit(t, fig)
+		})
+		f.t = t
+		if !ok {
+			f.dumpLogs()
+		}
+	}
+}
+
+func (s *suite) total() int {
+	n := 0
+	for _, v := range s.want {
+		n += v
+	}
+	return n
+}
+
+// emit logs fig as JSON and rewrites the report file, if one is asked for.
+func (s *suite) emit(t *testing.T, fig figures) {
+	b, err := json.Marshal(fig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("figures: %s", b)
+	s.report = append(s.report, fig)
+	if path := os.Getenv(reportEnv); path != "" {
+		all, err := json.MarshalIndent(s.report, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, append(all, '\n'), 0o644); err != nil {
+			t.Errorf("write %s: %v", reportEnv, err)
+		}
+	}
+}
+
+// begin waits for the fleet to be settled and opens a measuring window.
+func (s *suite) begin(t *testing.T) map[string]registry.Instance {
+	t.Helper()
+	snap, _ := s.f.waitSettled(s.want, 2*time.Minute)
+	t.Logf("settled: %s; reconciler leader %s, etcd leader e%d", describe(snap), s.f.leaderAgent(), s.f.etcdLeader())
+	s.f.samp.reset()
+	return snap
+}
+
+// restarted compares the instances in before that keep(instance) selects
+// with after: each must still run with the same pid and no new restart.
+func restarted(t *testing.T, before, after map[string]registry.Instance, keep func(registry.Instance) bool) int {
+	t.Helper()
+	n := 0
+	var ids []string
+	for id := range before {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		in := before[id]
+		if !keep(in) {
+			continue
+		}
+		got, ok := after[id]
+		switch {
+		case !ok:
+			n++
+			t.Errorf("instance %s (host %s, pid %d) was stopped without need", id, in.Host, in.PID)
+		case got.PID != in.PID:
+			n++
+			t.Errorf("instance %s (host %s) restarted without need: pid %d -> %d", id, in.Host, in.PID, got.PID)
+		case sumRestarts(got) != sumRestarts(in):
+			n++
+			t.Errorf("instance %s restart counts changed: %v -> %v", id, in.Restarts, got.Restarts)
+		}
+	}
+	return n
+}
+
+func sumRestarts(in registry.Instance) int {
+	n := 0
+	for _, v := range in.Restarts {
+		n += v
+	}
+	return n
+}
+
+func all(registry.Instance) bool { return true }
+
+// onHost returns the instances of snap on host.
+func onHost(snap map[string]registry.Instance, host string) map[string]registry.Instance {
+	out := map[string]registry.Instance{}
+	for id, in := range snap {
+		if in.Host == host {
+			out[id] = in
+		}
+	}
+	return out
+}
+
+// replacedElsewhere reports whether every app's desired scale runs on
+// hosts other than gone, each instance with exactly one process.
+func (s *suite) replacedElsewhere(gone string) bool {
+	procs := s.f.workloads()
+	for app, n := range s.want {
+		c := 0
+		for id, in := range s.f.running(app) {
+			if in.Host != gone && len(procs[id]) == 1 && procs[id][0] == in.PID {
+				c++
+			}
+		}
+		if c < n {
+			return false
+		}
+	}
+	return true
+}
+
+// lostOn matches the event that marks an instance of host lost.
+func lostOn(host string) func(registry.Event) bool {
+	return func(ev registry.Event) bool {
+		return ev.Type == registry.InstanceChanged && ev.State == registry.InstanceLost && ev.Host == host
+	}
+}
+
+// sleepFor waits d (a fault's length), or fails the test if it cannot.
+func sleepFor(d time.Duration) {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	<-tm.C
+}
+
+// etcdLeaderKilled kills the etcd leader member with SIGKILL, restarts it
+// once a new leader is elected, and expects nothing restarted.
+func (s *suite) etcdLeaderKilled(t *testing.T) figures {
+	f := s.f
+	before := s.begin(t)
+	var fig figures
+	old := f.etcdLeader()
+	if old == 0 {
+		t.Fatal("no etcd leader")
+	}
+	t0 := time.Now()
+	f.killMember(old, syscall.SIGKILL)
+	if !waitFor(30*time.Second, 50*time.Millisecond, func() bool { l := f.etcdLeader(); return l != 0 && l != old }) {
+		t.Fatal("no new etcd leader within 30s")
+	}
+	fig.LeaderMovedS = secsp(time.Since(t0))
+	f.startMember(old)
+	healed := time.Now()
+	after, at := f.waitSettled(s.want, 2*time.Minute)
+	if !waitFor(30*time.Second, 100*time.Millisecond, func() bool { return f.memberHealthy(old) }) {
+		t.Errorf("etcd member %d not serving again 30s after its restart", old)
+	}
+	fig.SettleAfterHealS = secs(at.Sub(healed))
+	fig.InstancesRestarted = restarted(t, before, after, all)
+	return fig
+}
+
+// partitionBelowTTL cuts the reconciler leader's host off for 2 s (less
+// than the 5 s TTL): the lease survives, nothing moves.
+func (s *suite) partitionBelowTTL(t *testing.T) figures {
+	return s.partitionKeep(t, s.f.leaderAgent(), 2*time.Second)
+}
+
+// partitionBelowGrace cuts a non-leader host off for 8 s: past the TTL (the
+// lease is lost and the host leaves) but, counting from the lease's end,
+// within the 5 s grace. The host re-registers and keeps its instances.
+func (s *suite) partitionBelowGrace(t *testing.T) figures {
+	return s.partitionKeep(t, s.nonLeader(t, ""), 8*time.Second)
+}
+
+// nonLeader picks a host that is neither the reconciler leader nor avoid.
+func (s *suite) nonLeader(t *testing.T, avoid string) string {
+	t.Helper()
+	l := s.f.leaderAgent()
+	for _, h := range s.f.hosts {
+		if h != l && h != avoid {
+			return h
+		}
+	}
+	t.Fatal("no non-leader host")
+	return ""
+}
+
+// partitionKeep partitions host for d, heals, and expects every instance
+// to keep running with its process: nothing replaced, nothing restarted.
+func (s *suite) partitionKeep(t *testing.T, host string, d time.Duration) figures {
+	f := s.f
+	if host == "" {
+		t.Fatal("no reconciler leader")
+	}
+	before := s.begin(t)
+	fig := figures{Host: host, HostInstances: len(onHost(before, host)), FaultS: secsp(d)}
+	t0 := time.Now()
+	t.Cleanup(func() { _ = f.net.partition(host, false) })
+	if err := f.net.partition(host, true); err != nil {
+		t.Fatal(err)
+	}
+	sleepFor(d)
+	if err := f.net.partition(host, false); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	after, at := f.waitSettled(s.want, 2*time.Minute)
+	fig.SettleAfterHealS = secs(at.Sub(healed))
+	if at, ok := f.rec.first(t0, lostOn(host)); ok {
+		t.Errorf("instances of %s marked lost %s into a %s partition", host, at.Sub(t0).Round(time.Millisecond), d)
+	}
+	fig.InstancesRestarted = restarted(t, before, after, all)
+	return fig
+}
+
+// partitionPastGrace cuts a non-leader host off until its instances have
+// been replaced elsewhere, then heals: the host stops its duplicates.
+func (s *suite) partitionPastGrace(t *testing.T) figures {
+	f := s.f
+	host := s.nonLeader(t, "")
+	before := s.begin(t)
+	fig := figures{Host: host, HostInstances: len(onHost(before, host))}
+	t0 := time.Now()
+	t.Cleanup(func() { _ = f.net.partition(host, false) })
+	if err := f.net.partition(host, true); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(90*time.Second, 100*time.Millisecond, func() bool { return s.replacedElsewhere(host) }) {
+		t.Fatalf("instances of partitioned %s not replaced within 90s", host)
+	}
+	fig.ReplacementsRunningS = secsp(time.Since(t0))
+	if at, ok := f.rec.first(t0, lostOn(host)); ok {
+		fig.DetectDeadHostS = secsp(at.Sub(t0))
+	} else {
+		t.Errorf("no instance of %s was marked lost, yet they were replaced", host)
+	}
+	if err := f.net.partition(host, false); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	fig.FaultS = secsp(healed.Sub(t0))
+	after, at := f.waitSettled(s.want, 2*time.Minute)
+	fig.SettleAfterHealS = secs(at.Sub(healed))
+	fig.InstancesRestarted = restarted(t, before, after, func(in registry.Instance) bool { return in.Host != host })
+	return fig
+}
+
+// hostCrash kills a host: its agent with SIGKILL and its workload
+// processes with it (a power loss). The leader's death must move the
+// leadership; the host's instances are marked lost after TTL + grace and
+// replaced elsewhere. The host then comes back (empty) and the fleet
+// settles with nothing else restarted.
+func (s *suite) hostCrash(t *testing.T, leader bool) figures {
+	f := s.f
+	host := f.leaderAgent()
+	if !leader {
+		host = s.nonLeader(t, "")
+	}
+	if host == "" {
+		t.Fatal("no reconciler leader")
+	}
+	before := s.begin(t)
+	victims := onHost(before, host)
+	fig := figures{Host: host, HostInstances: len(victims)}
+	t0 := time.Now()
+	f.killAgent(host)
+	f.killHostWorkloads(victims)
+	if leader {
+		if !waitFor(60*time.Second, 50*time.Millisecond, func() bool { l := f.leaderAgent(); return l != "" && l != host }) {
+			t.Fatal("reconciler leadership did not move within 60s")
+		}
+		fig.LeaderMovedS = secsp(time.Since(t0))
+	}
+	if !waitFor(90*time.Second, 100*time.Millisecond, func() bool { return s.replacedElsewhere(host) }) {
+		t.Fatalf("instances of crashed %s not replaced within 90s", host)
+	}
+	fig.ReplacementsRunningS = secsp(time.Since(t0))
+	if at, ok := f.rec.first(t0, lostOn(host)); ok {
+		fig.DetectDeadHostS = secsp(at.Sub(t0))
+	} else {
+		t.Errorf("no instance of %s was marked lost, yet they were replaced", host)
+	}
+	f.startAgent(host)
+	back := time.Now()
+	after, at := f.waitSettled(s.want, 2*time.Minute)
+	if !waitFor(30*time.Second, 100*time.Millisecond, func() bool { return f.hostUp(host) }) {
+		t.Errorf("host %s did not register again", host)
+	}
+	fig.SettleAfterHealS = secs(at.Sub(back))
+	fig.InstancesRestarted = restarted(t, before, after, func(in registry.Instance) bool { return in.Host != host })
+	return fig
+}
+
+// etcdDown stops every etcd member for 60 s: every process keeps running,
+// nothing is restarted, and the registry is right soon after etcd returns.
+func (s *suite) etcdDown(t *testing.T) figures {
+	f := s.f
+	before := s.begin(t)
+	fig := figures{FaultS: secsp(60 * time.Second)}
+	for i := 1; i <= 3; i++ {
+		f.killMember(i, syscall.SIGKILL)
+	}
+	sleepFor(60 * time.Second)
+	procs := f.workloads()
+	for id, in := range before {
+		if p := procs[id]; len(p) != 1 || p[0] != in.PID {
+			t.Errorf("during the etcd outage instance %s has processes %v, want [%d]", id, p, in.PID)
+		}
+	}
+	if n := countProcs(procs); n != len(before) {
+		t.Errorf("during the etcd outage %d workload processes run, want %d", n, len(before))
+	}
+	for i := 1; i <= 3; i++ {
+		f.startMember(i)
+	}
+	back := time.Now()
+	after, at := f.waitSettled(s.want, 2*time.Minute)
+	fig.SettleAfterHealS = secs(at.Sub(back))
+	fig.InstancesRestarted = restarted(t, before, after, all)
+	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool {
+		for _, h := range f.hosts {
+			if !f.hostUp(h) {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Errorf("not every host registered again within 60s of etcd's return")
+	}
+	return fig
+}
+
+// allAgentsRestarted kills every agent with SIGKILL and starts them all
+// again at once: same pids, zero restarts.
+func (s *suite) allAgentsRestarted(t *testing.T) figures {
+	f := s.f
+	before := s.begin(t)
+	var fig figures
+	for _, h := range f.hosts {
+		f.killAgent(h)
+	}
+	for _, h := range f.hosts {
+		f.startAgent(h)
+	}
+	back := time.Now()
+	after, at := f.waitSettled(s.want, 2*time.Minute)
+	fig.SettleAfterHealS = secs(at.Sub(back))
+	fig.InstancesRestarted = restarted(t, before, after, all)
+	return fig
+}
+
+// hostUp reports whether host is registered (its lease lives).
+func (f *fleet) hostUp(host string) bool {
+	ctx, cancel := contextTimeout(f, 2*time.Second)
+	defer cancel()
+	_, err := f.reg.Host(ctx, host)
+	return err == nil
+}
+
+// memberHealthy reports whether etcd member i answers a status request.
+func (f *fleet) memberHealthy(i int) bool {
+	ctx, cancel := contextTimeout(f, time.Second)
+	defer cancel()
+	_, err := f.cli.Status(ctx, f.clientURL(i))
+	return err == nil
+}
+
+// describe is a short summary of before/after for failure messages.
+func describe(m map[string]registry.Instance) string {
+	per := map[string]int{}
+	for _, in := range m {
+		per[in.Host]++
+	}
+	var parts []string
+	for h, n := range per {
+		parts = append(parts, fmt.Sprintf("%s=%d", h, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,150 @@
+package fault
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/visorhq/visor/internal/proctest"
+)
+
+// Environment of the etcd helper mode: the test binary started with
+// etcdModeEnv=1 runs one etcd member until SIGTERM.
+const (
+	etcdModeEnv    = "VISOR_FAULT_ETCD"
+	etcdNameEnv    = "VISOR_FAULT_ETCD_NAME"
+	etcdDirEnv     = "VISOR_FAULT_ETCD_DIR"
+	etcdClientEnv  = "VISOR_FAULT_ETCD_CLIENT"
+	etcdPeerEnv    = "VISOR_FAULT_ETCD_PEER"
+	etcdClusterEnv = "VISOR_FAULT_ETCD_CLUSTER"
+	// ownerEnv tags every process the suite starts with the pid of the test
+	// process, so that leftovers of a run that died can be found and killed.
+	ownerEnv = "VISOR_FAULT_OWNER"
+	// reportEnv names a file the figures are written to as JSON.
+	reportEnv = "VISOR_FAULT_REPORT"
+)
+
+func TestMain(m *testing.M) {
+	proctest.Main()
+	if os.Getenv(etcdModeEnv) == "1" {
+		os.Exit(etcdMember())
+	}
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// etcdMember runs one member of the suite's etcd cluster, configured from
+// the environment, until SIGTERM or SIGINT.
+func etcdMember() int {
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "etcd member:", err)
+		return 2
+	}
+	curl, err := url.Parse(os.Getenv(etcdClientEnv))
+	if err != nil {
+		return fail(err)
+	}
+	purl, err := url.Parse(os.Getenv(etcdPeerEnv))
+	if err != nil {
+		return fail(err)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	cfg := embed.NewConfig()
+	cfg.Name = os.Getenv(etcdNameEnv)
+	cfg.Dir = os.Getenv(etcdDirEnv)
+	cfg.ListenClientUrls = []url.URL{*curl}
+	cfg.AdvertiseClientUrls = []url.URL{*curl}
+	cfg.ListenPeerUrls = []url.URL{*purl}
+	cfg.AdvertisePeerUrls = []url.URL{*purl}
+	cfg.InitialCluster = os.Getenv(etcdClusterEnv)
+	cfg.InitialClusterToken = "visor-fault"
+	cfg.ClusterState = embed.ClusterStateFlagNew
+	cfg.UnsafeNoFsync = true
+	cfg.Logger = "zap"
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	// Elections within about a second of a leader's death.
+	cfg.TickMs = 100
+	cfg.ElectionMs = 1000
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fail(err)
+	}
+	defer e.Close()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		return fail(err)
+	case <-sigs:
+		return 0
+	}
+	select {
+	case err := <-e.Err():
+		return fail(err)
+	case <-sigs:
+		return 0
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	binPath   string
+	buildErr  error
+)
+
+// visorBinary builds cmd/visor once per test binary and returns its path.
+func visorBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "visor-fault-bin-")
+		if buildErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "visor")
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Dir(filepath.Dir(filepath.Dir(file)))
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/visor")
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/visor: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// waitFor polls cond every tick until it holds or d passes; it reports
+// whether cond held.
+func waitFor(d, tick time.Duration, cond func() bool) bool {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tk := time.NewTicker(tick)
+	defer tk.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			return cond()
+		case <-tk.C:
+		}
+	}
+	return true
+}
