@@ -54,6 +54,7 @@ type Agent struct {
 	session   *registry.HostSession
 	sessionCh chan struct{} // closed and replaced whenever session changes
 	inflight  map[string]struct{}
+	waiting   map[string]context.CancelFunc // tickets waiting out the claim delay
 	httpAddr  string
 	// draining is set while the registry says this host is being drained:
 	// no start tickets are claimed then.
@@ -88,6 +89,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		started:   time.Now(),
 		sessionCh: make(chan struct{}),
 		inflight:  make(map[string]struct{}),
+		waiting:   make(map[string]context.CancelFunc),
 	}
 	a.metrics = newMetrics(a)
 	a.writer = newStateWriter(a)
@@ -549,7 +551,13 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 			a.log.Warn("ticket watch", "error", ev.Err)
 			continue
 		}
-		if ev.Deleted || !a.eligible(ev.Ticket) || !a.markInflight(ev.Ticket.ID) {
+		if ev.Deleted || ev.Claimed {
+			if ev.Ticket.Holder != a.cfg.HostID {
+				a.abandon(ev.Ticket.ID)
+			}
+			continue
+		}
+		if !a.eligible(ev.Ticket) || !a.markInflight(ev.Ticket.ID) {
 			continue
 		}
 		select {
@@ -558,12 +566,15 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 			a.unmarkInflight(ev.Ticket.ID)
 			continue
 		}
+		tctx, abandon := context.WithCancel(sctx)
+		a.setAbandon(ev.Ticket.ID, abandon)
 		wg.Add(1)
 		go func(t registry.Ticket) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			defer a.unmarkInflight(t.ID)
-			a.handle(sctx, s, t)
+			defer abandon()
+			a.handle(sctx, tctx, s, t)
 		}(ev.Ticket)
 	}
 	select {
@@ -587,7 +598,35 @@ func (a *Agent) markInflight(id string) bool {
 func (a *Agent) unmarkInflight(id string) {
 	a.mu.Lock()
 	delete(a.inflight, id)
+	delete(a.waiting, id)
 	a.mu.Unlock()
+}
+
+// setAbandon records how to abandon the wait before claiming ticket id.
+func (a *Agent) setAbandon(id string, cancel context.CancelFunc) {
+	a.mu.Lock()
+	a.waiting[id] = cancel
+	a.mu.Unlock()
+}
+
+// claiming marks that ticket id's claim is being sent: from now on it is
+// no longer abandoned when someone else's claim shows up.
+func (a *Agent) claiming(id string) {
+	a.mu.Lock()
+	delete(a.waiting, id)
+	a.mu.Unlock()
+}
+
+// abandon stops waiting to claim ticket id (another host claimed it, or it
+// is gone), saving a claim transaction that would fail.
+func (a *Agent) abandon(id string) {
+	a.mu.Lock()
+	cancel := a.waiting[id]
+	delete(a.waiting, id)
+	a.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 }
 
 // liveCount is the number of instances supervised here that are not terminal.

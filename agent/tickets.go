@@ -16,15 +16,21 @@ import (
 )
 
 // handle claims ticket t after the load-dependent delay and executes it.
-func (a *Agent) handle(ctx context.Context, s *registry.HostSession, t registry.Ticket) {
+// wait ends early when another host claims t first (or ctx ends).
+func (a *Agent) handle(ctx, wait context.Context, s *registry.HostSession, t registry.Ticket) {
 	if d := a.claimDelay(t); d > 0 {
 		timer := time.NewTimer(d)
 		select {
 		case <-timer.C:
-		case <-ctx.Done():
+		case <-wait.Done():
 			timer.Stop()
+			a.metrics.claimsLost.Inc()
 			return
 		}
+	}
+	a.claiming(t.ID)
+	if wait.Err() != nil {
+		return
 	}
 	inst, err := s.Claim(ctx, t)
 	switch {
@@ -99,18 +105,11 @@ func (a *Agent) start(ctx context.Context, s *registry.HostSession, t registry.T
 
 // buildSpec turns a start ticket into a supervisor.Spec.
 func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.Instance) (supervisor.Spec, int, error) {
-	rev, err := a.reg.Revision(ctx, t.App, t.Rev)
+	l, err := a.reg.Launch(ctx, t.App, t.Rev, t.Proc)
 	if err != nil {
-		return supervisor.Spec{}, 0, fmt.Errorf("revision: %w", err)
+		return supervisor.Spec{}, 0, err
 	}
-	proc, err := a.reg.ProcType(ctx, t.App, t.Proc)
-	if err != nil {
-		return supervisor.Spec{}, 0, fmt.Errorf("proc type: %w", err)
-	}
-	appEnv, err := a.reg.Env(ctx, t.App)
-	if err != nil {
-		return supervisor.Spec{}, 0, fmt.Errorf("env: %w", err)
-	}
+	rev, proc, appEnv := l.Revision, l.ProcType, l.Env
 	dir := rev.Dir
 	if rev.ArtifactURL != "" {
 		dir, err = a.artifacts.Dir(ctx, rev.ArtifactURL, rev.SHA256)

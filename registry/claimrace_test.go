@@ -52,7 +52,7 @@ func claim(ctx context.Context, r *Registry, host string, claimed func(id string
 	apply := func(ev TicketEvent) {
 		switch {
 		case ev.Err != nil:
-		case ev.Deleted:
+		case ev.Deleted, ev.Claimed:
 			delete(avail, ev.Ticket.ID)
 		default:
 			avail[ev.Ticket.ID] = ev.Ticket

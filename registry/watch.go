@@ -19,6 +19,9 @@ type TicketEvent struct {
 	Ticket Ticket
 	// Deleted reports that the ticket was completed or cancelled.
 	Deleted bool
+	// Claimed reports that a host claimed the ticket; only Ticket.ID and
+	// Ticket.Holder are set. Hosts waiting to claim it can stop waiting.
+	Claimed bool
 	// Err reports a value that did not decode (the watch goes on) or a
 	// watch error before a re-list.
 	Err error
@@ -28,7 +31,9 @@ type TicketEvent struct {
 
 // WatchTickets streams the unclaimed tickets host may claim (untargeted or
 // targeted at host): first a listing, then changes from the listing's
-// revision + 1, so nothing falls in between. A ticket whose claim vanishes
+// revision + 1, so nothing falls in between. Claims of any ticket are sent
+// as Claimed events (not claimable), so claimers waiting out a delay can
+// give up early. A ticket whose claim vanishes
 // (released or its holder's lease lost) is sent again. After a compaction
 // or a watch error it re-lists. Values that do not decode are reported once
 // through Err and skipped. Tickets that failed on host are still sent
@@ -158,7 +163,8 @@ func (w *ticketWatch) handle(ctx context.Context, ev *clientv3.Event, claims boo
 	if claims {
 		id := strings.TrimPrefix(string(kv.Key), r.claimsDir())
 		if ev.Type == clientv3.EventTypePut {
-			return true // claimed: nothing to offer
+			// Claimed: nothing to offer, but waiting claimers may stop.
+			return w.send(ctx, TicketEvent{Ticket: Ticket{ID: id, Holder: string(kv.Value)}, Claimed: true, Revision: kv.ModRevision})
 		}
 		// The claim vanished: if the ticket is still there, it is free again.
 		resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.ticketKey(id)), clientv3.OpGet(r.claimKey(id), clientv3.WithCountOnly())).Commit()

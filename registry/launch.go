@@ -1,0 +1,59 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Launch is everything an agent reads to start an instance of
+// app/rev/proc: the revision, the process type and the app's env vars, as
+// of one etcd revision.
+type Launch struct {
+	Revision Revision
+	ProcType ProcType
+	Env      map[string]string
+}
+
+// Launch reads the revision, the process type and the env of an app in one
+// round trip (one read transaction), so a start costs one read, not three.
+// A missing app, revision or process type is ErrNotFound naming it.
+func (r *Registry) Launch(ctx context.Context, app, rev, proc string) (Launch, error) {
+	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
+		return Launch{}, err
+	}
+	resp, err := r.cli.Txn(ctx).Then(
+		clientv3.OpGet(r.appKey(app), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.revKey(app, rev)),
+		clientv3.OpGet(r.procKey(app, proc)),
+		clientv3.OpGet(r.envDir(app), clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return Launch{}, fmt.Errorf("registry: read %s/%s/%s: %w", app, rev, proc, err)
+	}
+	if resp.Responses[0].GetResponseRange().Count == 0 {
+		return Launch{}, fmt.Errorf("%w: app %q", ErrNotFound, app)
+	}
+	var l Launch
+	kv := first(rangeKvs(resp, 1))
+	if kv == nil {
+		return Launch{}, fmt.Errorf("%w: revision %q of app %q", ErrNotFound, rev, app)
+	}
+	if l.Revision, err = decodeRevision(kv.Key, kv.Value, kv.ModRevision, app, rev); err != nil {
+		return Launch{}, err
+	}
+	kv = first(rangeKvs(resp, 2))
+	if kv == nil {
+		return Launch{}, fmt.Errorf("%w: process type %q of app %q", ErrNotFound, proc, app)
+	}
+	if l.ProcType, err = decodeProc(kv.Key, kv.Value, kv.ModRevision, app, proc); err != nil {
+		return Launch{}, err
+	}
+	l.Env = map[string]string{}
+	for _, kv := range rangeKvs(resp, 3) {
+		l.Env[strings.TrimPrefix(string(kv.Key), r.envDir(app))] = string(kv.Value)
+	}
+	return l, nil
+}
