@@ -268,38 +268,55 @@ var shellBuiltins = map[string]bool{
 	"trap": true, ".": true, "eval": true, "while": true, "for": true, "if": true, "{": true, "(": true,
 }
 
-// checkCommand finds the program a shell line runs, so that a missing or
+// resolveCommand finds the program a shell line runs, so that a missing or
 // non-executable binary fails the start with a clear reason (and the
 // ticket is released) instead of becoming a crash loop of exit code 127.
-// Lines it cannot read simply (variables, quoting, builtins) pass.
-func checkCommand(line, dir, pathEnv string) error {
+// A simple line (words only, no quoting, variables, redirections or
+// builtins other than a leading "exec") is returned as an argv with an
+// absolute program path, so it runs without a shell in between: one exec
+// instead of two. Other lines return a nil argv and run through /bin/sh;
+// their program is checked where it can be read simply.
+func resolveCommand(line, dir, pathEnv string) ([]string, error) {
 	words := strings.Fields(line)
+	assigns := false
 	for len(words) > 0 && (words[0] == "exec" || (strings.Contains(words[0], "=") && !strings.HasPrefix(words[0], "="))) {
+		assigns = assigns || words[0] != "exec"
 		words = words[1:]
 	}
 	if len(words) == 0 {
-		return nil
+		return nil, nil
 	}
 	prog := words[0]
 	if strings.ContainsAny(prog, "$`'\"\\;|&<>(){}*?~") || shellBuiltins[prog] {
-		return nil
+		return nil, nil
 	}
+	var path string
 	if strings.Contains(prog, "/") {
-		p := prog
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(dir, p)
+		path = prog
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(dir, path)
 		}
-		return executable(p, prog)
+		if err := executable(path, prog); err != nil {
+			return nil, err
+		}
+	} else {
+		for _, d := range filepath.SplitList(pathEnv) {
+			if d == "" || !filepath.IsAbs(d) {
+				continue
+			}
+			if p := filepath.Join(d, prog); executable(p, prog) == nil {
+				path = p
+				break
+			}
+		}
+		if path == "" {
+			return nil, fmt.Errorf("command not found: %q is not in PATH %s", prog, pathEnv)
+		}
 	}
-	for _, d := range filepath.SplitList(pathEnv) {
-		if d == "" {
-			continue
-		}
-		if executable(filepath.Join(d, prog), prog) == nil {
-			return nil
-		}
+	if assigns || strings.ContainsAny(line, "$`'\"\\;|&<>(){}*?~#\n") {
+		return nil, nil // needs the shell; the program at least exists
 	}
-	return fmt.Errorf("command not found: %q is not in PATH %s", prog, pathEnv)
+	return append([]string{path}, words[1:]...), nil
 }
 
 func executable(path, name string) error {

@@ -149,7 +149,8 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 	if _, ok := env["HOME"]; !ok {
 		env["HOME"] = dir
 	}
-	if err := checkCommand(command, dir, env["PATH"]); err != nil {
+	argv, err := resolveCommand(command, dir, env["PATH"])
+	if err != nil {
 		a.ports.Free(port, inst.ID)
 		return supervisor.Spec{}, 0, err
 	}
@@ -165,7 +166,7 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 
 	spec := supervisor.Spec{
 		ID:          inst.ID,
-		Shell:       command,
+		Command:     argv,
 		Env:         envList,
 		Dir:         dir,
 		User:        proc.User,
@@ -193,6 +194,9 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 			metaTicket:  t.ID,
 			metaCreated: t.Created.Format(time.RFC3339Nano),
 		},
+	}
+	if argv == nil {
+		spec.Shell = command
 	}
 	if h := proc.Health; h != nil {
 		hc := &supervisor.HealthCheck{

@@ -180,7 +180,7 @@ func TestPortAllocator(t *testing.T) {
 	}
 }
 
-func TestCheckCommand(t *testing.T) {
+func TestResolveCommand(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "run"), []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
@@ -189,24 +189,34 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := "/usr/bin:/bin"
+	sleep, err := resolveCommand("sleep 1", dir, path)
+	if err != nil || len(sleep) != 2 || !filepath.IsAbs(sleep[0]) {
+		t.Fatalf("resolveCommand(sleep 1) = %v, %v", sleep, err)
+	}
 	for _, tc := range []struct {
-		line string
-		ok   bool
+		line  string
+		argv  []string // nil: runs through the shell
+		fails bool
 	}{
-		{"sleep 10", true},
-		{"exec sleep 10", true},
-		{"FOO=1 exec ./run web", true},
-		{"./run", true},
-		{"$HOME/bin/x", true}, // not checkable: passes
-		{"cd sub && ./x", true},
-		{"exec /nonexistent/binary", false},
-		{"no-such-command-anywhere --flag", false},
-		{"./data", false},
-		{"./missing", false},
+		{line: "exec sleep 10", argv: []string{sleep[0], "10"}},
+		{line: "./run web --port 1", argv: []string{filepath.Join(dir, "run"), "web", "--port", "1"}},
+		{line: "FOO=1 exec ./run web"},
+		{line: "$HOME/bin/x"},
+		{line: "cd sub && ./x"},
+		{line: "sleep $PORT"},
+		{line: "sleep 1 # comment"},
+		{line: "exec /nonexistent/binary", fails: true},
+		{line: "no-such-command-anywhere --flag", fails: true},
+		{line: "./data", fails: true},
+		{line: "./missing", fails: true},
 	} {
-		err := checkCommand(tc.line, dir, path)
-		if (err == nil) != tc.ok {
-			t.Errorf("checkCommand(%q) = %v, want ok=%v", tc.line, err, tc.ok)
+		argv, err := resolveCommand(tc.line, dir, path)
+		if (err != nil) != tc.fails {
+			t.Errorf("resolveCommand(%q) error = %v, want failure %v", tc.line, err, tc.fails)
+			continue
+		}
+		if strings.Join(argv, " ") != strings.Join(tc.argv, " ") || (argv == nil) != (tc.argv == nil) {
+			t.Errorf("resolveCommand(%q) = %q, want %q", tc.line, argv, tc.argv)
 		}
 	}
 }
