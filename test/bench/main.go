@@ -165,6 +165,9 @@ func run() error {
 		if err != nil || n <= 0 {
 			return fmt.Errorf("-n: %q is not a positive count", s)
 		}
+		// The floor is measured right before and right after, and averaged,
+		// because the machine's load drifts.
+		floorBefore := bareExec(n)
 		r, err := scaleUp(ctx, reg, cli, n, *agents)
 		if err != nil {
 			return err
@@ -184,7 +187,7 @@ func run() error {
 			return fmt.Errorf("scale down: %w", err)
 		}
 		r.ScaleDownSeconds = time.Since(t0).Seconds()
-		r.BareExecSeconds = bareExec(n)
+		r.BareExecSeconds = (floorBefore + bareExec(n)) / 2
 		r.RatioToBareExec = r.SecondsToAllRunning / r.BareExecSeconds
 		rep.Results = append(rep.Results, r)
 	}
