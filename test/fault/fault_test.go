@@ -32,6 +32,8 @@ type figures struct {
 	ReplacementsRunningS *float64 `json:"replacements_running_s"`
 	// LeaderMovedS is fault -> a new reconciler leader (agent) or etcd leader.
 	LeaderMovedS *float64 `json:"leader_moved_s"`
+	// HostLeftS is fault -> the host's lease ended (its key left).
+	HostLeftS *float64 `json:"host_left_s,omitempty"`
 	// SettleAfterHealS is heal (or restart) -> settled.
 	SettleAfterHealS float64 `json:"settle_after_heal_s"`
 	// DuplicateSeconds sums, over instances, the time they ran with two or
@@ -76,10 +78,17 @@ func TestFaultInjection(t *testing.T) {
 	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.leaderAgent() == "h1" }) {
 		t.Fatal("h1 did not become reconciler leader")
 	}
-	f.scale("big", 100)
-	f.waitSettled(map[string]int{"big": 100}, 3*time.Minute)
+	// In steps: a burst of 100 starts on one loaded host has cost it its
+	// 5 s lease, which trips a known agent bug (see the report).
+	for n := 25; n <= 100; n += 25 {
+		f.scale("big", n)
+		f.waitSettled(map[string]int{"big": n}, 2*time.Minute)
+	}
 	f.startAgent("h2")
 	f.startAgent("h3")
+	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.hostUp("h2") && f.hostUp("h3") }) {
+		t.Fatal("h2 and h3 did not register within 60s")
+	}
 	f.scale("web", 30)
 	f.waitSettled(s.want, 3*time.Minute)
 
@@ -269,14 +278,14 @@ func (s *suite) etcdLeaderKilled(t *testing.T) figures {
 // partitionBelowTTL cuts the reconciler leader's host off for 2 s (less
 // than the 5 s TTL): the lease survives, nothing moves.
 func (s *suite) partitionBelowTTL(t *testing.T) figures {
-	return s.partitionKeep(t, s.f.leaderAgent(), 2*time.Second)
+	return s.partitionKeep(t, s.f.leaderAgent(), 2*time.Second, false)
 }
 
 // partitionBelowGrace cuts a non-leader host off for 8 s: past the TTL (the
 // lease is lost and the host leaves) but, counting from the lease's end,
 // within the 5 s grace. The host re-registers and keeps its instances.
 func (s *suite) partitionBelowGrace(t *testing.T) figures {
-	return s.partitionKeep(t, s.nonLeader(t, ""), 8*time.Second)
+	return s.partitionKeep(t, s.nonLeader(t, ""), 8*time.Second, true)
 }
 
 // nonLeader picks a host that is neither the reconciler leader nor avoid.
@@ -294,13 +303,18 @@ func (s *suite) nonLeader(t *testing.T, avoid string) string {
 
 // partitionKeep partitions host for d, heals, and expects every instance
 // to keep running with its process: nothing replaced, nothing restarted.
-func (s *suite) partitionKeep(t *testing.T, host string, d time.Duration) figures {
+// leaseLost says whether the partition is long enough that the host's
+// lease must have ended (the host left and joined again).
+func (s *suite) partitionKeep(t *testing.T, host string, d time.Duration, leaseLost bool) figures {
 	f := s.f
 	if host == "" {
 		t.Fatal("no reconciler leader")
 	}
 	before := s.begin(t)
 	fig := figures{Host: host, HostInstances: len(onHost(before, host)), FaultS: secsp(d)}
+	if fig.HostInstances == 0 {
+		t.Fatalf("%s runs no instance: the partition would test nothing (%s)", host, describe(before))
+	}
 	t0 := time.Now()
 	t.Cleanup(func() { _ = f.net.partition(host, false) })
 	if err := f.net.partition(host, true); err != nil {
@@ -316,6 +330,13 @@ func (s *suite) partitionKeep(t *testing.T, host string, d time.Duration) figure
 	if at, ok := f.rec.first(t0, lostOn(host)); ok {
 		t.Errorf("instances of %s marked lost %s into a %s partition", host, at.Sub(t0).Round(time.Millisecond), d)
 	}
+	left, ok := f.rec.first(t0, func(ev registry.Event) bool { return ev.Type == registry.HostLeft && ev.Host == host })
+	if ok {
+		fig.HostLeftS = secsp(left.Sub(t0))
+	}
+	if ok != leaseLost {
+		t.Errorf("%s partition of %s: host lease ended = %v, want %v", d, host, ok, leaseLost)
+	}
 	fig.InstancesRestarted = restarted(t, before, after, all)
 	return fig
 }
@@ -327,6 +348,9 @@ func (s *suite) partitionPastGrace(t *testing.T) figures {
 	host := s.nonLeader(t, "")
 	before := s.begin(t)
 	fig := figures{Host: host, HostInstances: len(onHost(before, host))}
+	if fig.HostInstances == 0 {
+		t.Fatalf("%s runs no instance: nothing to replace (%s)", host, describe(before))
+	}
 	t0 := time.Now()
 	t.Cleanup(func() { _ = f.net.partition(host, false) })
 	if err := f.net.partition(host, true); err != nil {
@@ -369,6 +393,9 @@ func (s *suite) hostCrash(t *testing.T, leader bool) figures {
 	before := s.begin(t)
 	victims := onHost(before, host)
 	fig := figures{Host: host, HostInstances: len(victims)}
+	if len(victims) == 0 {
+		t.Fatalf("%s runs no instance: nothing to replace (%s)", host, describe(before))
+	}
 	t0 := time.Now()
 	f.killAgent(host)
 	f.killHostWorkloads(victims)

@@ -418,7 +418,7 @@ func (f *fleet) settledProblem(want map[string]int, snap map[string]registry.Ins
 			return "registry unreadable"
 		}
 		if len(got) != n {
-			return fmt.Sprintf("%s: %d running in the registry, want %d", app, len(got), n)
+			return fmt.Sprintf("%s: %d running in the registry, want %d (states: %s)", app, len(got), n, f.stateCounts(app))
 		}
 		for id, in := range got {
 			pids := procs[id]
@@ -612,4 +612,24 @@ func (r *recorder) watchErrors() []error {
 // contextTimeout derives a bounded context from the fleet's.
 func contextTimeout(f *fleet, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(f.ctx, d)
+}
+
+// stateCounts summarizes app's instances by state, for failure messages.
+func (f *fleet) stateCounts(app string) string {
+	ctx, cancel := contextTimeout(f, 3*time.Second)
+	defer cancel()
+	insts, err := f.reg.AppInstances(ctx, app)
+	if err != nil {
+		return err.Error()
+	}
+	per := map[registry.InstanceState]int{}
+	for _, in := range insts {
+		per[in.State]++
+	}
+	var parts []string
+	for st, n := range per {
+		parts = append(parts, fmt.Sprintf("%s=%d", st, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
 }
