@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -343,9 +344,24 @@ func (a *Agent) hostRecord() registry.Host {
 		Labels:   a.cfg.Labels,
 		Capacity: a.cfg.Capacity,
 		Version:  a.cfg.Version,
+		APIAddr:  a.apiAddr(),
 		Started:  a.started,
 		Load:     a.hostLoad(),
 	}
+}
+
+// apiAddr is the HTTP API address other hosts' CLIs can call: the bound
+// address, with an unspecified IP replaced by the host's Addr.
+func (a *Agent) apiAddr() string {
+	addr := a.HTTPAddr()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort(a.cfg.Addr, port)
+	}
+	return addr
 }
 
 func (a *Agent) setSession(s *registry.HostSession) {

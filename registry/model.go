@@ -285,8 +285,10 @@ type Host struct {
 	Addr   string            `json:"addr,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
 	// Capacity is the maximum number of instances; 0 = unlimited.
-	Capacity    int       `json:"capacity,omitempty"`
-	Version     string    `json:"version,omitempty"`
+	Capacity int    `json:"capacity,omitempty"`
+	Version  string `json:"version,omitempty"`
+	// APIAddr is the agent's HTTP API (host:port), "" when it serves none.
+	APIAddr     string    `json:"api_addr,omitempty"`
 	Started     time.Time `json:"started"`
 	Updated     time.Time `json:"updated"`
 	Load        HostLoad  `json:"load"`

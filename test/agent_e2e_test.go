@@ -1,6 +1,7 @@
 package test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os/exec"
@@ -152,7 +153,7 @@ func TestDevAgentWithCLI(t *testing.T) {
 	dev := exec.Command(bin, "agent", "-dev",
 		"-dev-client-url", fmt.Sprintf("http://127.0.0.1:%d", cport),
 		"-dev-peer-url", fmt.Sprintf("http://127.0.0.1:%d", pport),
-		"-data-dir", dir, "-http-addr", "off", "-cgroups", "none", "-stop-on-exit")
+		"-data-dir", dir, "-http-addr", "127.0.0.1:0", "-cgroups", "none", "-stop-on-exit")
 	var devLog strings.Builder
 	dev.Stderr = &devLog
 	must(t, dev.Start())
@@ -203,6 +204,51 @@ func TestDevAgentWithCLI(t *testing.T) {
 		t.Fatalf("scale down: %v\n%s", err, out)
 	}
 	proctest.WaitFor(t, 30*time.Second, "one workload process after scale to 1", func() bool { return len(c.workloads()) == 1 })
+
+	// Logs and signals go through the instance's agent.
+	for _, s := range [][]string{
+		{"proc", "set", "demo", "ticker", "--command", "exec " + selfCommand("tick", "50ms")},
+		{"scale", "demo", "v1", "ticker=1", "--wait", "--wait-timeout", "60s"},
+	} {
+		if out, err := visor(s...); err != nil {
+			t.Fatalf("visor %s: %v\n%s", strings.Join(s, " "), err, out)
+		}
+	}
+	out, err = visor("ps", "demo", "-o", "json")
+	if err != nil {
+		t.Fatalf("ps -o json: %v\n%s", err, out)
+	}
+	var ps []struct {
+		ID    string `json:"id"`
+		Proc  string `json:"proc"`
+		State string `json:"state"`
+	}
+	must(t, json.Unmarshal([]byte(out), &ps))
+	var ticker string
+	for _, p := range ps {
+		if p.Proc == "ticker" && p.State == "running" {
+			ticker = p.ID
+		}
+	}
+	if ticker == "" {
+		t.Fatalf("no running ticker in %s", out)
+	}
+	proctest.WaitFor(t, 20*time.Second, "ticker output through visor logs", func() bool {
+		out, err := visor("logs", ticker, "--tail", "3")
+		return err == nil && strings.Count(out, "tick ") == 3
+	})
+	if out, err := visor("signal", ticker, "STOP"); err != nil || !strings.Contains(out, "sent STOP") {
+		t.Fatalf("visor signal STOP: %v\n%s", err, out)
+	}
+	if out, err := visor("signal", ticker, "CONT"); err != nil {
+		t.Fatalf("visor signal CONT: %v\n%s", err, out)
+	}
+	if out, err := visor("signal", ticker, "BOGUS"); err == nil || !strings.Contains(out, "BOGUS") {
+		t.Fatalf("visor signal BOGUS: want an error naming the signal, got %v\n%s", err, out)
+	}
+	if out, err := visor("logs", "demo-web-00000000"); err == nil || !strings.Contains(out, "not found") {
+		t.Fatalf("visor logs of an unknown instance: %v\n%s", err, out)
+	}
 }
 
 // selfCommand is the shell line that runs this test binary as workload.
