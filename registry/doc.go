@@ -5,7 +5,7 @@
 // library on its own (Dial, then the methods of Registry).
 //
 // registry must not import os/exec or github.com/visorhq/visor/supervisor
-// (see deps_test.go); it knows nothing about running processes.
+// (enforced by internal/deptest); it knows nothing about running processes.
 //
 // # Key layout
 //

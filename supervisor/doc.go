@@ -15,6 +15,6 @@
 // Linux is the production platform (pidfds, cgroups); darwin builds and
 // runs with kqueue and process groups only. The package knows nothing of the registry: it must never
 // import go.etcd.io/..., github.com/visorhq/visor/registry or
-// github.com/visorhq/visor/agent (enforced by deps_test.go). The agent
+// github.com/visorhq/visor/agent (enforced by internal/deptest). The agent
 // implements StateHandler and translates Status into registry records.
 package supervisor
