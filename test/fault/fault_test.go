@@ -84,13 +84,20 @@ func TestFaultInjection(t *testing.T) {
 		f.scale("big", n)
 		f.waitSettled(map[string]int{"big": n}, 2*time.Minute)
 	}
+	// Then h2 and h3 join one at a time, each taking most of 15 "web"
+	// instances (claims favour the least loaded host).
 	f.startAgent("h2")
+	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.hostUp("h2") }) {
+		t.Fatal("h2 did not register within 60s")
+	}
+	f.scale("web", 15)
+	f.waitSettled(map[string]int{"big": 100, "web": 15}, 2*time.Minute)
 	f.startAgent("h3")
-	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.hostUp("h2") && f.hostUp("h3") }) {
-		t.Fatal("h2 and h3 did not register within 60s")
+	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.hostUp("h3") }) {
+		t.Fatal("h3 did not register within 60s")
 	}
 	f.scale("web", 30)
-	f.waitSettled(s.want, 3*time.Minute)
+	f.waitSettled(s.want, 2*time.Minute)
 
 	scenarios := []struct {
 		name string
@@ -285,20 +292,25 @@ func (s *suite) partitionBelowTTL(t *testing.T) figures {
 // lease is lost and the host leaves) but, counting from the lease's end,
 // within the 5 s grace. The host re-registers and keeps its instances.
 func (s *suite) partitionBelowGrace(t *testing.T) figures {
-	return s.partitionKeep(t, s.nonLeader(t, ""), 8*time.Second, true)
+	return s.partitionKeep(t, s.busiestNonLeader(t), 8*time.Second, true)
 }
 
-// nonLeader picks a host that is neither the reconciler leader nor avoid.
-func (s *suite) nonLeader(t *testing.T, avoid string) string {
+// busiestNonLeader picks the host, other than the reconciler leader, that
+// runs the most instances.
+func (s *suite) busiestNonLeader(t *testing.T) string {
 	t.Helper()
+	snap, _ := s.f.waitSettled(s.want, 2*time.Minute)
 	l := s.f.leaderAgent()
+	best, most := "", -1
 	for _, h := range s.f.hosts {
-		if h != l && h != avoid {
-			return h
+		if n := len(onHost(snap, h)); h != l && n > most {
+			best, most = h, n
 		}
 	}
-	t.Fatal("no non-leader host")
-	return ""
+	if best == "" {
+		t.Fatal("no non-leader host")
+	}
+	return best
 }
 
 // partitionKeep partitions host for d, heals, and expects every instance
@@ -345,7 +357,7 @@ func (s *suite) partitionKeep(t *testing.T, host string, d time.Duration, leaseL
 // been replaced elsewhere, then heals: the host stops its duplicates.
 func (s *suite) partitionPastGrace(t *testing.T) figures {
 	f := s.f
-	host := s.nonLeader(t, "")
+	host := s.busiestNonLeader(t)
 	before := s.begin(t)
 	fig := figures{Host: host, HostInstances: len(onHost(before, host))}
 	if fig.HostInstances == 0 {
@@ -385,7 +397,7 @@ func (s *suite) hostCrash(t *testing.T, leader bool) figures {
 	f := s.f
 	host := f.leaderAgent()
 	if !leader {
-		host = s.nonLeader(t, "")
+		host = s.busiestNonLeader(t)
 	}
 	if host == "" {
 		t.Fatal("no reconciler leader")

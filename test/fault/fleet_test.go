@@ -177,7 +177,11 @@ func (f *fleet) startMember(i int) {
 // launch starts cmd with its output appended to <dir>/<name>.log.
 func (f *fleet) launch(name string, cmd *exec.Cmd) *proc {
 	f.t.Helper()
-	logf, err := os.OpenFile(filepath.Join(f.dir, name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+	dir := f.dir
+	if d := os.Getenv(logDirEnv); d != "" {
+		dir = d
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -268,7 +272,11 @@ func (f *fleet) killAll() {
 // dumpLogs logs the tail of every agent's log (on failure).
 func (f *fleet) dumpLogs() {
 	for _, h := range f.hosts {
-		b, err := os.ReadFile(filepath.Join(f.dir, "agent-"+h+".log"))
+		dir := f.dir
+		if d := os.Getenv(logDirEnv); d != "" {
+			dir = d
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "agent-"+h+".log"))
 		if err != nil {
 			continue
 		}

@@ -33,6 +33,9 @@ const (
 	ownerEnv = "VISOR_FAULT_OWNER"
 	// reportEnv names a file the figures are written to as JSON.
 	reportEnv = "VISOR_FAULT_REPORT"
+	// logDirEnv names a directory that keeps the agents' and members' logs
+	// after the run (default: the test's temp dir, removed at the end).
+	logDirEnv = "VISOR_FAULT_LOGDIR"
 )
 
 func TestMain(m *testing.M) {
