@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/proctest"
 )
 
 func externalEndpoint(service, version string, port int) Endpoint {
@@ -27,7 +29,7 @@ func TestRegistrarExpiresWithoutRenewal(t *testing.T) {
 	if err != nil || !sameIDs(got, ep.ID) {
 		t.Fatalf("lookup after register = %v, %v", ids(got), err)
 	}
-	waitFor(t, 5*time.Second, "the unrenewed registration to expire", func() bool {
+	proctest.WaitFor(t, 5*time.Second, "the unrenewed registration to expire", func() bool {
 		return f.keys(t) == 0
 	})
 	if reg.Len() != 0 {
@@ -73,7 +75,7 @@ loop:
 		t.Fatalf("%d renewals moved the etcd revision from %d to %d; want no writes", renewals, before, after)
 	}
 	// Stop renewing: it goes.
-	waitFor(t, 5*time.Second, "expiry after renewals stop", func() bool { return f.keys(t) == 0 })
+	proctest.WaitFor(t, 5*time.Second, "expiry after renewals stop", func() bool { return f.keys(t) == 0 })
 }
 
 func TestRegistrarFreeAndCap(t *testing.T) {
@@ -174,7 +176,7 @@ func TestRegistrarSharedLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg.SetLease(lease2.ID)
-	waitFor(t, 5*time.Second, "registrations re-put with the new lease", func() bool { return f.keys(t) == 5 })
+	proctest.WaitFor(t, 5*time.Second, "registrations re-put with the new lease", func() bool { return f.keys(t) == 5 })
 	ttl, err = f.cli.TimeToLive(f.ctx, lease2.ID, clientOptAttachedKeys())
 	if err != nil || len(ttl.Keys) != 5 {
 		t.Fatalf("new lease holds %d keys (%v), want 5", len(ttl.Keys), err)

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/proctest"
 )
 
 // The test binary becomes a claimer process when claimerEnv names a host.
@@ -152,7 +154,7 @@ func claimRace(t *testing.T, r *Registry, cli *clientv3.Client, hosts []string, 
 		mu.Unlock()
 	})
 	defer stop()
-	waitFor(t, 30*time.Second, "claimers to register", func() bool {
+	proctest.WaitFor(t, 30*time.Second, "claimers to register", func() bool {
 		hs, err := r.Hosts(ctx)
 		return err == nil && len(hs) == len(hosts)
 	})
@@ -168,7 +170,7 @@ func claimRace(t *testing.T, r *Registry, cli *clientv3.Client, hosts []string, 
 	}
 	_, err := r.Scale(ctx, "race", "v1", "worker", 100)
 	must(t, err)
-	waitFor(t, 60*time.Second, "100 claims", func() bool { return len(holders()) == 100 })
+	proctest.WaitFor(t, 60*time.Second, "100 claims", func() bool { return len(holders()) == 100 })
 
 	count := map[string]int{}
 	for _, h := range holders() {
@@ -188,7 +190,7 @@ func claimRace(t *testing.T, r *Registry, cli *clientv3.Client, hosts []string, 
 
 	_, err = r.Scale(ctx, "race", "v1", "worker", 200)
 	must(t, err)
-	waitFor(t, 60*time.Second, "200 claims by live claimers", func() bool {
+	proctest.WaitFor(t, 60*time.Second, "200 claims by live claimers", func() bool {
 		hs := holders()
 		if len(hs) != 200 {
 			return false

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/proctest"
 )
 
 func register(t testing.TB, r *Registry, id string) *HostSession {
@@ -118,7 +120,7 @@ func TestHostLeaseLoss(t *testing.T) {
 		must(t, err)
 		s.Orphan()
 		<-s.Done()
-		waitFor(t, 15*time.Second, "orphaned host key to expire", func() bool {
+		proctest.WaitFor(t, 15*time.Second, "orphaned host key to expire", func() bool {
 			_, err := r.Host(ctx, "orphan")
 			return errors.Is(err, ErrNotFound)
 		})

@@ -81,22 +81,6 @@ func seed(t testing.TB, r *Registry, app, rev, proc string) {
 	}
 }
 
-// waitFor polls cond every 10ms until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		case <-tick.C:
-		}
-	}
-}
-
 // keyCount counts the keys under the registry prefix.
 func keyCount(t testing.TB, cli *clientv3.Client, prefix string) int64 {
 	t.Helper()

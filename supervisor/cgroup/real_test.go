@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/visorhq/visor/internal/proctest"
 )
 
 var parentSeq atomic.Int64
@@ -236,7 +238,7 @@ func testPlaceAndKill(t *testing.T, m *Manager) {
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 		t.Fatalf("child ended with %v, want SIGKILL", err)
 	}
-	waitFor(t, 5*time.Second, "grandchild gone", func() bool { return !alive(grandchild) })
+	proctest.WaitFor(t, 5*time.Second, "grandchild gone", func() bool { return !alive(grandchild) })
 	if err := g.Remove(); err != nil {
 		t.Fatal(err)
 	}

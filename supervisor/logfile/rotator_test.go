@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/visorhq/visor/internal/proctest"
 )
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
@@ -42,7 +44,7 @@ func startRotator(t *testing.T, r *Rotator) {
 		}
 	})
 	// Run is active once its watcher is installed.
-	waitFor(t, 5*time.Second, "rotator running", func() bool {
+	proctest.WaitFor(t, 5*time.Second, "rotator running", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		return r.w != nil
@@ -212,7 +214,7 @@ func TestRotatorRunWithWritingChild(t *testing.T) {
 			if err := cmd.Wait(); err != nil {
 				t.Fatalf("writer: %v", err)
 			}
-			waitFor(t, 10*time.Second, "final rotation", func() bool {
+			proctest.WaitFor(t, 10*time.Second, "final rotation", func() bool {
 				st, err := os.Stat(path)
 				return err == nil && st.Size() <= o.MaxBytes
 			})
@@ -258,7 +260,7 @@ func TestRotatorAddRemove(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 5*time.Second, "b rotated", func() bool {
+	proctest.WaitFor(t, 5*time.Second, "b rotated", func() bool {
 		_, err := os.Stat(rotatedName(b, 1))
 		return err == nil
 	})
@@ -285,7 +287,7 @@ func TestRotatorTickerFallback(t *testing.T) {
 	if err := os.WriteFile(p, bytes.Repeat([]byte("y\n"), 1<<10), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*fallbackTick, "rotation by ticker", func() bool {
+	proctest.WaitFor(t, 3*fallbackTick, "rotation by ticker", func() bool {
 		_, err := os.Stat(rotatedName(p, 1))
 		return err == nil
 	})
