@@ -2,12 +2,14 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -131,6 +133,17 @@ func (r *Registry) Scale(ctx context.Context, app, rev, proc string, n int) (Sca
 	what := fmt.Sprintf("registry: scale %s/%s/%s", app, rev, proc)
 	for conflicts := 0; ; {
 		done, err := r.scaleStep(ctx, app, rev, proc, n, &res, &ours)
+		if err != nil && transient(err) && ctx.Err() == nil && conflicts < maxAttempts-1 {
+			// An overloaded etcd timed the request out; it may or may not
+			// have applied. Scale re-counts, so trying again is safe: a
+			// landed write is seen as "nothing to do".
+			r.log.Warn("scale: etcd request timed out, retrying", "app", app, "rev", rev, "proc", proc, "error", err)
+			conflicts++
+			if err := backoff(ctx, conflicts); err != nil {
+				return res, fmt.Errorf("%s: %w", what, err)
+			}
+			continue
+		}
 		if err != nil || done {
 			return res, err
 		}
@@ -314,4 +327,11 @@ func (r *Registry) Scales(ctx context.Context, app string) ([]ScaleEntry, error)
 		out = append(out, ScaleEntry{App: parts[0], Rev: parts[2], Proc: parts[3], Desired: n})
 	}
 	return out, joinCorrupt(errs)
+}
+
+// transient reports whether err is an etcd server timeout, after which a
+// request may be retried (it may or may not have been applied).
+func transient(err error) bool {
+	return errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrLeaderChanged)
 }
