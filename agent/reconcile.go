@@ -55,7 +55,18 @@ type fixState struct {
 // lead campaigns for leadership with the host lease and runs the reconciler while
 // leader, until ctx ends or the session is lost.
 func (a *Agent) lead(ctx context.Context, lease int64) {
-	sess, err := concurrency.NewSession(a.reg.Client(), concurrency.WithLease(clientv3.LeaseID(lease)), concurrency.WithContext(ctx))
+	// Campaign cleans up a cancelled candidacy with Resign(client.Ctx()),
+	// which blocks until etcd answers: after a lease lost in a partition it
+	// held the session loop (and re-registering) until the network healed
+	// and the stalled connection recovered, seconds that count against the
+	// lost-host grace (test/fault). A client view whose context ends with
+	// ctx bounds that cleanup. Never Close the view: it shares the client's
+	// watcher and lease streams.
+	cli := a.reg.Client()
+	view := clientv3.NewCtxClient(ctx)
+	view.Cluster, view.KV, view.Lease, view.Watcher, view.Auth, view.Maintenance =
+		cli.Cluster, cli.KV, cli.Lease, cli.Watcher, cli.Auth, cli.Maintenance
+	sess, err := concurrency.NewSession(view, concurrency.WithLease(clientv3.LeaseID(lease)), concurrency.WithContext(ctx))
 	if err != nil {
 		if ctx.Err() == nil {
 			a.log.Warn("election session", "error", err)
