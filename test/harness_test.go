@@ -100,7 +100,9 @@ func newCluster(t *testing.T) *cluster {
 	return c
 }
 
-// app registers an app whose proc "web" runs the test binary as a sleeper.
+// app registers an app whose proc "web" runs /bin/sleep: a real process
+// that costs little, so hundreds fit on a small machine. The agent gives it
+// VISOR_INSTANCE, and the app env VISOR_E2E, which is how workloads finds it.
 func (c *cluster) app(name string) {
 	c.t.Helper()
 	ctx := c.ctx
@@ -110,7 +112,7 @@ func (c *cluster) app(name string) {
 	must(c.t, err2(c.reg.SetProcType(ctx, registry.ProcType{
 		App:         name,
 		Name:        "web",
-		Command:     "exec " + strings.Join(proctest.Command("sleep", "1h"), " "),
+		Command:     "exec sleep 3600",
 		StopTimeout: registry.Duration(3 * time.Second),
 	})))
 }
