@@ -43,6 +43,14 @@ type figures struct {
 	DuplicateSeconds float64 `json:"duplicate_seconds"`
 	// WorstDuplicateS is the longest overlap of one instance.
 	WorstDuplicateS float64 `json:"worst_duplicate_s"`
+	// ExcessProcessSeconds sums, over samples, the processes running
+	// beyond each app's desired scale times the sample interval: a lost
+	// instance still running on a cut-off host next to its replacement
+	// (another instance id) counts here, not in DuplicateSeconds.
+	ExcessProcessSeconds float64 `json:"excess_process_seconds"`
+	// MaxExcessProcesses is the most processes beyond the desired scale at
+	// one sample.
+	MaxExcessProcesses int `json:"max_excess_processes"`
 	// InstancesRanTwice counts instances that had 2+ processes at some point.
 	InstancesRanTwice int `json:"instances_ran_twice"`
 	// InstancesRestarted counts instances that should have been left alone
@@ -122,6 +130,8 @@ func TestFaultInjection(t *testing.T) {
 			fig.Instances = s.total()
 			total, worst, n := f.samp.duplicates()
 			fig.DuplicateSeconds, fig.WorstDuplicateS, fig.InstancesRanTwice = secs(total), secs(worst), n
+			x, xmax := f.samp.excessSeconds()
+			fig.ExcessProcessSeconds, fig.MaxExcessProcesses = secs(x), xmax
 			bad := f.rec.illegalTransitions()
 			fig.IllegalTransitions = len(bad) - s.illegal
 			for _, b := range bad[s.illegal:] {
@@ -169,7 +179,7 @@ func (s *suite) begin(t *testing.T) map[string]registry.Instance {
 	t.Helper()
 	snap, _ := s.f.waitSettled(s.want, 2*time.Minute)
 	t.Logf("settled: %s; reconciler leader %s, etcd leader e%d", describe(snap), s.f.leaderAgent(), s.f.etcdLeader())
-	s.f.samp.reset()
+	s.f.samp.reset(s.want)
 	return snap
 }
 

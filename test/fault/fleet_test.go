@@ -489,21 +489,35 @@ type sampler struct {
 	dup     map[string]time.Duration
 	lastPID map[string]int
 	changed map[string]int
+	want    map[string]int // app -> desired scale, for excess
+	excess  time.Duration  // process-seconds beyond each app's desired scale
+	worstX  int            // most excess processes at one sample
 }
 
 func newSampler(scan func() map[string][]int) *sampler {
 	s := &sampler{scan: scan}
-	s.reset()
+	s.reset(nil)
 	return s
 }
 
-// reset starts a new measuring window.
-func (s *sampler) reset() {
+// reset starts a new measuring window in which want (app -> desired
+// scale) holds; nil measures no excess.
+func (s *sampler) reset(want map[string]int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dup = map[string]time.Duration{}
 	s.lastPID = map[string]int{}
 	s.changed = map[string]int{}
+	s.want = want
+	s.excess = 0
+	s.worstX = 0
+}
+
+// appOf returns the app of an instance id ("<app>-<proc>-<suffix>"; the
+// suite's app names have no dash).
+func appOf(id string) string {
+	app, _, _ := strings.Cut(id, "-")
+	return app
 }
 
 // run samples until ctx ends.
@@ -520,6 +534,18 @@ func (s *sampler) run(ctx context.Context) {
 			dt := now.Sub(last)
 			last = now
 			s.mu.Lock()
+			if s.want != nil {
+				per := map[string]int{}
+				for id, pids := range procs {
+					per[appOf(id)] += len(pids)
+				}
+				x := 0
+				for app, n := range per {
+					x += max(0, n-s.want[app])
+				}
+				s.excess += time.Duration(x) * dt
+				s.worstX = max(s.worstX, x)
+			}
 			for id, pids := range procs {
 				if len(pids) >= 2 {
 					s.dup[id] += dt
@@ -534,6 +560,14 @@ func (s *sampler) run(ctx context.Context) {
 			s.mu.Unlock()
 		}
 	}
+}
+
+// excessSeconds returns the process-seconds run beyond the desired scale
+// in the window, and the most excess processes seen at once.
+func (s *sampler) excessSeconds() (time.Duration, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.excess, s.worstX
 }
 
 // duplicates returns the duplicate-seconds of the window, the worst single

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/visorhq/visor/internal/proctest"
 )
@@ -79,8 +78,7 @@ func etcdMember() int {
 	cfg.ClusterState = embed.ClusterStateFlagNew
 	cfg.UnsafeNoFsync = true
 	cfg.Logger = "zap"
-	cfg.LogLevel = "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.LogLevel = "error" // to the member's log file
 	// Elections within about a second of a leader's death.
 	cfg.TickMs = 100
 	cfg.ElectionMs = 1000
