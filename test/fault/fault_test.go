@@ -477,7 +477,13 @@ func (s *suite) etcdDown(t *testing.T) figures {
 		}
 	}
 	if n := countProcs(procs); n != len(before) {
-		t.Errorf("during the etcd outage %d workload processes run, want %d", n, len(before))
+		var extra []string
+		for id, pids := range procs {
+			if _, ok := before[id]; !ok && len(extra) < 8 {
+				extra = append(extra, fmt.Sprintf("%s:%v(%s)", id, pids, procState(pids[0])))
+			}
+		}
+		t.Errorf("during the etcd outage %d workload processes run, want %d; not running before: %v", n, len(before), extra)
 	}
 	for i := 1; i <= 3; i++ {
 		f.startMember(i)
@@ -546,4 +552,19 @@ func describe(m map[string]registry.Instance) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, " ")
+}
+
+// procState returns the state and parent of pid from /proc, for messages.
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "gone"
+	}
+	if i := strings.LastIndexByte(string(b), ')'); i >= 0 {
+		f := strings.Fields(string(b)[i+1:])
+		if len(f) >= 2 {
+			return "state " + f[0] + " ppid " + f[1]
+		}
+	}
+	return "?"
 }
