@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -680,16 +681,25 @@ func (a *Agent) eligible(t registry.Ticket) bool {
 	return true
 }
 
-// claimDelay is a jittered delay that grows with the instances running
-// here, so that idle hosts tend to win untargeted tickets without any
-// central scheduler. Targeted tickets are claimed at once.
+// claimDelay is the wait before claiming an untargeted ticket, so that
+// hosts spread work without a central scheduler. Its spread part is a hash
+// of host and ticket (rendezvous hashing): for each ticket the hosts are in
+// a different, stable order, so among equally loaded hosts one is clearly
+// first and the others, seeing its claim, give up without a doomed
+// transaction. Its load part grows with the instances running here, so
+// idle hosts win. Targeted tickets are claimed at once.
 func (a *Agent) claimDelay(t registry.Ticket) time.Duration {
 	if t.Host != "" {
 		return 0
 	}
 	base := a.cfg.ClaimDelay
+	h := fnv.New64a()
+	h.Write([]byte(a.cfg.HostID))
+	h.Write([]byte{0})
+	h.Write([]byte(t.ID))
+	spread := time.Duration(h.Sum64() % uint64(base+1))
 	load := time.Duration(a.liveCount()) * base / 50
-	return time.Duration(rand.Int64N(int64(base)+1)) + load
+	return spread + load
 }
 
 // backoff is a small exponential retry delay for reconnecting.

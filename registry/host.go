@@ -382,38 +382,100 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 	}
 	r := s.r
 	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
-	cmps := []clientv3.Cmp{s.holderCmp(t.ID)}
-	ops := []clientv3.Op{clientv3.OpDelete(tk), clientv3.OpDelete(ck)}
+	what := fmt.Sprintf("registry: complete ticket %s", t.ID)
 	if in != nil {
-		in.ID, in.Host = t.Instance, s.id
-		if in.App == "" && in.Rev == "" && in.Proc == "" {
-			in.App, in.Rev, in.Proc = t.App, t.Rev, t.Proc
-		}
+		in.ID = t.Instance
 		if err := validID("instance id", in.ID); err != nil {
 			return err
 		}
-		if in.Since.IsZero() {
-			in.Since = time.Now().UTC()
+	}
+	return retry(ctx, what, func() (bool, error) {
+		cmps := []clientv3.Cmp{s.holderCmp(t.ID)}
+		ops := []clientv3.Op{clientv3.OpDelete(tk), clientv3.OpDelete(ck)}
+		var next Instance
+		if in != nil {
+			// Read-modify-write, like UpdateInstance: fields the holder does
+			// not own (a stop ticket or replacement link written meanwhile)
+			// survive, and the generation key is touched only when the
+			// instance's counting changes, so completions do not make
+			// concurrent Scale calls retry.
+			cur, err := r.Instance(ctx, in.ID)
+			switch {
+			case errors.Is(err, ErrNotFound):
+				cur = Instance{ID: in.ID, App: t.App, Rev: t.Rev, Proc: t.Proc, Ticket: t.ID, Created: t.Created}
+			case err != nil:
+				return false, err
+			default:
+				if err := ValidTransition(cur.State, in.State); err != nil {
+					return false, fmt.Errorf("%s: %w", what, err)
+				}
+			}
+			cur.Host = s.id
+			next = withHolderView(cur, *in)
+			ik := r.hostInstanceKey(s.id, in.ID)
+			cmps = append(cmps, clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease),
+				unchanged(r.instanceKey(in.ID), cur.ModRevision))
+			ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(next)))
+			if next.State.Terminal() {
+				ops = append(ops, clientv3.OpDelete(ik))
+			}
+			if cur.ModRevision == 0 || cur.counted() != next.counted() {
+				ops = append(ops, touch(r.genKey(next.App, next.Rev, next.Proc)))
+			}
 		}
-		ik := r.hostInstanceKey(s.id, in.ID)
-		cmps = append(cmps, clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease))
-		ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(*in)), touch(r.genKey(in.App, in.Rev, in.Proc)))
-	}
-	what := fmt.Sprintf("registry: complete ticket %s", t.ID)
-	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(tk, clientv3.WithCountOnly())).Commit()
-	if err != nil {
-		return s.leaseErr(what, err)
-	}
-	if !resp.Succeeded {
-		if resp.Responses[0].GetResponseRange().Count == 0 {
-			return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Else(
+			clientv3.OpGet(tk, clientv3.WithCountOnly()),
+			clientv3.OpGet(ck, clientv3.WithCountOnly()),
+		).Commit()
+		if err != nil {
+			return false, s.leaseErr(what, err)
 		}
-		return fmt.Errorf("%s: %w", what, ErrNotHolder)
+		if !resp.Succeeded {
+			if resp.Responses[0].GetResponseRange().Count == 0 {
+				return false, fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+			}
+			// Ours are the claim and (for a start) the index entry, both on
+			// our lease; if so, only the instance changed: read again.
+			check := []clientv3.Op{clientv3.OpGet(ck)}
+			if in != nil {
+				check = append(check, clientv3.OpGet(r.hostInstanceKey(s.id, in.ID)))
+			}
+			held, herr := r.cli.Txn(ctx).Then(check...).Commit()
+			if herr != nil {
+				return false, s.leaseErr(what, herr)
+			}
+			for i := range check {
+				kv := first(rangeKvs(held, i))
+				if kv == nil || clientv3.LeaseID(kv.Lease) != s.lease {
+					return false, fmt.Errorf("%s: %w", what, ErrNotHolder)
+				}
+			}
+			return false, nil
+		}
+		if in != nil {
+			*in = next
+			in.ModRevision = resp.Header.Revision
+		}
+		return true, nil
+	})
+}
+
+// withHolderView returns cur with the fields the holder reports taken from
+// inst (state, since, port, pid, pid start, restarts, exit code, signal,
+// reason); everything else (stop ticket, replacement links, ticket,
+// created) keeps its stored value.
+func withHolderView(cur, inst Instance) Instance {
+	next := cur
+	next.State, next.Port, next.PID, next.PIDStart = inst.State, inst.Port, inst.PID, inst.PIDStart
+	next.Restarts, next.ExitCode, next.Signal, next.Reason = inst.Restarts, inst.ExitCode, inst.Signal, inst.Reason
+	next.Since = inst.Since
+	if next.Since.IsZero() {
+		next.Since = cur.Since
+		if cur.State != inst.State {
+			next.Since = time.Now().UTC()
+		}
 	}
-	if in != nil {
-		in.ModRevision = resp.Header.Revision
-	}
-	return nil
+	return next
 }
 
 // UpdateInstance writes the holder's view of an instance: state, since,
@@ -439,16 +501,7 @@ func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
 		if err := ValidTransition(cur.State, inst.State); err != nil {
 			return false, fmt.Errorf("%s: %w", what, err)
 		}
-		next := cur
-		next.State, next.Port, next.PID, next.PIDStart = inst.State, inst.Port, inst.PID, inst.PIDStart
-		next.Restarts, next.ExitCode, next.Signal, next.Reason = inst.Restarts, inst.ExitCode, inst.Signal, inst.Reason
-		next.Since = inst.Since
-		if next.Since.IsZero() {
-			next.Since = cur.Since
-			if cur.State != inst.State {
-				next.Since = time.Now().UTC()
-			}
-		}
+		next := withHolderView(cur, inst)
 		ops := []clientv3.Op{clientv3.OpPut(r.instanceKey(cur.ID), encode(next))}
 		if next.State.Terminal() {
 			ops = append(ops, clientv3.OpDelete(r.hostInstanceKey(s.id, cur.ID)))

@@ -20,15 +20,17 @@ const scaleChunk = 40
 
 // scaleSnap is a consistent read of everything Scale counts.
 type scaleSnap struct {
-	rev                  int64
-	app, revOK, procOK   bool
-	scaleMod, genMod     int64
-	desired              int
-	pending, live        []Instance // counted instances
-	startTickets         map[string]Ticket
-	unclaimedStartTicket map[string]bool // by instance id
+	rev                int64
+	app, revOK, procOK bool
+	scaleMod, genMod   int64
+	desired            int
+	pending, live      []Instance // counted instances
 }
 
+// scaleSnapshot reads, in one transaction, what Scale counts: the scale and
+// generation keys and the instances of app/proc. Pending instances are the
+// ones whose start ticket is unclaimed (a claim moves the instance to
+// claimed, a release back to pending), so no ticket needs reading to count.
 func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (scaleSnap, error) {
 	resp, err := r.cli.Txn(ctx).Then(
 		clientv3.OpGet(r.appKey(app), clientv3.WithCountOnly()),
@@ -40,19 +42,15 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 		// range holds every instance of app/proc, plus a few of other
 		// app/proc pairs that share the prefix, filtered below.
 		clientv3.OpGet(r.instanceKey(app+"-"+proc+"-"), clientv3.WithPrefix()),
-		clientv3.OpGet(r.ticketsDir(), clientv3.WithPrefix()),
-		clientv3.OpGet(r.claimsDir(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 	).Commit()
 	if err != nil {
 		return scaleSnap{}, fmt.Errorf("registry: scale %s/%s/%s: read: %w", app, rev, proc, err)
 	}
 	s := scaleSnap{
-		rev:                  resp.Header.Revision,
-		app:                  resp.Responses[0].GetResponseRange().Count > 0,
-		revOK:                resp.Responses[1].GetResponseRange().Count > 0,
-		procOK:               resp.Responses[2].GetResponseRange().Count > 0,
-		startTickets:         map[string]Ticket{},
-		unclaimedStartTicket: map[string]bool{},
+		rev:    resp.Header.Revision,
+		app:    resp.Responses[0].GetResponseRange().Count > 0,
+		revOK:  resp.Responses[1].GetResponseRange().Count > 0,
+		procOK: resp.Responses[2].GetResponseRange().Count > 0,
 	}
 	if kv := first(rangeKvs(resp, 3)); kv != nil {
 		s.scaleMod = kv.ModRevision
@@ -65,20 +63,6 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 	if kv := first(rangeKvs(resp, 4)); kv != nil {
 		s.genMod = kv.ModRevision
 	}
-	claimed := map[string]bool{}
-	for _, kv := range rangeKvs(resp, 7) {
-		claimed[strings.TrimPrefix(string(kv.Key), r.claimsDir())] = true
-	}
-	for _, kv := range rangeKvs(resp, 6) {
-		t, err := decodeTicket(kv, strings.TrimPrefix(string(kv.Key), r.ticketsDir()))
-		if err != nil || t.Op != TicketStart || t.App != app || t.Rev != rev || t.Proc != proc {
-			continue
-		}
-		s.startTickets[t.ID] = t
-		if !claimed[t.ID] {
-			s.unclaimedStartTicket[t.Instance] = true
-		}
-	}
 	for _, kv := range rangeKvs(resp, 5) {
 		in, err := decodeInstance(kv, strings.TrimPrefix(string(kv.Key), r.instancesDir()))
 		if err != nil {
@@ -88,13 +72,43 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 		if in.App != app || in.Rev != rev || in.Proc != proc || !in.counted() {
 			continue
 		}
-		if t, ok := s.startTickets[in.Ticket]; ok && s.unclaimedStartTicket[in.ID] && t.Instance == in.ID {
+		if in.State == InstancePending && in.Ticket != "" {
 			s.pending = append(s.pending, in)
 		} else {
 			s.live = append(s.live, in)
 		}
 	}
 	return s, nil
+}
+
+// startTickets reads the start tickets of pending instances (for a
+// scale-down that cancels them), at most 100 keys per read transaction.
+func (r *Registry) startTickets(ctx context.Context, pending []Instance) (map[string]Ticket, error) {
+	out := make(map[string]Ticket, len(pending))
+	for len(pending) > 0 {
+		batch := pending[:min(len(pending), 100)]
+		pending = pending[len(batch):]
+		ops := make([]clientv3.Op, 0, len(batch))
+		for _, in := range batch {
+			ops = append(ops, clientv3.OpGet(r.ticketKey(in.Ticket)))
+		}
+		resp, err := r.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("registry: read start tickets: %w", err)
+		}
+		for i, in := range batch {
+			kv := first(rangeKvs(resp, i))
+			if kv == nil {
+				continue
+			}
+			t, err := decodeTicket(kv, in.Ticket)
+			if err != nil || t.Op != TicketStart || t.Instance != in.ID {
+				continue
+			}
+			out[t.ID] = t
+		}
+	}
+	return out, nil
 }
 
 // stopRank orders instances for scale-down: not yet running first (claimed,
@@ -214,11 +228,18 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		budget := min(-diff, scaleChunk)
 		// Newest pending start tickets first: ticket ids sort by time.
 		sort.Slice(s.pending, func(i, j int) bool { return s.pending[i].Ticket > s.pending[j].Ticket })
+		tickets, err := r.startTickets(ctx, s.pending[:min(len(s.pending), budget)])
+		if err != nil {
+			return false, err
+		}
 		for _, in := range s.pending {
 			if budget == 0 {
 				break
 			}
-			t := s.startTickets[in.Ticket]
+			t, ok := tickets[in.Ticket]
+			if !ok {
+				continue // claimed or gone meanwhile: it counts as live next time
+			}
 			cmps = append(cmps, unchanged(r.ticketKey(t.ID), t.ModRevision), absent(r.claimKey(t.ID)),
 				unchanged(r.instanceKey(in.ID), in.ModRevision))
 			ops = append(ops, clientv3.OpDelete(r.ticketKey(t.ID)), clientv3.OpDelete(r.instanceKey(in.ID)))

@@ -45,6 +45,7 @@ type Result struct {
 	N                     int     `json:"n"`
 	Agents                int     `json:"agents"`
 	SecondsToAllRunning   float64 `json:"seconds_to_all_running"`
+	ScaleCallSeconds      float64 `json:"scale_call_seconds"`
 	BareExecSeconds       float64 `json:"bare_exec_seconds"`
 	RatioToBareExec       float64 `json:"ratio_to_bare_exec"`
 	TicketToRunningP50Ms  float64 `json:"ticket_to_running_p50_ms"`
@@ -206,6 +207,7 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 	if _, err := reg.Scale(ctx, "bench", "v1", "sleep", n); err != nil {
 		return r, err
 	}
+	r.ScaleCallSeconds = time.Since(t0).Seconds()
 	if err := waitFor(ctx, 5*time.Minute, func() bool { return countRunning(ctx, reg) == n }); err != nil {
 		return r, fmt.Errorf("scale to %d: %w (running %d)", n, err, countRunning(ctx, reg))
 	}
