@@ -211,6 +211,18 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 			next = min(next, f.next.Sub(now))
 			continue
 		}
+		// Re-read the desired count right before applying it: a user's
+		// scale change since the list above must not be reverted (a stale
+		// re-apply cancelled 25 fresh start tickets in test/fault). What is
+		// left of the window (this read to Scale's own snapshot) is a few
+		// ms; closing it needs a registry call that re-applies the stored
+		// count inside its transaction.
+		desired, err := r.a.reg.CurrentScale(ctx, sc.App, sc.Rev, sc.Proc)
+		if err != nil {
+			r.a.log.Warn("reconcile: cannot read scale", "scale", key, "error", err)
+			continue
+		}
+		sc.Desired = desired
 		res, err := r.a.reg.Scale(ctx, sc.App, sc.Rev, sc.Proc, sc.Desired)
 		if err != nil {
 			r.a.log.Warn("reconcile scale", "scale", key, "error", err)
