@@ -106,6 +106,9 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		Logger:   cfg.Logger,
 		Handler:  a,
 		Cgroups:  cfg.Cgroups,
+		// A process that died while the agent was down is restarted only
+		// once the registry says the instance is still ours (adoptAll).
+		HoldRestored: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -448,6 +451,10 @@ func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 		switch {
 		case err == nil:
 			a.reclaimStartTicket(ctx, s, st)
+			// Still ours: restarts may happen again (held since Restore).
+			if err := a.sup.Resume(st.ID); err != nil {
+				a.log.Warn("resume restarts", "instance", st.ID, "error", err)
+			}
 			a.writer.touch(st.ID)
 		case errors.Is(err, registry.ErrNotHolder), errors.Is(err, registry.ErrNotFound):
 			if a.writer.drop(st.ID) {

@@ -25,6 +25,7 @@ type instance struct {
 	log  hclog.Logger
 
 	mu         sync.Mutex // guards every field below
+	held       bool       // restart held by Restore until Resume (Config.HoldRestored)
 	state      State
 	since      time.Time
 	reason     string
@@ -73,6 +74,7 @@ func (in *instance) statusLocked() Status {
 	}
 	if in.state == StateBackoff {
 		st.Backoff = in.backoff
+		st.Held = in.held
 	}
 	return st
 }
@@ -403,7 +405,7 @@ func (s *Supervisor) afterExitLocked(in *instance, exit restart.Exit, reason str
 	case d.Restart:
 		in.restarts[d.Reason]++
 		in.backoff = d.Delay
-		if s.transitionLocked(in, StateBackoff, reason) == nil {
+		if s.transitionLocked(in, StateBackoff, reason) == nil && !in.held {
 			s.scheduleRestartLocked(in, d.Delay)
 		}
 	case d.Failed:

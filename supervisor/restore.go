@@ -76,6 +76,9 @@ func (s *Supervisor) restoreOne(rec record) (*instance, bool) {
 
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	// With HoldRestored, no restart of a restored instance happens before
+	// Resume, whether its process is gone already or dies later.
+	in.held = s.cfg.HoldRestored && !rec.State.Terminal()
 	switch {
 	case rec.State.Terminal():
 		in.pid = 0
@@ -94,11 +97,15 @@ func (s *Supervisor) restoreOne(rec record) (*instance, bool) {
 			delay = 0
 		}
 		in.backoff = delay
-		s.scheduleRestartLocked(in, delay)
+		if !in.held {
+			s.scheduleRestartLocked(in, delay)
+		}
 	default:
-		// The process ended while nobody watched it.
+		// The process ended while nobody watched it. With HoldRestored the
+		// restart waits for Resume: the caller first checks the instance
+		// is still wanted here (it may have been replaced meanwhile).
 		in.pid, in.exitCode, in.signal, in.phase = 0, -1, "", PhaseUnknown
-		in.log.Info("process gone while supervisor was down", "pid", rec.PID)
+		in.log.Info("process gone while supervisor was down", "pid", rec.PID, "hold_restart", in.held)
 		s.afterExitLocked(in, restart.Exit{Code: -1, Unknown: true}, "exit status unknown")
 	}
 	return in, true

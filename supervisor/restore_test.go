@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -271,5 +272,62 @@ func TestRestoreFinishesStop(t *testing.T) {
 	}
 	if proctest.Alive(first.PID) {
 		t.Fatal("process alive after the stop finished")
+	}
+}
+
+// TestHoldRestored: with HoldRestored, an instance whose process died while
+// the supervisor was down waits in backoff until Resume, and one that was
+// replaced can be stopped without ever being restarted.
+func TestHoldRestored(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := ctxT(t)
+	h1 := start(t, Config{StateDir: dir})
+	pol := restart.Policy{InitialDelay: 10 * time.Millisecond}
+	a, err := h1.Start(ctx, Spec{ID: "resumed", Command: proctest.Command("sleep"), Env: proctest.Env(), Restart: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := h1.Start(ctx, Spec{ID: "replaced", Command: proctest.Command("sleep"), Env: proctest.Env(), Restart: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1.stopRun(t)
+	for _, pid := range []int{a.PID, b.PID} {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h2 := start(t, Config{StateDir: dir, HoldRestored: true})
+	if _, err := h2.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The dead processes are noticed (here they are still this test's
+	// unreaped children, so they are adopted and then reaped) and their
+	// restarts held.
+	for _, id := range []string{"resumed", "replaced"} {
+		proctest.WaitFor(t, 20*time.Second, id+" held in backoff", func() bool {
+			st, _ := h2.Status(id)
+			return st.State == StateBackoff && st.Held && st.PID == 0
+		})
+	}
+	if err := h2.Resume("resumed"); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitFor(t, 20*time.Second, "resumed instance running", func() bool {
+		st, _ := h2.Status("resumed")
+		return st.State == StateRunning && st.PID != 0 && st.PID != a.PID
+	})
+	st, err := h2.Stop(ctx, "replaced")
+	if err != nil || st.State != StateExited {
+		t.Fatalf("Stop(replaced) = %+v, %v", st, err)
+	}
+	for _, s := range h2.rec.of("replaced") {
+		if s.State == StateStarting || s.State == StateRunning {
+			t.Fatalf("replaced instance was restarted: %+v", s)
+		}
+	}
+	if _, err := h2.Stop(ctx, "resumed"); err != nil {
+		t.Fatal(err)
 	}
 }

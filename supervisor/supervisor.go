@@ -61,6 +61,9 @@ type Status struct {
 	RSSBytes   uint64  `json:"rss_bytes,omitempty"`
 	// Backoff is the delay before the restart, in state backoff.
 	Backoff time.Duration `json:"backoff,omitempty"`
+	// Held reports a restart that Restore holds until Resume
+	// (Config.HoldRestored).
+	Held bool `json:"held,omitempty"`
 	// Adopted reports whether the process was re-adopted by Restore.
 	Adopted bool `json:"adopted,omitempty"`
 	// Meta is the Spec's Meta.
@@ -92,6 +95,12 @@ type Config struct {
 	CgroupParent string
 	// CgroupRoot is where cgroups are mounted; default /sys/fs/cgroup.
 	CgroupRoot string
+	// HoldRestored makes Restore hold the restarts of the instances it
+	// restores until Resume: one whose process ended while nobody watched
+	// (or ends before Resume) waits in backoff (Status.Held), so the caller
+	// can first check it is still wanted and Stop it if it was replaced
+	// meanwhile. Default false: restart policies apply at once.
+	HoldRestored bool
 }
 
 // Supervisor runs and watches instances. Its methods are safe for concurrent
@@ -421,6 +430,28 @@ func (s *Supervisor) Stop(ctx context.Context, id string) (Status, error) {
 	}
 	in.mu.Unlock()
 	return s.Wait(ctx, id)
+}
+
+// Resume ends the hold Restore put on an instance (Config.HoldRestored):
+// a restart waiting in backoff goes ahead with the delay its restart policy
+// chose, and later exits restart as usual. It is a no-op for an instance
+// that is not held.
+func (s *Supervisor) Resume(id string) error {
+	in, err := s.lookup(id)
+	if err != nil {
+		return err
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.held {
+		return nil
+	}
+	in.held = false
+	if in.state == StateBackoff {
+		in.log.Info("held restart resumed", "delay", in.backoff)
+		s.scheduleRestartLocked(in, in.backoff)
+	}
+	return nil
 }
 
 // Restart stops the instance (as Stop) and starts it again with the same
