@@ -97,8 +97,7 @@ func TestFaultInjection(t *testing.T) {
 	// In steps: a burst of 100 starts on one loaded host has cost it its
 	// 5 s lease, which trips a known agent bug (see the report).
 	for n := 25; n <= 100; n += 25 {
-		f.scale("big", n)
-		f.waitSettled(map[string]int{"big": n}, 2*time.Minute)
+		s.scaleTo(t, "big", n, map[string]int{"big": n})
 	}
 	// Then h2 and h3 join one at a time, each taking most of 15 "web"
 	// instances (claims favour the least loaded host).
@@ -106,14 +105,12 @@ func TestFaultInjection(t *testing.T) {
 	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.hostUp("h2") }) {
 		t.Fatal("h2 did not register within 60s")
 	}
-	f.scale("web", 15)
-	f.waitSettled(map[string]int{"big": 100, "web": 15}, 2*time.Minute)
+	s.scaleTo(t, "web", 15, map[string]int{"big": 100, "web": 15})
 	f.startAgent("h3")
 	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.hostUp("h3") }) {
 		t.Fatal("h3 did not register within 60s")
 	}
-	f.scale("web", 30)
-	f.waitSettled(s.want, 2*time.Minute)
+	s.scaleTo(t, "web", 30, s.want)
 
 	scenarios := []struct {
 		name string
@@ -151,6 +148,42 @@ func TestFaultInjection(t *testing.T) {
 		if !ok {
 			f.dumpLogs()
 		}
+	}
+}
+
+// scaleTo scales app to n and waits for the fleet to settle at want. The
+// reconciler, re-applying a scale it read just before, has been seen to put
+// a user's new scale back (and cancel the new start tickets): that is
+// reported as an error, and the scale is applied again so the suite goes on.
+func (s *suite) scaleTo(t *testing.T, app string, n int, want map[string]int) {
+	t.Helper()
+	f := s.f
+	for attempt := 0; ; attempt++ {
+		f.scale(app, n)
+		reverted := -1
+		var why string
+		ok := waitFor(2*time.Minute, 100*time.Millisecond, func() bool {
+			ctx, cancel := contextTimeout(f, 3*time.Second)
+			defer cancel()
+			if cur, err := f.reg.CurrentScale(ctx, app, "v1", "web"); err == nil && cur != n {
+				reverted = cur
+				return true
+			}
+			why = f.settledProblem(want, map[string]registry.Instance{})
+			return why == ""
+		})
+		switch {
+		case reverted >= 0 && attempt < 3:
+			t.Errorf("scale of %s set to %d was put back to %d by the reconciler re-applying a stale "+
+				"desired count (product defect: agent/reconcile.go pass() calls registry.Scale with a "+
+				"count read earlier; needs a registry call that converges to the stored count)", app, n, reverted)
+			continue
+		case !ok:
+			t.Fatalf("not settled after 2m at %v: %s", want, why)
+		case reverted >= 0:
+			t.Fatalf("scale of %s keeps being put back (to %d)", app, reverted)
+		}
+		return
 	}
 }
 
