@@ -390,6 +390,28 @@ func TestAgentLocalAPI(t *testing.T) {
 		t.Errorf("CONT: %d, want 200", c)
 	}
 
+	// External service registration goes through the agent's API and is
+	// stored on the agent's lease.
+	if c := post("/v1/services/payments@1.2.0", `{"address":"127.0.0.1","port":7000,"ttl":"30s"}`); c != 201 {
+		t.Errorf("register external service: %d, want 201", c)
+	}
+	if c := post("/v1/services/payments@1.2.0", `{"address":"127.0.0.1","port":70000}`); c != 400 {
+		t.Errorf("register with port 70000: %d, want 400", c)
+	}
+	if code, body := get("/v1/services/payments?version=^1.2"); code != 200 || !strings.Contains(body, `"port": 7000`) && !strings.Contains(body, `"port":7000`) {
+		t.Errorf("lookup payments@^1.2 = %d %s", code, body)
+	}
+	eps, err := a.services.Lookup(f.ctx, "payments", "", false)
+	must(t, err)
+	if len(eps) != 1 {
+		t.Fatalf("payments endpoints = %+v", eps)
+	}
+	resp2, err := a.reg.Client().Get(f.ctx, a.reg.Prefix()+"services/payments/"+eps[0].ID)
+	must(t, err)
+	if len(resp2.Kvs) != 1 || resp2.Kvs[0].Lease != int64(a.currentSession().Lease()) {
+		t.Errorf("external registration not bound to the host lease: %+v", resp2.Kvs)
+	}
+
 	// Over HTTP a token is not needed on loopback without one configured.
 	resp, err := http.Get("http://" + a.HTTPAddr() + "/healthz")
 	must(t, err)
@@ -422,4 +444,27 @@ func freeUDPPort(t *testing.T) int {
 	must(t, err)
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// A crashed instance (restart policy never) leaves service discovery.
+func TestAgentCrashedInstanceLeavesDiscovery(t *testing.T) {
+	f := newFixture(t)
+	a := f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true })
+	_, err := f.reg.SetProcType(f.ctx, registry.ProcType{
+		App: "demo", Name: "web",
+		Command: "exec " + strings.Join(proctest.Command("sleep"), " "),
+		Env:     map[string]string{proctest.EnvVar: "1"},
+		Restart: registry.RestartPolicy{Policy: "never"},
+	})
+	must(t, err)
+	_, err = f.reg.Scale(f.ctx, "demo", "v1", "web", 2)
+	must(t, err)
+	run := f.waitRunning(t, "demo", 2)
+	f.waitEndpoints(t, a.Agent, 2)
+	for _, in := range run {
+		killPID(in.PID)
+		break
+	}
+	f.waitEndpoints(t, a.Agent, 1)
+	a.stop(t)
 }
