@@ -20,7 +20,7 @@ import (
 //   - instances of hosts whose lease has been gone longer than LostGrace
 //     are marked lost (never earlier: a store outage or a short partition
 //     is not host death, and those hosts keep their instances);
-//   - every scale entry is re-applied with registry.Scale, which creates
+//   - every scale entry is re-applied with registry.Rescale, which creates
 //     start tickets for missing instances (exited, failed, lost) and stop
 //     tickets for extra ones in one transaction, and writes nothing when
 //     there is no drift;
@@ -211,19 +211,9 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 			next = min(next, f.next.Sub(now))
 			continue
 		}
-		// Re-read the desired count right before applying it: a user's
-		// scale change since the list above must not be reverted (a stale
-		// re-apply cancelled 25 fresh start tickets in test/fault). What is
-		// left of the window (this read to Scale's own snapshot) is a few
-		// ms; closing it needs a registry call that re-applies the stored
-		// count inside its transaction.
-		desired, err := r.a.reg.CurrentScale(ctx, sc.App, sc.Rev, sc.Proc)
-		if err != nil {
-			r.a.log.Warn("reconcile: cannot read scale", "scale", key, "error", err)
-			continue
-		}
-		sc.Desired = desired
-		res, err := r.a.reg.Scale(ctx, sc.App, sc.Rev, sc.Proc, sc.Desired)
+		// Rescale re-applies the stored count inside its own transaction:
+		// a user's scale change since the list above is never reverted.
+		res, err := r.a.reg.Rescale(ctx, sc.App, sc.Rev, sc.Proc)
 		if err != nil {
 			r.a.log.Warn("reconcile scale", "scale", key, "error", err)
 			continue
@@ -234,7 +224,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 			}
 			continue
 		}
-		r.a.log.Info("reconcile: repaired drift", "scale", key, "desired", sc.Desired,
+		r.a.log.Info("reconcile: repaired drift", "scale", key, "desired", res.Desired,
 			"started", len(res.Started), "stopped", len(res.Stopped), "cancelled", len(res.Cancelled))
 		// Repairs that keep coming back mean replacements keep failing:
 		// back off instead of hot-looping.

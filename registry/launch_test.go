@@ -31,3 +31,46 @@ func TestLaunch(t *testing.T) {
 	_, err = r.Launch(ctx, "../x", "v1", "worker")
 	mustIs(t, err, ErrInvalid)
 }
+
+func TestRescale(t *testing.T) {
+	r, _, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+
+	// Never scaled: nothing happens.
+	res, err := r.Rescale(ctx, "web", "v1", "worker")
+	must(t, err)
+	if len(res.Started)+len(res.Stopped) != 0 {
+		t.Fatalf("Rescale of an unscaled proc = %+v", res)
+	}
+	_, err = r.Scale(ctx, "web", "v1", "worker", 2)
+	must(t, err)
+	// No drift: no write.
+	rev0, err := r.CurrentRevision(ctx)
+	must(t, err)
+	res, err = r.Rescale(ctx, "web", "v1", "worker")
+	must(t, err)
+	rev1, err := r.CurrentRevision(ctx)
+	must(t, err)
+	if rev1 != rev0 || res.Desired != 2 {
+		t.Fatalf("Rescale without drift wrote (rev %d -> %d) or got desired %d", rev0, rev1, res.Desired)
+	}
+	// Drift: an instance is lost; Rescale starts one replacement at the
+	// stored count, never another count.
+	h1 := register(t, r, "h1")
+	insts, err := r.AppInstances(ctx, "web")
+	must(t, err)
+	tk, err := r.Ticket(ctx, insts[0].Ticket)
+	must(t, err)
+	_, err = h1.Claim(ctx, tk)
+	must(t, err)
+	must(t, r.MarkLost(ctx, insts[0].ID, "test"))
+	res, err = r.Rescale(ctx, "web", "v1", "worker")
+	must(t, err)
+	if len(res.Started) != 1 || res.Desired != 2 {
+		t.Fatalf("Rescale after a loss = %+v, want one start at desired 2", res)
+	}
+	if n, err := r.CurrentScale(ctx, "web", "v1", "worker"); err != nil || n != 2 {
+		t.Fatalf("CurrentScale = %d, %v", n, err)
+	}
+}

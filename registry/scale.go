@@ -136,11 +136,28 @@ func stopRank(a, b Instance) bool {
 // re-counting; if another Scale of the same key lands in between, that call
 // owns the result and this one returns what it did so far.
 func (r *Registry) Scale(ctx context.Context, app, rev, proc string, n int) (ScaleResult, error) {
-	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
-		return ScaleResult{}, err
-	}
 	if n < 0 {
 		return ScaleResult{}, fmt.Errorf("%w: scale %d is negative", ErrInvalid, n)
+	}
+	return r.scale(ctx, app, rev, proc, n)
+}
+
+// Rescale re-applies the desired count stored for app/rev/proc, creating
+// the tickets for any drift (instances that exited, failed or were lost)
+// exactly as Scale would, and writes nothing when there is none. The count
+// is read inside the same snapshot the transaction compares, so a
+// concurrent Scale is never reverted: the reconciler uses this, not Scale.
+// A process type that was never scaled is left alone.
+func (r *Registry) Rescale(ctx context.Context, app, rev, proc string) (ScaleResult, error) {
+	return r.scale(ctx, app, rev, proc, useStored)
+}
+
+// useStored, as a count, makes scale re-apply the stored desired count.
+const useStored = -1
+
+func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int) (ScaleResult, error) {
+	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
+		return ScaleResult{}, err
 	}
 	res := ScaleResult{Desired: n}
 	var ours int64 // revision of our last successful write; 0 = none yet
@@ -195,6 +212,13 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	}
 	if *ours != 0 && s.scaleMod != *ours {
 		return true, nil // superseded by a later Scale
+	}
+	if n == useStored {
+		if s.scaleMod == 0 {
+			return true, nil // never scaled: nothing to re-apply
+		}
+		n = s.desired
+		res.Desired = n
 	}
 	if *ours == 0 {
 		res.Live, res.Pending = len(s.live), len(s.pending)
