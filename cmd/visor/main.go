@@ -1,8 +1,3 @@
-// Command visor is the Visor CLI and host agent in one binary.
-//
-// `visor agent` runs the per-host daemon; every other subcommand talks to the
-// registry (etcd) directly, or to an agent's local API. main stays thin: it
-// parses flags, builds the root logger and calls into the packages.
 package main
 
 import (
