@@ -174,9 +174,9 @@ func (s *suite) scaleTo(t *testing.T, app string, n int, want map[string]int) {
 		})
 		switch {
 		case reverted >= 0 && attempt < 3:
-			t.Errorf("scale of %s set to %d was put back to %d by the reconciler re-applying a stale "+
-				"desired count (product defect: agent/reconcile.go pass() calls registry.Scale with a "+
-				"count read earlier; needs a registry call that converges to the stored count)", app, n, reverted)
+			t.Errorf("scale of %s set to %d was put back to %d: the reconciler re-applied a stale desired "+
+				"count (it must converge with registry.Rescale, which reads the stored count in its own "+
+				"transaction)", app, n, reverted)
 			continue
 		case !ok:
 			t.Fatalf("not settled after 2m at %v: %s", want, why)
@@ -500,8 +500,8 @@ func (s *suite) hostCrash(t *testing.T, leader bool) figures {
 	if x, xmax := f.samp.excessSeconds(); xmax > 0 {
 		fig.ExcessAfterReturnS, fig.MaxExcessAfterReturn = secs(x), xmax
 		t.Errorf("returning host %s ran up to %d processes beyond the desired scale (%.1f process-seconds): "+
-			"the agent's supervisor restores instances whose processes died into backoff and restarts them "+
-			"before the registry says they were replaced (product defect, agent/supervisor restore)", host, xmax, secs(x))
+			"restored instances whose processes died must be held (supervisor HoldRestored) until the "+
+			"registry confirms them, never restarted when they were replaced meanwhile", host, xmax, secs(x))
 	}
 	if !waitFor(30*time.Second, 100*time.Millisecond, func() bool { return f.hostUp(host) }) {
 		t.Errorf("host %s did not register again", host)
