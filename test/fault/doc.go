@@ -10,7 +10,8 @@
 // that no instance runs twice once settled, that no instance was stopped
 // without need, that no ticket is lost and that every instance state
 // transition was legal; it reports its figures as JSON (t.Log, and the file
-// named by VISOR_FAULT_REPORT if set).
+// named by VISOR_FAULT_REPORT if set). VISOR_FAULT_LOGDIR keeps the agents'
+// and etcd members' logs in a directory of your choice.
 //
 // The suite needs root and the `ip` command; without them it skips with a
 // message. Addresses come from a documentation range (203.0.113.0/24, else

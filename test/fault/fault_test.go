@@ -79,9 +79,6 @@ type suite struct {
 }
 
 func TestFaultInjection(t *testing.T) {
-	if testing.Short() {
-		t.Skip("fault-injection suite runs about five minutes; skipped in -short")
-	}
 	hosts := []string{"h1", "h2", "h3"}
 	f := newFleet(t, hosts)
 	s := &suite{f: f, want: map[string]int{"big": 100, "web": 30}}

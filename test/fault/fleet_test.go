@@ -481,17 +481,16 @@ func (f *fleet) waitSettled(want map[string]int, d time.Duration) (map[string]re
 }
 
 // sampler samples the process table every 100 ms and accumulates, per
-// instance, the time it ran with two or more processes, and pid changes.
+// instance, the time it ran with two or more processes, and per app the
+// processes beyond the desired scale.
 type sampler struct {
 	scan func() map[string][]int
 
 	mu      sync.Mutex // guards the fields below
-	dup     map[string]time.Duration
-	lastPID map[string]int
-	changed map[string]int
-	want    map[string]int // app -> desired scale, for excess
-	excess  time.Duration  // process-seconds beyond each app's desired scale
-	worstX  int            // most excess processes at one sample
+	dup    map[string]time.Duration
+	want   map[string]int // app -> desired scale, for excess
+	excess time.Duration  // process-seconds beyond each app's desired scale
+	worstX int            // most excess processes at one sample
 }
 
 func newSampler(scan func() map[string][]int) *sampler {
@@ -506,8 +505,6 @@ func (s *sampler) reset(want map[string]int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dup = map[string]time.Duration{}
-	s.lastPID = map[string]int{}
-	s.changed = map[string]int{}
 	s.want = want
 	s.excess = 0
 	s.worstX = 0
@@ -549,12 +546,6 @@ func (s *sampler) run(ctx context.Context) {
 			for id, pids := range procs {
 				if len(pids) >= 2 {
 					s.dup[id] += dt
-				}
-				if len(pids) == 1 {
-					if prev, ok := s.lastPID[id]; ok && prev != pids[0] {
-						s.changed[id]++
-					}
-					s.lastPID[id] = pids[0]
 				}
 			}
 			s.mu.Unlock()
