@@ -486,7 +486,7 @@ func (f *fleet) waitSettled(want map[string]int, d time.Duration) (map[string]re
 type sampler struct {
 	scan func() map[string][]int
 
-	mu      sync.Mutex // guards the fields below
+	mu     sync.Mutex // guards the fields below
 	dup    map[string]time.Duration
 	want   map[string]int // app -> desired scale, for excess
 	excess time.Duration  // process-seconds beyond each app's desired scale
