@@ -112,6 +112,10 @@ func (w *stateWriter) drop(id string) bool {
 func (w *stateWriter) expect(id string, t registry.Ticket) {
 	w.mu.Lock()
 	w.tickets[id] = t
+	// This host claimed the instance's start ticket: it is ours again,
+	// whatever an earlier copy of it was.
+	delete(w.replaced, id)
+	delete(w.endpoint, id)
 	w.mu.Unlock()
 }
 
@@ -221,6 +225,12 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	switch {
 	case err == nil:
 		w.syncEndpoint(ctx, s, st)
+	case errors.Is(err, registry.ErrNotHolder) && !w.a.replacedElsewhere(ctx, id):
+		// Our lease ended under us (the claim or index went with it) but the
+		// instance is still ours: write it again with the next session,
+		// after adoption re-binds it.
+		w.a.log.Debug("write refused with an ended lease; retrying with the next session", "instance", id)
+		retry = true
 	case errors.Is(err, registry.ErrNotHolder):
 		// Replaced or marked lost while we were away: this copy must go.
 		if w.drop(id) {
@@ -347,6 +357,22 @@ func (a *Agent) toInstance(st supervisor.Status) registry.Instance {
 		inst.ExitCode = &code
 	}
 	return inst
+}
+
+// replacedElsewhere reports whether the registry gives instance id to
+// another host, or marks it lost or gone: then this host's copy must stop.
+// An instance that still names this host was refused only because our
+// lease ended; it is not replaced. When the registry cannot be read, the
+// answer is no: never stop a process on a guess.
+func (a *Agent) replacedElsewhere(ctx context.Context, id string) bool {
+	in, err := a.reg.Instance(ctx, id)
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		return true
+	case err != nil:
+		return false
+	}
+	return in.Host != a.cfg.HostID || in.State == registry.InstanceLost
 }
 
 // stopReplaced stops and forgets an instance this host no longer holds.
