@@ -635,7 +635,7 @@ func stuckHint(f *fleet) string {
 	if n == 0 {
 		return ""
 	}
-	return fmt.Sprintf("; %d instances stuck in claimed for 30s+: product defect in agent/writer.go — a host whose "+
-		"lease just ended writes with the dead session, takes ErrNotHolder for \"replaced\", drops and stops the "+
-		"instance, then re-claims its start ticket and runs it again while the dropped id is never written", n)
+	return fmt.Sprintf("; %d instances stuck in claimed for 30s+: look at the agent's state writer — a host whose "+
+		"lease just ended must not take ErrNotHolder from its dead session for \"replaced\" (drop and stop), and "+
+		"re-claiming an instance's start ticket must make it writable again", n)
 }
