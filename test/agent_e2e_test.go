@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/visorhq/visor/internal/e2etest"
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/registry"
 )
@@ -145,7 +146,7 @@ func TestSIGTERMLeavesInstancesRunning(t *testing.T) {
 // TestDevAgentWithCLI is a newcomer's first session: `visor agent -dev`
 // and the CLI against it.
 func TestDevAgentWithCLI(t *testing.T) {
-	bin := visorBinary(t)
+	bin := e2etest.VisorBinary(t)
 	c := &cluster{t: t, runID: fmt.Sprint(time.Now().UnixNano())}
 	t.Cleanup(c.killWorkloads)
 	cport, pport := freePort(t), freePort(t)

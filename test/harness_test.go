@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/visorhq/visor/internal/e2etest"
 	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/registry"
@@ -26,41 +26,8 @@ import (
 func TestMain(m *testing.M) {
 	proctest.Main()
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	e2etest.Cleanup()
 	os.Exit(code)
-}
-
-var (
-	buildOnce sync.Once
-	binDir    string
-	binPath   string
-	buildErr  error
-)
-
-// visorBinary builds cmd/visor once per test binary and returns its path.
-func visorBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "visor-e2e-bin-")
-		if buildErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "visor")
-		_, file, _, _ := runtime.Caller(0)
-		root := filepath.Dir(filepath.Dir(file))
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/visor")
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/visor: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
 }
 
 // cluster is one test's fleet: an embedded etcd, a registry client on a
@@ -80,7 +47,7 @@ type cluster struct {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	bin := visorBinary(t)
+	bin := e2etest.VisorBinary(t)
 	e := etcdtest.New(t)
 	prefix := etcdtest.Prefix(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -221,25 +188,7 @@ func (a *agentProc) exitCode() int {
 // pids. Only processes whose environment carries VISOR_E2E=<run id> and a
 // VISOR_INSTANCE count.
 func (c *cluster) workloads() map[string][]int {
-	out := map[string][]int{}
-	ents, _ := os.ReadDir("/proc")
-	tag := []byte("VISOR_E2E=" + c.runID + "\x00")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err != nil || !bytes.Contains(env, tag) || !proctest.Alive(pid) {
-			continue
-		}
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			if id, ok := bytes.CutPrefix(kv, []byte("VISOR_INSTANCE=")); ok {
-				out[string(id)] = append(out[string(id)], pid)
-			}
-		}
-	}
-	return out
+	return e2etest.Workloads(c.runID)
 }
 
 // killWorkloads kills every process of this run that is still alive.

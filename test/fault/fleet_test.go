@@ -1,7 +1,6 @@
 package fault
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/visorhq/visor/internal/e2etest"
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/registry"
 )
@@ -86,7 +86,7 @@ type fleet struct {
 func newFleet(t *testing.T, hosts []string) *fleet {
 	t.Helper()
 	requireNetAdmin(t)
-	bin := visorBinary(t)
+	bin := e2etest.VisorBinary(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &fleet{
 		t:       t,
@@ -291,28 +291,7 @@ func (f *fleet) dumpLogs() {
 // workloads scans /proc for this run's instance processes: instance id ->
 // pids, sorted.
 func (f *fleet) workloads() map[string][]int {
-	out := map[string][]int{}
-	ents, _ := os.ReadDir("/proc")
-	tag := []byte("VISOR_E2E=" + f.runID + "\x00")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err != nil || !bytes.Contains(env, tag) || !pidAlive(pid) {
-			continue
-		}
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			if id, ok := bytes.CutPrefix(kv, []byte("VISOR_INSTANCE=")); ok {
-				out[string(id)] = append(out[string(id)], pid)
-			}
-		}
-	}
-	for _, pids := range out {
-		sort.Ints(pids)
-	}
-	return out
+	return e2etest.Workloads(f.runID)
 }
 
 // killHostWorkloads kills the workload processes of the given instances

@@ -4,17 +4,14 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"runtime"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 
+	"github.com/visorhq/visor/internal/e2etest"
 	"github.com/visorhq/visor/internal/proctest"
 )
 
@@ -43,9 +40,7 @@ func TestMain(m *testing.M) {
 		os.Exit(etcdMember())
 	}
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	e2etest.Cleanup()
 	os.Exit(code)
 }
 
@@ -100,37 +95,6 @@ func etcdMember() int {
 	case <-sigs:
 		return 0
 	}
-}
-
-var (
-	buildOnce sync.Once
-	binDir    string
-	binPath   string
-	buildErr  error
-)
-
-// visorBinary builds cmd/visor once per test binary and returns its path.
-func visorBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "visor-fault-bin-")
-		if buildErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "visor")
-		_, file, _, _ := runtime.Caller(0)
-		root := filepath.Dir(filepath.Dir(filepath.Dir(file)))
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/visor")
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/visor: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
 }
 
 // waitFor polls cond every tick until it holds or d passes; it reports

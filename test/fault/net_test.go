@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/visorhq/visor/internal/proctest"
 )
 
 // namePrefix starts the name of every link and namespace the suite makes;
@@ -214,9 +216,9 @@ func removeLeftovers(t testing.TB) {
 			end++
 		}
 		pid, err := strconv.Atoi(rest[:end])
-		return err == nil && !pidAlive(pid)
+		return err == nil && !proctest.Alive(pid)
 	}
-	for _, pid := range ownedProcesses(func(owner int) bool { return !pidAlive(owner) }) {
+	for _, pid := range ownedProcesses(func(owner int) bool { return !proctest.Alive(owner) }) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	if out, err := ipCmd("netns", "list"); err == nil {
@@ -242,18 +244,6 @@ func removeLeftovers(t testing.TB) {
 	}
 }
 
-// pidAlive reports whether a process with pid exists (zombies count as gone).
-func pidAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
-		return b[i+2] != 'Z' && b[i+2] != 'X'
-	}
-	return true
-}
-
 // ownedProcesses returns the pids of live processes whose environment
 // carries ownerEnv=<owner> with match(owner) true.
 func ownedProcesses(match func(owner int) bool) []int {
@@ -271,7 +261,7 @@ func ownedProcesses(match func(owner int) bool) []int {
 		}
 		for _, kv := range bytes.Split(env, []byte{0}) {
 			if v, ok := bytes.CutPrefix(kv, key); ok {
-				if owner, err := strconv.Atoi(string(v)); err == nil && match(owner) && pidAlive(pid) {
+				if owner, err := strconv.Atoi(string(v)); err == nil && match(owner) && proctest.Alive(pid) {
 					pids = append(pids, pid)
 				}
 				break
