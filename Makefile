@@ -8,7 +8,7 @@ LDFLAGS   := -X github.com/visorhq/visor/internal/version.Version=$(VERSION) \
              -X github.com/visorhq/visor/internal/version.Commit=$(COMMIT) \
              -X github.com/visorhq/visor/internal/version.Date=$(DATE)
 # Tests that need root or long runs opt in through these.
-TESTFLAGS ?= -race -timeout 20m
+TESTFLAGS ?= -race -count=1 -timeout 20m
 
 .PHONY: all build run test vet fmt bench clean
 
