@@ -525,7 +525,7 @@ func (a *Agent) reclaimStartTicket(ctx context.Context, s *registry.HostSession,
 	if err != nil || t.Holder != "" || t.Op != registry.TicketStart {
 		return // done, or someone holds it
 	}
-	if _, err := s.Claim(ctx, t); err != nil {
+	if err := s.Reclaim(ctx, t); err != nil {
 		a.log.Debug("reclaim start ticket", "instance", st.ID, "ticket", tid, "error", err)
 		return
 	}

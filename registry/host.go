@@ -205,6 +205,49 @@ func (s *HostSession) UpdateHost(ctx context.Context, h Host) error {
 	return nil
 }
 
+// Reclaim takes back the claim of a start ticket whose instance this host
+// already runs (adopted after a new lease: the old claim died with the old
+// lease before the ticket was completed), without touching the instance
+// record, so its state does not go back to claimed. One transaction: the
+// ticket unchanged, no live claim, and the instance's host index entry on
+// this session's lease (Adopt puts it there); then the claim is put.
+// Errors as Claim.
+func (s *HostSession) Reclaim(ctx context.Context, t Ticket) error {
+	if err := validID("ticket id", t.ID); err != nil {
+		return err
+	}
+	if err := validID("instance id", t.Instance); err != nil {
+		return err
+	}
+	if t.ModRevision == 0 {
+		return fmt.Errorf("%w: ticket %s has no revision; pass it as read", ErrInvalid, t.ID)
+	}
+	r := s.r
+	tk, ck, ik := r.ticketKey(t.ID), r.claimKey(t.ID), r.hostInstanceKey(s.id, t.Instance)
+	what := fmt.Sprintf("registry: reclaim ticket %s", t.ID)
+	resp, err := r.cli.Txn(ctx).If(unchanged(tk, t.ModRevision), absent(ck),
+		clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease)).
+		Then(clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease))).
+		Else(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
+	if err != nil {
+		return s.leaseErr(what, err)
+	}
+	if !resp.Succeeded {
+		tkv, ckv := first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))
+		switch {
+		case tkv == nil:
+			return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+		case ckv != nil:
+			return fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
+		case tkv.ModRevision != t.ModRevision:
+			return fmt.Errorf("%s: %w", what, ErrTicketChanged)
+		default:
+			return fmt.Errorf("%s: instance %q is not bound to this session: %w", what, t.Instance, ErrNotHolder)
+		}
+	}
+	return nil
+}
+
 // Claim claims ticket t as read (t.ModRevision must be the revision it was
 // read at) in one transaction: the ticket is unchanged and unclaimed, then
 // claims/<id> is written bound to the lease. For a start ticket the same

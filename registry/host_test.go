@@ -365,3 +365,39 @@ func TestAdoptAndMarkLost(t *testing.T) {
 	mustIs(t, err, ErrTicketDone)
 	mustIs(t, r.DeleteInstance(ctx, startTicket(t, r, "web", "worker").Instance), ErrInvalid)
 }
+
+// TestReclaim: a host that lost its lease mid-start adopts the instance and
+// takes its start ticket back without moving the instance back to claimed.
+func TestReclaim(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	old := register(t, r, "h1")
+	tk := startTicket(t, r, "web", "worker")
+	in, err := old.Claim(ctx, tk)
+	must(t, err)
+	in.State = InstanceStarting
+	must(t, old.UpdateInstance(ctx, in))
+
+	_, err = cli.Revoke(ctx, old.Lease())
+	must(t, err)
+	<-old.Done()
+	fresh := register(t, r, "h1")
+	other := register(t, r, "h2")
+	// Before adoption the index is not on the new lease: refused.
+	mustIs(t, fresh.Reclaim(ctx, tk), ErrNotHolder)
+	_, err = fresh.Adopt(ctx, in.ID)
+	must(t, err)
+	must(t, fresh.Reclaim(ctx, tk))
+	got, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.State != InstanceStarting {
+		t.Fatalf("instance after reclaim is %s, want starting", got.State)
+	}
+	mustIs(t, fresh.Reclaim(ctx, tk), ErrClaimed)
+	_, err = other.Claim(ctx, tk)
+	mustIs(t, err, ErrClaimed)
+	got.State = InstanceRunning
+	must(t, fresh.CompleteWith(ctx, tk, got))
+	mustIs(t, fresh.Reclaim(ctx, tk), ErrTicketDone)
+}
