@@ -56,6 +56,7 @@ type Agent struct {
 	session   *registry.HostSession
 	sessionCh chan struct{} // closed and replaced whenever session changes
 	inflight  map[string]struct{}
+	live      map[string]struct{}           // non-terminal instances supervised here
 	waiting   map[string]context.CancelFunc // tickets waiting out the claim delay
 	httpAddr  string
 	// draining is set while the registry says this host is being drained:
@@ -91,6 +92,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		started:   time.Now(),
 		sessionCh: make(chan struct{}),
 		inflight:  make(map[string]struct{}),
+		live:      make(map[string]struct{}),
 		waiting:   make(map[string]context.CancelFunc),
 	}
 	a.metrics = newMetrics(a)
@@ -120,6 +122,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 // InstanceStateChanged implements supervisor.StateHandler: it records the
 // latest status for the state writer. It never blocks.
 func (a *Agent) InstanceStateChanged(id string, st supervisor.Status) {
+	a.noteState(id, st.State)
 	a.writer.update(id, st)
 }
 
@@ -162,6 +165,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if p, err := strconv.Atoi(st.Meta[metaPort]); err == nil {
 			a.ports.Reserve(p, st.ID)
 		}
+		a.noteState(st.ID, st.State)
 		a.writer.update(st.ID, st)
 	}
 	a.log.Info("agent starting", "restored_instances", len(restored), "cgroups", a.sup.CgroupMode())
@@ -654,14 +658,23 @@ func (a *Agent) abandon(id string) {
 }
 
 // liveCount is the number of instances supervised here that are not terminal.
+// It is read for every ticket (claim delay, capacity), so it comes from a
+// set kept up to date by state changes, not from a walk of the supervisor.
 func (a *Agent) liveCount() int {
-	n := 0
-	for _, st := range a.sup.List() {
-		if !st.State.Terminal() {
-			n++
-		}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.live)
+}
+
+// noteState keeps the set of live (non-terminal) instances.
+func (a *Agent) noteState(id string, st supervisor.State) {
+	a.mu.Lock()
+	if st.Terminal() {
+		delete(a.live, id)
+	} else {
+		a.live[id] = struct{}{}
 	}
-	return n
+	a.mu.Unlock()
 }
 
 // eligible reports whether this host may claim t: targeted here or
