@@ -374,3 +374,16 @@ func evStrings(ts []EventType) []string {
 	}
 	return s
 }
+
+// FuzzIsName checks the hand-written name matcher against the documented
+// regular expression it replaces on the hot path.
+func FuzzIsName(f *testing.F) {
+	for _, s := range []string{"", "a", "web", "a.b-c", "-a", ".a", "A", "a/b", "a b", "../x", "0-9", "a..", "é", "a\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := isName(s), nameRE.MatchString(s); got != want {
+			t.Fatalf("isName(%q) = %v, nameRE says %v", s, got, want)
+		}
+	})
+}

@@ -285,35 +285,60 @@ func (s *HostSession) Claim(ctx context.Context, t Ticket) (Instance, error) {
 		cmps = append(cmps, exists(ik))
 		ops = append(ops, clientv3.OpGet(r.instanceKey(t.Instance)))
 	}
-	what := fmt.Sprintf("registry: claim ticket %s", t.ID)
-	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).
-		Else(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
+	// The transaction has no Else branch: claims are the hot path and an
+	// Else costs every claim request bytes and apply work, while a lost
+	// claim is rare (agents wait for one another's claims). The reason is
+	// read after a failure instead.
+	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return Instance{}, s.leaseErr(what, err)
+		return Instance{}, s.leaseErr(claimWhat(t.ID), err)
 	}
 	if !resp.Succeeded {
-		tkv, ckv := first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))
-		switch {
-		case tkv == nil:
-			return Instance{}, fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
-		case ckv != nil:
-			return Instance{}, fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
-		case tkv.ModRevision != t.ModRevision:
-			return Instance{}, fmt.Errorf("%s: %w", what, ErrTicketChanged)
-		default:
-			return Instance{}, fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
-		}
+		return Instance{}, s.claimFailure(ctx, t)
 	}
 	if t.Op == TicketStart {
 		in.ModRevision = resp.Header.Revision
-		s.log.Debug("ticket claimed", "ticket", t.ID, "instance", in.ID)
+		if s.log.IsDebug() {
+			s.log.Debug("ticket claimed", "ticket", t.ID, "instance", in.ID)
+		}
 		return in, nil
 	}
 	kv := first(rangeKvs(resp, 1))
 	if kv == nil {
-		return Instance{}, fmt.Errorf("%s: %w: instance %q", what, ErrNotFound, t.Instance)
+		return Instance{}, fmt.Errorf("%s: %w: instance %q", claimWhat(t.ID), ErrNotFound, t.Instance)
 	}
 	return decodeInstance(kv, t.Instance)
+}
+
+func claimWhat(id string) string { return "registry: claim ticket " + id }
+
+// claimFailure explains a claim transaction that did not succeed, from
+// one read of the ticket and its claim. The read comes after the failed
+// transaction, so the ticket may have moved on again; the reason names
+// the first of these that holds: the ticket is gone, someone holds it, it
+// changed, or (for stop, restart and signal) the instance is not on this
+// host.
+func (s *HostSession) claimFailure(ctx context.Context, t Ticket) error {
+	what := claimWhat(t.ID)
+	resp, err := s.r.cli.Txn(ctx).Then(clientv3.OpGet(s.r.ticketKey(t.ID)), clientv3.OpGet(s.r.claimKey(t.ID))).Commit()
+	if err != nil {
+		return s.leaseErr(what, err)
+	}
+	tkv, ckv := first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))
+	switch {
+	case tkv == nil:
+		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+	case ckv != nil:
+		return fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
+	case tkv.ModRevision != t.ModRevision:
+		return fmt.Errorf("%s: %w", what, ErrTicketChanged)
+	case t.Op == TicketStart:
+		// Every condition holds again now: the claim that beat this one
+		// has already been released.
+		return fmt.Errorf("%s: %w", what, ErrClaimed)
+	default:
+		return fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
+	}
 }
 
 // holderCmp compares that this session holds the claim of ticket id.

@@ -186,7 +186,7 @@ func validName(field, v string) error {
 		return fmt.Errorf("%w: %s is empty", ErrInvalid, field)
 	case len(v) > maxNameLen:
 		return fmt.Errorf("%w: %s %s is %d characters, more than %d", ErrInvalid, field, short(v), len(v), maxNameLen)
-	case !nameRE.MatchString(v):
+	case !isName(v):
 		return fmt.Errorf("%w: %s %s must match %s", ErrInvalid, field, short(v), nameRE)
 	}
 	return nil
@@ -199,10 +199,28 @@ func validID(field, v string) error {
 		return fmt.Errorf("%w: %s is empty", ErrInvalid, field)
 	case len(v) > 3*maxNameLen:
 		return fmt.Errorf("%w: %s %s is %d characters, more than %d", ErrInvalid, field, short(v), len(v), 3*maxNameLen)
-	case !nameRE.MatchString(v):
+	case !isName(v):
 		return fmt.Errorf("%w: %s %s must match %s", ErrInvalid, field, short(v), nameRE)
 	}
 	return nil
+}
+
+// isName reports whether v matches nameRE, without the regexp: ids are
+// checked on every claim and state update.
+func isName(v string) bool {
+	if v == "" {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case (c == '.' || c == '-') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func validEnvKey(k string) error {
