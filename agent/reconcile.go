@@ -171,7 +171,9 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		delete(r.hostGone, h.ID)
 	}
 
-	// 1. Hosts gone past the grace: their instances are lost.
+	// 1. Hosts gone past the grace: their instances are lost, a host's
+	// worth in a few transactions (step 3 then replaces them).
+	lost := map[string][]registry.Instance{}
 	for _, in := range insts {
 		if in.Host == "" || alive[in.Host] || in.State.Terminal() || in.State == registry.InstancePending || in.State == registry.InstanceClaimed {
 			continue
@@ -185,12 +187,15 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 			next = min(next, wait+50*time.Millisecond)
 			continue
 		}
-		reason := fmt.Sprintf("host %s gone for %s", in.Host, now.Sub(gone).Round(time.Second))
-		if err := r.a.reg.MarkLost(ctx, in.ID, reason); err != nil && !errors.Is(err, registry.ErrNotFound) {
-			r.a.log.Warn("mark instance lost", "instance", in.ID, "error", err)
-			continue
+		lost[in.Host] = append(lost[in.Host], in)
+	}
+	for host, ins := range lost {
+		reason := fmt.Sprintf("host %s gone for %s", host, now.Sub(r.hostGone[host]).Round(time.Second))
+		n, err := r.a.reg.MarkAllLost(ctx, ins, reason)
+		if err != nil {
+			r.a.log.Warn("mark instances lost", "host", host, "error", err)
 		}
-		r.a.log.Info("instance lost", "instance", in.ID, "host", in.Host, "reason", reason)
+		r.a.log.Info("instances lost", "host", host, "count", n, "reason", reason)
 	}
 
 	// 2. Drains: replace, then stop.

@@ -401,3 +401,73 @@ func TestReclaim(t *testing.T) {
 	must(t, fresh.CompleteWith(ctx, tk, got))
 	mustIs(t, fresh.Reclaim(ctx, tk), ErrTicketDone)
 }
+
+// TestMarkAllLost: a host's instances are marked lost in batches with their
+// tickets gone, the scale counts them no more, an instance changed since
+// the caller's read is still marked (one by one), and one that became
+// terminal meanwhile is left alone.
+func TestMarkAllLost(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h := register(t, r, "h1")
+	const n = 40 // more than two transactions' worth
+	res, err := r.Scale(ctx, "web", "v1", "worker", n)
+	must(t, err)
+	if len(res.Started) != n {
+		t.Fatalf("scale started %d tickets, want %d", len(res.Started), n)
+	}
+	ts, err := r.Tickets(ctx)
+	must(t, err)
+	for _, tk := range ts {
+		in, err := h.Claim(ctx, tk)
+		must(t, err)
+		in.State = InstanceRunning
+		must(t, h.CompleteWith(ctx, tk, in))
+	}
+	read, err := r.HostInstances(ctx, "h1")
+	must(t, err)
+	if len(read) != n {
+		t.Fatalf("h1 has %d instances, want %d", len(read), n)
+	}
+	// After the read: one instance changes (still running, new revision),
+	// one exits.
+	changed, exited := read[3], read[20]
+	must(t, h.UpdateInstance(ctx, Instance{ID: changed.ID, State: InstanceRunning, PID: 42}))
+	must(t, h.UpdateInstance(ctx, Instance{ID: exited.ID, State: InstanceStopping}))
+	must(t, h.UpdateInstance(ctx, Instance{ID: exited.ID, State: InstanceExited}))
+
+	marked, err := r.MarkAllLost(ctx, read, "host h1 gone")
+	must(t, err)
+	if marked != n-1 {
+		t.Errorf("marked %d, want %d", marked, n-1)
+	}
+	all, err := r.Instances(ctx)
+	must(t, err)
+	for _, in := range all {
+		want := InstanceLost
+		if in.ID == exited.ID {
+			want = InstanceExited
+		}
+		if in.State != want {
+			t.Errorf("instance %s is %s, want %s", in.ID, in.State, want)
+		}
+		if in.State == InstanceLost && in.Reason != "host h1 gone" {
+			t.Errorf("instance %s reason %q", in.ID, in.Reason)
+		}
+	}
+	idx, err := cli.Get(ctx, r.hostInstanceKey("h1", ""), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	must(t, err)
+	if idx.Count != 0 {
+		t.Errorf("h1 index still lists %d instances", idx.Count)
+	}
+	// None counts now: a rescale asks for n replacements.
+	again, err := r.Rescale(ctx, "web", "v1", "worker")
+	must(t, err)
+	if again.Live != 0 || len(again.Started) != n {
+		t.Errorf("rescale after loss: live %d, started %d; want 0 and %d", again.Live, len(again.Started), n)
+	}
+	// Bad input is reported, the rest still marked.
+	_, err = r.MarkAllLost(ctx, []Instance{{ID: "../x", State: InstanceRunning, ModRevision: 1}}, "x")
+	mustIs(t, err, ErrInvalid)
+}
