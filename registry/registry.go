@@ -49,6 +49,9 @@ type Registry struct {
 	prefix     string
 	log        hclog.Logger
 	ownsClient bool
+	// scaleChunk is the most tickets one Scale transaction writes; 0
+	// until a transaction was refused as too large (see scale.go).
+	scaleChunk atomic.Int32
 }
 
 // Dial connects to etcd, verifies that it answers a read under the prefix

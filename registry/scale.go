@@ -13,10 +13,47 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// scaleChunk bounds the tickets one Scale transaction creates or cancels,
-// keeping each transaction well under etcd's default limit of 128
-// operations (--max-txn-ops).
-const scaleChunk = 40
+// Scale writes all its tickets in one transaction when etcd accepts it:
+// up to bigScaleChunk tickets, which needs --max-txn-ops of about 3 * 1000
+// + 5 (a cancelled start ticket takes 3 compares; the embedded etcd of
+// `visor agent -dev` allows 4096). When etcd refuses a transaction as too
+// large (too many operations or bytes), the Registry falls back to chunks
+// of smallScaleChunk, which fit etcd's default --max-txn-ops of 128, and
+// keeps that size from then on (halving further if even that is refused).
+const (
+	bigScaleChunk   = 1000
+	smallScaleChunk = 40
+)
+
+// chunk is the current most tickets per Scale transaction.
+func (r *Registry) chunk() int {
+	if c := r.scaleChunk.Load(); c > 0 {
+		return int(c)
+	}
+	return bigScaleChunk
+}
+
+// shrinkChunk records that a transaction of size tickets was too large.
+func (r *Registry) shrinkChunk(size int) {
+	next := smallScaleChunk
+	if size <= smallScaleChunk {
+		next = max(1, size/2)
+	}
+	if r.scaleChunk.Load() == 0 || int(r.scaleChunk.Load()) > next {
+		r.scaleChunk.Store(int32(next))
+		r.log.Info("etcd refused a scale transaction as too large; using smaller ones",
+			"tickets_per_txn", next, "hint", "raise etcd's --max-txn-ops to scale in one transaction")
+	}
+}
+
+// tooLarge reports an etcd refusal of a transaction's size.
+func tooLarge(err error) bool {
+	return errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) ||
+		errors.Is(err, rpctypes.ErrGRPCTooManyOps) || errors.Is(err, rpctypes.ErrGRPCRequestTooLarge)
+}
+
+// errShrunk makes scale retry a step at once with the smaller chunk.
+var errShrunk = errors.New("registry: scale transaction too large; retrying smaller")
 
 // scaleSnap is a consistent read of everything Scale counts.
 type scaleSnap struct {
@@ -164,6 +201,9 @@ func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int) (Sca
 	what := fmt.Sprintf("registry: scale %s/%s/%s", app, rev, proc)
 	for conflicts := 0; ; {
 		done, err := r.scaleStep(ctx, app, rev, proc, n, &res, &ours)
+		if errors.Is(err, errShrunk) {
+			continue
+		}
 		if err != nil && transient(err) && ctx.Err() == nil && conflicts < maxAttempts-1 {
 			// An overloaded etcd timed the request out; it may or may not
 			// have applied. Scale re-counts, so trying again is safe: a
@@ -239,7 +279,8 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	var started, stopped, cancelled []string
 	now := time.Now().UTC()
 	diff := n - have
-	for i := 0; i < min(diff, scaleChunk); i++ {
+	chunk := r.chunk()
+	for i := 0; i < min(diff, chunk); i++ {
 		t := Ticket{ID: newTicketID(), Op: TicketStart, App: app, Rev: rev, Proc: proc,
 			Instance: newInstanceID(app, proc), MaxAttempts: 3, Created: now}
 		in := Instance{ID: t.Instance, App: app, Rev: rev, Proc: proc, State: InstancePending,
@@ -249,7 +290,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		started = append(started, t.ID)
 	}
 	if diff < 0 {
-		budget := min(-diff, scaleChunk)
+		budget := min(-diff, chunk)
 		// Newest pending start tickets first: ticket ids sort by time.
 		sort.Slice(s.pending, func(i, j int) bool { return s.pending[i].Ticket > s.pending[j].Ticket })
 		tickets, err := r.startTickets(ctx, s.pending[:min(len(s.pending), budget)])
@@ -286,6 +327,10 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		}
 	}
 	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil && tooLarge(err) && chunk > 1 {
+		r.shrinkChunk(chunk)
+		return false, errShrunk
+	}
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", what, err)
 	}
@@ -296,7 +341,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	res.Started = append(res.Started, started...)
 	res.Stopped = append(res.Stopped, stopped...)
 	res.Cancelled = append(res.Cancelled, cancelled...)
-	if abs(diff) > scaleChunk {
+	if abs(diff) > chunk {
 		*ours = -resp.Header.Revision
 		return false, nil
 	}

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/visorhq/visor/internal/embedetcd"
+	"github.com/visorhq/visor/internal/etcdtest"
 )
 
 // counts returns the counted (live, no stop ticket) instances of
@@ -110,30 +113,75 @@ func TestScale(t *testing.T) {
 	}
 }
 
+// etcdLimits are the two kinds of etcd Scale meets: one that takes a
+// 130-ticket scale in one transaction (the embedded member's 4096
+// operations) and one with etcd's default limit of 128, where Scale falls
+// back to transactions of 40.
+var etcdLimits = []struct {
+	name   string
+	maxOps uint
+	chunk  int32 // Registry.scaleChunk after a large scale
+}{
+	{"max-txn-ops=4096", 4096, 0},
+	{"max-txn-ops=128", 128, smallScaleChunk},
+}
+
+// setupOps is setup with an etcd member accepting at most maxOps
+// operations per transaction.
+func setupOps(t testing.TB, maxOps uint) *Registry {
+	t.Helper()
+	c := etcdtest.NewWith(t, func(cfg *embedetcd.Config) { cfg.MaxTxnOps = maxOps })
+	return New(c.Client(t), etcdtest.Prefix(t), testLogger(t))
+}
+
 func TestScaleLarge(t *testing.T) {
-	r, _, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
-	res, err := r.Scale(ctx, "web", "v1", "worker", 130)
-	must(t, err)
-	if len(res.Started) != 130 {
-		t.Fatalf("started %d", len(res.Started))
-	}
-	if c, p := counts(t, r, "web", "worker"); c != 130 || p != 130 {
-		t.Fatalf("counted %d pending %d", c, p)
-	}
-	res, err = r.Scale(ctx, "web", "v1", "worker", 5)
-	must(t, err)
-	if len(res.Cancelled) != 125 {
-		t.Fatalf("cancelled %d", len(res.Cancelled))
-	}
-	if c, _ := counts(t, r, "web", "worker"); c != 5 {
-		t.Fatalf("counted %d", c)
+	for _, lim := range etcdLimits {
+		t.Run(lim.name, func(t *testing.T) {
+			r := setupOps(t, lim.maxOps)
+			ctx := testCtx(t)
+			seed(t, r, "web", "v1", "worker")
+			rev0, err := r.CurrentRevision(ctx)
+			must(t, err)
+			res, err := r.Scale(ctx, "web", "v1", "worker", 130)
+			must(t, err)
+			if len(res.Started) != 130 {
+				t.Fatalf("started %d", len(res.Started))
+			}
+			rev1, err := r.CurrentRevision(ctx)
+			must(t, err)
+			// One transaction is one revision; 40 at a time takes 4.
+			want := int64(1)
+			if lim.chunk != 0 {
+				want = 4
+			}
+			if rev1-rev0 != want {
+				t.Errorf("scale to 130 took %d transactions, want %d", rev1-rev0, want)
+			}
+			if got := r.scaleChunk.Load(); got != lim.chunk {
+				t.Errorf("tickets per transaction after the scale = %d, want %d", got, lim.chunk)
+			}
+			if c, p := counts(t, r, "web", "worker"); c != 130 || p != 130 {
+				t.Fatalf("counted %d pending %d", c, p)
+			}
+			res, err = r.Scale(ctx, "web", "v1", "worker", 5)
+			must(t, err)
+			if len(res.Cancelled) != 125 {
+				t.Fatalf("cancelled %d", len(res.Cancelled))
+			}
+			if c, _ := counts(t, r, "web", "worker"); c != 5 {
+				t.Fatalf("counted %d", c)
+			}
+		})
 	}
 }
 
 func TestConcurrentScale(t *testing.T) {
-	r, _, _ := setup(t)
+	for _, lim := range etcdLimits {
+		t.Run(lim.name, func(t *testing.T) { testConcurrentScale(t, setupOps(t, lim.maxOps)) })
+	}
+}
+
+func testConcurrentScale(t *testing.T, r *Registry) {
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
 	h := register(t, r, "h1")
@@ -147,8 +195,9 @@ func TestConcurrentScale(t *testing.T) {
 	in.State = InstanceRunning
 	must(t, h.CompleteWith(ctx, tickets[0], in))
 
-	t.Run("chunked", func(t *testing.T) {
-		// Differences above one transaction's worth, applied in steps.
+	t.Run("large", func(t *testing.T) {
+		// Differences above 40: one transaction each, or steps of 40 on
+		// an etcd with the default operations limit.
 		var wg sync.WaitGroup
 		for _, n := range []int{130, 0, 90, 45} {
 			wg.Add(1)

@@ -27,6 +27,11 @@ type Config struct {
 	StartTimeout time.Duration
 	// Unsafe disables fsync. Only for tests: a crash loses data.
 	Unsafe bool
+	// MaxTxnOps is the most operations etcd accepts in one transaction.
+	// Default 4096 (etcd's own default is 128), so that a Scale of up to
+	// 1000 instances is one transaction; a registry on an etcd with the
+	// default limit splits it into chunks instead.
+	MaxTxnOps uint
 	// LogLevel is etcd's own zap level ("debug", "info", "warn", "error").
 	// Default "error": etcd is chatty and its logs are not Visor's.
 	LogLevel string
@@ -59,6 +64,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if c.LogLevel == "" {
 		c.LogLevel = "error"
 	}
+	if c.MaxTxnOps == 0 {
+		c.MaxTxnOps = 4096
+	}
 	curl, err := url.Parse(c.ClientURL)
 	if err != nil {
 		return nil, fmt.Errorf("embedetcd: client url %q: %w", c.ClientURL, err)
@@ -77,6 +85,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.AdvertisePeerUrls = []url.URL{*purl}
 	cfg.InitialCluster = cfg.InitialClusterFromName(c.Name)
 	cfg.UnsafeNoFsync = c.Unsafe
+	cfg.MaxTxnOps = c.MaxTxnOps
 	cfg.LogLevel = c.LogLevel
 	cfg.Logger = "zap"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())

@@ -31,6 +31,13 @@ var prefixSeq atomic.Int64
 // t.Cleanup. It skips the test under -short.
 func New(t testing.TB) *Cluster {
 	t.Helper()
+	return NewWith(t, nil)
+}
+
+// NewWith is New with the member's configuration adjusted by mod (for
+// example a lower MaxTxnOps) before it starts.
+func NewWith(t testing.TB, mod func(*embedetcd.Config)) *Cluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("etcdtest: skipped in -short mode (starts an embedded etcd)")
 	}
@@ -43,6 +50,9 @@ func New(t testing.TB) *Cluster {
 			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", cport),
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", pport),
 			Unsafe:    true,
+		}
+		if mod != nil {
+			mod(&cfg)
 		}
 		srv, err := start(cfg)
 		if err != nil {
