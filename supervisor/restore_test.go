@@ -331,3 +331,40 @@ func TestHoldRestored(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSaveInPlace: a state file rewritten with a shorter record, a record
+// longer than a page, and a short one again always loads as the latest,
+// with nothing of an older record showing.
+func TestSaveInPlace(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	h := start(t, Config{StateDir: dir})
+	rec := func(reason string, env int) *record {
+		spec := Spec{ID: "rec", Command: []string{"true"}}
+		for i := range env {
+			spec.Env = append(spec.Env, "K"+strconv.Itoa(i)+"=value-of-some-length")
+		}
+		return &record{Version: recordVersion, Spec: spec, State: StateExited, Since: time.Now(), Reason: reason}
+	}
+	for i, r := range []*record{
+		rec("a rather long reason that makes the first record longer than the next", 0),
+		rec("short", 0),
+		rec("more than a page", 400),
+		rec("small again", 0),
+		rec("and smaller", 0),
+	} {
+		if err := h.save(r); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := h.loadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 1 || recs[0].Reason != r.Reason || len(recs[0].Spec.Env) != len(r.Spec.Env) {
+			t.Fatalf("save %d: loaded %+v, want reason %q", i, recs, r.Reason)
+		}
+	}
+	if _, err := os.Stat(h.statePath("rec") + ".tmp"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temp file left behind: %v", err)
+	}
+}

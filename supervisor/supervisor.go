@@ -82,7 +82,9 @@ type StateHandler interface {
 type Config struct {
 	// StateDir holds one JSON file per instance; required. Created if absent.
 	StateDir string
-	// LogDir holds LogDir/<id>/stdout.log and stderr.log; default StateDir/logs.
+	// LogDir holds LogDir/<id>.stdout.log and <id>.stderr.log (and their
+	// rotated copies, .1, .2, ...); default StateDir/logs. The directory is
+	// flat: a directory per instance cost a mkdir on every first start.
 	LogDir string
 	// Logger defaults to hclog.NewNullLogger().
 	Logger hclog.Logger
@@ -201,7 +203,7 @@ func (s *Supervisor) CgroupMode() string { return s.cgMode }
 
 // LogPath returns the file of stream "stdout" or "stderr" of instance id.
 func (s *Supervisor) LogPath(id, stream string) string {
-	return filepath.Join(s.cfg.LogDir, id, stream+".log")
+	return filepath.Join(s.cfg.LogDir, id+"."+stream+".log")
 }
 
 // Run reaps exits, restarts, health-checks and rotates logs until ctx ends,

@@ -34,6 +34,11 @@ type Result struct {
 	TicketToRunningP99Ms  float64 `json:"ticket_to_running_p99_ms"`
 	EtcdWritesPerInstance float64 `json:"etcd_writes_per_instance"`
 	ScaleDownSeconds      float64 `json:"scale_down_seconds"`
+	// CPU seconds spent from the Scale call until all ran: by the agents
+	// (summed; their children's fork/exec counts here too, as the fork
+	// happens in the agent), and by this process (etcd is embedded in it).
+	AgentsCPUSeconds float64 `json:"agents_cpu_seconds"`
+	EtcdCPUSeconds   float64 `json:"etcd_and_bench_cpu_seconds"`
 }
 
 // Idle is measured with the largest N running.
@@ -151,7 +156,7 @@ func run() error {
 		// The floor is measured right before and right after, and averaged,
 		// because the machine's load drifts.
 		floorBefore := bareExec(n)
-		r, err := scaleUp(ctx, reg, cli, n, *agents)
+		r, err := scaleUp(ctx, reg, cli, n, procs)
 		if err != nil {
 			return err
 		}
@@ -189,8 +194,16 @@ func run() error {
 	return enc.Encode(rep)
 }
 
-func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, n, agents int) (Result, error) {
-	r := Result{N: n, Agents: agents}
+func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, n int, agents []*exec.Cmd) (Result, error) {
+	r := Result{N: n, Agents: len(agents)}
+	agentCPU := func() float64 {
+		sum := 0.0
+		for _, a := range agents {
+			sum += cpuSeconds(a.Process.Pid)
+		}
+		return sum
+	}
+	cpuA0, cpuE0 := agentCPU(), cpuSeconds(os.Getpid())
 	rev0, err := reg.CurrentRevision(ctx)
 	if err != nil {
 		return r, err
@@ -206,6 +219,7 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 		return r, fmt.Errorf("scale to %d: %w (running %d)", n, err, countRunning(ctx, reg))
 	}
 	r.SecondsToAllRunning = time.Since(t0).Seconds()
+	r.AgentsCPUSeconds, r.EtcdCPUSeconds = agentCPU()-cpuA0, cpuSeconds(os.Getpid())-cpuE0
 	if got := countRunning(ctx, reg); got != n {
 		return r, fmt.Errorf("scale to %d: the watch saw all running, a list shows %d", n, got)
 	}
