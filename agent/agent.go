@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -44,6 +43,10 @@ type Agent struct {
 	artifacts *artifactCache
 	writer    *stateWriter
 	metrics   *metrics
+	peers     atomic.Pointer[[]registry.Host] // live hosts, for claim ranks
+	// claimLatency is a recent claim round trip in nanoseconds (see
+	// noteClaimLatency).
+	claimLatency atomic.Int64
 	services  *discovery.Store
 	registrar *discovery.Registrar
 	started   time.Time
@@ -565,6 +568,11 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 			}
 		}
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watchPeers(sctx)
+	}()
 	if !a.cfg.DisableReconciler {
 		wg.Add(1)
 		go func() {
@@ -573,7 +581,9 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		}()
 	}
 
-	sem := make(chan struct{}, a.cfg.MaxParallel)
+	// Claim delays do not hold an execution slot (see ticketSlots), so
+	// this loop keeps reading claims and abandons doomed waits at once.
+	q := newTicketSlots(a.cfg.MaxParallel)
 	for ev := range a.reg.WatchTickets(sctx, a.cfg.HostID) {
 		if ev.Err != nil {
 			a.log.Warn("ticket watch", "error", ev.Err)
@@ -588,9 +598,7 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		if !a.eligible(ev.Ticket) || !a.markInflight(ev.Ticket.ID) {
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-sctx.Done():
+		if !q.wait(sctx) {
 			a.unmarkInflight(ev.Ticket.ID)
 			continue
 		}
@@ -599,10 +607,9 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		wg.Add(1)
 		go func(t registry.Ticket) {
 			defer wg.Done()
-			defer func() { <-sem }()
 			defer a.unmarkInflight(t.ID)
 			defer abandon()
-			a.handle(sctx, tctx, s, t)
+			a.handle(sctx, tctx, s, t, q)
 		}(ev.Ticket)
 	}
 	select {
@@ -699,27 +706,6 @@ func (a *Agent) eligible(t registry.Ticket) bool {
 		return false
 	}
 	return true
-}
-
-// claimDelay is the wait before claiming an untargeted ticket, so that
-// hosts spread work without a central scheduler. Its spread part is a hash
-// of host and ticket (rendezvous hashing): for each ticket the hosts are in
-// a different, stable order, so among equally loaded hosts one is clearly
-// first and the others, seeing its claim, give up without a doomed
-// transaction. Its load part grows with the instances running here, so
-// idle hosts win. Targeted tickets are claimed at once.
-func (a *Agent) claimDelay(t registry.Ticket) time.Duration {
-	if t.Host != "" {
-		return 0
-	}
-	base := a.cfg.ClaimDelay
-	h := fnv.New64a()
-	h.Write([]byte(a.cfg.HostID))
-	h.Write([]byte{0})
-	h.Write([]byte(t.ID))
-	spread := time.Duration(h.Sum64() % uint64(base+1))
-	load := time.Duration(a.liveCount()) * base / 50
-	return spread + load
 }
 
 // backoff is a small exponential retry delay for reconnecting.

@@ -336,7 +336,7 @@ func contains(list []string, s string) bool {
 func TestAgentLocalAPI(t *testing.T) {
 	f := newFixture(t)
 	dir := t.TempDir()
-	a := f.startAgent(t, "host-a", dir, func(c *Config) { c.StopOnExit = true })
+	a := f.startAgent(t, "host-a", dir, func(c *Config) { c.StopOnExit, c.EnablePprof = true, true })
 	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 1)
 	must(t, err)
 	inst := f.waitRunning(t, "demo", 1)
@@ -373,6 +373,9 @@ func TestAgentLocalAPI(t *testing.T) {
 	}
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "visor_agent_claims_won_total 1") || !strings.Contains(body, `visor_agent_instances{state="running"} 1`) {
 		t.Errorf("/metrics = %d, missing claim/instance figures:\n%s", code, body)
+	}
+	if code, body := get("/debug/pprof/cmdline"); code != 200 || body == "" {
+		t.Errorf("/debug/pprof/cmdline with EnablePprof = %d %q", code, body)
 	}
 	post := func(path, body string) int {
 		resp, err := client.Post("http://agent"+path, "application/json", strings.NewReader(body))

@@ -50,15 +50,21 @@ type Config struct {
 	// Default 20000-29999.
 	PortMin, PortMax int
 
-	// ClaimDelay is the base of the jittered delay before a claim; the delay
-	// grows with the number of instances running here. Default 20ms.
+	// ClaimDelay bounds the jitter before a claim by the host ranked first
+	// for a ticket (see placement.go). Default 20ms.
 	ClaimDelay time.Duration
+	// ClaimBackup is how much longer each next-ranked host waits before it
+	// claims a ticket nobody has claimed. Default 500ms.
+	ClaimBackup time.Duration
 	// MaxParallel bounds tickets executed at once. Default 64.
 	MaxParallel int
 	// StatusInterval is how often host status (load, memory) is written.
 	// Default 10s; never less than 10s.
 	StatusInterval time.Duration
 
+	// EnablePprof serves net/http/pprof under /debug/pprof/ on the API
+	// (the unix socket, and the HTTP address under its access rules).
+	EnablePprof bool
 	// StopOnExit stops every instance when the agent shuts down. Default
 	// off: instances keep running and the next agent re-adopts them.
 	StopOnExit bool
@@ -117,6 +123,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ClaimDelay == 0 {
 		c.ClaimDelay = 20 * time.Millisecond
+	}
+	if c.ClaimBackup == 0 {
+		c.ClaimBackup = 500 * time.Millisecond
 	}
 	if c.MaxParallel == 0 {
 		c.MaxParallel = 64

@@ -13,6 +13,7 @@ type metrics struct {
 	reg             *prometheus.Registry
 	claimsWon       prometheus.Counter
 	claimsLost      prometheus.Counter
+	claimConflicts  prometheus.Counter
 	leaseLost       prometheus.Counter
 	connected       prometheus.Gauge
 	leader          prometheus.Gauge
@@ -27,6 +28,10 @@ func newMetrics(a *Agent) *metrics {
 		}),
 		claimsLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "visor_agent_claims_lost_total", Help: "Claims lost to another host (ticket already claimed or changed).",
+		}),
+		claimConflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "visor_agent_claim_conflicts_total",
+			Help: "Claims lost in a failed transaction (counted in claims_lost too); the rest were abandoned before trying, on seeing another host's claim.",
 		}),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "visor_agent_lease_lost_total", Help: "Registry sessions lost (lease expired or etcd unreachable).",
@@ -43,7 +48,7 @@ func newMetrics(a *Agent) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
 	}
-	m.reg.MustRegister(m.claimsWon, m.claimsLost, m.leaseLost, m.connected, m.leader, m.ticketToRunning,
+	m.reg.MustRegister(m.claimsWon, m.claimsLost, m.claimConflicts, m.leaseLost, m.connected, m.leader, m.ticketToRunning,
 		&instanceCollector{a: a},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -15,28 +15,84 @@ import (
 	"github.com/visorhq/visor/supervisor/restart"
 )
 
-// handle claims ticket t after the load-dependent delay and executes it.
-// wait ends early when another host claims t first (or ctx ends).
-func (a *Agent) handle(ctx, wait context.Context, s *registry.HostSession, t registry.Ticket) {
-	if d := a.claimDelay(t); d > 0 {
+// ticketSlots bounds the tickets an agent works on: those waiting out
+// their claim delay, and those executing (MaxParallel). A claim holds no
+// execution slot: if waiting or claiming did, a burst of tickets would fill
+// the slots, the ticket loop would stop reading the watch, other hosts'
+// claims would not be seen, and waits that should be abandoned would end
+// in doomed claim transactions instead; and this host's own claims would
+// reach etcd late, so that other hosts' backup claims collide with them.
+// A claimed ticket then waits for a slot (its instance shows claimed).
+type ticketSlots struct {
+	waiting, running chan struct{}
+}
+
+func newTicketSlots(parallel int) *ticketSlots {
+	return &ticketSlots{waiting: make(chan struct{}, 16*parallel), running: make(chan struct{}, parallel)}
+}
+
+// wait enters the waiting set; false if ctx ended first.
+func (q *ticketSlots) wait(ctx context.Context) bool {
+	select {
+	case q.waiting <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// leave leaves the waiting set.
+func (q *ticketSlots) leave() { <-q.waiting }
+
+// run takes an execution slot; false (and no slot) if ctx ended first.
+func (q *ticketSlots) run(ctx context.Context) bool {
+	select {
+	case q.running <- struct{}{}:
+		if ctx.Err() != nil {
+			<-q.running
+			return false
+		}
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// done gives an execution slot back.
+func (q *ticketSlots) done() { <-q.running }
+
+// handle claims ticket t after its claim delay, then executes it in one of
+// q's execution slots. wait ends early when another host claims t first
+// (or ctx ends).
+func (a *Agent) handle(ctx, wait context.Context, s *registry.HostSession, t registry.Ticket, q *ticketSlots) {
+	seen := time.Now()
+	for d := a.claimDelay(t); d > 0; {
 		timer := time.NewTimer(d)
 		select {
 		case <-timer.C:
 		case <-wait.Done():
 			timer.Stop()
-			a.metrics.claimsLost.Inc()
-			return
 		}
+		if wait.Err() != nil {
+			break
+		}
+		// The backup step may have grown meanwhile (etcd got busy).
+		d = a.claimDelay(t) - time.Since(seen)
 	}
+	q.leave()
 	a.claiming(t.ID)
 	if wait.Err() != nil {
+		a.metrics.claimsLost.Inc()
 		return
 	}
+	sent := time.Now()
 	inst, err := s.Claim(ctx, t)
+	a.noteClaimLatency(time.Since(sent))
 	switch {
 	case errors.Is(err, registry.ErrClaimed), errors.Is(err, registry.ErrTicketChanged),
 		errors.Is(err, registry.ErrTicketDone), errors.Is(err, registry.ErrNotFound):
 		a.metrics.claimsLost.Inc()
+		a.metrics.claimConflicts.Inc()
 		a.log.Debug("ticket taken by another host", "ticket", t.ID, "error", err)
 		return
 	case err != nil:
@@ -45,6 +101,14 @@ func (a *Agent) handle(ctx, wait context.Context, s *registry.HostSession, t reg
 		}
 		return
 	}
+	if !q.run(ctx) {
+		// Shutting down (or the lease is gone) before a slot was free.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = s.Release(rctx, t, "agent shutting down before the ticket was started")
+		return
+	}
+	defer q.done()
 	a.metrics.claimsWon.Inc()
 	log := a.log.With("ticket", t.ID, "op", string(t.Op), "instance", inst.ID)
 	log.Info("ticket claimed")

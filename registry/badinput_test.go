@@ -230,6 +230,13 @@ func TestWatchTickets(t *testing.T) {
 	if got[len(got)-1].Ticket.ID != second.ID {
 		t.Fatalf("deleted event = %+v", got[len(got)-1])
 	}
+	// A completion deletes the claim and the ticket together: the ticket
+	// is not offered again on the way.
+	for _, ev := range got {
+		if !ev.Claimed && !ev.Deleted {
+			t.Fatalf("completed ticket offered again: %+v", ev)
+		}
+	}
 
 	cancel()
 	for range ch {

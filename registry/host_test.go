@@ -2,6 +2,7 @@ package registry
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -470,4 +471,50 @@ func TestMarkAllLost(t *testing.T) {
 	// Bad input is reported, the rest still marked.
 	_, err = r.MarkAllLost(ctx, []Instance{{ID: "../x", State: InstanceRunning, ModRevision: 1}}, "x")
 	mustIs(t, err, ErrInvalid)
+}
+
+// TestWatchHosts: the set is sent as listed, then after a join, a status
+// update and a leave; instance index entries and undecodable records do
+// not disturb it.
+func TestWatchHosts(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	h1 := register(t, r, "h1")
+	ch := r.WatchHosts(ctx)
+	next := func(want ...string) []Host {
+		t.Helper()
+		for {
+			select {
+			case hs, ok := <-ch:
+				if !ok {
+					t.Fatal("WatchHosts closed")
+				}
+				var ids []string
+				for _, h := range hs {
+					ids = append(ids, h.ID)
+				}
+				if fmt.Sprint(ids) == fmt.Sprint(want) {
+					return hs
+				}
+			case <-ctx.Done():
+				t.Fatalf("no host set %v", want)
+			}
+		}
+	}
+	next("h1")
+	h2 := register(t, r, "h2")
+	next("h1", "h2")
+	// A claim writes an index entry under hosts/h2/; a bad record is skipped.
+	seed(t, r, "web", "v1", "worker")
+	_, err := h2.Claim(ctx, startTicket(t, r, "web", "worker"))
+	must(t, err)
+	_, err = cli.Put(ctx, r.hostKey("bad"), "{not json")
+	must(t, err)
+	must(t, h2.UpdateHost(ctx, Host{Load: HostLoad{Instances: 7}}))
+	hs := next("h1", "h2")
+	for len(hs) != 2 || hs[1].Load.Instances != 7 {
+		hs = next("h1", "h2")
+	}
+	must(t, h1.Close(ctx))
+	next("h2")
 }

@@ -55,6 +55,15 @@ type ticketWatch struct {
 	host     string
 	ch       chan<- TicketEvent
 	reported map[string]bool // key@modrev of bad values already reported
+	// tickets holds the eligible tickets as last seen (claimed or not),
+	// so that a vanished claim can be judged without a read.
+	tickets map[string]Ticket
+	// vanished holds claims deleted at a revision when the ticket's own
+	// event for that revision has not been seen yet: a completion (the
+	// ticket goes in the same transaction) or a lease that ended (the
+	// ticket stays). The ticket stream settles it: a deletion, or a
+	// progress notification past the revision (requested at once).
+	vanished map[string]int64
 }
 
 func (w *ticketWatch) send(ctx context.Context, ev TicketEvent) bool {
@@ -96,6 +105,7 @@ func (w *ticketWatch) run(ctx context.Context) {
 			continue
 		}
 		rev := resp.Header.Revision
+		w.tickets, w.vanished = map[string]Ticket{}, map[string]int64{}
 		claimed := map[string]bool{}
 		for _, kv := range rangeKvs(resp, 1) {
 			claimed[strings.TrimPrefix(string(kv.Key), r.claimsDir())] = true
@@ -108,7 +118,11 @@ func (w *ticketWatch) run(ctx context.Context) {
 				}
 				continue
 			}
-			if claimed[t.ID] || !w.eligible(t) {
+			if !w.eligible(t) {
+				continue
+			}
+			w.tickets[t.ID] = t
+			if claimed[t.ID] {
 				continue
 			}
 			if !w.send(ctx, TicketEvent{Ticket: t, Revision: rev}) {
@@ -149,12 +163,42 @@ func (w *ticketWatch) watch(ctx context.Context, rev int64) bool {
 			return seen
 		}
 		seen = true
+		waiting := len(w.vanished)
 		for _, ev := range resp.Events {
 			if !w.handle(ctx, ev, claims) {
 				return seen
 			}
 		}
+		if !claims && resp.IsProgressNotify() && !w.settle(ctx, resp.Header.Revision) {
+			return seen
+		}
+		if len(w.vanished) > waiting {
+			// Ask for a progress notification: once the ticket stream is
+			// past the claims' revisions, their tickets are settled.
+			if err := r.cli.RequestProgress(wctx); err != nil {
+				// List again instead: the listing offers what is free.
+				r.log.Debug("request watch progress; listing tickets again", "error", err)
+				return seen
+			}
+		}
 	}
+}
+
+// settle re-offers the tickets whose claims vanished at or before rev and
+// that were not deleted with them: their holder's lease ended.
+func (w *ticketWatch) settle(ctx context.Context, rev int64) bool {
+	for id, at := range w.vanished {
+		if at > rev {
+			continue
+		}
+		delete(w.vanished, id)
+		if t, ok := w.tickets[id]; ok {
+			if !w.send(ctx, TicketEvent{Ticket: t, Revision: rev}) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (w *ticketWatch) handle(ctx context.Context, ev *clientv3.Event, claims bool) bool {
@@ -164,28 +208,24 @@ func (w *ticketWatch) handle(ctx context.Context, ev *clientv3.Event, claims boo
 		id := strings.TrimPrefix(string(kv.Key), r.claimsDir())
 		if ev.Type == clientv3.EventTypePut {
 			// Claimed: nothing to offer, but waiting claimers may stop.
+			delete(w.vanished, id)
 			return w.send(ctx, TicketEvent{Ticket: Ticket{ID: id, Holder: string(kv.Value)}, Claimed: true, Revision: kv.ModRevision})
 		}
-		// The claim vanished: if the ticket is still there, it is free again.
-		resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.ticketKey(id)), clientv3.OpGet(r.claimKey(id), clientv3.WithCountOnly())).Commit()
-		if err != nil {
-			return ctx.Err() == nil && w.send(ctx, TicketEvent{Err: fmt.Errorf("registry: get released ticket %s: %w", id, err)})
-		}
-		tkv := first(rangeKvs(resp, 0))
-		if tkv == nil || resp.Responses[1].GetResponseRange().Count > 0 {
+		// The claim vanished. If the ticket is gone (completed) or not
+		// ours, there is nothing to offer; if it was rewritten in the same
+		// transaction (a release), its own event offers it. Otherwise wait
+		// for the ticket stream to say whether it went in that transaction.
+		t, ok := w.tickets[id]
+		if !ok || t.ModRevision >= kv.ModRevision {
 			return true
 		}
-		t, err := decodeTicket(tkv, id)
-		if err != nil {
-			return w.bad(ctx, tkv, err)
-		}
-		if !w.eligible(t) {
-			return true
-		}
-		return w.send(ctx, TicketEvent{Ticket: t, Revision: kv.ModRevision})
+		w.vanished[id] = kv.ModRevision
+		return true
 	}
 	id := strings.TrimPrefix(string(kv.Key), r.ticketsDir())
 	if ev.Type == clientv3.EventTypeDelete {
+		delete(w.tickets, id)
+		delete(w.vanished, id)
 		return w.send(ctx, TicketEvent{Ticket: Ticket{ID: id}, Deleted: true, Revision: kv.ModRevision})
 	}
 	t, err := decodeTicket(kv, id)
@@ -193,8 +233,11 @@ func (w *ticketWatch) handle(ctx context.Context, ev *clientv3.Event, claims boo
 		return w.bad(ctx, kv, err)
 	}
 	if !w.eligible(t) {
+		delete(w.tickets, id)
 		return true
 	}
+	w.tickets[id] = t
+	delete(w.vanished, id)
 	return w.send(ctx, TicketEvent{Ticket: t, Revision: kv.ModRevision})
 }
 

@@ -85,6 +85,7 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	str("stop-after-disconnect", "0s", "stop instances after etcd has been unreachable this long (0: never)")
 	str("lost-grace", "30s", "reconciler: how long a host's lease must be gone before its instances are replaced")
 	str("reconcile-interval", "30s", "reconciler: period of the full pass (it also acts on registry events)")
+	fs.BoolVar(&o.cfg.EnablePprof, "enable-pprof", false, "serve Go's /debug/pprof profiles on the agent API (same access rules as the rest of it)")
 	fs.BoolVar(&o.cfg.DisableReconciler, "no-reconciler", false, "never run the reconciler on this agent (it is elected among the others)")
 	str("dns-addr", "", "serve DNS for service endpoints (SRV/A under visor.) on this address, e.g. 127.0.0.1:8600 (default off)")
 	str("cgroups", "auto", "resource limits backend: auto, v2, v1 or none")

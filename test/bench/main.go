@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,7 +40,15 @@ type Result struct {
 	// (summed; their children's fork/exec counts here too, as the fork
 	// happens in the agent), and by this process (etcd is embedded in it).
 	AgentsCPUSeconds float64 `json:"agents_cpu_seconds"`
+	// Claims sums the agents' claim counters over the scale-up: won, lost
+	// (abandoned waits and failed transactions) and conflicts (failed
+	// claim transactions only).
+	Claims map[string]float64 `json:"claims"`
 	EtcdCPUSeconds   float64 `json:"etcd_and_bench_cpu_seconds"`
+	// MachineBusy is the fraction of all CPUs' time not idle from the
+	// Scale call until all ran (from /proc/stat): near 1 means the start
+	// was CPU-bound, well below 1 that something waited.
+	MachineBusy float64 `json:"machine_busy"`
 }
 
 // Idle is measured with the largest N running.
@@ -108,6 +118,7 @@ func run() error {
 	reg := registry.New(cli, "/visor/", hclog.NewNullLogger())
 
 	var procs []*exec.Cmd
+	var sockets []string // the agents' API sockets
 	defer func() {
 		for _, p := range procs {
 			_ = p.Process.Signal(syscall.SIGTERM)
@@ -118,8 +129,10 @@ func run() error {
 	}()
 	for i := 0; i < *agents; i++ {
 		lo := 20000 + i*3000
+		dataDir := filepath.Join(work, fmt.Sprintf("agent-%d", i))
+		sockets = append(sockets, filepath.Join(dataDir, "run", "agent.sock"))
 		cmd := exec.Command(bin, "agent", "--endpoints", srv.Endpoint(),
-			"-host", fmt.Sprintf("bench-%d", i), "-data-dir", filepath.Join(work, fmt.Sprintf("agent-%d", i)),
+			"-host", fmt.Sprintf("bench-%d", i), "-data-dir", dataDir, "-run-dir", filepath.Join(dataDir, "run"),
 			"-http-addr", "off", "-cgroups", "none", "-log-level", "warn", "-stop-on-exit",
 			"-port-range", fmt.Sprintf("%d-%d", lo, lo+2999))
 		cmd.Stderr = os.Stderr
@@ -156,10 +169,16 @@ func run() error {
 		// The floor is measured right before and right after, and averaged,
 		// because the machine's load drifts.
 		floorBefore := bareExec(n)
+		claims0 := scrapeClaims(sockets)
 		r, err := scaleUp(ctx, reg, cli, n, procs)
 		if err != nil {
 			return err
 		}
+		claims1 := scrapeClaims(sockets)
+		for k, v := range claims1 {
+			claims1[k] = v - claims0[k]
+		}
+		r.Claims = claims1
 		if i == len(counts)-1 {
 			id, err := measureIdle(ctx, reg, cli, procs, n, *idle)
 			if err != nil {
@@ -204,6 +223,7 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 		return sum
 	}
 	cpuA0, cpuE0 := agentCPU(), cpuSeconds(os.Getpid())
+	busy0, total0 := machineTicks()
 	rev0, err := reg.CurrentRevision(ctx)
 	if err != nil {
 		return r, err
@@ -220,6 +240,9 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 	}
 	r.SecondsToAllRunning = time.Since(t0).Seconds()
 	r.AgentsCPUSeconds, r.EtcdCPUSeconds = agentCPU()-cpuA0, cpuSeconds(os.Getpid())-cpuE0
+	if busy1, total1 := machineTicks(); total1 > total0 {
+		r.MachineBusy = float64(busy1-busy0) / float64(total1-total0)
+	}
 	if got := countRunning(ctx, reg); got != n {
 		return r, fmt.Errorf("scale to %d: the watch saw all running, a list shows %d", n, got)
 	}
@@ -319,6 +342,39 @@ func bareExec(n int) float64 {
 		_ = c.Wait()
 	}
 	return d
+}
+
+// scrapeClaims sums the claim counters of the agents' /metrics, read over
+// their unix sockets.
+func scrapeClaims(sockets []string) map[string]float64 {
+	out := map[string]float64{}
+	names := map[string]string{
+		"visor_agent_claims_won_total":      "won",
+		"visor_agent_claims_lost_total":     "lost",
+		"visor_agent_claim_conflicts_total": "conflicts",
+	}
+	for _, sock := range sockets {
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", sock)
+			},
+		}}
+		resp, err := c.Get("http://agent/metrics")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) == 2 && names[f[0]] != "" {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				out[names[f[0]]] += v
+			}
+		}
+		resp.Body.Close()
+	}
+	return out
 }
 
 func countRunning(ctx context.Context, reg *registry.Registry) int {
@@ -435,6 +491,24 @@ func pct(v []float64, p float64) float64 {
 	}
 	sort.Float64s(v)
 	return v[int(p*float64(len(v)-1))]
+}
+
+// machineTicks returns the busy and total CPU ticks of the machine from the
+// first line of /proc/stat (idle and iowait count as not busy).
+func machineTicks() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseUint(f, 10, 64)
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
 }
 
 func cpuSeconds(pid int) float64 {

@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"context"
+	"hash/fnv"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/visorhq/visor/registry"
+)
+
+// Placement without a scheduler: every agent sees every untargeted ticket
+// and ranks the live hosts for it by weighted rendezvous hashing. The host
+// ranked first claims at once (after a jitter of up to ClaimDelay); the
+// host ranked k-th waits k * ClaimBackup before it claims, and gives up as
+// soon as it sees someone else's claim. All agents rank from the same data
+// (the host records in etcd, with the load each host last reported), so
+// they agree on who goes first and a burst of tickets spreads over the
+// hosts without doomed claim transactions; a host that is gone, full,
+// draining or slow is covered by the next one after ClaimBackup.
+
+// loadScale is the reported instance count at which a host's weight has
+// halved: a host running loadScale instances wins a third of the tickets
+// against an idle one.
+const loadScale = 50
+
+// watchPeers keeps a.peers, the live host records, until ctx ends.
+func (a *Agent) watchPeers(ctx context.Context) {
+	for hs := range a.reg.WatchHosts(ctx) {
+		a.peers.Store(&hs)
+	}
+}
+
+// claimDelay is the wait before claiming ticket t: 0 for a ticket
+// targeted at this host, else this host's rank for t times the backup
+// step plus a jitter below ClaimDelay.
+func (a *Agent) claimDelay(t registry.Ticket) time.Duration {
+	if t.Host != "" {
+		return 0
+	}
+	jitter := time.Duration(rendezvous(a.cfg.HostID, t.ID) % uint64(a.cfg.ClaimDelay+1))
+	return time.Duration(a.claimRank(t))*a.backupStep() + jitter
+}
+
+// backupStep is how much longer each next-ranked host waits: ClaimBackup,
+// or twice the recent claim round trip if that is longer. In a burst of
+// tickets etcd is busy and the first-ranked host's claims take longer to
+// show; a backup claim sent before they land would only collide with
+// them. A waiting host checks the step again when its timer fires.
+func (a *Agent) backupStep() time.Duration {
+	return max(a.cfg.ClaimBackup, 2*time.Duration(a.claimLatency.Load()))
+}
+
+// noteClaimLatency keeps a recent claim round trip: it follows a rise at
+// once and a fall slowly (a tenth of the way per claim).
+func (a *Agent) noteClaimLatency(d time.Duration) {
+	for {
+		cur := a.claimLatency.Load()
+		next := int64(d)
+		if next < cur {
+			next = cur - (cur-next)/10
+		}
+		if a.claimLatency.CompareAndSwap(cur, next) {
+			return
+		}
+	}
+}
+
+// claimRank is how many eligible live hosts rank before this one for t.
+// Hosts that already failed t, and hosts at their capacity, are skipped;
+// this host always counts as live.
+func (a *Agent) claimRank(t registry.Ticket) int {
+	var peers []registry.Host
+	if p := a.peers.Load(); p != nil {
+		peers = *p
+	}
+	self := registry.Host{ID: a.cfg.HostID}
+	if i := slices.IndexFunc(peers, func(h registry.Host) bool { return h.ID == a.cfg.HostID }); i >= 0 {
+		self = peers[i]
+	}
+	mine := placementScore(self, t.ID)
+	rank := 0
+	for _, h := range peers {
+		if h.ID == self.ID || slices.Contains(t.FailedHosts, h.ID) ||
+			(h.Capacity > 0 && h.Load.Instances >= h.Capacity) {
+			continue
+		}
+		if sc := placementScore(h, t.ID); sc > mine || (sc == mine && h.ID < self.ID) {
+			rank++
+		}
+	}
+	return rank
+}
+
+// placementScore is host h's weighted rendezvous score for ticket id:
+// -w / ln(u), u uniform in (0, 1] from a hash of host and ticket, w the
+// host's weight from its reported load. The highest score goes first, and
+// host h ranks first with probability w_h / sum(w).
+func placementScore(h registry.Host, id string) float64 {
+	u := (float64(rendezvous(h.ID, id)>>11) + 1) / (1 << 53)
+	w := 1 / (1 + float64(h.Load.Instances)/loadScale)
+	if u >= 1 {
+		return math.Inf(1)
+	}
+	return -w / math.Log(u)
+}
+
+// rendezvous hashes a host and a ticket id.
+func rendezvous(host, ticket string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(host))
+	h.Write([]byte{0})
+	h.Write([]byte(ticket))
+	return mix64(h.Sum64())
+}
+
+// mix64 is a 64-bit finalizer (splitmix64's) that spreads FNV's output
+// over all bits, so the top bits used for u are uniform.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
