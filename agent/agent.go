@@ -47,9 +47,9 @@ type Agent struct {
 	// claimLatency is a recent claim round trip in nanoseconds (see
 	// noteClaimLatency).
 	claimLatency atomic.Int64
-	services  *discovery.Store
-	registrar *discovery.Registrar
-	started   time.Time
+	services     *discovery.Store
+	registrar    *discovery.Registrar
+	started      time.Time
 
 	// bg owns goroutines spawned outside the main loops (stopping replaced
 	// instances); Run waits for them before it returns.

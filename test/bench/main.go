@@ -43,8 +43,8 @@ type Result struct {
 	// Claims sums the agents' claim counters over the scale-up: won, lost
 	// (abandoned waits and failed transactions) and conflicts (failed
 	// claim transactions only).
-	Claims map[string]float64 `json:"claims"`
-	EtcdCPUSeconds   float64 `json:"etcd_and_bench_cpu_seconds"`
+	Claims         map[string]float64 `json:"claims"`
+	EtcdCPUSeconds float64            `json:"etcd_and_bench_cpu_seconds"`
 	// MachineBusy is the fraction of all CPUs' time not idle from the
 	// Scale call until all ran (from /proc/stat): near 1 means the start
 	// was CPU-bound, well below 1 that something waited.
