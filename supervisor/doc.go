@@ -8,8 +8,8 @@
 // all instances through epoll (kqueue EVFILT_PROC on darwin), so supervising
 // a thousand processes costs one OS thread, not a thousand blocked cmd.Wait
 // calls. Instances outlive the
-// supervisor: their state is persisted per instance under Config.StateDir,
-// and Restore re-adopts them (pid plus process start time, so a reused pid is
+// supervisor: their state is persisted in an append-only journal under
+// Config.StateDir (one line per change, compacted now and then), and Restore re-adopts them (pid plus process start time, so a reused pid is
 // never mistaken for ours) without starting a second copy.
 //
 // Linux is the production platform (pidfds, cgroups); darwin builds and

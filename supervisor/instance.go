@@ -133,7 +133,7 @@ func (s *Supervisor) transitionLocked(in *instance, to State, reason string) err
 	return s.moveLocked(in, to, reason, true)
 }
 
-// moveLocked is transitionLocked; persist false skips the state file when a
+// moveLocked is transitionLocked; persist false skips the state record when a
 // second transition follows at once (starting then running).
 func (s *Supervisor) moveLocked(in *instance, to State, reason string, persist bool) error {
 	if err := checkTransition(in.state, to); err != nil {
@@ -248,7 +248,7 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 		in.pid, in.handle = 0, -1
 		return err
 	}
-	// Without a started criterion running follows at once: one state file
+	// Without a started criterion running follows at once: one state record
 	// write for both.
 	s.moveLocked(in, StateStarting, "", !in.upOK || in.rs.health != nil)
 	in.log.Debug("process started", "pid", pid, "path", in.rs.path)

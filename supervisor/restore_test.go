@@ -2,13 +2,17 @@ package supervisor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/supervisor/restart"
@@ -100,7 +104,7 @@ func TestReadoptStop(t *testing.T) {
 	}
 }
 
-// TestPidReuseGuard plants a state file naming a live process that is not
+// TestPidReuseGuard plants a state record naming a live process that is not
 // ours (same pid, other start time): Restore must not adopt, signal or
 // count it, and must apply the restart policy to the lost instance.
 func TestPidReuseGuard(t *testing.T) {
@@ -332,39 +336,82 @@ func TestHoldRestored(t *testing.T) {
 	}
 }
 
-// TestSaveInPlace: a state file rewritten with a shorter record, a record
-// longer than a page, and a short one again always loads as the latest,
-// with nothing of an older record showing.
-func TestSaveInPlace(t *testing.T) {
+// TestJournal: records saved, replaced and removed come back from a new
+// journal on the same directory as the latest of each; a line cut short by
+// a crash is skipped; the file is compacted once it holds mostly stale
+// lines; and per-instance state files of earlier versions are folded in
+// and removed.
+func TestJournal(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	h := start(t, Config{StateDir: dir})
-	rec := func(reason string, env int) *record {
-		spec := Spec{ID: "rec", Command: []string{"true"}}
+	log := hclog.NewNullLogger()
+	rec := func(id, reason string, env int) *record {
+		spec := Spec{ID: id, Command: []string{"true"}}
 		for i := range env {
 			spec.Env = append(spec.Env, "K"+strconv.Itoa(i)+"=value-of-some-length")
 		}
 		return &record{Version: recordVersion, Spec: spec, State: StateExited, Since: time.Now(), Reason: reason}
 	}
-	for i, r := range []*record{
-		rec("a rather long reason that makes the first record longer than the next", 0),
-		rec("short", 0),
-		rec("more than a page", 400),
-		rec("small again", 0),
-		rec("and smaller", 0),
-	} {
-		if err := h.save(r); err != nil {
+	// A state file of an earlier version.
+	legacy, err := json.Marshal(rec("old", "from a state file", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "old.json"), legacy, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j, err := openJournal(dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "old.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("legacy state file not removed: %v", err)
+	}
+	for _, r := range []*record{rec("a", "first", 0), rec("b", "first", 0), rec("a", "second", 0), rec("b", "big", 400)} {
+		if err := j.save(r); err != nil {
 			t.Fatal(err)
-		}
-		recs, err := h.loadAll()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(recs) != 1 || recs[0].Reason != r.Reason || len(recs[0].Spec.Env) != len(r.Spec.Env) {
-			t.Fatalf("save %d: loaded %+v, want reason %q", i, recs, r.Reason)
 		}
 	}
-	if _, err := os.Stat(h.statePath("rec") + ".tmp"); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("temp file left behind: %v", err)
+	if err := j.remove("b"); err != nil {
+		t.Fatal(err)
+	}
+	j.close()
+	// A crash in the middle of an append leaves half a line.
+	f, err := os.OpenFile(filepath.Join(dir, journalName), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"version":1,"spec":{"id":"a","comm`); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	j2, err := openJournal(dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range j2.records() {
+		got[r.Spec.ID] = r.Reason
+	}
+	if want := map[string]string{"a": "second", "old": "from a state file"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("records = %v, want %v", got, want)
+	}
+	// Many saves of one instance: the file stays small.
+	for i := range 3 * compactMin {
+		if err := j2.save(rec("a", "n"+strconv.Itoa(i), 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if j2.lines > 2*compactMin {
+		t.Errorf("journal has %d lines for 2 live records after compaction", j2.lines)
+	}
+	j2.close()
+	j3, err := openJournal(dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := j3.records(); len(rs) != 2 || rs[0].Reason != "n"+strconv.Itoa(3*compactMin-1) {
+		t.Fatalf("after compaction: %+v", rs)
 	}
 }

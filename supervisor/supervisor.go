@@ -111,14 +111,15 @@ type Config struct {
 // ErrStopped. Status, List, Wait, Remove, LogPath and CgroupMode work at any
 // time.
 type Supervisor struct {
-	cfg    Config
-	log    hclog.Logger
-	cg     *cgroup.Manager // nil: no usable cgroup controller
-	cgMode string
-	rot    *logfile.Rotator
-	reaper *reaper
-	notes  *notifier // nil without Handler
-	seed   uint64    // for the trackers' jitter sources
+	cfg     Config
+	log     hclog.Logger
+	cg      *cgroup.Manager // nil: no usable cgroup controller
+	cgMode  string
+	rot     *logfile.Rotator
+	journal *journal // persisted state, for Restore
+	reaper  *reaper
+	notes   *notifier // nil without Handler
+	seed    uint64    // for the trackers' jitter sources
 
 	readyCh chan struct{} // closed when Run is running
 	doneCh  chan struct{} // closed when Run starts shutting down
@@ -155,9 +156,15 @@ func New(c Config) (*Supervisor, error) {
 	if err := os.MkdirAll(c.LogDir, 0o750); err != nil {
 		return nil, fmt.Errorf("supervisor: log dir: %w", err)
 	}
+	log := c.Logger.Named("supervisor")
+	j, err := openJournal(c.StateDir, log)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: %w", err)
+	}
 	s := &Supervisor{
 		cfg:       c,
-		log:       c.Logger.Named("supervisor"),
+		log:       log,
+		journal:   j,
 		readyCh:   make(chan struct{}),
 		doneCh:    make(chan struct{}),
 		instances: make(map[string]*instance),
@@ -259,6 +266,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	close(notesDone)
 	nbg.Wait()
 	s.reaper.close()
+	s.journal.close()
 	s.log.Info("supervisor stopped, processes left running")
 	if reapErr != nil {
 		return fmt.Errorf("supervisor: %w", reapErr)
@@ -394,10 +402,10 @@ func (s *Supervisor) addLogs(in *instance) {
 	s.rot.Add(s.LogPath(in.id, "stderr"), in.spec.Logs)
 }
 
-// forget drops the state file, cgroup and log rotation of a removed instance.
+// forget drops the state record, cgroup and log rotation of a removed instance.
 func (s *Supervisor) forget(in *instance) {
 	if err := s.removeState(in.id); err != nil {
-		s.log.Warn("remove state file", "instance", in.id, "error", err)
+		s.log.Warn("remove state record", "instance", in.id, "error", err)
 	}
 	if in.group != nil {
 		if err := in.group.Remove(); err != nil {
@@ -591,7 +599,7 @@ func (s *Supervisor) Wait(ctx context.Context, id string) (Status, error) {
 	}
 }
 
-// Remove forgets a terminal instance: its state file and cgroup are deleted,
+// Remove forgets a terminal instance: its state record and cgroup are deleted,
 // its logs stay. A live instance gives ErrActive.
 func (s *Supervisor) Remove(id string) error {
 	s.mu.Lock()

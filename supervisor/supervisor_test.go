@@ -59,8 +59,8 @@ func TestStartStop(t *testing.T) {
 	if err := h.Remove("web-1"); err != nil {
 		t.Fatalf("Remove() = %v", err)
 	}
-	if _, ok := h.Status("web-1"); ok || fileExists(h.statePath("web-1")) {
-		t.Fatal("instance or state file still there after Remove")
+	if _, ok := h.Status("web-1"); ok || h.journal.has("web-1") {
+		t.Fatal("instance or state record still there after Remove")
 	}
 	if err := h.Remove("web-1"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Remove() again = %v, want ErrNotFound", err)
@@ -522,8 +522,8 @@ func TestBadInput(t *testing.T) {
 	if l := h.List(); len(l) != 0 {
 		t.Fatalf("instances left behind: %+v", l)
 	}
-	if entries, _ := filepath.Glob(filepath.Join(h.cfg.StateDir, "*.json")); len(entries) != 0 {
-		t.Fatalf("state files left behind: %v", entries)
+	if recs, _ := h.loadAll(); len(recs) != 0 {
+		t.Fatalf("state records left behind: %+v", recs)
 	}
 	if _, err := h.Start(ctxT(t), ok); err != nil {
 		t.Fatalf("valid spec: %v", err)

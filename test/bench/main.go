@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -81,6 +83,8 @@ func run() error {
 	agents := flag.Int("agents", 3, "agents (subprocesses)")
 	visorBin := flag.String("visor", "", "visor binary (default: build ./cmd/visor)")
 	idle := flag.Duration("idle", 20*time.Second, "idle measurement window at the largest N")
+	profile := flag.String("profile", "", "write each agent's CPU profile of every scale-up (the first -profile-seconds) into this directory")
+	profileFor := flag.Duration("profile-seconds", 5*time.Second, "length of the -profile CPU profiles")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
@@ -133,7 +137,7 @@ func run() error {
 		sockets = append(sockets, filepath.Join(dataDir, "run", "agent.sock"))
 		cmd := exec.Command(bin, "agent", "--endpoints", srv.Endpoint(),
 			"-host", fmt.Sprintf("bench-%d", i), "-data-dir", dataDir, "-run-dir", filepath.Join(dataDir, "run"),
-			"-http-addr", "off", "-cgroups", "none", "-log-level", "warn", "-stop-on-exit",
+			"-http-addr", "off", "-cgroups", "none", "-log-level", "warn", "-stop-on-exit", "-enable-pprof",
 			"-port-range", fmt.Sprintf("%d-%d", lo, lo+2999))
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
@@ -170,7 +174,15 @@ func run() error {
 		// because the machine's load drifts.
 		floorBefore := bareExec(n)
 		claims0 := scrapeClaims(sockets)
+		var profiles sync.WaitGroup
+		if *profile != "" {
+			for i, sock := range sockets {
+				out := filepath.Join(*profile, fmt.Sprintf("agent-%d-n%d.pprof", i, n))
+				profiles.Go(func() { fetchProfile(sock, *profileFor, out) })
+			}
+		}
 		r, err := scaleUp(ctx, reg, cli, n, procs)
+		profiles.Wait()
 		if err != nil {
 			return err
 		}
@@ -344,6 +356,33 @@ func bareExec(n int) float64 {
 	return d
 }
 
+// unixClient is an HTTP client for an agent's API socket.
+func unixClient(sock string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+}
+
+// fetchProfile saves the agent's CPU profile over the next d to out.
+func fetchProfile(sock string, d time.Duration, out string) {
+	resp, err := unixClient(sock, d+30*time.Second).Get(fmt.Sprintf("http://agent/debug/pprof/profile?seconds=%d", int(d.Seconds())))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(out)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+		return
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
+}
+
 // scrapeClaims sums the claim counters of the agents' /metrics, read over
 // their unix sockets.
 func scrapeClaims(sockets []string) map[string]float64 {
@@ -354,13 +393,7 @@ func scrapeClaims(sockets []string) map[string]float64 {
 		"visor_agent_claim_conflicts_total": "conflicts",
 	}
 	for _, sock := range sockets {
-		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", sock)
-			},
-		}}
-		resp, err := c.Get("http://agent/metrics")
+		resp, err := unixClient(sock, 5*time.Second).Get("http://agent/metrics")
 		if err != nil {
 			continue
 		}
