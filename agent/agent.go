@@ -46,10 +46,11 @@ type Agent struct {
 	peers     atomic.Pointer[[]registry.Host] // live hosts, for claim ranks
 	// claimLatency is a recent claim round trip in nanoseconds (see
 	// noteClaimLatency).
-	claimLatency atomic.Int64
-	services     *discovery.Store
-	registrar    *discovery.Registrar
-	started      time.Time
+	claimLatency   atomic.Int64
+	claimsInFlight atomic.Int64 // claim transactions sent, not yet answered
+	services       *discovery.Store
+	registrar      *discovery.Registrar
+	started        time.Time
 
 	// bg owns goroutines spawned outside the main loops (stopping replaced
 	// instances); Run waits for them before it returns.
@@ -581,9 +582,7 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		}()
 	}
 
-	// Claim delays do not hold an execution slot (see ticketSlots), so
-	// this loop keeps reading claims and abandons doomed waits at once.
-	q := newTicketSlots(a.cfg.MaxParallel)
+	p := a.newPipeline(sctx, s)
 	for ev := range a.reg.WatchTickets(sctx, a.cfg.HostID) {
 		if ev.Err != nil {
 			a.log.Warn("ticket watch", "error", ev.Err)
@@ -598,20 +597,9 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		if !a.eligible(ev.Ticket) || !a.markInflight(ev.Ticket.ID) {
 			continue
 		}
-		if !q.wait(sctx) {
-			a.unmarkInflight(ev.Ticket.ID)
-			continue
-		}
-		tctx, abandon := context.WithCancel(sctx)
-		a.setAbandon(ev.Ticket.ID, abandon)
-		wg.Add(1)
-		go func(t registry.Ticket) {
-			defer wg.Done()
-			defer a.unmarkInflight(t.ID)
-			defer abandon()
-			a.handle(sctx, tctx, s, t, q)
-		}(ev.Ticket)
+		p.offer(ev.Ticket)
 	}
+	p.close()
 	select {
 	case <-s.Done():
 		return registry.ErrLeaseLost

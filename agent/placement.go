@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"hash/fnv"
 	"math"
 	"slices"
 	"time"
@@ -34,20 +33,28 @@ func (a *Agent) watchPeers(ctx context.Context) {
 
 // claimDelay is the wait before claiming ticket t: 0 for a ticket
 // targeted at this host, else this host's rank for t times the backup
-// step plus a jitter below ClaimDelay.
-func (a *Agent) claimDelay(t registry.Ticket) time.Duration {
+// step plus a jitter below ClaimDelay. backup reports a rank above 0.
+func (a *Agent) claimDelay(t registry.Ticket) (d time.Duration, backup bool) {
 	if t.Host != "" {
-		return 0
+		return 0, false
 	}
 	jitter := time.Duration(rendezvous(a.cfg.HostID, t.ID) % uint64(a.cfg.ClaimDelay+1))
-	return time.Duration(a.claimRank(t))*a.backupStep() + jitter
+	rank := a.claimRank(t)
+	return time.Duration(rank)*a.backupStep() + jitter, rank > 0
 }
+
+// maxBackupPostpone bounds how often a backup claim is put off while this
+// agent's own claims are still in flight.
+const maxBackupPostpone = 4
 
 // backupStep is how much longer each next-ranked host waits: ClaimBackup,
 // or twice the recent claim round trip if that is longer. In a burst of
 // tickets etcd is busy and the first-ranked host's claims take longer to
 // show; a backup claim sent before they land would only collide with
-// them. A waiting host checks the step again when its timer fires.
+// them. A waiting host checks the step again when its timer fires, and
+// while claims of its own are still in flight (etcd is queueing claims,
+// the first-ranked host's too) it puts a backup claim off by another
+// half step, at most maxBackupPostpone times.
 func (a *Agent) backupStep() time.Duration {
 	return max(a.cfg.ClaimBackup, 2*time.Duration(a.claimLatency.Load()))
 }
@@ -106,13 +113,20 @@ func placementScore(h registry.Host, id string) float64 {
 	return -w / math.Log(u)
 }
 
-// rendezvous hashes a host and a ticket id.
+// rendezvous hashes a host and a ticket id (FNV-1a over host, a zero
+// byte and id, written out so it allocates nothing: it runs for every
+// host and every ticket).
 func rendezvous(host, ticket string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(host))
-	h.Write([]byte{0})
-	h.Write([]byte(ticket))
-	return mix64(h.Sum64())
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(host); i++ {
+		h = (h ^ uint64(host[i])) * prime
+	}
+	h *= prime // the zero byte
+	for i := 0; i < len(ticket); i++ {
+		h = (h ^ uint64(ticket[i])) * prime
+	}
+	return mix64(h)
 }
 
 // mix64 is a 64-bit finalizer (splitmix64's) that spreads FNV's output

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/visorhq/visor/registry"
@@ -15,104 +16,190 @@ import (
 	"github.com/visorhq/visor/supervisor/restart"
 )
 
-// ticketSlots bounds the tickets an agent works on: those waiting out
-// their claim delay, and those executing (MaxParallel). A claim holds no
-// execution slot: if waiting or claiming did, a burst of tickets would fill
-// the slots, the ticket loop would stop reading the watch, other hosts'
-// claims would not be seen, and waits that should be abandoned would end
-// in doomed claim transactions instead; and this host's own claims would
-// reach etcd late, so that other hosts' backup claims collide with them.
-// A claimed ticket then waits for a slot (its instance shows claimed).
-type ticketSlots struct {
-	waiting, running chan struct{}
+// pipeline takes the tickets this agent may claim through three stages:
+//
+//   - a goroutine per ticket waits out its claim delay (see placement.go)
+//     and gives up when another host's claim shows up; it only waits on
+//     timers, so its stack stays small;
+//   - MaxParallel claimers send the claims;
+//   - MaxParallel executors run the claimed tickets.
+//
+// Waiting and claiming take no execution slot: if they did, a burst of
+// tickets would fill the slots, the ticket loop would stop reading the
+// watch, other hosts' claims would go unseen and waits that should be
+// abandoned would end in doomed claim transactions; and this host's own
+// claims would reach etcd late, so other hosts' backup claims would
+// collide with them. A claimed ticket waits for an executor (its instance
+// shows claimed). The claimers and executors are long-lived, so the deep
+// stacks of a claim (gRPC) and a start (fork/exec) are grown once, not
+// once per ticket.
+type pipeline struct {
+	a               *Agent
+	ctx             context.Context // the session
+	s               *registry.HostSession
+	slot            chan struct{} // bounds tickets waiting out their delay
+	claimCh, execCh chan *job
+
+	waiters, claimers, executors sync.WaitGroup
+
+	drainOnce   sync.Once
+	drainCtx    context.Context // bounds releases at shutdown; see drain
+	drainCancel context.CancelFunc
 }
 
-func newTicketSlots(parallel int) *ticketSlots {
-	return &ticketSlots{waiting: make(chan struct{}, 16*parallel), running: make(chan struct{}, parallel)}
+// job is one ticket in the pipeline.
+type job struct {
+	t       registry.Ticket
+	wait    context.Context // ends when another host claims t, or the session ends
+	abandon context.CancelFunc
+	inst    registry.Instance // as claimed
 }
 
-// wait enters the waiting set; false if ctx ended first.
-func (q *ticketSlots) wait(ctx context.Context) bool {
-	select {
-	case q.waiting <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
+func (a *Agent) newPipeline(ctx context.Context, s *registry.HostSession) *pipeline {
+	n := a.cfg.MaxParallel
+	p := &pipeline{a: a, ctx: ctx, s: s, slot: make(chan struct{}, 16*n),
+		claimCh: make(chan *job, n), execCh: make(chan *job, 16*n)}
+	for range n {
+		p.claimers.Go(p.claimLoop)
+		p.executors.Go(p.execLoop)
 	}
+	return p
 }
 
-// leave leaves the waiting set.
-func (q *ticketSlots) leave() { <-q.waiting }
-
-// run takes an execution slot; false (and no slot) if ctx ended first.
-func (q *ticketSlots) run(ctx context.Context) bool {
+// offer starts the wait of a ticket marked in flight; it blocks while
+// 16 * MaxParallel tickets are waiting already.
+func (p *pipeline) offer(t registry.Ticket) {
 	select {
-	case q.running <- struct{}{}:
-		if ctx.Err() != nil {
-			<-q.running
-			return false
+	case p.slot <- struct{}{}:
+	case <-p.ctx.Done():
+		p.a.unmarkInflight(t.ID)
+		return
+	}
+	wait, abandon := context.WithCancel(p.ctx)
+	p.a.setAbandon(t.ID, abandon)
+	j := &job{t: t, wait: wait, abandon: abandon}
+	p.waiters.Go(func() {
+		defer func() { <-p.slot }()
+		if !p.a.waitClaimDelay(j) {
+			p.finish(j, true)
+			return
 		}
-		return true
-	case <-ctx.Done():
-		return false
+		select {
+		case p.claimCh <- j:
+		case <-j.wait.Done():
+			p.finish(j, true)
+		}
+	})
+}
+
+// close waits for every stage to finish; call it after the session's
+// context ended and no more offers come.
+func (p *pipeline) close() {
+	p.waiters.Wait()
+	close(p.claimCh)
+	p.claimers.Wait()
+	close(p.execCh)
+	p.executors.Wait()
+	if p.drainCancel != nil {
+		p.drainCancel()
 	}
 }
 
-// done gives an execution slot back.
-func (q *ticketSlots) done() { <-q.running }
+// finish takes j out of the pipeline; lost counts it as a claim lost.
+func (p *pipeline) finish(j *job, lost bool) {
+	if lost {
+		p.a.metrics.claimsLost.Inc()
+	}
+	j.abandon()
+	p.a.unmarkInflight(j.t.ID)
+}
 
-// handle claims ticket t after its claim delay, then executes it in one of
-// q's execution slots. wait ends early when another host claims t first
-// (or ctx ends).
-func (a *Agent) handle(ctx, wait context.Context, s *registry.HostSession, t registry.Ticket, q *ticketSlots) {
+func (p *pipeline) claimLoop() {
+	a := p.a
+	for j := range p.claimCh {
+		a.claiming(j.t.ID)
+		if j.wait.Err() != nil {
+			p.finish(j, true)
+			continue
+		}
+		sent := time.Now()
+		a.claimsInFlight.Add(1)
+		inst, err := p.s.Claim(p.ctx, j.t)
+		a.claimsInFlight.Add(-1)
+		a.noteClaimLatency(time.Since(sent))
+		switch {
+		case errors.Is(err, registry.ErrClaimed), errors.Is(err, registry.ErrTicketChanged),
+			errors.Is(err, registry.ErrTicketDone), errors.Is(err, registry.ErrNotFound):
+			a.metrics.claimConflicts.Inc()
+			a.log.Debug("ticket taken by another host", "ticket", j.t.ID, "error", err)
+			p.finish(j, true)
+			continue
+		case err != nil:
+			if p.ctx.Err() == nil {
+				a.log.Warn("claim ticket", "ticket", j.t.ID, "error", err)
+			}
+			p.finish(j, false)
+			continue
+		}
+		a.metrics.claimsWon.Inc()
+		j.inst = inst
+		p.execCh <- j // executors drain execCh until it is closed
+	}
+}
+
+func (p *pipeline) execLoop() {
+	for j := range p.execCh {
+		if p.ctx.Err() != nil {
+			// Shutting down (or the lease is gone) before it started.
+			_ = p.s.Release(p.drain(), j.t, "agent shutting down before the ticket was started")
+		} else {
+			p.a.execute(p.ctx, p.drain, p.s, j.t, j.inst)
+		}
+		p.finish(j, false)
+	}
+}
+
+// drain returns the context releases at shutdown use: one deadline for
+// all of them, 2 s from the first, so that shutdown stays quick even with
+// many claimed tickets and etcd unreachable.
+func (p *pipeline) drain() context.Context {
+	p.drainOnce.Do(func() {
+		p.drainCtx, p.drainCancel = context.WithTimeout(context.WithoutCancel(p.ctx), 2*time.Second)
+	})
+	return p.drainCtx
+}
+
+// waitClaimDelay waits out j's claim delay: its rank among the hosts for
+// the ticket times the backup step, re-checked when the timer fires (the
+// rank or the step may have changed); a backup claim is put off while this
+// agent's own claims are in flight. False if the wait ended first.
+func (a *Agent) waitClaimDelay(j *job) bool {
 	seen := time.Now()
-	for d := a.claimDelay(t); d > 0; {
+	d, backup := a.claimDelay(j.t)
+	for postponed := 0; d > 0; {
 		timer := time.NewTimer(d)
 		select {
 		case <-timer.C:
-		case <-wait.Done():
+		case <-j.wait.Done():
 			timer.Stop()
+			return false
 		}
-		if wait.Err() != nil {
-			break
+		d, backup = a.claimDelay(j.t)
+		d -= time.Since(seen)
+		if d <= 0 && backup && postponed < maxBackupPostpone && a.claimsInFlight.Load() > 0 {
+			d = a.backupStep() / 2
+			postponed++
 		}
-		// The backup step may have grown meanwhile (etcd got busy).
-		d = a.claimDelay(t) - time.Since(seen)
 	}
-	q.leave()
-	a.claiming(t.ID)
-	if wait.Err() != nil {
-		a.metrics.claimsLost.Inc()
-		return
-	}
-	sent := time.Now()
-	inst, err := s.Claim(ctx, t)
-	a.noteClaimLatency(time.Since(sent))
-	switch {
-	case errors.Is(err, registry.ErrClaimed), errors.Is(err, registry.ErrTicketChanged),
-		errors.Is(err, registry.ErrTicketDone), errors.Is(err, registry.ErrNotFound):
-		a.metrics.claimsLost.Inc()
-		a.metrics.claimConflicts.Inc()
-		a.log.Debug("ticket taken by another host", "ticket", t.ID, "error", err)
-		return
-	case err != nil:
-		if ctx.Err() == nil {
-			a.log.Warn("claim ticket", "ticket", t.ID, "error", err)
-		}
-		return
-	}
-	if !q.run(ctx) {
-		// Shutting down (or the lease is gone) before a slot was free.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		_ = s.Release(rctx, t, "agent shutting down before the ticket was started")
-		return
-	}
-	defer q.done()
-	a.metrics.claimsWon.Inc()
+	return j.wait.Err() == nil
+}
+
+// execute runs a claimed ticket and completes or releases it. drain gives
+// the context of a release when ctx ended meanwhile.
+func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *registry.HostSession, t registry.Ticket, inst registry.Instance) {
 	log := a.log.With("ticket", t.ID, "op", string(t.Op), "instance", inst.ID)
 	log.Info("ticket claimed")
-
+	var err error
 	switch t.Op {
 	case registry.TicketStart:
 		err = a.start(ctx, s, t, inst)
@@ -131,9 +218,7 @@ func (a *Agent) handle(ctx, wait context.Context, s *registry.HostSession, t reg
 	if ctx.Err() != nil {
 		// Shutdown or lease loss: the claim dies with the lease (or is
 		// released below), and another host or our next session retries.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		_ = s.Release(rctx, t, "agent shutting down before the ticket was done")
+		_ = s.Release(drain(), t, "agent shutting down before the ticket was done")
 		return
 	}
 	log.Warn("ticket failed; releasing it", "error", err)
