@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/visorhq/visor/internal/embedetcd"
 	"github.com/visorhq/visor/internal/etcdtest"
 )
 
@@ -87,8 +88,21 @@ func fanOut(b *testing.B, n, count int, op func(i int) error) {
 // (the BenchmarkRawTxn operation, same concurrency, timer stopped) and
 // reports both rates and their ratio (claim-%-of-raw).
 func BenchmarkClaim(b *testing.B) {
-	c := etcdtest.New(b)
-	cli := c.Client(b)
+	for _, fsync := range []bool{false, true} {
+		b.Run(fmt.Sprintf("fsync=%v", fsync), func(b *testing.B) { benchClaim(b, fsync) })
+	}
+}
+
+// benchMember starts the benchmarks' etcd member: fsync off (as in the
+// tests; CPU-bound, where a claim's extra operations weigh most) or on (as
+// etcd runs in production, where the WAL's fsync weighs most).
+func benchMember(b *testing.B, fsync bool) *clientv3.Client {
+	c := etcdtest.NewWith(b, func(cfg *embedetcd.Config) { cfg.Unsafe = !fsync })
+	return c.Client(b)
+}
+
+func benchClaim(b *testing.B, fsync bool) {
+	cli := benchMember(b, fsync)
 	for _, n := range benchConcurrency {
 		b.Run(fmt.Sprintf("claimers=%d", n), func(b *testing.B) {
 			ctx := context.Background()
@@ -154,8 +168,13 @@ func BenchmarkClaim(b *testing.B) {
 // is a raw single-key etcd transaction at the same concurrency on the same
 // kind of member.
 func BenchmarkRawTxn(b *testing.B) {
-	c := etcdtest.New(b)
-	cli := c.Client(b)
+	for _, fsync := range []bool{false, true} {
+		b.Run(fmt.Sprintf("fsync=%v", fsync), func(b *testing.B) { benchRawTxn(b, fsync) })
+	}
+}
+
+func benchRawTxn(b *testing.B, fsync bool) {
+	cli := benchMember(b, fsync)
 	for _, n := range benchConcurrency {
 		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
 			ctx := context.Background()
