@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/etcdwatch"
 )
 
 // Store reads and writes service endpoints in etcd under
@@ -253,7 +255,7 @@ func (s *Store) watch(ctx context.Context, name string, next int64, out chan<- E
 			opts = append(opts, clientv3.WithRev(next))
 		}
 		wch := s.cli.Watch(wctx, key, opts...)
-		for resp := range wch {
+		for resp := range etcdwatch.Responses(ctx, wch) {
 			if resp.CompactRevision != 0 {
 				cancel()
 				send(ctx, out, Event{Revision: resp.CompactRevision,

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/etcdwatch"
 )
 
 // ErrLastHost means a drain would leave no live host to run instances on.
@@ -132,7 +134,8 @@ func (r *Registry) WatchDrain(ctx context.Context, host string) <-chan bool {
 				return
 			}
 			wctx, cancel := context.WithCancel(ctx)
-			for wr := range r.cli.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
+			wch := r.cli.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1))
+			for wr := range etcdwatch.Responses(ctx, wch) {
 				if wr.Err() != nil {
 					break
 				}

@@ -9,6 +9,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/etcdwatch"
 )
 
 // WatchHosts sends the set of live hosts (sorted by id, Draining not
@@ -82,7 +84,8 @@ func (r *Registry) hostFromKV(kv *mvccpb.KeyValue) (Host, bool) {
 func (r *Registry) followHosts(ctx context.Context, ch chan []Host, hosts map[string]Host, rev int64) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for wr := range r.cli.Watch(wctx, r.hostsDir(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	wch := r.cli.Watch(wctx, r.hostsDir(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	for wr := range etcdwatch.Responses(ctx, wch) {
 		if err := wr.Err(); err != nil {
 			if !errors.Is(err, context.Canceled) {
 				r.log.Debug("host watch ended; listing again", "error", err)

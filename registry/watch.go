@@ -10,6 +10,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/etcdwatch"
 )
 
 // TicketEvent is one change seen by WatchTickets.
@@ -152,6 +154,8 @@ func (w *ticketWatch) watch(ctx context.Context, rev int64) bool {
 		case resp, ok = <-tw:
 		case resp, ok = <-cw:
 			claims = true
+		case <-ctx.Done():
+			return seen // see etcdwatch.Responses
 		}
 		if !ok {
 			return seen
@@ -323,7 +327,7 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 		}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wch := r.cli.Watch(wctx, r.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(rev))
-		for resp := range wch {
+		for resp := range etcdwatch.Responses(ctx, wch) {
 			if resp.CompactRevision != 0 {
 				if !send(Event{Revision: resp.CompactRevision, Err: fmt.Errorf("%w: events from revision %d to %d are gone", ErrCompacted, rev, resp.CompactRevision-1)}) {
 					break
