@@ -55,17 +55,36 @@ type fixState struct {
 // lead campaigns for leadership with the host lease and runs the reconciler while
 // leader, until ctx ends or the session is lost.
 func (a *Agent) lead(ctx context.Context, lease int64) {
-	// Campaign cleans up a cancelled candidacy with Resign(client.Ctx()),
-	// which blocks until etcd answers: after a lease lost in a partition it
-	// held the session loop (and re-registering) until the network healed
-	// and the stalled connection recovered, seconds that count against the
-	// lost-host grace (test/fault). A client view whose context ends with
-	// ctx bounds that cleanup. Never Close the view: it shares the client's
-	// watcher and lease streams.
+	// After a lease lost in a partition, a cancelled candidacy must not
+	// hold the session loop (and re-registering) until the network heals
+	// and the stalled connection recovers: those seconds count against the
+	// lost-host grace (test/fault). Two things in Campaign would:
+	//   - it cleans up with Resign(client.Ctx()), which blocks until etcd
+	//     answers: a client view whose context ends with ctx bounds that;
+	//   - it waits for the previous candidates' keys to go by ranging over
+	//     a watch channel, which clientv3 closes on cancel only once the
+	//     watch stream is up again (11 s measured): the view gets a
+	//     watcher of its own, closed as soon as ctx ends, which closes its
+	//     channels at once.
+	// Never Close the view itself: it shares the client's KV and lease
+	// streams.
 	cli := a.reg.Client()
+	watcher := clientv3.NewWatcher(cli)
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = watcher.Close()
+		close(closed)
+	})
+	defer func() {
+		if stop() {
+			_ = watcher.Close()
+		} else {
+			<-closed // the AfterFunc's Close: wait for it
+		}
+	}()
 	view := clientv3.NewCtxClient(ctx)
 	view.Cluster, view.KV, view.Lease, view.Watcher, view.Auth, view.Maintenance =
-		cli.Cluster, cli.KV, cli.Lease, cli.Watcher, cli.Auth, cli.Maintenance
+		cli.Cluster, cli.KV, cli.Lease, watcher, cli.Auth, cli.Maintenance
 	sess, err := concurrency.NewSession(view, concurrency.WithLease(clientv3.LeaseID(lease)), concurrency.WithContext(ctx))
 	if err != nil {
 		if ctx.Err() == nil {
