@@ -3,9 +3,12 @@
 //
 //   - it registers the host under one etcd lease (TTL, keepalive at TTL/3)
 //     that also binds the host's claims and instance index;
-//   - it watches the tickets this host may claim, claims them atomically
-//     after a small jittered delay that grows with the host's load, and
-//     executes them (start, stop, restart, signal) through the supervisor;
+//   - it watches the tickets this host may claim and claims them
+//     atomically: every agent ranks the live hosts for a ticket by weighted
+//     rendezvous hashing (weights from their reported load), the first
+//     claims at once and the others only as backups (placement.go); claimed
+//     tickets are executed (start, stop, restart, signal) through the
+//     supervisor by a bounded pool (tickets.go);
 //   - it writes each instance's state transitions back, coalescing bursts so
 //     that an instance start costs at most four etcd writes;
 //   - it survives etcd outages: processes keep running, the latest state of
