@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -233,17 +234,25 @@ func (s *HostSession) Reclaim(ctx context.Context, t Ticket) error {
 		return s.leaseErr(what, err)
 	}
 	if !resp.Succeeded {
-		tkv, ckv := first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))
-		switch {
-		case tkv == nil:
-			return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
-		case ckv != nil:
-			return fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
-		case tkv.ModRevision != t.ModRevision:
-			return fmt.Errorf("%s: %w", what, ErrTicketChanged)
-		default:
-			return fmt.Errorf("%s: instance %q is not bound to this session: %w", what, t.Instance, ErrNotHolder)
+		if err := lostClaim(what, t, first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))); err != nil {
+			return err
 		}
+		return fmt.Errorf("%s: instance %q is not bound to this session: %w", what, t.Instance, ErrNotHolder)
+	}
+	return nil
+}
+
+// lostClaim explains a claim of ticket t that did not go through, from the
+// ticket (tkv) and its claim (ckv) as read: the ticket is gone, someone
+// holds it, or it changed. nil if none of these holds.
+func lostClaim(what string, t Ticket, tkv, ckv *mvccpb.KeyValue) error {
+	switch {
+	case tkv == nil:
+		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+	case ckv != nil:
+		return fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
+	case tkv.ModRevision != t.ModRevision:
+		return fmt.Errorf("%s: %w", what, ErrTicketChanged)
 	}
 	return nil
 }
@@ -324,21 +333,15 @@ func (s *HostSession) claimFailure(ctx context.Context, t Ticket) error {
 	if err != nil {
 		return s.leaseErr(what, err)
 	}
-	tkv, ckv := first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))
-	switch {
-	case tkv == nil:
-		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
-	case ckv != nil:
-		return fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
-	case tkv.ModRevision != t.ModRevision:
-		return fmt.Errorf("%s: %w", what, ErrTicketChanged)
-	case t.Op == TicketStart:
+	if err := lostClaim(what, t, first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))); err != nil {
+		return err
+	}
+	if t.Op == TicketStart {
 		// Every condition holds again now: the claim that beat this one
 		// has already been released.
 		return fmt.Errorf("%s: %w", what, ErrClaimed)
-	default:
-		return fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
 	}
+	return fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
 }
 
 // holderCmp compares that this session holds the claim of ticket id.

@@ -267,10 +267,7 @@ func (j *journal) compactLocked() error {
 	if err := os.Rename(tmp, j.path()); err != nil {
 		return fmt.Errorf("compact state journal: %w", err)
 	}
-	if j.f != nil {
-		j.f.Close()
-		j.f = nil // reopened on the next append: the old handle is the old file
-	}
+	j.closeLocked() // reopened on the next append: the old handle is the old file
 	j.lines = len(ids)
 	return nil
 }
@@ -279,8 +276,12 @@ func (j *journal) compactLocked() error {
 func (j *journal) close() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	j.closeLocked()
+}
+
+func (j *journal) closeLocked() {
 	if j.f != nil {
-		j.f.Close()
+		_ = j.f.Close()
 		j.f = nil
 	}
 }
