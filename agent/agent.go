@@ -61,6 +61,10 @@ type Agent struct {
 	sessionCh chan struct{} // closed and replaced whenever session changes
 	inflight  map[string]struct{}
 	live      map[string]struct{}           // non-terminal instances supervised here
+	// reserved holds the instances of start tickets being claimed or
+	// started here that the supervisor has not reported yet; with live
+	// they count against Capacity.
+	reserved map[string]struct{}
 	waiting   map[string]context.CancelFunc // tickets waiting out the claim delay
 	httpAddr  string
 	// draining is set while the registry says this host is being drained:
@@ -97,6 +101,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		sessionCh: make(chan struct{}),
 		inflight:  make(map[string]struct{}),
 		live:      make(map[string]struct{}),
+		reserved:  make(map[string]struct{}),
 		waiting:   make(map[string]context.CancelFunc),
 	}
 	a.metrics = newMetrics(a)
@@ -652,23 +657,58 @@ func (a *Agent) abandon(id string) {
 	}
 }
 
-// liveCount is the number of instances supervised here that are not terminal.
-// It is read for every ticket (claim delay, capacity), so it comes from a
-// set kept up to date by state changes, not from a walk of the supervisor.
+// liveCount is the number of instances supervised here that are not
+// terminal, plus the starts reserved (claimed or being claimed, not yet
+// reported by the supervisor). It comes from sets kept up to date by state
+// changes, not from a walk of the supervisor.
 func (a *Agent) liveCount() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.live)
+	return len(a.live) + len(a.reserved)
 }
 
-// noteState keeps the set of live (non-terminal) instances.
+// noteState keeps the set of live (non-terminal) instances; the first
+// report of an instance ends its reservation.
 func (a *Agent) noteState(id string, st supervisor.State) {
 	a.mu.Lock()
+	delete(a.reserved, id)
 	if st.Terminal() {
 		delete(a.live, id)
 	} else {
 		a.live[id] = struct{}{}
 	}
+	a.mu.Unlock()
+}
+
+// reserve takes room for instance id under Capacity before its start
+// ticket is claimed: false when the host is full. A burst of tickets is
+// thus never claimed past the capacity, though the instances start later.
+func (a *Agent) reserve(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cfg.Capacity > 0 && len(a.live)+len(a.reserved) >= a.cfg.Capacity {
+		return false
+	}
+	a.reserved[id] = struct{}{}
+	return true
+}
+
+// settleReservation ends the reservation of instance id once its start
+// ticket ran, unless a report of the supervisor is still to come (and
+// will end it): the start failed, or the instance was running already.
+func (a *Agent) settleReservation(id string) {
+	_, supervised := a.sup.Status(id)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, reported := a.live[id]; !supervised || reported {
+		delete(a.reserved, id)
+	}
+}
+
+// unreserve gives back the room of a start that did not happen.
+func (a *Agent) unreserve(id string) {
+	a.mu.Lock()
+	delete(a.reserved, id)
 	a.mu.Unlock()
 }
 

@@ -471,3 +471,40 @@ func TestAgentCrashedInstanceLeavesDiscovery(t *testing.T) {
 	f.waitEndpoints(t, a.Agent, 1)
 	a.stop(t)
 }
+
+// TestAgentCapacity: a host with capacity 2 claims no more than 2 of a
+// burst of 5 start tickets; the rest wait for another host, which takes
+// them when it joins.
+func TestAgentCapacity(t *testing.T) {
+	f := newFixture(t)
+	f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true; c.Capacity = 2 })
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 5)
+	must(t, err)
+	f.waitRunning(t, "demo", 2)
+	// Nothing more is claimed: 3 tickets stay unclaimed.
+	proctest.WaitFor(t, 10*time.Second, "3 unclaimed start tickets", func() bool {
+		ts, err := f.reg.Tickets(f.ctx)
+		if err != nil {
+			return false
+		}
+		free := 0
+		for _, tk := range ts {
+			if tk.Holder == "" {
+				free++
+			}
+		}
+		return free == 3
+	})
+	if got := len(f.running(t, "demo")); got != 2 {
+		t.Fatalf("%d instances running on a host of capacity 2", got)
+	}
+	f.startAgent(t, "host-b", t.TempDir(), func(c *Config) { c.StopOnExit = true })
+	all := f.waitRunning(t, "demo", 5)
+	on := map[string]int{}
+	for _, in := range all {
+		on[in.Host]++
+	}
+	if on["host-a"] != 2 || on["host-b"] != 3 {
+		t.Errorf("instances per host = %v, want host-a 2, host-b 3", on)
+	}
+}

@@ -122,11 +122,20 @@ func (p *pipeline) claimLoop() {
 			p.finish(j, true)
 			continue
 		}
+		start := j.t.Op == registry.TicketStart
+		if start && !a.reserve(j.t.Instance) {
+			a.log.Debug("host full; leaving the ticket to others", "ticket", j.t.ID)
+			p.finish(j, true)
+			continue
+		}
 		sent := time.Now()
 		a.claimsInFlight.Add(1)
 		inst, err := p.s.Claim(p.ctx, j.t)
 		a.claimsInFlight.Add(-1)
 		a.noteClaimLatency(time.Since(sent))
+		if err != nil && start {
+			a.unreserve(j.t.Instance)
+		}
 		switch {
 		case errors.Is(err, registry.ErrClaimed), errors.Is(err, registry.ErrTicketChanged),
 			errors.Is(err, registry.ErrTicketDone), errors.Is(err, registry.ErrNotFound):
@@ -154,6 +163,9 @@ func (p *pipeline) execLoop() {
 			_ = p.s.Release(p.drain(), j.t, "agent shutting down before the ticket was started")
 		} else {
 			p.a.execute(p.ctx, p.drain, p.s, j.t, j.inst)
+		}
+		if j.t.Op == registry.TicketStart {
+			p.a.settleReservation(j.t.Instance)
 		}
 		p.finish(j, false)
 	}
