@@ -60,13 +60,13 @@ type Agent struct {
 	session   *registry.HostSession
 	sessionCh chan struct{} // closed and replaced whenever session changes
 	inflight  map[string]struct{}
-	live      map[string]struct{}           // non-terminal instances supervised here
+	live      map[string]struct{} // non-terminal instances supervised here
 	// reserved holds the instances of start tickets being claimed or
 	// started here that the supervisor has not reported yet; with live
 	// they count against Capacity.
 	reserved map[string]struct{}
-	waiting   map[string]context.CancelFunc // tickets waiting out the claim delay
-	httpAddr  string
+	waiting  map[string]context.CancelFunc // tickets waiting out the claim delay
+	httpAddr string
 	// draining is set while the registry says this host is being drained:
 	// no start tickets are claimed then.
 	draining  atomic.Bool
