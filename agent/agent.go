@@ -697,7 +697,7 @@ func (a *Agent) reserve(id string) bool {
 // ticket ran, unless a report of the supervisor is still to come (and
 // will end it): the start failed, or the instance was running already.
 func (a *Agent) settleReservation(id string) {
-	_, supervised := a.sup.Status(id)
+	supervised := a.sup.Has(id)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, reported := a.live[id]; !supervised || reported {

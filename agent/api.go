@@ -222,7 +222,7 @@ func (a *Agent) handleInstance(w http.ResponseWriter, r *http.Request) {
 // handleLogs serves ?stream=stdout|stderr&tail=N&follow=1.
 func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, ok := a.sup.Status(id); !ok {
+	if !a.sup.Has(id) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no instance %q on this host", id))
 		return
 	}

@@ -188,6 +188,7 @@ func (p *pipeline) drain() context.Context {
 func (a *Agent) waitClaimDelay(j *job) bool {
 	seen := time.Now()
 	d, backup := a.claimDelay(j.t)
+	wasBackup := backup
 	for postponed := 0; d > 0; {
 		timer := time.NewTimer(d)
 		select {
@@ -198,7 +199,10 @@ func (a *Agent) waitClaimDelay(j *job) bool {
 		}
 		d, backup = a.claimDelay(j.t)
 		d -= time.Since(seen)
-		if d <= 0 && backup && postponed < maxBackupPostpone && a.claimsInFlight.Load() > 0 {
+		// A host that ranked first when the ticket came may still be
+		// claiming it even if the ranks moved since (a status update
+		// changed a weight): a backup stays one.
+		if d <= 0 && (backup || wasBackup) && postponed < maxBackupPostpone && a.claimsInFlight.Load() > 0 {
 			d = a.backupStep() / 2
 			postponed++
 		}

@@ -26,8 +26,8 @@ func TestStartStop(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Start() = %v", err)
 	}
-	if st.State != StateRunning || st.PID <= 0 || st.Meta["app"] != "web" {
-		t.Fatalf("Start() status = %+v", st)
+	if st.State != StateRunning || st.PID <= 0 || st.Meta["app"] != "web" || !h.Has("web-1") {
+		t.Fatalf("Start() status = %+v (known: %v)", st, h.Has("web-1"))
 	}
 	if !proctest.Alive(st.PID) {
 		t.Fatalf("pid %d not alive", st.PID)
@@ -59,7 +59,7 @@ func TestStartStop(t *testing.T) {
 	if err := h.Remove("web-1"); err != nil {
 		t.Fatalf("Remove() = %v", err)
 	}
-	if _, ok := h.Status("web-1"); ok || h.journal.has("web-1") {
+	if _, ok := h.Status("web-1"); ok || h.Has("web-1") || h.journal.has("web-1") {
 		t.Fatal("instance or state record still there after Remove")
 	}
 	if err := h.Remove("web-1"); !errors.Is(err, ErrNotFound) {
