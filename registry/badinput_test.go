@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -357,6 +358,28 @@ func TestWatchEvents(t *testing.T) {
 	if runEv.State != InstanceRunning || runEv.App != "web" || runEv.Instance != in.ID {
 		t.Errorf("instance event = %+v", runEv)
 	}
+
+	// The same history, read back with Events: whole, and cut at a
+	// revision.
+	hist, err := r.Events(ctx, start+1, 0)
+	must(t, err)
+	key := func(e Event) string { return fmt.Sprintf("%s@%d:%s", e.Type, e.Revision, e.Key) }
+	if len(hist) != len(got) {
+		t.Fatalf("Events returned %d events, the watch %d", len(hist), len(got))
+	}
+	for i := range got {
+		if key(hist[i]) != key(got[i]) {
+			t.Errorf("event %d: Events %s, watch %s", i, key(hist[i]), key(got[i]))
+		}
+	}
+	cut := got[9].Revision
+	part, err := r.Events(ctx, start+1, cut)
+	must(t, err)
+	if len(part) == 0 || part[len(part)-1].Revision != cut || len(part) >= len(got) {
+		t.Errorf("Events up to %d: %d events, last at %d", cut, len(part), part[len(part)-1].Revision)
+	}
+	_, err = r.Events(ctx, 0, 0)
+	mustIs(t, err, ErrInvalid)
 
 	// Resume from the middle: the same events from there on.
 	cancel()

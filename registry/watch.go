@@ -290,6 +290,86 @@ type Event struct {
 	Err error `json:"-"`
 }
 
+// events maps the raw changes of one watch response to typed events. The
+// tickets touched per revision are noted first, so that a claim deleted
+// along with its ticket (Complete, Release) is not also reported.
+func (r *Registry) events(evs []*clientv3.Event) []Event {
+	tickets := map[string]bool{}
+	for _, ev := range evs {
+		if id, ok := strings.CutPrefix(string(ev.Kv.Key), r.ticketsDir()); ok {
+			tickets[fmt.Sprintf("%s@%d", id, ev.Kv.ModRevision)] = true
+		}
+	}
+	var out []Event
+	for _, ev := range evs {
+		if e, ok := r.event(ev, tickets); ok {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Events returns the typed events of revisions from to to, inclusive (to
+// 0: up to the current revision), as WatchEvents would send them. It reads
+// them with a watch from from and asks etcd for progress notifications:
+// one at or past to means every event up to it was delivered. ErrCompacted
+// if from is older than the compaction.
+func (r *Registry) Events(ctx context.Context, from, to int64) ([]Event, error) {
+	if from <= 0 {
+		return nil, fmt.Errorf("%w: events from revision %d", ErrInvalid, from)
+	}
+	if to <= 0 {
+		cur, err := r.CurrentRevision(ctx)
+		if err != nil {
+			return nil, err
+		}
+		to = cur
+	}
+	if from > to {
+		return nil, nil
+	}
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	// A watcher of its own: its progress requests concern only this watch,
+	// and closing it ends the watch at once.
+	w := clientv3.NewWatcher(r.cli)
+	defer w.Close()
+	wch := w.Watch(ctx, r.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(from))
+	if err := w.RequestProgress(ctx); err != nil {
+		return nil, fmt.Errorf("registry: events: %w", err)
+	}
+	var out []Event
+	for resp := range etcdwatch.Responses(ctx, wch) {
+		if resp.CompactRevision != 0 {
+			return nil, fmt.Errorf("%w: events from revision %d to %d are gone", ErrCompacted, from, resp.CompactRevision-1)
+		}
+		if err := resp.Err(); err != nil {
+			return nil, fmt.Errorf("registry: events: %w", err)
+		}
+		for _, e := range r.events(resp.Events) {
+			if e.Revision > to {
+				return out, nil
+			}
+			out = append(out, e)
+		}
+		if n := len(resp.Events); n > 0 && resp.Events[n-1].Kv.ModRevision >= to {
+			return out, nil
+		}
+		if resp.IsProgressNotify() && resp.Header.Revision >= to {
+			return out, nil
+		}
+		if resp.IsProgressNotify() {
+			if err := w.RequestProgress(ctx); err != nil {
+				return nil, fmt.Errorf("registry: events: %w", err)
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("registry: events: the watch ended before revision %d", to)
+}
+
 // WatchEvents streams typed registry events from fromRevision (0 = from
 // now). To resume, pass the last Event.Revision + 1. A goroutine owned by
 // ctx runs the watch; it closes the channel after ctx ends.
@@ -342,21 +422,14 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 				break
 			}
 			failures = 0
-			// Tickets touched per revision, so that a claim deleted along
-			// with its ticket (Complete, Release) is not also reported.
-			tickets := map[string]bool{}
-			for _, ev := range resp.Events {
-				if id, ok := strings.CutPrefix(string(ev.Kv.Key), r.ticketsDir()); ok {
-					tickets[fmt.Sprintf("%s@%d", id, ev.Kv.ModRevision)] = true
-				}
-			}
-			for _, ev := range resp.Events {
-				e, ok := r.event(ev, tickets)
-				rev = ev.Kv.ModRevision + 1
-				if ok && !send(e) {
+			for _, e := range r.events(resp.Events) {
+				if !send(e) {
 					cancel()
 					return
 				}
+			}
+			if n := len(resp.Events); n > 0 {
+				rev = resp.Events[n-1].Kv.ModRevision + 1
 			}
 		}
 		cancel()

@@ -7,9 +7,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/visorhq/visor/registry"
 )
@@ -162,159 +159,19 @@ func followEvents(ctx context.Context, r *registry.Registry, p eventPrinter, sin
 	return nil
 }
 
-// historyIdle bounds how long historyEvents waits for an event it expects
-// when the registry reports none; a safety net should the registry stop
-// reporting a kind of key that emitsEvent still lists.
-const historyIdle = 3 * time.Second
-
 // historyEvents prints the events from since up to the current revision.
-// A raw etcd watch on the prefix first finds the last revision up to the
-// current one that changed keys the registry reports, and which those keys
-// were; the registry's typed events are then printed until each of those
-// keys has been reported.
 func historyEvents(ctx context.Context, r *registry.Registry, p eventPrinter, since int64) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	cur, err := r.CurrentRevision(ctx)
-	if err != nil {
-		return fmt.Errorf("events: %w", err)
-	}
-	if since > cur {
-		return nil
-	}
-	until, lastKeys, err := lastChange(ctx, r.Client(), r.Prefix(), since, cur)
+	evs, err := r.Events(ctx, since, 0)
 	if err != nil {
 		return fmt.Errorf("events since %d: %w", since, err)
 	}
-	if until == 0 {
-		return nil
-	}
-	idle := time.NewTimer(historyIdle)
-	defer idle.Stop()
-	events := r.WatchEvents(ctx, since)
-	defer drain(cancel, events)
-	for {
-		select {
-		case <-idle.C:
-			return nil
-		case ev, ok := <-events:
-			if !ok {
-				return ctx.Err()
-			}
-			if ev.Revision > until {
-				return nil
-			}
-			o := newEventOut(ev)
-			if err := p.print(o, o.line()); err != nil {
-				return err
-			}
-			if ev.Revision == until {
-				delete(lastKeys, strings.TrimPrefix(ev.Key, r.Prefix()))
-				if len(lastKeys) == 0 {
-					return nil
-				}
-			}
-			idle.Reset(historyIdle)
+	for _, ev := range evs {
+		o := newEventOut(ev)
+		if err := p.print(o, o.line()); err != nil {
+			return err
 		}
 	}
-}
-
-// rawChange is one key change seen by the raw watch, key relative to the
-// prefix.
-type rawChange struct {
-	key string
-	del bool
-}
-
-// emitsEvent reports whether the registry reports a change of key (relative
-// to the prefix) as an event; changes holds every change of the same
-// revision. It mirrors registry's event mapping: index and generation keys
-// make no event, nor does a claim deleted along with its ticket.
-func emitsEvent(c rawChange, changes []rawChange) bool {
-	parts := strings.Split(c.key, "/")
-	switch {
-	case parts[0] == "apps" && len(parts) == 2:
-		return true
-	case parts[0] == "apps" && len(parts) == 4:
-		return parts[2] == "revs" || parts[2] == "procs" || parts[2] == "env"
-	case parts[0] == "apps" && len(parts) == 5:
-		return parts[2] == "scale"
-	case parts[0] == "claims" && len(parts) == 2:
-		if !c.del {
-			return true
-		}
-		for _, o := range changes {
-			if o.key == "tickets/"+parts[1] {
-				return false
-			}
-		}
-		return true
-	case len(parts) == 2:
-		return parts[0] == "tickets" || parts[0] == "instances" || parts[0] == "hosts" || parts[0] == "drains"
-	}
-	return false
-}
-
-// lastChange returns the last revision in [since, cur] that changed keys
-// under prefix which make registry events, with those keys (relative to
-// prefix); 0 if there is none. It watches from since and asks etcd for a
-// progress notification, which etcd sends once every event up to its
-// revision has been delivered.
-func lastChange(ctx context.Context, cli *clientv3.Client, prefix string, since, cur int64) (int64, map[string]bool, error) {
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	w := clientv3.NewWatcher(cli)
-	defer w.Close()
-	var (
-		last     int64
-		lastKeys map[string]bool
-		rev      int64
-		group    []rawChange
-	)
-	// flush evaluates the changes of revision rev.
-	flush := func() {
-		keys := map[string]bool{}
-		for _, c := range group {
-			if emitsEvent(c, group) {
-				keys[c.key] = true
-			}
-		}
-		if len(keys) > 0 {
-			last, lastKeys = rev, keys
-		}
-		group = group[:0]
-	}
-	wch := w.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(since))
-	if err := w.RequestProgress(ctx); err != nil {
-		return 0, nil, err
-	}
-	for resp := range wch {
-		if err := resp.Err(); err != nil {
-			return 0, nil, err
-		}
-		for _, ev := range resp.Events {
-			if ev.Kv.ModRevision > cur {
-				flush()
-				return last, lastKeys, nil
-			}
-			if ev.Kv.ModRevision != rev {
-				flush()
-				rev = ev.Kv.ModRevision
-			}
-			group = append(group, rawChange{
-				key: strings.TrimPrefix(string(ev.Kv.Key), prefix),
-				del: ev.Type == clientv3.EventTypeDelete,
-			})
-		}
-		if resp.IsProgressNotify() && resp.Header.Revision >= cur {
-			flush()
-			return last, lastKeys, nil
-		}
-		if err := w.RequestProgress(ctx); err != nil {
-			return 0, nil, err
-		}
-	}
-	return 0, nil, ctx.Err()
+	return nil
 }
 
 // drain cancels a registry watch and waits for its channel to close, so
