@@ -453,35 +453,27 @@ func (a *Agent) stopAll(ctx context.Context, reason string) {
 // are stopped here: they were replaced. Registry instances of this host
 // with no local process are written back as exited.
 func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
-	local := make(map[string]bool)
-	for _, st := range a.sup.List() {
+	list := a.sup.List()
+	local := make(map[string]bool, len(list))
+	// Each adoption is two or three round trips; a host with hundreds of
+	// instances does them adoptParallel at a time, not one after another.
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, adoptParallel)
+	for _, st := range list {
 		local[st.ID] = true
 		if st.State.Terminal() {
 			a.writer.touch(st.ID)
 			continue
 		}
-		_, err := s.Adopt(ctx, st.ID)
-		switch {
-		case err == nil:
-			a.reclaimStartTicket(ctx, s, st)
-			// Still ours: restarts may happen again (held since Restore).
-			if err := a.sup.Resume(st.ID); err != nil {
-				a.log.Warn("resume restarts", "instance", st.ID, "error", err)
-			}
-			a.writer.touch(st.ID)
-		case errors.Is(err, registry.ErrNotHolder), errors.Is(err, registry.ErrNotFound):
-			if a.writer.drop(st.ID) {
-				a.log.Info("instance replaced while away; stopping it", "instance", st.ID)
-				id := st.ID
-				a.spawn(func() { a.stopReplaced(id) })
-			}
-		default:
-			if ctx.Err() != nil {
-				return
-			}
-			a.log.Warn("adopt instance", "instance", st.ID, "error", err)
-			a.writer.touch(st.ID)
-		}
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			a.adoptOne(ctx, s, st)
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
 	}
 
 	insts, err := a.reg.HostInstances(ctx, a.cfg.HostID)
@@ -501,6 +493,36 @@ func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 		if err := s.UpdateInstance(ctx, in); err != nil {
 			a.log.Warn("mark missing instance exited", "instance", in.ID, "error", err)
 		}
+	}
+}
+
+// adoptParallel bounds the adoptions adoptAll runs at once.
+const adoptParallel = 16
+
+// adoptOne rebinds one live local instance to session s, or stops it when
+// it was replaced while this host was away.
+func (a *Agent) adoptOne(ctx context.Context, s *registry.HostSession, st supervisor.Status) {
+	_, err := s.Adopt(ctx, st.ID)
+	switch {
+	case err == nil:
+		a.reclaimStartTicket(ctx, s, st)
+		// Still ours: restarts may happen again (held since Restore).
+		if err := a.sup.Resume(st.ID); err != nil {
+			a.log.Warn("resume restarts", "instance", st.ID, "error", err)
+		}
+		a.writer.touch(st.ID)
+	case errors.Is(err, registry.ErrNotHolder), errors.Is(err, registry.ErrNotFound):
+		if a.writer.drop(st.ID) {
+			a.log.Info("instance replaced while away; stopping it", "instance", st.ID)
+			id := st.ID
+			a.spawn(func() { a.stopReplaced(id) })
+		}
+	default:
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("adopt instance", "instance", st.ID, "error", err)
+		a.writer.touch(st.ID)
 	}
 }
 
