@@ -89,6 +89,12 @@ func Dial(ctx context.Context, c Config) (*Registry, error) {
 		DialTimeout: c.DialTimeout,
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(reconnect)},
+		// Keepalive pings find a connection that a partition left dead
+		// (its TCP stream would otherwise wait out retransmission backoff
+		// after the heal: requests stalled ~5 s in test/fault). 6 s stays
+		// above etcd's default --grpc-keepalive-min-time of 5 s.
+		DialKeepAliveTime:    6 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), err)
