@@ -594,9 +594,14 @@ func describe(m map[string]registry.Instance) string {
 	for _, in := range m {
 		per[in.Host]++
 	}
+	return countsLine(per)
+}
+
+// countsLine prints counts as "k=n" pairs sorted by key.
+func countsLine[K ~string](per map[K]int) string {
 	var parts []string
-	for h, n := range per {
-		parts = append(parts, fmt.Sprintf("%s=%d", h, n))
+	for k, n := range per {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, n))
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, " ")

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -649,10 +648,5 @@ func (f *fleet) stateCounts(app string) string {
 	for _, in := range insts {
 		per[in.State]++
 	}
-	var parts []string
-	for st, n := range per {
-		parts = append(parts, fmt.Sprintf("%s=%d", st, n))
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, " ")
+	return countsLine(per)
 }
