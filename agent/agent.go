@@ -708,11 +708,23 @@ func (a *Agent) noteState(id string, st supervisor.State) {
 func (a *Agent) reserve(id string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.cfg.Capacity > 0 && len(a.live)+len(a.reserved) >= a.cfg.Capacity {
+	if a.fullLocked() {
 		return false
 	}
 	a.reserved[id] = struct{}{}
 	return true
+}
+
+// fullLocked reports whether the live and reserved instances fill Capacity.
+func (a *Agent) fullLocked() bool {
+	return a.cfg.Capacity > 0 && len(a.live)+len(a.reserved) >= a.cfg.Capacity
+}
+
+// full reports whether this host is at its capacity.
+func (a *Agent) full() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.fullLocked()
 }
 
 // settleReservation ends the reservation of instance id once its start
@@ -752,7 +764,7 @@ func (a *Agent) eligible(t registry.Ticket) bool {
 	if t.Op == registry.TicketStart && a.draining.Load() {
 		return false
 	}
-	if t.Op == registry.TicketStart && a.cfg.Capacity > 0 && a.liveCount() >= a.cfg.Capacity {
+	if t.Op == registry.TicketStart && a.full() {
 		return false
 	}
 	return true
