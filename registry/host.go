@@ -554,7 +554,8 @@ func withHolderView(cur, inst Instance) Instance {
 // fields keep their stored values. The stored instance must name this host
 // and not be lost (else ErrNotHolder), and the state change must pass
 // ValidTransition (else ErrTransition). The host index entry is rebound to
-// this session's lease, or deleted when the new state is terminal.
+// this session's lease if it is not on it already (one nested transaction
+// in the same request), or deleted when the new state is terminal.
 func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
 	if err := validID("instance id", inst.ID); err != nil {
 		return err
@@ -573,11 +574,18 @@ func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
 			return false, fmt.Errorf("%s: %w", what, err)
 		}
 		next := withHolderView(cur, inst)
+		ik := r.hostInstanceKey(s.id, cur.ID)
 		ops := []clientv3.Op{clientv3.OpPut(r.instanceKey(cur.ID), encode(next))}
 		if next.State.Terminal() {
-			ops = append(ops, clientv3.OpDelete(r.hostInstanceKey(s.id, cur.ID)))
+			ops = append(ops, clientv3.OpDelete(ik))
 		} else {
-			ops = append(ops, clientv3.OpPut(r.hostInstanceKey(s.id, cur.ID), "", clientv3.WithLease(s.lease)))
+			// The index entry is written only when it is not on this
+			// session's lease already (after a new lease, before Adopt):
+			// re-putting it on every update would cost a put and send an
+			// event to every watcher of hosts/ for nothing.
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease)}, nil,
+				[]clientv3.Op{clientv3.OpPut(ik, "", clientv3.WithLease(s.lease))}))
 		}
 		if cur.counted() != next.counted() {
 			ops = append(ops, touch(r.genKey(cur.App, cur.Rev, cur.Proc)))

@@ -208,9 +208,17 @@ func TestClaimLifecycle(t *testing.T) {
 		t.Fatalf("instances all=%v app=%v host=%v other=%v", all, byApp, byHost, none)
 	}
 
-	// Holder updates keep registry-owned fields.
+	// Holder updates keep registry-owned fields, and leave an index entry
+	// already on the session's lease untouched.
 	code := 0
+	before, err := cli.Get(ctx, r.hostInstanceKey("h1", in.ID))
+	must(t, err)
 	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceRunning, PID: 4243, Restarts: map[string]int{"fail": 1}}))
+	after, err := cli.Get(ctx, r.hostInstanceKey("h1", in.ID))
+	must(t, err)
+	if len(after.Kvs) != 1 || after.Kvs[0].ModRevision != before.Kvs[0].ModRevision {
+		t.Errorf("index entry rewritten by an update: before %+v, after %+v", before.Kvs, after.Kvs)
+	}
 	mustIs(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstancePending}), ErrTransition)
 
 	// Restart and signal tickets target the instance's host.
@@ -345,6 +353,19 @@ func TestAdoptAndMarkLost(t *testing.T) {
 	other := register(t, r, "h2")
 	_, err = other.Adopt(ctx, in.ID)
 	mustIs(t, err, ErrNotHolder)
+
+	// Another new lease: an update before Adopt rebinds the index entry
+	// (gone with the old lease) to the new one.
+	_, err = cli.Revoke(ctx, fresh.Lease())
+	must(t, err)
+	<-fresh.Done()
+	fresh = register(t, r, "h1")
+	must(t, fresh.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceRunning, PID: 7}))
+	idx, err = cli.Get(ctx, r.hostInstanceKey("h1", in.ID))
+	must(t, err)
+	if len(idx.Kvs) != 1 || clientv3.LeaseID(idx.Kvs[0].Lease) != fresh.Lease() {
+		t.Fatalf("index after an update with a new lease = %+v", idx.Kvs)
+	}
 
 	// The reconciler marks it lost; the holder can no longer move it.
 	must(t, r.MarkLost(ctx, in.ID, "host h1 gone"))

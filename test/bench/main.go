@@ -37,7 +37,13 @@ type Result struct {
 	TicketToRunningP50Ms  float64 `json:"ticket_to_running_p50_ms"`
 	TicketToRunningP99Ms  float64 `json:"ticket_to_running_p99_ms"`
 	EtcdWritesPerInstance float64 `json:"etcd_writes_per_instance"`
-	ScaleDownSeconds      float64 `json:"scale_down_seconds"`
+	// KeyChangesPerInstance counts the keys those writes put or deleted
+	// (each is one event to every watcher of its key), and of them the
+	// host index entries (hosts/<h>/instances/<id>), which reach every
+	// agent's host watch.
+	KeyChangesPerInstance   float64 `json:"key_changes_per_instance"`
+	IndexChangesPerInstance float64 `json:"host_index_changes_per_instance"`
+	ScaleDownSeconds        float64 `json:"scale_down_seconds"`
 	// CPU seconds spent from the Scale call until all ran: by the agents
 	// (summed; their children's fork/exec counts here too, as the fork
 	// happens in the agent), and by this process (etcd is embedded in it).
@@ -268,6 +274,11 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 		return r, err
 	}
 	r.EtcdWritesPerInstance = float64(rev1-rev0) / float64(n)
+	keys, index, err := keyChanges(ctx, cli, "/visor/", rev0+1, rev1)
+	if err != nil {
+		return r, err
+	}
+	r.KeyChangesPerInstance, r.IndexChangesPerInstance = float64(keys)/float64(n), float64(index)/float64(n)
 	insts, err := reg.AppInstances(ctx, "bench")
 	if err != nil {
 		return r, err
@@ -280,6 +291,36 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 	}
 	r.TicketToRunningP50Ms, r.TicketToRunningP99Ms = pct(lat, 0.5), pct(lat, 0.99)
 	return r, nil
+}
+
+// keyChanges counts the key changes in revisions from..to (inclusive)
+// from etcd's history, and of them the host index entries under prefix.
+// It watches the whole key space, so every revision has its events.
+func keyChanges(ctx context.Context, cli *clientv3.Client, prefix string, from, to int64) (total, index int, err error) {
+	if to < from {
+		return 0, 0, nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for resp := range cli.Watch(wctx, "\x00", clientv3.WithFromKey(), clientv3.WithRev(from)) {
+		if err := resp.Err(); err != nil {
+			return total, index, err
+		}
+		for _, ev := range resp.Events {
+			if ev.Kv.ModRevision > to {
+				return total, index, nil
+			}
+			total++
+			rest, ok := strings.CutPrefix(string(ev.Kv.Key), prefix+"hosts/")
+			if ok && strings.Contains(rest, "/instances/") {
+				index++
+			}
+			if ev.Kv.ModRevision == to && resp.Events[len(resp.Events)-1] == ev {
+				return total, index, nil
+			}
+		}
+	}
+	return total, index, ctx.Err()
 }
 
 func measureIdle(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, agents []*exec.Cmd, n int, window time.Duration) (*Idle, error) {
