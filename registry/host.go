@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"strings"
 	"sync"
@@ -81,6 +82,53 @@ type HostSession struct {
 	cancel context.CancelFunc // stops the keepalive stream
 	donec  chan struct{}      // closed by the keepalive goroutine on exit
 	wg     sync.WaitGroup     // the keepalive goroutine
+
+	mu sync.Mutex
+	// known holds, per instance this session holds, the record as it last
+	// wrote or read it, with its ModRevision: the base of the next
+	// holder update, which then needs no read first. A copy that is stale
+	// (someone else wrote the record since) fails the update's revision
+	// compare, is forgotten, and the update reads the record and goes on.
+	known map[string]Instance
+}
+
+// remember keeps in (as stored at in.ModRevision) as the base of this
+// session's next write of it, or forgets it when this session no longer
+// writes it: terminal, lost or another host's.
+func (s *HostSession) remember(in Instance) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if in.Host != s.id || in.State.Terminal() || in.State == InstanceLost || in.ModRevision == 0 {
+		delete(s.known, in.ID)
+		return
+	}
+	// The caller may reuse its map and pointer; keep copies.
+	in.Restarts = maps.Clone(in.Restarts)
+	if in.ExitCode != nil {
+		code := *in.ExitCode
+		in.ExitCode = &code
+	}
+	s.known[in.ID] = in
+}
+
+// forget drops the remembered copy of instance id.
+func (s *HostSession) forget(id string) {
+	s.mu.Lock()
+	delete(s.known, id)
+	s.mu.Unlock()
+}
+
+// stored returns the record of instance id this session remembers (cached
+// true), else reads it from etcd.
+func (s *HostSession) stored(ctx context.Context, id string) (in Instance, cached bool, err error) {
+	s.mu.Lock()
+	in, cached = s.known[id]
+	s.mu.Unlock()
+	if cached {
+		return in, true, nil
+	}
+	in, err = s.r.Instance(ctx, id)
+	return in, false, err
 }
 
 // RegisterHost grants a lease with ttl (rounded up to whole seconds, default
@@ -131,7 +179,7 @@ func (r *Registry) RegisterHost(ctx context.Context, h Host, ttl time.Duration) 
 		return nil, fmt.Errorf("registry: register host %q: keepalive: %w", h.ID, err)
 	}
 	s := &HostSession{r: r, id: h.ID, lease: grant.ID, cancel: cancel, donec: make(chan struct{}),
-		log: r.log.With("host", h.ID)}
+		log: r.log.With("host", h.ID), known: make(map[string]Instance)}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -307,6 +355,7 @@ func (s *HostSession) Claim(ctx context.Context, t Ticket) (Instance, error) {
 	}
 	if t.Op == TicketStart {
 		in.ModRevision = resp.Header.Revision
+		s.remember(in)
 		if s.log.IsDebug() {
 			s.log.Debug("ticket claimed", "ticket", t.ID, "instance", in.ID)
 		}
@@ -316,7 +365,11 @@ func (s *HostSession) Claim(ctx context.Context, t Ticket) (Instance, error) {
 	if kv == nil {
 		return Instance{}, fmt.Errorf("%s: %w: instance %q", claimWhat(t.ID), ErrNotFound, t.Instance)
 	}
-	return decodeInstance(kv, t.Instance)
+	in, err = decodeInstance(kv, t.Instance)
+	if err == nil {
+		s.remember(in)
+	}
+	return in, err
 }
 
 func claimWhat(id string) string { return "registry: claim ticket " + id }
@@ -421,6 +474,7 @@ func (s *HostSession) Release(ctx context.Context, t Ticket, reason string) erro
 			return false, s.leaseErr(what, err)
 		}
 		if resp.Succeeded {
+			s.forget(cur.Instance)
 			s.log.Info("ticket released", "ticket", t.ID, "attempts", cur.Attempts, "final", final, "reason", reason)
 		}
 		return resp.Succeeded, nil
@@ -470,7 +524,7 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 			// survive, and the generation key is touched only when the
 			// instance's counting changes, so completions do not make
 			// concurrent Scale calls retry.
-			cur, err := r.Instance(ctx, in.ID)
+			cur, _, err := s.stored(ctx, in.ID)
 			switch {
 			case errors.Is(err, ErrNotFound):
 				cur = Instance{ID: in.ID, App: t.App, Rev: t.Rev, Proc: t.Proc, Ticket: t.ID, Created: t.Created}
@@ -502,6 +556,10 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 			return false, s.leaseErr(what, err)
 		}
 		if !resp.Succeeded {
+			if in != nil {
+				// The remembered copy may be what failed: read next time.
+				s.forget(in.ID)
+			}
 			if resp.Responses[0].GetResponseRange().Count == 0 {
 				return false, fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
 			}
@@ -526,6 +584,7 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 		if in != nil {
 			*in = next
 			in.ModRevision = resp.Header.Revision
+			s.remember(*in)
 		}
 		return true, nil
 	})
@@ -560,45 +619,69 @@ func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
 	if err := validID("instance id", inst.ID); err != nil {
 		return err
 	}
-	r := s.r
 	what := fmt.Sprintf("registry: update instance %q", inst.ID)
 	return retry(ctx, what, func() (bool, error) {
-		cur, err := r.Instance(ctx, inst.ID)
+		cur, cached, err := s.stored(ctx, inst.ID)
 		if err != nil {
 			return false, err
 		}
-		if cur.Host != s.id || cur.State == InstanceLost {
-			return false, fmt.Errorf("%s: instance is %s on %q: %w", what, cur.State, cur.Host, ErrNotHolder)
+		if cached {
+			ok, err := s.updateFrom(ctx, what, cur, inst)
+			if ok && err == nil {
+				return true, nil
+			}
+			// The remembered copy is stale (or the update is refused on
+			// it): decide on the stored record, read now.
+			s.forget(inst.ID)
+			if cur, err = s.r.Instance(ctx, inst.ID); err != nil {
+				return false, err
+			}
 		}
-		if err := ValidTransition(cur.State, inst.State); err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
-		}
-		next := withHolderView(cur, inst)
-		ik := r.hostInstanceKey(s.id, cur.ID)
-		ops := []clientv3.Op{clientv3.OpPut(r.instanceKey(cur.ID), encode(next))}
-		if next.State.Terminal() {
-			ops = append(ops, clientv3.OpDelete(ik))
-		} else {
-			// The index entry is written only when it is not on this
-			// session's lease already (after a new lease, before Adopt):
-			// re-putting it on every update would cost a put and send an
-			// event to every watcher of hosts/ for nothing.
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease)}, nil,
-				[]clientv3.Op{clientv3.OpPut(ik, "", clientv3.WithLease(s.lease))}))
-		}
-		if cur.counted() != next.counted() {
-			ops = append(ops, touch(r.genKey(cur.App, cur.Rev, cur.Proc)))
-		}
-		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(cur.ID), cur.ModRevision)).Then(ops...).Commit()
-		if err != nil {
-			return false, s.leaseErr(what, err)
-		}
-		if resp.Succeeded && cur.State != next.State {
-			s.log.Info("instance state changed", "instance", cur.ID, "from", cur.State, "to", next.State)
-		}
-		return resp.Succeeded, nil
+		return s.updateFrom(ctx, what, cur, inst)
 	})
+}
+
+// updateFrom is one attempt of UpdateInstance on cur, the record as read
+// or remembered: it checks that this host may make the change and writes
+// it if the record is still at cur.ModRevision (false if not).
+func (s *HostSession) updateFrom(ctx context.Context, what string, cur, inst Instance) (bool, error) {
+	r := s.r
+	if cur.Host != s.id || cur.State == InstanceLost {
+		return false, fmt.Errorf("%s: instance is %s on %q: %w", what, cur.State, cur.Host, ErrNotHolder)
+	}
+	if err := ValidTransition(cur.State, inst.State); err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
+	}
+	next := withHolderView(cur, inst)
+	ik := r.hostInstanceKey(s.id, cur.ID)
+	ops := []clientv3.Op{clientv3.OpPut(r.instanceKey(cur.ID), encode(next))}
+	if next.State.Terminal() {
+		ops = append(ops, clientv3.OpDelete(ik))
+	} else {
+		// The index entry is written only when it is not on this
+		// session's lease already (after a new lease, before Adopt):
+		// re-putting it on every update would cost a put and send an
+		// event to every watcher of hosts/ for nothing.
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease)}, nil,
+			[]clientv3.Op{clientv3.OpPut(ik, "", clientv3.WithLease(s.lease))}))
+	}
+	if cur.counted() != next.counted() {
+		ops = append(ops, touch(r.genKey(cur.App, cur.Rev, cur.Proc)))
+	}
+	resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(cur.ID), cur.ModRevision)).Then(ops...).Commit()
+	if err != nil {
+		return false, s.leaseErr(what, err)
+	}
+	if !resp.Succeeded {
+		return false, nil
+	}
+	next.ModRevision = resp.Header.Revision
+	s.remember(next)
+	if cur.State != next.State {
+		s.log.Info("instance state changed", "instance", cur.ID, "from", cur.State, "to", next.State)
+	}
+	return true, nil
 }
 
 // Adopt rebinds an instance to this session after the agent reconnects with
@@ -626,6 +709,9 @@ func (s *HostSession) Adopt(ctx context.Context, id string) (Instance, error) {
 			return false, s.leaseErr(what, err)
 		}
 		out = cur
+		if resp.Succeeded {
+			s.remember(cur)
+		}
 		return resp.Succeeded, nil
 	})
 	return out, err

@@ -1,13 +1,17 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 
+	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
 )
 
@@ -538,4 +542,68 @@ func TestWatchHosts(t *testing.T) {
 	}
 	must(t, h1.Close(ctx))
 	next("h2")
+}
+
+// rangeCounter counts the client's Range RPCs (reads) through a gRPC
+// interceptor.
+type rangeCounter struct{ n atomic.Int64 }
+
+func (c *rangeCounter) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if method == "/etcdserverpb.KV/Range" {
+		c.n.Add(1)
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// TestHolderWritesWithoutReads: the holder's state writes start from the
+// record the session last wrote, so an update after a claim reads nothing;
+// a record someone else changed meanwhile costs one read, and what they
+// wrote survives.
+func TestHolderWritesWithoutReads(t *testing.T) {
+	c := etcdtest.New(t)
+	var reads rangeCounter
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(reads.intercept)}})
+	must(t, err)
+	t.Cleanup(func() { cli.Close() })
+	r := New(cli, etcdtest.Prefix(t), testLogger(t))
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h := register(t, r, "h1")
+
+	tk := startTicket(t, r, "web", "worker")
+	in, err := h.Claim(ctx, tk)
+	must(t, err)
+	before := reads.n.Load()
+	must(t, h.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting, PID: 10}))
+	in.State, in.PID = InstanceRunning, 10
+	must(t, h.CompleteWith(ctx, tk, in))
+	must(t, h.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceBackoff, PID: 10}))
+	if got := reads.n.Load() - before; got != 0 {
+		t.Errorf("holder writes after a claim read etcd %d times, want 0", got)
+	}
+
+	// Someone else writes the record (a stop ticket names it).
+	st, err := r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID})
+	must(t, err)
+	before = reads.n.Load()
+	must(t, h.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceRunning, PID: 11}))
+	if got := reads.n.Load() - before; got != 1 {
+		t.Errorf("update over a changed record read etcd %d times, want 1", got)
+	}
+	got, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.State != InstanceRunning || got.PID != 11 || got.StopTicket != st.ID {
+		t.Fatalf("instance after the update = %+v, want running, pid 11, stop ticket %s", got, st.ID)
+	}
+
+	// Marked lost by the reconciler: the remembered copy does not let the
+	// holder write over it.
+	must(t, r.MarkLost(ctx, in.ID, "test"))
+	mustIs(t, h.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceRunning, PID: 12}), ErrNotHolder)
+	got, err = r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.State != InstanceLost {
+		t.Fatalf("lost instance overwritten: %+v", got)
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/visorhq/visor/internal/embedetcd"
@@ -41,7 +42,11 @@ type Result struct {
 	// (each is one event to every watcher of its key), and of them the
 	// host index entries (hosts/<h>/instances/<id>), which reach every
 	// agent's host watch.
-	KeyChangesPerInstance   float64 `json:"key_changes_per_instance"`
+	KeyChangesPerInstance float64 `json:"key_changes_per_instance"`
+	// EtcdReadsPerInstance counts the Range requests etcd served from
+	// the Scale call until all ran (agents' reads, and this program's
+	// few), per instance.
+	EtcdReadsPerInstance    float64 `json:"etcd_reads_per_instance"`
 	IndexChangesPerInstance float64 `json:"host_index_changes_per_instance"`
 	ScaleDownSeconds        float64 `json:"scale_down_seconds"`
 	// CPU seconds spent from the Scale call until all ran: by the agents
@@ -241,6 +246,7 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 		return sum
 	}
 	cpuA0, cpuE0 := agentCPU(), cpuSeconds(os.Getpid())
+	reads0 := etcdRequests("Range")
 	busy0, total0 := machineTicks()
 	rev0, err := reg.CurrentRevision(ctx)
 	if err != nil {
@@ -257,6 +263,7 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 		return r, fmt.Errorf("scale to %d: %w (running %d)", n, err, countRunning(ctx, reg))
 	}
 	r.SecondsToAllRunning = time.Since(t0).Seconds()
+	r.EtcdReadsPerInstance = (etcdRequests("Range") - reads0) / float64(n)
 	r.AgentsCPUSeconds, r.EtcdCPUSeconds = agentCPU()-cpuA0, cpuSeconds(os.Getpid())-cpuE0
 	if busy1, total1 := machineTicks(); total1 > total0 {
 		r.MachineBusy = float64(busy1-busy0) / float64(total1-total0)
@@ -291,6 +298,30 @@ func scaleUp(ctx context.Context, reg *registry.Registry, cli *clientv3.Client, 
 	}
 	r.TicketToRunningP50Ms, r.TicketToRunningP99Ms = pct(lat, 0.5), pct(lat, 0.99)
 	return r, nil
+}
+
+// etcdRequests returns how many requests of gRPC method (Range, Txn, ...)
+// the embedded etcd member has handled, from its metrics in this
+// process's default Prometheus registry.
+func etcdRequests(method string) float64 {
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		return 0
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "grpc_server_handled_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "grpc_method" && l.GetValue() == method {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }
 
 // keyChanges counts the key changes in revisions from..to (inclusive)
