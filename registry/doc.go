@@ -46,6 +46,19 @@
 // as claimed with its host index entry (also leased). A host whose lease
 // ends loses its claims, so the tickets are free for other hosts.
 //
+// # Holder writes
+//
+// A HostSession remembers, per instance it holds, the record as it last
+// wrote or read it (with its mod revision). UpdateInstance and CompleteWith
+// build on that copy and compare its revision, so the usual state write is
+// one transaction without a read first. A copy that is stale (the
+// reconciler, a stop ticket or a drain wrote the record since) fails the
+// compare, is forgotten, and the write reads the record and decides on it:
+// what others wrote survives, and a lost instance stays lost. The host index
+// entry is put again only when it is not on the session's lease (a nested
+// transaction in the same request), so steady state updates do not touch
+// hosts/.
+//
 // # Scale
 //
 // Scale writes apps/<app>/scale/<rev>/<proc> and, in the same transaction,
