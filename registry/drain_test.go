@@ -55,9 +55,7 @@ func TestReplaceInstance(t *testing.T) {
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
 	h1 := register(t, r, "h1")
-	tk := startTicket(t, r, "web", "worker")
-	old, err := h1.Claim(ctx, tk)
-	must(t, err)
+	_, old := claimNew(t, r, h1)
 
 	rep, err := r.ReplaceInstance(ctx, old.ID)
 	must(t, err)

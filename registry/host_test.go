@@ -48,6 +48,15 @@ func startTicket(t testing.TB, r *Registry, app, proc string) Ticket {
 	return tk
 }
 
+// claimNew creates a start ticket for web/v1/worker and claims it with s.
+func claimNew(t testing.TB, r *Registry, s *HostSession) (Ticket, Instance) {
+	t.Helper()
+	tk := startTicket(t, r, "web", "worker")
+	in, err := s.Claim(testCtx(t), tk)
+	must(t, err)
+	return tk, in
+}
+
 func TestHostSession(t *testing.T) {
 	r, cli, _ := setup(t)
 	ctx := testCtx(t)
@@ -333,14 +342,12 @@ func TestAdoptAndMarkLost(t *testing.T) {
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
 	old := register(t, r, "h1")
-	tk := startTicket(t, r, "web", "worker")
-	in, err := old.Claim(ctx, tk)
-	must(t, err)
+	tk, in := claimNew(t, r, old)
 	in.State = InstanceRunning
 	must(t, old.CompleteWith(ctx, tk, in))
 
 	// The agent loses its lease but keeps running the process.
-	_, err = cli.Revoke(ctx, old.Lease())
+	_, err := cli.Revoke(ctx, old.Lease())
 	must(t, err)
 	<-old.Done()
 	fresh := register(t, r, "h1")
@@ -571,9 +578,7 @@ func TestHolderWritesWithoutReads(t *testing.T) {
 	seed(t, r, "web", "v1", "worker")
 	h := register(t, r, "h1")
 
-	tk := startTicket(t, r, "web", "worker")
-	in, err := h.Claim(ctx, tk)
-	must(t, err)
+	tk, in := claimNew(t, r, h)
 	before := reads.n.Load()
 	must(t, h.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting, PID: 10}))
 	in.State, in.PID = InstanceRunning, 10
