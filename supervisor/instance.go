@@ -48,6 +48,7 @@ type instance struct {
 	healthKill bool          // the process is being killed for failing health checks
 	continued  bool          // SIGCONT sent since the last stop signal
 	backoff    time.Duration // delay of the pending restart
+	restarting bool          // in Restart's stop phase (Status.Restarting)
 
 	upTimer      *time.Timer
 	killTimer    *time.Timer
@@ -71,6 +72,9 @@ func (in *instance) statusLocked() Status {
 		Reason:    in.reason,
 		Adopted:   in.adopted,
 		Meta:      maps.Clone(in.spec.Meta),
+	}
+	if in.restarting && (in.state == StateStopping || in.state == StateExited) {
+		st.Restarting = true
 	}
 	if in.state == StateBackoff {
 		st.Backoff = in.backoff
@@ -159,6 +163,7 @@ func (s *Supervisor) moveLocked(in *instance, to State, reason string, persist b
 // spawnLocked starts a new process for the instance and moves it to
 // starting (or running when it has no started criterion).
 func (s *Supervisor) spawnLocked(in *instance) error {
+	in.restarting = false
 	if s.cg != nil && in.group == nil {
 		g, err := s.cg.Create(in.id, in.spec.Limits)
 		if err != nil {

@@ -1,6 +1,9 @@
 package supervisor
 
-import "sync"
+import (
+	"context"
+	"sync"
+)
 
 // notifier delivers state changes to the StateHandler in order, from one
 // goroutine, so that a slow handler never blocks the reaper or a timer.
@@ -8,14 +11,22 @@ type notifier struct {
 	h    StateHandler
 	wake chan struct{} // capacity 1
 
-	mu sync.Mutex // guards q
-	q  []Status
+	mu        sync.Mutex // guards the fields below
+	q         []Status
+	pushed    uint64        // changes queued so far
+	delivered uint64        // changes handed to h so far
+	progress  chan struct{} // closed and replaced after each delivered batch
+}
+
+func newNotifier(h StateHandler) *notifier {
+	return &notifier{h: h, wake: make(chan struct{}, 1), progress: make(chan struct{})}
 }
 
 // push queues st; it never blocks.
 func (n *notifier) push(st Status) {
 	n.mu.Lock()
 	n.q = append(n.q, st)
+	n.pushed++
 	n.mu.Unlock()
 	select {
 	case n.wake <- struct{}{}:
@@ -47,6 +58,32 @@ func (n *notifier) drain() {
 		}
 		for _, st := range batch {
 			n.h.InstanceStateChanged(st.ID, st)
+		}
+		n.mu.Lock()
+		n.delivered += uint64(len(batch))
+		close(n.progress)
+		n.progress = make(chan struct{})
+		n.mu.Unlock()
+	}
+}
+
+// wait returns once every change queued before the call has been handed
+// to the handler, or with ctx's error.
+func (n *notifier) wait(ctx context.Context) error {
+	n.mu.Lock()
+	target := n.pushed
+	n.mu.Unlock()
+	for {
+		n.mu.Lock()
+		done, ch := n.delivered >= target, n.progress
+		n.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }

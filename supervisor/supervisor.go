@@ -67,6 +67,11 @@ type Status struct {
 	Held bool `json:"held,omitempty"`
 	// Adopted reports whether the process was re-adopted by Restore.
 	Adopted bool `json:"adopted,omitempty"`
+	// Restarting marks the stopping and exited states of Restart's stop
+	// phase: the instance starts again at once, so a consumer that mirrors
+	// states elsewhere (the agent, into the registry) may skip them rather
+	// than show a stop that is not one.
+	Restarting bool `json:"restarting,omitempty"`
 	// Meta is the Spec's Meta.
 	Meta map[string]string `json:"meta,omitempty"`
 }
@@ -201,7 +206,7 @@ func New(c Config) (*Supervisor, error) {
 	s.reaper = r
 	s.rot = logfile.NewRotator(s.log)
 	if c.Handler != nil {
-		s.notes = &notifier{h: c.Handler, wake: make(chan struct{}, 1)}
+		s.notes = newNotifier(c.Handler)
 	}
 	return s, nil
 }
@@ -434,6 +439,12 @@ func (s *Supervisor) forget(in *instance) {
 // the current status and ctx's error when ctx ends first (the stop goes on).
 // Stopping a terminal instance returns its status.
 func (s *Supervisor) Stop(ctx context.Context, id string) (Status, error) {
+	return s.stop(ctx, id, false)
+}
+
+// stop is Stop; forRestart marks the stop phase of Restart (the statuses
+// it produces have Restarting set).
+func (s *Supervisor) stop(ctx context.Context, id string, forRestart bool) (Status, error) {
 	if err := s.awaitRun(ctx); err != nil {
 		return Status{}, err
 	}
@@ -442,6 +453,9 @@ func (s *Supervisor) Stop(ctx context.Context, id string) (Status, error) {
 		return Status{}, err
 	}
 	in.mu.Lock()
+	if !in.state.Terminal() {
+		in.restarting = forRestart
+	}
 	switch in.state {
 	case StateBackoff:
 		s.stopTimer(&in.backoffTimer)
@@ -452,6 +466,17 @@ func (s *Supervisor) Stop(ctx context.Context, id string) (Status, error) {
 	}
 	in.mu.Unlock()
 	return s.Wait(ctx, id)
+}
+
+// Notified returns once the Handler has been given every state change
+// made before the call (changes reach it from a goroutine of their own,
+// so a Stop or Restart may return before its last change is delivered),
+// or with ctx's error. Without a Handler it returns at once.
+func (s *Supervisor) Notified(ctx context.Context) error {
+	if s.notes == nil {
+		return nil
+	}
+	return s.notes.wait(ctx)
 }
 
 // Resume ends the hold Restore put on an instance (Config.HoldRestored):
@@ -479,7 +504,7 @@ func (s *Supervisor) Resume(id string) error {
 // Restart stops the instance (as Stop) and starts it again with the same
 // spec, counting a "manual" restart and resetting its backoff.
 func (s *Supervisor) Restart(ctx context.Context, id string) (Status, error) {
-	if _, err := s.Stop(ctx, id); err != nil {
+	if _, err := s.stop(ctx, id, true); err != nil {
 		return Status{}, err
 	}
 	// Lock the instance while holding s.mu, so that a concurrent Start
@@ -501,6 +526,13 @@ func (s *Supervisor) Restart(ctx context.Context, id string) (Status, error) {
 	in.tracker.Reset()
 	if err := s.spawnLocked(in); err != nil {
 		in.restarts[restart.ReasonManual]--
+		// The stop phase's exited state is final after all: say so to the
+		// handler, which may have skipped it as part of a restart.
+		in.restarting = false
+		in.reason = "restart failed: " + err.Error()
+		if s.notes != nil {
+			s.notes.push(in.statusLocked())
+		}
 		return in.statusLocked(), err
 	}
 	return in.statusLocked(), nil

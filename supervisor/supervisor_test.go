@@ -330,6 +330,31 @@ func TestManualRestart(t *testing.T) {
 		t.Fatalf("Restart() = %+v (first pid %d)", st, first.PID)
 	}
 	waitNotified(t, h.rec, "again", StateRunning, StateStopping, StateExited, StateStarting, StateRunning)
+	// Only the stop phase of the restart is marked Restarting.
+	restarted := h.rec.of("again")
+	for _, st := range restarted {
+		if want := st.State == StateStopping || st.State == StateExited; st.Restarting != want {
+			t.Errorf("notified %s with Restarting %v, want %v", st.State, st.Restarting, want)
+		}
+	}
+	// A plain stop afterwards is a stop, and once Notified returns the
+	// handler has its last state.
+	final, err := h.Stop(ctx, "again")
+	if err != nil || final.State != StateExited || final.Restarting {
+		t.Fatalf("Stop() = %+v, %v", final, err)
+	}
+	if err := h.Notified(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.rec.states("again"); got[len(got)-1] != StateExited {
+		t.Errorf("after Stop and Notified the handler's last state is %s", got[len(got)-1])
+	}
+	waitNotified(t, h.rec, "again", StateRunning, StateStopping, StateExited, StateStarting, StateRunning, StateStopping, StateExited)
+	for _, st := range h.rec.of("again")[len(restarted):] {
+		if st.Restarting {
+			t.Errorf("stop notified %s with Restarting", st.State)
+		}
+	}
 }
 
 func TestShellExecs(t *testing.T) {
