@@ -129,8 +129,15 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 }
 
 // InstanceStateChanged implements supervisor.StateHandler: it records the
-// latest status for the state writer. It never blocks.
+// latest status for the state writer. It never blocks. The stop phase of a
+// manual restart (Status.Restarting) is not recorded: in the registry the
+// instance goes from running to running again with a new pid, never
+// through a stop, which is final there and would have the reconciler
+// replace an instance that is about to run again.
 func (a *Agent) InstanceStateChanged(id string, st supervisor.Status) {
+	if st.Restarting {
+		return
+	}
 	a.noteState(id, st.State)
 	a.writer.update(id, st)
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -215,6 +216,69 @@ func TestAgentScaleUpAndDown(t *testing.T) {
 			t.Errorf("StopOnExit: pid %d still alive after agent exit", in.PID)
 		}
 	}
+}
+
+// TestAgentInstanceTickets: restart, signal and stop tickets for one
+// instance. A restart runs a new process in place and the registry never
+// shows it stopped (which would have the reconciler replace it); a stop
+// ends it for good.
+func TestAgentInstanceTickets(t *testing.T) {
+	f := newFixture(t)
+	f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true })
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 1)
+	must(t, err)
+	var in registry.Instance
+	for _, only := range f.waitRunning(t, "demo", 1) {
+		in = only
+	}
+	from, err := f.reg.CurrentRevision(f.ctx)
+	must(t, err)
+
+	rt, err := f.reg.CreateTicket(f.ctx, registry.Ticket{Op: registry.TicketRestart, Instance: in.ID})
+	must(t, err)
+	proctest.WaitFor(t, 20*time.Second, "restart ticket done", func() bool {
+		_, err := f.reg.Ticket(f.ctx, rt.ID)
+		return errors.Is(err, registry.ErrNotFound)
+	})
+	// The agent writes the new process's state before it completes the
+	// ticket.
+	got, err := f.reg.Instance(f.ctx, in.ID)
+	must(t, err)
+	if got.State != registry.InstanceRunning || got.PID == in.PID || got.PID == 0 || got.Restarts["manual"] != 1 {
+		t.Fatalf("after restart: %+v (pid before %d)", got, in.PID)
+	}
+	if proctest.Alive(in.PID) {
+		t.Errorf("old pid %d still alive after restart", in.PID)
+	}
+	history, err := f.reg.Events(f.ctx, from+1, 0)
+	must(t, err)
+	for _, ev := range history {
+		if ev.Type == registry.InstanceChanged && ev.Instance == in.ID && ev.State != registry.InstanceRunning {
+			t.Errorf("restart showed instance %s as %s in the registry", in.ID, ev.State)
+		}
+	}
+
+	sig, err := f.reg.CreateTicket(f.ctx, registry.Ticket{Op: registry.TicketSignal, Instance: in.ID, Signal: "STOP"})
+	must(t, err)
+	proctest.WaitFor(t, 20*time.Second, "signal ticket done", func() bool {
+		_, err := f.reg.Ticket(f.ctx, sig.ID)
+		return errors.Is(err, registry.ErrNotFound)
+	})
+	must(t, syscall.Kill(got.PID, syscall.SIGCONT))
+	pid := got.PID
+
+	st, err := f.reg.CreateTicket(f.ctx, registry.Ticket{Op: registry.TicketStop, Instance: in.ID})
+	must(t, err)
+	proctest.WaitFor(t, 20*time.Second, "stop ticket done", func() bool {
+		_, err := f.reg.Ticket(f.ctx, st.ID)
+		return errors.Is(err, registry.ErrNotFound)
+	})
+	got, err = f.reg.Instance(f.ctx, in.ID)
+	must(t, err)
+	if got.State != registry.InstanceExited || got.StopTicket != st.ID {
+		t.Fatalf("after stop: %+v", got)
+	}
+	proctest.WaitFor(t, 10*time.Second, "stopped process gone", func() bool { return !proctest.Alive(pid) })
 }
 
 func TestAgentRestartReadoptsInstances(t *testing.T) {

@@ -405,14 +405,27 @@ func (a *Agent) stop(ctx context.Context, s *registry.HostSession, t registry.Ti
 			a.ports.Free(p, st.ID)
 		}
 	}
-	a.writer.flushOne(ctx, t.Instance)
+	a.flushInstance(ctx, t.Instance)
 	return s.Complete(ctx, t)
+}
+
+// flushInstance waits until the supervisor's state changes so far have
+// reached the state writer and id's latest state is in the registry, so
+// that a ticket completed next is never seen done before its outcome.
+func (a *Agent) flushInstance(ctx context.Context, id string) {
+	if err := a.sup.Notified(ctx); err != nil {
+		return
+	}
+	a.writer.flushOne(ctx, id)
 }
 
 func (a *Agent) restart(ctx context.Context, s *registry.HostSession, t registry.Ticket) error {
 	if _, err := a.sup.Restart(ctx, t.Instance); err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
+	// As for a stop: the new process's state is in the registry before
+	// the ticket is done, so whoever waits for the ticket reads it.
+	a.flushInstance(ctx, t.Instance)
 	return s.Complete(ctx, t)
 }
 
