@@ -250,6 +250,62 @@ func TestDevAgentWithCLI(t *testing.T) {
 	if out, err := visor("logs", "demo-web-00000000"); err == nil || !strings.Contains(out, "not found") {
 		t.Fatalf("visor logs of an unknown instance: %v\n%s", err, out)
 	}
+
+	// Restart in place: a new process on the same host, one manual restart.
+	before := c.workloads()
+	out, err = visor("restart", ticker, "--wait", "--wait-timeout", "60s", "-o", "json")
+	if err != nil {
+		t.Fatalf("visor restart --wait: %v\n%s", err, out)
+	}
+	var restarted []struct {
+		Instance, Op, Ticket, Host, State string
+		PID                               int
+	}
+	must(t, json.Unmarshal([]byte(out), &restarted))
+	if len(restarted) != 1 || restarted[0].Instance != ticker || restarted[0].Op != "restart" ||
+		restarted[0].State != "running" || restarted[0].PID == 0 {
+		t.Fatalf("visor restart -o json: %s", out)
+	}
+	for _, pids := range before {
+		for _, pid := range pids {
+			if pid == restarted[0].PID {
+				t.Fatalf("restart kept pid %d", pid)
+			}
+		}
+	}
+	out, err = visor("ps", "demo", "-o", "json")
+	if err != nil || !strings.Contains(out, `"manual": 1`) {
+		t.Fatalf("ps after restart: want a manual restart counted: %v\n%s", err, out)
+	}
+
+	// Stop one instance: it exits, and the reconciler starts a replacement
+	// (the scale stays 1).
+	if out, err := visor("stop", ticker, "--wait", "--wait-timeout", "60s"); err != nil || !strings.Contains(out, "exited") {
+		t.Fatalf("visor stop --wait: %v\n%s", err, out)
+	}
+	proctest.WaitFor(t, 60*time.Second, "a replacement ticker running", func() bool {
+		out, err := visor("ps", "demo", "-o", "json")
+		if err != nil {
+			return false
+		}
+		var list []struct{ ID, Proc, State string }
+		if json.Unmarshal([]byte(out), &list) != nil {
+			return false
+		}
+		for _, p := range list {
+			if p.Proc == "ticker" && p.State == "running" && p.ID != ticker {
+				return true
+			}
+		}
+		return false
+	})
+	// Bad input: unknown instances and no instance at all.
+	if out, err := visor("restart", "demo-web-00000000"); err == nil || !strings.Contains(out, "not found") {
+		t.Fatalf("visor restart of an unknown instance: %v\n%s", err, out)
+	}
+	if out, err := visor("stop", ticker); err == nil || !strings.Contains(out, ticker) {
+		t.Fatalf("visor stop of a stopped instance: want an error naming it, got %v\n%s", err, out)
+	}
 }
 
 // selfCommand is the shell line that runs this test binary as workload.

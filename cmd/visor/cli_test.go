@@ -143,7 +143,7 @@ func checkFields(t *testing.T, what string, m map[string]any, want ...string) {
 }
 
 // myCommands are the commands this file's package tests cover.
-var myCommands = []string{"app", "env", "rev", "proc", "scale", "ps", "tickets", "hosts", "events"}
+var myCommands = []string{"app", "env", "rev", "proc", "scale", "ps", "tickets", "hosts", "events", "restart", "stop"}
 
 func TestHelpOnEveryCommand(t *testing.T) {
 	root := rootCommand()
@@ -222,6 +222,9 @@ func TestBadInputNoRegistry(t *testing.T) {
 		{"scale no equals", []string{"scale", "web", "v1", "web"}, []string{`"web"`, "PROC=N"}},
 		{"scale twice", []string{"scale", "web", "v1", "web=1", "web=2"}, []string{"given twice"}},
 		{"scale bad timeout", []string{"scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "0s"}, []string{"--wait-timeout", "positive"}},
+		{"restart missing", []string{"restart"}, []string{"restart", "INSTANCE"}},
+		{"stop missing", []string{"stop"}, []string{"stop", "INSTANCE"}},
+		{"restart bad timeout", []string{"restart", "web-web-00000000", "--wait", "--wait-timeout", "-1s"}, []string{"--wait-timeout", "positive"}},
 		{"ps extra", []string{"ps", "a", "b"}, []string{"unexpected argument", `"b"`}},
 		{"tickets extra", []string{"tickets", "x"}, []string{"unexpected argument"}},
 		{"hosts extra", []string{"hosts", "x"}, []string{"unexpected argument"}},

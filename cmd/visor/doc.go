@@ -5,8 +5,9 @@
 // parses flags, builds the root logger and calls into the packages.
 //
 // Subcommands (see `visor --help`): agent (the per-host daemon; -dev runs
-// an embedded etcd too), app, env, rev, proc, scale, ps, tickets, hosts,
-// events, drain, undrain, logs, signal, lookup, service, version. Registry
-// commands talk to etcd directly through package registry; logs and signal
-// call the instance's agent.
+// an embedded etcd too), app, env, rev, proc, scale, ps, restart, stop,
+// tickets, hosts, events, drain, undrain, logs, signal, lookup, service,
+// version. Registry commands talk to etcd directly through package
+// registry (restart and stop write tickets the instance's agent carries
+// out); logs and signal call the instance's agent.
 package main
