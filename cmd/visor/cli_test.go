@@ -359,6 +359,31 @@ func serveTickets(ctx context.Context, r *registry.Registry, sess *registry.Host
 	}
 }
 
+// serve runs handle for every ticket host h1 may claim until the test
+// ends; an error of handle fails the test.
+func serve(t *testing.T, h *harness, handle func(context.Context, *registry.HostSession, registry.Ticket) error) *registry.HostSession {
+	r := h.registry()
+	sess := registerHost(t, r, "h1")
+	ctx, cancel := context.WithCancel(testContext(t))
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serveTickets(ctx, r, sess, errc, handle)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		select {
+		case err := <-errc:
+			t.Errorf("agent: %v", err)
+		default:
+		}
+	})
+	return sess
+}
+
 // lockedBuffer is a bytes.Buffer safe for one writer and a polling reader.
 type lockedBuffer struct {
 	mu  sync.Mutex

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/visorhq/visor/registry"
@@ -45,32 +45,10 @@ func crashOnRestart(ctx context.Context, sess *registry.HostSession, tk registry
 	return sess.Complete(ctx, tk)
 }
 
-// serve runs handle for every ticket host h1 may claim until the test ends.
-func serve(t *testing.T, h *harness, handle func(context.Context, *registry.HostSession, registry.Ticket) error) *registry.HostSession {
-	r := h.registry()
-	sess := registerHost(t, r, "h1")
-	ctx, cancel := context.WithCancel(testContext(t))
-	errc := make(chan error, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		serveTickets(ctx, r, sess, errc, handle)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		select {
-		case err := <-errc:
-			t.Errorf("agent: %v", err)
-		default:
-		}
-	})
-	return sess
-}
-
-// runningIDs returns the ids of app web's running instances.
-func runningIDs(t *testing.T, h *harness) []string {
+// runningIDs returns the ids of app web's running instances, and fails
+// unless there are n.
+func runningIDs(t *testing.T, h *harness, n int) []string {
+	t.Helper()
 	insts, err := h.registry().AppInstances(testContext(t), "web")
 	if err != nil {
 		t.Fatal(err)
@@ -81,18 +59,25 @@ func runningIDs(t *testing.T, h *harness) []string {
 			ids = append(ids, in.ID)
 		}
 	}
+	if len(ids) != n {
+		t.Fatalf("running instances of web: %v, want %d", ids, n)
+	}
 	return ids
+}
+
+// runWeb scales web/v1/web to n on host h1, whose tickets handle carries
+// out from then on, and returns the running instances' ids.
+func runWeb(t *testing.T, h *harness, n int, handle func(context.Context, *registry.HostSession, registry.Ticket) error) []string {
+	t.Helper()
+	setupWeb(h)
+	serve(t, h, handle)
+	h.ok("scale", "web", "v1", fmt.Sprintf("web=%d", n), "--wait", "--wait-timeout", "60s")
+	return runningIDs(t, h, n)
 }
 
 func TestRestartAndStop(t *testing.T) {
 	h := newHarness(t)
-	setupWeb(h)
-	serve(t, h, restartInPlace)
-	h.ok("scale", "web", "v1", "web=2", "--wait", "--wait-timeout", "60s")
-	ids := runningIDs(t, h)
-	if len(ids) != 2 {
-		t.Fatalf("running: %v", ids)
-	}
+	ids := runWeb(t, h, 2, restartInPlace)
 
 	// Without --wait: one line per ticket written.
 	out := h.ok("restart", ids[0])
@@ -134,13 +119,7 @@ func TestRestartAndStop(t *testing.T) {
 
 func TestRestartWaitReportsFailure(t *testing.T) {
 	h := newHarness(t)
-	setupWeb(h)
-	serve(t, h, crashOnRestart)
-	h.ok("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "60s")
-	ids := runningIDs(t, h)
-	if len(ids) != 1 {
-		t.Fatalf("running: %v", ids)
-	}
+	ids := runWeb(t, h, 1, crashOnRestart)
 	res := h.run("restart", ids[0], "--wait", "--wait-timeout", "60s")
 	checkFailure(t, res, 1, []string{"restart " + ids[0], "failed", "exec: no such file"}, nil)
 }
@@ -151,10 +130,7 @@ func TestRestartWaitTimesOut(t *testing.T) {
 	h.ok("scale", "web", "v1", "web=1")
 	// h1 runs the instance, then takes no more tickets.
 	runInstances(t, h.registry(), "h1", 1)
-	ids := runningIDs(t, h)
-	if len(ids) != 1 {
-		t.Fatalf("running: %v", ids)
-	}
+	ids := runningIDs(t, h, 1)
 	res := h.run("restart", ids[0], "--wait", "--wait-timeout", "1s")
 	checkFailure(t, res, 1, []string{"timed out after 1s", ids[0], "running"}, nil)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/visorhq/visor/registry"
@@ -68,17 +67,7 @@ func TestScaleWaitReachesScale(t *testing.T) {
 	h := newHarness(t)
 	setupWeb(h)
 	r := h.registry()
-	sess := registerHost(t, r, "h1")
-
-	ctx, cancel := context.WithCancel(testContext(t))
-	errc := make(chan error, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		serveTickets(ctx, r, sess, errc, carryOut)
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	serve(t, h, carryOut)
 
 	out := h.ok("scale", "web", "v1", "web=3", "worker=1", "--wait", "--wait-timeout", "60s")
 	for _, want := range []string{"web/v1/web 3/3 running\n", "web/v1/worker 1/1 running\n"} {
@@ -90,11 +79,6 @@ func TestScaleWaitReachesScale(t *testing.T) {
 	res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "60s", "-o", "json")
 	if res.code != 0 || !strings.Contains(res.stderr, "web/v1/web 1/1 running\n") || !strings.HasPrefix(res.stdout, "[") {
 		t.Errorf("scale down --wait -o json: exit %d, stdout %q, stderr %q", res.code, res.stdout, res.stderr)
-	}
-	select {
-	case err := <-errc:
-		t.Fatalf("agent: %v", err)
-	default:
 	}
 	insts, err := r.AppInstances(testContext(t), "web")
 	if err != nil {
@@ -123,29 +107,13 @@ func TestScaleWaitShowsFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
 			setupWeb(h)
-			r := h.registry()
-			sess := registerHost(t, r, "h1")
-
-			ctx, cancel := context.WithCancel(testContext(t))
-			errc := make(chan error, 1)
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				serveTickets(ctx, r, sess, errc, tc.handle)
-			}()
-			t.Cleanup(func() { cancel(); wg.Wait() })
+			serve(t, h, tc.handle)
 
 			// Every start fails: the wait shows why and gives up at the timeout.
 			res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "2s")
 			checkFailure(t, res, 1, []string{"timed out after 2s", tc.want}, nil)
 			if !strings.Contains(res.stdout, tc.want+"\n") {
 				t.Errorf("progress does not show the failure: stdout %q", res.stdout)
-			}
-			select {
-			case err := <-errc:
-				t.Fatalf("agent: %v", err)
-			default:
 			}
 		})
 	}
