@@ -70,7 +70,7 @@ type instanceOp struct {
 
 // finished reports whether the op's outcome is known: the instance is
 // lost, or for a stop its ticket is gone (the agent writes the stopped
-// state before it completes the ticket) or it no longer runs, or for a
+// state before it completes the ticket) or it has ended, or for a
 // restart its ticket is gone and the instance has settled: running,
 // crashed again (backoff) or no longer live. States a restart passes
 // through before its ticket is done do not count.
@@ -79,7 +79,7 @@ func (o *instanceOp) finished() bool {
 		return true
 	}
 	if o.ticket.Op == registry.TicketStop {
-		return o.done || !o.now.State.Live()
+		return o.done || o.now.State.Terminal()
 	}
 	if !o.done {
 		return false
@@ -95,7 +95,7 @@ func (o *instanceOp) finished() bool {
 // running instance after a restart, a stopped one after a stop), or
 // returns nil.
 func (o *instanceOp) failure() error {
-	ok := !o.now.State.Live()
+	ok := o.now.State.Terminal()
 	if o.ticket.Op == registry.TicketRestart {
 		ok = o.now.State == registry.InstanceRunning
 	}
