@@ -505,6 +505,13 @@ func (s *Supervisor) Resume(id string) error {
 // spec, counting a "manual" restart and resetting its backoff.
 func (s *Supervisor) Restart(ctx context.Context, id string) (Status, error) {
 	if _, err := s.stop(ctx, id, true); err != nil {
+		// ctx ended before the process did: no start follows, so the stop
+		// is a stop after all.
+		if in, lerr := s.lookup(id); lerr == nil {
+			in.mu.Lock()
+			s.abandonRestartLocked(in, "")
+			in.mu.Unlock()
+		}
 		return Status{}, err
 	}
 	// Lock the instance while holding s.mu, so that a concurrent Start
@@ -526,16 +533,27 @@ func (s *Supervisor) Restart(ctx context.Context, id string) (Status, error) {
 	in.tracker.Reset()
 	if err := s.spawnLocked(in); err != nil {
 		in.restarts[restart.ReasonManual]--
-		// The stop phase's exited state is final after all: say so to the
-		// handler, which may have skipped it as part of a restart.
-		in.restarting = false
-		in.reason = "restart failed: " + err.Error()
-		if s.notes != nil {
-			s.notes.push(in.statusLocked())
-		}
+		s.abandonRestartLocked(in, "restart failed: "+err.Error())
 		return in.statusLocked(), err
 	}
 	return in.statusLocked(), nil
+}
+
+// abandonRestartLocked ends Restart's stop phase without a start: the
+// handler, which may have skipped the phase's states as part of a restart,
+// is told the current state again, unmarked. A non-empty reason replaces
+// the state's reason.
+func (s *Supervisor) abandonRestartLocked(in *instance, reason string) {
+	if !in.restarting {
+		return
+	}
+	in.restarting = false
+	if reason != "" {
+		in.reason = reason
+	}
+	if s.notes != nil {
+		s.notes.push(in.statusLocked())
+	}
 }
 
 // Signal sends the named signal ("HUP", "SIGUSR1", ...) to the instance's

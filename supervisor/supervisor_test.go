@@ -357,6 +357,38 @@ func TestManualRestart(t *testing.T) {
 	}
 }
 
+// TestRestartAbandoned: a Restart whose ctx ends while the process is
+// still stopping starts nothing, so its stop is a stop after all: the
+// handler gets the states again without the Restarting mark.
+func TestRestartAbandoned(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	spec := Spec{ID: "stubborn", Command: proctest.Command("ignore-sigterm", ready), Env: proctest.Env(),
+		StopTimeout: 2 * time.Second}
+	if _, err := h.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	proctest.ReadFile(t, 20*time.Second, ready)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := h.Restart(short, "stubborn"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Restart with a short ctx = %v, want its deadline", err)
+	}
+	final, err := h.Wait(ctx, "stubborn") // SIGKILL after the stop timeout
+	if err != nil || final.State != StateExited || final.Restarting {
+		t.Fatalf("after an abandoned restart: %+v, %v", final, err)
+	}
+	if err := h.Notified(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := h.rec.of("stubborn")
+	if last := got[len(got)-1]; last.State != StateExited || last.Restarting {
+		t.Errorf("handler's last state %s, Restarting %v; want an unmarked exited", last.State, last.Restarting)
+	}
+}
+
 func TestShellExecs(t *testing.T) {
 	t.Parallel()
 	h := start(t, Config{})
