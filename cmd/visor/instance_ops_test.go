@@ -9,41 +9,37 @@ import (
 	"github.com/visorhq/visor/registry"
 )
 
-// restartInPlace carries out a restart ticket as an agent does: the
-// instance runs again with a new pid and one more manual restart, written
-// before the ticket is completed. Other tickets are carried out as usual.
-func restartInPlace(ctx context.Context, sess *registry.HostSession, tk registry.Ticket) error {
-	if tk.Op != registry.TicketRestart {
-		return carryOut(ctx, sess, tk)
+// onRestart returns a ticket handler that carries out a restart ticket as
+// an agent does: claim it, write the instance as outcome leaves it, then
+// complete the ticket. Other tickets are carried out as usual.
+func onRestart(outcome func(*registry.Instance)) func(context.Context, *registry.HostSession, registry.Ticket) error {
+	return func(ctx context.Context, sess *registry.HostSession, tk registry.Ticket) error {
+		if tk.Op != registry.TicketRestart {
+			return carryOut(ctx, sess, tk)
+		}
+		inst, err := sess.Claim(ctx, tk)
+		if err != nil {
+			return err
+		}
+		outcome(&inst)
+		if err := sess.UpdateInstance(ctx, inst); err != nil {
+			return err
+		}
+		return sess.Complete(ctx, tk)
 	}
-	inst, err := sess.Claim(ctx, tk)
-	if err != nil {
-		return err
-	}
-	restarts := map[string]int{"manual": inst.Restarts["manual"] + 1}
-	inst.State, inst.PID, inst.Restarts = registry.InstanceRunning, inst.PID+1, restarts
-	if err := sess.UpdateInstance(ctx, inst); err != nil {
-		return err
-	}
-	return sess.Complete(ctx, tk)
 }
 
-// crashOnRestart carries out a restart ticket whose new process fails at
-// once: the instance ends failed.
-func crashOnRestart(ctx context.Context, sess *registry.HostSession, tk registry.Ticket) error {
-	if tk.Op != registry.TicketRestart {
-		return carryOut(ctx, sess, tk)
-	}
-	inst, err := sess.Claim(ctx, tk)
-	if err != nil {
-		return err
-	}
-	inst.State, inst.PID, inst.Reason = registry.InstanceFailed, 0, "exec: no such file"
-	if err := sess.UpdateInstance(ctx, inst); err != nil {
-		return err
-	}
-	return sess.Complete(ctx, tk)
-}
+// restartInPlace: the instance runs again with a new pid and one more
+// manual restart.
+var restartInPlace = onRestart(func(in *registry.Instance) {
+	in.State, in.PID, in.Restarts = registry.InstanceRunning, in.PID+1, map[string]int{"manual": in.Restarts["manual"] + 1}
+})
+
+// crashOnRestart: the new process fails at once and the instance ends
+// failed.
+var crashOnRestart = onRestart(func(in *registry.Instance) {
+	in.State, in.PID, in.Reason = registry.InstanceFailed, 0, "exec: no such file"
+})
 
 // runningIDs returns the ids of app web's running instances, and fails
 // unless there are n.
