@@ -196,18 +196,25 @@ func TestMaxRestartsFails(t *testing.T) {
 	}
 }
 
-func TestStopKillsAfterTimeout(t *testing.T) {
-	t.Parallel()
-	h := start(t, Config{})
-	ctx := ctxT(t)
+// startStubborn starts instance "stubborn", which ignores SIGTERM (so a
+// stop takes stopTimeout, then SIGKILL), and waits until it is ready.
+func startStubborn(t *testing.T, h *harness, stopTimeout time.Duration) Status {
+	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready")
-	spec := Spec{ID: "stubborn", Command: proctest.Command("ignore-sigterm", ready), Env: proctest.Env(),
-		StopTimeout: 300 * time.Millisecond}
-	st, err := h.Start(ctx, spec)
+	st, err := h.Start(ctxT(t), Spec{ID: "stubborn", Command: proctest.Command("ignore-sigterm", ready),
+		Env: proctest.Env(), StopTimeout: stopTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
 	proctest.ReadFile(t, 20*time.Second, ready)
+	return st
+}
+
+func TestStopKillsAfterTimeout(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	st := startStubborn(t, h, 300*time.Millisecond)
 	begin := time.Now()
 	final, err := h.Stop(ctx, "stubborn")
 	if err != nil {
@@ -364,13 +371,7 @@ func TestRestartAbandoned(t *testing.T) {
 	t.Parallel()
 	h := start(t, Config{})
 	ctx := ctxT(t)
-	ready := filepath.Join(t.TempDir(), "ready")
-	spec := Spec{ID: "stubborn", Command: proctest.Command("ignore-sigterm", ready), Env: proctest.Env(),
-		StopTimeout: 2 * time.Second}
-	if _, err := h.Start(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	proctest.ReadFile(t, 20*time.Second, ready)
+	startStubborn(t, h, 2*time.Second)
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	if _, err := h.Restart(short, "stubborn"); !errors.Is(err, context.DeadlineExceeded) {
