@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,8 +30,9 @@ const (
 
 // claim runs one claimer: it registers host and claims every ticket
 // WatchTickets offers, calling claimed after each success, until ctx ends
-// or the lease is lost.
-func claim(ctx context.Context, r *Registry, host string, claimed func(id string)) error {
+// or the lease is lost. With batch > 1 it claims up to batch tickets at a
+// time with ClaimBatch, else one at a time with Claim.
+func claim(ctx context.Context, r *Registry, host string, batch int, claimed func(id string)) error {
 	s, err := r.RegisterHost(ctx, Host{ID: host}, 10*time.Second)
 	if err != nil {
 		return err
@@ -86,19 +88,35 @@ func claim(ctx context.Context, r *Registry, host string, claimed func(id string
 				break drain
 			}
 		}
+		var picked []Ticket
 		for id, tk := range avail {
 			delete(avail, id)
-			_, err := s.Claim(ctx, tk)
-			switch {
-			case err == nil:
-				claimed(tk.ID)
-			case errors.Is(err, ErrClaimed), errors.Is(err, ErrTicketChanged), errors.Is(err, ErrTicketDone):
+			if picked = append(picked, tk); len(picked) == max(batch, 1) {
+				break
+			}
+		}
+		var results []ClaimResult
+		switch {
+		case len(picked) == 0: // the drain took them all away
+		case batch > 1:
+			results = s.ClaimBatch(ctx, picked)
+		default:
+			_, err := s.Claim(ctx, picked[0])
+			results = []ClaimResult{{Err: err}}
+		}
+		for i, res := range results {
+			if res.Err == nil {
+				claimed(picked[i].ID)
+			}
+		}
+		for _, res := range results {
+			switch err := res.Err; {
+			case err == nil, errors.Is(err, ErrClaimed), errors.Is(err, ErrTicketChanged), errors.Is(err, ErrTicketDone):
 			case errors.Is(err, ErrLeaseLost), ctx.Err() != nil:
 				return nil
 			default:
 				return err
 			}
-			break
 		}
 	}
 }
@@ -125,7 +143,7 @@ func claimerMain(host string) int {
 	defer r.Close()
 	var mu sync.Mutex
 	out := bufio.NewWriter(os.Stdout)
-	err = claim(ctx, r, host, func(id string) {
+	err = claim(ctx, r, host, 1, func(id string) {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprintf(out, "claimed %s\n", id)
@@ -148,10 +166,15 @@ func claimRace(t *testing.T, r *Registry, cli *clientv3.Client, hosts []string, 
 	seed(t, r, "race", "v1", "worker")
 	var mu sync.Mutex
 	wins := map[string][]string{} // ticket -> hosts whose Claim succeeded
+	reported := make(chan struct{}, 1) // a win was recorded
 	stop := start(ctx, func(host, id string) {
 		mu.Lock()
 		wins[id] = append(wins[id], host)
 		mu.Unlock()
+		select {
+		case reported <- struct{}{}:
+		default:
+		}
 	})
 	defer stop()
 	proctest.WaitFor(t, 30*time.Second, "claimers to register", func() bool {
@@ -203,7 +226,28 @@ func claimRace(t *testing.T, r *Registry, cli *clientv3.Client, hosts []string, 
 		return true
 	})
 
+	// A claimer reports a win after its round trip (in a batch, after
+	// the reads that explain the batch's lost claims): wait until every
+	// holder has reported its claim.
 	final := holders()
+	holderReported := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for id, h := range final {
+			if !slices.Contains(wins[id], h) {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.After(30 * time.Second)
+	for !holderReported() {
+		select {
+		case <-reported:
+		case <-deadline:
+			t.Fatal("timed out waiting for the holders to report their claims")
+		}
+	}
 	tickets, err := r.Tickets(ctx)
 	must(t, err)
 	if len(tickets) != 200 {
@@ -247,6 +291,18 @@ func claimRace(t *testing.T, r *Registry, cli *clientv3.Client, hosts []string, 
 }
 
 func TestClaimRaceGoroutines(t *testing.T) {
+	claimRaceGoroutines(t, 1)
+}
+
+// TestClaimRaceBatches is the goroutine race with claims sent in batches
+// of up to 8 tickets.
+func TestClaimRaceBatches(t *testing.T) {
+	claimRaceGoroutines(t, 8)
+}
+
+// claimRaceGoroutines races 16 claimer goroutines, each claiming batch
+// tickets at a time.
+func claimRaceGoroutines(t *testing.T, batch int) {
 	r, cli, c := setup(t)
 	var hosts []string
 	for i := range 16 {
@@ -261,7 +317,7 @@ func TestClaimRaceGoroutines(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := claim(ctx, hr, h, func(id string) { claimed(h, id) }); err != nil {
+				if err := claim(ctx, hr, h, batch, func(id string) { claimed(h, id) }); err != nil {
 					t.Errorf("claimer %s: %v", h, err)
 				}
 			}()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -315,57 +316,184 @@ func lostClaim(what string, t Ticket, tkv, ckv *mvccpb.KeyValue) error {
 // ErrTicketDone, ErrNotHolder (the instance is not on this host) or
 // ErrLeaseLost.
 func (s *HostSession) Claim(ctx context.Context, t Ticket) (Instance, error) {
-	if err := validID("ticket id", t.ID); err != nil {
+	c, err := s.claimTxn(t)
+	if err != nil {
 		return Instance{}, err
 	}
-	if err := validID("instance id", t.Instance); err != nil {
-		return Instance{}, err
-	}
-	if t.ModRevision == 0 {
-		return Instance{}, fmt.Errorf("%w: ticket %s has no revision; pass it as read", ErrInvalid, t.ID)
-	}
-	if t.Host != "" && t.Host != s.id {
-		return Instance{}, fmt.Errorf("%w: ticket %s targets host %q", ErrInvalid, t.ID, t.Host)
-	}
-	r := s.r
-	tk, ck, ik := r.ticketKey(t.ID), r.claimKey(t.ID), r.hostInstanceKey(s.id, t.Instance)
-	cmps := []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck)}
-	ops := []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease))}
-	var in Instance
-	if t.Op == TicketStart {
-		now := time.Now().UTC()
-		in = Instance{ID: t.Instance, App: t.App, Rev: t.Rev, Proc: t.Proc, Host: s.id,
-			State: InstanceClaimed, Since: now, Ticket: t.ID, Created: t.Created}
-		ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)),
-			clientv3.OpPut(ik, "", clientv3.WithLease(s.lease)))
-	} else {
-		cmps = append(cmps, exists(ik))
-		ops = append(ops, clientv3.OpGet(r.instanceKey(t.Instance)))
-	}
+	return s.claimOne(ctx, c)
+}
+
+// claimOne sends claim c as a transaction of its own.
+func (s *HostSession) claimOne(ctx context.Context, c claimTxn) (Instance, error) {
+	t := c.t
 	// The transaction has no Else branch: claims are the hot path and an
 	// Else costs every claim request bytes and apply work, while a lost
 	// claim is rare (agents wait for one another's claims). The reason is
 	// read after a failure instead.
-	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	resp, err := s.r.cli.Txn(ctx).If(c.cmps...).Then(c.ops...).Commit()
 	if err != nil {
 		return Instance{}, s.leaseErr(claimWhat(t.ID), err)
 	}
 	if !resp.Succeeded {
 		return Instance{}, s.claimFailure(ctx, t)
 	}
+	return s.claimed(c, resp.Header.Revision, resp.Responses)
+}
+
+// MaxClaimBatch is the most tickets ClaimBatch sends in one transaction.
+// etcd bounds the operations of a transaction (--max-txn-ops, 128 by
+// default) and the size of a request; 16 claims stay well inside both.
+const MaxClaimBatch = 16
+
+// ClaimResult is the outcome of one ticket of a ClaimBatch: the instance
+// as Claim would return it, or Claim's error.
+type ClaimResult struct {
+	Instance Instance
+	Err      error
+}
+
+// ClaimBatch claims several tickets in one round trip: one transaction
+// whose branches are the claim transactions of Claim, nested, so each
+// ticket is claimed or lost on its own and a lost one does not hold back
+// the others. An agent that sees a burst of tickets it may claim sends
+// them together instead of one round trip each (etcd's per-request work is
+// most of a claim's cost; see BENCHMARKS.md). Results are in ts's order.
+// A ticket that fails validation, or repeats a ticket or a start ticket's
+// instance earlier in ts (etcd refuses a transaction that writes one key
+// twice), gets its error without being sent; a failed round trip is the
+// error of every ticket sent in it. More than MaxClaimBatch tickets go in
+// several transactions, one after the other.
+func (s *HostSession) ClaimBatch(ctx context.Context, ts []Ticket) []ClaimResult {
+	out := make([]ClaimResult, len(ts))
+	for from := 0; from < len(ts); from += MaxClaimBatch {
+		to := min(len(ts), from+MaxClaimBatch)
+		s.claimBatch(ctx, ts[from:to], out[from:to])
+	}
+	return out
+}
+
+// claimBatch claims ts (at most MaxClaimBatch) in one transaction and
+// writes their outcomes to out.
+func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimResult) {
+	seen := make(map[string]bool, 2*len(ts))
+	var (
+		sent []int // indexes into ts of the branches, in order
+		txns []claimTxn
+		ops  []clientv3.Op
+	)
+	for i, t := range ts {
+		c, err := s.claimTxn(t)
+		if err == nil {
+			err = batchRepeat(seen, t)
+		}
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		sent = append(sent, i)
+		txns = append(txns, c)
+		ops = append(ops, clientv3.OpTxn(c.cmps, c.ops, nil))
+	}
+	switch len(sent) {
+	case 0:
+		return
+	case 1:
+		// One ticket: the flat transaction, as Claim sends it.
+		i := sent[0]
+		out[i].Instance, out[i].Err = s.claimOne(ctx, txns[0])
+		return
+	}
+	resp, err := s.r.cli.Txn(ctx).Then(ops...).Commit()
+	for k, i := range sent {
+		switch {
+		case err != nil:
+			out[i].Err = s.leaseErr(claimWhat(ts[i].ID), err)
+		case !resp.Responses[k].GetResponseTxn().Succeeded:
+			out[i].Err = s.claimFailure(ctx, ts[i])
+		default:
+			out[i].Instance, out[i].Err = s.claimed(txns[k], resp.Header.Revision, resp.Responses[k].GetResponseTxn().Responses)
+		}
+	}
+}
+
+// batchRepeat reports a ticket, or the instance of a start ticket, that
+// an earlier ticket of the same batch already has; seen collects them.
+func batchRepeat(seen map[string]bool, t Ticket) error {
+	if seen["t/"+t.ID] {
+		return fmt.Errorf("%s: %w: ticket given twice in one batch", claimWhat(t.ID), ErrInvalid)
+	}
+	seen["t/"+t.ID] = true
+	if t.Op != TicketStart {
+		return nil
+	}
+	if seen["i/"+t.Instance] {
+		return fmt.Errorf("%s: %w: instance %q has another start ticket in the batch", claimWhat(t.ID), ErrInvalid, t.Instance)
+	}
+	seen["i/"+t.Instance] = true
+	return nil
+}
+
+// claimTxn is one ticket's claim transaction, as Claim and ClaimBatch
+// send it: compares and operations, and for a start ticket the instance
+// record the operations write.
+type claimTxn struct {
+	t    Ticket
+	cmps []clientv3.Cmp
+	ops  []clientv3.Op
+	in   Instance
+}
+
+// claimTxn checks ticket t and builds its claim transaction.
+func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
+	if err := validID("ticket id", t.ID); err != nil {
+		return claimTxn{}, err
+	}
+	if err := validID("instance id", t.Instance); err != nil {
+		return claimTxn{}, err
+	}
+	if t.ModRevision == 0 {
+		return claimTxn{}, fmt.Errorf("%w: ticket %s has no revision; pass it as read", ErrInvalid, t.ID)
+	}
+	if t.Host != "" && t.Host != s.id {
+		return claimTxn{}, fmt.Errorf("%w: ticket %s targets host %q", ErrInvalid, t.ID, t.Host)
+	}
+	r := s.r
+	tk, ck, ik := r.ticketKey(t.ID), r.claimKey(t.ID), r.hostInstanceKey(s.id, t.Instance)
+	c := claimTxn{t: t,
+		cmps: []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck)},
+		ops:  []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease))},
+	}
 	if t.Op == TicketStart {
-		in.ModRevision = resp.Header.Revision
+		c.in = Instance{ID: t.Instance, App: t.App, Rev: t.Rev, Proc: t.Proc, Host: s.id,
+			State: InstanceClaimed, Since: time.Now().UTC(), Ticket: t.ID, Created: t.Created}
+		c.ops = append(c.ops, clientv3.OpPut(r.instanceKey(c.in.ID), encode(c.in)),
+			clientv3.OpPut(ik, "", clientv3.WithLease(s.lease)))
+	} else {
+		c.cmps = append(c.cmps, exists(ik))
+		c.ops = append(c.ops, clientv3.OpGet(r.instanceKey(t.Instance)))
+	}
+	return c, nil
+}
+
+// claimed finishes claim c that went through at revision rev; resps are
+// the responses of its operations. It returns the instance as written
+// (start) or as read in the claim (other ops), and remembers it.
+func (s *HostSession) claimed(c claimTxn, rev int64, resps []*etcdserverpb.ResponseOp) (Instance, error) {
+	t := c.t
+	if t.Op == TicketStart {
+		in := c.in
+		in.ModRevision = rev
 		s.remember(in)
 		if s.log.IsDebug() {
 			s.log.Debug("ticket claimed", "ticket", t.ID, "instance", in.ID)
 		}
 		return in, nil
 	}
-	kv := first(rangeKvs(resp, 1))
+	kv := first(resps[1].GetResponseRange().Kvs)
 	if kv == nil {
 		return Instance{}, fmt.Errorf("%s: %w: instance %q", claimWhat(t.ID), ErrNotFound, t.Instance)
 	}
-	in, err = decodeInstance(kv, t.Instance)
+	in, err := decodeInstance(kv, t.Instance)
 	if err == nil {
 		s.remember(in)
 	}

@@ -292,6 +292,81 @@ func TestClaimLifecycle(t *testing.T) {
 	mustIs(t, err, ErrNotFound)
 }
 
+// TestClaimBatch: a batch claims each ticket on its own in one round trip
+// per MaxClaimBatch tickets; a lost or bad ticket gets its own error and
+// does not hold back the others.
+func TestClaimBatch(t *testing.T) {
+	c := etcdtest.New(t)
+	cli, txns := countingClient(t, c, "/etcdserverpb.KV/Txn")
+	r := New(cli, etcdtest.Prefix(t), testLogger(t))
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
+	_, err := r.Scale(ctx, "web", "v1", "worker", 24)
+	must(t, err)
+	tks, err := r.Tickets(ctx)
+	must(t, err)
+
+	// A clean batch of 20: two transactions, every ticket claimed.
+	before := txns.n.Load()
+	res := h1.ClaimBatch(ctx, tks[:20])
+	if got := txns.n.Load() - before; got != 2 {
+		t.Errorf("a batch of 20 sent %d transactions, want 2", got)
+	}
+	for i, cr := range res {
+		must(t, cr.Err)
+		if in := cr.Instance; in.ID != tks[i].Instance || in.State != InstanceClaimed || in.Host != "h1" || in.ModRevision == 0 {
+			t.Errorf("result %d = %+v", i, in)
+		}
+	}
+	byHost, err := r.HostInstances(ctx, "h1")
+	must(t, err)
+	if len(byHost) != 20 {
+		t.Errorf("h1 has %d instances indexed, want 20", len(byHost))
+	}
+
+	// A mixed batch.
+	_, err = h2.Claim(ctx, tks[20])
+	must(t, err)
+	stale := tks[21]
+	stale.ModRevision--
+	st, err := r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: tks[0].Instance})
+	must(t, err)
+	other, err := r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: tks[20].Instance})
+	must(t, err)
+	moved := other // as if read before the instance was on a host
+	moved.Host = ""
+	batch := []Ticket{tks[20], stale, tks[22], {ID: "../x", Instance: tks[23].Instance, ModRevision: 1},
+		tks[22], st, other, tks[23], tks[0], moved}
+	res = h1.ClaimBatch(ctx, batch)
+	mustIs(t, res[0].Err, ErrClaimed)
+	mustIs(t, res[1].Err, ErrTicketChanged)
+	must(t, res[2].Err)
+	mustIs(t, res[3].Err, ErrInvalid)
+	mustIs(t, res[4].Err, ErrInvalid) // tks[22] again
+	must(t, res[5].Err)
+	if in := res[5].Instance; in.ID != tks[0].Instance || in.StopTicket != st.ID || in.Host != "h1" {
+		t.Errorf("stop ticket's claim returned %+v", in)
+	}
+	mustIs(t, res[6].Err, ErrInvalid) // targets h2
+	must(t, res[7].Err)
+	mustIs(t, res[8].Err, ErrClaimed)   // by h1 in the first batch
+	mustIs(t, res[9].Err, ErrNotHolder) // the instance is on h2
+	hts, err := r.HostTickets(ctx, "h1")
+	must(t, err)
+	if len(hts) != 23 {
+		t.Errorf("h1 holds %d tickets, want 23 (20, tks[22], tks[23], the stop)", len(hts))
+	}
+
+	// The lease gone: every ticket of the batch says so.
+	_, err = cli.Revoke(ctx, h2.Lease())
+	must(t, err)
+	res = h2.ClaimBatch(ctx, []Ticket{tks[21], other})
+	for _, cr := range res {
+		mustIs(t, cr.Err, ErrLeaseLost)
+	}
+}
+
 func TestRelease(t *testing.T) {
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
@@ -551,15 +626,28 @@ func TestWatchHosts(t *testing.T) {
 	next("h2")
 }
 
-// rangeCounter counts the client's Range RPCs (reads) through a gRPC
-// interceptor.
-type rangeCounter struct{ n atomic.Int64 }
+// rpcCounter counts the client's unary RPCs of one method (such as
+// "/etcdserverpb.KV/Range", the reads) through a gRPC interceptor.
+type rpcCounter struct {
+	method string
+	n      atomic.Int64
+}
 
-func (c *rangeCounter) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if method == "/etcdserverpb.KV/Range" {
+func (c *rpcCounter) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if method == c.method {
 		c.n.Add(1)
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// countingClient is a client of c whose RPCs of method are counted.
+func countingClient(t testing.TB, c *etcdtest.Cluster, method string) (*clientv3.Client, *rpcCounter) {
+	counter := &rpcCounter{method: method}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(counter.intercept)}})
+	must(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli, counter
 }
 
 // TestHolderWritesWithoutReads: the holder's state writes start from the
@@ -568,11 +656,7 @@ func (c *rangeCounter) intercept(ctx context.Context, method string, req, reply 
 // wrote survives.
 func TestHolderWritesWithoutReads(t *testing.T) {
 	c := etcdtest.New(t)
-	var reads rangeCounter
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(reads.intercept)}})
-	must(t, err)
-	t.Cleanup(func() { cli.Close() })
+	cli, reads := countingClient(t, c, "/etcdserverpb.KV/Range")
 	r := New(cli, etcdtest.Prefix(t), testLogger(t))
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
