@@ -165,7 +165,7 @@ func claimRace(t *testing.T, r *Registry, cli *clientv3.Client, hosts []string, 
 	ctx := testCtx(t)
 	seed(t, r, "race", "v1", "worker")
 	var mu sync.Mutex
-	wins := map[string][]string{} // ticket -> hosts whose Claim succeeded
+	wins := map[string][]string{}      // ticket -> hosts whose Claim succeeded
 	reported := make(chan struct{}, 1) // a win was recorded
 	stop := start(ctx, func(host, id string) {
 		mu.Lock()
