@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
@@ -570,5 +571,26 @@ func TestAgentCapacity(t *testing.T) {
 	}
 	if on["host-a"] != 2 || on["host-b"] != 3 {
 		t.Errorf("instances per host = %v, want host-a 2, host-b 3", on)
+	}
+}
+
+// TestAgentClaimsBurstInBatches: a burst of tickets reaches etcd in batches
+// (several claims per round trip), and each claimed ticket still ends in a
+// running instance on this host.
+func TestAgentClaimsBurstInBatches(t *testing.T) {
+	f := newFixture(t)
+	// MaxParallel 8: one claim loop, so the burst queues behind it.
+	a := f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true; c.MaxParallel = 8 })
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 30)
+	must(t, err)
+	for _, in := range f.waitRunning(t, "demo", 30) {
+		if in.Host != "host-a" {
+			t.Errorf("instance %s on %q", in.ID, in.Host)
+		}
+	}
+	won, txns := testutil.ToFloat64(a.metrics.claimsWon), testutil.ToFloat64(a.metrics.claimBatches)
+	t.Logf("30 claims in %v round trips", txns)
+	if won != 30 || txns >= won {
+		t.Errorf("claims won %v in %v transactions; want 30 in fewer", won, txns)
 	}
 }

@@ -21,7 +21,9 @@ import (
 //   - a goroutine per ticket waits out its claim delay (see placement.go)
 //     and gives up when another host's claim shows up; it only waits on
 //     timers, so its stack stays small;
-//   - MaxParallel claimers send the claims;
+//   - MaxParallel/8 claimers send the claims, each up to
+//     registry.MaxClaimBatch tickets that are waiting together in one
+//     round trip (see claimLoop);
 //   - MaxParallel executors run the claimed tickets.
 //
 // Waiting and claiming take no execution slot: if they did, a burst of
@@ -59,8 +61,10 @@ func (a *Agent) newPipeline(ctx context.Context, s *registry.HostSession) *pipel
 	n := a.cfg.MaxParallel
 	p := &pipeline{a: a, ctx: ctx, s: s, slot: make(chan struct{}, 16*n),
 		claimCh: make(chan *job, n), execCh: make(chan *job, 16*n)}
-	for range n {
+	for range claimers(n) {
 		p.claimers.Go(p.claimLoop)
+	}
+	for range n {
 		p.executors.Go(p.execLoop)
 	}
 	return p
@@ -114,26 +118,70 @@ func (p *pipeline) finish(j *job, lost bool) {
 	p.a.unmarkInflight(j.t.ID)
 }
 
+// claimers is how many claim loops a pipeline runs for maxParallel
+// executors: one per 8, since each sends up to registry.MaxClaimBatch
+// claims per round trip. Fewer round trips in flight leave more tickets
+// waiting together, so a burst goes in fuller batches.
+func claimers(maxParallel int) int { return (maxParallel + 7) / 8 }
+
+// claimLoop sends claims until claimCh is closed. It takes the jobs that
+// are waiting in claimCh along with the one it received, up to
+// registry.MaxClaimBatch, and claims them in one round trip: a burst of
+// tickets reaches etcd in a few transactions instead of one each, while a
+// lone ticket is sent at once, without waiting for company.
 func (p *pipeline) claimLoop() {
-	a := p.a
 	for j := range p.claimCh {
+		batch := []*job{j}
+	gather:
+		for len(batch) < registry.MaxClaimBatch {
+			select {
+			case j, ok := <-p.claimCh:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, j)
+			default:
+				break gather
+			}
+		}
+		p.claim(batch)
+	}
+}
+
+// claim claims the tickets of batch that are still wanted, in one round
+// trip, and passes the won ones to the executors.
+func (p *pipeline) claim(batch []*job) {
+	a := p.a
+	var (
+		jobs    []*job
+		tickets []registry.Ticket
+	)
+	for _, j := range batch {
 		a.claiming(j.t.ID)
 		if j.wait.Err() != nil {
 			p.finish(j, true)
 			continue
 		}
-		start := j.t.Op == registry.TicketStart
-		if start && !a.reserve(j.t.Instance) {
+		if j.t.Op == registry.TicketStart && !a.reserve(j.t.Instance) {
 			a.log.Debug("host full; leaving the ticket to others", "ticket", j.t.ID)
 			p.finish(j, true)
 			continue
 		}
-		sent := time.Now()
-		a.claimsInFlight.Add(1)
-		inst, err := p.s.Claim(p.ctx, j.t)
-		a.claimsInFlight.Add(-1)
-		a.noteClaimLatency(time.Since(sent))
-		if err != nil && start {
+		jobs = append(jobs, j)
+		tickets = append(tickets, j.t)
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	sent := time.Now()
+	a.claimsInFlight.Add(int64(len(jobs)))
+	results := p.s.ClaimBatch(p.ctx, tickets)
+	a.claimsInFlight.Add(-int64(len(jobs)))
+	a.noteClaimLatency(time.Since(sent))
+	a.metrics.claimBatches.Inc()
+	for i, j := range jobs {
+		inst, err := results[i].Instance, results[i].Err
+		if err != nil && j.t.Op == registry.TicketStart {
 			a.unreserve(j.t.Instance)
 		}
 		switch {

@@ -45,6 +45,9 @@
 // put with the host's lease and, for a start ticket, the instance is written
 // as claimed with its host index entry (also leased). A host whose lease
 // ends loses its claims, so the tickets are free for other hosts.
+// ClaimBatch sends several such claim transactions nested in one request:
+// one round trip for up to MaxClaimBatch tickets, each claimed or lost on
+// its own.
 //
 // # Holder writes
 //

@@ -54,8 +54,9 @@ type Result struct {
 	// happens in the agent), and by this process (etcd is embedded in it).
 	AgentsCPUSeconds float64 `json:"agents_cpu_seconds"`
 	// Claims sums the agents' claim counters over the scale-up: won, lost
-	// (abandoned waits and failed transactions) and conflicts (failed
-	// claim transactions only).
+	// (abandoned waits and failed transactions), conflicts (failed
+	// claims only) and transactions (claim round trips; one carries up
+	// to 16 claims).
 	Claims         map[string]float64 `json:"claims"`
 	EtcdCPUSeconds float64            `json:"etcd_and_bench_cpu_seconds"`
 	// MachineBusy is the fraction of all CPUs' time not idle from the
@@ -460,9 +461,10 @@ func fetchProfile(sock string, d time.Duration, out string) {
 func scrapeClaims(sockets []string) map[string]float64 {
 	out := map[string]float64{}
 	names := map[string]string{
-		"visor_agent_claims_won_total":      "won",
-		"visor_agent_claims_lost_total":     "lost",
-		"visor_agent_claim_conflicts_total": "conflicts",
+		"visor_agent_claims_won_total":         "won",
+		"visor_agent_claims_lost_total":        "lost",
+		"visor_agent_claim_conflicts_total":    "conflicts",
+		"visor_agent_claim_transactions_total": "transactions",
 	}
 	for _, sock := range sockets {
 		resp, err := unixClient(sock, 5*time.Second).Get("http://agent/metrics")
