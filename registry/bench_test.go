@@ -49,6 +49,12 @@ func benchTickets(b *testing.B, r *Registry, n int) []Ticket {
 
 var benchConcurrency = []int{1, 16, 64}
 
+// benchBatch is the tickets per ClaimBatch in BenchmarkClaim's batched
+// rounds: about what an agent's claim loops averaged over a burst of
+// 1000 start tickets in test/bench (1000 claims in 103 to 125 round
+// trips with 3 agents).
+const benchBatch = 8
+
 // rawTxn is the baseline operation: a raw single-key etcd transaction, a
 // create-if-absent put of a distinct key.
 func rawTxn(ctx context.Context, cli *clientv3.Client, key string) error {
@@ -115,7 +121,10 @@ func fanOut(b *testing.B, n, count int, op func(i int) error) {
 // shared, so throughput drifts; to compare like with like the benchmark
 // interleaves rounds of claims with rounds of raw single-key transactions
 // (the BenchmarkRawTxn operation, same concurrency, timer stopped) and
-// reports both rates and their ratio (claim-%-of-raw).
+// reports both rates and their ratio (claim-%-of-raw). Two more kinds of
+// rounds, also interleaved: the claim's transaction written by hand
+// (claim-%-of-shaped) and ClaimBatch with benchBatch tickets per call, as
+// the agent sends a burst (batched-claim-%-of-raw).
 func BenchmarkClaim(b *testing.B) {
 	for _, fsync := range []bool{false, true} {
 		b.Run(fmt.Sprintf("fsync=%v", fsync), func(b *testing.B) { benchClaim(b, fsync) })
@@ -139,9 +148,10 @@ func benchClaim(b *testing.B, fsync bool) {
 			ctx := context.Background()
 			cli := benchMember(b, fsync)
 			r := New(cli, DefaultPrefix, nil)
-			// One half for the claims, the other for the shaped baseline.
-			all := benchTickets(b, r, 2*b.N)
-			tickets := all[:b.N]
+			// A third each for the claims, the batched claims and the
+			// shaped baseline.
+			all := benchTickets(b, r, 3*b.N)
+			tickets, batched := all[:b.N], all[2*b.N:]
 			var sessions []*HostSession
 			for i := range n {
 				s, err := r.RegisterHost(ctx, Host{ID: fmt.Sprintf("h%d", i)}, 30*time.Second)
@@ -151,7 +161,7 @@ func benchClaim(b *testing.B, fsync bool) {
 				sessions = append(sessions, s)
 			}
 			round := max(200, 10*n)
-			var claimDur, rawDur, shapedDur time.Duration
+			var claimDur, rawDur, shapedDur, batchDur time.Duration
 			claims := func(batch []Ticket) {
 				start := time.Now()
 				var next sync.Mutex
@@ -165,6 +175,29 @@ func benchClaim(b *testing.B, fsync bool) {
 					return err
 				})
 				claimDur += time.Since(start)
+			}
+			// Batched claims (timer stopped too: the benchmark's op is
+			// one Claim) of benchBatch tickets per ClaimBatch.
+			batches := func(batch []Ticket) {
+				b.StopTimer()
+				start := time.Now()
+				var next sync.Mutex
+				k := 0
+				groups := (len(batch) + benchBatch - 1) / benchBatch
+				fanOut(b, n, groups, func(i int) error {
+					next.Lock()
+					s := sessions[k%n]
+					k++
+					next.Unlock()
+					for _, res := range s.ClaimBatch(ctx, batch[i*benchBatch:min(len(batch), (i+1)*benchBatch)]) {
+						if res.Err != nil {
+							return res.Err
+						}
+					}
+					return nil
+				})
+				batchDur += time.Since(start)
+				b.StartTimer()
 			}
 			// The baselines run with the timer stopped.
 			raws := func(from, count int) {
@@ -189,7 +222,7 @@ func benchClaim(b *testing.B, fsync bool) {
 				shapedDur += time.Since(start)
 				b.StartTimer()
 			}
-			shaped := shapedTxns(r, sessions, all[b.N:])
+			shaped := shapedTxns(r, sessions, all[b.N:2*b.N])
 			b.ResetTimer()
 			for done, k := 0, 0; done < len(tickets); done, k = done+round, k+1 {
 				batch := tickets[done:min(done+round, len(tickets))]
@@ -197,6 +230,7 @@ func benchClaim(b *testing.B, fsync bool) {
 					func() { claims(batch) },
 					func() { raws(done, len(batch)) },
 					func() { shapes(shaped[done : done+len(batch)]) },
+					func() { batches(batched[done : done+len(batch)]) },
 				}
 				// Rotate the order so no side always runs first.
 				for j := range steps {
@@ -209,6 +243,8 @@ func benchClaim(b *testing.B, fsync bool) {
 			b.ReportMetric(float64(b.N)/shapedDur.Seconds(), "shaped-txns/s")
 			b.ReportMetric(100*rawDur.Seconds()/claimDur.Seconds(), "claim-%-of-raw")
 			b.ReportMetric(100*shapedDur.Seconds()/claimDur.Seconds(), "claim-%-of-shaped")
+			b.ReportMetric(float64(b.N)/batchDur.Seconds(), "batched-claims/s")
+			b.ReportMetric(100*rawDur.Seconds()/batchDur.Seconds(), "batched-claim-%-of-raw")
 			for _, s := range sessions {
 				s.Close(ctx)
 			}
