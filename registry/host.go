@@ -335,7 +335,7 @@ func (s *HostSession) claimOne(ctx context.Context, c claimTxn) (Instance, error
 		return Instance{}, s.leaseErr(claimWhat(t.ID), err)
 	}
 	if !resp.Succeeded {
-		return Instance{}, s.claimFailure(ctx, t)
+		return Instance{}, s.claimFailures(ctx, []Ticket{t})[0]
 	}
 	return s.claimed(c, resp.Header.Revision, resp.Responses)
 }
@@ -404,15 +404,26 @@ func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimRe
 		return
 	}
 	resp, err := s.r.cli.Txn(ctx).Then(ops...).Commit()
+	var lost []int // indexes into ts of the claims that did not go through
 	for k, i := range sent {
 		switch {
 		case err != nil:
 			out[i].Err = s.leaseErr(claimWhat(ts[i].ID), err)
 		case !resp.Responses[k].GetResponseTxn().Succeeded:
-			out[i].Err = s.claimFailure(ctx, ts[i])
+			lost = append(lost, i)
 		default:
 			out[i].Instance, out[i].Err = s.claimed(txns[k], resp.Header.Revision, resp.Responses[k].GetResponseTxn().Responses)
 		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	lostTs := make([]Ticket, len(lost))
+	for k, i := range lost {
+		lostTs[k] = ts[i]
+	}
+	for k, err := range s.claimFailures(ctx, lostTs) {
+		out[lost[k]].Err = err
 	}
 }
 
@@ -502,27 +513,37 @@ func (s *HostSession) claimed(c claimTxn, rev int64, resps []*etcdserverpb.Respo
 
 func claimWhat(id string) string { return "registry: claim ticket " + id }
 
-// claimFailure explains a claim transaction that did not succeed, from
-// one read of the ticket and its claim. The read comes after the failed
-// transaction, so the ticket may have moved on again; the reason names
-// the first of these that holds: the ticket is gone, someone holds it, it
-// changed, or (for stop, restart and signal) the instance is not on this
-// host.
-func (s *HostSession) claimFailure(ctx context.Context, t Ticket) error {
-	what := claimWhat(t.ID)
-	resp, err := s.r.cli.Txn(ctx).Then(clientv3.OpGet(s.r.ticketKey(t.ID)), clientv3.OpGet(s.r.claimKey(t.ID))).Commit()
-	if err != nil {
-		return s.leaseErr(what, err)
+// claimFailures explains claim transactions that did not succeed, from
+// one read of each ticket and its claim (one round trip for all of ts).
+// The read comes after the failed transactions, so a ticket may have moved
+// on again; the reason names the first of these that holds: the ticket is
+// gone, someone holds it, it changed, or (for stop, restart and signal)
+// the instance is not on this host.
+func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []error {
+	out := make([]error, len(ts))
+	ops := make([]clientv3.Op, 0, 2*len(ts))
+	for _, t := range ts {
+		ops = append(ops, clientv3.OpGet(s.r.ticketKey(t.ID)), clientv3.OpGet(s.r.claimKey(t.ID)))
 	}
-	if err := lostClaim(what, t, first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))); err != nil {
-		return err
+	resp, err := s.r.cli.Txn(ctx).Then(ops...).Commit()
+	for i, t := range ts {
+		what := claimWhat(t.ID)
+		if err != nil {
+			out[i] = s.leaseErr(what, err)
+			continue
+		}
+		out[i] = lostClaim(what, t, first(rangeKvs(resp, 2*i)), first(rangeKvs(resp, 2*i+1)))
+		switch {
+		case out[i] != nil:
+		case t.Op == TicketStart:
+			// Every condition holds again now: the claim that beat this
+			// one has already been released.
+			out[i] = fmt.Errorf("%s: %w", what, ErrClaimed)
+		default:
+			out[i] = fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
+		}
 	}
-	if t.Op == TicketStart {
-		// Every condition holds again now: the claim that beat this one
-		// has already been released.
-		return fmt.Errorf("%s: %w", what, ErrClaimed)
-	}
-	return fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
+	return out
 }
 
 // holderCmp compares that this session holds the claim of ticket id.

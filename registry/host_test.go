@@ -338,7 +338,11 @@ func TestClaimBatch(t *testing.T) {
 	moved.Host = ""
 	batch := []Ticket{tks[20], stale, tks[22], {ID: "../x", Instance: tks[23].Instance, ModRevision: 1},
 		tks[22], st, other, tks[23], tks[0], moved}
+	before = txns.n.Load()
 	res = h1.ClaimBatch(ctx, batch)
+	if got := txns.n.Load() - before; got != 2 {
+		t.Errorf("a mixed batch sent %d transactions, want 2 (the claims, one read explaining the 4 lost)", got)
+	}
 	mustIs(t, res[0].Err, ErrClaimed)
 	mustIs(t, res[1].Err, ErrTicketChanged)
 	must(t, res[2].Err)
