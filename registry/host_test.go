@@ -296,11 +296,8 @@ func TestClaimLifecycle(t *testing.T) {
 // per MaxClaimBatch tickets; a lost or bad ticket gets its own error and
 // does not hold back the others.
 func TestClaimBatch(t *testing.T) {
-	c := etcdtest.New(t)
-	cli, txns := countingClient(t, c, "/etcdserverpb.KV/Txn")
-	r := New(cli, etcdtest.Prefix(t), testLogger(t))
+	r, cli, txns := countingSetup(t, "/etcdserverpb.KV/Txn")
 	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
 	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
 	_, err := r.Scale(ctx, "web", "v1", "worker", 24)
 	must(t, err)
@@ -644,14 +641,18 @@ func (c *rpcCounter) intercept(ctx context.Context, method string, req, reply an
 	return invoker(ctx, method, req, reply, cc, opts...)
 }
 
-// countingClient is a client of c whose RPCs of method are counted.
-func countingClient(t testing.TB, c *etcdtest.Cluster, method string) (*clientv3.Client, *rpcCounter) {
+// countingSetup is setup on a client whose RPCs of method are counted,
+// with web/v1/worker seeded.
+func countingSetup(t testing.TB, method string) (*Registry, *clientv3.Client, *rpcCounter) {
+	c := etcdtest.New(t)
 	counter := &rpcCounter{method: method}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(counter.intercept)}})
 	must(t, err)
 	t.Cleanup(func() { cli.Close() })
-	return cli, counter
+	r := New(cli, etcdtest.Prefix(t), testLogger(t))
+	seed(t, r, "web", "v1", "worker")
+	return r, cli, counter
 }
 
 // TestHolderWritesWithoutReads: the holder's state writes start from the
@@ -659,11 +660,8 @@ func countingClient(t testing.TB, c *etcdtest.Cluster, method string) (*clientv3
 // a record someone else changed meanwhile costs one read, and what they
 // wrote survives.
 func TestHolderWritesWithoutReads(t *testing.T) {
-	c := etcdtest.New(t)
-	cli, reads := countingClient(t, c, "/etcdserverpb.KV/Range")
-	r := New(cli, etcdtest.Prefix(t), testLogger(t))
+	r, _, reads := countingSetup(t, "/etcdserverpb.KV/Range")
 	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
 	h := register(t, r, "h1")
 
 	tk, in := claimNew(t, r, h)
