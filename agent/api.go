@@ -219,7 +219,9 @@ func (a *Agent) handleInstance(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// handleLogs serves ?stream=stdout|stderr&tail=N&follow=1.
+// handleLogs serves ?stream=stdout|stderr&tail=N&follow=1. tail is at most
+// maxTail (100000) lines; a larger value is rejected with 400 rather than
+// clamped, so a client never mistakes a cut answer for the whole log.
 func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !a.sup.Has(id) {
@@ -235,11 +237,12 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("stream must be stdout or stderr, not %q", stream))
 		return
 	}
+	const maxTail = 100000
 	tail := 100
 	if v := q.Get("tail"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("tail must be a non-negative integer, not %q", v))
+		if err != nil || n < 0 || n > maxTail {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("tail must be an integer from 0 to %d, not %q", maxTail, v))
 			return
 		}
 		tail = n

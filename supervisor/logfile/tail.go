@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"strings"
 	"unicode/utf8"
@@ -17,6 +18,11 @@ const tailBlock = 64 << 10
 // tailWholeRead is the largest range Tail reads in one go once it knows the
 // line boundaries; beyond it, lines are read one by one (capped).
 const tailWholeRead = 4 << 20
+
+// tailReserve caps the line boundaries Tail reserves room for up front: n
+// comes from the caller (a request parameter), so memory must grow with the
+// lines found, never with n.
+const tailReserve = 4096
 
 // ErrNegativeCount is returned (wrapped) by Tail for n < 0.
 var ErrNegativeCount = errors.New("logfile: negative line count")
@@ -31,7 +37,8 @@ func Tail(path string, n int) ([]string, error) {
 // their newlines. When the active file holds fewer than n lines, older lines
 // come from the rotated files path.1 … path.MaxFiles. Files are read
 // backwards in blocks, so the cost depends on n and the line lengths, not on
-// the file size. Lines longer than MaxLineBytes are cut and end with
+// the file size; memory grows with the lines found, not with n, so a huge n
+// simply returns every line there is. Lines longer than MaxLineBytes are cut and end with
 // TruncatedMarker.
 func (o Options) Tail(path string, n int) ([]string, error) {
 	if n < 0 {
@@ -51,7 +58,9 @@ func (o Options) Tail(path string, n int) ([]string, error) {
 		want := n - len(out)
 		if i > 0 {
 			p = rotatedName(path, i)
-			want++ // its last line may continue in the newer file
+			if want < math.MaxInt {
+				want++ // its last line may continue in the newer file
+			}
 		}
 		lines, endsNL, fromStart, err := tailFile(p, want, o.MaxLineBytes)
 		if err != nil {
@@ -112,7 +121,7 @@ func tailFile(path string, n, maxLine int) (lines []string, endsNL, fromStart bo
 	// Find line boundaries scanning backwards; content is read afterwards,
 	// capped per line, so a huge line costs no memory.
 	type span struct{ start, end int64 }
-	spans := make([]span, 0, n)
+	spans := make([]span, 0, min(n, tailReserve))
 	buf := make([]byte, tailBlock)
 	end := size // end of the line being collected (exclusive)
 	pos := size

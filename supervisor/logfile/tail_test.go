@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,6 +119,30 @@ func TestTailSpansRotatedFiles(t *testing.T) {
 	got, err = Options{MaxFiles: 1}.Tail(p, 100)
 	if err != nil || len(got) != 13 {
 		t.Fatalf("Tail with MaxFiles 1: %d lines, %v", len(got), err)
+	}
+}
+
+// TestTailHugeCount: a count far beyond the file (a request's ?tail=) must
+// cost memory by the lines found, not by n, and return every line there is.
+func TestTailHugeCount(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "app.log")
+	writeNumbered(t, rotatedName(p, 1), 0, 10)
+	writeNumbered(t, p, 10, 5000)
+	// An empty active file: the count for the rotated file is n, plus one.
+	empty := filepath.Join(dir, "empty.log")
+	writeFile(t, empty, "")
+	writeNumbered(t, rotatedName(empty, 1), 0, 3)
+	for _, n := range []int{math.MaxInt, 1 << 40} {
+		got, err := Tail(p, n)
+		if err != nil || len(got) != 5000 || got[0] != "line 00000000" || got[4999] != "line 00004999" {
+			t.Fatalf("Tail(%d): %d lines, %v", n, len(got), err)
+		}
+		got, err = Tail(empty, n)
+		if err != nil || len(got) != 3 || got[0] != "line 00000000" {
+			t.Fatalf("Tail(%d) with an empty active file = %q, %v", n, got, err)
+		}
 	}
 }
 
