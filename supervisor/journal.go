@@ -29,7 +29,9 @@ const journalName = "state.jsonl"
 // Appends (O_APPEND) are not interleaved with one another, and a write of
 // a line of at most a page is not torn by the writer's death; a longer
 // line cut short by a crash is the file's last and is skipped on load, so
-// that instance falls back to its previous line. No fsync: the journal
+// that instance falls back to its previous line, and cut off the file
+// (else the next append would be glued onto it and lost with it on the
+// next load). No fsync: the journal
 // must survive the supervisor's process, not the host (after a power loss
 // no instance is left to re-adopt).
 //
@@ -93,11 +95,24 @@ func (j *journal) load() error {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 16<<20)
+	// read: bytes scanned; lineEnd: just after the last newline.
+	var read, lineEnd int64
+	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+		adv, tok, err := bufio.ScanLines(data, atEOF)
+		read += int64(adv)
+		if adv > 0 && data[adv-1] == '\n' {
+			lineEnd = read
+		}
+		return adv, tok, err
+	})
+	lastOK := false // the last line is JSON (so, being an object, whole)
 	for n := 1; sc.Scan(); n++ {
 		j.lines++
 		line := sc.Bytes()
 		var l journalLine
-		if err := json.Unmarshal(line, &l); err != nil {
+		err := json.Unmarshal(line, &l)
+		lastOK = err == nil
+		if err != nil {
 			j.log.Warn("skipping unreadable state journal line (cut short by a crash?)", "line", n, "error", err)
 			continue
 		}
@@ -113,6 +128,20 @@ func (j *journal) load() error {
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read state journal: %w", err)
 	}
+	if read == lineEnd {
+		return nil
+	}
+	// The last line has no newline: appends would be glued onto it. A
+	// whole line (the crash fell between it and its newline) gets its
+	// newline; a torn one is cut off, back to the last newline.
+	if lastOK {
+		return j.appendRaw([]byte{'\n'})
+	}
+	j.log.Warn("cutting torn last line off the state journal", "offset", lineEnd, "bytes", read-lineEnd)
+	if err := os.Truncate(j.path(), lineEnd); err != nil {
+		return fmt.Errorf("cut torn state journal line: %w", err)
+	}
+	j.lines--
 	return nil
 }
 
@@ -219,6 +248,18 @@ func mustQuote(s string) []byte {
 
 // appendLocked writes line and a newline in one append.
 func (j *journal) appendLocked(line []byte) error {
+	buf := make([]byte, 0, len(line)+1)
+	buf = append(append(buf, line...), '\n')
+	if err := j.appendRaw(buf); err != nil {
+		return err
+	}
+	j.lines++
+	return nil
+}
+
+// appendRaw appends b to the journal file in one write, opening the append
+// handle if needed; j.mu is held, or j is not shared yet (load).
+func (j *journal) appendRaw(b []byte) error {
 	if j.f == nil {
 		f, err := os.OpenFile(j.path(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err != nil {
@@ -226,12 +267,9 @@ func (j *journal) appendLocked(line []byte) error {
 		}
 		j.f = f
 	}
-	buf := make([]byte, 0, len(line)+1)
-	buf = append(append(buf, line...), '\n')
-	if _, err := j.f.Write(buf); err != nil {
+	if _, err := j.f.Write(b); err != nil {
 		return fmt.Errorf("write state journal: %w", err)
 	}
-	j.lines++
 	return nil
 }
 

@@ -415,3 +415,81 @@ func TestJournal(t *testing.T) {
 		t.Fatalf("after compaction: %+v", rs)
 	}
 }
+
+// TestJournalTornLastLine: after a load that found the last line cut short
+// by a crash, the next record saved comes back from the next load (it is not
+// glued onto the torn line and skipped with it); a whole last line that only
+// lacks its newline is kept, and so is the record saved after it.
+func TestJournalTornLastLine(t *testing.T) {
+	t.Parallel()
+	log := hclog.NewNullLogger()
+	rec := func(id, reason string) *record {
+		return &record{Version: recordVersion, Spec: Spec{ID: id, Command: []string{"true"}}, State: StateExited, Since: time.Now(), Reason: reason}
+	}
+	appendRaw := func(dir, s string) {
+		t.Helper()
+		f, err := os.OpenFile(filepath.Join(dir, journalName), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reasons := func(j *journal) string {
+		got := map[string]string{}
+		for _, r := range j.records() {
+			got[r.Spec.ID] = r.Reason
+		}
+		return fmt.Sprint(got)
+	}
+	whole, err := json.Marshal(rec("b", "whole, no newline"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, tail string
+		want       string // records after a save of a/after crash and a reload
+		lines      int
+	}{
+		{"torn", `{"version":1,"spec":{"id":"a","comm`, fmt.Sprint(map[string]string{"a": "after crash", "b": "first"}), 3},
+		{"garbage", "\x00\x00\r", fmt.Sprint(map[string]string{"a": "after crash", "b": "first"}), 3},
+		{"whole line without newline", string(whole), fmt.Sprint(map[string]string{"a": "after crash", "b": "whole, no newline"}), 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			j, err := openJournal(dir, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range []*record{rec("a", "first"), rec("b", "first")} {
+				if err := j.save(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			j.close()
+			appendRaw(dir, tc.tail)
+
+			j2, err := openJournal(dir, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := j2.save(rec("a", "after crash")); err != nil {
+				t.Fatal(err)
+			}
+			j2.close()
+			j3, err := openJournal(dir, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := reasons(j3); got != tc.want {
+				t.Fatalf("records after reload = %s, want %s", got, tc.want)
+			}
+			if j3.lines != tc.lines {
+				t.Errorf("journal has %d lines, want %d", j3.lines, tc.lines)
+			}
+		})
+	}
+}
