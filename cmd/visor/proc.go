@@ -27,8 +27,8 @@ func init() {
 				Long: `proc set creates the process type or changes only the settings given as
 flags; the others keep their values. --memory takes bytes with an optional
 binary unit (512K, 256M, 1G; 0 = unlimited). --cpu takes millicores ("500" or
-"500m") or cores with a decimal point ("0.5", "2.0"). --health-type none
-removes the health check.`,
+"500m") or cores with a decimal point ("0.5", "2.0"), at least 10m (0 =
+unlimited). --health-type none removes the health check.`,
 				Flags: procSetFlags,
 				Run:   runProcSet,
 			},
@@ -200,31 +200,52 @@ func parseMemory(s string) (int64, error) {
 	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) || f*mult > math.MaxInt64/2 {
 		return 0, usageError("--memory %q: want a size such as 256M, 1G or 0", s)
 	}
-	return int64(f * mult), nil
+	n := int64(f * mult)
+	if n == 0 && f != 0 {
+		// 0 means unlimited: a size too small to count is not that.
+		return 0, usageError("--memory %q: less than one byte; want a size such as 256M, or 0 for unlimited", s)
+	}
+	return n, nil
 }
 
+// minCPUMillis is the smallest CPU limit the supervisor accepts, in
+// millicores: supervisor/cgroup's Limits.Validate rejects a cpu_millis
+// below 10 ("below the minimum of 10"), so a lower limit would make every
+// start of the process fail. cmd/visor does not import supervisor/cgroup;
+// keep the two in step.
+const minCPUMillis = 10
+
 // parseCPU parses a CPU limit: millicores ("500", "500m") or cores with a
-// decimal point ("0.5").
+// decimal point ("0.5"). 0 means unlimited; any other value must be at
+// least minCPUMillis once rounded to millicores.
 func parseCPU(s string) (int, error) {
 	t := strings.TrimSpace(s)
 	bad := usageError("--cpu %q: want millicores (500) or cores (0.5)", s)
+	var n int
+	var nonZero bool
 	if m, ok := strings.CutSuffix(t, "m"); ok {
-		n, err := strconv.Atoi(m)
-		if err != nil || n < 0 {
+		v, err := strconv.Atoi(m)
+		if err != nil || v < 0 {
 			return 0, bad
 		}
-		return n, nil
-	}
-	if strings.Contains(t, ".") {
+		n, nonZero = v, v != 0
+	} else if strings.Contains(t, ".") {
 		f, err := strconv.ParseFloat(t, 64)
 		if err != nil || f < 0 || math.IsNaN(f) || f > 1e6 {
 			return 0, bad
 		}
-		return int(math.Round(f * 1000)), nil
+		// nonZero also for a value that rounds to 0 ("0.0004"): 0 means
+		// unlimited, which is not what was asked for.
+		n, nonZero = int(math.Round(f*1000)), f != 0
+	} else {
+		v, err := strconv.Atoi(t)
+		if err != nil || v < 0 {
+			return 0, bad
+		}
+		n, nonZero = v, v != 0
 	}
-	n, err := strconv.Atoi(t)
-	if err != nil || n < 0 {
-		return 0, bad
+	if nonZero && n < minCPUMillis {
+		return 0, usageError("--cpu %q: below the minimum of %dm (%g cores); 0 = unlimited", s, minCPUMillis, float64(minCPUMillis)/1000)
 	}
 	return n, nil
 }
@@ -243,155 +264,193 @@ func parseSignal(flagName, s string) (string, error) {
 	return n, nil
 }
 
-// applyProcFlags changes p according to the flags given on the command line.
-func applyProcFlags(e *env, p *registry.ProcType) error {
+// procEdit is one change that proc set's flags make to a process type.
+// It returns an error only for what depends on the stored process type (a
+// health flag without a health check to change).
+type procEdit func(p *registry.ProcType) error
+
+// parseProcFlags checks every flag given on the command line and returns
+// the changes they make. It runs before the registry is dialled, so that a bad flag is reported as such even when
+// etcd is unreachable.
+func parseProcFlags(e *env) ([]procEdit, error) {
+	var edits []procEdit
+	add := func(fn procEdit) { edits = append(edits, fn) }
 	if flagIsSet(e, "command") {
-		p.Command = flagString(e, "command")
+		cmd := flagString(e, "command")
+		add(func(p *registry.ProcType) error { p.Command = cmd; return nil })
 	}
 	if flagIsSet(e, "restart") {
 		switch v := flagString(e, "restart"); v {
 		case "always", "on-failure", "never":
-			p.Restart.Policy = v
+			add(func(p *registry.ProcType) error { p.Restart.Policy = v; return nil })
 		default:
-			return usageError("--restart %q: want always, on-failure or never", v)
+			return nil, usageError("--restart %q: want always, on-failure or never", v)
 		}
 	}
 	if flagIsSet(e, "max-restarts") {
 		n := flagValue[int](e, "max-restarts")
 		if n < 0 {
-			return usageError("--max-restarts %d: must not be negative", n)
+			return nil, usageError("--max-restarts %d: must not be negative", n)
 		}
-		p.Restart.MaxRestarts = n
+		add(func(p *registry.ProcType) error { p.Restart.MaxRestarts = n; return nil })
 	}
 	if flagIsSet(e, "stop-signal") {
 		sig, err := parseSignal("stop-signal", flagString(e, "stop-signal"))
 		if err != nil {
-			return err
+			return nil, err
 		}
-		p.StopSignal = sig
+		add(func(p *registry.ProcType) error { p.StopSignal = sig; return nil })
 	}
 	for _, d := range []struct {
 		name string
-		dst  *registry.Duration
+		dst  func(p *registry.ProcType) *registry.Duration
 	}{
-		{"stop-timeout", &p.StopTimeout},
-		{"min-uptime", &p.MinUptime},
+		{"stop-timeout", func(p *registry.ProcType) *registry.Duration { return &p.StopTimeout }},
+		{"min-uptime", func(p *registry.ProcType) *registry.Duration { return &p.MinUptime }},
 	} {
 		if flagIsSet(e, d.name) {
 			v := flagValue[time.Duration](e, d.name)
 			if v < 0 {
-				return usageError("--%s %s: must not be negative", d.name, v)
+				return nil, usageError("--%s %s: must not be negative", d.name, v)
 			}
-			*d.dst = registry.Duration(v)
+			add(func(p *registry.ProcType) error { *d.dst(p) = registry.Duration(v); return nil })
 		}
 	}
-	if err := applyHealthFlags(e, p); err != nil {
-		return err
+	health, err := parseHealthFlags(e)
+	if err != nil {
+		return nil, err
+	}
+	if health != nil {
+		add(health)
 	}
 	if flagIsSet(e, "memory") {
 		m, err := parseMemory(flagString(e, "memory"))
 		if err != nil {
-			return err
+			return nil, err
 		}
-		p.Limits.MemoryBytes = m
+		add(func(p *registry.ProcType) error { p.Limits.MemoryBytes = m; return nil })
 	}
 	if flagIsSet(e, "cpu") {
 		c, err := parseCPU(flagString(e, "cpu"))
 		if err != nil {
-			return err
+			return nil, err
 		}
-		p.Limits.CPUMillis = c
+		add(func(p *registry.ProcType) error { p.Limits.CPUMillis = c; return nil })
 	}
 	if flagIsSet(e, "pids") {
 		n := flagValue[int](e, "pids")
 		if n < 0 {
-			return usageError("--pids %d: must not be negative", n)
+			return nil, usageError("--pids %d: must not be negative", n)
 		}
-		p.Limits.Pids = n
+		add(func(p *registry.ProcType) error { p.Limits.Pids = n; return nil })
 	}
 	if flagIsSet(e, "user") {
-		p.User = flagString(e, "user")
+		user := flagString(e, "user")
+		add(func(p *registry.ProcType) error { p.User = user; return nil })
 	}
 	if flagIsSet(e, "group") {
-		p.Group = flagString(e, "group")
+		group := flagString(e, "group")
+		add(func(p *registry.ProcType) error { p.Group = group; return nil })
 	}
 	if flagIsSet(e, "env") {
 		vars, err := parseKeyValues(flagValue[[]string](e, "env"), "--env")
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if p.Env == nil {
-			p.Env = make(map[string]string, len(vars))
-		}
-		for k, v := range vars {
-			p.Env[k] = v
-		}
+		add(func(p *registry.ProcType) error {
+			if p.Env == nil {
+				p.Env = make(map[string]string, len(vars))
+			}
+			for k, v := range vars {
+				p.Env[k] = v
+			}
+			return nil
+		})
 	}
-	return nil
+	return edits, nil
 }
 
-func applyHealthFlags(e *env, p *registry.ProcType) error {
+// parseHealthFlags checks the health flags and returns the change they
+// make, or nil when none is given. Whether a health check exists to change
+// is known only from the stored process type, so that is checked when the
+// change is applied.
+func parseHealthFlags(e *env) (procEdit, error) {
 	given := false
 	for _, n := range []string{"health-type", "health-cmd", "health-path", "health-period", "health-timeout", "health-threshold"} {
 		given = given || flagIsSet(e, n)
 	}
 	if !given {
-		return nil
+		return nil, nil
 	}
+	typ := ""
 	if flagIsSet(e, "health-type") {
-		switch t := flagString(e, "health-type"); t {
+		switch typ = flagString(e, "health-type"); typ {
 		case "none":
-			p.Health = nil
-			return nil
+			return func(p *registry.ProcType) error { p.Health = nil; return nil }, nil
 		case "exec", "tcp", "http":
+		default:
+			return nil, usageError("--health-type %q: want exec, tcp, http or none", typ)
+		}
+	}
+	var cmd []string
+	if flagIsSet(e, "health-cmd") {
+		cmd = []string{"/bin/sh", "-c", flagString(e, "health-cmd")}
+	}
+	path := ""
+	if flagIsSet(e, "health-path") {
+		path = flagString(e, "health-path")
+		if !strings.HasPrefix(path, "/") {
+			return nil, usageError("--health-path %q: want a path starting with /", path)
+		}
+	}
+	durations := map[string]time.Duration{}
+	for _, name := range []string{"health-period", "health-timeout"} {
+		if flagIsSet(e, name) {
+			v := flagValue[time.Duration](e, name)
+			if v <= 0 {
+				return nil, usageError("--%s %s: must be positive", name, v)
+			}
+			durations[name] = v
+		}
+	}
+	threshold := 0
+	if flagIsSet(e, "health-threshold") {
+		threshold = flagValue[int](e, "health-threshold")
+		if threshold < 1 {
+			return nil, usageError("--health-threshold %d: must be at least 1", threshold)
+		}
+	}
+	return func(p *registry.ProcType) error {
+		if typ != "" {
 			if p.Health == nil {
 				p.Health = &registry.HealthCheck{}
 			}
-			p.Health.Type = t
-		default:
-			return usageError("--health-type %q: want exec, tcp, http or none", t)
+			p.Health.Type = typ
 		}
-	}
-	if p.Health == nil {
-		return usageError("health flags need --health-type exec, tcp or http")
-	}
-	h := p.Health
-	if flagIsSet(e, "health-cmd") {
-		h.Command = []string{"/bin/sh", "-c", flagString(e, "health-cmd")}
-	}
-	if flagIsSet(e, "health-path") {
-		path := flagString(e, "health-path")
-		if !strings.HasPrefix(path, "/") {
-			return usageError("--health-path %q: want a path starting with /", path)
+		if p.Health == nil {
+			return usageError("health flags need --health-type exec, tcp or http")
 		}
-		h.Path = path
-	}
-	for _, d := range []struct {
-		name string
-		dst  *registry.Duration
-	}{
-		{"health-period", &h.Period},
-		{"health-timeout", &h.Timeout},
-	} {
-		if flagIsSet(e, d.name) {
-			v := flagValue[time.Duration](e, d.name)
-			if v <= 0 {
-				return usageError("--%s %s: must be positive", d.name, v)
-			}
-			*d.dst = registry.Duration(v)
+		h := p.Health
+		if cmd != nil {
+			h.Command = cmd
 		}
-	}
-	if flagIsSet(e, "health-threshold") {
-		n := flagValue[int](e, "health-threshold")
-		if n < 1 {
-			return usageError("--health-threshold %d: must be at least 1", n)
+		if path != "" {
+			h.Path = path
 		}
-		h.FailureThreshold = n
-	}
-	if h.Type == "exec" && len(h.Command) == 0 {
-		return usageError("--health-type exec needs --health-cmd")
-	}
-	return nil
+		if v, ok := durations["health-period"]; ok {
+			h.Period = registry.Duration(v)
+		}
+		if v, ok := durations["health-timeout"]; ok {
+			h.Timeout = registry.Duration(v)
+		}
+		if threshold != 0 {
+			h.FailureThreshold = threshold
+		}
+		if h.Type == "exec" && len(h.Command) == 0 {
+			return usageError("--health-type exec needs --health-cmd")
+		}
+		return nil
+	}, nil
 }
 
 func runProcSet(ctx context.Context, e *env, args []string) error {
@@ -399,6 +458,10 @@ func runProcSet(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	app, name := args[0], args[1]
+	edits, err := parseProcFlags(e)
+	if err != nil {
+		return err
+	}
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
 		p, err := r.ProcType(ctx, app, name)
 		switch {
@@ -408,8 +471,10 @@ func runProcSet(ctx context.Context, e *env, args []string) error {
 		case err != nil:
 			return fmt.Errorf("set proc type %s/%s: %w", app, name, err)
 		}
-		if err := applyProcFlags(e, &p); err != nil {
-			return err
+		for _, edit := range edits {
+			if err := edit(&p); err != nil {
+				return err
+			}
 		}
 		p, err = r.SetProcType(ctx, p)
 		if err != nil {

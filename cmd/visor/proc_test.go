@@ -1,8 +1,10 @@
 package main
 
 import (
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestProcCommands(t *testing.T) {
@@ -70,6 +72,10 @@ func TestProcCommands(t *testing.T) {
 		{[]string{"--memory", "lots"}, []string{"--memory", `"lots"`}},
 		{[]string{"--memory", "-5M"}, []string{"--memory", `"-5M"`}},
 		{[]string{"--cpu", "half"}, []string{"--cpu", `"half"`}},
+		{[]string{"--cpu", "0.0004"}, []string{"--cpu", `"0.0004"`, "minimum of 10m"}},
+		{[]string{"--cpu", "5"}, []string{"--cpu", `"5"`, "minimum of 10m"}},
+		{[]string{"--cpu", "9m"}, []string{"--cpu", `"9m"`, "minimum of 10m"}},
+		{[]string{"--memory", "0.5"}, []string{"--memory", `"0.5"`, "less than one byte"}},
 		{[]string{"--stop-signal", "FOO"}, []string{"--stop-signal", `"FOO"`}},
 		{[]string{"--health-type", "smoke"}, []string{"--health-type", `"smoke"`}},
 		{[]string{"--health-path", "/x"}, []string{"--health-type"}},
@@ -109,7 +115,8 @@ func TestParseMemoryAndCPU(t *testing.T) {
 			t.Errorf("parseMemory(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "M", "x", "-1", "1X", "NaN", "1e30G"} {
+	// A non-zero size that truncates to 0 bytes would mean unlimited.
+	for _, bad := range []string{"", "M", "x", "-1", "1X", "NaN", "1e30G", "0.5", "0.9B", "1e-30G"} {
 		if _, err := parseMemory(bad); err == nil {
 			t.Errorf("parseMemory(%q): no error", bad)
 		}
@@ -119,15 +126,47 @@ func TestParseMemoryAndCPU(t *testing.T) {
 		want int
 	}{
 		{"500", 500}, {"500m", 500}, {"0.5", 500}, {"2.0", 2000}, {"0.25", 250}, {"0", 0},
+		{"0m", 0}, {"0.0", 0}, {"10", 10}, {"10m", 10}, {"0.01", 10}, {"0.0096", 10},
 	} {
 		got, err := parseCPU(tc.in)
 		if err != nil || got != tc.want {
 			t.Errorf("parseCPU(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "half", "-1", "-0.5", "1.2.3", "xm"} {
+	// Non-zero limits below the supervisor's minimum of 10 millicores,
+	// including ones that round to 0 (which would mean unlimited).
+	for _, bad := range []string{"", "half", "-1", "-0.5", "1.2.3", "xm", "5", "9m", "1", "0.009", "0.0004", "0.0094"} {
 		if _, err := parseCPU(bad); err == nil {
 			t.Errorf("parseCPU(%q): no error", bad)
+		}
+	}
+}
+
+// TestProcSetFlagsCheckedBeforeDial checks that proc set reports a bad flag
+// at once when etcd is down, rather than a connect error after --timeout.
+func TestProcSetFlagsCheckedBeforeDial(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	for _, flags := range [][]string{
+		{"--memory", "abc"},
+		{"--cpu", "5"},
+		{"--stop-timeout", "-1s"},
+		{"--health-threshold", "0"},
+		{"--command", "x", "--memory", "0.5"},
+	} {
+		args := append([]string{"--endpoints", closed, "--timeout", "1m", "proc", "set", "web", "web"}, flags...)
+		start := time.Now()
+		res := runCLI(args...)
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("visor %s: took %s; the flag error must come before dialling", strings.Join(args, " "), d)
+		}
+		checkFailure(t, res, 2, []string{flags[len(flags)-2]}, args)
+		if strings.Contains(res.stderr, "connect") || strings.Contains(res.stderr, closed) {
+			t.Errorf("visor %s: %q is a connect error, want the flag's", strings.Join(args, " "), res.stderr)
 		}
 	}
 }
