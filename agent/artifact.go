@@ -146,6 +146,29 @@ func (c *artifactCache) fetch(ctx context.Context, rawURL, sum string) (string, 
 
 // unpack extracts a tar.gz into dir via a temporary sibling directory, so a
 // half-unpacked release is never used. Entries may not escape dir.
+//
+// Containment does not rest on checking names: every write goes through an
+// os.Root opened on the temporary directory, which resolves each path,
+// symlinks included, inside that directory and refuses any step that would
+// leave it. A chain of links that only escapes once followed (a/b/l -> ../..
+// then a/b/l/m -> ../..) therefore cannot carry a write outside. The name
+// checks below only turn the obvious cases into errors naming the entry.
+//
+// Symlinks are kept when they resolve inside the release (node_modules/.bin
+// and the like) and refused otherwise, naming the entry: absolute targets
+// and targets that climb above the release, judged by following the link
+// from where it really lies, through any links before it, as the kernel
+// would (see checkLink and resolveInside). Refusing them, rather than
+// keeping links that merely cannot be written through here, is deliberate:
+// the agent itself, with its own privileges, later reads the release (the
+// Procfile, the command it starts), and a link to a host file would let an
+// artifact make it read that file. Every link is checked again
+// once all entries are written, since a later entry can change what an
+// earlier link resolves to.
+//
+// Hard links are created when their target is a file inside the release
+// (os.Root resolves it there) and refused otherwise. Devices and fifos are
+// skipped.
 func unpack(blob, dir string) error {
 	f, err := os.Open(blob)
 	if err != nil {
@@ -164,7 +187,36 @@ func unpack(blob, dir string) error {
 		return fmt.Errorf("%w: %v", ErrArtifact, err)
 	}
 	defer os.RemoveAll(tmp)
-	tr := tar.NewReader(zr)
+	if err := extract(tar.NewReader(zr), tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if _, serr := os.Stat(filepath.Join(dir, ".visor-unpacked")); serr == nil {
+			return nil // another agent process unpacked it first
+		}
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	return nil
+}
+
+// maxLinkHops bounds the symlinks followed while checking one link; the
+// kernel gives up after 40, so a chain longer than this cannot be followed
+// at all, but it cannot be shown to stay inside either and is refused.
+const maxLinkHops = 255
+
+// extract writes the entries of tr under tmp, all through an os.Root on
+// tmp, then marks tmp complete with .visor-unpacked. See unpack.
+func extract(tr *tar.Reader, tmp string) error {
+	root, err := os.OpenRoot(tmp)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	defer root.Close()
+	// links are the symlinks created so far, where they really lie (which
+	// differs from the entry name when a link is made through a linked
+	// directory), for the final check.
+	type link struct{ real, entry string }
+	var links []link
 	var total int64
 	for {
 		hdr, err := tr.Next()
@@ -178,26 +230,25 @@ func unpack(blob, dir string) error {
 		if name == "." {
 			continue
 		}
-		if filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
+		if escapesByName(name) {
 			return fmt.Errorf("%w: tar entry %q escapes the release directory", ErrArtifact, hdr.Name)
 		}
-		target := filepath.Join(tmp, name)
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			if err := os.MkdirAll(target, 0o755); err != nil {
-				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			if err := root.MkdirAll(name, 0o755); err != nil {
+				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
 		case tar.TypeReg:
 			total += hdr.Size
 			if total > maxArtifactBytes {
 				return fmt.Errorf("%w: unpacked size exceeds %d bytes", ErrArtifact, int64(maxArtifactBytes))
 			}
-			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
-			out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, os.FileMode(hdr.Mode)&0o777)
+			out, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, os.FileMode(hdr.Mode)&0o777)
 			if err != nil {
-				return fmt.Errorf("%w: %v", ErrArtifact, err)
+				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
 			_, err = io.Copy(out, io.LimitReader(tr, hdr.Size))
 			if cerr := out.Close(); err == nil {
@@ -207,31 +258,160 @@ func unpack(blob, dir string) error {
 				return fmt.Errorf("%w: write %s: %v", ErrArtifact, name, err)
 			}
 		case tar.TypeSymlink:
-			linkTarget := filepath.Join(filepath.Dir(name), hdr.Linkname)
-			if filepath.IsAbs(hdr.Linkname) || strings.HasPrefix(filepath.Clean(linkTarget), "..") {
+			if filepath.IsAbs(hdr.Linkname) {
 				return fmt.Errorf("%w: symlink %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
 			}
-			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			parent := filepath.Dir(name)
+			if err := root.MkdirAll(parent, 0o755); err != nil {
+				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
-			if err := os.Symlink(hdr.Linkname, target); err != nil {
-				return fmt.Errorf("%w: %v", ErrArtifact, err)
+			// Where the link really goes: the parent as os.Root resolves it.
+			realParent, inside, err := resolveInside(root, "", parent)
+			if err != nil || !inside {
+				return fmt.Errorf("%w: symlink %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
+			}
+			real := filepath.Join(realParent, filepath.Base(name))
+			if err := root.Symlink(hdr.Linkname, name); err != nil {
+				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+			}
+			if err := checkLink(root, real, hdr.Name); err != nil {
+				return err
+			}
+			links = append(links, link{real, hdr.Name})
+		case tar.TypeLink:
+			// Hard link names are relative to the archive root, not to
+			// the entry's directory.
+			old := filepath.Clean(hdr.Linkname)
+			if escapesByName(old) {
+				return fmt.Errorf("%w: hard link %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
+			}
+			if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+			}
+			// root.Link resolves both names inside the root, so a target
+			// reached through a link that leaves it is refused.
+			if err := root.Link(old, name); err != nil {
+				return fmt.Errorf("%w: hard link %q -> %q: %v", ErrArtifact, hdr.Name, hdr.Linkname, err)
+			}
+			// A hard link to a symlink is a second symlink (Root.Link does
+			// not follow old): check it like one.
+			if st, err := root.Lstat(name); err == nil && st.Mode()&os.ModeSymlink != 0 {
+				realParent, inside, err := resolveInside(root, "", filepath.Dir(name))
+				if err != nil || !inside {
+					return fmt.Errorf("%w: hard link %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
+				}
+				links = append(links, link{filepath.Join(realParent, filepath.Base(name)), hdr.Name})
 			}
 		default:
-			// Devices, fifos and hard links have no place in an app artifact.
+			// Devices and fifos have no place in an app artifact.
 			continue
 		}
 	}
-	if err := os.WriteFile(filepath.Join(tmp, ".visor-unpacked"), nil, 0o640); err != nil {
+	// A link checked when it was made may have been dangling then and
+	// resolve outside now (x -> d/.. before d -> .): check them all again.
+	for _, l := range links {
+		if err := checkLink(root, l.real, l.entry); err != nil {
+			return err
+		}
+	}
+	// The marker is ours: drop any entry of that name (a symlink would be
+	// written through) and create it afresh.
+	const marker = ".visor-unpacked"
+	if err := root.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, marker, err)
+	}
+	m, err := root.OpenFile(marker, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
 		return fmt.Errorf("%w: %v", ErrArtifact, err)
 	}
-	if err := os.Rename(tmp, dir); err != nil {
-		if _, serr := os.Stat(filepath.Join(dir, ".visor-unpacked")); serr == nil {
-			return nil // another agent process unpacked it first
-		}
+	if err := m.Close(); err != nil {
 		return fmt.Errorf("%w: %v", ErrArtifact, err)
 	}
 	return nil
+}
+
+// escapesByName reports whether a cleaned entry name is absolute or climbs
+// out of the release directory by its text alone.
+func escapesByName(name string) bool {
+	return filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, ".."+string(filepath.Separator))
+}
+
+// checkLink returns an error naming entry unless the symlink at real (a
+// path in root without symlinks in it) resolves inside root.
+func checkLink(root *os.Root, real, entry string) error {
+	target, err := root.Readlink(real)
+	if err != nil {
+		return fmt.Errorf("%w: symlink %q: %v", ErrArtifact, entry, err)
+	}
+	_, inside, err := resolveInside(root, filepath.Dir(real), target)
+	if err != nil {
+		return fmt.Errorf("%w: symlink %q -> %q: %v", ErrArtifact, entry, target, err)
+	}
+	if !inside {
+		return fmt.Errorf("%w: symlink %q -> %q escapes the release directory", ErrArtifact, entry, target)
+	}
+	return nil
+}
+
+// resolveInside follows rel from the directory dir of root (a path without
+// symlinks in it, "" or "." for root itself) one component at a time, as
+// the kernel would: symlinks are followed, and ".." goes to the parent of
+// the real directory reached so far. It returns the real path reached and
+// whether every step stayed inside root; an absolute link target or a ".."
+// above root leaves it. A missing component, or a file where a directory is
+// needed, ends the walk inside root, since the kernel's lookup fails there
+// too (real is then only the part resolved).
+func resolveInside(root *os.Root, dir, rel string) (real string, inside bool, err error) {
+	if filepath.IsAbs(rel) {
+		return "", false, nil
+	}
+	var cur []string
+	if dir = filepath.Clean(dir); dir != "." {
+		cur = strings.Split(dir, string(filepath.Separator))
+	}
+	todo := strings.Split(rel, string(filepath.Separator))
+	hops := 0
+	for len(todo) > 0 {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(cur) == 0 {
+				return "", false, nil
+			}
+			cur = cur[:len(cur)-1]
+			continue
+		}
+		p := filepath.Join(append(cur, c)...)
+		st, err := root.Lstat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			return filepath.Join(cur...), true, nil
+		}
+		if err != nil {
+			return "", false, err
+		}
+		switch {
+		case st.Mode()&os.ModeSymlink != 0:
+			if hops++; hops > maxLinkHops {
+				return "", false, fmt.Errorf("more than %d levels of symbolic links", maxLinkHops)
+			}
+			target, err := root.Readlink(p)
+			if err != nil {
+				return "", false, err
+			}
+			if filepath.IsAbs(target) {
+				return "", false, nil
+			}
+			todo = append(strings.Split(target, string(filepath.Separator)), todo...)
+		case st.IsDir():
+			cur = append(cur, c)
+		default:
+			return p, true, nil
+		}
+	}
+	return filepath.Join(cur...), true, nil
 }
 
 // procfileCommand returns the command of process type proc from the
