@@ -108,6 +108,9 @@ func parseAgentFlags(args []string) (agentOptions, error) {
 	if fs.NArg() > 0 {
 		return o, usageError("agent: unexpected argument %q", fs.Arg(0))
 	}
+	if err := o.globals.check(fs); err != nil {
+		return o, err
+	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if o.configFile == "" {

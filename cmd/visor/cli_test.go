@@ -254,6 +254,55 @@ func TestBadInputNoRegistry(t *testing.T) {
 	}
 }
 
+// TestEmptyEndpoints checks that an explicitly empty --endpoints is an
+// error wherever it is given, and that it does not reset the other global
+// flags to their defaults (it once made -o json print a table and app list
+// dial the default endpoint).
+func TestEmptyEndpoints(t *testing.T) {
+	for _, args := range [][]string{
+		{"--endpoints=", "version"},
+		{"-o", "json", "--endpoints=", "version"},
+		{"version", "--endpoints="},
+		{"--endpoints=", "app", "list"},
+		{"--endpoints", "", "-o", "json", "app", "list"},
+		{"app", "--endpoints=", "list"},
+		{"app", "list", "--endpoints="},
+		{"app", "list", "--endpoints", " , "},
+		{"--endpoints", "127.0.0.1:1", "app", "list", "--endpoints="},
+		{"agent", "--endpoints="},
+	} {
+		res := runCLI(args...)
+		checkFailure(t, res, 2, []string{"--endpoints is empty"}, args)
+		if res.stdout != "" {
+			t.Errorf("visor %s: wrote %q", strings.Join(args, " "), res.stdout)
+		}
+	}
+}
+
+// TestGlobalFlagsAtEveryLevel checks that a global flag given before the
+// command's name keeps its value through the levels of the tree.
+func TestGlobalFlagsAtEveryLevel(t *testing.T) {
+	res := runCLI("-o", "json", "version")
+	var v map[string]any
+	if res.code != 0 || json.Unmarshal([]byte(res.stdout), &v) != nil {
+		t.Fatalf("visor -o json version: exit %d, stdout %q, stderr %q", res.code, res.stdout, res.stderr)
+	}
+	h := newHarness(t)
+	h.ok("app", "create", "web")
+	for _, args := range [][]string{
+		{"-o", "json", "app", "list"},
+		{"app", "-o", "json", "list"},
+		{"-o", "json", "app", "--timeout", "5s", "list"},
+		{"app", "list", "-o", "json"},
+	} {
+		out := h.ok(args...)
+		var list []map[string]any
+		if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 {
+			t.Errorf("visor %s: want a JSON list of one app, got %q", strings.Join(args, " "), out)
+		}
+	}
+}
+
 func TestUnreachableRegistry(t *testing.T) {
 	args := []string{"--endpoints", "127.0.0.1:1", "--timeout", "1s", "app", "list"}
 	checkFailure(t, runCLI(args...), 1, []string{"127.0.0.1:1"}, args)

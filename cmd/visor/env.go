@@ -30,6 +30,10 @@ type globals struct {
 	password  string
 	output    string
 	timeout   time.Duration
+	// defaulted reports that the defaults were filled in. bind does it
+	// once: every level of the command tree binds the flags again, and a
+	// value parsed at one level ("visor -o json app list") must survive.
+	defaulted bool
 }
 
 func envOr(key, def string) string {
@@ -45,7 +49,8 @@ func (g *globals) bind(fs *flag.FlagSet) {
 	if fs.Lookup("endpoints") != nil {
 		return
 	}
-	if g.endpoints == "" {
+	if !g.defaulted {
+		g.defaulted = true
 		g.endpoints = envOr("VISOR_ENDPOINTS", "127.0.0.1:2379")
 		g.prefix = envOr("VISOR_PREFIX", "/visor/")
 		g.caFile = envOr("VISOR_CA_FILE", "")
@@ -65,6 +70,18 @@ func (g *globals) bind(fs *flag.FlagSet) {
 	fs.StringVar(&g.password, "password", g.password, "etcd password (env VISOR_PASSWORD)")
 	fs.StringVar(&g.output, "o", g.output, "output format: table or json (env VISOR_OUTPUT)")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for etcd on connect")
+}
+
+// check reports a usage error for a global flag given on fs with a value no
+// command can use. Called after fs is parsed, at every level of the tree.
+func (g *globals) check(fs *flag.FlagSet) error {
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "endpoints" && len(g.endpointList()) == 0 {
+			err = usageError("--endpoints is empty")
+		}
+	})
+	return err
 }
 
 // endpointList splits the endpoints flag, dropping empty entries.

@@ -141,6 +141,9 @@ func (c *command) execute(ctx context.Context, e *env, args []string) error {
 		}
 		return fmt.Errorf("%w: %s", errUsage, err.Error())
 	}
+	if err := e.globals.check(fs); err != nil {
+		return err
+	}
 	rest := fs.Args()
 	if c.Run != nil {
 		// Allow flags after positional arguments ("visor app show web -o json").
@@ -151,6 +154,9 @@ func (c *command) execute(ctx context.Context, e *env, args []string) error {
 		}
 		if err != nil {
 			return fmt.Errorf("%w: %s", errUsage, err.Error())
+		}
+		if err := e.globals.check(fs); err != nil {
+			return err
 		}
 		e.flags = fs
 		return c.Run(ctx, e, rest)
