@@ -168,16 +168,18 @@ func (r *Registry) ReplaceInstance(ctx context.Context, id string) (Ticket, erro
 		if !old.State.Live() || old.StopTicket != "" {
 			return false, fmt.Errorf("%s: instance is %s: %w", what, old.State, ErrInvalid)
 		}
+		if old.Host == "" {
+			// A pending instance runs nowhere; marking it would also
+			// leave its start ticket unclaimable (see claimTxn).
+			return false, fmt.Errorf("%s: instance is not on a host: %w", what, ErrInvalid)
+		}
 		if old.ReplacedBy != "" {
 			return false, fmt.Errorf("%s: already replaced by %s: %w", what, old.ReplacedBy, ErrExists)
 		}
 		now := time.Now().UTC()
 		t := Ticket{ID: newTicketID(), Op: TicketStart, App: old.App, Rev: old.Rev, Proc: old.Proc,
-			Instance: newInstanceID(old.App, old.Proc), MaxAttempts: 3, Created: now}
-		if old.Host != "" {
-			t.FailedHosts = []string{old.Host}
-			t.Reasons = []string{"replacing " + old.ID + " of draining host " + old.Host}
-		}
+			Instance: newInstanceID(old.App, old.Proc), Replaces: old.ID, MaxAttempts: 3, Created: now,
+			FailedHosts: []string{old.Host}, Reasons: []string{"replacing " + old.ID + " of draining host " + old.Host}}
 		in := Instance{ID: t.Instance, App: old.App, Rev: old.Rev, Proc: old.Proc, State: InstancePending,
 			Since: now, Ticket: t.ID, Created: now, Replaces: old.ID}
 		next := old
@@ -192,6 +194,7 @@ func (r *Registry) ReplaceInstance(ctx context.Context, id string) (Ticket, erro
 			return false, fmt.Errorf("%s: %w", what, err)
 		}
 		out = t
+		out.ModRevision = resp.Header.Revision
 		return resp.Succeeded, nil
 	})
 	return out, err

@@ -335,7 +335,8 @@ func (s *HostSession) claimOne(ctx context.Context, c claimTxn) (Instance, error
 		return Instance{}, s.leaseErr(claimWhat(t.ID), err)
 	}
 	if !resp.Succeeded {
-		return Instance{}, s.claimFailures(ctx, []Ticket{t})[0]
+		res := s.claimFailures(ctx, []Ticket{t})[0]
+		return res.Instance, res.Err
 	}
 	return s.claimed(c, resp.Header.Revision, resp.Responses)
 }
@@ -365,17 +366,18 @@ type ClaimResult struct {
 // several transactions, one after the other.
 func (s *HostSession) ClaimBatch(ctx context.Context, ts []Ticket) []ClaimResult {
 	out := make([]ClaimResult, len(ts))
+	seen := make(map[string]bool, 2*len(ts))
 	for from := 0; from < len(ts); from += MaxClaimBatch {
 		to := min(len(ts), from+MaxClaimBatch)
-		s.claimBatch(ctx, ts[from:to], out[from:to])
+		s.claimBatch(ctx, ts[from:to], out[from:to], seen)
 	}
 	return out
 }
 
 // claimBatch claims ts (at most MaxClaimBatch) in one transaction and
-// writes their outcomes to out.
-func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimResult) {
-	seen := make(map[string]bool, 2*len(ts))
+// writes their outcomes to out; seen has the tickets and start instances
+// of the call's earlier transactions.
+func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimResult, seen map[string]bool) {
 	var (
 		sent []int // indexes into ts of the branches, in order
 		txns []claimTxn
@@ -422,8 +424,8 @@ func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimRe
 	for k, i := range lost {
 		lostTs[k] = ts[i]
 	}
-	for k, err := range s.claimFailures(ctx, lostTs) {
-		out[lost[k]].Err = err
+	for k, res := range s.claimFailures(ctx, lostTs) {
+		out[lost[k]] = res
 	}
 }
 
@@ -468,6 +470,15 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 	if t.Host != "" && t.Host != s.id {
 		return claimTxn{}, fmt.Errorf("%w: ticket %s targets host %q", ErrInvalid, t.ID, t.Host)
 	}
+	switch t.Op {
+	case TicketStart, TicketStop, TicketRestart, TicketSignal:
+	default:
+		return claimTxn{}, fmt.Errorf("%w: ticket %s: op %s must be start, stop, restart or signal", ErrInvalid, t.ID, short(string(t.Op)))
+	}
+	// The names go into the instance record and from there into keys.
+	if err := validNames("ticket app", t.App, "ticket rev", t.Rev, "ticket proc", t.Proc); err != nil {
+		return claimTxn{}, err
+	}
 	r := s.r
 	tk, ck, ik := r.ticketKey(t.ID), r.claimKey(t.ID), r.hostInstanceKey(s.id, t.Instance)
 	c := claimTxn{t: t,
@@ -475,8 +486,13 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 		ops:  []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease))},
 	}
 	if t.Op == TicketStart {
+		// The claim writes the instance record whole, without reading it:
+		// the record must be the pending one written with the ticket (in
+		// the same transaction, so at the ticket's revision), whose fields
+		// the ticket carries.
+		c.cmps = append(c.cmps, unchanged(r.instanceKey(t.Instance), t.ModRevision))
 		c.in = Instance{ID: t.Instance, App: t.App, Rev: t.Rev, Proc: t.Proc, Host: s.id,
-			State: InstanceClaimed, Since: time.Now().UTC(), Ticket: t.ID, Created: t.Created}
+			State: InstanceClaimed, Since: time.Now().UTC(), Ticket: t.ID, Created: t.Created, Replaces: t.Replaces}
 		c.ops = append(c.ops, clientv3.OpPut(r.instanceKey(c.in.ID), encode(c.in)),
 			clientv3.OpPut(ik, "", clientv3.WithLease(s.lease)))
 	} else {
@@ -511,39 +527,138 @@ func (s *HostSession) claimed(c claimTxn, rev int64, resps []*etcdserverpb.Respo
 	return in, err
 }
 
+// retire reports whether a start ticket's instance no longer waits for
+// the start: it ended, its stop was requested, or a drain replaced it.
+func retire(in Instance) bool {
+	return in.State.Terminal() || in.StopTicket != "" || in.ReplacedBy != ""
+}
+
+// retireOps ends instance in, whose start ticket the caller deletes in the
+// same transaction because retire(in): if it has not ended, it exits
+// without having run, and an unclaimed stop ticket for it goes too (a
+// claimed one's holder finds the instance exited and completes it). host
+// and reason say whose start ended how.
+func (r *Registry) retireOps(in Instance, host, reason string) []clientv3.Op {
+	if in.State.Terminal() {
+		return nil
+	}
+	why := "its stop was requested"
+	if in.StopTicket == "" {
+		why = "it was replaced by " + in.ReplacedBy
+	}
+	in.State, in.Since = InstanceExited, time.Now().UTC()
+	in.Reason = fmt.Sprintf("not started: %s before the start on %s ended (%s)", why, host, reason)
+	ops := []clientv3.Op{clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc))}
+	if in.StopTicket != "" {
+		ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{absent(r.claimKey(in.StopTicket))},
+			[]clientv3.Op{clientv3.OpDelete(r.ticketKey(in.StopTicket))}, nil))
+	}
+	return ops
+}
+
 func claimWhat(id string) string { return "registry: claim ticket " + id }
 
-// claimFailures explains claim transactions that did not succeed, from
-// one read of each ticket and its claim (one round trip for all of ts).
-// The read comes after the failed transactions, so a ticket may have moved
-// on again; the reason names the first of these that holds: the ticket is
-// gone, someone holds it, it changed, or (for stop, restart and signal)
-// the instance is not on this host.
-func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []error {
-	out := make([]error, len(ts))
-	ops := make([]clientv3.Op, 0, 2*len(ts))
-	for _, t := range ts {
-		ops = append(ops, clientv3.OpGet(s.r.ticketKey(t.ID)), clientv3.OpGet(s.r.claimKey(t.ID)))
+// claimFailures settles claim transactions that did not succeed, from one
+// read of each ticket, its claim and (for a start) its instance: one round
+// trip for all of ts. The read comes after the failed transactions, so a
+// ticket may have moved on again; the reason names the first of these
+// that holds: the ticket is gone, someone holds it, it changed, or (for
+// stop, restart and signal) the instance is not on this host. A start
+// ticket whose instance was written after it, which a claim does not
+// overwrite blind, is claimed over the stored record instead (claimOver).
+func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []ClaimResult {
+	r := s.r
+	out := make([]ClaimResult, len(ts))
+	ops := make([]clientv3.Op, 0, 3*len(ts))
+	at := make([]int, len(ts)) // index of each ticket's first read
+	for i, t := range ts {
+		at[i] = len(ops)
+		ops = append(ops, clientv3.OpGet(r.ticketKey(t.ID)), clientv3.OpGet(r.claimKey(t.ID)))
+		if t.Op == TicketStart {
+			ops = append(ops, clientv3.OpGet(r.instanceKey(t.Instance)))
+		}
 	}
-	resp, err := s.r.cli.Txn(ctx).Then(ops...).Commit()
+	resp, err := r.cli.Txn(ctx).Then(ops...).Commit()
 	for i, t := range ts {
 		what := claimWhat(t.ID)
 		if err != nil {
-			out[i] = s.leaseErr(what, err)
+			out[i].Err = s.leaseErr(what, err)
 			continue
 		}
-		out[i] = lostClaim(what, t, first(rangeKvs(resp, 2*i)), first(rangeKvs(resp, 2*i+1)))
+		if out[i].Err = lostClaim(what, t, first(rangeKvs(resp, at[i])), first(rangeKvs(resp, at[i]+1))); out[i].Err != nil {
+			continue
+		}
+		if t.Op != TicketStart {
+			out[i].Err = fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
+			continue
+		}
+		ikv := first(rangeKvs(resp, at[i]+2))
 		switch {
-		case out[i] != nil:
-		case t.Op == TicketStart:
+		case ikv == nil:
+			out[i].Err = fmt.Errorf("%s: %w: instance %q", what, ErrNotFound, t.Instance)
+		case ikv.ModRevision == t.ModRevision:
 			// Every condition holds again now: the claim that beat this
 			// one has already been released.
-			out[i] = fmt.Errorf("%s: %w", what, ErrClaimed)
+			out[i].Err = fmt.Errorf("%s: %w", what, ErrClaimed)
 		default:
-			out[i] = fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
+			in, derr := decodeInstance(ikv, t.Instance)
+			if derr != nil {
+				out[i].Err = fmt.Errorf("%s: %w", what, derr)
+				continue
+			}
+			out[i].Instance, out[i].Err = s.claimOver(ctx, t, in)
 		}
 	}
 	return out
+}
+
+// claimOver claims start ticket t whose instance record in was written
+// after the ticket: a claim that died with its host's lease left it
+// claimed (or starting) by that host, maybe with a stop requested or a
+// drain's replacement meanwhile. One transaction, on the record as read:
+// an instance that still waits for its start is claimed with what others
+// wrote kept (stop ticket, replacement links, restart counts); one that
+// does not (see retire) ends unstarted with the ticket, and the error
+// wraps ErrTicketDone.
+func (s *HostSession) claimOver(ctx context.Context, t Ticket, in Instance) (Instance, error) {
+	r := s.r
+	what := claimWhat(t.ID)
+	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
+	cmps := []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck), unchanged(r.instanceKey(in.ID), in.ModRevision)}
+	if retire(in) {
+		ops := append([]clientv3.Op{clientv3.OpDelete(tk)}, r.retireOps(in, s.id, "claim of its start ticket")...)
+		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		switch {
+		case err != nil:
+			return Instance{}, s.leaseErr(what, err)
+		case !resp.Succeeded:
+			return Instance{}, fmt.Errorf("%s: %w", what, ErrTicketChanged)
+		}
+		return Instance{}, fmt.Errorf("%s: %w: instance %q is %s, stop ticket %q, replaced by %q: the start is withdrawn",
+			what, ErrTicketDone, in.ID, in.State, in.StopTicket, in.ReplacedBy)
+	}
+	switch in.State {
+	case InstancePending, InstanceClaimed, InstanceStarting:
+	default:
+		return Instance{}, fmt.Errorf("%s: instance %q is %s on %q, not waiting for a start: %w", what, in.ID, in.State, in.Host, ErrTicketChanged)
+	}
+	next := in
+	next.Host, next.State, next.Since, next.Ticket = s.id, InstanceClaimed, time.Now().UTC(), t.ID
+	next.PID, next.PIDStart, next.Port, next.ExitCode, next.Signal, next.Reason = 0, 0, 0, nil, "", ""
+	resp, err := r.cli.Txn(ctx).If(cmps...).Then(
+		clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease)),
+		clientv3.OpPut(r.instanceKey(in.ID), encode(next)),
+		clientv3.OpPut(r.hostInstanceKey(s.id, in.ID), "", clientv3.WithLease(s.lease)),
+	).Commit()
+	switch {
+	case err != nil:
+		return Instance{}, s.leaseErr(what, err)
+	case !resp.Succeeded:
+		return Instance{}, fmt.Errorf("%s: %w", what, ErrTicketChanged)
+	}
+	next.ModRevision = resp.Header.Revision
+	s.remember(next)
+	return next, nil
 }
 
 // holderCmp compares that this session holds the claim of ticket id.
@@ -553,7 +668,10 @@ func (s *HostSession) holderCmp(id string) clientv3.Cmp {
 
 // Release gives up a claimed ticket in one transaction: the claim is
 // deleted and the ticket records the attempt, this host and reason. For a
-// start ticket the instance goes back to pending. When Attempts reaches
+// start ticket the instance goes back to pending, unless it no longer
+// waits for a start: one that ended meanwhile is left as it is, and one
+// whose stop was requested (the stop ticket goes too, if unclaimed) or
+// that a drain replaced exits without having run; the ticket is deleted. When Attempts reaches
 // MaxAttempts the ticket is deleted instead; a start ticket's instance then
 // fails with reason, a stop ticket's instance counts toward its scale
 // again. ErrNotHolder unless this session holds the claim.
@@ -589,33 +707,46 @@ func (s *HostSession) Release(ctx context.Context, t Ticket, reason string) erro
 		cmps := []clientv3.Cmp{unchanged(tk, tkv.ModRevision), s.holderCmp(t.ID)}
 		ops := []clientv3.Op{clientv3.OpDelete(ck)}
 		final := cur.Attempts >= cur.MaxAttempts
-		if final {
-			ops = append(ops, clientv3.OpDelete(tk))
-		} else {
-			ops = append(ops, clientv3.OpPut(tk, encode(cur)))
-		}
+		var in Instance
 		if cur.Op == TicketStart || (final && cur.Op == TicketStop) {
-			in, err := r.Instance(ctx, cur.Instance)
+			in, err = r.Instance(ctx, cur.Instance)
 			if err != nil && !errors.Is(err, ErrNotFound) {
 				return false, err
 			}
 			if err == nil {
 				cmps = append(cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
-				now := time.Now().UTC()
-				switch {
-				case cur.Op == TicketStop:
-					in.StopTicket = ""
-				case final:
-					in.State, in.Since = InstanceFailed, now
-					in.Reason = fmt.Sprintf("start failed %d times, last on %s: %s", cur.Attempts, s.id, reason)
-				default:
-					in.State, in.Since, in.Host = InstancePending, now, ""
-				}
-				ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)),
-					touch(r.genKey(in.App, in.Rev, in.Proc)))
-				if cur.Op == TicketStart {
-					ops = append(ops, clientv3.OpDelete(r.hostInstanceKey(s.id, in.ID)))
-				}
+			}
+		}
+		// A start is offered again only for an instance still waiting for
+		// it: one that ended meanwhile (a stop ticket on the claimed
+		// instance, the reconciler), that is to be stopped or that a
+		// drain replaced must not run elsewhere, uncounted.
+		retired := cur.Op == TicketStart && err == nil && (retire(in) || in.Host != s.id)
+		if final || retired {
+			ops = append(ops, clientv3.OpDelete(tk))
+		} else {
+			ops = append(ops, clientv3.OpPut(tk, encode(cur)))
+		}
+		if in.ID != "" {
+			now := time.Now().UTC()
+			switch {
+			case retired && in.Host == s.id:
+				ops = append(ops, r.retireOps(in, s.id, reason)...)
+			case retired:
+				// Someone else decided its fate.
+			case cur.Op == TicketStop:
+				in.StopTicket = ""
+				ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc)))
+			case final:
+				in.State, in.Since = InstanceFailed, now
+				in.Reason = fmt.Sprintf("start failed %d times, last on %s: %s", cur.Attempts, s.id, reason)
+				ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc)))
+			default:
+				in.State, in.Since, in.Host = InstancePending, now, ""
+				ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc)))
+			}
+			if cur.Op == TicketStart {
+				ops = append(ops, clientv3.OpDelete(r.hostInstanceKey(s.id, in.ID)))
 			}
 		}
 		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
@@ -767,6 +898,11 @@ func withHolderView(cur, inst Instance) Instance {
 func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
 	if err := validID("instance id", inst.ID); err != nil {
 		return err
+	}
+	if inst.State == InstanceLost {
+		// Lost is the reconciler's verdict on a host it no longer hears
+		// from (MarkLost), never the holder's.
+		return fmt.Errorf("%w: instance %q: the holder does not set state lost", ErrInvalid, inst.ID)
 	}
 	what := fmt.Sprintf("registry: update instance %q", inst.ID)
 	return retry(ctx, what, func() (bool, error) {

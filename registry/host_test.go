@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -192,6 +193,7 @@ func TestClaimLifecycle(t *testing.T) {
 	// Only the holder moves the instance, along valid transitions.
 	mustIs(t, h2.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting}), ErrNotHolder)
 	mustIs(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceExited + "x"}), ErrTransition)
+	mustIs(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceLost}), ErrInvalid)
 	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting}))
 	mustIs(t, h2.Complete(ctx, tk), ErrNotHolder)
 
@@ -365,6 +367,22 @@ func TestClaimBatch(t *testing.T) {
 	res = h2.ClaimBatch(ctx, []Ticket{tks[21], other})
 	for _, cr := range res {
 		mustIs(t, cr.Err, ErrLeaseLost)
+	}
+
+	// Bad tickets, and a ticket repeated in a later transaction of the
+	// same call.
+	badApp, badOp := tks[21], tks[21]
+	badApp.App = "web/../x"
+	badOp.Op = "bogus"
+	batch = []Ticket{tks[21], badApp, badOp}
+	for len(batch) < MaxClaimBatch+1 {
+		batch = append(batch, Ticket{ID: fmt.Sprintf("Bad%d", len(batch))})
+	}
+	batch = append(batch, tks[21])
+	res = h1.ClaimBatch(ctx, batch)
+	must(t, res[0].Err)
+	for i := 1; i < len(res); i++ {
+		mustIs(t, res[i].Err, ErrInvalid)
 	}
 }
 
@@ -696,5 +714,130 @@ func TestHolderWritesWithoutReads(t *testing.T) {
 	must(t, err)
 	if got.State != InstanceLost {
 		t.Fatalf("lost instance overwritten: %+v", got)
+	}
+}
+
+// TestReleaseRetires: a released start is offered again only while its
+// instance waits for it; an instance that ended, whose stop was requested
+// or that a drain replaced does not go back to pending.
+func TestReleaseRetires(t *testing.T) {
+	r, _, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1 := register(t, r, "h1")
+	gone := func(id string) {
+		t.Helper()
+		_, err := r.Ticket(ctx, id)
+		mustIs(t, err, ErrNotFound)
+	}
+
+	// Ended meanwhile: left as it is.
+	tk, in := claimNew(t, r, h1)
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceFailed, Reason: "boom"}))
+	must(t, h1.Release(ctx, tk, "start failed"))
+	got, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.State != InstanceFailed || got.Reason != "boom" {
+		t.Errorf("released ended instance = %s (%s), want failed (boom)", got.State, got.Reason)
+	}
+	gone(tk.ID)
+
+	// Stop requested: exits unstarted, the unclaimed stop ticket goes too.
+	tk, in = claimNew(t, r, h1)
+	st, err := r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID})
+	must(t, err)
+	must(t, h1.Release(ctx, tk, "artifact unreachable"))
+	got, err = r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.State != InstanceExited || !strings.Contains(got.Reason, "stop was requested") {
+		t.Errorf("released instance with a stop = %s (%s), want exited, not started", got.State, got.Reason)
+	}
+	gone(tk.ID)
+	gone(st.ID)
+
+	// Stop requested and its ticket held: the holder completes it.
+	tk, in = claimNew(t, r, h1)
+	st, err = r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID})
+	must(t, err)
+	_, err = h1.Claim(ctx, st)
+	must(t, err)
+	must(t, h1.Release(ctx, tk, "artifact unreachable"))
+	gone(tk.ID)
+	must(t, h1.Complete(ctx, st))
+
+	// Replaced by a drain: exits unstarted; the replacement carries the link.
+	tk, in = claimNew(t, r, h1)
+	rt, err := r.ReplaceInstance(ctx, in.ID)
+	must(t, err)
+	must(t, h1.Release(ctx, tk, "shutting down"))
+	got, err = r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.State != InstanceExited || !strings.Contains(got.Reason, "replaced by "+rt.Instance) {
+		t.Errorf("released replaced instance = %s (%s)", got.State, got.Reason)
+	}
+	h2 := register(t, r, "h2")
+	rep, err := h2.Claim(ctx, rt)
+	must(t, err)
+	if rep.Replaces != in.ID {
+		t.Errorf("replacement claimed with Replaces %q, want %q", rep.Replaces, in.ID)
+	}
+}
+
+// TestClaimAfterLeaseLoss: a start ticket whose claim died with its host's
+// lease is claimed over the stored instance record, keeping what others
+// wrote; one whose stop was requested meanwhile is withdrawn instead of
+// started uncounted.
+func TestClaimAfterLeaseLoss(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
+
+	// Nothing written meanwhile: h2 takes it over.
+	tk, in := claimNew(t, r, h1)
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting}))
+	cur, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	cur.Restarts = map[string]int{"manual": 2} // as if written by another party
+	_, err = cli.Put(ctx, r.instanceKey(in.ID), encode(cur))
+	must(t, err)
+	h3 := register(t, r, "h3")
+	_, err = cli.Revoke(ctx, h3.Lease()) // not h1: keep h1 for the next case
+	must(t, err)
+	_, err = cli.Revoke(ctx, h1.Lease())
+	must(t, err)
+	got, err := h2.Claim(ctx, tk)
+	must(t, err)
+	if got.Host != "h2" || got.State != InstanceClaimed || got.Restarts["manual"] != 2 {
+		t.Errorf("claim over a dead claim = %+v", got)
+	}
+	byHost, err := r.HostInstances(ctx, "h2")
+	must(t, err)
+	if len(byHost) != 1 || byHost[0].ID != in.ID {
+		t.Errorf("h2 index = %v", byHost)
+	}
+
+	// Stop requested while claimed by a host that then died: withdrawn.
+	h4 := register(t, r, "h4")
+	tk, in = claimNew(t, r, h4)
+	st, err := r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID})
+	must(t, err)
+	_, err = cli.Revoke(ctx, h4.Lease())
+	must(t, err)
+	_, err = h2.Claim(ctx, tk)
+	mustIs(t, err, ErrTicketDone)
+	final, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if final.State != InstanceExited || final.Host != "h4" {
+		t.Errorf("withdrawn instance = %s on %q (%s)", final.State, final.Host, final.Reason)
+	}
+	for _, id := range []string{tk.ID, st.ID} {
+		_, err = r.Ticket(ctx, id)
+		mustIs(t, err, ErrNotFound)
+	}
+	res, err := r.Scale(ctx, "web", "v1", "worker", 1)
+	must(t, err)
+	if res.Live != 1 || len(res.Started) != 0 {
+		t.Errorf("scale after = %+v; want the one instance on h2 live, nothing started", res)
 	}
 }

@@ -260,6 +260,9 @@ type Ticket struct {
 	// Host is the target host; "" means any host may claim (start tickets).
 	Host   string `json:"host,omitempty"`
 	Signal string `json:"signal,omitempty"`
+	// Replaces is the instance a drain's start ticket replaces; the claim
+	// copies it into the instance record.
+	Replaces string `json:"replaces,omitempty"`
 	// Attempts counts releases; at MaxAttempts (default 3) the ticket is
 	// deleted and, for a start ticket, the instance fails.
 	Attempts    int       `json:"attempts,omitempty"`
