@@ -234,8 +234,8 @@ func withRegistry(ctx context.Context, e *env, fn func(r *registry.Registry) err
 	}
 	defer r.Close()
 	err = fn(r)
-	if err != nil && errors.Is(err, registry.ErrInvalid) && !errors.Is(err, errUsage) {
-		return fmt.Errorf("%w: %w", errUsage, err)
+	if errors.Is(err, registry.ErrInvalid) {
+		return asUsage(err)
 	}
 	return err
 }

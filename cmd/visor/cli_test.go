@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"sort"
 	"strings"
@@ -99,6 +101,11 @@ func checkFailure(t *testing.T, res result, code int, want []string, args []stri
 	msg := res.stderr
 	if !strings.HasPrefix(msg, "visor: ") || strings.Count(msg, "\n") != 1 || !strings.HasSuffix(msg, "\n") {
 		t.Fatalf("visor %s: stderr is not one line starting with 'visor: ': %q", strings.Join(args, " "), msg)
+	}
+	// errUsage only marks an error: its text must not show, even when the
+	// usage error is wrapped ("service render: usage: agent flags: ...").
+	if strings.Contains(msg, "usage: ") {
+		t.Errorf("visor %s: stderr %q shows errUsage's text", strings.Join(args, " "), msg)
 	}
 	for _, w := range want {
 		if !strings.Contains(msg, w) {
@@ -245,6 +252,9 @@ func TestBadInputNoRegistry(t *testing.T) {
 		{"bad output format", []string{"app", "list", "-o", "yaml"}, []string{"-o", `"yaml"`}},
 		{"bad output format ps", []string{"ps", "-o", "xml"}, []string{"-o", `"xml"`}},
 		{"unknown flag", []string{"ps", "--frob"}, []string{"frob"}},
+		{"dash dash ends flags", []string{"app", "list", "--", "-x"}, []string{"unexpected argument", `"-x"`}},
+		{"dash dash after positional", []string{"app", "show", "web", "--", "-o", "json"}, []string{"unexpected argument", `"-o"`}},
+		{"flag after dash dash value", []string{"app", "list", "--prefix", "--", "-o", "yaml"}, []string{"-o", `"yaml"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -300,6 +310,52 @@ func TestGlobalFlagsAtEveryLevel(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 {
 			t.Errorf("visor %s: want a JSON list of one app, got %q", strings.Join(args, " "), out)
 		}
+	}
+}
+
+func TestParseInterspersed(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		pos  string
+		o    string
+	}{
+		{[]string{"a", "b"}, "a b", "table"},
+		{[]string{"a", "-o", "json", "b"}, "a b", "json"},
+		{[]string{"-o", "json", "--", "-a", "-o", "x"}, "-a -o x", "json"},
+		{[]string{"a", "--", "-o", "json"}, "a -o json", "table"},
+		{[]string{"a", "-o", "json", "--", "--", "b"}, "a -- b", "json"},
+		{[]string{"--", "--"}, "--", "table"},
+		// A "--" that is a flag's value does not end flag parsing.
+		{[]string{"-prefix", "--", "a", "-o", "json"}, "a", "json"},
+		{[]string{"-prefix=--", "--", "-o"}, "-o", "table"},
+		{[]string{"-v", "--", "-o"}, "-o", "table"},
+		{[]string{"a", "-v", "-o", "json", "--"}, "a", "json"},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		o := fs.String("o", "table", "")
+		fs.String("prefix", "", "")
+		fs.Bool("v", false, "")
+		pos, err := parseInterspersed(fs, tc.args)
+		if err != nil || strings.Join(pos, " ") != tc.pos || *o != tc.o {
+			t.Errorf("parseInterspersed(%q) = %q, %v, -o %s; want %q, -o %s", tc.args, pos, err, *o, tc.pos, tc.o)
+		}
+	}
+}
+
+func TestErrorLine(t *testing.T) {
+	err := joinErrors(nil, usageError("a: %w", registry.ErrNotFound), nil, errors.New("b\nc\r\n"))
+	if got, want := errorLine(err), "a: registry: not found; b; c"; got != want {
+		t.Errorf("errorLine = %q, want %q", got, want)
+	}
+	if !errors.Is(err, errUsage) || !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("joined error %v loses what it wraps", err)
+	}
+	if joinErrors(nil, nil) != nil {
+		t.Error("joinErrors of nils is not nil")
+	}
+	wrapped := fmt.Errorf("service render: %w", usageError("agent flags: %s", "bad"))
+	if got, want := errorLine(wrapped), "service render: agent flags: bad"; !errors.Is(wrapped, errUsage) || got != want {
+		t.Errorf("wrapped usage error: %q, want %q", got, want)
 	}
 }
 

@@ -168,13 +168,13 @@ func runInstanceOp(ctx context.Context, e *env, args []string, op registry.Ticke
 		}); err != nil {
 			errs = append(errs, err)
 		}
-		return errors.Join(errs...)
+		return joinErrors(errs...)
 	})
 }
 
 // waitInstanceOps follows the registry from revision from+1 (read before
 // the tickets were written, so nothing is missed) until every op has
-// finished or timeout passes. It returns the failures, joined.
+// finished or timeout passes. It returns the failures, joined on one line.
 func waitInstanceOps(ctx context.Context, r *registry.Registry, ops []*instanceOp, from int64, timeout time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -248,5 +248,5 @@ func waitInstanceOps(ctx context.Context, r *registry.Registry, ops []*instanceO
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return joinErrors(errs...)
 }

@@ -105,6 +105,11 @@ func TestRestartAndStop(t *testing.T) {
 	// A stopped instance takes no more tickets: bad input, named.
 	h.fails(2, []string{ids[1], "exited"}, "stop", ids[1])
 	h.fails(1, []string{"web-web-00000000", "not found"}, "restart", "web-web-00000000")
+	// Every failing id is named on the one line of the error.
+	h.fails(1, []string{"restart web-web-00000000", "not found", "; restart web-web-00000001"},
+		"restart", "web-web-00000000", "web-web-00000001")
+	h.fails(1, []string{"stop web-web-00000000", "; stop web-web-00000001"},
+		"stop", "web-web-00000000", "web-web-00000001", "--wait")
 	// One bad id does not hold back the others, and the exit says so.
 	res2 := h.run("restart", "web-web-00000000", ids[0])
 	checkFailure(t, res2, 1, []string{"web-web-00000000", "not found"}, nil)

@@ -114,7 +114,7 @@ func (c agentCall) do(ctx context.Context, method, path string, body io.Reader) 
 		}
 		err := fmt.Errorf("agent: %s", e.Error)
 		if resp.StatusCode == http.StatusBadRequest {
-			err = fmt.Errorf("%w: %s", errUsage, err)
+			err = asUsage(err)
 		}
 		return nil, err
 	}

@@ -18,12 +18,72 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-// errUsage marks an error whose message is a usage problem; the exit code is 2.
+// errUsage marks an error whose message is a usage problem; the exit code
+// is 2. Test for it with errors.Is; make one with usageError or asUsage,
+// which add no text of their own, so that a usage error wrapped with
+// context ("service render: ...") still reads as one message.
 var errUsage = errors.New("usage")
 
-// usageError returns an error wrapping errUsage with a one-line message.
+// usageErr is an error that matches errUsage and reads as err.
+type usageErr struct{ err error }
+
+func (u usageErr) Error() string        { return u.err.Error() }
+func (u usageErr) Unwrap() error        { return u.err }
+func (u usageErr) Is(target error) bool { return target == errUsage }
+
+// usageError returns a usage error with a one-line message formatted as
+// by fmt.Errorf (%w wraps).
 func usageError(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+	return usageErr{fmt.Errorf(format, args...)}
+}
+
+// asUsage marks err as a usage error, keeping its message and its chain.
+func asUsage(err error) error {
+	if err == nil || errors.Is(err, errUsage) {
+		return err
+	}
+	return usageErr{err}
+}
+
+// joinErrors returns the errors of errs that are not nil as one error on
+// one line, separated by "; "; errors.Is and errors.As see each of them.
+// It is errors.Join for a CLI whose errors are one line each.
+func joinErrors(errs ...error) error {
+	var list []error
+	for _, err := range errs {
+		if err != nil {
+			list = append(list, err)
+		}
+	}
+	switch len(list) {
+	case 0:
+		return nil
+	case 1:
+		return list[0]
+	}
+	return joinedError(list)
+}
+
+type joinedError []error
+
+func (j joinedError) Error() string {
+	msgs := make([]string, len(j))
+	for i, err := range j {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (j joinedError) Unwrap() []error { return j }
+
+// errorLine is err's message as the one line run prints after "visor: ":
+// an error that spans lines (one from another program, say) is joined.
+func errorLine(err error) string {
+	lines := strings.FieldsFunc(err.Error(), func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, "; ")
 }
 
 // run executes one invocation and returns the process exit code. It is the
@@ -46,10 +106,10 @@ func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "visor: %s\n", strings.TrimPrefix(err.Error(), "usage: "))
+		fmt.Fprintf(stderr, "visor: %s\n", errorLine(err))
 		return 2
 	default:
-		fmt.Fprintf(stderr, "visor: %s\n", err)
+		fmt.Fprintf(stderr, "visor: %s\n", errorLine(err))
 		return 1
 	}
 }
@@ -134,26 +194,15 @@ func (c *command) execute(ctx context.Context, e *env, args []string) error {
 		c.Flags(fs)
 	}
 	fs.Usage = func() {}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			c.usage(e.stderr, fs)
-			return err
-		}
-		return fmt.Errorf("%w: %s", errUsage, err.Error())
-	}
-	if err := e.globals.check(fs); err != nil {
-		return err
-	}
-	rest := fs.Args()
 	if c.Run != nil {
-		// Allow flags after positional arguments ("visor app show web -o json").
-		rest, err := parseInterspersed(fs, rest)
+		// Flags may follow positional arguments ("visor app show web -o json").
+		rest, err := parseInterspersed(fs, args)
 		if errors.Is(err, flag.ErrHelp) {
 			c.usage(e.stderr, fs)
 			return err
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %s", errUsage, err.Error())
+			return asUsage(err)
 		}
 		if err := e.globals.check(fs); err != nil {
 			return err
@@ -161,6 +210,17 @@ func (c *command) execute(ctx context.Context, e *env, args []string) error {
 		e.flags = fs
 		return c.Run(ctx, e, rest)
 	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			c.usage(e.stderr, fs)
+			return err
+		}
+		return asUsage(err)
+	}
+	if err := e.globals.check(fs); err != nil {
+		return err
+	}
+	rest := fs.Args()
 	if len(rest) == 0 {
 		c.usage(e.stderr, fs)
 		return usageError("%s: missing command", c.path())
@@ -177,27 +237,51 @@ func (c *command) execute(ctx context.Context, e *env, args []string) error {
 	return usageError("%s: unknown command %q (see '%s --help')", c.path(), rest[0], c.path())
 }
 
-// parseInterspersed parses flags that follow positional arguments and
-// returns the positional arguments in order. "--" ends flag parsing.
+// parseInterspersed parses args with fs, allowing flags after positional
+// arguments, and returns the positional arguments in order. A "--" that is
+// not a flag's value ends flag parsing: what follows it is positional, even
+// if it starts with "-" ("visor app show -- -x").
 func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
-	for len(args) > 0 {
-		a := args[0]
-		if a == "--" {
-			pos = append(pos, args[1:]...)
-			break
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
 		}
-		if len(a) > 1 && a[0] == '-' {
-			if err := fs.Parse(args); err != nil {
-				return nil, err
-			}
-			args = fs.Args()
+		rest := fs.Args()
+		if endsWithTerminator(fs, args[:len(args)-len(rest)]) {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// endsWithTerminator reports whether the arguments fs.Parse consumed
+// (without error) end with the "--" that stops flag parsing, as opposed to
+// a "--" that is a flag's value ("--prefix --").
+func endsWithTerminator(fs *flag.FlagSet, consumed []string) bool {
+	for i := 0; i < len(consumed); i++ {
+		a := consumed[i]
+		if a == "--" {
+			return i == len(consumed)-1
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if strings.Contains(name, "=") {
 			continue
 		}
-		pos = append(pos, a)
-		args = args[1:]
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // -h or -help: fs.Parse returned flag.ErrHelp
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			continue
+		}
+		i++ // the flag's value
 	}
-	return pos, nil
+	return false
 }
 
 func (c *command) usage(w io.Writer, fs *flag.FlagSet) {

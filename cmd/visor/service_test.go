@@ -116,10 +116,9 @@ func TestServiceRender(t *testing.T) {
 		}
 	})
 	t.Run("unknown agent flag", func(t *testing.T) {
-		r := svcRun("service", "render", "-binary", "/usr/bin/visor", "--", "-bogus")
-		if r.code != 2 || !strings.Contains(r.stderr, "bogus") {
-			t.Errorf("exit %d, stderr %q; want 2 naming -bogus", r.code, r.stderr)
-		}
+		args := []string{"service", "render", "-binary", "/usr/bin/visor", "--", "-bogus"}
+		r := svcRun(args...)
+		checkFailure(t, result(r), 2, []string{"service render: agent flags:", "-bogus"}, args)
 	})
 }
 
@@ -157,9 +156,7 @@ func TestServiceInstallBadInput(t *testing.T) {
 			root := t.TempDir()
 			args := append([]string{"service", "install", "-root", root, "-init", "systemd", "-binary", "/usr/bin/visor"}, tc.args...)
 			r := svcRun(args...)
-			if r.code != tc.code || !strings.Contains(r.stderr, tc.mentions) {
-				t.Errorf("exit %d, stderr %q; want %d mentioning %q", r.code, r.stderr, tc.code, tc.mentions)
-			}
+			checkFailure(t, result(r), tc.code, []string{"service install: ", tc.mentions}, args)
 			if got := files(t, root); len(got) != 0 {
 				t.Errorf("bad input wrote %q", got)
 			}
