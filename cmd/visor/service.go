@@ -155,6 +155,9 @@ func serviceAgentArgs(args []string) (configPath string, out, secrets []string, 
 	if fs.NArg() > 0 {
 		return "", nil, nil, usageError("agent flags: unexpected argument %q", fs.Arg(0))
 	}
+	if err := o.globals.check(fs); err != nil {
+		return "", nil, nil, usageError("agent flags: %w", err)
+	}
 	fs.Visit(func(f *flag.Flag) {
 		v := f.Value.String()
 		if agentPathFlags[f.Name] && v != "" && err == nil {

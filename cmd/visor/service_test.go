@@ -120,6 +120,10 @@ func TestServiceRender(t *testing.T) {
 		r := svcRun(args...)
 		checkFailure(t, result(r), 2, []string{"service render: agent flags:", "-bogus"}, args)
 	})
+	t.Run("empty endpoints", func(t *testing.T) {
+		args := []string{"service", "render", "-binary", "/usr/bin/visor", "--", "-endpoints="}
+		checkFailure(t, result(svcRun(args...)), 2, []string{"agent flags: --endpoints is empty"}, args)
+	})
 }
 
 func mustGetwd(t *testing.T) string {
@@ -145,6 +149,7 @@ func TestServiceInstallBadInput(t *testing.T) {
 		{"config not json", []string{"--", "-config", badJSON}, 2, "not valid JSON"},
 		{"config unknown key", []string{"--", "-config", unknownKey}, 2, "no_such_flag"},
 		{"unknown agent flag", []string{"--", "-bogus"}, 2, "bogus"},
+		{"empty endpoints", []string{"--", "-endpoints", ""}, 2, "--endpoints is empty"},
 		{"bad agent value", []string{"--", "-ttl", "soon"}, 2, "ttl"},
 		{"relative binary", []string{"-binary", "bin/visor"}, 2, "bin/visor"},
 		{"bad user", []string{"-user", "Root Admin"}, 1, "user name"},
