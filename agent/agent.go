@@ -763,10 +763,8 @@ func (a *Agent) eligible(t registry.Ticket) bool {
 	if t.Host != "" && t.Host != a.cfg.HostID {
 		return false
 	}
-	for _, h := range t.FailedHosts {
-		if h == a.cfg.HostID {
-			return false
-		}
+	if t.Excludes(a.cfg.HostID) {
+		return false
 	}
 	if t.Op == registry.TicketStart && a.draining.Load() {
 		return false

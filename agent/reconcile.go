@@ -347,13 +347,9 @@ func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.
 
 // eligibleHosts counts live hosts that may claim t.
 func eligibleHosts(t registry.Ticket, hosts []registry.Host) int {
-	failed := map[string]bool{}
-	for _, h := range t.FailedHosts {
-		failed[h] = true
-	}
 	n := 0
 	for _, h := range hosts {
-		if failed[h.ID] || h.Draining || (t.Host != "" && t.Host != h.ID) {
+		if t.Excludes(h.ID) || h.Draining || (t.Host != "" && t.Host != h.ID) {
 			continue
 		}
 		n++

@@ -208,7 +208,7 @@ func (p *pipeline) execLoop() {
 	for j := range p.execCh {
 		if p.ctx.Err() != nil {
 			// Shutting down (or the lease is gone) before it started.
-			_ = p.s.Release(p.drain(), j.t, "agent shutting down before the ticket was started")
+			_ = p.s.Unclaim(p.drain(), j.t, "agent shutting down before the ticket was started")
 		} else {
 			p.a.execute(p.ctx, p.drain, p.s, j.t, j.inst)
 		}
@@ -282,7 +282,7 @@ func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *re
 	if ctx.Err() != nil {
 		// Shutdown or lease loss: the claim dies with the lease (or is
 		// released below), and another host or our next session retries.
-		_ = s.Release(drain(), t, "agent shutting down before the ticket was done")
+		_ = s.Unclaim(drain(), t, "agent shutting down before the ticket was done")
 		return
 	}
 	log.Warn("ticket failed; releasing it", "error", err)

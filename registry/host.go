@@ -676,6 +676,20 @@ func (s *HostSession) holderCmp(id string) clientv3.Cmp {
 // fails with reason, a stop ticket's instance counts toward its scale
 // again. ErrNotHolder unless this session holds the claim.
 func (s *HostSession) Release(ctx context.Context, t Ticket, reason string) error {
+	return s.release(ctx, t, reason, true)
+}
+
+// Unclaim gives a claimed ticket back without counting an attempt or
+// marking this host as failed: for a host that stops (shutdown) before it
+// did the work, which it or another host may do later. Otherwise as
+// Release: a start ticket's instance goes back to pending, unless it no
+// longer waits for a start.
+func (s *HostSession) Unclaim(ctx context.Context, t Ticket, reason string) error {
+	return s.release(ctx, t, reason, false)
+}
+
+// release is Release (attempt true) and Unclaim (false).
+func (s *HostSession) release(ctx context.Context, t Ticket, reason string, attempt bool) error {
 	if err := validID("ticket id", t.ID); err != nil {
 		return err
 	}
@@ -701,12 +715,14 @@ func (s *HostSession) Release(ctx context.Context, t Ticket, reason string) erro
 		if cur.MaxAttempts <= 0 {
 			cur.MaxAttempts = 3
 		}
-		cur.Attempts++
-		cur.FailedHosts = append(cur.FailedHosts, s.id)
-		cur.Reasons = append(cur.Reasons, reason)
+		if attempt {
+			cur.Attempts++
+			cur.FailedHosts = append(cur.FailedHosts, s.id)
+			cur.Reasons = append(cur.Reasons, reason)
+		}
 		cmps := []clientv3.Cmp{unchanged(tk, tkv.ModRevision), s.holderCmp(t.ID)}
 		ops := []clientv3.Op{clientv3.OpDelete(ck)}
-		final := cur.Attempts >= cur.MaxAttempts
+		final := attempt && cur.Attempts >= cur.MaxAttempts
 		var in Instance
 		if cur.Op == TicketStart || (final && cur.Op == TicketStop) {
 			in, err = r.Instance(ctx, cur.Instance)

@@ -841,3 +841,47 @@ func TestClaimAfterLeaseLoss(t *testing.T) {
 		t.Errorf("scale after = %+v; want the one instance on h2 live, nothing started", res)
 	}
 }
+
+// TestUnclaim: a host that stops before doing a ticket's work gives it
+// back without an attempt counted against it.
+func TestUnclaim(t *testing.T) {
+	r, _, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1 := register(t, r, "h1")
+	tk, in := claimNew(t, r, h1)
+	must(t, h1.Unclaim(ctx, tk, "shutting down"))
+	cur, err := r.Ticket(ctx, tk.ID)
+	must(t, err)
+	if cur.Holder != "" || cur.Attempts != 0 || len(cur.FailedHosts) != 0 || cur.Excludes("h1") {
+		t.Fatalf("ticket after unclaim = %+v", cur)
+	}
+	got, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.State != InstancePending || got.Host != "" || got.ModRevision != cur.ModRevision {
+		t.Fatalf("instance after unclaim = %+v (ticket revision %d)", got, cur.ModRevision)
+	}
+	// The same host may take it again.
+	again, err := h1.Claim(ctx, cur)
+	must(t, err)
+	if again.State != InstanceClaimed || again.Host != "h1" {
+		t.Errorf("claim after unclaim = %+v", again)
+	}
+}
+
+func TestTicketExcludes(t *testing.T) {
+	for _, c := range []struct {
+		t    Ticket
+		host string
+		want bool
+	}{
+		{Ticket{FailedHosts: []string{"h1"}}, "h1", true},
+		{Ticket{FailedHosts: []string{"h1"}}, "h2", false},
+		{Ticket{Host: "h1", FailedHosts: []string{"h1"}}, "h1", false}, // targeted: only h1 can
+		{Ticket{}, "h1", false},
+	} {
+		if got := c.t.Excludes(c.host); got != c.want {
+			t.Errorf("%+v.Excludes(%q) = %v, want %v", c.t, c.host, got, c.want)
+		}
+	}
+}

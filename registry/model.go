@@ -3,6 +3,7 @@ package registry
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -236,6 +237,13 @@ type Instance struct {
 // counted reports whether the instance counts toward its desired scale.
 func (i Instance) counted() bool {
 	return i.State.Live() && i.StopTicket == "" && i.ReplacedBy == ""
+}
+
+// Excludes reports whether host may not take the ticket because it
+// already failed it. A ticket targeted at host is never excluded so: no
+// other host can do its work, and MaxAttempts bounds the tries.
+func (t Ticket) Excludes(host string) bool {
+	return t.Host != host && slices.Contains(t.FailedHosts, host)
 }
 
 // TicketOp is the work a ticket asks for.
