@@ -72,7 +72,7 @@ func procSetFlags(fs *flag.FlagSet) {
 	fs.String("command", "", `shell command line ("" = from the artifact's Procfile)`)
 	fs.String("restart", "", "restart policy: always, on-failure or never")
 	fs.Int("max-restarts", 0, "restarts allowed before the instance fails (0 = unlimited)")
-	fs.String("stop-signal", "", "signal that asks the process to stop (default TERM)")
+	fs.String("stop-signal", "", "signal that asks the process to stop: TERM (default), INT, QUIT, HUP, KILL, USR1, USR2, WINCH or ALRM")
 	fs.Duration("stop-timeout", 0, "grace period after the stop signal before SIGKILL")
 	fs.Duration("min-uptime", 0, "uptime after which a run counts as a successful start")
 	fs.String("health-type", "", "health check: exec, tcp, http, or none to remove it")
@@ -250,14 +250,23 @@ func parseCPU(s string) (int, error) {
 	return n, nil
 }
 
+// stopSignals are the signals proc set accepts as a stop signal.
 var stopSignals = map[string]bool{
 	"HUP": true, "INT": true, "QUIT": true, "KILL": true, "USR1": true, "USR2": true,
-	"TERM": true, "WINCH": true, "ALRM": true, "CONT": true, "STOP": true, "TSTP": true,
+	"TERM": true, "WINCH": true, "ALRM": true,
 }
 
-// parseSignal normalizes a signal name ("term", "SIGTERM" → "TERM").
+// jobControlSignals pause or resume a process rather than ask it to stop.
+// The supervisor sends the stop signal and then SIGCONT, so with one of
+// these every stop would wait out the stop timeout and end in SIGKILL.
+var jobControlSignals = map[string]bool{"STOP": true, "TSTP": true, "CONT": true, "TTIN": true, "TTOU": true}
+
+// parseSignal normalizes a stop signal's name ("term", "SIGTERM" → "TERM").
 func parseSignal(flagName, s string) (string, error) {
 	n := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), "SIG")
+	if jobControlSignals[n] {
+		return "", usageError("--%s %q: a job-control signal does not stop a process; want TERM, INT, QUIT or HUP", flagName, s)
+	}
 	if !stopSignals[n] {
 		return "", usageError("--%s %q: want a signal name such as TERM, INT, QUIT or HUP", flagName, s)
 	}

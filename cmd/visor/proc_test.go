@@ -77,6 +77,11 @@ func TestProcCommands(t *testing.T) {
 		{[]string{"--cpu", "9m"}, []string{"--cpu", `"9m"`, "minimum of 10m"}},
 		{[]string{"--memory", "0.5"}, []string{"--memory", `"0.5"`, "less than one byte"}},
 		{[]string{"--stop-signal", "FOO"}, []string{"--stop-signal", `"FOO"`}},
+		{[]string{"--stop-signal", "STOP"}, []string{"--stop-signal", `"STOP"`, "job-control"}},
+		{[]string{"--stop-signal", "SIGTSTP"}, []string{"--stop-signal", `"SIGTSTP"`, "job-control"}},
+		{[]string{"--stop-signal", "cont"}, []string{"--stop-signal", `"cont"`, "job-control"}},
+		{[]string{"--stop-signal", "TTIN"}, []string{"--stop-signal", `"TTIN"`, "job-control"}},
+		{[]string{"--stop-signal", "ttou"}, []string{"--stop-signal", `"ttou"`, "job-control"}},
 		{[]string{"--health-type", "smoke"}, []string{"--health-type", `"smoke"`}},
 		{[]string{"--health-path", "/x"}, []string{"--health-type"}},
 		{[]string{"--health-type", "exec"}, []string{"--health-cmd"}},
@@ -167,6 +172,19 @@ func TestProcSetFlagsCheckedBeforeDial(t *testing.T) {
 		checkFailure(t, res, 2, []string{flags[len(flags)-2]}, args)
 		if strings.Contains(res.stderr, "connect") || strings.Contains(res.stderr, closed) {
 			t.Errorf("visor %s: %q is a connect error, want the flag's", strings.Join(args, " "), res.stderr)
+		}
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	for in, want := range map[string]string{"TERM": "TERM", "sigint": "INT", "SIGQUIT": "QUIT", " hup ": "HUP", "KILL": "KILL", "usr2": "USR2"} {
+		if got, err := parseSignal("stop-signal", in); err != nil || got != want {
+			t.Errorf("parseSignal(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "FOO", "STOP", "SIGSTOP", "TSTP", "CONT", "SIGCONT", "TTIN", "TTOU", "15"} {
+		if got, err := parseSignal("stop-signal", bad); err == nil {
+			t.Errorf("parseSignal(%q) = %q, want an error", bad, got)
 		}
 	}
 }
