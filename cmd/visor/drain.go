@@ -33,7 +33,7 @@ refused. 'visor undrain HOST' ends the drain; 'visor hosts -w' shows it.`,
 				if err != nil {
 					return err
 				}
-				return e.print(d, func(w io.Writer) {
+				return e.print(newDrainOut(d), func(w io.Writer) {
 					fmt.Fprintf(w, "draining %s since %s", d.Host, d.Since.Format(time.RFC3339))
 					if !d.Deadline.IsZero() {
 						fmt.Fprintf(w, ", deadline %s", d.Deadline.Format(time.RFC3339))
@@ -61,4 +61,21 @@ refused. 'visor undrain HOST' ends the drain; 'visor hosts -w' shows it.`,
 			})
 		},
 	})
+}
+
+// drainOut is the CLI's JSON form of a drain. Deadline is null when the
+// drain has none (omitempty does not omit a zero time.Time, which printed
+// as "0001-01-01T00:00:00Z").
+type drainOut struct {
+	Host     string     `json:"host"`
+	Since    time.Time  `json:"since"`
+	Deadline *time.Time `json:"deadline"`
+}
+
+func newDrainOut(d registry.Drain) drainOut {
+	out := drainOut{Host: d.Host, Since: d.Since}
+	if !d.Deadline.IsZero() {
+		out.Deadline = &d.Deadline
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDrainCommands(t *testing.T) {
@@ -29,4 +30,19 @@ func TestDrainCommands(t *testing.T) {
 	}
 	h.ok("undrain", "h1")
 	h.fails(1, []string{"not draining"}, "undrain", "h1")
+
+	// -o json: deadline is null without one, a time with one.
+	var d map[string]any
+	h.okJSON(&d, "drain", "h1")
+	checkFields(t, "drain -o json", d, "host", "since", "deadline")
+	if d["host"] != "h1" || d["deadline"] != nil {
+		t.Errorf("drain -o json without a deadline: %v", d)
+	}
+	h.okJSON(&d, "drain", "h1", "--deadline", "2m")
+	checkFields(t, "drain --deadline -o json", d, "host", "since", "deadline")
+	dl, _ := d["deadline"].(string)
+	if at, err := time.Parse(time.RFC3339, dl); err != nil || at.Year() < 2000 {
+		t.Errorf("drain --deadline 2m -o json: deadline %v", d["deadline"])
+	}
+	h.ok("undrain", "h1")
 }
