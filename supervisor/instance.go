@@ -161,8 +161,14 @@ func (s *Supervisor) moveLocked(in *instance, to State, reason string, persist b
 }
 
 // spawnLocked starts a new process for the instance and moves it to
-// starting (or running when it has no started criterion).
+// starting (or running when it has no started criterion). Once Run is
+// shutting down it forks nothing and returns ErrStopped; a spawn begun
+// before holds Run's shutdown until its process is watched and recorded.
 func (s *Supervisor) spawnLocked(in *instance) error {
+	if !s.track() {
+		return ErrStopped
+	}
+	defer s.wg.Done()
 	in.restarting = false
 	if s.cg != nil && in.group == nil {
 		g, err := s.cg.Create(in.id, in.spec.Limits)
@@ -434,6 +440,9 @@ func (s *Supervisor) scheduleRestartLocked(in *instance, delay time.Duration) {
 		}
 		in.backoffTimer = nil
 		if err := s.spawnLocked(in); err != nil {
+			if errors.Is(err, ErrStopped) {
+				return // shutting down: still in backoff, Restore schedules it again
+			}
 			in.log.Error("restart failed", "error", err)
 			s.transitionLocked(in, StateFailed, "restart failed: "+err.Error())
 		}

@@ -33,9 +33,13 @@ func newReaper() (*reaper, error) {
 }
 
 // add watches w's process; the poller reports it once, when it exits.
+// After close it fails with ErrStopped.
 func (r *reaper) add(w watch) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.watches == nil {
+		return fmt.Errorf("watch process: reaper closed: %w", ErrStopped)
+	}
 	r.watches[w.fd] = w
 	ev := unix.Kevent_t{Ident: uint64(w.fd), Filter: unix.EVFILT_PROC, Flags: unix.EV_ADD | unix.EV_ONESHOT, Fflags: unix.NOTE_EXIT}
 	_, err := unix.Kevent(r.kq, []unix.Kevent_t{ev}, nil, nil)

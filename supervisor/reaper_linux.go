@@ -39,9 +39,13 @@ func newReaper() (*reaper, error) {
 }
 
 // add watches pidfd; the poller reports it once, when the process exits.
+// After close it fails with ErrStopped.
 func (r *reaper) add(w watch) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.watches == nil {
+		return fmt.Errorf("watch process: reaper closed: %w", ErrStopped)
+	}
 	r.watches[w.fd] = w
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(w.fd)}
 	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, w.fd, &ev); err != nil {

@@ -18,7 +18,10 @@ import (
 // policy applies. Instances already known are skipped. An adopted instance
 // keeps its persisted state, so the StateHandler hears of it only at its
 // next change: the returned statuses are the starting point. Restore blocks until
-// Run is running and returns the status of every restored instance.
+// Run is running and returns the status of every restored instance. When Run
+// begins shutting down meanwhile, Restore stops with ErrStopped and the
+// statuses restored so far; the records not reached are left for the next
+// Restore.
 func (s *Supervisor) Restore(ctx context.Context) ([]Status, error) {
 	if err := s.awaitRun(ctx); err != nil {
 		return nil, err
@@ -32,7 +35,14 @@ func (s *Supervisor) Restore(ctx context.Context) ([]Status, error) {
 		if ctx.Err() != nil {
 			return out, ctx.Err()
 		}
+		// Registered with Run like a spawn: none begins once Run is
+		// shutting down, and Run closes the reaper only after this one's
+		// watch is in place.
+		if !s.track() {
+			return out, ErrStopped
+		}
 		in, ok := s.restoreOne(rec)
+		s.wg.Done()
 		if !ok {
 			continue
 		}

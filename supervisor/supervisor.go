@@ -29,7 +29,8 @@ var (
 	ErrExists = errors.New("supervisor: instance exists")
 	// ErrInvalidSpec: the Spec was rejected before anything was started.
 	ErrInvalidSpec = errors.New("supervisor: invalid spec")
-	// ErrStopped: Run has returned (or was never started and ctx ended).
+	// ErrStopped: Run has returned or is shutting down (or was never
+	// started and ctx ended).
 	ErrStopped = errors.New("supervisor: stopped")
 	// ErrNotRunning: the instance has no live process (Signal).
 	ErrNotRunning = errors.New("supervisor: instance has no process")
@@ -137,8 +138,8 @@ type Supervisor struct {
 	ran       bool
 
 	lifeMu  sync.Mutex     // guards closing and wg.Add; taken after instance.mu
-	closing bool           // no new goroutines or timers
-	wg      sync.WaitGroup // timers and health checks
+	closing bool           // no new goroutines, timers, spawns or adoptions
+	wg      sync.WaitGroup // timers, health checks, spawns and adoptions in flight
 }
 
 // New checks c, creates its directories, probes cgroups and returns a
@@ -279,7 +280,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		in.mu.Unlock()
 	}
 	bg.Wait()
-	s.wg.Wait()
+	s.wg.Wait() // also the spawns and adoptions begun before closing
 	close(notesDone)
 	nbg.Wait()
 	s.reaper.close()
