@@ -436,14 +436,20 @@ func (a *Agent) stop(ctx context.Context, s *registry.HostSession, t registry.Ti
 	st, err := a.sup.Stop(ctx, t.Instance)
 	switch {
 	case errors.Is(err, supervisor.ErrNotFound):
-		// Nothing here to stop: record the instance as exited.
+		// Nothing here to stop: record the instance as exited. The
+		// ticket completes only once that is written (or the record is
+		// gone), else it is released and tried again.
 		inst, ierr := a.reg.Instance(ctx, t.Instance)
-		if ierr == nil && !inst.State.Terminal() {
+		switch {
+		case errors.Is(ierr, registry.ErrNotFound):
+		case ierr != nil:
+			return fmt.Errorf("stop: read instance: %w", ierr)
+		case !inst.State.Terminal():
 			inst.State = registry.InstanceExited
 			inst.Reason = "stopped (no process on host)"
 			inst.Since = time.Now()
 			if uerr := s.UpdateInstance(ctx, inst); uerr != nil {
-				a.log.Warn("record stopped instance", "instance", t.Instance, "error", uerr)
+				return fmt.Errorf("stop: record the instance exited: %w", uerr)
 			}
 		}
 	case err != nil:
