@@ -511,6 +511,12 @@ func validProcType(p *ProcType) error {
 	if err != nil {
 		return err
 	}
+	switch sig {
+	case "STOP", "TSTP", "CONT":
+		// The supervisor sends the stop signal and then SIGCONT: a
+		// job-control signal would leave every stop to the kill timeout.
+		return fmt.Errorf("%w: stop signal %s is a job-control signal and does not stop a process", ErrInvalid, sig)
+	}
 	p.StopSignal = sig
 	if h := p.Health; h != nil {
 		switch h.Type {

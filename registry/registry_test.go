@@ -315,6 +315,12 @@ func TestProcTypes(t *testing.T) {
 	if got.StopSignal != "INT" {
 		t.Errorf("stop signal not normalised: %q", got.StopSignal)
 	}
+	for _, sig := range []string{"SIGSTOP", "tstp", "CONT", "SIGBOGUS"} {
+		bad := p
+		bad.StopSignal = sig
+		_, err := r.SetProcType(ctx, bad)
+		mustIs(t, err, ErrInvalid)
+	}
 	_, err = r.SetProcType(ctx, ProcType{App: "web", Name: "worker"})
 	must(t, err)
 	procs, err := r.ProcTypes(ctx, "web")
