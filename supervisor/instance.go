@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"sync"
@@ -103,15 +104,26 @@ func (in *instance) recordLocked() *record {
 
 // killGroupLocked sends sig to the instance's process group. Our own
 // child's pid cannot be reused before we reap it, but an adopted process is
-// reaped by init: once it is gone its pid, and so the group id, may name
-// someone else's group, so the group is signalled only while the leader is
-// still the process we adopted (alive or zombie).
+// reaped by init, at once: the group is signalled while the leader is still
+// the process we adopted (alive or zombie), and also once the leader is gone
+// (its /proc entry missing), since the kernel frees a pid only when no
+// process uses it as pid, group or session id: while members of our group
+// remain, the group id cannot name a new process, and once none remain the
+// signal finds nobody (ESRCH). Only a leader's pid held by a process of
+// another start time (reused) is left alone. (The one gap: the group empties
+// and the pid is reused by a new group leader in the moment between the
+// check and the kill.)
 func (in *instance) killGroupLocked(sig syscall.Signal) error {
 	if in.pid <= 0 {
 		return nil
 	}
 	if in.adopted {
-		if ticks, _, err := procStat(in.pid); err != nil || ticks != in.startTicks {
+		ticks, _, err := procStat(in.pid)
+		switch {
+		case err == nil && ticks == in.startTicks:
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH):
+			// Leader reaped by its parent; what is left is our group.
+		default:
 			return nil
 		}
 	}

@@ -2,8 +2,12 @@ package supervisor
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,9 +17,53 @@ import (
 	"github.com/visorhq/visor/internal/proctest"
 )
 
+// helperEnv makes the test binary run a workload of this package's own
+// (beyond proctest's), named by os.Args[1].
+const helperEnv = "VISOR_SUPERVISOR_HELPER"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" && len(os.Args) > 1 {
+		os.Exit(runHelper(os.Args[1], os.Args[2:]))
+	}
 	proctest.Main()
 	goleak.VerifyTestMain(m)
+}
+
+// helperCommand returns an *exec.Cmd running the package's workload with args.
+func helperCommand(workload string, args ...string) *exec.Cmd {
+	cmd := exec.Command(proctest.Binary(), append([]string{workload}, args...)...)
+	cmd.Env = append(proctest.Env(), helperEnv+"=1")
+	return cmd
+}
+
+// runHelper implements the package's workloads:
+//
+//	reaping-parent LEADER GRANDCHILD: start a spawn-grandchild workload (the
+//	leader) in a process group of its own, write its pid to LEADER (the
+//	grandchild's goes to GRANDCHILD), reap it as soon as it exits (as init
+//	does with an adopted process), then exit 0.
+func runHelper(workload string, args []string) int {
+	if workload != "reaping-parent" || len(args) != 2 {
+		fmt.Fprintln(os.Stderr, "unknown helper workload", workload, args)
+		return 2
+	}
+	cmd := proctest.Exec("spawn-grandchild", args[1])
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	tmp := args[0] + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if err := os.Rename(tmp, args[0]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	_ = cmd.Wait()
+	return 0
 }
 
 // recorder is a StateHandler that keeps every notification.

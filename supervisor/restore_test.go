@@ -212,6 +212,77 @@ func TestAdoptNonChild(t *testing.T) {
 	}
 }
 
+// TestAdoptedLeaderExitKillsGroup: an adopted leader is not our child, so
+// its parent (init, after an agent restart) reaps it at once, before the
+// reaper handles its exit; what is left of its process group must still be
+// killed, as for a child of ours.
+func TestAdoptedLeaderExitKillsGroup(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	dir := t.TempDir()
+	leaderFile, gcFile := filepath.Join(dir, "leader"), filepath.Join(dir, "grandchild")
+	parent := helperCommand("reaping-parent", leaderFile, gcFile)
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	parentDone := make(chan error, 1)
+	go func() { parentDone <- parent.Wait() }()
+	leader, err := strconv.Atoi(proctest.ReadFile(t, 20*time.Second, leaderFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc, err := strconv.Atoi(proctest.ReadFile(t, 20*time.Second, gcFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(gc, syscall.SIGKILL)
+		_ = syscall.Kill(leader, syscall.SIGKILL)
+		<-parentDone
+	})
+	if pgid, err := syscall.Getpgid(gc); err != nil || pgid != leader {
+		t.Fatalf("grandchild's group = %d, %v; want the leader's %d", pgid, err, leader)
+	}
+	ticks, _, err := procStat(leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, Config{})
+	spec := sleeper("family")
+	spec.Restart = restart.Policy{Mode: restart.ModeNever}
+	if err := h.save(&record{Version: recordVersion, Spec: spec, State: StateRunning, Since: time.Now(),
+		PID: leader, StartTicks: ticks, StartTime: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := h.Restore(ctx)
+	if err != nil || len(restored) != 1 || !restored[0].Adopted || restored[0].PID != leader {
+		t.Fatalf("Restore() = %+v, %v", restored, err)
+	}
+	// Hold the instance while the leader dies and its parent reaps it, so
+	// that the reaper handles the exit only once the leader's pid is gone.
+	in, err := h.lookup("family")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.mu.Lock()
+	if err := syscall.Kill(leader, syscall.SIGKILL); err != nil {
+		in.mu.Unlock()
+		t.Fatal(err)
+	}
+	err = <-parentDone
+	parentDone <- err // for the cleanup
+	_, _, statErr := procStat(leader)
+	in.mu.Unlock()
+	if err != nil || !errors.Is(statErr, os.ErrNotExist) {
+		t.Fatalf("leader not reaped by its parent: parent %v, /proc: %v", err, statErr)
+	}
+	st, err := h.Wait(ctx, "family")
+	if err != nil || st.State != StateExited {
+		t.Fatalf("Wait() = %+v, %v", st, err)
+	}
+	proctest.WaitFor(t, 3*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
+}
+
 // TestLogsFlowWhileDown checks that a process keeps writing its log while no
 // supervisor runs: the log file is its own stdout, not a pipe through us.
 func TestLogsFlowWhileDown(t *testing.T) {
