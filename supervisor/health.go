@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"syscall"
 	"time"
 )
 
@@ -36,10 +37,21 @@ func probe(ctx context.Context, h HealthCheck, env []string, dir string) error {
 	defer cancel()
 	switch h.Type {
 	case "exec":
+		// The check is a process group of its own, killed whole at the
+		// timeout (not only its first process: a shell's children would
+		// outlive it) and once it has exited (what it left in the
+		// background). Its pid, so the group id, is not reused while
+		// members remain.
 		cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
 		cmd.Env, cmd.Dir = env, dir
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return killGroup(cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.WaitDelay = time.Second
-		if err := cmd.Run(); err != nil {
+		err := cmd.Run()
+		if cmd.Process != nil {
+			_ = killGroup(cmd.Process.Pid, syscall.SIGKILL)
+		}
+		if err != nil {
 			return fmt.Errorf("exec check: %w", err)
 		}
 		return nil

@@ -476,6 +476,43 @@ func TestHealthChecks(t *testing.T) {
 	})
 }
 
+// TestExecCheckLeavesNoProcess: an exec check that times out is killed
+// with its whole process group (not only the shell), and what a check that
+// passed left in the background is killed too.
+func TestExecCheckLeavesNoProcess(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, script string
+		timeout      time.Duration
+		pass         bool
+	}{
+		{"timeout", "sleep 30; true", 200 * time.Millisecond, false},
+		{"background", "sleep 30 & exit 0", 10 * time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			mark := "VISOR_TEST_MARK=" + t.TempDir()
+			t.Cleanup(func() {
+				for _, pid := range markedPids(t, mark) {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			})
+			h := HealthCheck{Type: "exec", Command: []string{"/bin/sh", "-c", tc.script}, Timeout: tc.timeout}
+			began := time.Now()
+			err := probe(context.Background(), h, []string{"PATH=" + os.Getenv("PATH"), mark}, t.TempDir())
+			if (err == nil) != tc.pass {
+				t.Fatalf("probe() = %v, want pass %v", err, tc.pass)
+			}
+			if d := time.Since(began); d > 5*time.Second {
+				t.Fatalf("probe took %v", d)
+			}
+			proctest.WaitFor(t, 3*time.Second, "no process of the check left", func() bool {
+				return len(markedPids(t, mark)) == 0
+			})
+		})
+	}
+}
+
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := netListen()
