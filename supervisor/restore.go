@@ -55,6 +55,12 @@ func (s *Supervisor) Restore(ctx context.Context) ([]Status, error) {
 
 // restoreOne rebuilds one instance from rec; false when it is known already.
 func (s *Supervisor) restoreOne(rec record) (*instance, bool) {
+	if sig, err := ParseSignal(rec.Spec.StopSignal); err == nil && checkStopSignal(sig) != nil {
+		// Persisted before such stop signals were refused: stop with the
+		// default rather than fail the instance's restarts.
+		s.log.Warn("restored stop signal refused, using TERM", "instance", rec.Spec.ID, "stop_signal", rec.Spec.StopSignal)
+		rec.Spec.StopSignal = ""
+	}
 	rs, err := validate(rec.Spec)
 	if err != nil {
 		// The spec was valid when started (binary since removed, user
@@ -160,7 +166,7 @@ func (s *Supervisor) adoptLocked(in *instance, rec record) bool {
 // fallbackResolved is enough of a resolved spec to stop an adopted process.
 func fallbackResolved(spec Spec) resolved {
 	r := resolved{stopSignal: syscall.SIGTERM, stopTimeout: DefaultStopTimeout, path: "/nonexistent"}
-	if sig, err := ParseSignal(spec.StopSignal); err == nil && spec.StopSignal != "" {
+	if sig, err := ParseSignal(spec.StopSignal); err == nil && spec.StopSignal != "" && checkStopSignal(sig) == nil {
 		r.stopSignal = sig
 	}
 	if spec.StopTimeout > 0 {

@@ -283,6 +283,39 @@ func TestAdoptedLeaderExitKillsGroup(t *testing.T) {
 	proctest.WaitFor(t, 3*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
 }
 
+// TestRestoreRefusedStopSignal: a record persisted with a stop signal now
+// refused (STOP) is restored with the default, TERM, instead of failing.
+func TestRestoreRefusedStopSignal(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := ctxT(t)
+	h1 := start(t, Config{StateDir: dir})
+	spec := sleeper("paused")
+	spec.StopTimeout = time.Minute
+	if _, err := h1.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	h1.stopRun(t)
+	recs := h1.journal.records()
+	if len(recs) != 1 {
+		t.Fatalf("records %+v", recs)
+	}
+	recs[0].Spec.StopSignal = "STOP"
+	if err := h1.save(&recs[0]); err != nil {
+		t.Fatal(err)
+	}
+	h2 := start(t, Config{StateDir: dir})
+	if restored, err := h2.Restore(ctx); err != nil || len(restored) != 1 || !restored[0].Adopted {
+		t.Fatalf("Restore() = %+v, %v", restored, err)
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 20*time.Second) // well within StopTimeout
+	defer cancel()
+	st, err := h2.Stop(stopCtx, "paused")
+	if err != nil || st.Signal != "TERM" {
+		t.Fatalf("Stop() = %+v, %v; want killed by TERM", st, err)
+	}
+}
+
 // TestLogsFlowWhileDown checks that a process keeps writing its log while no
 // supervisor runs: the log file is its own stdout, not a pipe through us.
 func TestLogsFlowWhileDown(t *testing.T) {

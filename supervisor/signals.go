@@ -25,6 +25,19 @@ func ParseSignal(name string) (syscall.Signal, error) {
 	return 0, fmt.Errorf("%w: unknown signal %q", ErrInvalidSpec, name)
 }
 
+// checkStopSignal refuses, wrapping ErrInvalidSpec, the signals that pause
+// or resume a process instead of ending it (STOP, TSTP, TTIN, TTOU, CONT):
+// as a stop signal they would only hold the process (or, CONT, do nothing)
+// until the SIGKILL of the grace period's end, and Stop follows the stop
+// signal with a SIGCONT, which would undo a pause at once.
+func checkStopSignal(sig syscall.Signal) error {
+	switch sig {
+	case syscall.SIGSTOP, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGCONT:
+		return fmt.Errorf("%w: stop signal %s pauses or resumes a process, it does not stop it", ErrInvalidSpec, signalName(sig))
+	}
+	return nil
+}
+
 // signalName returns the short name of sig ("TERM"), or its number.
 func signalName(sig syscall.Signal) string {
 	for n, s := range signalsByName {

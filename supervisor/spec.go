@@ -53,7 +53,8 @@ type Spec struct {
 	User  string `json:"user,omitempty"`
 	Group string `json:"group,omitempty"`
 	// StopSignal is sent to the process group by Stop: "TERM" (default),
-	// "SIGTERM", "HUP", "USR1", "INT", "QUIT", "KILL", ...
+	// "SIGTERM", "HUP", "USR1", "INT", "QUIT", "KILL", ... A signal that
+	// pauses or resumes a process (STOP, TSTP, TTIN, TTOU, CONT) is an error.
 	StopSignal string `json:"stop_signal,omitempty"`
 	// StopTimeout is the grace period between StopSignal and SIGKILL;
 	// zero means 10s, negative is an error.
@@ -197,6 +198,9 @@ func validate(spec Spec) (resolved, error) {
 	r.stopSignal = syscall.SIGTERM
 	if spec.StopSignal != "" {
 		if r.stopSignal, err = ParseSignal(spec.StopSignal); err != nil {
+			return resolved{}, err
+		}
+		if err := checkStopSignal(r.stopSignal); err != nil {
 			return resolved{}, err
 		}
 	}
