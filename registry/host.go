@@ -312,9 +312,12 @@ func lostClaim(what string, t Ticket, tkv, ckv *mvccpb.KeyValue) error {
 // transaction writes the instance as claimed by this host and its host
 // index entry; for stop, restart and signal tickets the instance must be
 // indexed under this host. It returns the instance as written (start) or as
-// stored (other ops). Errors wrap ErrClaimed, ErrTicketChanged,
+// stored (other ops). Claiming a ticket this session already holds
+// succeeds the same way, so a claim whose reply was lost may be retried.
+// A start ticket whose instance was written after it is claimed over the
+// stored record (see claimOver). Errors wrap ErrClaimed, ErrTicketChanged,
 // ErrTicketDone, ErrNotHolder (the instance is not on this host) or
-// ErrLeaseLost.
+// ErrLeaseLost; other errors (the connection) leave the outcome unknown.
 func (s *HostSession) Claim(ctx context.Context, t Ticket) (Instance, error) {
 	c, err := s.claimTxn(t)
 	if err != nil {
@@ -559,8 +562,9 @@ func (r *Registry) retireOps(in Instance, host, reason string) []clientv3.Op {
 func claimWhat(id string) string { return "registry: claim ticket " + id }
 
 // claimFailures settles claim transactions that did not succeed, from one
-// read of each ticket, its claim and (for a start) its instance: one round
-// trip for all of ts. The read comes after the failed transactions, so a
+// read of each ticket, its claim and its instance: one round trip for all
+// of ts. A claim this session already holds is a retry of one whose reply
+// was lost: it succeeds with the instance as stored. The read comes after the failed transactions, so a
 // ticket may have moved on again; the reason names the first of these
 // that holds: the ticket is gone, someone holds it, it changed, or (for
 // stop, restart and signal) the instance is not on this host. A start
@@ -573,10 +577,8 @@ func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []ClaimRes
 	at := make([]int, len(ts)) // index of each ticket's first read
 	for i, t := range ts {
 		at[i] = len(ops)
-		ops = append(ops, clientv3.OpGet(r.ticketKey(t.ID)), clientv3.OpGet(r.claimKey(t.ID)))
-		if t.Op == TicketStart {
-			ops = append(ops, clientv3.OpGet(r.instanceKey(t.Instance)))
-		}
+		ops = append(ops, clientv3.OpGet(r.ticketKey(t.ID)), clientv3.OpGet(r.claimKey(t.ID)),
+			clientv3.OpGet(r.instanceKey(t.Instance)))
 	}
 	resp, err := r.cli.Txn(ctx).Then(ops...).Commit()
 	for i, t := range ts {
@@ -585,14 +587,25 @@ func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []ClaimRes
 			out[i].Err = s.leaseErr(what, err)
 			continue
 		}
-		if out[i].Err = lostClaim(what, t, first(rangeKvs(resp, at[i])), first(rangeKvs(resp, at[i]+1))); out[i].Err != nil {
+		tkv, ckv, ikv := first(rangeKvs(resp, at[i])), first(rangeKvs(resp, at[i]+1)), first(rangeKvs(resp, at[i]+2))
+		if tkv != nil && ckv != nil && clientv3.LeaseID(ckv.Lease) == s.lease && ikv != nil {
+			// This session holds it: an earlier try went through,
+			// though its reply was lost (a timeout, a broken
+			// connection), and this one is a retry.
+			in, derr := decodeInstance(ikv, t.Instance)
+			if derr == nil {
+				s.remember(in)
+			}
+			out[i] = ClaimResult{Instance: in, Err: derr}
+			continue
+		}
+		if out[i].Err = lostClaim(what, t, tkv, ckv); out[i].Err != nil {
 			continue
 		}
 		if t.Op != TicketStart {
 			out[i].Err = fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
 			continue
 		}
-		ikv := first(rangeKvs(resp, at[i]+2))
 		switch {
 		case ikv == nil:
 			out[i].Err = fmt.Errorf("%s: %w: instance %q", what, ErrNotFound, t.Instance)
