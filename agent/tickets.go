@@ -173,35 +173,88 @@ func (p *pipeline) claim(batch []*job) {
 	if len(jobs) == 0 {
 		return
 	}
-	sent := time.Now()
 	a.claimsInFlight.Add(int64(len(jobs)))
-	results := p.s.ClaimBatch(p.ctx, tickets)
-	a.claimsInFlight.Add(-int64(len(jobs)))
-	a.noteClaimLatency(time.Since(sent))
-	a.metrics.claimBatches.Inc()
-	for i, j := range jobs {
-		inst, err := results[i].Instance, results[i].Err
-		if err != nil && j.t.Op == registry.TicketStart {
-			a.unreserve(j.t.Instance)
-		}
-		switch {
-		case errors.Is(err, registry.ErrClaimed), errors.Is(err, registry.ErrTicketChanged),
-			errors.Is(err, registry.ErrTicketDone), errors.Is(err, registry.ErrNotFound):
-			a.metrics.claimConflicts.Inc()
-			a.log.Debug("ticket taken by another host", "ticket", j.t.ID, "error", err)
-			p.finish(j, true)
-			continue
-		case err != nil:
-			if p.ctx.Err() == nil {
-				a.log.Warn("claim ticket", "ticket", j.t.ID, "error", err)
+	defer a.claimsInFlight.Add(-int64(len(jobs)))
+	for try := 0; ; try++ {
+		sent := time.Now()
+		results := p.s.ClaimBatch(p.ctx, tickets)
+		a.noteClaimLatency(time.Since(sent))
+		a.metrics.claimBatches.Inc()
+		var again []*job
+		for i, j := range jobs {
+			if err := results[i].Err; unknownOutcome(err) && try < maxClaimRetries && p.ctx.Err() == nil {
+				a.log.Debug("claim outcome unknown; trying again", "ticket", j.t.ID, "error", err)
+				again = append(again, j)
+				continue
 			}
-			p.finish(j, false)
-			continue
+			p.claimed(j, results[i])
 		}
-		a.metrics.claimsWon.Inc()
-		j.inst = inst
-		p.execCh <- j // executors drain execCh until it is closed
+		if len(again) == 0 {
+			return
+		}
+		// A claim whose reply was lost may have gone through: the retry
+		// finds it held by this session and takes it (registry Claim).
+		timer := time.NewTimer(claimRetryDelay << try)
+		select {
+		case <-timer.C:
+		case <-p.ctx.Done():
+			timer.Stop()
+		}
+		jobs, tickets = again, tickets[:0]
+		for _, j := range jobs {
+			tickets = append(tickets, j.t)
+		}
 	}
+}
+
+// A claim that failed for want of an answer (etcd unreachable, a
+// timeout) is sent again up to maxClaimRetries times, claimRetryDelay
+// after the first failure and twice as long after each next one.
+const (
+	maxClaimRetries = 3
+	claimRetryDelay = 200 * time.Millisecond
+)
+
+// unknownOutcome reports a claim error that says nothing of the claim:
+// not one of the registry's verdicts (lost, invalid, lease gone).
+func unknownOutcome(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, verdict := range []error{registry.ErrClaimed, registry.ErrTicketChanged, registry.ErrTicketDone,
+		registry.ErrNotFound, registry.ErrNotHolder, registry.ErrInvalid, registry.ErrLeaseLost, registry.ErrCorrupt} {
+		if errors.Is(err, verdict) {
+			return false
+		}
+	}
+	return true
+}
+
+// claimed settles job j's claim outcome: a won ticket goes to the
+// executors; a lost or failed one leaves the pipeline.
+func (p *pipeline) claimed(j *job, res registry.ClaimResult) {
+	a := p.a
+	inst, err := res.Instance, res.Err
+	if err != nil && j.t.Op == registry.TicketStart {
+		a.unreserve(j.t.Instance)
+	}
+	switch {
+	case errors.Is(err, registry.ErrClaimed), errors.Is(err, registry.ErrTicketChanged),
+		errors.Is(err, registry.ErrTicketDone), errors.Is(err, registry.ErrNotFound):
+		a.metrics.claimConflicts.Inc()
+		a.log.Debug("ticket taken by another host", "ticket", j.t.ID, "error", err)
+		p.finish(j, true)
+		return
+	case err != nil:
+		if p.ctx.Err() == nil {
+			a.log.Warn("claim ticket", "ticket", j.t.ID, "error", err)
+		}
+		p.finish(j, false)
+		return
+	}
+	a.metrics.claimsWon.Inc()
+	j.inst = inst
+	p.execCh <- j // executors drain execCh until it is closed
 }
 
 func (p *pipeline) execLoop() {

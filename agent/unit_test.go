@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/registry"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -217,6 +220,25 @@ func TestResolveCommand(t *testing.T) {
 		}
 		if strings.Join(argv, " ") != strings.Join(tc.argv, " ") || (argv == nil) != (tc.argv == nil) {
 			t.Errorf("resolveCommand(%q) = %q, want %q", tc.line, argv, tc.argv)
+		}
+	}
+}
+
+func TestUnknownClaimOutcome(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{fmt.Errorf("claim: %w", registry.ErrClaimed), false},
+		{fmt.Errorf("claim: %w", registry.ErrTicketChanged), false},
+		{fmt.Errorf("claim: %w", registry.ErrLeaseLost), false},
+		{fmt.Errorf("claim: %w", registry.ErrInvalid), false},
+		{fmt.Errorf("claim: %w", context.DeadlineExceeded), true},
+		{errors.New("rpc error: code = Unavailable desc = connection reset"), true},
+	} {
+		if got := unknownOutcome(c.err); got != c.want {
+			t.Errorf("unknownOutcome(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
 }
