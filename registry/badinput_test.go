@@ -130,6 +130,23 @@ func TestBadInput(t *testing.T) {
 		if len(res.Started) != 1 {
 			t.Errorf("scale with corrupt neighbours = %+v", res)
 		}
+		// A stored count that does not decode is not re-applied as 0.
+		tickets := keyCount(t, cli, r.ticketsDir())
+		for _, v := range []string{"3\n", "-2"} {
+			put("apps/web/scale/v1/worker", v)
+			_, err = r.Rescale(ctx, "web", "v1", "worker")
+			mustIs(t, err, ErrCorrupt)
+			if !strings.Contains(err.Error(), "scale/v1/worker") {
+				t.Errorf("rescale error %q does not name the key", err)
+			}
+			if n := keyCount(t, cli, r.ticketsDir()); n != tickets {
+				t.Errorf("rescale over a corrupt count left %d tickets, want the %d from before", n, tickets)
+			}
+		}
+		_, err = r.Scale(ctx, "web", "v1", "worker", 1) // a Scale overwrites it
+		must(t, err)
+		_, err = r.Rescale(ctx, "web", "v1", "worker")
+		must(t, err)
 	})
 }
 

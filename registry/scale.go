@@ -61,6 +61,7 @@ type scaleSnap struct {
 	app, revOK, procOK bool
 	scaleMod, genMod   int64
 	desired            int
+	desiredErr         error      // the stored count does not decode
 	pending, live      []Instance // counted instances
 }
 
@@ -92,7 +93,13 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 	if kv := first(rangeKvs(resp, 3)); kv != nil {
 		s.scaleMod = kv.ModRevision
 		n, err := strconv.Atoi(string(kv.Value))
+		if err == nil && n < 0 {
+			err = fmt.Errorf("negative count %d", n)
+		}
 		if err != nil {
+			// Scale overwrites it; Rescale, which would re-apply it,
+			// refuses (see scaleStep).
+			s.desiredErr = corrupt(kv.Key, err)
 			r.log.Warn("scale value does not decode", "key", string(kv.Key), "error", err)
 		}
 		s.desired = n
@@ -256,6 +263,9 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	if n == useStored {
 		if s.scaleMod == 0 {
 			return true, nil // never scaled: nothing to re-apply
+		}
+		if s.desiredErr != nil {
+			return false, fmt.Errorf("%s: %w", what, s.desiredErr)
 		}
 		n = s.desired
 		res.Desired = n
