@@ -535,7 +535,7 @@ func TestReclaim(t *testing.T) {
 // TestMarkAllLost: a host's instances are marked lost in batches with their
 // tickets gone, the scale counts them no more, an instance changed since
 // the caller's read is still marked (one by one), and one that became
-// terminal meanwhile is left alone.
+// terminal or moved to another host meanwhile is left alone.
 func TestMarkAllLost(t *testing.T) {
 	r, cli, _ := setup(t)
 	ctx := testCtx(t)
@@ -566,18 +566,29 @@ func TestMarkAllLost(t *testing.T) {
 	must(t, h.UpdateInstance(ctx, Instance{ID: changed.ID, State: InstanceRunning, PID: 42}))
 	must(t, h.UpdateInstance(ctx, Instance{ID: exited.ID, State: InstanceStopping}))
 	must(t, h.UpdateInstance(ctx, Instance{ID: exited.ID, State: InstanceExited}))
+	// And one is on another host now (as after a claim over a dead one).
+	moved := read[30]
+	cur, err := r.Instance(ctx, moved.ID)
+	must(t, err)
+	cur.Host = "h2"
+	_, err = cli.Txn(ctx).Then(clientv3.OpPut(r.instanceKey(moved.ID), encode(cur)),
+		clientv3.OpDelete(r.hostInstanceKey("h1", moved.ID))).Commit()
+	must(t, err)
 
 	marked, err := r.MarkAllLost(ctx, read, "host h1 gone")
 	must(t, err)
-	if marked != n-1 {
-		t.Errorf("marked %d, want %d", marked, n-1)
+	if marked != n-2 {
+		t.Errorf("marked %d, want %d", marked, n-2)
 	}
 	all, err := r.Instances(ctx)
 	must(t, err)
 	for _, in := range all {
 		want := InstanceLost
-		if in.ID == exited.ID {
+		switch in.ID {
+		case exited.ID:
 			want = InstanceExited
+		case moved.ID:
+			want = InstanceRunning
 		}
 		if in.State != want {
 			t.Errorf("instance %s is %s, want %s", in.ID, in.State, want)
@@ -591,14 +602,16 @@ func TestMarkAllLost(t *testing.T) {
 	if idx.Count != 0 {
 		t.Errorf("h1 index still lists %d instances", idx.Count)
 	}
-	// None counts now: a rescale asks for n replacements.
+	// Only the moved one counts now: a rescale asks for n-1 replacements.
 	again, err := r.Rescale(ctx, "web", "v1", "worker")
 	must(t, err)
-	if again.Live != 0 || len(again.Started) != n {
-		t.Errorf("rescale after loss: live %d, started %d; want 0 and %d", again.Live, len(again.Started), n)
+	if again.Live != 1 || len(again.Started) != n-1 {
+		t.Errorf("rescale after loss: live %d, started %d; want 1 and %d", again.Live, len(again.Started), n-1)
 	}
 	// Bad input is reported, the rest still marked.
 	_, err = r.MarkAllLost(ctx, []Instance{{ID: "../x", State: InstanceRunning, ModRevision: 1}}, "x")
+	mustIs(t, err, ErrInvalid)
+	_, err = r.MarkAllLost(ctx, []Instance{{ID: moved.ID, Host: "../h", State: InstanceRunning, ModRevision: 1}}, "x")
 	mustIs(t, err, ErrInvalid)
 }
 

@@ -73,6 +73,16 @@ func (r *Registry) Instance(ctx context.Context, id string) (Instance, error) {
 // claims, all in one transaction. It is the one state change a non-holder
 // (the reconciler) makes.
 func (r *Registry) MarkLost(ctx context.Context, id, reason string) error {
+	return r.markLost(ctx, id, reason, "")
+}
+
+// errMoved is markLost's refusal of an instance no longer on the host it
+// was judged lost on.
+var errMoved = errors.New("instance moved to another host")
+
+// markLost is MarkLost; a host other than "" must still be the
+// instance's host (else errMoved): the verdict was on that host.
+func (r *Registry) markLost(ctx context.Context, id, reason, host string) error {
 	if err := validID("instance id", id); err != nil {
 		return err
 	}
@@ -81,6 +91,9 @@ func (r *Registry) MarkLost(ctx context.Context, id, reason string) error {
 		in, err := r.Instance(ctx, id)
 		if err != nil {
 			return false, err
+		}
+		if host != "" && in.Host != host {
+			return false, fmt.Errorf("%s: now on %q, not %q: %w", what, in.Host, host, errMoved)
 		}
 		if err := ValidTransition(in.State, InstanceLost); err != nil {
 			return false, fmt.Errorf("%s: %w", what, err)
@@ -124,7 +137,8 @@ const lostPerTxn = 16
 // so a host's hundred instances take 7 round trips instead of 200. When a
 // transaction fails because one of its instances changed since it was
 // read, its instances are done one by one with MarkLost; those that have
-// become terminal or lost meanwhile are skipped. It returns how many it
+// become terminal or lost meanwhile, or moved to another host, are
+// skipped. It returns how many it
 // marked and the errors of the rest, joined.
 func (r *Registry) MarkAllLost(ctx context.Context, insts []Instance, reason string) (int, error) {
 	var errs []error
@@ -148,6 +162,11 @@ func (r *Registry) MarkAllLost(ctx context.Context, insts []Instance, reason str
 				errs = append(errs, fmt.Errorf("%w: instance %s has no revision; pass it as read", ErrInvalid, in.ID))
 				continue
 			}
+			// Its host and tickets become keys to delete.
+			if err := lostKeysValid(in); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 			valid = append(valid, in)
 			cmps = append(cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
 			ops = append(ops, r.lostOps(in, reason)...)
@@ -168,18 +187,38 @@ func (r *Registry) MarkAllLost(ctx context.Context, insts []Instance, reason str
 			continue
 		}
 		for _, in := range valid {
-			err := r.MarkLost(ctx, in.ID, reason)
+			err := r.markLost(ctx, in.ID, reason, in.Host)
 			switch {
 			case err == nil:
 				marked++
-			case errors.Is(err, ErrNotFound), errors.Is(err, ErrTransition):
-				// Gone, terminal or already lost since it was read.
+			case errors.Is(err, ErrNotFound), errors.Is(err, ErrTransition), errors.Is(err, errMoved):
+				// Gone, terminal or already lost since it was read, or
+				// claimed by another host (a start ticket whose claim
+				// died with this host's lease): not this verdict's.
 			default:
 				errs = append(errs, err)
 			}
 		}
 	}
 	return marked, errors.Join(errs...)
+}
+
+// lostKeysValid checks the fields of a caller's instance that lostOps
+// builds keys from.
+func lostKeysValid(in Instance) error {
+	if in.Host != "" {
+		if err := validName("instance host", in.Host); err != nil {
+			return err
+		}
+	}
+	for _, t := range []string{in.Ticket, in.StopTicket} {
+		if t != "" {
+			if err := validID("instance ticket", t); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // DeleteInstance removes a terminal instance record (garbage collection).
