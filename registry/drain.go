@@ -41,37 +41,54 @@ func (r *Registry) Drain(ctx context.Context, host string, deadline time.Duratio
 	if deadline < 0 {
 		return Drain{}, fmt.Errorf("%w: drain deadline %s is negative", ErrInvalid, deadline)
 	}
-	hosts, err := r.Hosts(ctx)
-	if err != nil && !errors.Is(err, ErrCorrupt) {
-		return Drain{}, err
-	}
-	drains, err := r.Drains(ctx)
+	what := fmt.Sprintf("registry: drain %q", host)
+	var d Drain
+	err := retry(ctx, what, func() (bool, error) {
+		drains, rev, err := r.drains(ctx)
+		if err != nil {
+			return false, err
+		}
+		hosts, err := r.Hosts(ctx)
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			return false, err
+		}
+		var self, other *Host
+		for i, h := range hosts {
+			if h.ID == host {
+				self = &hosts[i]
+			} else if _, draining := drains[h.ID]; !draining && other == nil {
+				other = &hosts[i]
+			}
+		}
+		if self == nil {
+			return false, fmt.Errorf("%w: host %q is not a live host", ErrNotFound, host)
+		}
+		if other == nil {
+			return false, fmt.Errorf("drain %q: %w", host, ErrLastHost)
+		}
+		d = Drain{Host: host, Since: time.Now().UTC()}
+		if old, ok := drains[host]; ok {
+			d.Since = old.Since
+		}
+		if deadline > 0 {
+			d.Deadline = d.Since.Add(deadline)
+		}
+		// Checked and written together: no drain began since the drains
+		// were read (two concurrent drains of the last two hosts would
+		// each see the other's host free), and the other host counted
+		// on, and this one, are still live under the leases seen.
+		resp, err := r.cli.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(r.drainsDir()), "<", rev+1).WithPrefix(),
+			clientv3.Compare(clientv3.LeaseValue(r.hostKey(other.ID)), "=", other.Lease),
+			clientv3.Compare(clientv3.LeaseValue(r.hostKey(host)), "=", self.Lease),
+		).Then(clientv3.OpPut(r.drainKey(host), encode(d))).Commit()
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		return resp.Succeeded, nil
+	})
 	if err != nil {
 		return Drain{}, err
-	}
-	found, others := false, 0
-	for _, h := range hosts {
-		if h.ID == host {
-			found = true
-		} else if _, draining := drains[h.ID]; !draining {
-			others++
-		}
-	}
-	if !found {
-		return Drain{}, fmt.Errorf("%w: host %q is not a live host", ErrNotFound, host)
-	}
-	if others == 0 {
-		return Drain{}, fmt.Errorf("drain %q: %w", host, ErrLastHost)
-	}
-	d := Drain{Host: host, Since: time.Now().UTC()}
-	if old, ok := drains[host]; ok {
-		d.Since = old.Since
-	}
-	if deadline > 0 {
-		d.Deadline = d.Since.Add(deadline)
-	}
-	if _, err := r.cli.Put(ctx, r.drainKey(host), encode(d)); err != nil {
-		return Drain{}, fmt.Errorf("registry: drain %q: %w", host, err)
 	}
 	r.log.Info("host draining", "host", host, "deadline", d.Deadline)
 	return d, nil
@@ -94,9 +111,15 @@ func (r *Registry) Undrain(ctx context.Context, host string) error {
 
 // Drains returns the hosts being drained, by host id.
 func (r *Registry) Drains(ctx context.Context) (map[string]Drain, error) {
+	out, _, err := r.drains(ctx)
+	return out, err
+}
+
+// drains is Drains, with the revision it read at.
+func (r *Registry) drains(ctx context.Context) (map[string]Drain, int64, error) {
 	resp, err := r.cli.Get(ctx, r.drainsDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("registry: list drains: %w", err)
+		return nil, 0, fmt.Errorf("registry: list drains: %w", err)
 	}
 	out := make(map[string]Drain, len(resp.Kvs))
 	var errs []error
@@ -109,7 +132,7 @@ func (r *Registry) Drains(ctx context.Context) (map[string]Drain, error) {
 		d.Host = strings.TrimPrefix(string(kv.Key), r.drainsDir())
 		out[d.Host] = d
 	}
-	return out, joinCorrupt(errs)
+	return out, resp.Header.Revision, joinCorrupt(errs)
 }
 
 // WatchDrain sends whether host is draining: first the current state, then

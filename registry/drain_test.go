@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"testing"
 	"time"
 )
@@ -87,5 +88,40 @@ func TestReplaceInstance(t *testing.T) {
 	must(t, err)
 	if len(res.Cancelled)+len(res.Stopped) != 1 {
 		t.Fatalf("Scale(1) after cancelling the replacement: %+v, want one cancelled or stopped", res)
+	}
+}
+
+// TestConcurrentDrains: two drains of the last two live hosts at once
+// never both succeed.
+func TestConcurrentDrains(t *testing.T) {
+	r, _, _ := setup(t)
+	ctx := testCtx(t)
+	register(t, r, "h1")
+	register(t, r, "h2")
+	for round := range 20 {
+		errs := make(chan error, 2)
+		for _, h := range []string{"h1", "h2"} {
+			go func() {
+				_, err := r.Drain(ctx, h, 0)
+				errs <- err
+			}()
+		}
+		ok := 0
+		for range 2 {
+			switch err := <-errs; {
+			case err == nil:
+				ok++
+			case !errors.Is(err, ErrLastHost):
+				t.Fatalf("round %d: drain: %v", round, err)
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("round %d: %d of 2 concurrent drains succeeded, want 1", round, ok)
+		}
+		drains, err := r.Drains(ctx)
+		must(t, err)
+		for h := range drains {
+			must(t, r.Undrain(ctx, h))
+		}
 	}
 }
