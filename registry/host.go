@@ -341,7 +341,7 @@ func (s *HostSession) claimOne(ctx context.Context, c claimTxn) (Instance, error
 		res := s.claimFailures(ctx, []Ticket{t})[0]
 		return res.Instance, res.Err
 	}
-	return s.claimed(c, resp.Header.Revision, resp.Responses)
+	return s.claimed(ctx, c, resp.Header.Revision, resp.Responses)
 }
 
 // MaxClaimBatch is the most tickets ClaimBatch sends in one transaction.
@@ -417,7 +417,7 @@ func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimRe
 		case !resp.Responses[k].GetResponseTxn().Succeeded:
 			lost = append(lost, i)
 		default:
-			out[i].Instance, out[i].Err = s.claimed(txns[k], resp.Header.Revision, resp.Responses[k].GetResponseTxn().Responses)
+			out[i].Instance, out[i].Err = s.claimed(ctx, txns[k], resp.Header.Revision, resp.Responses[k].GetResponseTxn().Responses)
 		}
 	}
 	if len(lost) == 0 {
@@ -499,7 +499,7 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 		c.ops = append(c.ops, clientv3.OpPut(r.instanceKey(c.in.ID), encode(c.in)),
 			clientv3.OpPut(ik, "", clientv3.WithLease(s.lease)))
 	} else {
-		c.cmps = append(c.cmps, exists(ik))
+		c.cmps = append(c.cmps, exists(ik), exists(r.instanceKey(t.Instance)))
 		c.ops = append(c.ops, clientv3.OpGet(r.instanceKey(t.Instance)))
 	}
 	return c, nil
@@ -508,7 +508,7 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 // claimed finishes claim c that went through at revision rev; resps are
 // the responses of its operations. It returns the instance as written
 // (start) or as read in the claim (other ops), and remembers it.
-func (s *HostSession) claimed(c claimTxn, rev int64, resps []*etcdserverpb.ResponseOp) (Instance, error) {
+func (s *HostSession) claimed(ctx context.Context, c claimTxn, rev int64, resps []*etcdserverpb.ResponseOp) (Instance, error) {
 	t := c.t
 	if t.Op == TicketStart {
 		in := c.in
@@ -519,15 +519,22 @@ func (s *HostSession) claimed(c claimTxn, rev int64, resps []*etcdserverpb.Respo
 		}
 		return in, nil
 	}
-	kv := first(resps[1].GetResponseRange().Kvs)
-	if kv == nil {
-		return Instance{}, fmt.Errorf("%s: %w: instance %q", claimWhat(t.ID), ErrNotFound, t.Instance)
+	// The claim compared that the record exists; one that does not
+	// decode gets the claim dropped again, so the ticket is not held by
+	// a host that cannot work on it.
+	var in Instance
+	err := fmt.Errorf("%w: instance %q", ErrNotFound, t.Instance)
+	if kv := first(resps[1].GetResponseRange().Kvs); kv != nil {
+		in, err = decodeInstance(kv, t.Instance)
 	}
-	in, err := decodeInstance(kv, t.Instance)
-	if err == nil {
-		s.remember(in)
+	if err != nil {
+		if _, derr := s.r.cli.Txn(ctx).If(s.holderCmp(t.ID)).Then(clientv3.OpDelete(s.r.claimKey(t.ID))).Commit(); derr != nil {
+			s.log.Warn("drop claim over an undecodable instance", "ticket", t.ID, "error", derr)
+		}
+		return Instance{}, fmt.Errorf("%s: %w", claimWhat(t.ID), err)
 	}
-	return in, err
+	s.remember(in)
+	return in, nil
 }
 
 // retire reports whether a start ticket's instance no longer waits for

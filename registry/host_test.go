@@ -901,3 +901,26 @@ func TestTicketExcludes(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimOverCorruptInstance: a restart ticket whose instance record no
+// longer decodes is not left held by the claimer.
+func TestClaimOverCorruptInstance(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1 := register(t, r, "h1")
+	tk, in := claimNew(t, r, h1)
+	in.State = InstanceRunning
+	must(t, h1.CompleteWith(ctx, tk, in))
+	rt, err := r.CreateTicket(ctx, Ticket{Op: TicketRestart, Instance: in.ID})
+	must(t, err)
+	_, err = cli.Put(ctx, r.instanceKey(in.ID), "{not json")
+	must(t, err)
+	_, err = h1.Claim(ctx, rt)
+	mustIs(t, err, ErrCorrupt)
+	got, err := r.Ticket(ctx, rt.ID)
+	must(t, err)
+	if got.Holder != "" {
+		t.Errorf("ticket held by %q after a claim over a corrupt instance", got.Holder)
+	}
+}
