@@ -64,8 +64,8 @@ func rawTxn(ctx context.Context, cli *clientv3.Client, key string) error {
 }
 
 // shapedTxn is a claim's transaction written by hand with clientv3, keys
-// and value prepared beforehand: 2 compares (ticket unchanged, claim
-// absent) and 3 puts (claim with lease, instance record, host index entry
+// and value prepared beforehand: 3 compares (ticket unchanged, claim
+// absent, instance unchanged since the ticket) and 3 puts (claim with lease, instance record, host index entry
 // with lease). It is the etcd work the registry's key layout asks of a
 // claim, without anything of the registry's own code.
 type shapedTxn struct {
@@ -83,7 +83,8 @@ func shapedTxns(r *Registry, sessions []*HostSession, tickets []Ticket) []shaped
 			State: InstanceClaimed, Since: time.Now().UTC(), Ticket: t.ID, Created: t.Created}
 		ck := r.claimKey(t.ID)
 		out[i] = shapedTxn{
-			cmps: []clientv3.Cmp{unchanged(r.ticketKey(t.ID), t.ModRevision), absent(ck)},
+			cmps: []clientv3.Cmp{unchanged(r.ticketKey(t.ID), t.ModRevision), absent(ck),
+				unchanged(r.instanceKey(in.ID), t.ModRevision)},
 			ops: []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease)),
 				clientv3.OpPut(r.instanceKey(in.ID), encode(in)),
 				clientv3.OpPut(r.hostInstanceKey(s.id, in.ID), "", clientv3.WithLease(s.lease))},
