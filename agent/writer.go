@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -15,11 +16,43 @@ import (
 // writerWorkers is how many instance states are written to etcd at once.
 const writerWorkers = 16
 
+// A write that fails for a reason that may pass (etcd leader change,
+// request timeout, registry.ErrConflict) is tried again after a backoff of
+// its own instance: writeRetryMin, doubling up to writeRetryMax (with
+// jitter), reset by a successful write.
+const (
+	writeRetryMin = 100 * time.Millisecond
+	writeRetryMax = 3 * time.Second
+)
+
+// flushOneTimeout bounds how long flushOne waits for an instance's state
+// to be written: a ticket executor waiting on a write that keeps failing
+// goes on after it (the write itself is still retried), rather than being
+// stuck until the session ends.
+const flushOneTimeout = 5 * time.Second
+
+// writeResult is what finish does after a write.
+type writeResult int
+
+const (
+	// writeDone: the write landed, or was dropped for good.
+	writeDone writeResult = iota
+	// writeRetryLater: the write failed and is tried again after the
+	// instance's backoff.
+	writeRetryLater
+	// writeRetrySession: the write failed because there is no usable
+	// session; it is tried again with the next one (requeueDirty).
+	writeRetrySession
+)
+
 // stateWriter writes supervisor state changes to the registry. It keeps
 // only the latest status per instance, so a burst of transitions (starting,
 // running) collapses into fewer writes, and nothing is lost while etcd is
 // unreachable: dirty instances are written again once a session is back.
-// Writes for one instance are never concurrent, so they stay in order.
+// A write that fails otherwise is tried again after a per-instance backoff
+// (a timer of run's), or dropped when the registry refuses the transition
+// for good. Writes for one instance are never concurrent, so they stay in
+// order.
 type stateWriter struct {
 	a *Agent
 
@@ -33,6 +66,11 @@ type stateWriter struct {
 	replaced map[string]bool            // instances another host holds now: never written again
 	endpoint map[string]bool            // instances registered as service endpoints
 	progress chan struct{}              // closed and replaced after every write
+	// retryAt holds the instances waiting out a backoff after a failed
+	// write; run queues them when it is due. retryDelay is the last backoff
+	// of an instance whose writes fail, until one succeeds.
+	retryAt    map[string]time.Time
+	retryDelay map[string]time.Duration
 
 	kick chan struct{}
 }
@@ -49,6 +87,9 @@ func newStateWriter(a *Agent) *stateWriter {
 		endpoint: make(map[string]bool),
 		progress: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
+
+		retryAt:    make(map[string]time.Time),
+		retryDelay: make(map[string]time.Duration),
 	}
 }
 
@@ -59,9 +100,13 @@ func (w *stateWriter) poke() {
 	}
 }
 
-// enqueue marks id dirty and queues it. Caller holds w.mu.
+// enqueue marks id dirty and queues it, unless it waits out a backoff
+// after a failed write (run queues it when that is due). Caller holds w.mu.
 func (w *stateWriter) enqueue(id string) {
 	w.dirty[id] = true
+	if _, waiting := w.retryAt[id]; waiting {
+		return
+	}
 	if !w.queued[id] && !w.busy[id] {
 		w.queued[id] = true
 		w.queue = append(w.queue, id)
@@ -104,6 +149,8 @@ func (w *stateWriter) drop(id string) bool {
 	delete(w.latest, id)
 	delete(w.dirty, id)
 	delete(w.tickets, id)
+	delete(w.retryAt, id)
+	delete(w.retryDelay, id)
 	return true
 }
 
@@ -125,9 +172,11 @@ func (w *stateWriter) unexpect(id string) {
 	w.mu.Unlock()
 }
 
-// requeueDirty queues every dirty instance (after a session change).
+// requeueDirty queues every dirty instance (after a session change), those
+// waiting out a backoff included: a new session is worth a try at once.
 func (w *stateWriter) requeueDirty() {
 	w.mu.Lock()
+	clear(w.retryAt)
 	for id, d := range w.dirty {
 		if d {
 			w.enqueue(id)
@@ -136,9 +185,33 @@ func (w *stateWriter) requeueDirty() {
 	w.mu.Unlock()
 }
 
+// retryDue queues the instances whose backoff ended by now, and returns
+// when the next one ends (ok false if none waits).
+func (w *stateWriter) retryDue(now time.Time) (next time.Time, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id, at := range w.retryAt {
+		if at.After(now) {
+			if !ok || at.Before(next) {
+				next, ok = at, true
+			}
+			continue
+		}
+		delete(w.retryAt, id)
+		if w.dirty[id] {
+			w.enqueue(id)
+		}
+	}
+	return next, ok
+}
+
 // run dispatches dirty instances to workers until ctx ends. Should be
-// started in a goroutine; returns after its workers exit.
+// started in a goroutine; returns after its workers exit. It owns the timer
+// that ends the backoffs of failed writes, and stops it on return.
 func (w *stateWriter) run(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
 	jobs := make(chan string)
 	var wg sync.WaitGroup
 	for i := 0; i < writerWorkers; i++ {
@@ -153,6 +226,13 @@ func (w *stateWriter) run(ctx context.Context) {
 	defer wg.Wait()
 	defer close(jobs)
 	for {
+		var retryC <-chan time.Time
+		if at, ok := w.retryDue(time.Now()); ok {
+			retry.Reset(time.Until(at))
+			retryC = retry.C
+		} else {
+			retry.Stop()
+		}
 		s, changed := w.a.sessionAndChange()
 		var out chan string
 		var next string
@@ -181,6 +261,7 @@ func (w *stateWriter) run(ctx context.Context) {
 			w.busy[next] = true
 			w.mu.Unlock()
 		case <-w.kick:
+		case <-retryC: // retryDue queues what is due
 		case <-changed:
 			w.requeueDirty()
 		case <-ctx.Done():
@@ -197,14 +278,14 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	w.dirty[id] = false
 	w.mu.Unlock()
 
-	retry := false
-	defer func() { w.finish(id, retry) }()
+	res := writeDone
+	defer func() { w.finish(id, res) }()
 	if !ok {
 		return
 	}
 	s := w.a.currentSession()
 	if s == nil {
-		retry = true
+		res = writeRetrySession
 		return
 	}
 	inst := w.a.toInstance(st)
@@ -230,7 +311,7 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 		// instance is still ours: write it again with the next session,
 		// after adoption re-binds it.
 		w.a.log.Debug("write refused with an ended lease; retrying with the next session", "instance", id)
-		retry = true
+		res = writeRetrySession
 	case errors.Is(err, registry.ErrNotHolder):
 		// Replaced or marked lost while we were away: this copy must go.
 		if w.drop(id) {
@@ -238,10 +319,37 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 			w.a.spawn(func() { w.a.stopReplaced(id) })
 		}
 	case ctx.Err() != nil:
+	case errors.Is(err, registry.ErrTransition):
+		res = w.refused(ctx, id, st, err)
 	default:
-		w.a.log.Warn("write instance state", "instance", id, "state", string(st.State), "error", err)
-		retry = true
+		w.a.log.Warn("write instance state; retrying after a backoff", "instance", id, "state", string(st.State), "error", err)
+		res = writeRetryLater
 	}
+}
+
+// refused handles a write the registry refused as an invalid transition
+// (registry.ErrTransition): the stored record cannot take this state, and
+// will not later either (terminal states are final), so retrying would
+// fail forever. The stored record is read again to confirm the refusal was
+// made on it; then the pending write is dropped (the next state change is
+// written as usual). Only when the record cannot be read is the write tried
+// again after a backoff.
+func (w *stateWriter) refused(ctx context.Context, id string, st supervisor.Status, err error) writeResult {
+	stored, rerr := w.a.reg.Instance(ctx, id)
+	switch {
+	case rerr == nil:
+		w.a.log.Warn("registry refuses the instance's state change; dropping the write",
+			"instance", id, "state", string(st.State), "stored_state", string(stored.State), "stored_host", stored.Host, "error", err)
+	case errors.Is(rerr, registry.ErrNotFound):
+		w.a.log.Warn("registry refuses the instance's state change and holds no record of it now; dropping the write",
+			"instance", id, "state", string(st.State), "error", err)
+	case ctx.Err() != nil:
+	default:
+		w.a.log.Warn("write instance state refused, and the stored record cannot be read; retrying after a backoff",
+			"instance", id, "state", string(st.State), "error", err, "read_error", rerr)
+		return writeRetryLater
+	}
+	return writeDone
 }
 
 // syncEndpoint registers a running instance as a service endpoint (bound
@@ -271,16 +379,29 @@ func (w *stateWriter) syncEndpoint(ctx context.Context, s *registry.HostSession,
 	w.mu.Unlock()
 }
 
-// finish ends a write of id; a write that failed, or a newer status that
-// arrived meanwhile, is queued again (a failed write waits for the next
-// session change so a dead etcd is not hammered).
-func (w *stateWriter) finish(id string, failed bool) {
+// finish ends a write of id. A failed write waits out the instance's
+// backoff (run queues it again when it ends) or the next session; after a
+// write that landed or was dropped, the backoff is reset and a newer
+// status that arrived meanwhile is queued at once.
+func (w *stateWriter) finish(id string, res writeResult) {
 	w.mu.Lock()
 	w.busy[id] = false
-	if failed {
+	switch {
+	case w.replaced[id]:
+		// Dropped meanwhile: nothing more to write.
+	case res == writeRetryLater:
 		w.dirty[id] = true
-	} else if w.dirty[id] {
-		w.enqueue(id)
+		d := min(max(2*w.retryDelay[id], writeRetryMin), writeRetryMax)
+		w.retryDelay[id] = d
+		// Jitter spreads the retries of instances that failed together.
+		w.retryAt[id] = time.Now().Add(d/2 + rand.N(d/2+1))
+	case res == writeRetrySession:
+		w.dirty[id] = true
+	default:
+		delete(w.retryDelay, id)
+		if w.dirty[id] {
+			w.enqueue(id)
+		}
 	}
 	close(w.progress)
 	w.progress = make(chan struct{})
@@ -304,8 +425,13 @@ func (w *stateWriter) pending(id string) (bool, <-chan struct{}) {
 	return false, w.progress
 }
 
-// flushOne waits until id's latest status is written or ctx ends.
+// flushOne waits until id's latest status is written (or dropped), the
+// session is gone, ctx ends, or flushOneTimeout passes: a write that keeps
+// failing is retried by the writer, but a ticket executor does not wait for
+// it longer than that.
 func (w *stateWriter) flushOne(ctx context.Context, id string) {
+	ctx, cancel := context.WithTimeout(ctx, flushOneTimeout)
+	defer cancel()
 	w.flushWait(ctx, id)
 }
 
@@ -313,8 +439,13 @@ func (w *stateWriter) flushOne(ctx context.Context, id string) {
 // ends.
 func (w *stateWriter) flush(ctx context.Context) { w.flushWait(ctx, "") }
 
+// flushWait waits until id (or, with id "", every instance) has no write
+// pending, the session is gone, or ctx ends.
 func (w *stateWriter) flushWait(ctx context.Context, id string) {
 	for {
+		if ctx.Err() != nil {
+			return
+		}
 		p, ch := w.pending(id)
 		if !p || w.a.currentSession() == nil {
 			return
