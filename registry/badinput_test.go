@@ -290,6 +290,9 @@ func TestWatchTicketsCompacted(t *testing.T) {
 	defer cancel()
 	evs := collect(t, r.WatchEvents(wctx, 2), 10*time.Second, func(evs []Event) bool { return len(evs) == 1 })
 	mustIs(t, evs[0].Err, ErrCompacted)
+	if evs[0].Revision != rev-1 {
+		t.Errorf("compaction event at revision %d, want %d: resuming after it must not skip the compact revision", evs[0].Revision, rev-1)
+	}
 }
 
 func TestWatchEvents(t *testing.T) {

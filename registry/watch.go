@@ -285,8 +285,9 @@ type Event struct {
 	State    InstanceState `json:"state,omitempty"`
 	Deleted  bool          `json:"deleted,omitempty"`
 	// Err reports a value that did not decode (the event is skipped, the
-	// watch goes on), a compaction (ErrCompacted; the watch resumes at the
-	// compact revision) or a watch error (the watch resumes where it was).
+	// watch goes on), a compaction (ErrCompacted; Revision is the last
+	// revision lost and the watch resumes at the next, the compact
+	// revision) or a watch error (the watch resumes where it was).
 	Err error `json:"-"`
 }
 
@@ -409,7 +410,10 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 		wch := r.cli.Watch(wctx, r.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(rev))
 		for resp := range etcdwatch.Responses(ctx, wch) {
 			if resp.CompactRevision != 0 {
-				if !send(Event{Revision: resp.CompactRevision, Err: fmt.Errorf("%w: events from revision %d to %d are gone", ErrCompacted, rev, resp.CompactRevision-1)}) {
+				// Revision is the last one accounted for (lost), so a
+				// caller that resumes at Revision+1 misses nothing still
+				// stored: the compact revision's own events remain.
+				if !send(Event{Revision: resp.CompactRevision - 1, Err: fmt.Errorf("%w: events from revision %d to %d are gone", ErrCompacted, rev, resp.CompactRevision-1)}) {
 					break
 				}
 				rev = resp.CompactRevision
