@@ -99,9 +99,11 @@ func TestWriterRetriesFailedWriteAfterBackoff(t *testing.T) {
 		got, err := f.reg.Instance(f.ctx, in.ID)
 		return err == nil && got.State == registry.InstanceExited
 	})
-	if p, _ := w.pending(in.ID); p {
-		t.Errorf("instance still pending after its state was written")
-	}
+	// The record is in etcd before the worker finishes the write.
+	proctest.WaitFor(t, 5*time.Second, "the write finished", func() bool {
+		p, _ := w.pending(in.ID)
+		return !p
+	})
 	w.mu.Lock()
 	_, waiting := w.retryAt[in.ID]
 	_, delay := w.retryDelay[in.ID]
