@@ -133,13 +133,37 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 // manual restart (Status.Restarting) is not recorded: in the registry the
 // instance goes from running to running again with a new pid, never
 // through a stop, which is final there and would have the reconciler
-// replace an instance that is about to run again.
+// replace an instance that is about to run again. A terminal state gives
+// the instance's port back (see notePort).
 func (a *Agent) InstanceStateChanged(id string, st supervisor.Status) {
 	if st.Restarting {
 		return
 	}
+	a.notePort(id, st)
 	a.noteState(id, st.State)
 	a.writer.update(id, st)
+}
+
+// notePort keeps the port allocator in step with the supervisor: an
+// instance that reached a terminal state (exited or failed: stopped, given
+// up by its restart policy, stopped as replaced or at shutdown) will not
+// restart by itself, so its port is freed; an instance that runs again
+// after that (a manual restart of a terminal instance) takes its port back
+// unless another instance holds it by now. The stop phase of a manual
+// restart never gets here (see InstanceStateChanged), so a restarting
+// instance keeps its port.
+func (a *Agent) notePort(id string, st supervisor.Status) {
+	p, err := strconv.Atoi(st.Meta[metaPort])
+	if err != nil {
+		return
+	}
+	if st.State.Terminal() {
+		a.ports.Free(p, id)
+		return
+	}
+	if !a.ports.Reserve(p, id) {
+		a.log.Warn("instance runs again on a port given to another instance meanwhile", "instance", id, "port", p)
+	}
 }
 
 // HTTPAddr returns the address the HTTP API listens on ("" before Run has
@@ -178,7 +202,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: restore instances: %w", err)
 	}
 	for _, st := range restored {
-		if p, err := strconv.Atoi(st.Meta[metaPort]); err == nil {
+		// A terminal instance holds no port: its process is gone and
+		// nothing restarts it by itself.
+		if p, err := strconv.Atoi(st.Meta[metaPort]); err == nil && !st.State.Terminal() {
 			a.ports.Reserve(p, st.ID)
 		}
 		a.noteState(st.ID, st.State)

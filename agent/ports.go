@@ -26,14 +26,21 @@ func newPortAllocator(min, max int) *portAllocator {
 	return &portAllocator{min: min, max: max, next: min, used: make(map[int]string)}
 }
 
-// Reserve marks port as used by id (for re-adopted instances).
-func (p *portAllocator) Reserve(port int, id string) {
+// Reserve marks port as used by id (for re-adopted instances, and
+// instances running again). It reports false, and changes nothing, when
+// another instance holds port; reserving a port id holds already is a
+// no-op.
+func (p *portAllocator) Reserve(port int, id string) bool {
 	if port == 0 {
-		return
+		return true
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if owner, taken := p.used[port]; taken && owner != id {
+		return false
+	}
 	p.used[port] = id
-	p.mu.Unlock()
+	return true
 }
 
 // Allocate returns a free port for id, or ErrNoPort.
@@ -59,13 +66,21 @@ func (p *portAllocator) Allocate(id string) (int, error) {
 	return 0, fmt.Errorf("%w %d-%d", ErrNoPort, p.min, p.max)
 }
 
-// Free releases the port held by id, if it is still id's.
+// Free releases the port held by id, if it is still id's: freeing a port
+// twice, or one given to another instance since, is a no-op.
 func (p *portAllocator) Free(port int, id string) {
 	p.mu.Lock()
 	if p.used[port] == id {
 		delete(p.used, port)
 	}
 	p.mu.Unlock()
+}
+
+// owner returns the instance holding port ("" if none).
+func (p *portAllocator) owner(port int) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.used[port]
 }
 
 // portFree reports whether a TCP listener can bind port on all addresses.

@@ -506,11 +506,19 @@ func (a *Agent) replacedElsewhere(ctx context.Context, id string) bool {
 	return in.Host != a.cfg.HostID || in.State == registry.InstanceLost
 }
 
-// stopReplaced stops and forgets an instance this host no longer holds.
+// stopReplaced stops and forgets an instance this host no longer holds,
+// and frees its port once its process is gone (a stop that did not finish
+// keeps it: the process may still listen on it).
 func (a *Agent) stopReplaced(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
+	st, err := a.sup.Stop(ctx, id)
+	switch {
+	case err == nil:
+		if p, perr := strconv.Atoi(st.Meta[metaPort]); perr == nil {
+			a.ports.Free(p, id)
+		}
+	case !errors.Is(err, supervisor.ErrNotFound):
 		a.log.Warn("stop replaced instance", "instance", id, "error", err)
 	}
 	_ = a.sup.Remove(id)

@@ -1,0 +1,88 @@
+package agent
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/registry"
+)
+
+// TestAgentFreesPortOfEndedInstance: an instance whose process exits with
+// restart policy never gives its port back once it is exited, so the port
+// range (one port here) is not used up by instances that ended; and an
+// agent restarted on the same data directory reserves no port for the
+// restored terminal instance.
+func TestAgentFreesPortOfEndedInstance(t *testing.T) {
+	f := newFixture(t)
+	l, err := net.Listen("tcp", ":0")
+	must(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	must(t, l.Close())
+	_, err = f.reg.SetProcType(f.ctx, registry.ProcType{
+		App: "demo", Name: "web",
+		Command: "exec " + strings.Join(proctest.Command("exit", "0"), " "),
+		Env:     map[string]string{proctest.EnvVar: "1"},
+		Restart: registry.RestartPolicy{Policy: "never"},
+	})
+	must(t, err)
+	dir := t.TempDir()
+	onePort := func(c *Config) { c.PortMin, c.PortMax = port, port; c.DisableReconciler = true }
+	a := f.startAgent(t, "host-a", dir, onePort)
+	_, err = f.reg.Scale(f.ctx, "demo", "v1", "web", 1)
+	must(t, err)
+
+	var in registry.Instance
+	proctest.WaitFor(t, 20*time.Second, "instance exited in the registry", func() bool {
+		insts, err := f.reg.AppInstances(f.ctx, "demo")
+		if err != nil || len(insts) != 1 {
+			return false
+		}
+		in = insts[0]
+		return in.State.Terminal()
+	})
+	if in.State != registry.InstanceExited || in.Port != port {
+		t.Fatalf("instance: state %s port %d; want exited on port %d", in.State, in.Port, port)
+	}
+	// The port is freed as the agent learns the terminal state, before it
+	// is written: no wait.
+	if o := a.ports.owner(port); o != "" {
+		t.Fatalf("port %d still held by %q after the instance exited", port, o)
+	}
+	a.stop(t)
+
+	b := f.startAgent(t, "host-a", dir, onePort)
+	proctest.WaitFor(t, 10*time.Second, "agent restored its instances", func() bool {
+		return b.HTTPAddr() != "" // set after the restored instances are noted
+	})
+	if !b.sup.Has(in.ID) {
+		t.Fatalf("instance %s not restored", in.ID)
+	}
+	if o := b.ports.owner(port); o != "" {
+		t.Errorf("port %d reserved for %q, a restored terminal instance", port, o)
+	}
+}
+
+// TestPortAllocatorReserveAndFreeCheckOwner: Reserve never takes a port
+// from another instance, and Free only frees a port its owner holds, so a
+// late or repeated Free cannot release a port given to someone else.
+func TestPortAllocatorReserveAndFreeCheckOwner(t *testing.T) {
+	p := newPortAllocator(41000, 41000)
+	if !p.Reserve(41000, "a") || !p.Reserve(41000, "a") {
+		t.Fatalf("Reserve of a free port, or again by its owner, refused")
+	}
+	if p.Reserve(41000, "b") || p.owner(41000) != "a" {
+		t.Fatalf("Reserve took a's port for b (owner %q)", p.owner(41000))
+	}
+	p.Free(41000, "b")
+	if p.owner(41000) != "a" {
+		t.Fatalf("Free by a non-owner released the port")
+	}
+	p.Free(41000, "a")
+	p.Free(41000, "a")
+	if p.owner(41000) != "" {
+		t.Fatalf("Free by the owner kept the port")
+	}
+}
