@@ -41,9 +41,17 @@
 // ctx; ErrConflict when the budget is spent).
 //
 // A claim is one transaction and one round trip: the ticket's mod revision
-// is the one the claimer read, claims/<id> does not exist; then the claim is
-// put with the host's lease and, for a start ticket, the instance is written
-// as claimed with its host index entry (also leased). A host whose lease
+// is the one the claimer read, claims/<id> does not exist, and for a start
+// ticket the instance record is still the one written with the ticket (same
+// revision); then the claim is put with the host's lease and, for a start
+// ticket, the instance is written as claimed with its host index entry
+// (also leased). The claim writes the record whole without reading it;
+// the last compare makes sure it overwrites nothing but the pending record
+// (the ticket carries the fields, such as Replaces, the claim copies). A
+// start ticket whose instance was written after it (its earlier claim died
+// with a lease) is claimed over the stored record in a second transaction
+// that keeps what others wrote, or withdrawn if a stop was requested or a
+// drain replaced the instance meanwhile. A host whose lease
 // ends loses its claims, so the tickets are free for other hosts.
 // ClaimBatch sends several such claim transactions nested in one request:
 // one round trip for up to MaxClaimBatch tickets, each claimed or lost on
