@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/visorhq/visor/internal/proctest"
 )
 
@@ -154,4 +156,67 @@ func TestStartRacesShutdown(t *testing.T) {
 	proctest.WaitFor(t, 10*time.Second, "no process of the test left", func() bool {
 		return len(markedPids(t, mark)) == 0
 	})
+}
+
+// gateWriter swallows log output, except that the first write containing
+// every string of match signals entered and blocks until release is closed.
+type gateWriter struct {
+	match            []string
+	once             sync.Once
+	entered, release chan struct{}
+}
+
+func (w *gateWriter) Write(p []byte) (int, error) {
+	if !slices.ContainsFunc(w.match, func(m string) bool { return !bytes.Contains(p, []byte(m)) }) {
+		w.once.Do(func() {
+			close(w.entered)
+			<-w.release
+		})
+	}
+	return len(p), nil
+}
+
+// TestStopDuringStartPublish: a Stop that finds an instance Start has
+// published but not yet spawned must not be lost. Start is held in that
+// window (its log line about limits blocks); the instance must be locked
+// there, so a Stop waits for the spawn and then stops the process.
+func TestStopDuringStartPublish(t *testing.T) {
+	t.Parallel()
+	gate := &gateWriter{match: []string{"limits not enforced", "instance=early-stop"}, entered: make(chan struct{}), release: make(chan struct{})}
+	h := start(t, Config{Logger: hclog.New(&hclog.LoggerOptions{Output: gate, Level: hclog.Info})})
+	ctx := ctxT(t)
+	spec := sleeper("early-stop")
+	spec.Limits.Pids = 100 // not enforced without cgroups: Start logs it
+	started := make(chan error, 1)
+	go func() {
+		_, err := h.Start(ctx, spec)
+		started <- err
+	}()
+	<-gate.entered
+	in, err := h.lookup("early-stop")
+	if err != nil {
+		close(gate.release)
+		t.Fatal(err)
+	}
+	if in.mu.TryLock() {
+		st := in.statusLocked()
+		in.mu.Unlock()
+		t.Errorf("published instance unlocked before its spawn (state %q): a Stop now would be lost", st.State)
+	}
+	stopped := make(chan Status, 1)
+	go func() {
+		st, err := h.Stop(ctx, "early-stop")
+		if err != nil {
+			t.Errorf("Stop() = %+v, %v", st, err)
+		}
+		stopped <- st
+	}()
+	close(gate.release)
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	st := <-stopped
+	if st.State != StateExited {
+		t.Fatalf("Stop() = %+v, want exited", st)
+	}
 }

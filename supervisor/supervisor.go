@@ -392,14 +392,16 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (Status, error) {
 		}
 		in.group = old.group
 	}
+	// Locked before it is published: a Stop (or Restart) that finds it
+	// waits for the spawn instead of seeing no state yet and dropping its
+	// request.
+	in.mu.Lock()
 	s.instances[spec.ID] = in
 	s.mu.Unlock()
 	if s.cg == nil && !spec.Limits.IsZero() {
 		in.log.Warn("limits not enforced: no usable cgroup controller")
 	}
 	s.addLogs(in)
-
-	in.mu.Lock()
 	err = s.spawnLocked(in)
 	st := in.statusLocked()
 	in.mu.Unlock()
@@ -409,6 +411,11 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (Status, error) {
 			delete(s.instances, spec.ID)
 		}
 		s.mu.Unlock()
+		// Wake a Stop or Wait that found it meanwhile: it is gone.
+		in.mu.Lock()
+		close(in.changed)
+		in.changed = make(chan struct{})
+		in.mu.Unlock()
 		s.forget(in)
 		return Status{}, err
 	}
