@@ -114,14 +114,16 @@ func TestCrashRestartWithBackoff(t *testing.T) {
 // TestCrashLoopGrowsCapsResets runs a real crash loop: runs 1-4 crash at
 // once, run 5 lives longer than ResetAfter, run 6 crashes at once, then the
 // workload stays up. The delays grow, stop at MaxDelay and start over after
-// the stable run.
+// the stable run. ResetAfter is 5 s so that a crash-at-once run, which
+// under -race on a loaded machine can take over a second to start and
+// exit, never counts as stable.
 func TestCrashLoopGrowsCapsResets(t *testing.T) {
 	t.Parallel()
 	h := start(t, Config{})
 	counter := filepath.Join(t.TempDir(), "count")
-	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,2500ms,0s"), Env: proctest.Env(),
+	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,5500ms,0s"), Env: proctest.Env(),
 		Restart: restart.Policy{InitialDelay: 40 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
-			Jitter: 0.01, ResetAfter: 2 * time.Second}}
+			Jitter: 0.01, ResetAfter: 5 * time.Second}}
 	if _, err := h.Start(ctxT(t), spec); err != nil {
 		t.Fatal(err)
 	}

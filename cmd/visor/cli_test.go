@@ -200,6 +200,8 @@ func TestBadInputNoRegistry(t *testing.T) {
 		want []string
 	}{
 		{"app create missing", []string{"app", "create"}, []string{"missing argument", "APP"}},
+		{"logs tail too big", []string{"logs", "web-worker-00000000", "--tail", "100001"}, []string{"--tail 100001", "0 to 100000"}},
+		{"logs tail negative", []string{"logs", "web-worker-00000000", "--tail", "-1"}, []string{"--tail -1", "0 to 100000"}},
 		{"app create extra", []string{"app", "create", "a", "b"}, []string{"unexpected argument", `"b"`}},
 		{"app show missing", []string{"app", "show"}, []string{"missing argument", "APP"}},
 		{"app delete missing", []string{"app", "delete"}, []string{"missing argument", "APP"}},

@@ -18,6 +18,10 @@ import (
 	"github.com/visorhq/visor/registry"
 )
 
+// maxLogTail is the most history lines an agent serves (agent/api.go's
+// maxTail); a larger --tail is refused here rather than by the agent.
+const maxLogTail = 100000
+
 func init() {
 	register(&command{
 		Name:  "logs",
@@ -130,8 +134,8 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 		return usageError("logs: --stream must be stdout or stderr, not %q", stream)
 	}
 	tail := flagValue[int](e, "tail")
-	if tail < 0 {
-		return usageError("logs: --tail must not be negative")
+	if tail < 0 || tail > maxLogTail {
+		return usageError("logs: --tail %d must be from 0 to %d", tail, maxLogTail)
 	}
 	call, err := agentFor(ctx, e, args[0])
 	if err != nil {
