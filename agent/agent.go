@@ -53,8 +53,12 @@ type Agent struct {
 	started        time.Time
 
 	// bg owns goroutines spawned outside the main loops (stopping replaced
-	// instances); Run waits for them before it returns.
-	bg sync.WaitGroup
+	// instances); Run waits for them before it returns. Once Run waits
+	// (bgClosed, under bgMu), spawn starts nothing more: a WaitGroup may
+	// not grow from zero while it is waited on.
+	bg       sync.WaitGroup
+	bgMu     sync.Mutex
+	bgClosed bool
 
 	mu        sync.Mutex // guards the fields below
 	session   *registry.HostSession
@@ -287,6 +291,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			s.Orphan()
 		}
 	}
+	a.bgMu.Lock()
+	a.bgClosed = true
+	a.bgMu.Unlock()
 	a.bg.Wait()
 	cancelBG()
 	wg.Wait()
@@ -296,8 +303,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	return loopErr
 }
 
-// spawn runs f in a goroutine that Run waits for.
+// spawn runs f in a goroutine that Run waits for; during Run's final wait
+// and after it, f is dropped (a replaced instance left running is found
+// again by the next run's adoption).
 func (a *Agent) spawn(f func()) {
+	a.bgMu.Lock()
+	defer a.bgMu.Unlock()
+	if a.bgClosed {
+		return
+	}
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
