@@ -321,6 +321,16 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	case ctx.Err() != nil:
 	case errors.Is(err, registry.ErrTransition):
 		res = w.refused(ctx, id, st, err)
+		if res == writeDone && completing {
+			// The record cannot take this outcome (it ended meanwhile,
+			// say stopped before it started): the start ticket is over
+			// all the same, and must not stay claimed by this host.
+			if cerr := s.Complete(ctx, t); cerr == nil || errors.Is(cerr, registry.ErrTicketDone) {
+				w.unexpect(id)
+			} else {
+				w.a.log.Warn("complete start ticket of a refused outcome", "instance", id, "ticket", t.ID, "error", cerr)
+			}
+		}
 	default:
 		w.a.log.Warn("write instance state; retrying after a backoff", "instance", id, "state", string(st.State), "error", err)
 		res = writeRetryLater

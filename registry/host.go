@@ -840,7 +840,7 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 			// survive, and the generation key is touched only when the
 			// instance's counting changes, so completions do not make
 			// concurrent Scale calls retry.
-			cur, _, err := s.stored(ctx, in.ID)
+			cur, cached, err := s.stored(ctx, in.ID)
 			switch {
 			case errors.Is(err, ErrNotFound):
 				cur = Instance{ID: in.ID, App: t.App, Rev: t.Rev, Proc: t.Proc, Ticket: t.ID, Created: t.Created}
@@ -848,6 +848,12 @@ func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) erro
 				return false, err
 			default:
 				if err := ValidTransition(cur.State, in.State); err != nil {
+					if cached {
+						// Refused on the remembered copy, which may be
+						// stale: decide on the stored record.
+						s.forget(in.ID)
+						return false, nil
+					}
 					return false, fmt.Errorf("%s: %w", what, err)
 				}
 			}

@@ -924,3 +924,26 @@ func TestClaimOverCorruptInstance(t *testing.T) {
 		t.Errorf("ticket held by %q after a claim over a corrupt instance", got.Holder)
 	}
 }
+
+// TestCompleteDecidesOnStoredRecord: a completion the remembered copy
+// would refuse is decided on the stored record instead, as updates are.
+func TestCompleteDecidesOnStoredRecord(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1 := register(t, r, "h1")
+	tk, in := claimNew(t, r, h1)
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStopping})) // remembered: stopping
+	cur, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	cur.State = InstanceRunning // written by someone else meanwhile
+	_, err = cli.Put(ctx, r.instanceKey(in.ID), encode(cur))
+	must(t, err)
+	in.State, in.PID = InstanceRunning, 7
+	must(t, h1.CompleteWith(ctx, tk, in))
+	got, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.State != InstanceRunning || got.PID != 7 {
+		t.Errorf("completed instance = %s pid %d", got.State, got.PID)
+	}
+}
