@@ -182,7 +182,7 @@ func (p *pipeline) claim(batch []*job) {
 		a.metrics.claimBatches.Inc()
 		var again []*job
 		for i, j := range jobs {
-			if err := results[i].Err; unknownOutcome(err) && try < maxClaimRetries && p.ctx.Err() == nil {
+			if err := results[i].Err; unknownOutcome(err) && p.ctx.Err() == nil {
 				a.log.Debug("claim outcome unknown; trying again", "ticket", j.t.ID, "error", err)
 				again = append(again, j)
 				continue
@@ -194,7 +194,7 @@ func (p *pipeline) claim(batch []*job) {
 		}
 		// A claim whose reply was lost may have gone through: the retry
 		// finds it held by this session and takes it (registry Claim).
-		timer := time.NewTimer(claimRetryDelay << try)
+		timer := time.NewTimer(min(claimRetryDelay<<min(try, 8), maxClaimRetryDelay))
 		select {
 		case <-timer.C:
 		case <-p.ctx.Done():
@@ -208,11 +208,13 @@ func (p *pipeline) claim(batch []*job) {
 }
 
 // A claim that failed for want of an answer (etcd unreachable, a
-// timeout) is sent again up to maxClaimRetries times, claimRetryDelay
-// after the first failure and twice as long after each next one.
+// timeout) is sent again until it has one or the session ends (a claim
+// that went through and was given up would hold its ticket, unserved, as
+// long as the lease lives): claimRetryDelay after the first failure,
+// twice as long after each next one, at most maxClaimRetryDelay.
 const (
-	maxClaimRetries = 3
-	claimRetryDelay = 200 * time.Millisecond
+	claimRetryDelay    = 200 * time.Millisecond
+	maxClaimRetryDelay = 5 * time.Second
 )
 
 // unknownOutcome reports a claim error that says nothing of the claim:

@@ -321,8 +321,8 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	case ctx.Err() != nil:
 	case errors.Is(err, registry.ErrTransition):
 		res = w.refused(ctx, id, st, err)
-		if res == writeDone && completing {
-			// The record cannot take this outcome (it ended meanwhile,
+		if res == writeDone && hasTicket {
+			// The record cannot take this state (it ended meanwhile,
 			// say stopped before it started): the start ticket is over
 			// all the same, and must not stay claimed by this host.
 			if cerr := s.Complete(ctx, t); cerr == nil || errors.Is(cerr, registry.ErrTicketDone) {
@@ -347,6 +347,15 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 func (w *stateWriter) refused(ctx context.Context, id string, st supervisor.Status, err error) writeResult {
 	stored, rerr := w.a.reg.Instance(ctx, id)
 	switch {
+	case rerr == nil && stored.State.Terminal() && !st.State.Terminal():
+		// The registry has ended it (a stop handled while its start was
+		// still under way, a start withdrawn elsewhere) while it runs
+		// here: nothing would count or stop this copy, so it goes.
+		w.a.log.Warn("registry has ended an instance that runs here; stopping it",
+			"instance", id, "state", string(st.State), "stored_state", string(stored.State), "reason", stored.Reason)
+		if w.drop(id) {
+			w.a.spawn(func() { w.a.stopReplaced(id) })
+		}
 	case rerr == nil:
 		w.a.log.Warn("registry refuses the instance's state change; dropping the write",
 			"instance", id, "state", string(st.State), "stored_state", string(stored.State), "stored_host", stored.Host, "error", err)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -133,8 +134,12 @@ func TestWriterDropsWriteRefusedAsTransition(t *testing.T) {
 	_, err = cli.Put(f.ctx, key, string(b))
 	must(t, err)
 
-	// stopping and exited are both refused after exited.
-	stopLocally(t, a, in.ID)
+	// stopping and exited are both refused after exited. (A write of
+	// running refused first has the writer stop it itself.)
+	if _, err := a.sup.Stop(context.Background(), in.ID); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
+		t.Fatal(err)
+	}
+	must(t, a.sup.Notified(context.Background()))
 	if d := flushBounded(a, in.ID); d > 3*time.Second {
 		t.Errorf("flushOne of a refused write returned after %v", d)
 	}
@@ -151,5 +156,32 @@ func TestWriterDropsWriteRefusedAsTransition(t *testing.T) {
 	must(t, err)
 	if got.State != registry.InstanceExited || got.Reason != reason {
 		t.Errorf("stored record changed: %+v", got)
+	}
+}
+
+// TestWriterStopsInstanceTheRegistryEnded: when the registry has ended an
+// instance (its record terminal) that still runs here, the refused write
+// stops the local copy instead of leaving it running, uncounted.
+func TestWriterStopsInstanceTheRegistryEnded(t *testing.T) {
+	f := newFixture(t)
+	a, in := runOne(t, f)
+	cli := f.reg.Client()
+	key := f.instanceKey(in.ID)
+	resp, err := cli.Get(f.ctx, key)
+	must(t, err)
+	var rec map[string]any
+	must(t, json.Unmarshal(resp.Kvs[0].Value, &rec))
+	rec["state"], rec["reason"] = string(registry.InstanceExited), "stopped elsewhere"
+	b, err := json.Marshal(rec)
+	must(t, err)
+	_, err = cli.Put(f.ctx, key, string(b))
+	must(t, err)
+
+	a.writer.touch(in.ID) // the next write of "running" is refused
+	proctest.WaitFor(t, 20*time.Second, "the local copy stopped", func() bool { return !proctest.Alive(in.PID) })
+	got, err := f.reg.Instance(f.ctx, in.ID)
+	must(t, err)
+	if got.State != registry.InstanceExited || got.Reason != "stopped elsewhere" {
+		t.Errorf("stored record changed: %s (%s)", got.State, got.Reason)
 	}
 }

@@ -147,6 +147,14 @@ func TestBadInput(t *testing.T) {
 		must(t, err)
 		_, err = r.Rescale(ctx, "web", "v1", "worker")
 		must(t, err)
+		// Also when it has nothing else to do (0 wanted, 0 there).
+		_, err = r.Scale(ctx, "web", "v1", "worker", 0)
+		must(t, err)
+		put("apps/web/scale/v1/worker", "abc")
+		_, err = r.Scale(ctx, "web", "v1", "worker", 0)
+		must(t, err)
+		_, err = r.Rescale(ctx, "web", "v1", "worker")
+		must(t, err)
 	})
 }
 

@@ -615,7 +615,7 @@ func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []ClaimRes
 		}
 		switch {
 		case ikv == nil:
-			out[i].Err = fmt.Errorf("%s: %w: instance %q", what, ErrNotFound, t.Instance)
+			out[i].Err = s.dropOrphanStart(ctx, t)
 		case ikv.ModRevision == t.ModRevision:
 			// Every condition holds again now: the claim that beat this
 			// one has already been released.
@@ -632,6 +632,21 @@ func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []ClaimRes
 	return out
 }
 
+// dropOrphanStart deletes start ticket t whose instance record is gone
+// (nothing could ever claim it: the claim compares the record), if it is
+// still unchanged and unclaimed, and says so.
+func (s *HostSession) dropOrphanStart(ctx context.Context, t Ticket) error {
+	r := s.r
+	what := claimWhat(t.ID)
+	tk := r.ticketKey(t.ID)
+	_, err := r.cli.Txn(ctx).If(unchanged(tk, t.ModRevision), absent(r.claimKey(t.ID)), absent(r.instanceKey(t.Instance))).
+		Then(clientv3.OpDelete(tk)).Commit()
+	if err != nil {
+		return s.leaseErr(what, err)
+	}
+	return fmt.Errorf("%s: %w: its instance %q is gone (%w); the ticket is deleted", what, ErrTicketDone, t.Instance, ErrNotFound)
+}
+
 // claimOver claims start ticket t whose instance record in was written
 // after the ticket: a claim that died with its host's lease left it
 // claimed (or starting) by that host, maybe with a stop requested or a
@@ -645,6 +660,13 @@ func (s *HostSession) claimOver(ctx context.Context, t Ticket, in Instance) (Ins
 	what := claimWhat(t.ID)
 	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
 	cmps := []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck), unchanged(r.instanceKey(in.ID), in.ModRevision)}
+	if in.Host != "" {
+		// The earlier holder must be gone, not just its claim: a host
+		// whose lease ended and came back has adopted the instance again
+		// (its index entry is live), and it decides, re-claiming the
+		// ticket itself.
+		cmps = append(cmps, absent(r.hostInstanceKey(in.Host, in.ID)))
+	}
 	if retire(in) {
 		ops := append([]clientv3.Op{clientv3.OpDelete(tk)}, r.retireOps(in, s.id, "claim of its start ticket")...)
 		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
@@ -674,7 +696,7 @@ func (s *HostSession) claimOver(ctx context.Context, t Ticket, in Instance) (Ins
 	case err != nil:
 		return Instance{}, s.leaseErr(what, err)
 	case !resp.Succeeded:
-		return Instance{}, fmt.Errorf("%s: %w", what, ErrTicketChanged)
+		return Instance{}, fmt.Errorf("%s: %w, or instance %q is back on live host %q", what, ErrTicketChanged, in.ID, in.Host)
 	}
 	next.ModRevision = resp.Header.Revision
 	s.remember(next)

@@ -947,3 +947,32 @@ func TestCompleteDecidesOnStoredRecord(t *testing.T) {
 		t.Errorf("completed instance = %s pid %d", got.State, got.PID)
 	}
 }
+
+// TestClaimOverNeedsHolderGone: a start ticket whose claim is gone but
+// whose instance is still indexed on a live host (it came back and adopted
+// it) is left to that host; one whose instance record is gone is deleted.
+func TestClaimOverNeedsHolderGone(t *testing.T) {
+	r, cli, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
+	tk, in := claimNew(t, r, h1)
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting, PID: 42}))
+	_, err := cli.Delete(ctx, r.claimKey(tk.ID)) // as if its lease had ended; the index entry is live
+	must(t, err)
+	_, err = h2.Claim(ctx, tk)
+	mustIs(t, err, ErrTicketChanged)
+	got, err := r.Instance(ctx, in.ID)
+	must(t, err)
+	if got.Host != "h1" || got.State != InstanceStarting {
+		t.Errorf("instance after a refused claim over = %s on %q", got.State, got.Host)
+	}
+
+	orphan := startTicket(t, r, "web", "worker")
+	_, err = cli.Delete(ctx, r.instanceKey(orphan.Instance))
+	must(t, err)
+	_, err = h2.Claim(ctx, orphan)
+	mustIs(t, err, ErrTicketDone)
+	_, err = r.Ticket(ctx, orphan.ID)
+	mustIs(t, err, ErrNotFound)
+}

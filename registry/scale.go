@@ -274,7 +274,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		res.Live, res.Pending = len(s.live), len(s.pending)
 	}
 	have := len(s.live) + len(s.pending)
-	if have == n && s.scaleMod != 0 && s.desired == n {
+	if have == n && s.scaleMod != 0 && s.desired == n && s.desiredErr == nil {
 		return true, nil
 	}
 	cmps := []clientv3.Cmp{
