@@ -69,20 +69,20 @@ func TestAgentFreesPortOfEndedInstance(t *testing.T) {
 // from another instance, and Free only frees a port its owner holds, so a
 // late or repeated Free cannot release a port given to someone else.
 func TestPortAllocatorReserveAndFreeCheckOwner(t *testing.T) {
-	p := newPortAllocator(41000, 41000)
-	if !p.Reserve(41000, "a") || !p.Reserve(41000, "a") {
+	p := newPortAllocator(31010, 31010)
+	if !p.Reserve(31010, "a") || !p.Reserve(31010, "a") {
 		t.Fatalf("Reserve of a free port, or again by its owner, refused")
 	}
-	if p.Reserve(41000, "b") || p.owner(41000) != "a" {
-		t.Fatalf("Reserve took a's port for b (owner %q)", p.owner(41000))
+	if p.Reserve(31010, "b") || p.owner(31010) != "a" {
+		t.Fatalf("Reserve took a's port for b (owner %q)", p.owner(31010))
 	}
-	p.Free(41000, "b")
-	if p.owner(41000) != "a" {
+	p.Free(31010, "b")
+	if p.owner(31010) != "a" {
 		t.Fatalf("Free by a non-owner released the port")
 	}
-	p.Free(41000, "a")
-	p.Free(41000, "a")
-	if p.owner(41000) != "" {
+	p.Free(31010, "a")
+	p.Free(31010, "a")
+	if p.owner(31010) != "" {
 		t.Fatalf("Free by the owner kept the port")
 	}
 }

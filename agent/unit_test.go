@@ -164,10 +164,13 @@ func TestArtifactCache(t *testing.T) {
 }
 
 func TestPortAllocator(t *testing.T) {
-	p := newPortAllocator(41000, 41002)
-	p.Reserve(41000, "adopted")
+	// Allocate probes each port with a bind: the range lies below the
+	// kernel's ephemeral ports (32768 up), which other tests' connections
+	// take at random.
+	p := newPortAllocator(31000, 31002)
+	p.Reserve(31000, "adopted")
 	a, err := p.Allocate("a")
-	if err != nil || a == 41000 {
+	if err != nil || a == 31000 {
 		t.Fatalf("Allocate = %d, %v; want a port other than the reserved one", a, err)
 	}
 	b, err := p.Allocate("b")
