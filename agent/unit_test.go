@@ -2,8 +2,6 @@ package agent
 
 import (
 	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -54,32 +52,20 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// makeArtifact writes a tar.gz with the given files and returns its path
-// and sha256.
+// makeArtifact writes a tar.gz with the given files (see writeTarGz) and
+// returns its path and sha256.
 func makeArtifact(t *testing.T, files map[string]string) (string, string) {
 	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
+	var entries []tarEntry
 	for name, body := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(body)); err != nil {
-			t.Fatal(err)
-		}
+		entries = append(entries, tarEntry{name: name, typ: tar.TypeReg, body: body})
 	}
-	if err := tw.Close(); err != nil {
+	p := writeTarGz(t, entries)
+	data, err := os.ReadFile(p)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "app.tar.gz")
-	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(buf.Bytes())
+	sum := sha256.Sum256(data)
 	return p, hex.EncodeToString(sum[:])
 }
 

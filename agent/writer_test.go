@@ -34,6 +34,22 @@ func runOne(t *testing.T, f *fixture) (*testAgent, registry.Instance) {
 // instanceKey is the etcd key of instance id's record.
 func (f *fixture) instanceKey(id string) string { return f.reg.Prefix() + "instances/" + id }
 
+// markExited writes instance id's record as exited with reason, by hand
+// (as another party would), keeping its other fields as stored.
+func (f *fixture) markExited(t *testing.T, id, reason string) {
+	t.Helper()
+	cli := f.reg.Client()
+	resp, err := cli.Get(f.ctx, f.instanceKey(id))
+	must(t, err)
+	var rec map[string]any
+	must(t, json.Unmarshal(resp.Kvs[0].Value, &rec))
+	rec["state"], rec["reason"] = string(registry.InstanceExited), reason
+	b, err := json.Marshal(rec)
+	must(t, err)
+	_, err = cli.Put(f.ctx, f.instanceKey(id), string(b))
+	must(t, err)
+}
+
 // stopLocally stops instance id through the supervisor alone (no ticket)
 // and waits until the agent has been told of every state change.
 func stopLocally(t *testing.T, a *testAgent, id string) {
@@ -121,18 +137,8 @@ func TestWriterRetriesFailedWriteAfterBackoff(t *testing.T) {
 func TestWriterDropsWriteRefusedAsTransition(t *testing.T) {
 	f := newFixture(t)
 	a, in := runOne(t, f)
-	cli := f.reg.Client()
-	key := f.instanceKey(in.ID)
-	resp, err := cli.Get(f.ctx, key)
-	must(t, err)
-	var rec map[string]any
-	must(t, json.Unmarshal(resp.Kvs[0].Value, &rec))
 	const reason = "recorded exited by hand"
-	rec["state"], rec["reason"] = string(registry.InstanceExited), reason
-	b, err := json.Marshal(rec)
-	must(t, err)
-	_, err = cli.Put(f.ctx, key, string(b))
-	must(t, err)
+	f.markExited(t, in.ID, reason)
 
 	// stopping and exited are both refused after exited. (A write of
 	// running refused first has the writer stop it itself.)
@@ -165,17 +171,7 @@ func TestWriterDropsWriteRefusedAsTransition(t *testing.T) {
 func TestWriterStopsInstanceTheRegistryEnded(t *testing.T) {
 	f := newFixture(t)
 	a, in := runOne(t, f)
-	cli := f.reg.Client()
-	key := f.instanceKey(in.ID)
-	resp, err := cli.Get(f.ctx, key)
-	must(t, err)
-	var rec map[string]any
-	must(t, json.Unmarshal(resp.Kvs[0].Value, &rec))
-	rec["state"], rec["reason"] = string(registry.InstanceExited), "stopped elsewhere"
-	b, err := json.Marshal(rec)
-	must(t, err)
-	_, err = cli.Put(f.ctx, key, string(b))
-	must(t, err)
+	f.markExited(t, in.ID, "stopped elsewhere")
 
 	a.writer.touch(in.ID) // the next write of "running" is refused
 	proctest.WaitFor(t, 20*time.Second, "the local copy stopped", func() bool { return !proctest.Alive(in.PID) })
