@@ -270,6 +270,17 @@ func (w *stateWriter) run(ctx context.Context) {
 	}
 }
 
+// retrySession is the outcome of a write that needs a session other than
+// began (nil: there was none): wait for the next session change, or, if
+// one came while the write was under way (its requeue skipped the busy
+// instance), try again after the usual short backoff.
+func (w *stateWriter) retrySession(began *registry.HostSession) writeResult {
+	if cur := w.a.currentSession(); cur != nil && cur != began {
+		return writeRetryLater
+	}
+	return writeRetrySession
+}
+
 // write writes the latest status of id with the current session.
 func (w *stateWriter) write(ctx context.Context, id string) {
 	w.mu.Lock()
@@ -285,7 +296,7 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	}
 	s := w.a.currentSession()
 	if s == nil {
-		res = writeRetrySession
+		res = w.retrySession(nil)
 		return
 	}
 	inst := w.a.toInstance(st)
@@ -311,7 +322,7 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 		// instance is still ours: write it again with the next session,
 		// after adoption re-binds it.
 		w.a.log.Debug("write refused with an ended lease; retrying with the next session", "instance", id)
-		res = writeRetrySession
+		res = w.retrySession(s)
 	case errors.Is(err, registry.ErrNotHolder):
 		// Replaced or marked lost while we were away: this copy must go.
 		if w.drop(id) {
