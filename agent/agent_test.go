@@ -594,3 +594,49 @@ func TestAgentClaimsBurstInBatches(t *testing.T) {
 		t.Errorf("claims won %v in %v transactions; want 30 in fewer", won, txns)
 	}
 }
+
+// TestAgentShutdownDuringStopKeepsTicket: an agent that shuts down while a
+// stop ticket waits out the instance's stop timeout gives the ticket back
+// without counting a failed attempt against its host, the only host that
+// can do it; the agent's next run takes it again and the stop completes.
+func TestAgentShutdownDuringStopKeepsTicket(t *testing.T) {
+	f := newFixture(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	must(t, f.app("stubborn", "ignore-sigterm "+ready))
+	p, err := f.reg.ProcType(f.ctx, "stubborn", "web")
+	must(t, err)
+	p.StopTimeout = registry.Duration(6 * time.Second)
+	_, err = f.reg.SetProcType(f.ctx, p)
+	must(t, err)
+	dir := t.TempDir()
+	a := f.startAgent(t, "host-a", dir, nil)
+	_, err = f.reg.Scale(f.ctx, "stubborn", "v1", "web", 1)
+	must(t, err)
+	var in registry.Instance
+	for _, only := range f.waitRunning(t, "stubborn", 1) {
+		in = only
+	}
+	proctest.ReadFile(t, 10*time.Second, ready) // SIGTERM is ignored from now on
+	st, err := f.reg.CreateTicket(f.ctx, registry.Ticket{Op: registry.TicketStop, Instance: in.ID})
+	must(t, err)
+	proctest.WaitFor(t, 10*time.Second, "the stop under way", func() bool {
+		got, err := f.reg.Instance(f.ctx, in.ID)
+		return err == nil && got.State == registry.InstanceStopping
+	})
+	a.stop(t) // within the stop timeout: the process ignores SIGTERM
+
+	tk, err := f.reg.Ticket(f.ctx, st.ID)
+	must(t, err)
+	if tk.Attempts != 0 || tk.Excludes("host-a") || tk.Holder != "" {
+		t.Fatalf("stop ticket after the shutdown = %+v; want it free, no attempt counted", tk)
+	}
+	f.startAgent(t, "host-a", dir, func(c *Config) { c.StopOnExit = true })
+	proctest.WaitFor(t, 30*time.Second, "the stop done by the next run", func() bool {
+		_, err := f.reg.Ticket(f.ctx, st.ID)
+		got, ierr := f.reg.Instance(f.ctx, in.ID)
+		return errors.Is(err, registry.ErrNotFound) && ierr == nil && got.State == registry.InstanceExited
+	})
+	if proctest.Alive(in.PID) {
+		t.Errorf("pid %d still alive after its stop ticket completed", in.PID)
+	}
+}

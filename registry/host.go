@@ -610,12 +610,12 @@ func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []ClaimRes
 			continue
 		}
 		if t.Op != TicketStart {
-			out[i].Err = fmt.Errorf("%s: instance %q is not on host %q: %w", what, t.Instance, s.id, ErrNotHolder)
+			out[i].Err = s.notHeldHere(ctx, t, ikv)
 			continue
 		}
 		switch {
 		case ikv == nil:
-			out[i].Err = s.dropOrphanStart(ctx, t)
+			out[i].Err = s.dropMoot(ctx, t, absent(r.instanceKey(t.Instance)), "its instance is gone")
 		case ikv.ModRevision == t.ModRevision:
 			// Every condition holds again now: the claim that beat this
 			// one has already been released.
@@ -632,19 +632,39 @@ func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []ClaimRes
 	return out
 }
 
-// dropOrphanStart deletes start ticket t whose instance record is gone
-// (nothing could ever claim it: the claim compares the record), if it is
-// still unchanged and unclaimed, and says so.
-func (s *HostSession) dropOrphanStart(ctx context.Context, t Ticket) error {
+// notHeldHere explains a stop, restart or signal claim that failed though
+// the ticket is unchanged and unclaimed: the instance (ikv as read) is not
+// indexed on this host. One that has ended, or whose record is gone, needs
+// the ticket no more: it is deleted (nobody could claim it, the claim
+// compares the index entry of a live instance).
+func (s *HostSession) notHeldHere(ctx context.Context, t Ticket, ikv *mvccpb.KeyValue) error {
+	ik := s.r.instanceKey(t.Instance)
+	if ikv == nil {
+		return s.dropMoot(ctx, t, absent(ik), "its instance is gone")
+	}
+	if in, err := decodeInstance(ikv, t.Instance); err == nil && in.State.Terminal() {
+		return s.dropMoot(ctx, t, unchanged(ik, ikv.ModRevision), "its instance is "+string(in.State))
+	}
+	return fmt.Errorf("%s: instance %q is not on host %q: %w", claimWhat(t.ID), t.Instance, s.id, ErrNotHolder)
+}
+
+// dropMoot deletes ticket t, which nothing can claim or needs any more
+// (why), if it is still unchanged and unclaimed and cond still holds of its
+// instance, and says so with an error wrapping ErrTicketDone.
+func (s *HostSession) dropMoot(ctx context.Context, t Ticket, cond clientv3.Cmp, why string) error {
 	r := s.r
 	what := claimWhat(t.ID)
 	tk := r.ticketKey(t.ID)
-	_, err := r.cli.Txn(ctx).If(unchanged(tk, t.ModRevision), absent(r.claimKey(t.ID)), absent(r.instanceKey(t.Instance))).
+	resp, err := r.cli.Txn(ctx).If(unchanged(tk, t.ModRevision), absent(r.claimKey(t.ID)), cond).
 		Then(clientv3.OpDelete(tk)).Commit()
-	if err != nil {
+	switch {
+	case err != nil:
 		return s.leaseErr(what, err)
+	case !resp.Succeeded:
+		return fmt.Errorf("%s: %w", what, ErrTicketChanged)
 	}
-	return fmt.Errorf("%s: %w: its instance %q is gone (%w); the ticket is deleted", what, ErrTicketDone, t.Instance, ErrNotFound)
+	s.log.Info("ticket deleted: nothing left to do", "ticket", t.ID, "op", string(t.Op), "instance", t.Instance, "why", why)
+	return fmt.Errorf("%s: %w: %s; the ticket is deleted", what, ErrTicketDone, why)
 }
 
 // claimOver claims start ticket t whose instance record in was written

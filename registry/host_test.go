@@ -976,3 +976,23 @@ func TestClaimOverNeedsHolderGone(t *testing.T) {
 	_, err = r.Ticket(ctx, orphan.ID)
 	mustIs(t, err, ErrNotFound)
 }
+
+// TestClaimOfMootTicket: a stop ticket whose instance ended before anyone
+// claimed it (its index entry went with the end) is deleted by the claim
+// that finds it so, instead of staying unclaimable.
+func TestClaimOfMootTicket(t *testing.T) {
+	r, _, _ := setup(t)
+	ctx := testCtx(t)
+	seed(t, r, "web", "v1", "worker")
+	h1 := register(t, r, "h1")
+	tk, in := claimNew(t, r, h1)
+	in.State = InstanceRunning
+	must(t, h1.CompleteWith(ctx, tk, in))
+	st, err := r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID})
+	must(t, err)
+	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceExited, Reason: "crashed"}))
+	_, err = h1.Claim(ctx, st)
+	mustIs(t, err, ErrTicketDone)
+	_, err = r.Ticket(ctx, st.ID)
+	mustIs(t, err, ErrNotFound)
+}
