@@ -483,11 +483,8 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 		return claimTxn{}, err
 	}
 	r := s.r
-	tk, ck, ik := r.ticketKey(t.ID), r.claimKey(t.ID), r.hostInstanceKey(s.id, t.Instance)
-	c := claimTxn{t: t,
-		cmps: []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck)},
-		ops:  []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease))},
-	}
+	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
+	c := claimTxn{t: t, cmps: []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck)}}
 	if t.Op == TicketStart {
 		// The claim writes the instance record whole, without reading it:
 		// the record must be the pending one written with the ticket (in
@@ -496,13 +493,24 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 		c.cmps = append(c.cmps, unchanged(r.instanceKey(t.Instance), t.ModRevision))
 		c.in = Instance{ID: t.Instance, App: t.App, Rev: t.Rev, Proc: t.Proc, Host: s.id,
 			State: InstanceClaimed, Since: time.Now().UTC(), Ticket: t.ID, Created: t.Created, Replaces: t.Replaces}
-		c.ops = append(c.ops, clientv3.OpPut(r.instanceKey(c.in.ID), encode(c.in)),
-			clientv3.OpPut(ik, "", clientv3.WithLease(s.lease)))
+		c.ops = s.startClaimOps(t.ID, c.in)
 	} else {
-		c.cmps = append(c.cmps, exists(ik), exists(r.instanceKey(t.Instance)))
-		c.ops = append(c.ops, clientv3.OpGet(r.instanceKey(t.Instance)))
+		c.cmps = append(c.cmps, exists(r.hostInstanceKey(s.id, t.Instance)), exists(r.instanceKey(t.Instance)))
+		c.ops = []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease)), clientv3.OpGet(r.instanceKey(t.Instance))}
 	}
 	return c, nil
+}
+
+// startClaimOps are the writes of a claim of start ticket id: the claim
+// and the host index entry of instance in on this session's lease, and in
+// (claimed by this host) as the instance record.
+func (s *HostSession) startClaimOps(id string, in Instance) []clientv3.Op {
+	r := s.r
+	return []clientv3.Op{
+		clientv3.OpPut(r.claimKey(id), s.id, clientv3.WithLease(s.lease)),
+		clientv3.OpPut(r.instanceKey(in.ID), encode(in)),
+		clientv3.OpPut(r.hostInstanceKey(s.id, in.ID), "", clientv3.WithLease(s.lease)),
+	}
 }
 
 // claimed finishes claim c that went through at revision rev; resps are
@@ -707,11 +715,7 @@ func (s *HostSession) claimOver(ctx context.Context, t Ticket, in Instance) (Ins
 	next := in
 	next.Host, next.State, next.Since, next.Ticket = s.id, InstanceClaimed, time.Now().UTC(), t.ID
 	next.PID, next.PIDStart, next.Port, next.ExitCode, next.Signal, next.Reason = 0, 0, 0, nil, "", ""
-	resp, err := r.cli.Txn(ctx).If(cmps...).Then(
-		clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease)),
-		clientv3.OpPut(r.instanceKey(in.ID), encode(next)),
-		clientv3.OpPut(r.hostInstanceKey(s.id, in.ID), "", clientv3.WithLease(s.lease)),
-	).Commit()
+	resp, err := r.cli.Txn(ctx).If(cmps...).Then(s.startClaimOps(t.ID, next)...).Commit()
 	switch {
 	case err != nil:
 		return Instance{}, s.leaseErr(what, err)

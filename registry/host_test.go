@@ -16,6 +16,14 @@ import (
 	"github.com/visorhq/visor/internal/proctest"
 )
 
+// setupWeb is setup with web/v1/worker seeded, and a test context.
+func setupWeb(t testing.TB) (*Registry, *clientv3.Client, context.Context) {
+	t.Helper()
+	r, cli, _ := setup(t)
+	seed(t, r, "web", "v1", "worker")
+	return r, cli, testCtx(t)
+}
+
 func register(t testing.TB, r *Registry, id string) *HostSession {
 	t.Helper()
 	ctx := testCtx(t)
@@ -111,9 +119,7 @@ func TestHostSession(t *testing.T) {
 }
 
 func TestHostLeaseLoss(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 
 	t.Run("revoked", func(t *testing.T) {
 		s := register(t, r, "revoked")
@@ -144,9 +150,7 @@ func TestHostLeaseLoss(t *testing.T) {
 }
 
 func TestClaimLifecycle(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
 
 	tk := startTicket(t, r, "web", "worker")
@@ -390,9 +394,7 @@ func TestClaimBatch(t *testing.T) {
 }
 
 func TestRelease(t *testing.T) {
-	r, _, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, _, ctx := setupWeb(t)
 	hosts := []*HostSession{register(t, r, "h1"), register(t, r, "h2"), register(t, r, "h3")}
 	tk := startTicket(t, r, "web", "worker")
 
@@ -435,9 +437,7 @@ func TestRelease(t *testing.T) {
 }
 
 func TestAdoptAndMarkLost(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 	old := register(t, r, "h1")
 	tk, in := claimNew(t, r, old)
 	in.State = InstanceRunning
@@ -499,9 +499,7 @@ func TestAdoptAndMarkLost(t *testing.T) {
 // TestReclaim: a host that lost its lease mid-start adopts the instance and
 // takes its start ticket back without moving the instance back to claimed.
 func TestReclaim(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 	old := register(t, r, "h1")
 	tk := startTicket(t, r, "web", "worker")
 	in, err := old.Claim(ctx, tk)
@@ -537,9 +535,7 @@ func TestReclaim(t *testing.T) {
 // the caller's read is still marked (one by one), and one that became
 // terminal or moved to another host meanwhile is left alone.
 func TestMarkAllLost(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 	h := register(t, r, "h1")
 	const n = 40 // more than two transactions' worth
 	res, err := r.Scale(ctx, "web", "v1", "worker", n)
@@ -737,9 +733,7 @@ func TestHolderWritesWithoutReads(t *testing.T) {
 // instance waits for it; an instance that ended, whose stop was requested
 // or that a drain replaced does not go back to pending.
 func TestReleaseRetires(t *testing.T) {
-	r, _, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, _, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	gone := func(id string) {
 		t.Helper()
@@ -804,9 +798,7 @@ func TestReleaseRetires(t *testing.T) {
 // wrote; one whose stop was requested meanwhile is withdrawn instead of
 // started uncounted.
 func TestClaimAfterLeaseLoss(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
 
 	// Nothing written meanwhile: h2 takes it over.
@@ -861,9 +853,7 @@ func TestClaimAfterLeaseLoss(t *testing.T) {
 // TestUnclaim: a host that stops before doing a ticket's work gives it
 // back without an attempt counted against it.
 func TestUnclaim(t *testing.T) {
-	r, _, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, _, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	tk, in := claimNew(t, r, h1)
 	must(t, h1.Unclaim(ctx, tk, "shutting down"))
@@ -905,9 +895,7 @@ func TestTicketExcludes(t *testing.T) {
 // TestClaimOverCorruptInstance: a restart ticket whose instance record no
 // longer decodes is not left held by the claimer.
 func TestClaimOverCorruptInstance(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	tk, in := claimNew(t, r, h1)
 	in.State = InstanceRunning
@@ -928,9 +916,7 @@ func TestClaimOverCorruptInstance(t *testing.T) {
 // TestCompleteDecidesOnStoredRecord: a completion the remembered copy
 // would refuse is decided on the stored record instead, as updates are.
 func TestCompleteDecidesOnStoredRecord(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	tk, in := claimNew(t, r, h1)
 	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStopping})) // remembered: stopping
@@ -952,9 +938,7 @@ func TestCompleteDecidesOnStoredRecord(t *testing.T) {
 // whose instance is still indexed on a live host (it came back and adopted
 // it) is left to that host; one whose instance record is gone is deleted.
 func TestClaimOverNeedsHolderGone(t *testing.T) {
-	r, cli, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, cli, ctx := setupWeb(t)
 	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
 	tk, in := claimNew(t, r, h1)
 	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceStarting, PID: 42}))
@@ -981,9 +965,7 @@ func TestClaimOverNeedsHolderGone(t *testing.T) {
 // claimed it (its index entry went with the end) is deleted by the claim
 // that finds it so, instead of staying unclaimable.
 func TestClaimOfMootTicket(t *testing.T) {
-	r, _, _ := setup(t)
-	ctx := testCtx(t)
-	seed(t, r, "web", "v1", "worker")
+	r, _, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	tk, in := claimNew(t, r, h1)
 	in.State = InstanceRunning
