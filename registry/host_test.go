@@ -66,6 +66,16 @@ func claimNew(t testing.TB, r *Registry, s *HostSession) (Ticket, Instance) {
 	return tk, in
 }
 
+// runNew is claimNew with the instance then running and its start ticket
+// done.
+func runNew(t testing.TB, r *Registry, s *HostSession) Instance {
+	t.Helper()
+	tk, in := claimNew(t, r, s)
+	in.State = InstanceRunning
+	must(t, s.CompleteWith(testCtx(t), tk, in))
+	return in
+}
+
 func TestHostSession(t *testing.T) {
 	r, cli, _ := setup(t)
 	ctx := testCtx(t)
@@ -897,9 +907,7 @@ func TestTicketExcludes(t *testing.T) {
 func TestClaimOverCorruptInstance(t *testing.T) {
 	r, cli, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
-	tk, in := claimNew(t, r, h1)
-	in.State = InstanceRunning
-	must(t, h1.CompleteWith(ctx, tk, in))
+	in := runNew(t, r, h1)
 	rt, err := r.CreateTicket(ctx, Ticket{Op: TicketRestart, Instance: in.ID})
 	must(t, err)
 	_, err = cli.Put(ctx, r.instanceKey(in.ID), "{not json")
@@ -967,9 +975,7 @@ func TestClaimOverNeedsHolderGone(t *testing.T) {
 func TestClaimOfMootTicket(t *testing.T) {
 	r, _, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
-	tk, in := claimNew(t, r, h1)
-	in.State = InstanceRunning
-	must(t, h1.CompleteWith(ctx, tk, in))
+	in := runNew(t, r, h1)
 	st, err := r.CreateTicket(ctx, Ticket{Op: TicketStop, Instance: in.ID})
 	must(t, err)
 	must(t, h1.UpdateInstance(ctx, Instance{ID: in.ID, State: InstanceExited, Reason: "crashed"}))
