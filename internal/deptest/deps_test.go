@@ -29,9 +29,9 @@ var rules = []struct {
 		"discovery stands beside the registry, on etcd only"},
 	{"systemd", []string{"go.etcd.io/", mod + "agent", mod + "registry", mod + "supervisor"},
 		"service glue never imports the agent"},
-	{"cmd/visor", []string{mod + "internal/etcdtest", mod + "internal/proctest", mod + "internal/e2etest"},
+	{"cmd/visor", []string{mod + "internal/etcdtest", mod + "internal/proctest", mod + "internal/e2etest", mod + "internal/testtime"},
 		"test harnesses stay out of the binary"},
-	{"agent", []string{mod + "internal/etcdtest", mod + "internal/proctest"},
+	{"agent", []string{mod + "internal/etcdtest", mod + "internal/proctest", mod + "internal/testtime"},
 		"test harnesses stay out of the agent"},
 }
 

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // EnvVar, set to "1", makes Main run the workload named by os.Args[1].
@@ -206,9 +208,10 @@ func ready(file, content string) {
 }
 
 // WaitFor polls cond every few milliseconds until it returns true, failing
-// the test with what when timeout passes first.
+// the test with what when timeout (scaled by testtime.Scale) passes first.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	timeout = testtime.Scaled(timeout)
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(5 * time.Millisecond)
