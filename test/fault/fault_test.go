@@ -1,6 +1,7 @@
 package fault
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -80,34 +82,22 @@ type suite struct {
 
 func TestFaultInjection(t *testing.T) {
 	hosts := []string{"h1", "h2", "h3"}
+	rootBefore := rootState(t)
 	f := newFleet(t, hosts)
+	if os.Getenv(holdEnv) == "1" {
+		holdForKill(t, f)
+		return
+	}
 	s := &suite{f: f, want: map[string]int{"big": 100, "web": 30}}
-
-	// h1 starts alone, so it leads and runs all of "big": the host with
-	// 100 instances that the leader-kill scenario takes down.
-	f.app("big")
-	f.app("web")
-	f.startAgent("h1")
-	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.leaderAgent() == "h1" }) {
-		t.Fatal("h1 did not become reconciler leader")
-	}
-	// In steps: a burst of 100 starts on one loaded host has cost it its
-	// 5 s lease, which trips a known agent bug (see the report).
-	for n := 25; n <= 100; n += 25 {
-		s.scaleTo(t, "big", n, map[string]int{"big": n})
-	}
-	// Then h2 and h3 join one at a time, each taking most of 15 "web"
-	// instances (claims favour the least loaded host).
-	f.startAgent("h2")
-	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.hostUp("h2") }) {
-		t.Fatal("h2 did not register within 60s")
-	}
-	s.scaleTo(t, "web", 15, map[string]int{"big": 100, "web": 15})
-	f.startAgent("h3")
-	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.hostUp("h3") }) {
-		t.Fatal("h3 did not register within 60s")
-	}
-	s.scaleTo(t, "web", 30, s.want)
+	s.setUp(t)
+	t.Run("root_namespace_untouched", func(t *testing.T) {
+		// Checked with the whole network, every etcd member, agent and
+		// workload up: the suite added no link, address or route to the
+		// root namespace.
+		if now := rootState(t); now != rootBefore {
+			t.Errorf("the root network namespace changed while the suite's network is up:\nbefore:\n%s\nnow:\n%s", rootBefore, now)
+		}
+	})
 
 	scenarios := []struct {
 		name string
@@ -148,6 +138,38 @@ func TestFaultInjection(t *testing.T) {
 	}
 }
 
+// setUp starts the agents and brings the fleet to s.want: h1 starts alone,
+// so it leads and runs all of "big" (the host that the leader-kill
+// scenario takes down with its instances); then h2 and h3 join one at a
+// time, each taking most of half of "web" (claims favour the least loaded
+// host).
+func (s *suite) setUp(t *testing.T) {
+	t.Helper()
+	f := s.f
+	f.app("big")
+	f.app("web")
+	f.startAgent("h1")
+	if err := f.waitFor(testtime.Scaled(60*time.Second), 100*time.Millisecond, func(ctx context.Context) bool { return f.leaderAgent(ctx) == "h1" }); err != nil {
+		t.Fatalf("h1 did not become reconciler leader: %v", err)
+	}
+	// In steps: a burst of 100 starts on one loaded host has cost it its
+	// 5 s lease, which trips a known agent bug (see the report).
+	big, web := s.want["big"], s.want["web"]
+	for n := min(25, big); n <= big; n += 25 {
+		s.scaleTo(t, "big", n, map[string]int{"big": n})
+	}
+	f.startAgent("h2")
+	if err := f.waitFor(testtime.Scaled(60*time.Second), 100*time.Millisecond, func(ctx context.Context) bool { return f.hostUp(ctx, "h2") }); err != nil {
+		t.Fatalf("h2 did not register: %v", err)
+	}
+	s.scaleTo(t, "web", web/2, map[string]int{"big": big, "web": web / 2})
+	f.startAgent("h3")
+	if err := f.waitFor(testtime.Scaled(60*time.Second), 100*time.Millisecond, func(ctx context.Context) bool { return f.hostUp(ctx, "h3") }); err != nil {
+		t.Fatalf("h3 did not register: %v", err)
+	}
+	s.scaleTo(t, "web", web, s.want)
+}
+
 // scaleTo scales app to n and waits for the fleet to settle at want. The
 // reconciler, re-applying a scale it read just before, has been seen to put
 // a user's new scale back (and cancel the new start tickets): that is
@@ -158,16 +180,18 @@ func (s *suite) scaleTo(t *testing.T, app string, n int, want map[string]int) {
 	for attempt := 0; ; attempt++ {
 		f.scale(app, n)
 		reverted := -1
-		var why string
-		ok := waitFor(2*time.Minute, 100*time.Millisecond, func() bool {
-			ctx, cancel := contextTimeout(f, 3*time.Second)
+		why := "not checked yet"
+		err := f.waitFor(testtime.Scaled(2*time.Minute), 100*time.Millisecond, func(ctx context.Context) bool {
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
-			if cur, err := f.reg.CurrentScale(ctx, app, "v1", "web"); err == nil && cur != n {
+			if cur, err := f.reg.CurrentScale(cctx, app, "v1", "web"); err == nil && cur != n {
 				reverted = cur
 				return true
 			}
-			why = f.settledProblem(want, map[string]registry.Instance{})
-			return why == ""
+			if p := f.settledProblem(ctx, want, map[string]registry.Instance{}); ctx.Err() == nil {
+				why = p
+			}
+			return why == "" && ctx.Err() == nil
 		})
 		switch {
 		case reverted >= 0 && attempt < 3:
@@ -175,8 +199,8 @@ func (s *suite) scaleTo(t *testing.T, app string, n int, want map[string]int) {
 				"count (it must converge with registry.Rescale, which reads the stored count in its own "+
 				"transaction)", app, n, reverted)
 			continue
-		case !ok:
-			t.Fatalf("not settled after 2m at %v: %s", want, why)
+		case err != nil:
+			t.Fatalf("not settled at %v: %v: %s", want, err, why)
 		case reverted >= 0:
 			t.Fatalf("scale of %s keeps being put back (to %d)", app, reverted)
 		}
@@ -215,7 +239,7 @@ func (s *suite) emit(t *testing.T, fig figures) {
 func (s *suite) begin(t *testing.T) map[string]registry.Instance {
 	t.Helper()
 	snap, _ := s.f.waitSettled(s.want, 2*time.Minute)
-	t.Logf("settled: %s; reconciler leader %s, etcd leader e%d", describe(snap), s.f.leaderAgent(), s.f.etcdLeader())
+	t.Logf("settled: %s; reconciler leader %s, etcd leader e%d", describe(snap), s.f.leaderAgent(s.f.ctx), s.f.etcdLeader(s.f.ctx))
 	s.f.samp.reset(s.want)
 	return snap
 }
@@ -274,11 +298,11 @@ func onHost(snap map[string]registry.Instance, host string) map[string]registry.
 
 // replacedElsewhere reports whether every app's desired scale runs on
 // hosts other than gone, each instance with exactly one process.
-func (s *suite) replacedElsewhere(gone string) bool {
-	procs := s.f.workloads()
+func (s *suite) replacedElsewhere(ctx context.Context, gone string) bool {
+	procs := s.f.workloads(ctx)
 	for app, n := range s.want {
 		c := 0
-		for id, in := range s.f.running(app) {
+		for id, in := range s.f.running(ctx, app) {
 			if in.Host != gone && len(procs[id]) == 1 && procs[id][0] == in.PID {
 				c++
 			}
@@ -297,34 +321,27 @@ func lostOn(host string) func(registry.Event) bool {
 	}
 }
 
-// sleepFor waits d (a fault's length), or fails the test if it cannot.
-func sleepFor(d time.Duration) {
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	<-tm.C
-}
-
 // etcdLeaderKilled kills the etcd leader member with SIGKILL, restarts it
 // once a new leader is elected, and expects nothing restarted.
 func (s *suite) etcdLeaderKilled(t *testing.T) figures {
 	f := s.f
 	before := s.begin(t)
 	var fig figures
-	old := f.etcdLeader()
+	old := f.etcdLeader(f.ctx)
 	if old == 0 {
 		t.Fatal("no etcd leader")
 	}
 	t0 := time.Now()
 	f.killMember(old, syscall.SIGKILL)
-	if !waitFor(30*time.Second, 50*time.Millisecond, func() bool { l := f.etcdLeader(); return l != 0 && l != old }) {
-		t.Fatal("no new etcd leader within 30s")
+	if err := f.waitFor(testtime.Scaled(30*time.Second), 50*time.Millisecond, func(ctx context.Context) bool { l := f.etcdLeader(ctx); return l != 0 && l != old }); err != nil {
+		t.Fatalf("no new etcd leader: %v", err)
 	}
 	fig.LeaderMovedS = secsp(time.Since(t0))
 	f.startMember(old)
 	healed := time.Now()
 	after, at := f.waitSettled(s.want, 2*time.Minute)
-	if !waitFor(30*time.Second, 100*time.Millisecond, func() bool { return f.memberHealthy(old) }) {
-		t.Errorf("etcd member %d not serving again 30s after its restart", old)
+	if err := f.waitFor(testtime.Scaled(30*time.Second), 100*time.Millisecond, func(ctx context.Context) bool { return f.memberHealthy(ctx, old) }); err != nil {
+		t.Errorf("etcd member %d not serving again after its restart: %v", old, err)
 	}
 	fig.SettleAfterHealS = secs(at.Sub(healed))
 	fig.InstancesRestarted = restarted(t, before, after, all)
@@ -334,7 +351,7 @@ func (s *suite) etcdLeaderKilled(t *testing.T) figures {
 // partitionBelowTTL cuts the reconciler leader's host off for 2 s (less
 // than the 5 s TTL): the lease survives, nothing moves.
 func (s *suite) partitionBelowTTL(t *testing.T) figures {
-	return s.partitionKeep(t, s.f.leaderAgent(), 2*time.Second, false)
+	return s.partitionKeep(t, s.f.leaderAgent(s.f.ctx), 2*time.Second, false)
 }
 
 // partitionBelowGrace cuts a non-leader host off for 6 s: past the TTL (the
@@ -351,7 +368,7 @@ func (s *suite) partitionBelowGrace(t *testing.T) figures {
 func (s *suite) busiestNonLeader(t *testing.T) string {
 	t.Helper()
 	snap, _ := s.f.waitSettled(s.want, 2*time.Minute)
-	l := s.f.leaderAgent()
+	l := s.f.leaderAgent(s.f.ctx)
 	best, most := "", -1
 	for _, h := range s.f.hosts {
 		if n := len(onHost(snap, h)); h != l && n > most {
@@ -383,7 +400,9 @@ func (s *suite) partitionKeep(t *testing.T, host string, d time.Duration, leaseL
 	if err := f.net.partition(host, true); err != nil {
 		t.Fatal(err)
 	}
-	sleepFor(d)
+	if err := f.pause(d); err != nil {
+		t.Fatal(err)
+	}
 	if err := f.net.partition(host, false); err != nil {
 		t.Fatal(err)
 	}
@@ -391,8 +410,8 @@ func (s *suite) partitionKeep(t *testing.T, host string, d time.Duration, leaseL
 	if leaseLost {
 		// Settled means nothing until the host is back with a new lease.
 		joined := func(ev registry.Event) bool { return ev.Type == registry.HostJoined && ev.Host == host }
-		if !waitFor(60*time.Second, 50*time.Millisecond, func() bool { _, ok := f.rec.first(t0, joined); return ok }) {
-			t.Fatalf("%s did not register again within 60s of the heal", host)
+		if err := f.waitFor(testtime.Scaled(60*time.Second), 50*time.Millisecond, func(context.Context) bool { _, ok := f.rec.first(t0, joined); return ok }); err != nil {
+			t.Fatalf("%s did not register again after the heal: %v", host, err)
 		}
 		at, _ := f.rec.first(t0, joined)
 		fig.HostBackS = secsp(at.Sub(healed))
@@ -428,8 +447,8 @@ func (s *suite) partitionPastGrace(t *testing.T) figures {
 	if err := f.net.partition(host, true); err != nil {
 		t.Fatal(err)
 	}
-	if !waitFor(90*time.Second, 100*time.Millisecond, func() bool { return s.replacedElsewhere(host) }) {
-		t.Fatalf("instances of partitioned %s not replaced within 90s (big: %s; web: %s)%s", host, f.stateCounts("big"), f.stateCounts("web"), stuckHint(f))
+	if err := f.waitFor(testtime.Scaled(90*time.Second), 100*time.Millisecond, func(ctx context.Context) bool { return s.replacedElsewhere(ctx, host) }); err != nil {
+		t.Fatalf("instances of partitioned %s not replaced: %v (big: %s; web: %s)%s", host, err, f.stateCounts("big"), f.stateCounts("web"), stuckHint(f))
 	}
 	fig.ReplacementsRunningS = secsp(time.Since(t0))
 	if at, ok := f.rec.first(t0, lostOn(host)); ok {
@@ -455,7 +474,7 @@ func (s *suite) partitionPastGrace(t *testing.T) figures {
 // settles with nothing else restarted.
 func (s *suite) hostCrash(t *testing.T, leader bool) figures {
 	f := s.f
-	host := f.leaderAgent()
+	host := f.leaderAgent(f.ctx)
 	if !leader {
 		host = s.busiestNonLeader(t)
 	}
@@ -472,13 +491,13 @@ func (s *suite) hostCrash(t *testing.T, leader bool) figures {
 	f.killAgent(host)
 	f.killHostWorkloads(victims)
 	if leader {
-		if !waitFor(60*time.Second, 50*time.Millisecond, func() bool { l := f.leaderAgent(); return l != "" && l != host }) {
-			t.Fatal("reconciler leadership did not move within 60s")
+		if err := f.waitFor(testtime.Scaled(60*time.Second), 50*time.Millisecond, func(ctx context.Context) bool { l := f.leaderAgent(ctx); return l != "" && l != host }); err != nil {
+			t.Fatalf("reconciler leadership did not move: %v", err)
 		}
 		fig.LeaderMovedS = secsp(time.Since(t0))
 	}
-	if !waitFor(90*time.Second, 100*time.Millisecond, func() bool { return s.replacedElsewhere(host) }) {
-		t.Fatalf("instances of crashed %s not replaced within 90s (big: %s; web: %s)%s", host, f.stateCounts("big"), f.stateCounts("web"), stuckHint(f))
+	if err := f.waitFor(testtime.Scaled(90*time.Second), 100*time.Millisecond, func(ctx context.Context) bool { return s.replacedElsewhere(ctx, host) }); err != nil {
+		t.Fatalf("instances of crashed %s not replaced: %v (big: %s; web: %s)%s", host, err, f.stateCounts("big"), f.stateCounts("web"), stuckHint(f))
 	}
 	fig.ReplacementsRunningS = secsp(time.Since(t0))
 	if at, ok := f.rec.first(t0, lostOn(host)); ok {
@@ -500,8 +519,8 @@ func (s *suite) hostCrash(t *testing.T, leader bool) figures {
 			"restored instances whose processes died must be held (supervisor HoldRestored) until the "+
 			"registry confirms them, never restarted when they were replaced meanwhile", host, xmax, secs(x))
 	}
-	if !waitFor(30*time.Second, 100*time.Millisecond, func() bool { return f.hostUp(host) }) {
-		t.Errorf("host %s did not register again", host)
+	if err := f.waitFor(testtime.Scaled(30*time.Second), 100*time.Millisecond, func(ctx context.Context) bool { return f.hostUp(ctx, host) }); err != nil {
+		t.Errorf("host %s did not register again: %v", host, err)
 	}
 	fig.SettleAfterHealS = secs(at.Sub(back))
 	fig.InstancesRestarted = restarted(t, before, after, func(in registry.Instance) bool { return in.Host != host })
@@ -517,8 +536,10 @@ func (s *suite) etcdDown(t *testing.T) figures {
 	for i := 1; i <= 3; i++ {
 		f.killMember(i, syscall.SIGKILL)
 	}
-	sleepFor(60 * time.Second)
-	procs := f.workloads()
+	if err := f.pause(60 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	procs := f.workloads(f.ctx)
 	for id, in := range before {
 		if p := procs[id]; len(p) != 1 || p[0] != in.PID {
 			t.Errorf("during the etcd outage instance %s has processes %v, want [%d]", id, p, in.PID)
@@ -540,15 +561,15 @@ func (s *suite) etcdDown(t *testing.T) figures {
 	after, at := f.waitSettled(s.want, 2*time.Minute)
 	fig.SettleAfterHealS = secs(at.Sub(back))
 	fig.InstancesRestarted = restarted(t, before, after, all)
-	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool {
+	if err := f.waitFor(testtime.Scaled(60*time.Second), 100*time.Millisecond, func(ctx context.Context) bool {
 		for _, h := range f.hosts {
-			if !f.hostUp(h) {
+			if !f.hostUp(ctx, h) {
 				return false
 			}
 		}
 		return true
-	}) {
-		t.Errorf("not every host registered again within 60s of etcd's return")
+	}); err != nil {
+		t.Errorf("not every host registered again after etcd's return: %v", err)
 	}
 	return fig
 }
@@ -573,16 +594,16 @@ func (s *suite) allAgentsRestarted(t *testing.T) figures {
 }
 
 // hostUp reports whether host is registered (its lease lives).
-func (f *fleet) hostUp(host string) bool {
-	ctx, cancel := contextTimeout(f, 2*time.Second)
+func (f *fleet) hostUp(ctx context.Context, host string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_, err := f.reg.Host(ctx, host)
 	return err == nil
 }
 
 // memberHealthy reports whether etcd member i answers a status request.
-func (f *fleet) memberHealthy(i int) bool {
-	ctx, cancel := contextTimeout(f, time.Second)
+func (f *fleet) memberHealthy(ctx context.Context, i int) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	_, err := f.cli.Status(ctx, f.clientURL(i))
 	return err == nil
@@ -625,7 +646,7 @@ func procState(pid int) string {
 // stuckHint explains instances stuck in "claimed" with a held start ticket:
 // the known agent defect behind them, for failure messages.
 func stuckHint(f *fleet) string {
-	ctx, cancel := contextTimeout(f, 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(f.ctx), 3*time.Second)
 	defer cancel()
 	insts, err := f.reg.Instances(ctx)
 	if err != nil {

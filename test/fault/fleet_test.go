@@ -1,11 +1,13 @@
 package fault
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,9 +17,12 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/visorhq/visor/internal/e2etest"
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -41,19 +46,28 @@ func (p *proc) signal(sig syscall.Signal) {
 	}
 }
 
-// stop sends sig and waits up to d for the exit, then kills.
-func (p *proc) stop(sig syscall.Signal, d time.Duration) {
+// stop sends sig and waits up to d for the exit, then kills it and waits
+// up to d again; it says so when the process still has not exited (a
+// process stuck in the kernel), instead of waiting for ever.
+func (p *proc) stop(sig syscall.Signal, d time.Duration) error {
 	if p == nil {
-		return
+		return nil
 	}
 	p.signal(sig)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-p.done:
+		return nil
 	case <-t.C:
-		p.signal(syscall.SIGKILL)
-		<-p.done
+	}
+	p.signal(syscall.SIGKILL)
+	t.Reset(d)
+	select {
+	case <-p.done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%s (pid %d) has not exited %s after SIGKILL (%s)", p.name, p.cmd.Process.Pid, d, procState(p.cmd.Process.Pid))
 	}
 }
 
@@ -67,10 +81,17 @@ type fleet struct {
 	sleep  string // sleep(1), the workload
 	runID  string
 	prefix string
+	// ctx ends at the suite's deadline: teardownMargin before the test
+	// binary's own (go test -timeout), so that the suite fails with a
+	// message and tears down in order instead of being killed mid-way.
 	ctx    context.Context
+	cancel context.CancelFunc
 	cli    *clientv3.Client
 	reg    *registry.Registry
 	hosts  []string
+	// hostNS is the network namespace inode of every agent host: the
+	// workload scan looks only at processes in these.
+	hostNS map[uint64]bool
 
 	mu      sync.Mutex // guards members and agents
 	members map[int]*proc
@@ -78,11 +99,19 @@ type fleet struct {
 
 	samp *sampler
 	rec  *recorder
-	bg   sync.WaitGroup // sampler and recorder goroutines
+	bg   sync.WaitGroup // sampler, recorder and process-waiting goroutines
 }
 
+// teardownMargin is how long before the test binary's deadline the suite
+// stops waiting for anything, leaving the time to tear down in order.
+var teardownMargin = testtime.Scaled(time.Minute)
+
+// procKillWait bounds the wait for a killed process to exit.
+var procKillWait = testtime.Scaled(10 * time.Second)
+
 // newFleet builds the network, starts the etcd cluster and the recorders;
-// agents are started by the scenarios. Cleanup kills everything.
+// agents are started by the scenarios. One cleanup, registered before
+// anything starts, tears everything down in order (teardown).
 func newFleet(t *testing.T, hosts []string) *fleet {
 	t.Helper()
 	requireNetAdmin(t)
@@ -92,6 +121,9 @@ func newFleet(t *testing.T, hosts []string) *fleet {
 		t.Fatalf("the workload is sleep(1): %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	if dl, ok := t.Deadline(); ok {
+		ctx, cancel = context.WithDeadline(context.Background(), dl.Add(-teardownMargin))
+	}
 	f := &fleet{
 		t:       t,
 		dir:     t.TempDir(),
@@ -100,47 +132,88 @@ func newFleet(t *testing.T, hosts []string) *fleet {
 		runID:   "fault" + strconv.FormatInt(time.Now().UnixNano(), 36),
 		prefix:  "/visor-fault/",
 		ctx:     ctx,
+		cancel:  cancel,
 		hosts:   hosts,
+		hostNS:  map[uint64]bool{},
 		members: map[int]*proc{},
 		agents:  map[string]*proc{},
 	}
-	// Registered before anything starts, so it runs after every other
-	// cleanup of this test: no process of ours outlives the test.
-	t.Cleanup(func() {
-		cancel()
-		f.bg.Wait()
-		f.killAll()
-	})
+	t.Cleanup(f.teardown)
 	f.net = newNetwork(t, hosts)
-	t.Cleanup(func() {
-		if t.Failed() {
-			f.dumpLogs()
+	for _, h := range f.net.hosts {
+		ino, err := nsInode(h.ns)
+		if err != nil {
+			t.Fatal(err)
 		}
-		f.killAll() // before the network goes
-	})
+		f.hostNS[ino] = true
+	}
 	for i := 1; i <= 3; i++ {
 		f.startMember(i)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: f.endpoints(), DialTimeout: 5 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   f.endpoints(),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(), // members down on purpose are no news
+		// The test process stays in the root namespace; its connections
+		// to etcd are made in the hub (network.dial).
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(f.net.dial)},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cli.Close() })
 	f.cli = cli
 	f.reg = registry.New(cli, f.prefix, hclog.NewNullLogger())
-	if !waitFor(60*time.Second, 100*time.Millisecond, func() bool { return f.etcdLeader() > 0 }) {
-		t.Fatal("etcd cluster has no leader after 60s")
+	if err := f.waitFor(testtime.Scaled(60*time.Second), 100*time.Millisecond, func(ctx context.Context) bool { return f.etcdLeader(ctx) > 0 }); err != nil {
+		t.Fatalf("etcd cluster has no leader: %v", err)
 	}
 	rev, err := f.reg.CurrentRevision(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.samp = newSampler(f.workloads)
+	f.samp = newSampler(func() map[string][]int { return f.workloads(ctx) })
 	f.rec = &recorder{}
 	f.bg.Add(2)
 	go func() { defer f.bg.Done(); f.samp.run(ctx) }()
 	go func() { defer f.bg.Done(); f.rec.run(ctx, f.reg, rev+1) }()
 	return f
+}
+
+// teardown stops everything, in order: the recorders and waits, the
+// agents (so that none acts on what follows), the etcd members, the
+// registry client, then the network: the janitor kills the workloads left
+// in the namespaces and deletes the namespaces. Every step is bounded.
+func (f *fleet) teardown() {
+	t := f.t
+	if t.Failed() {
+		f.dumpLogs()
+	}
+	f.cancel()
+	f.mu.Lock()
+	var agents, members []*proc
+	for _, p := range f.agents {
+		agents = append(agents, p)
+	}
+	for _, p := range f.members {
+		members = append(members, p)
+	}
+	f.mu.Unlock()
+	for _, ps := range [][]*proc{agents, members} {
+		for _, p := range ps {
+			p.signal(syscall.SIGKILL)
+		}
+		for _, p := range ps {
+			if err := p.stop(syscall.SIGKILL, procKillWait); err != nil {
+				t.Errorf("teardown: %v", err)
+			}
+		}
+	}
+	if f.cli != nil {
+		f.cli.Close()
+	}
+	if f.net != nil {
+		f.net.teardown(t)
+	}
+	f.bg.Wait()
 }
 
 func (f *fleet) endpoints() []string {
@@ -155,7 +228,43 @@ func (f *fleet) clientURL(i int) string {
 	return "http://" + f.net.memberAddr(i).String() + ":2379"
 }
 
-// startMember starts (or restarts, on the same data dir) etcd member i.
+// waitFor polls cond every tick until it holds, d passes or the suite's
+// deadline comes. cond gets a context that ends with the wait and must
+// return soon after it does, so that one slow check (a registry call, a
+// process-table scan on a thrashing machine) cannot stretch the wait. The
+// error says which limit was hit.
+func (f *fleet) waitFor(d, tick time.Duration, cond func(ctx context.Context) bool) error {
+	ctx, cancel := context.WithTimeout(f.ctx, d)
+	defer cancel()
+	tk := time.NewTicker(tick)
+	defer tk.Stop()
+	for !cond(ctx) {
+		select {
+		case <-ctx.Done():
+			if f.ctx.Err() != nil {
+				return fmt.Errorf("the suite's deadline passed (%s before go test -timeout, kept for teardown)", teardownMargin)
+			}
+			return fmt.Errorf("timed out after %s", d)
+		case <-tk.C:
+		}
+	}
+	return nil
+}
+
+// pause waits d (a fault's length), or until the suite's deadline.
+func (f *fleet) pause(d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-f.ctx.Done():
+		return fmt.Errorf("the suite's deadline passed during a %s pause", d)
+	}
+}
+
+// startMember starts (or restarts, on the same data dir) etcd member i in
+// the hub namespace.
 func (f *fleet) startMember(i int) {
 	f.t.Helper()
 	var cluster []string
@@ -169,9 +278,8 @@ func (f *fleet) startMember(i int) {
 		etcdClientEnv+"="+f.clientURL(i),
 		etcdPeerEnv+"="+fmt.Sprintf("http://%s:2380", f.net.memberAddr(i)),
 		etcdClusterEnv+"="+strings.Join(cluster, ","),
-		ownerEnv+"="+strconv.Itoa(os.Getpid()),
 	)
-	cmd := exec.Command(proctest.Binary())
+	cmd := exec.Command("ip", "netns", "exec", f.net.hub, proctest.Binary())
 	cmd.Env = env
 	p := f.launch(fmt.Sprintf("etcd%d", i), cmd)
 	f.mu.Lock()
@@ -179,7 +287,9 @@ func (f *fleet) startMember(i int) {
 	f.mu.Unlock()
 }
 
-// launch starts cmd with its output appended to <dir>/<name>.log.
+// launch starts cmd with its output appended to <dir>/<name>.log. The
+// process gets SIGKILL when the test process dies (`ip netns exec` execs
+// its command, which keeps the parent-death signal).
 func (f *fleet) launch(name string, cmd *exec.Cmd) *proc {
 	f.t.Helper()
 	dir := f.dir
@@ -191,6 +301,7 @@ func (f *fleet) launch(name string, cmd *exec.Cmd) *proc {
 		f.t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		f.t.Fatal(err)
@@ -225,52 +336,31 @@ func (f *fleet) startAgent(host string) {
 		"-log-level", "debug",
 	}
 	cmd := exec.Command("ip", args...)
-	cmd.Env = append(os.Environ(), ownerEnv+"="+strconv.Itoa(os.Getpid()))
 	p := f.launch("agent-"+host, cmd)
 	f.mu.Lock()
 	f.agents[host] = p
 	f.mu.Unlock()
 }
 
-// killAgent kills host's agent with SIGKILL and waits for it.
+// killAgent kills host's agent with SIGKILL and waits (bounded) for it.
 func (f *fleet) killAgent(host string) {
+	f.t.Helper()
 	f.mu.Lock()
 	p := f.agents[host]
 	f.mu.Unlock()
-	p.stop(syscall.SIGKILL, 10*time.Second)
+	if err := p.stop(syscall.SIGKILL, procKillWait); err != nil {
+		f.t.Fatal(err)
+	}
 }
 
-// killMember kills etcd member i with sig and waits for it.
+// killMember kills etcd member i with sig and waits (bounded) for it.
 func (f *fleet) killMember(i int, sig syscall.Signal) {
+	f.t.Helper()
 	f.mu.Lock()
 	p := f.members[i]
 	f.mu.Unlock()
-	p.stop(sig, 10*time.Second)
-}
-
-// killAll kills every agent, member and workload of this run.
-func (f *fleet) killAll() {
-	f.mu.Lock()
-	var ps []*proc
-	for _, p := range f.agents {
-		ps = append(ps, p)
-	}
-	for _, p := range f.members {
-		ps = append(ps, p)
-	}
-	f.mu.Unlock()
-	for _, p := range ps {
-		p.stop(syscall.SIGKILL, 10*time.Second)
-	}
-	me := os.Getpid()
-	for _, pid := range ownedProcesses(func(owner int) bool { return owner == me }) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	for _, pids := range f.workloads() {
-		for _, pid := range pids {
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+	if err := p.stop(sig, procKillWait); err != nil {
+		f.t.Fatal(err)
 	}
 }
 
@@ -293,17 +383,38 @@ func (f *fleet) dumpLogs() {
 	}
 }
 
-// workloads scans /proc for this run's instance processes: instance id ->
-// pids, sorted.
-func (f *fleet) workloads() map[string][]int {
-	return e2etest.Workloads(f.runID)
+// workloads returns this run's instance processes: instance id -> pids,
+// sorted. Only processes in the hosts' namespaces are looked at (a
+// readlink each); only their environment is read (VISOR_E2E=<run>,
+// VISOR_INSTANCE). Reading every process's environment, as this did
+// before, takes each process's memory lock: on a machine thrashing with
+// tens of thousands of processes one scan took minutes, and the waits
+// that call it hung far past their limits. It stops early when ctx ends.
+func (f *fleet) workloads(ctx context.Context) map[string][]int {
+	out := map[string][]int{}
+	tag := []byte("VISOR_E2E=" + f.runID + "\x00")
+	for pid := range pidsIn(ctx, f.hostNS) {
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if err != nil || !bytes.Contains(env, tag) || !processAlive(pid) {
+			continue
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if id, ok := bytes.CutPrefix(kv, []byte("VISOR_INSTANCE=")); ok {
+				out[string(id)] = append(out[string(id)], pid)
+			}
+		}
+	}
+	for _, pids := range out {
+		sort.Ints(pids)
+	}
+	return out
 }
 
 // killHostWorkloads kills the workload processes of the given instances
 // (a host crash takes its processes with it).
 func (f *fleet) killHostWorkloads(ids map[string]registry.Instance) int {
 	n := 0
-	procs := f.workloads()
+	procs := f.workloads(f.ctx)
 	for id := range ids {
 		for _, pid := range procs[id] {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
@@ -318,8 +429,8 @@ func (f *fleet) killHostWorkloads(ids map[string]registry.Instance) int {
 // The workload is deliberately light: re-executing this test binary as
 // the sleeper cost 50 ms of CPU and 21 MB per start (1.2 s and 50 MB under
 // -race: the etcd server packages' init), which made a replacement's time
-// mostly the workload's own start-up. The processes are still found and
-// cleaned up by their environment (VISOR_E2E, ownerEnv).
+// mostly the workload's own start-up. The processes are found by their
+// namespace and environment (VISOR_E2E) and cleaned up by namespace.
 func (f *fleet) app(name string) {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(f.ctx, 30*time.Second)
@@ -333,7 +444,7 @@ func (f *fleet) app(name string) {
 	_, err := f.reg.RegisterApp(ctx, registry.App{Name: name})
 	check(err)
 	check(f.reg.SetEnv(ctx, name, map[string]string{
-		"VISOR_E2E": f.runID, proctest.EnvVar: "1", ownerEnv: strconv.Itoa(os.Getpid()),
+		"VISOR_E2E": f.runID, proctest.EnvVar: "1",
 	}))
 	_, err = f.reg.RegisterRevision(ctx, registry.Revision{App: name, Name: "v1", Dir: os.TempDir()})
 	check(err)
@@ -357,9 +468,9 @@ func (f *fleet) scale(app string, n int) {
 }
 
 // etcdLeader returns the index (1..3) of the etcd leader member, or 0.
-func (f *fleet) etcdLeader() int {
+func (f *fleet) etcdLeader(ctx context.Context) int {
 	for i := 1; i <= 3; i++ {
-		ctx, cancel := context.WithTimeout(f.ctx, time.Second)
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		st, err := f.cli.Status(ctx, f.clientURL(i))
 		cancel()
 		if err != nil || st.Leader == 0 {
@@ -373,8 +484,8 @@ func (f *fleet) etcdLeader() int {
 }
 
 // leaderAgent returns the host of the reconciler leader, or "".
-func (f *fleet) leaderAgent() string {
-	ctx, cancel := context.WithTimeout(f.ctx, 2*time.Second)
+func (f *fleet) leaderAgent(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	resp, err := f.cli.Get(ctx, f.prefix+"leader/", clientv3.WithFirstCreate()...)
 	if err != nil || len(resp.Kvs) == 0 {
@@ -385,8 +496,8 @@ func (f *fleet) leaderAgent() string {
 
 // running returns the registry's running instances of app by id (nil if
 // the registry cannot be read).
-func (f *fleet) running(app string) map[string]registry.Instance {
-	ctx, cancel := context.WithTimeout(f.ctx, 3*time.Second)
+func (f *fleet) running(ctx context.Context, app string) map[string]registry.Instance {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	insts, err := f.reg.AppInstances(ctx, app)
 	if err != nil {
@@ -406,11 +517,11 @@ func (f *fleet) running(app string) map[string]registry.Instance {
 // running instances, each with exactly one live process whose pid the
 // registry records, no other workload process lives, and no ticket is
 // left. snap receives the running instances of every app.
-func (f *fleet) settledProblem(want map[string]int, snap map[string]registry.Instance) string {
-	procs := f.workloads()
+func (f *fleet) settledProblem(ctx context.Context, want map[string]int, snap map[string]registry.Instance) string {
+	procs := f.workloads(ctx)
 	total := 0
 	for app, n := range want {
-		got := f.running(app)
+		got := f.running(ctx, app)
 		if got == nil {
 			return "registry unreadable"
 		}
@@ -432,7 +543,7 @@ func (f *fleet) settledProblem(want map[string]int, snap map[string]registry.Ins
 	if np := countProcs(procs); np != total {
 		return fmt.Sprintf("%d workload processes, want %d", np, total)
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	ts, err := f.reg.Tickets(ctx)
 	if err != nil {
@@ -452,19 +563,23 @@ func countProcs(procs map[string][]int) int {
 	return n
 }
 
-// waitSettled waits up to d for the fleet to settle at want and returns the
-// running instances and when it settled; on timeout it fails the test.
+// waitSettled waits up to d (scaled) for the fleet to settle at want and
+// returns the running instances and when it settled; on timeout it fails
+// the test, saying what was still wrong.
 func (f *fleet) waitSettled(want map[string]int, d time.Duration) (map[string]registry.Instance, time.Time) {
 	f.t.Helper()
 	var snap map[string]registry.Instance
-	var why string
-	ok := waitFor(d, 100*time.Millisecond, func() bool {
-		snap = map[string]registry.Instance{}
-		why = f.settledProblem(want, snap)
-		return why == ""
+	why := "not checked yet"
+	err := f.waitFor(testtime.Scaled(d), 100*time.Millisecond, func(ctx context.Context) bool {
+		s := map[string]registry.Instance{}
+		p := f.settledProblem(ctx, want, s)
+		if ctx.Err() == nil { // a check cut short by the limit says nothing
+			snap, why = s, p
+		}
+		return p == "" && ctx.Err() == nil
 	})
-	if !ok {
-		f.t.Fatalf("not settled after %s: %s", d, why)
+	if err != nil {
+		f.t.Fatalf("not settled at %v: %v: %s", want, err, why)
 	}
 	return snap, time.Now()
 }
@@ -631,14 +746,9 @@ func (r *recorder) watchErrors() []error {
 	return append([]error(nil), r.errs...)
 }
 
-// contextTimeout derives a bounded context from the fleet's.
-func contextTimeout(f *fleet, d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(f.ctx, d)
-}
-
 // stateCounts summarizes app's instances by state, for failure messages.
 func (f *fleet) stateCounts(app string) string {
-	ctx, cancel := contextTimeout(f, 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(f.ctx), 3*time.Second)
 	defer cancel()
 	insts, err := f.reg.AppInstances(ctx, app)
 	if err != nil {

@@ -5,11 +5,12 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"testing"
-	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"golang.org/x/sys/unix"
 
 	"github.com/visorhq/visor/internal/e2etest"
 	"github.com/visorhq/visor/internal/proctest"
@@ -24,9 +25,6 @@ const (
 	etcdClientEnv  = "VISOR_FAULT_ETCD_CLIENT"
 	etcdPeerEnv    = "VISOR_FAULT_ETCD_PEER"
 	etcdClusterEnv = "VISOR_FAULT_ETCD_CLUSTER"
-	// ownerEnv tags every process the suite starts with the pid of the test
-	// process, so that leftovers of a run that died can be found and killed.
-	ownerEnv = "VISOR_FAULT_OWNER"
 	// reportEnv names a file the figures are written to as JSON.
 	reportEnv = "VISOR_FAULT_REPORT"
 	// logDirEnv names a directory that keeps the agents' and members' logs
@@ -39,6 +37,10 @@ func TestMain(m *testing.M) {
 	if os.Getenv(etcdModeEnv) == "1" {
 		os.Exit(etcdMember())
 	}
+	if tag := os.Getenv(janitorEnv); tag != "" {
+		os.Exit(janitorMain(tag))
+	}
+	dieWithParent()
 	code := m.Run()
 	e2etest.Cleanup()
 	os.Exit(code)
@@ -97,19 +99,20 @@ func etcdMember() int {
 	}
 }
 
-// waitFor polls cond every tick until it holds or d passes; it reports
-// whether cond held.
-func waitFor(d, tick time.Duration, cond func() bool) bool {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tk := time.NewTicker(tick)
-	defer tk.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			return cond()
-		case <-tk.C:
-		}
+// dieWithParent asks the kernel to SIGKILL this test process when its
+// parent (go test) dies, so that kill -9 of go test ends the suite too
+// (its agents and members follow by their own parent-death signal, and the
+// janitor removes the rest). The signal is armed on the calling thread and
+// fires when the parent dies only while that thread lives: the main
+// goroutine stays locked to it for the life of the process.
+func dieWithParent() {
+	runtime.LockOSThread() // for good: see above
+	ppid := os.Getppid()
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "fault: cannot arm the parent-death signal:", err)
+		return
 	}
-	return true
+	if os.Getppid() != ppid { // the parent died before it was armed
+		os.Exit(2)
+	}
 }
