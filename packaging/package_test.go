@@ -240,6 +240,9 @@ func TestDebPackage(t *testing.T) {
 	cmd := exec.Command(unshare, "--mount", "--propagation", "private", "--",
 		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=9m")
 	cmd.Env = append(os.Environ(), nsEnv+"=1")
+	// The test in the namespace dies with this one, even when this one is
+	// killed or times out (unshare execs it, keeping the signal).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.CombinedOutput()
 	t.Logf("in mount namespace:\n%s", out)
 	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
