@@ -92,6 +92,12 @@ func newNetwork(t testing.TB, hosts []string) *network {
 		t.Fatal(err)
 	}
 	n := &network{tag: tag, hub: tag + "-hub", hosts: map[string]hostNet{}, jan: jan}
+	made := false
+	defer func() {
+		if !made { // a t.Fatal below: remove what was made so far
+			n.teardown(t)
+		}
+	}()
 	run := func(args ...string) {
 		t.Helper()
 		if _, err := ipCmd(args...); err != nil {
@@ -116,6 +122,7 @@ func newNetwork(t testing.TB, hosts []string) *network {
 		run("-n", hn.ns, "addr", "add", hn.addr.String()+"/24", "dev", "eth0")
 		run("-n", hn.ns, "link", "set", "eth0", "up")
 	}
+	made = true
 	return n
 }
 
@@ -412,9 +419,9 @@ func rootNetState() (string, error) {
 	return strings.Join(parts, "\n"), nil
 }
 
-// normalizeNetLine drops what changes on its own from an `ip -o` line:
-// address lifetimes, link state flags of a carrier blip are kept (a link
-// going down is a change worth seeing).
+// normalizeNetLine drops what changes on its own from an `ip -o` line: the
+// address lifetimes that count down. Everything else, link state included,
+// is compared.
 func normalizeNetLine(l string) string {
 	l = strings.TrimSpace(l)
 	if i := strings.Index(l, "valid_lft"); i >= 0 {
