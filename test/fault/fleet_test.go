@@ -213,7 +213,17 @@ func (f *fleet) teardown() {
 	if f.net != nil {
 		f.net.teardown(t)
 	}
-	f.bg.Wait()
+	waited := make(chan struct{})
+	go func() { defer close(waited); f.bg.Wait() }()
+	tm := time.NewTimer(procKillWait)
+	defer tm.Stop()
+	select {
+	case <-waited:
+	case <-tm.C:
+		// Only a process that SIGKILL did not end (reported above) or a
+		// recorder stuck on the closed client can hold this.
+		t.Errorf("teardown: the suite's goroutines have not ended %s after everything was stopped", procKillWait)
+	}
 }
 
 func (f *fleet) endpoints() []string {

@@ -320,7 +320,10 @@ func removeRun(ctx context.Context, tag string) error {
 	}
 	var errs []string
 	for _, name := range names {
-		if _, err := ipCmd("netns", "del", name); err != nil {
+		_, err := ipCmd("netns", "del", name)
+		if _, serr := os.Stat(filepath.Join(netnsDir, name)); err != nil && serr == nil {
+			// Gone meanwhile is fine: the janitor and a later run's
+			// leftover removal may both be at it.
 			errs = append(errs, err.Error())
 		}
 	}
