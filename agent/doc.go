@@ -9,6 +9,10 @@
 //     claims at once and the others only as backups (placement.go); claimed
 //     tickets are executed (start, stop, restart, signal) through the
 //     supervisor by a bounded pool (tickets.go);
+//   - it turns a start ticket into a supervisor.Spec: the proc type's
+//     command (or the artifact's Procfile line) goes to the supervisor as
+//     a shell line, classified there by package supervisor/shellline, so
+//     the agent and the supervisor cannot disagree on what a line means;
 //   - it writes each instance's state transitions back, coalescing bursts so
 //     that an instance start costs at most four etcd writes;
 //   - it survives etcd outages: processes keep running, the latest state of

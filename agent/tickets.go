@@ -417,11 +417,6 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 	if _, ok := env["HOME"]; !ok {
 		env["HOME"] = dir
 	}
-	argv, err := resolveCommand(command, dir, env["PATH"])
-	if err != nil {
-		a.ports.Free(port, inst.ID)
-		return supervisor.Spec{}, 0, err
-	}
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)
@@ -432,9 +427,12 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 		envList = append(envList, k+"="+env[k])
 	}
 
+	// The supervisor parses the line (package supervisor/shellline): a
+	// simple command runs directly, a missing program is refused with its
+	// name, anything else runs under /bin/sh -c.
 	spec := supervisor.Spec{
 		ID:          inst.ID,
-		Command:     argv,
+		Shell:       command,
 		Env:         envList,
 		Dir:         dir,
 		User:        proc.User,
@@ -462,9 +460,6 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 			metaTicket:  t.ID,
 			metaCreated: t.Created.Format(time.RFC3339Nano),
 		},
-	}
-	if argv == nil {
-		spec.Shell = command
 	}
 	if h := proc.Health; h != nil {
 		hc := &supervisor.HealthCheck{

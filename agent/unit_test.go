@@ -172,47 +172,6 @@ func TestPortAllocator(t *testing.T) {
 	}
 }
 
-func TestResolveCommand(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "run"), []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "data"), []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	path := "/usr/bin:/bin"
-	sleep, err := resolveCommand("sleep 1", dir, path)
-	if err != nil || len(sleep) != 2 || !filepath.IsAbs(sleep[0]) {
-		t.Fatalf("resolveCommand(sleep 1) = %v, %v", sleep, err)
-	}
-	for _, tc := range []struct {
-		line  string
-		argv  []string // nil: runs through the shell
-		fails bool
-	}{
-		{line: "exec sleep 10", argv: []string{sleep[0], "10"}},
-		{line: "./run web --port 1", argv: []string{filepath.Join(dir, "run"), "web", "--port", "1"}},
-		{line: "FOO=1 exec ./run web"},
-		{line: "$HOME/bin/x"},
-		{line: "cd sub && ./x"},
-		{line: "sleep $PORT"},
-		{line: "sleep 1 # comment"},
-		{line: "exec /nonexistent/binary", fails: true},
-		{line: "no-such-command-anywhere --flag", fails: true},
-		{line: "./data", fails: true},
-		{line: "./missing", fails: true},
-	} {
-		argv, err := resolveCommand(tc.line, dir, path)
-		if (err != nil) != tc.fails {
-			t.Errorf("resolveCommand(%q) error = %v, want failure %v", tc.line, err, tc.fails)
-			continue
-		}
-		if strings.Join(argv, " ") != strings.Join(tc.argv, " ") || (argv == nil) != (tc.argv == nil) {
-			t.Errorf("resolveCommand(%q) = %q, want %q", tc.line, argv, tc.argv)
-		}
-	}
-}
-
 func TestUnknownClaimOutcome(t *testing.T) {
 	for _, c := range []struct {
 		err  error

@@ -4,6 +4,13 @@
 // policy, stopped with a signal to the whole group, a grace period and
 // SIGKILL, its stdout and stderr written to rotated log files.
 //
+// A Spec's Shell line is classified by package shellline, the one shell
+// parser the agent and the supervisor share: a simple command of literal
+// words is exec'd directly; one program whose words need the shell runs as
+// /bin/sh -c "exec LINE"; anything else runs under /bin/sh -c (bash -c for
+// bash syntax or builtins). The program such a line names is looked up at
+// Start, so a missing one is an ErrInvalidSpec naming it, not a crash loop.
+//
 // Children are reaped centrally: one poller goroutine waits on the pidfds of
 // all instances through epoll (kqueue EVFILT_PROC on darwin), so supervising
 // a thousand processes costs one OS thread, not a thousand blocked cmd.Wait

@@ -1,7 +1,9 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"github.com/visorhq/visor/supervisor/cgroup"
 	"github.com/visorhq/visor/supervisor/logfile"
 	"github.com/visorhq/visor/supervisor/restart"
+	"github.com/visorhq/visor/supervisor/shellline"
 )
 
 // Defaults of a Spec's zero values.
@@ -39,8 +42,14 @@ type Spec struct {
 	// PATH of Env (DefaultPath when Env has none). Exactly one of Command
 	// and Shell is set.
 	Command []string `json:"command,omitempty"`
-	// Shell is a line run by /bin/sh -c. A simple command line is prefixed
-	// with exec, so the shell does not stay as an extra process.
+	// Shell is a command line, classified by package shellline: one
+	// simple command of literal words runs directly (its program looked
+	// up like Command[0]); one command of a program whose words need
+	// expanding runs as /bin/sh -c "exec LINE", so the shell replaces
+	// itself with the program; anything else runs under /bin/sh -c as
+	// written (bash -c for bash syntax or builtins such as source). A
+	// program the line names that is not found, or a line that does not
+	// parse, is an error.
 	Shell string `json:"shell,omitempty"`
 	// Env is the whole environment of the process ("K=V"); nil means only
 	// PATH=DefaultPath. The supervisor's own environment is not inherited.
@@ -48,8 +57,10 @@ type Spec struct {
 	// Dir is the working directory; "" means the supervisor's.
 	Dir string `json:"dir,omitempty"`
 	// User and Group run the process as that user (name or numeric id) and
-	// group; Group "" means the user's primary group. An unknown name is an
-	// error. Empty User runs as the supervisor's user.
+	// group, with the user's supplementary groups from the group database;
+	// Group "" means the user's primary group. An unknown name is an
+	// error, and so is a Group without a User. Empty User runs as the
+	// supervisor's user. Exec health checks run with the same credentials.
 	User  string `json:"user,omitempty"`
 	Group string `json:"group,omitempty"`
 	// StopSignal is sent to the process group by Stop: "TERM" (default),
@@ -128,35 +139,14 @@ type resolved struct {
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 
-// shellMeta are the characters that make a shell line more than one simple
-// command; such a line is not prefixed with exec.
-const shellMeta = ";&|()`\n"
-
-// simpleWord matches a first word that names a program to exec.
-var simpleWord = regexp.MustCompile(`^[A-Za-z0-9_./+-]+$`)
-
-// shellKeywords are first words that exec cannot replace.
-var shellKeywords = map[string]bool{
-	"if": true, "for": true, "while": true, "until": true, "case": true, "exec": true,
-	"cd": true, "export": true, "set": true, "trap": true, "ulimit": true, "umask": true,
-	"eval": true, ".": true, "source": true, "!": true, "{": true,
-}
-
-// shellLine prefixes a simple command line with exec, so that /bin/sh
-// replaces itself with the program instead of staying as its parent.
-func shellLine(line string) string {
-	fields := strings.Fields(line)
-	if len(fields) == 0 || strings.ContainsAny(line, shellMeta) ||
-		!simpleWord.MatchString(fields[0]) || shellKeywords[fields[0]] {
-		return line
-	}
-	return "exec " + line
-}
-
 // validate checks spec and resolves the executable, user and signal. Every
 // error wraps ErrInvalidSpec.
 func validate(spec Spec) (resolved, error) {
-	var r resolved
+	var (
+		r    resolved
+		line shellline.Line // of Shell
+		err  error
+	)
 	bad := func(format string, args ...any) (resolved, error) {
 		return resolved{}, fmt.Errorf("%w: %s", ErrInvalidSpec, fmt.Sprintf(format, args...))
 	}
@@ -169,7 +159,10 @@ func validate(spec Spec) (resolved, error) {
 	case len(spec.Command) > 0:
 		r.argv = append([]string(nil), spec.Command...)
 	case strings.TrimSpace(spec.Shell) != "":
-		r.argv = []string{"/bin/sh", "-c", shellLine(spec.Shell)}
+		if line, err = shellline.Parse(spec.Shell); err != nil {
+			return bad("shell: %v", err)
+		}
+		r.argv = line.Args()
 	default:
 		return bad("no command")
 	}
@@ -187,8 +180,18 @@ func validate(spec Spec) (resolved, error) {
 			return bad("dir %q is not a directory", r.dir)
 		}
 	}
+	if line.Kind == shellline.Exec && line.Program != "" {
+		// The shell would exec it: a missing program is a clear error
+		// now, not a crash loop of exit code 127.
+		if _, err := lookPath(line.Program, r.dir, envPath(r.env)); err != nil {
+			return resolved{}, err
+		}
+	}
 	path, err := lookPath(r.argv[0], r.dir, envPath(r.env))
 	if err != nil {
+		if line.Shell == shellline.Bash {
+			return resolved{}, fmt.Errorf("%w (the shell line uses bash syntax or builtins)", err)
+		}
 		return resolved{}, err
 	}
 	r.path = path
@@ -286,8 +289,10 @@ func lookPath(name, dir, path string) (string, error) {
 			}
 			p = filepath.Join(base, p)
 		}
-		if err := check(p); err != nil {
-			return "", fmt.Errorf("%w: command: %v", ErrInvalidSpec, err)
+		if err := check(p); errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("%w: command %q not found (%s does not exist)", ErrInvalidSpec, name, p)
+		} else if err != nil {
+			return "", fmt.Errorf("%w: command %q: %v", ErrInvalidSpec, name, err)
 		}
 		return p, nil
 	}
@@ -300,28 +305,44 @@ func lookPath(name, dir, path string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%w: command %q not found in PATH", ErrInvalidSpec, name)
+	return "", fmt.Errorf("%w: command %q not found in PATH %s", ErrInvalidSpec, name, path)
 }
 
 // credential resolves a run-as user and group; nil when both are empty.
+// The user's supplementary groups are its groups in the group database
+// (as login and initgroups give them), also when Group overrides the
+// primary group. A group without a user is refused: the process would
+// still run as the supervisor's uid (root, usually), which is what setting
+// a group was meant to avoid (issue 14, row 7).
 func credential(userName, groupName string) (*syscall.Credential, error) {
 	if userName == "" && groupName == "" {
 		return nil, nil
 	}
-	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
-	if userName != "" {
-		u, err := user.Lookup(userName)
-		if err != nil {
-			if _, nerr := strconv.Atoi(userName); nerr == nil {
-				u, err = user.LookupId(userName)
-			}
+	if userName == "" {
+		return nil, fmt.Errorf("%w: group %q without user: the process would still run as uid %d; set the user too", ErrInvalidSpec, groupName, os.Getuid())
+	}
+	u, err := user.Lookup(userName)
+	if err != nil {
+		if _, nerr := strconv.Atoi(userName); nerr == nil {
+			u, err = user.LookupId(userName)
 		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: user %q: %v", ErrInvalidSpec, userName, err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	ids, err := u.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("%w: groups of user %q: %v", ErrInvalidSpec, userName, err)
+	}
+	for _, id := range ids {
+		g, err := strconv.ParseUint(id, 10, 32)
 		if err != nil {
-			return nil, fmt.Errorf("%w: user %q: %v", ErrInvalidSpec, userName, err)
+			return nil, fmt.Errorf("%w: groups of user %q: bad gid %q", ErrInvalidSpec, userName, id)
 		}
-		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
+		cred.Groups = append(cred.Groups, uint32(g))
 	}
 	if groupName != "" {
 		g, err := user.LookupGroup(groupName)

@@ -25,6 +25,8 @@ var rules = []struct {
 		"cgroup is a leaf of the supervisor"},
 	{"supervisor/logfile", []string{"go.etcd.io/", mod + "registry", mod + "agent", mod + "supervisor/cgroup"},
 		"logfile is a leaf of the supervisor"},
+	{"supervisor/shellline", []string{"go.etcd.io/", mod + "registry", mod + "agent", mod + "supervisor", mod + "supervisor/cgroup", mod + "supervisor/logfile", mod + "supervisor/restart"},
+		"shellline only parses command lines; agent and supervisor share it"},
 	{"discovery", []string{"os/exec", mod + "supervisor", mod + "agent", mod + "registry"},
 		"discovery stands beside the registry, on etcd only"},
 	{"systemd", []string{"go.etcd.io/", mod + "agent", mod + "registry", mod + "supervisor"},
