@@ -13,7 +13,7 @@ import (
 
 // healthLoop probes the process of generation gen until ctx ends: first
 // after a short delay, then every Period.
-func (s *Supervisor) healthLoop(ctx context.Context, in *instance, gen uint64, h HealthCheck, env []string, dir string) {
+func (s *Supervisor) healthLoop(ctx context.Context, in *instance, gen uint64, h HealthCheck, run runAs) {
 	t := time.NewTimer(min(h.Period, 50*time.Millisecond))
 	defer t.Stop()
 	for {
@@ -22,7 +22,7 @@ func (s *Supervisor) healthLoop(ctx context.Context, in *instance, gen uint64, h
 			return
 		case <-t.C:
 		}
-		err := probe(ctx, h, env, dir)
+		err := probe(ctx, h, run)
 		if ctx.Err() != nil {
 			return
 		}
@@ -31,8 +31,19 @@ func (s *Supervisor) healthLoop(ctx context.Context, in *instance, gen uint64, h
 	}
 }
 
-// probe runs one health check; nil means it passed.
-func probe(ctx context.Context, h HealthCheck, env []string, dir string) error {
+// runAs is what an exec check inherits from its instance: environment,
+// working directory and credentials.
+type runAs struct {
+	env  []string
+	dir  string
+	cred *syscall.Credential // nil: the supervisor's own
+}
+
+// probe runs one health check; nil means it passed. An exec check runs
+// as the instance's user, group and supplementary groups (run.cred), never
+// as the supervisor: the instance may rewrite the script it names (issue
+// 14, row 1).
+func probe(ctx context.Context, h HealthCheck, run runAs) error {
 	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
 	defer cancel()
 	switch h.Type {
@@ -43,8 +54,8 @@ func probe(ctx context.Context, h HealthCheck, env []string, dir string) error {
 		// background). Its pid, so the group id, is not reused while
 		// members remain.
 		cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
-		cmd.Env, cmd.Dir = env, dir
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Env, cmd.Dir = run.env, run.dir
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: run.cred}
 		cmd.Cancel = func() error { return killGroup(cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.WaitDelay = time.Second
 		err := cmd.Run()

@@ -286,10 +286,10 @@ func (s *Supervisor) armStartedLocked(in *instance) {
 	if in.rs.health != nil && s.runCtx != nil && s.track() {
 		ctx, cancel := context.WithCancel(s.runCtx)
 		in.healthCancel = cancel
-		h, env, dir := *in.rs.health, in.rs.env, in.rs.dir
+		h, run := *in.rs.health, runAs{env: in.rs.env, dir: in.rs.dir, cred: in.rs.cred}
 		go func() {
 			defer s.wg.Done()
-			s.healthLoop(ctx, in, gen, h, env, dir)
+			s.healthLoop(ctx, in, gen, h, run)
 		}()
 	}
 	if !in.upOK {

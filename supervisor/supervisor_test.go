@@ -501,7 +501,7 @@ func TestExecCheckLeavesNoProcess(t *testing.T) {
 			})
 			h := HealthCheck{Type: "exec", Command: []string{"/bin/sh", "-c", tc.script}, Timeout: tc.timeout}
 			began := time.Now()
-			err := probe(context.Background(), h, []string{"PATH=" + os.Getenv("PATH"), mark}, t.TempDir())
+			err := probe(context.Background(), h, runAs{env: []string{"PATH=" + os.Getenv("PATH"), mark}, dir: t.TempDir()})
 			if (err == nil) != tc.pass {
 				t.Fatalf("probe() = %v, want pass %v", err, tc.pass)
 			}
@@ -580,7 +580,8 @@ func TestBadInput(t *testing.T) {
 		{"not executable", func(s *Spec) { s.Command = []string{noexec} }},
 		{"directory as binary", func(s *Spec) { s.Command = []string{dir} }},
 		{"unknown user", func(s *Spec) { s.User = "visor-no-such-user" }},
-		{"unknown group", func(s *Spec) { s.Group = "visor-no-such-group" }},
+		{"unknown group", func(s *Spec) { s.User = "nobody"; s.Group = "visor-no-such-group" }},
+		{"group without user", func(s *Spec) { s.Group = "nogroup" }},
 		{"missing dir", func(s *Spec) { s.Dir = filepath.Join(dir, "missing") }},
 		{"unknown signal", func(s *Spec) { s.StopSignal = "SIGFOO" }},
 		{"stop signal STOP", func(s *Spec) { s.StopSignal = "STOP" }},
