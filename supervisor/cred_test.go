@@ -132,7 +132,7 @@ func TestExecCheckRunsAsInstanceUser(t *testing.T) {
 		"chmod 755 check.sh.new && mv check.sh.new check.sh && exec sleep 600"
 	h := start(t, Config{})
 	spec := Spec{ID: "app", Shell: line, Dir: dir, User: credUser, Env: []string{"PATH=" + DefaultPath},
-		Health: &HealthCheck{Type: "exec", Command: []string{check}, Period: 50 * time.Millisecond}}
+		Health: &HealthCheck{Type: "exec", Command: []string{check}, Period: 100 * time.Millisecond, Timeout: 10 * time.Second}}
 	st, err := h.Start(ctxT(t), spec)
 	if err != nil {
 		t.Fatal(err)
