@@ -113,6 +113,10 @@ func TestFaultInjection(t *testing.T) {
 		{"all_agents_restarted", (*suite).allAgentsRestarted},
 	}
 	for _, sc := range scenarios {
+		if f.ctx.Err() != nil {
+			t.Errorf("scenario %s not run: the suite's deadline (%s before go test -timeout) has passed", sc.name, teardownMargin)
+			continue
+		}
 		ok := t.Run(sc.name, func(t *testing.T) {
 			s.f.t = t
 			fig := sc.run(s, t)
