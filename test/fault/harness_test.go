@@ -176,6 +176,11 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 	if got := up.Links[up.Tag+"-hub"]; !contains(got, hubBridge) || len(got) != 5 { // lo, br0, 3 veths
 		t.Fatalf("hub links %v, want lo, %s and three veths", got, hubBridge)
 	}
+	for _, ns := range up.Namespaces[1:] {
+		if got := up.Links[ns]; !contains(got, "eth0") {
+			t.Fatalf("%s links %v, want eth0 (a veth's end)", ns, got)
+		}
+	}
 	starts := map[int]string{} // pid -> start time: a pid reused later is not ours
 	for _, pids := range [][]int{up.Agents, up.Members, up.Workloads} {
 		for _, pid := range pids {
