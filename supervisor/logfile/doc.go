@@ -44,9 +44,15 @@
 // scan of 1000 files costs about 3.5 ms. Without inotify (other systems) it
 // falls back to a one-second ticker.
 //
-// [Tail] reads backwards in blocks and never loads the whole file; [Follow]
+// [Options.Stream] writes the last n lines to a writer: it reads backwards
+// in fixed blocks to find where they start, then copies forward in fixed
+// chunks, so its memory is the same for n = 10 and n = 100 000 (the agent's
+// logs endpoint uses it; issue 14 measured 20 requests of 100 000 lines
+// taking the agent from 87 MB to 1.69 GB when the lines were collected
+// first). With follow it goes on like [Follow] from where the history
+// ended. [Tail] collects the same lines into a slice, for small n. [Follow]
 // streams appended data using inotify and survives rotation, truncation and
-// rename-and-recreate. Both cut lines longer than Options.MaxLineBytes and
+// rename-and-recreate. All cut lines longer than Options.MaxLineBytes and
 // append [TruncatedMarker].
 //
 // This package must not import go.etcd.io/..., the registry, the agent, or

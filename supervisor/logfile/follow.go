@@ -42,10 +42,16 @@ func (o Options) Follow(ctx context.Context, path string, fromEnd bool, w io.Wri
 	// Without inotify, wt falls back to a ticker.
 	wt, _ := newWatcher()
 	defer wt.close()
+	fl := &follower{path: path, maxFiles: o.MaxFiles, out: &lineCapper{w: w, max: o.MaxLineBytes}, buf: make([]byte, 32<<10), limit: -1}
+	return fl.run(ctx, wt, fromEnd)
+}
+
+// run follows fl.path until ctx is done, starting with the file fl holds
+// (if any). It closes the file fl holds when it returns. wt must not have
+// been given the directory yet, or must be watching it already.
+func (fl *follower) run(ctx context.Context, wt *watcher, fromEnd bool) error {
 	stop := wt.interruptOn(ctx)
 	defer stop()
-
-	fl := &follower{path: path, maxFiles: o.MaxFiles, out: &lineCapper{w: w, max: o.MaxLineBytes}, buf: make([]byte, 32<<10)}
 	defer func() {
 		if fl.f != nil {
 			fl.f.Close()
@@ -56,7 +62,7 @@ func (o Options) Follow(ctx context.Context, path string, fromEnd bool, w io.Wri
 		// Watch before reading so no append is missed. A directory that
 		// does not exist yet is awaited through its nearest ancestor.
 		if !dirWatched {
-			watched, err := watchDirOrAncestor(wt, filepath.Dir(path))
+			watched, err := watchDirOrAncestor(wt, filepath.Dir(fl.path))
 			if err != nil {
 				return err
 			}
@@ -121,6 +127,9 @@ type follower struct {
 	buf      []byte
 	// pendingSince is when an unstable base was first seen (zero if none).
 	pendingSince time.Time
+	// limit, when not negative, is the logical offset drain stops at (a
+	// tail without follow reads up to the end it found, no further).
+	limit int64
 }
 
 func (fl *follower) open(fromEnd bool) error {
@@ -147,6 +156,9 @@ func (fl *follower) open(fromEnd bool) error {
 // read never yields misplaced bytes.
 func (fl *follower) drain() error {
 	for {
+		if fl.limit >= 0 && fl.logical >= fl.limit {
+			return nil
+		}
 		base, stable := readBase(fl.f)
 		if !stable {
 			if fl.pendingSince.IsZero() {
@@ -179,7 +191,11 @@ func (fl *follower) drain() error {
 			}
 			continue
 		}
-		n, rerr := fl.f.ReadAt(fl.buf, phys)
+		rbuf := fl.buf
+		if fl.limit >= 0 {
+			rbuf = rbuf[:min(int64(len(rbuf)), fl.limit-fl.logical)]
+		}
+		n, rerr := fl.f.ReadAt(rbuf, phys)
 		if b, ok := readBase(fl.f); b != base || ok != stable {
 			continue // rotated while reading: retry with the new base
 		}
@@ -189,7 +205,7 @@ func (fl *follower) drain() error {
 			}
 			fl.logical += int64(n)
 		}
-		if errors.Is(rerr, io.EOF) || (rerr == nil && n == 0) {
+		if errors.Is(rerr, io.EOF) || (rerr == nil && n == 0) || (fl.limit >= 0 && fl.logical >= fl.limit) {
 			return nil
 		}
 		if rerr != nil {
@@ -204,6 +220,9 @@ func (fl *follower) drain() error {
 // kept anywhere are skipped.
 func (fl *follower) catchUp(base int64) error {
 	misses := 0
+	if fl.limit >= 0 {
+		base = min(base, fl.limit)
+	}
 	for fl.logical < base {
 		n, err := fl.copyFromRotated(base)
 		if err != nil {
@@ -237,7 +256,11 @@ func (fl *follower) copyFromRotated(base int64) (int64, error) {
 			f.Close()
 			continue
 		}
-		n, err := fl.copyAt(f, fl.logical-start, min(base, start+st.Size())-fl.logical)
+		upTo := min(base, start+st.Size())
+		if fl.limit >= 0 {
+			upTo = min(upTo, fl.limit)
+		}
+		n, err := fl.copyAt(f, fl.logical-start, upTo-fl.logical)
 		f.Close()
 		return n, err
 	}
@@ -330,7 +353,7 @@ func (c *lineCapper) write(p []byte) error {
 		if len(rest) == 0 {
 			return nil
 		}
-		if _, err := c.w.Write([]byte{'\n'}); err != nil {
+		if _, err := c.w.Write(newline); err != nil {
 			return err
 		}
 		c.cur, c.dropping = 0, false
@@ -338,3 +361,7 @@ func (c *lineCapper) write(p []byte) error {
 	}
 	return nil
 }
+
+// newline is written after each line; shared so that a write per line
+// allocates nothing (a literal escapes through the io.Writer).
+var newline = []byte{'\n'}

@@ -2,29 +2,21 @@ package logfile
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"unicode/utf8"
 )
 
-// tailBlock is the size of the blocks Tail reads backwards.
+// tailBlock is the size of the blocks Stream reads backwards.
 const tailBlock = 64 << 10
 
-// tailWholeRead is the largest range Tail reads in one go once it knows the
-// line boundaries; beyond it, lines are read one by one (capped).
-const tailWholeRead = 4 << 20
-
-// tailReserve caps the line boundaries Tail reserves room for up front: n
-// comes from the caller (a request parameter), so memory must grow with the
-// lines found, never with n.
-const tailReserve = 4096
-
-// ErrNegativeCount is returned (wrapped) by Tail for n < 0.
+// ErrNegativeCount is returned (wrapped) by Tail and Stream for n < 0.
 var ErrNegativeCount = errors.New("logfile: negative line count")
 
 // Tail returns the last n lines of the log at path with default options.
@@ -34,160 +26,232 @@ func Tail(path string, n int) ([]string, error) {
 }
 
 // Tail returns the last n lines of the log at path, oldest first, without
-// their newlines. When the active file holds fewer than n lines, older lines
-// come from the rotated files path.1 … path.MaxFiles. Files are read
-// backwards in blocks, so the cost depends on n and the line lengths, not on
-// the file size; memory grows with the lines found, not with n, so a huge n
-// simply returns every line there is. Lines longer than MaxLineBytes are cut and end with
-// TruncatedMarker.
+// their newlines: what [Options.Stream] writes, collected. It holds the lines
+// in memory; to send them somewhere, use Stream.
 func (o Options) Tail(path string, n int) ([]string, error) {
+	var b strings.Builder
+	if err := o.Stream(context.Background(), path, n, false, &b); err != nil {
+		return nil, err
+	}
+	if b.Len() == 0 {
+		return nil, nil
+	}
+	return strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n"), nil
+}
+
+// Stream writes the last n lines of the log at path to w, oldest first,
+// each ending with a newline; with follow, it then writes everything
+// appended after them (as [Options.Follow] does, with no gap and no repeat
+// between the two) until ctx is done. When the active file holds fewer
+// than n lines, older lines come from the rotated files path.1 …
+// path.MaxFiles; a line cut in two by a rotation comes out whole. Files are
+// read backwards in fixed blocks to find where the n lines start, then
+// copied forward in fixed chunks: memory is the same for any n and any
+// file size, so a huge n simply streams every line there is. Lines longer
+// than MaxLineBytes are cut and end with TruncatedMarker.
+//
+// Without follow, Stream stops at the end the file had when Stream began,
+// ends a last line that has no newline yet with one, and returns nil, or
+// ctx's error if ctx ended first. With follow it returns nil when ctx is
+// done. Other errors: the active file missing (wrapping fs.ErrNotExist;
+// [Options.Follow] waits for it instead), n < 0 (ErrNegativeCount), a
+// failed read or a failed write to w.
+func (o Options) Stream(ctx context.Context, path string, n int, follow bool, w io.Writer) error {
 	if n < 0 {
-		return nil, fmt.Errorf("%w: %d", ErrNegativeCount, n)
+		return fmt.Errorf("%w: %d", ErrNegativeCount, n)
 	}
 	o = o.WithDefaults()
-	var out []string
-	// atStart: out[0] begins at the start of its file, so it may be the
-	// second half of a line cut by rotation (collapse mode cuts at a block
-	// boundary) whose first half ends the next older file.
-	atStart := false
-	for i := 0; i <= o.MaxFiles; i++ {
-		if len(out) >= n && !atStart {
+	var wt *watcher
+	if follow {
+		// Watch before reading so no append is missed.
+		wt, _ = newWatcher()
+		defer wt.close()
+		if _, err := wt.add(filepath.Dir(path), maskFollow); err != nil {
+			return fmt.Errorf("tail: %w", err)
+		}
+	}
+	f0, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("tail: %w", err)
+	}
+	srcs := []tailSource{{f: f0}}
+	defer func() {
+		for _, s := range srcs[1:] {
+			s.f.Close()
+		}
+	}()
+	base0, size0, err := stableSize(f0)
+	if err != nil {
+		f0.Close()
+		return err
+	}
+	srcs[0].size = size0
+
+	startFile, startOff := 0, size0
+	if n > 0 {
+		startFile, startOff, err = o.findStart(path, &srcs, n)
+		if err != nil {
+			f0.Close()
+			return err
+		}
+	}
+
+	lw := &lastByteWriter{w: w}
+	lc := &lineCapper{w: lw, max: o.MaxLineBytes}
+	buf := make([]byte, 32<<10)
+	for i := startFile; i >= 1; i-- {
+		off := int64(0)
+		if i == startFile {
+			off = startOff
+		}
+		if err := copyOut(ctx, srcs[i].f, off, srcs[i].size, buf, lc); err != nil {
+			f0.Close()
+			return err
+		}
+	}
+	// The active file is read through a follower, at logical offsets: a
+	// rotation while a slow client reads moves its head into path.1, and
+	// the follower picks those bytes up from there.
+	fl := &follower{path: path, maxFiles: o.MaxFiles, f: f0, logical: base0, out: lc, buf: buf, limit: -1}
+	if startFile == 0 {
+		fl.logical += startOff
+	}
+	if follow {
+		return fl.run(ctx, wt, false) // closes fl.f
+	}
+	defer f0.Close()
+	fl.limit = base0 + size0
+	if err := fl.drain(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if lw.n > 0 && lw.last != '\n' {
+		if _, err := lw.Write(newline); err != nil {
+			return fmt.Errorf("tail: write: %w", err)
+		}
+	}
+	return nil
+}
+
+// tailSource is one file Stream reads, with its size when it was opened.
+type tailSource struct {
+	f    *os.File
+	size int64
+}
+
+// stableSize returns f's rotation base and size, read while no rotation
+// was moving its head (a few tries; then the last values read).
+func stableSize(f *os.File) (base, size int64, err error) {
+	for range 5 {
+		b, ok := readBase(f)
+		st, err := f.Stat()
+		if err != nil {
+			return 0, 0, fmt.Errorf("tail: %w", err)
+		}
+		base, size = b, st.Size()
+		if b2, ok2 := readBase(f); b2 == b && ok && ok2 {
 			break
 		}
-		p := path
-		want := n - len(out)
-		if i > 0 {
-			p = rotatedName(path, i)
-			if want < math.MaxInt {
-				want++ // its last line may continue in the newer file
-			}
-		}
-		lines, endsNL, fromStart, err := tailFile(p, want, o.MaxLineBytes)
-		if err != nil {
-			if i > 0 && errors.Is(err, fs.ErrNotExist) {
-				break
-			}
-			return nil, err
-		}
-		if atStart && !endsNL && len(lines) > 0 && len(out) > 0 {
-			out[0] = joinCapped(lines[len(lines)-1], out[0], o.MaxLineBytes)
-			lines = lines[:len(lines)-1]
-		}
-		atStart = fromStart
-		if room := max(n-len(out), 0); len(lines) > room {
-			lines = lines[len(lines)-room:]
-			atStart = false
-		}
-		if i > 0 && len(out) >= n {
-			break // only looked for the other half of out[0]
-		}
-		out = append(lines, out...)
 	}
-	return out, nil
+	return base, size, nil
 }
 
-// joinCapped joins the two halves of a line, each possibly already cut,
-// keeping the result within max bytes (plus the marker).
-func joinCapped(a, b string, max int) string {
-	if strings.HasSuffix(a, TruncatedMarker) {
-		return a
-	}
-	bCut := strings.HasSuffix(b, TruncatedMarker)
-	s := a + strings.TrimSuffix(b, TruncatedMarker)
-	if len(s) > max || bCut {
-		return string(trimPartialRune([]byte(s[:min(len(s), max)]))) + TruncatedMarker
-	}
-	return s
-}
-
-// tailFile returns the last n lines of one file, whether it ends with a
-// newline (an empty file counts as ending with one), and whether the first
-// line returned starts at the beginning of the file.
-func tailFile(path string, n, maxLine int) (lines []string, endsNL, fromStart bool, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, false, false, fmt.Errorf("tail: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, false, false, fmt.Errorf("tail: %w", err)
-	}
-	size := st.Size()
-	if n == 0 || size == 0 {
-		return nil, true, true, nil
-	}
-
-	// Find line boundaries scanning backwards; content is read afterwards,
-	// capped per line, so a huge line costs no memory.
-	type span struct{ start, end int64 }
-	spans := make([]span, 0, min(n, tailReserve))
+// findStart scans the log's logical stream (rotated files oldest first,
+// then the active file) backwards from its end, in blocks, for the newline
+// before the last n lines (n > 0), opening rotated files into srcs as it
+// reaches them. It returns the file (0 = active, i = path.i) and offset
+// where those lines start, or the start of the oldest file when there are
+// fewer lines.
+func (o Options) findStart(path string, srcs *[]tailSource, n int) (int, int64, error) {
 	buf := make([]byte, tailBlock)
-	end := size // end of the line being collected (exclusive)
-	pos := size
-	var last [1]byte
-	if _, err := f.ReadAt(last[:], size-1); err != nil {
-		return nil, false, false, fmt.Errorf("tail: %w", err)
-	}
-	endsNL = last[0] == '\n'
-	if endsNL {
-		end, pos = size-1, size-1
-	}
-	for pos > 0 && len(spans) < n {
-		blk := min(int64(tailBlock), pos)
-		b := buf[:blk]
-		if _, err := f.ReadAt(b, pos-blk); err != nil && !errors.Is(err, io.EOF) {
-			return nil, false, false, fmt.Errorf("tail: %w", err)
-		}
-		for len(b) > 0 && len(spans) < n {
-			i := bytes.LastIndexByte(b, '\n')
-			if i < 0 {
-				break
+	need := n
+	skipLast := true // the last byte of all, if a newline, ends the last line
+	for i := 0; ; i++ {
+		if i > 0 {
+			if i > o.MaxFiles {
+				return i - 1, 0, nil
 			}
-			nl := pos - blk + int64(i)
-			spans = append(spans, span{nl + 1, end})
-			end = nl
-			b = b[:i]
+			f, err := os.Open(rotatedName(path, i))
+			if errors.Is(err, fs.ErrNotExist) {
+				return i - 1, 0, nil
+			}
+			if err != nil {
+				return 0, 0, fmt.Errorf("tail: %w", err)
+			}
+			st, err := f.Stat()
+			if err != nil {
+				f.Close()
+				return 0, 0, fmt.Errorf("tail: %w", err)
+			}
+			*srcs = append(*srcs, tailSource{f: f, size: st.Size()})
 		}
-		pos -= blk
+		src := (*srcs)[i]
+		for pos := src.size; pos > 0; {
+			blk := min(int64(tailBlock), pos)
+			b := buf[:blk]
+			if _, err := src.f.ReadAt(b, pos-blk); err != nil && !errors.Is(err, io.EOF) {
+				return 0, 0, fmt.Errorf("tail: %w", err)
+			}
+			if skipLast {
+				skipLast = false
+				if b[len(b)-1] == '\n' {
+					b = b[:len(b)-1]
+				}
+			}
+			for {
+				k := bytes.LastIndexByte(b, '\n')
+				if k < 0 {
+					break
+				}
+				if need--; need == 0 {
+					return i, pos - blk + int64(k) + 1, nil
+				}
+				b = b[:k]
+			}
+			pos -= blk
+		}
 	}
-	if len(spans) < n && pos == 0 {
-		spans = append(spans, span{0, end})
-	}
-	fromStart = spans[len(spans)-1].start == 0
+}
 
-	// One read for the whole range when it is small enough, else one per line.
-	var whole []byte
-	first := spans[len(spans)-1].start
-	if span := spans[0].end - first; span <= tailWholeRead {
-		whole = make([]byte, span)
-		if _, err := f.ReadAt(whole, first); err != nil && !errors.Is(err, io.EOF) {
-			return nil, false, false, fmt.Errorf("tail: %w", err)
+// copyOut writes bytes [off, end) of f to lc, in chunks of buf.
+func copyOut(ctx context.Context, f *os.File, off, end int64, buf []byte, lc *lineCapper) error {
+	for off < end {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-	}
-	lines = make([]string, len(spans))
-	for i, s := range spans {
-		l := s.end - s.start
-		cut := l > int64(maxLine)
-		if cut {
-			l = int64(maxLine)
-		}
-		var b []byte
-		if whole != nil {
-			b = whole[s.start-first : s.start-first+l]
-		} else {
-			b = make([]byte, l)
-			if _, err := f.ReadAt(b, s.start); err != nil && !errors.Is(err, io.EOF) {
-				return nil, false, false, fmt.Errorf("tail: %w", err)
+		m, err := f.ReadAt(buf[:min(int64(len(buf)), end-off)], off)
+		if m > 0 {
+			if werr := lc.write(buf[:m]); werr != nil {
+				return fmt.Errorf("tail: write: %w", werr)
 			}
+			off += int64(m)
 		}
-		if cut {
-			lines[len(spans)-1-i] = string(trimPartialRune(b)) + TruncatedMarker
-		} else {
-			lines[len(spans)-1-i] = string(b)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("tail: %w", err)
 		}
 	}
-	return lines, endsNL, fromStart, nil
+	return nil
+}
+
+// lastByteWriter remembers how many bytes went through it, and the last.
+type lastByteWriter struct {
+	w    io.Writer
+	n    int64
+	last byte
+}
+
+func (l *lastByteWriter) Write(p []byte) (int, error) {
+	m, err := l.w.Write(p)
+	if m > 0 {
+		l.n += int64(m)
+		l.last = p[m-1]
+	}
+	return m, err
 }
 
 // trimPartialRune drops an incomplete UTF-8 sequence at the end of b.
