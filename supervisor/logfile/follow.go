@@ -329,37 +329,50 @@ type lineCapper struct {
 }
 
 func (c *lineCapper) write(p []byte) error {
-	for len(p) > 0 {
-		i := bytes.IndexByte(p, '\n')
-		seg := p
-		if i >= 0 {
-			seg = p[:i]
+	// Runs of lines within the cap go out in one write (a followed chunk
+	// is one write, so one flush, for the HTTP client).
+	pend := 0 // p[pend:i] passes through unchanged and is not written yet
+	for i := 0; i < len(p); {
+		j := bytes.IndexByte(p[i:], '\n')
+		end := len(p)
+		if j >= 0 {
+			end = i + j
 		}
-		rest := p[len(seg):] // starts with '\n' or is empty
-		if !c.dropping {
-			room := c.max - c.cur
-			if len(seg) > room {
-				if _, err := c.w.Write(append(trimPartialRune(seg[:room:room]), TruncatedMarker...)); err != nil {
-					return err
-				}
-				c.dropping = true
-			} else if len(seg) > 0 {
-				if _, err := c.w.Write(seg); err != nil {
-					return err
-				}
-				c.cur += len(seg)
+		seg := p[i:end]
+		switch room := c.max - c.cur; {
+		case c.dropping:
+			if err := c.out(p[pend:i]); err != nil {
+				return err
 			}
+			pend = end
+		case len(seg) > room:
+			if err := c.out(p[pend:i]); err != nil {
+				return err
+			}
+			if err := c.out(append(trimPartialRune(seg[:room:room]), TruncatedMarker...)); err != nil {
+				return err
+			}
+			c.dropping = true
+			pend = end
+		default:
+			c.cur += len(seg)
 		}
-		if len(rest) == 0 {
-			return nil
-		}
-		if _, err := c.w.Write(newline); err != nil {
-			return err
+		if j < 0 {
+			break
 		}
 		c.cur, c.dropping = 0, false
-		p = rest[1:]
+		i = end + 1
 	}
-	return nil
+	return c.out(p[pend:])
+}
+
+// out writes b, if not empty, to the underlying writer.
+func (c *lineCapper) out(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := c.w.Write(b)
+	return err
 }
 
 // newline is written after each line; shared so that a write per line
