@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,8 +40,18 @@ type apiServer struct {
 }
 
 // listen opens the API listeners. The socket is mode 0660 so that members
-// of the agent's group may use the local CLI.
+// of the agent's group may use the local CLI. Both servers have the
+// timeouts and limits of apibounds.go; the TLS key pair is loaded here, so
+// that a bad one fails the start with its path named.
 func (a *Agent) listen() (*apiServer, error) {
+	var tlsCfg *tls.Config
+	if a.cfg.TLSCertFile != "" && !a.cfg.DisableHTTP {
+		cert, err := tls.LoadX509KeyPair(a.cfg.TLSCertFile, a.cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("agent: tls_cert %s, tls_key %s: %w", a.cfg.TLSCertFile, a.cfg.TLSKeyFile, err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	sock := filepath.Join(a.cfg.RunDir, SocketName)
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("agent: remove stale socket: %w", err)
@@ -53,22 +64,29 @@ func (a *Agent) listen() (*apiServer, error) {
 		ul.Close()
 		return nil, fmt.Errorf("agent: chmod socket: %w", err)
 	}
-	s := &apiServer{a: a, unixL: ul}
+	s := &apiServer{a: a, unixL: newLimitListener(ul, maxConns(a.cfg.HTTPMaxConns), 0, a.log)}
 	mux := a.routes()
-	s.unixSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.unixSrv = newAPIServer(mux, a.cfg.HTTPIdleTimeout)
+	s.unixSrv.ConnContext = withPeer
+	if a.cfg.DisableHTTP {
+		a.registerConnMetrics(map[string]*limitListener{"unix": s.unixL.(*limitListener)})
+	}
 	if !a.cfg.DisableHTTP {
 		hl, err := net.Listen("tcp", a.cfg.HTTPAddr)
 		if err != nil {
 			ul.Close()
 			return nil, fmt.Errorf("agent: listen on http_addr %s: %w", a.cfg.HTTPAddr, err)
 		}
-		s.httpL = hl
+		s.httpL = newLimitListener(hl, maxConns(a.cfg.HTTPMaxConns), a.cfg.HTTPMaxConnsPerClient, a.log)
 		a.mu.Lock()
 		a.httpAddr = hl.Addr().String()
 		a.mu.Unlock()
-		s.httpSrv = &http.Server{Handler: a.requireToken(mux), ReadHeaderTimeout: 10 * time.Second}
-		s.tlsConfig = a.cfg.TLSCertFile != ""
-		a.log.Info("http api listening", "addr", hl.Addr().String(), "tls", s.tlsConfig)
+		s.httpSrv = newAPIServer(a.requireToken(mux), a.cfg.HTTPIdleTimeout)
+		s.httpSrv.TLSConfig = tlsCfg
+		s.tlsConfig = tlsCfg != nil
+		a.registerConnMetrics(map[string]*limitListener{"unix": s.unixL.(*limitListener), "http": s.httpL.(*limitListener)})
+		a.log.Info("http api listening", "addr", hl.Addr().String(), "tls", s.tlsConfig,
+			"max_conns", maxConns(a.cfg.HTTPMaxConns), "max_conns_per_client", a.cfg.HTTPMaxConnsPerClient, "idle_timeout", a.cfg.HTTPIdleTimeout)
 	}
 	return s, nil
 }
@@ -102,7 +120,7 @@ func (s *apiServer) serve(ctx context.Context) {
 			defer wg.Done()
 			var err error
 			if s.tlsConfig {
-				err = s.httpSrv.ServeTLS(s.httpL, s.a.cfg.TLSCertFile, s.a.cfg.TLSKeyFile)
+				err = s.httpSrv.ServeTLS(s.httpL, "", "")
 			} else {
 				err = s.httpSrv.Serve(s.httpL)
 			}
@@ -153,7 +171,7 @@ func (a *Agent) routes() *http.ServeMux {
 	mux.HandleFunc("GET /v1/status", a.handleStatus)
 	mux.HandleFunc("GET /v1/instances", a.handleInstances)
 	mux.HandleFunc("GET /v1/instances/{id}", a.handleInstance)
-	mux.HandleFunc("GET /v1/instances/{id}/logs", a.handleLogs)
+	mux.HandleFunc("GET /v1/instances/{id}/logs", a.logsHandler(newStreamLimiter(a.cfg.LogStreams, a.cfg.LogStreamsPerClient)))
 	mux.HandleFunc("POST /v1/instances/{id}/signal", a.handleSignal)
 	services := discovery.NewHandler(a.services, a.registrar, a.cfg.Logger)
 	mux.Handle("/v1/services", services)
@@ -219,69 +237,82 @@ func (a *Agent) handleInstance(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// handleLogs serves ?stream=stdout|stderr&tail=N&follow=1. tail is at most
-// maxTail (100000) lines; a larger value is rejected with 400 rather than
-// clamped, so a client never mistakes a cut answer for the whole log.
-func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	if !a.sup.Has(id) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no instance %q on this host", id))
-		return
-	}
-	q := r.URL.Query()
-	stream := q.Get("stream")
-	if stream == "" {
-		stream = "stdout"
-	}
-	if stream != "stdout" && stream != "stderr" {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("stream must be stdout or stderr, not %q", stream))
-		return
-	}
-	const maxTail = 100000
-	tail := 100
-	if v := q.Get("tail"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 || n > maxTail {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("tail must be an integer from 0 to %d, not %q", maxTail, v))
+// logsHandler serves GET /v1/instances/{id}/logs?stream=stdout|stderr&tail=N&follow=1.
+// tail is at most maxTail (100000) lines; a larger value is rejected with
+// 400 rather than clamped, so a client never mistakes a cut answer for the
+// whole log. The lines are streamed from the file (logfile.Options.Stream),
+// never held whole; at most limit's streams run at once (429 beyond); a
+// stream ends when its client goes (the request's context, or a write that
+// fails or blocks longer than streamWriteTimeout).
+func (a *Agent) logsHandler(limit *streamLimiter) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if !a.sup.Has(id) {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no instance %q on this host", id))
 			return
 		}
-		tail = n
-	}
-	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
-	path := a.sup.LogPath(id, stream)
-	lines, err := logfile.Tail(path, tail)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		writeError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	for _, l := range lines {
-		io.WriteString(w, l)
-		io.WriteString(w, "\n")
-	}
-	if !follow {
-		return
-	}
-	fw := &flushWriter{w: w}
-	fw.flush()
-	if err := logfile.Follow(r.Context(), path, true, fw); err != nil && r.Context().Err() == nil {
-		a.log.Debug("log follow ended", "instance", id, "error", err)
+		q := r.URL.Query()
+		stream := q.Get("stream")
+		if stream == "" {
+			stream = "stdout"
+		}
+		if stream != "stdout" && stream != "stderr" {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("stream must be stdout or stderr, not %q", stream))
+			return
+		}
+		const maxTail = 100000
+		tail := 100
+		if v := q.Get("tail"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > maxTail {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("tail must be an integer from 0 to %d, not %q", maxTail, v))
+				return
+			}
+			tail = n
+		}
+		follow := q.Get("follow") == "1" || q.Get("follow") == "true"
+		release, refused := limit.acquire(clientKey(r))
+		if refused != "" {
+			w.Header().Set("Retry-After", "5")
+			writeError(w, http.StatusTooManyRequests, refused)
+			return
+		}
+		defer release()
+		path := a.sup.LogPath(id, stream)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		out := io.Writer(w)
+		if follow {
+			fw := &flushWriter{w: w}
+			fw.flush() // the client sees the headers before the first line
+			out = fw
+		}
+		err := logfile.Options{}.Stream(r.Context(), path, tail, follow, out)
+		if errors.Is(err, os.ErrNotExist) && follow {
+			// No output yet: wait for the file, then stream all of it.
+			err = logfile.Follow(r.Context(), path, false, out)
+		}
+		switch {
+		case err == nil, r.Context().Err() != nil, errors.Is(err, os.ErrNotExist):
+		default:
+			a.log.Debug("log stream ended", "instance", id, "error", err)
+		}
 	}
 }
 
-// flushWriter flushes after every write so followed logs arrive at once.
+// flushWriter flushes after every write so followed logs arrive at once
+// (the log streamer writes a whole chunk at a time).
 type flushWriter struct{ w http.ResponseWriter }
 
 func (f *flushWriter) Write(p []byte) (int, error) {
 	n, err := f.w.Write(p)
-	f.flush()
-	return n, err
+	if err != nil {
+		return n, err
+	}
+	return n, http.NewResponseController(f.w).Flush()
 }
 
 func (f *flushWriter) flush() {
-	if fl, ok := f.w.(http.Flusher); ok {
-		fl.Flush()
-	}
+	_ = http.NewResponseController(f.w).Flush()
 }
 
 // SignalRequest is the body of POST /v1/instances/{id}/signal.

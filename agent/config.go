@@ -43,8 +43,26 @@ type Config struct {
 	// Token is the bearer token the HTTP API requires from clients that are
 	// not on loopback. Required when HTTPAddr is not a loopback address.
 	Token string
-	// TLSCertFile and TLSKeyFile, when set, serve HTTPS.
+	// TLSCertFile and TLSKeyFile, when set, serve HTTPS. They are loaded
+	// when the agent starts: a missing or bad file fails the start.
 	TLSCertFile, TLSKeyFile string
+
+	// LogStreams caps the logs requests served at once, on the socket and
+	// over HTTP together; LogStreamsPerClient caps those of one client (its
+	// remote IP over HTTP, its uid on the socket). A request beyond either
+	// gets 429. Defaults DefaultLogStreams (64) and
+	// DefaultLogStreamsPerClient (8).
+	LogStreams, LogStreamsPerClient int
+	// HTTPMaxConns caps the HTTP API's open connections, and
+	// HTTPMaxConnsPerClient those from one remote IP; a connection beyond
+	// either is closed at once. HTTPMaxConns is also never more than half
+	// the descriptor limit. Defaults DefaultHTTPMaxConns (1024) and
+	// DefaultHTTPMaxConnsPerClient (64).
+	HTTPMaxConns, HTTPMaxConnsPerClient int
+	// HTTPIdleTimeout closes API connections idle that long between
+	// requests; a new connection must send its first request header within
+	// it (at most 10s). Default DefaultHTTPIdleTimeout (60s).
+	HTTPIdleTimeout time.Duration
 
 	// PortMin and PortMax bound the ports given to instances ($PORT).
 	// Default 20000-29999.
@@ -117,6 +135,21 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HTTPAddr == "" && !c.DisableHTTP {
 		c.HTTPAddr = "127.0.0.1:7777"
+	}
+	if c.LogStreams == 0 {
+		c.LogStreams = DefaultLogStreams
+	}
+	if c.LogStreamsPerClient == 0 {
+		c.LogStreamsPerClient = DefaultLogStreamsPerClient
+	}
+	if c.HTTPMaxConns == 0 {
+		c.HTTPMaxConns = DefaultHTTPMaxConns
+	}
+	if c.HTTPMaxConnsPerClient == 0 {
+		c.HTTPMaxConnsPerClient = DefaultHTTPMaxConnsPerClient
+	}
+	if c.HTTPIdleTimeout == 0 {
+		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
 	}
 	if c.PortMin == 0 && c.PortMax == 0 {
 		c.PortMin, c.PortMax = 20000, 29999
@@ -205,6 +238,7 @@ func (c Config) Validate() error {
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		errs = append(errs, errors.New("tls_cert/tls_key: both or neither"))
 	}
+	errs = append(errs, c.validateBounds()...)
 	if !c.DisableHTTP {
 		host, _, err := net.SplitHostPort(c.HTTPAddr)
 		if err != nil {
@@ -222,4 +256,38 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// validateBounds checks the API's limits and the TLS files (named by path
+// when missing or unreadable, so that a typo fails the start, not the
+// first HTTPS request).
+func (c Config) validateBounds() []error {
+	var errs []error
+	for _, f := range []struct {
+		name string
+		v    int
+	}{
+		{"log_streams", c.LogStreams},
+		{"log_streams_per_client", c.LogStreamsPerClient},
+		{"http_max_conns", c.HTTPMaxConns},
+		{"http_max_conns_per_client", c.HTTPMaxConnsPerClient},
+	} {
+		if f.v < 1 {
+			errs = append(errs, fmt.Errorf("%s: %d must be at least 1", f.name, f.v))
+		}
+	}
+	if c.HTTPIdleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("http_idle_timeout: %s is negative", c.HTTPIdleTimeout))
+	}
+	for _, f := range []struct{ name, path string }{{"tls_cert", c.TLSCertFile}, {"tls_key", c.TLSKeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if fh, err := os.Open(f.path); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f.name, err))
+		} else {
+			fh.Close()
+		}
+	}
+	return errs
 }

@@ -6,10 +6,16 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 )
 
 // ErrNoPort means every port of the configured range is in use.
 var ErrNoPort = errors.New("agent: no free port in range")
+
+// ErrNoDescriptors means the agent could not test a port because it has no
+// file descriptor left (EMFILE, ENFILE): not a port shortage, and reported
+// as what it is (issue 14 row 9: starts failed with a false "no free port").
+var ErrNoDescriptors = errors.New("agent: out of file descriptors")
 
 // portAllocator hands out ports from a range, skipping ports that are
 // reserved by other instances here or that something on the host is
@@ -43,7 +49,9 @@ func (p *portAllocator) Reserve(port int, id string) bool {
 	return true
 }
 
-// Allocate returns a free port for id, or ErrNoPort.
+// Allocate returns a free port for id, ErrNoPort, or (wrapped)
+// ErrNoDescriptors when a port could not be tested for lack of
+// descriptors.
 func (p *portAllocator) Allocate(id string) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -57,7 +65,11 @@ func (p *portAllocator) Allocate(id string) (int, error) {
 		if _, taken := p.used[port]; taken {
 			continue
 		}
-		if !portFree(port) {
+		free, err := portFree(port)
+		if err != nil {
+			return 0, err
+		}
+		if !free {
 			continue
 		}
 		p.used[port] = id
@@ -84,11 +96,16 @@ func (p *portAllocator) owner(port int) string {
 }
 
 // portFree reports whether a TCP listener can bind port on all addresses.
-func portFree(port int) bool {
+// Running out of descriptors is an error wrapping ErrNoDescriptors and the
+// system's errno, not a busy port.
+func portFree(port int) (bool, error) {
 	l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 	if err != nil {
-		return false
+		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			return false, fmt.Errorf("%w while testing port %d: %w", ErrNoDescriptors, port, err)
+		}
+		return false, nil
 	}
 	l.Close()
-	return true
+	return true, nil
 }

@@ -79,6 +79,11 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	str("token", "", "bearer token required by the HTTP API (required off loopback)")
 	str("tls-cert", "", "serve the HTTP API over TLS with this certificate")
 	str("tls-key", "", "TLS key for -tls-cert")
+	str("log-streams", strconv.Itoa(agent.DefaultLogStreams), "most logs requests served at once (429 beyond)")
+	str("log-streams-per-client", strconv.Itoa(agent.DefaultLogStreamsPerClient), "most logs requests served at once to one client (remote IP, or uid on the socket)")
+	str("http-max-conns", strconv.Itoa(agent.DefaultHTTPMaxConns), "most open HTTP API connections (never more than half the fd limit); more are closed at once")
+	str("http-max-conns-per-client", strconv.Itoa(agent.DefaultHTTPMaxConnsPerClient), "most open HTTP API connections from one remote IP")
+	str("http-idle-timeout", agent.DefaultHTTPIdleTimeout.String(), "close HTTP API connections idle this long")
 	str("port-range", "20000-29999", "ports given to instances as $PORT")
 	str("max-parallel", "64", "tickets executed at once")
 	fs.BoolVar(&o.cfg.StopOnExit, "stop-on-exit", false, "stop every instance when the agent exits (default: leave them running)")
@@ -234,6 +239,22 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 	}
 	c.Token = get("token")
 	c.TLSCertFile, c.TLSKeyFile = get("tls-cert"), get("tls-key")
+	for _, f := range []struct {
+		name string
+		v    *int
+	}{
+		{"log-streams", &c.LogStreams},
+		{"log-streams-per-client", &c.LogStreamsPerClient},
+		{"http-max-conns", &c.HTTPMaxConns},
+		{"http-max-conns-per-client", &c.HTTPMaxConnsPerClient},
+	} {
+		if *f.v, err = strconv.Atoi(get(f.name)); err != nil {
+			return usageError("agent: %s: %q is not an integer", f.name, get(f.name))
+		}
+	}
+	if c.HTTPIdleTimeout, err = time.ParseDuration(get("http-idle-timeout")); err != nil {
+		return usageError("agent: http-idle-timeout: %v", err)
+	}
 	lo, hi, ok := strings.Cut(get("port-range"), "-")
 	if c.PortMin, err = strconv.Atoi(lo); !ok || err != nil {
 		return usageError("agent: port-range: %q is not MIN-MAX", get("port-range"))

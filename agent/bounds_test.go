@@ -1,0 +1,296 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
+)
+
+// unixClient returns an HTTP client of the agent's unix socket in dir.
+func unixClient(dir string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "run", SocketName))
+		},
+	}}
+}
+
+// metricValue returns the value of the sample line starting with name in
+// the agent's /metrics, or -1.
+func metricValue(t *testing.T, c *http.Client, name string) float64 {
+	t.Helper()
+	resp, err := c.Get("http://agent/metrics")
+	must(t, err)
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			must(t, err)
+			return f
+		}
+	}
+	return -1
+}
+
+// raiseNoFile raises the soft descriptor limit to at least n (bounded by
+// the hard limit) for the test, and returns what it is.
+func raiseNoFile(t *testing.T, n uint64) uint64 {
+	var lim syscall.Rlimit
+	must(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))
+	if lim.Cur >= n {
+		return lim.Cur
+	}
+	old := lim
+	lim.Cur = min(n, lim.Max)
+	must(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim))
+	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
+	return lim.Cur
+}
+
+// TestAPIConnectionFlood: 4 000 idle connections from one address (issue
+// 14 row 9: all were held, and at 1 024 descriptors the API stopped
+// answering) cost the agent at most HTTPMaxConnsPerClient descriptors; the
+// API answers another client meanwhile, and the idle ones it held are
+// closed after the idle timeout.
+func TestAPIConnectionFlood(t *testing.T) {
+	f := newFixture(t)
+	dir := t.TempDir()
+	a := f.startAgent(t, "host-a", dir, func(c *Config) { c.HTTPIdleTimeout = time.Second })
+	unix := unixClient(dir)
+	proctest.WaitFor(t, 30*time.Second, "agent API up", func() bool { return a.HTTPAddr() != "" })
+	addr := a.HTTPAddr()
+
+	flood := 4000
+	if got := raiseNoFile(t, uint64(flood)+1024); got < uint64(flood)+1024 {
+		flood = int(got) - 1024
+		t.Logf("descriptor limit %d: flooding with %d connections", got, flood)
+	}
+	// The flood comes from 127.0.0.2 (loopback, nothing to set up), the
+	// honest client from 127.0.0.1.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: testtime.Scaled(10 * time.Second)}
+	conns := make([]net.Conn, 0, flood)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for range flood {
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("dial %d: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+	}
+	perClient := DefaultHTTPMaxConnsPerClient
+	// Until the whole flood has been through accept, the agent never holds
+	// more than the per-client cap of it (held ones close after the idle
+	// timeout, making room for the next).
+	proctest.WaitFor(t, 30*time.Second, "the flood accepted or refused", func() bool {
+		if n := metricValue(t, unix, `visor_agent_api_connections{listener="http"}`); n > float64(perClient) {
+			t.Fatalf("agent holds %v flood connections, want at most %d", n, perClient)
+		}
+		return metricValue(t, unix, `visor_agent_api_connections_accepted_total{listener="http"}`)+
+			metricValue(t, unix, `visor_agent_api_connections_refused_total{listener="http"}`) >= float64(flood)
+	})
+
+	hc := &http.Client{Timeout: testtime.Scaled(10 * time.Second)}
+	resp, err := hc.Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatalf("/healthz during the flood: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz during the flood: %d", resp.StatusCode)
+	}
+	hc.CloseIdleConnections()
+
+	// Every flood connection ends: refused ones at once, held ones after
+	// the idle timeout (they never send a request).
+	deadline := time.Now().Add(testtime.Scaled(30 * time.Second))
+	var one [1]byte
+	for i, c := range conns {
+		c.SetReadDeadline(deadline)
+		if _, err := c.Read(one[:]); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("flood connection %d still open (read: %v)", i, err)
+		}
+	}
+	proctest.WaitFor(t, 30*time.Second, "no API connection held", func() bool {
+		return metricValue(t, unix, `visor_agent_api_connections{listener="http"}`) == 0
+	})
+}
+
+// TestLimitListenerTotal: beyond the total cap a connection is closed at
+// once, whoever it comes from, and a slot is free again once a held
+// connection closes.
+func TestLimitListenerTotal(t *testing.T) {
+	t.Parallel()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	l := newLimitListener(inner, 2, 0, hclog.NewNullLogger())
+	defer l.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	var clients []net.Conn
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		must(t, err)
+		clients = append(clients, c)
+		return c
+	}
+	dial()
+	dial()
+	held := []net.Conn{<-accepted, <-accepted}
+	third := dial()
+	third.SetReadDeadline(time.Now().Add(testtime.Scaled(10 * time.Second)))
+	if _, err := third.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("third connection over a cap of 2 was not closed: %v", err)
+	}
+	proctest.WaitFor(t, 10*time.Second, "refusal counted", func() bool { _, _, r := l.conns(); return r == 1 })
+	held[0].Close()
+	dial()
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(testtime.Scaled(10 * time.Second)):
+		t.Fatal("a connection after a held one closed was not accepted")
+	}
+	held[1].Close()
+}
+
+// TestLogStreamsCapped: concurrent log streams are capped per client and
+// in total, with a 429 that names the limit; a stream whose client goes
+// frees its slot.
+func TestLogStreamsCapped(t *testing.T) {
+	f := newFixture(t)
+	must(t, f.app("talk", "tick 20ms"))
+	dir := t.TempDir()
+	a := f.startAgent(t, "host-a", dir, func(c *Config) { c.LogStreamsPerClient, c.LogStreams = 2, 3 })
+	_, err := f.reg.Scale(f.ctx, "talk", "v1", "web", 1)
+	must(t, err)
+	var id string
+	for k := range f.waitRunning(t, "talk", 1) {
+		id = k
+	}
+	unix := unixClient(dir)
+	type stream struct {
+		cancel context.CancelFunc
+		resp   *http.Response
+	}
+	open := func(c *http.Client, base string) (stream, int, string) {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, err := http.NewRequestWithContext(ctx, "GET", base+"/v1/instances/"+id+"/logs?follow=1&tail=1", nil)
+		must(t, err)
+		resp, err := c.Do(req)
+		must(t, err)
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			cancel()
+			return stream{}, resp.StatusCode, string(b)
+		}
+		// A line arrives: the stream is being served.
+		if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
+			t.Fatalf("first followed line: %v", err)
+		}
+		return stream{cancel, resp}, resp.StatusCode, ""
+	}
+	s1, _, _ := open(unix, "http://agent")
+	s2, _, _ := open(unix, "http://agent")
+	if _, code, body := open(unix, "http://agent"); code != http.StatusTooManyRequests || !strings.Contains(body, "limit 2 per client") {
+		t.Fatalf("third stream of one client: %d %s", code, body)
+	}
+	hc := &http.Client{}
+	s3, code, _ := open(hc, "http://"+a.HTTPAddr())
+	if code != http.StatusOK {
+		t.Fatalf("another client's first stream: %d", code)
+	}
+	if _, code, body := open(hc, "http://"+a.HTTPAddr()); code != http.StatusTooManyRequests || !strings.Contains(body, "limit 3") {
+		t.Fatalf("stream over the total: %d %s", code, body)
+	}
+	// The client of s1 goes away: its slot comes back.
+	s1.cancel()
+	s1.resp.Body.Close()
+	var s4 stream
+	proctest.WaitFor(t, 30*time.Second, "a slot freed by a client that left", func() bool {
+		s, code, _ := open(unix, "http://agent")
+		s4 = s
+		return code == http.StatusOK
+	})
+	for _, s := range []stream{s2, s3, s4} {
+		s.cancel()
+		s.resp.Body.Close()
+	}
+	hc.CloseIdleConnections()
+}
+
+// TestPortsOutOfDescriptors: with no descriptor left, Allocate says so
+// instead of "no free port" (issue 14 row 9). Runs in a child process,
+// whose descriptor limit it lowers.
+func TestPortsOutOfDescriptors(t *testing.T) {
+	if os.Getenv("VISOR_TEST_EMFILE_CHILD") == "1" {
+		var lim syscall.Rlimit
+		must(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))
+		lim.Cur = 64
+		must(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim))
+		var files []*os.File
+		defer func() {
+			for _, f := range files {
+				f.Close()
+			}
+		}()
+		for {
+			f, err := os.Open(os.DevNull)
+			if err != nil {
+				if !errors.Is(err, syscall.EMFILE) {
+					t.Fatal(err)
+				}
+				break
+			}
+			files = append(files, f)
+		}
+		p := newPortAllocator(39000, 39010)
+		_, err := p.Allocate("a")
+		if !errors.Is(err, ErrNoDescriptors) || !errors.Is(err, syscall.EMFILE) || errors.Is(err, ErrNoPort) {
+			t.Fatalf("Allocate without descriptors: %v; want ErrNoDescriptors (EMFILE), not ErrNoPort", err)
+		}
+		return
+	}
+	t.Parallel()
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestPortsOutOfDescriptors$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "VISOR_TEST_EMFILE_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "PASS") {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
