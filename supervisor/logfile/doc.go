@@ -30,6 +30,10 @@
 //     the writer was, so the rotated file ends with whole lines whenever the
 //     child writes whole lines (line-buffered output).
 //
+// [Rotator.Stats] counts the rotations by the mode they used, and
+// [Rotator.RotateNow] rotates a file at once instead of at Run's next batch
+// (tests force rotations with it).
+//
 // Every rotation is recorded in the extended attribute
 // "user.visor.logfile.base": on the active file, the bytes removed from its
 // head so far; on each rotated file, the logical offset of its first byte.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -106,17 +105,21 @@ func TestFollowStartAndEnd(t *testing.T) {
 }
 
 func TestFollowAcrossRotation(t *testing.T) {
-	for _, mode := range []string{"collapse", "truncate"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range []Mode{ModeCollapse, ModeTruncate} {
+		t.Run(string(mode), func(t *testing.T) {
 			t.Parallel()
-			p := filepath.Join(t.TempDir(), "out.log")
+			dir := t.TempDir()
+			if mode == ModeCollapse {
+				requireCollapse(t, dir)
+			}
+			p := filepath.Join(dir, "out.log")
 			f, err := OpenAppend(p)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer f.Close()
 			r := NewRotator(testLogger(t))
-			r.forceTruncate = mode == "truncate"
+			r.forceTruncate = mode == ModeTruncate
 			o := Options{MaxBytes: 8 << 10, MaxFiles: 3}.WithDefaults()
 			out := startFollow(t, o, p, false)
 			var want strings.Builder
@@ -154,43 +157,118 @@ func TestFollowAcrossRotation(t *testing.T) {
 	}
 }
 
+// gatedBuffer is a syncBuffer whose writes can be held: a follower writing
+// to it stops reading while held, so it falls behind the writer for sure.
+type gatedBuffer struct {
+	syncBuffer
+	mu      sync.Mutex
+	cond    *sync.Cond
+	held    bool
+	waiting int // writes blocked by the gate
+}
+
+func newGatedBuffer() *gatedBuffer {
+	g := &gatedBuffer{}
+	g.cond = sync.NewCond(&g.mu)
+	return g
+}
+
+func (g *gatedBuffer) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	for g.held {
+		g.waiting++
+		g.cond.Broadcast()
+		g.cond.Wait()
+		g.waiting--
+	}
+	g.mu.Unlock()
+	return g.syncBuffer.Write(p)
+}
+
+func (g *gatedBuffer) hold(held bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held = held
+	g.cond.Broadcast()
+}
+
+func (g *gatedBuffer) blocked() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.waiting > 0
+}
+
+// TestFollowWhileChildWritesAndRotatorRuns follows a file that a child keeps
+// appending to while Run rotates it. The follower is held (its output
+// blocks) while two rotations are forced, so it must catch up from the
+// rotated files; the child stops only after them.
 func TestFollowWhileChildWritesAndRotatorRuns(t *testing.T) {
-	t.Parallel()
-	const lines = 50_000
-	p := filepath.Join(t.TempDir(), "out.log")
-	o := Options{MaxBytes: 16 << 10, MaxFiles: 100}
-	r := NewRotator(testLogger(t))
-	r.Add(p, o)
-	startRotator(t, r)
-	f, err := OpenAppend(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := startFollow(t, o, p, false)
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=writer:%d", helperEnv, lines))
-	cmd.Stdout = f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	if err := cmd.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	waitOutput(t, out, fmt.Sprintf("line %08d\n", lines-1))
-	nums, damaged := lineNumbers(t, []byte(out.String()))
-	if len(nums) != lines || damaged != 0 {
-		t.Fatalf("followed %d lines (%d damaged), want %d", len(nums), damaged, lines)
-	}
-	for i, v := range nums {
-		if v != i {
-			t.Fatalf("line %d is %d", i, v)
-		}
-	}
-	// How many rotations happen depends on the machine's speed; following
-	// across at least one is the point.
-	if _, err := os.Stat(rotatedName(p, 1)); err != nil {
-		t.Fatalf("expected a rotation during the run: %v", err)
+	for _, mode := range []Mode{ModeCollapse, ModeTruncate} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			if mode == ModeCollapse {
+				requireCollapse(t, dir)
+			}
+			p := filepath.Join(dir, "out.log")
+			o := Options{MaxBytes: 16 << 10, MaxFiles: 1000}
+			r := NewRotator(testLogger(t))
+			r.forceTruncate = mode == ModeTruncate
+			r.Add(p, o)
+			startRotator(t, r)
+			f, err := OpenAppend(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := newGatedBuffer()
+			ctx, cancel := context.WithCancel(context.Background())
+			errCh := make(chan error, 1)
+			go func() { errCh <- o.Follow(ctx, p, false, out) }()
+			t.Cleanup(func() {
+				cancel()
+				out.hold(false)
+				if err := <-errCh; err != nil {
+					t.Errorf("Follow: %v", err)
+				}
+			})
+			out.hold(true)
+			w := startStream(t, f, 1_000_000) // at most 14 MB
+			f.Close()
+			proctest.WaitFor(t, 10*time.Second, "follower held with data to write", out.blocked)
+			for i := range 2 {
+				proctest.WaitFor(t, 10*time.Second, fmt.Sprintf("log over its limit before rotation %d", i+1), func() bool {
+					st, err := os.Stat(p)
+					return err == nil && st.Size() > o.MaxBytes
+				})
+				if got, err := r.RotateNow(p); err != nil || (got != mode && got != "") {
+					t.Fatalf("RotateNow #%d = %q, %v; want %q", i+1, got, err, mode)
+				}
+			}
+			out.hold(false)
+			lines := w.stop(t)
+			waitOutput(t, &out.syncBuffer, fmt.Sprintf("line %08d\n", lines-1))
+			stats := r.Stats()
+			used := stats.Collapse
+			if mode == ModeTruncate {
+				used = stats.Truncate
+			}
+			if used < 2 || used != stats.Collapse+stats.Truncate || stats.Failed != 0 {
+				t.Fatalf("rotations %+v: want at least 2, all in %s mode, none failed", stats, mode)
+			}
+			nums, damaged := lineNumbers(t, []byte(out.String()))
+			t.Logf("mode %s: %+v, followed %d of %d lines, %d damaged", mode, stats, len(nums), lines, damaged)
+			for i := 1; i < len(nums); i++ {
+				if nums[i] <= nums[i-1] {
+					t.Fatalf("followed line %d after %d: duplicated or reordered", nums[i], nums[i-1])
+				}
+			}
+			if mode == ModeTruncate {
+				return // may lose what is written in its two-syscall window
+			}
+			if len(nums) != lines || damaged != 0 {
+				t.Fatalf("followed %d lines (%d damaged), want %d", len(nums), damaged, lines)
+			}
+		})
 	}
 }
 

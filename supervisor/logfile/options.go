@@ -24,6 +24,10 @@ var ErrInvalidOptions = errors.New("logfile: invalid options")
 // ErrRunning is returned by [Rotator.Run] when it is already running.
 var ErrRunning = errors.New("logfile: rotator already running")
 
+// ErrNotRegistered is returned (wrapped) by [Rotator.RotateNow] for a path
+// that was not added to the Rotator.
+var ErrNotRegistered = errors.New("logfile: path not registered for rotation")
+
 // Options configures rotation and reading of one log file. The zero value
 // means all defaults.
 type Options struct {

@@ -27,6 +27,24 @@ const batchInterval = 200 * time.Millisecond
 // maxTailRounds bounds the copy rounds of truncate-mode rotation.
 const maxTailRounds = 8
 
+// Mode names how a rotation removed the head of the active file (see the
+// package doc): [ModeCollapse] loses nothing, [ModeTruncate] may lose what
+// is written during its last two system calls.
+type Mode string
+
+// The rotation modes. The empty Mode means no rotation was done.
+const (
+	ModeCollapse Mode = "collapse"
+	ModeTruncate Mode = "truncate"
+)
+
+// RotatorStats counts the rotations a [Rotator] has done, by mode.
+type RotatorStats struct {
+	Collapse uint64 // rotations in collapse mode
+	Truncate uint64 // rotations in truncate mode (including collapse fallbacks)
+	Failed   uint64 // rotations that failed (logged)
+}
+
 // Rotator rotates registered log files by size. One Rotator serves all
 // files of an agent with a single goroutine ([Rotator.Run]). Add and Remove
 // may be called at any time, from any goroutine.
@@ -38,8 +56,12 @@ type Rotator struct {
 	// forceTicker makes Run work without inotify (tests).
 	forceTicker bool
 
+	// rotMu serialises rotations: Run's and RotateNow's.
+	rotMu sync.Mutex
+
 	// mu guards everything below.
 	mu      sync.Mutex
+	stats   RotatorStats
 	files   map[string]*entry // by cleaned path
 	dirs    map[string]*dirWatch
 	wds     map[int]string // watch descriptor -> dir
@@ -267,17 +289,68 @@ func (r *Rotator) check(e entry) {
 	if err != nil || st.Size() <= e.opts.MaxBytes {
 		return
 	}
-	mode, err := r.rotate(e.path, e.opts)
-	if err != nil {
-		r.logger.Warn("log rotation failed", "path", e.path, "error", err)
-		return
+	r.rotateCounted(e.path, e.opts)
+}
+
+// RotateNow rotates the registered file path now if it is larger than its
+// MaxBytes, without waiting for Run's next batch of events, and reports the
+// mode used ("" when the file is within its limit or missing). It works
+// whether or not Run is active; rotations never overlap. A path that was not
+// added is an error ([ErrNotRegistered]).
+func (r *Rotator) RotateNow(path string) (Mode, error) {
+	path = filepath.Clean(path)
+	r.mu.Lock()
+	e, ok := r.files[path]
+	var o Options
+	if ok {
+		o = e.opts
 	}
-	r.logger.Debug("log rotated", "path", e.path, "mode", mode)
+	r.mu.Unlock()
+	if !ok {
+		return "", fmt.Errorf("%w: %s", ErrNotRegistered, path)
+	}
+	mode, err := r.rotateCounted(path, o)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	return mode, err
+}
+
+// Stats returns how many rotations r has done so far, by mode.
+func (r *Rotator) Stats() RotatorStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats
+}
+
+// rotateCounted rotates path (one rotation at a time), counts the result in
+// Stats and logs it.
+func (r *Rotator) rotateCounted(path string, o Options) (Mode, error) {
+	r.rotMu.Lock()
+	mode, err := r.rotate(path, o)
+	r.rotMu.Unlock()
+	r.mu.Lock()
+	switch {
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		r.stats.Failed++
+	case mode == ModeCollapse:
+		r.stats.Collapse++
+	case mode == ModeTruncate:
+		r.stats.Truncate++
+	}
+	r.mu.Unlock()
+	switch {
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		r.logger.Warn("log rotation failed", "path", path, "error", err)
+	case mode != "":
+		r.logger.Debug("log rotated", "path", path, "mode", mode)
+	}
+	return mode, err
 }
 
 // rotate rotates path now if it is larger than o.MaxBytes and reports the
-// mode used ("collapse" or "truncate"; "" when nothing was done).
-func (r *Rotator) rotate(path string, o Options) (string, error) {
+// mode used ("" when nothing was done). Callers serialise calls (rotMu).
+func (r *Rotator) rotate(path string, o Options) (Mode, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return "", fmt.Errorf("open: %w", err)
@@ -328,7 +401,7 @@ func (r *Rotator) rotate(path string, o Options) (string, error) {
 		case err == nil:
 			done = true
 			setBase(f, base+k, true)
-			return "collapse", dst.Close()
+			return ModeCollapse, dst.Close()
 		case !errors.Is(err, errCollapseUnsupported):
 			return "", err
 		}
@@ -355,7 +428,7 @@ func (r *Rotator) rotate(path string, o Options) (string, error) {
 	}
 	done = true
 	setBase(f, base+copied, true)
-	return "truncate", dst.Close()
+	return ModeTruncate, dst.Close()
 }
 
 // collapseLen is the block-aligned head length to collapse from a file of

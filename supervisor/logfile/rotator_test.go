@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -133,13 +132,17 @@ func TestOpenAppend(t *testing.T) {
 }
 
 func TestRotateNamesAndCount(t *testing.T) {
-	for _, mode := range []string{"collapse", "truncate"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range []Mode{ModeCollapse, ModeTruncate} {
+		t.Run(string(mode), func(t *testing.T) {
 			t.Parallel()
-			path := filepath.Join(t.TempDir(), "app.log")
+			dir := t.TempDir()
+			if mode == ModeCollapse {
+				requireCollapse(t, dir)
+			}
+			path := filepath.Join(dir, "app.log")
 			o := Options{MaxBytes: 10 << 10, MaxFiles: 3}.WithDefaults()
 			r := NewRotator(testLogger(t))
-			r.forceTruncate = mode == "truncate"
+			r.forceTruncate = mode == ModeTruncate
 			f, err := OpenAppend(path)
 			if err != nil {
 				t.Fatal(err)
@@ -187,14 +190,22 @@ func TestRotateNamesAndCount(t *testing.T) {
 	}
 }
 
+// TestRotatorRunWithWritingChild rotates a file that a child process keeps
+// appending to, with Run active: rotations are forced with RotateNow while
+// the child writes (Run rotates too, at its own pace), the child stops only
+// after them, and Run's own last rotation brings the file under its limit.
 func TestRotatorRunWithWritingChild(t *testing.T) {
-	for _, mode := range []string{"collapse", "truncate"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range []Mode{ModeCollapse, ModeTruncate} {
+		t.Run(string(mode), func(t *testing.T) {
 			t.Parallel()
-			const lines = 100_000 // 1.4 MB
-			path := filepath.Join(t.TempDir(), "logs", "out.log")
+			const forced = 4
+			dir := t.TempDir()
+			if mode == ModeCollapse {
+				requireCollapse(t, dir)
+			}
+			path := filepath.Join(dir, "logs", "out.log")
 			r := NewRotator(testLogger(t))
-			r.forceTruncate = mode == "truncate"
+			r.forceTruncate = mode == ModeTruncate
 			o := Options{MaxBytes: 32 << 10, MaxFiles: 1000}
 			r.Add(path, o)
 			startRotator(t, r)
@@ -203,44 +214,61 @@ func TestRotatorRunWithWritingChild(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cmd := exec.Command(os.Args[0])
-			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=writer:%d", helperEnv, lines))
-			cmd.Stdout = f
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
+			w := startStream(t, f, 2_000_000) // at most 28 MB
+			f.Close()                         // the child keeps writing through its own descriptor
+			for i := range forced {
+				proctest.WaitFor(t, 10*time.Second, fmt.Sprintf("log over its limit before rotation %d", i+1), func() bool {
+					st, err := os.Stat(path)
+					return err == nil && st.Size() > o.MaxBytes
+				})
+				// Run may have rotated since the check: "" is then a valid answer.
+				if got, err := r.RotateNow(path); err != nil || (got != mode && got != "") {
+					t.Fatalf("RotateNow #%d = %q, %v; want %q", i+1, got, err, mode)
+				}
 			}
-			f.Close() // the child keeps writing through its own descriptor
-			if err := cmd.Wait(); err != nil {
-				t.Fatalf("writer: %v", err)
-			}
-			proctest.WaitFor(t, 10*time.Second, "final rotation", func() bool {
+			lines := w.stop(t)
+			proctest.WaitFor(t, 10*time.Second, "final rotation by Run", func() bool {
 				st, err := os.Stat(path)
 				return err == nil && st.Size() <= o.MaxBytes
 			})
+			stats := r.Stats()
+			used := stats.Collapse
+			if mode == ModeTruncate {
+				used = stats.Truncate
+			}
+			if used < forced || used != stats.Collapse+stats.Truncate || stats.Failed != 0 {
+				t.Fatalf("rotations %+v: want at least %d, all in %s mode, none failed", stats, forced, mode)
+			}
 			nums, damaged := lineNumbers(t, readAll(t, path, o.MaxFiles))
-			rotated := 0
-			for i := 1; i <= o.MaxFiles; i++ {
-				if _, err := os.Stat(rotatedName(path, i)); err == nil {
-					rotated = i
-				}
-			}
-			if rotated < 2 { // batches are 200 ms apart; the writer may finish sooner
-				t.Fatalf("only %d rotations for %d lines", rotated, lines)
-			}
 			for i := 1; i < len(nums); i++ {
 				if nums[i] <= nums[i-1] {
 					t.Fatalf("line %d after %d: duplicated or reordered", nums[i], nums[i-1])
 				}
 			}
 			lost := lines - len(nums)
-			t.Logf("mode %s: %d rotations, %d of %d lines lost, %d damaged", mode, rotated, lost, lines, damaged)
-			if mode == "collapse" && (lost != 0 || damaged != 0) {
+			t.Logf("mode %s: %+v, %d of %d lines lost, %d damaged", mode, stats, lost, lines, damaged)
+			if mode == ModeCollapse && (lost != 0 || damaged != 0) {
 				t.Fatalf("collapse mode lost %d lines, damaged %d", lost, damaged)
+			}
+			if len(nums) == 0 || nums[len(nums)-1] != lines-1 {
+				t.Fatalf("last line kept is not the last written (%d)", lines-1)
 			}
 			// Truncate mode may lose what is written in its two-syscall window
 			// (more under -race on a busy machine); it never duplicates.
 		})
+	}
+}
+
+func TestRotateNowUnregistered(t *testing.T) {
+	t.Parallel()
+	r := NewRotator(nil)
+	p := filepath.Join(t.TempDir(), "a.log")
+	if _, err := r.RotateNow(p); !errors.Is(err, ErrNotRegistered) || !strings.Contains(err.Error(), p) {
+		t.Fatalf("RotateNow of an unregistered path = %v, want ErrNotRegistered naming it", err)
+	}
+	r.Add(p, Options{MaxBytes: 1 << 10})
+	if got, err := r.RotateNow(p); got != "" || err != nil { // registered, not created yet
+		t.Fatalf("RotateNow of a missing file = %q, %v; want nothing done", got, err)
 	}
 }
 
@@ -343,11 +371,15 @@ func BenchmarkRotatorScan1000(b *testing.B) {
 // (the time during which the active file's head is being moved).
 func BenchmarkRotate10MiB(b *testing.B) {
 	chunk := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq\n"), 16<<10) // 1 MiB
-	for _, mode := range []string{"collapse", "truncate"} {
-		b.Run(mode, func(b *testing.B) {
-			path := filepath.Join(b.TempDir(), "app.log")
+	for _, mode := range []Mode{ModeCollapse, ModeTruncate} {
+		b.Run(string(mode), func(b *testing.B) {
+			dir := b.TempDir()
+			if mode == ModeCollapse {
+				requireCollapse(b, dir)
+			}
+			path := filepath.Join(dir, "app.log")
 			r := NewRotator(nil)
-			r.forceTruncate = mode == "truncate"
+			r.forceTruncate = mode == ModeTruncate
 			o := Options{MaxBytes: 10 << 20, MaxFiles: 2}.WithDefaults()
 			f, err := OpenAppend(path)
 			if err != nil {

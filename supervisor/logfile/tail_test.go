@@ -216,27 +216,31 @@ func TestTailJoinsLineCutByRotation(t *testing.T) {
 
 	// After real collapse rotations (cuts at block boundaries) Tail still
 	// returns every line whole.
-	q := filepath.Join(t.TempDir(), "real.log")
-	f, err := OpenAppend(q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r := NewRotator(nil)
-	o := Options{MaxBytes: 8 << 10, MaxFiles: 10}.WithDefaults()
-	var want []string
-	for i := range 5000 {
-		l := fmt.Sprintf("line %08d", i)
-		want = append(want, l)
-		appendTo(t, f, l+"\n")
-		if i%1000 == 999 {
-			if mode, err := r.rotate(q, o); err != nil || mode != "collapse" {
-				t.Fatalf("rotate = %q, %v", mode, err)
+	t.Run("after collapse rotations", func(t *testing.T) {
+		qdir := t.TempDir()
+		requireCollapse(t, qdir)
+		q := filepath.Join(qdir, "real.log")
+		f, err := OpenAppend(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		r := NewRotator(nil)
+		o := Options{MaxBytes: 8 << 10, MaxFiles: 10}.WithDefaults()
+		var want []string
+		for i := range 5000 {
+			l := fmt.Sprintf("line %08d", i)
+			want = append(want, l)
+			appendTo(t, f, l+"\n")
+			if i%1000 == 999 {
+				if mode, err := r.rotate(q, o); err != nil || mode != ModeCollapse {
+					t.Fatalf("rotate = %q, %v", mode, err)
+				}
 			}
 		}
-	}
-	got, err = o.Tail(q, 5000)
-	if err != nil || fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
-		t.Fatalf("Tail after collapse rotations: %d lines, %v", len(got), err)
-	}
+		got, err := o.Tail(q, 5000)
+		if err != nil || fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+			t.Fatalf("Tail after collapse rotations: %d lines, %v", len(got), err)
+		}
+	})
 }
