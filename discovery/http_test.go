@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // api is a handler on a real HTTP server with a running Registrar.
@@ -320,30 +322,56 @@ func TestClientWatchAndKeep(t *testing.T) {
 	defer cancel()
 	events := a.cl.Watch(ctx, "payments", resp.Revision)
 
+	// Keep's registration and then another one, b, with the same TTL that
+	// nobody renews: b expires after Keep's first deadline, and Keep's
+	// renewals (every TTL/3) must carry its registration past that. A stall
+	// of up to two thirds of the TTL cannot break this.
+	ttl := testtime.Scaled(4 * time.Second)
 	keepCtx, stopKeep := context.WithCancel(a.ctx)
 	kept := make(chan error, 1)
 	go func() {
-		kept <- a.cl.Keep(keepCtx, "payments@3.1.0", RegisterRequest{Address: "192.0.2.9", Port: 7000, TTL: TTL(time.Second)})
+		kept <- a.cl.Keep(keepCtx, "payments@3.1.0", RegisterRequest{Address: "192.0.2.9", Port: 7000, TTL: TTL(ttl)})
 	}()
-	first := <-events
+	keepDone := false
+	defer func() {
+		if !keepDone {
+			stopKeep()
+			<-kept
+		}
+	}()
+	next := func(what string) Event {
+		t.Helper()
+		select {
+		case ev := <-events:
+			return ev
+		case <-time.After(ttl + testtime.Scaled(10*time.Second)):
+			t.Fatalf("no event within %v of the TTL: want %s", testtime.Scaled(10*time.Second), what)
+			return Event{}
+		}
+	}
+	first := next("Keep's registration")
 	if first.Err != nil || first.Type != EventRegister || first.Endpoint.Version != "3.1.0" || first.Endpoint.Port != 7000 {
 		t.Fatalf("first event = %+v", first)
 	}
-	// Keep renews at TTL/3: the registration outlives several TTLs.
-	outlive := time.NewTimer(2500 * time.Millisecond)
-	select {
-	case ev := <-events:
-		t.Fatalf("unexpected event while Keep renews: %+v", ev)
-	case <-outlive.C:
+	b, err := a.cl.Register(a.ctx, "payments@3.1.0", RegisterRequest{Address: "192.0.2.9", Port: 7001, TTL: TTL(ttl)})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if eps, err := a.cl.Lookup(a.ctx, "payments", "^3", true); err != nil || len(eps) != 1 {
+	if ev := next("b's registration"); ev.Err != nil || ev.Type != EventRegister || ev.Endpoint.ID != b.ID {
+		t.Fatalf("second event = %+v, want b's registration %s", ev, b.ID)
+	}
+	if ev := next("b freed by its TTL"); ev.Err != nil || ev.Type != EventFree || ev.Endpoint.ID != b.ID {
+		t.Fatalf("event after b's TTL = %+v, want b (%s) freed and the kept %s still there", ev, b.ID, first.Endpoint.ID)
+	}
+	if eps, err := a.cl.Lookup(a.ctx, "payments", "^3", true); err != nil || len(eps) != 1 || eps[0].ID != first.Endpoint.ID {
 		t.Fatalf("lookup while kept = %v, %v", eps, err)
 	}
 	stopKeep()
+	keepDone = true
 	if err := <-kept; err != nil {
 		t.Fatalf("Keep = %v", err)
 	}
-	freed := <-events
+	freed := next("Keep's registration freed")
 	if freed.Type != EventFree || freed.Endpoint.ID != first.Endpoint.ID || freed.Revision <= first.Revision {
 		t.Fatalf("after Keep stopped: %+v", freed)
 	}

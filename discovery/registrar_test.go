@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 func externalEndpoint(service, version string, port int) Endpoint {
@@ -40,42 +41,59 @@ func TestRegistrarExpiresWithoutRenewal(t *testing.T) {
 	}
 }
 
+// TestRegistrarSurvivesWhenRenewedWithoutWrites registers a, then b, with
+// the same TTL, and renews only a until b expires. b's deadline is later
+// than a's first one, so a outlived its first deadline only by its
+// renewals; they wrote nothing to etcd (b's delete is the only write). The
+// TTL is long enough that a stall of the test of up to 90% of it between
+// two renewals does not expire a.
 func TestRegistrarSurvivesWhenRenewedWithoutWrites(t *testing.T) {
 	f := newFixture(t)
 	reg := NewRegistrar(f.store, 0, RegistrarConfig{Logger: testLogger(t)})
 	runRegistrar(t, reg)
 
-	ep, err := reg.Register(f.ctx, "client-a", externalEndpoint("payments", "1.0.0", 9000), time.Second)
+	ttl := testtime.Scaled(3 * time.Second)
+	a, err := reg.Register(f.ctx, "client-a", externalEndpoint("payments", "1.0.0", 9000), ttl)
 	if err != nil {
-		t.Fatalf("register: %v", err)
+		t.Fatalf("register a: %v", err)
+	}
+	b, err := reg.Register(f.ctx, "client-b", externalEndpoint("payments", "1.0.0", 9001), ttl)
+	if err != nil {
+		t.Fatalf("register b: %v", err)
 	}
 	before := f.revision(t)
-	// Heartbeat at TTL/3 for three TTLs.
-	beat := time.NewTicker(300 * time.Millisecond)
+	beat := time.NewTicker(ttl / 10)
 	defer beat.Stop()
-	end := time.NewTimer(3 * time.Second)
-	defer end.Stop()
-	renewals := 0
-loop:
+	timeout := time.NewTimer(ttl + testtime.Scaled(10*time.Second))
+	defer timeout.Stop()
+	renewed, renewals := a, 0
 	for {
+		if _, ok := reg.Registration(b.ID); !ok {
+			break
+		}
 		select {
 		case <-beat.C:
-			if _, err := reg.Renew(f.ctx, ep.ID); err != nil {
-				t.Fatalf("renew %d: %v", renewals, err)
+			ep, err := reg.Renew(f.ctx, a.ID)
+			if err != nil {
+				t.Fatalf("renew %d of a: %v", renewals+1, err)
 			}
-			renewals++
-		case <-end.C:
-			break loop
+			renewed, renewals = ep, renewals+1
+		case <-timeout.C:
+			t.Fatalf("b did not expire within %v of its TTL %v", timeout, ttl)
 		}
 	}
-	if n := f.keys(t); n != 1 {
-		t.Fatalf("after %d renewals %d keys are stored, want 1", renewals, n)
+	proctest.WaitFor(t, 10*time.Second, "b's key deleted", func() bool { return f.keys(t) == 1 })
+	if _, ok := reg.Registration(a.ID); !ok {
+		t.Fatalf("a expired with b although it was renewed %d times", renewals)
 	}
-	if after := f.revision(t); after != before {
-		t.Fatalf("%d renewals moved the etcd revision from %d to %d; want no writes", renewals, before, after)
+	if !renewed.Expires.After(b.Expires) {
+		t.Fatalf("after %d renewals a expires at %v, not after b's deadline %v", renewals, renewed.Expires, b.Expires)
+	}
+	if after := f.revision(t); after != before+1 {
+		t.Fatalf("%d renewals and one expiry moved the etcd revision from %d to %d; want one write (the expiry)", renewals, before, after)
 	}
 	// Stop renewing: it goes.
-	proctest.WaitFor(t, 5*time.Second, "expiry after renewals stop", func() bool { return f.keys(t) == 0 })
+	proctest.WaitFor(t, ttl+10*time.Second, "expiry after renewals stop", func() bool { return f.keys(t) == 0 })
 }
 
 func TestRegistrarFreeAndCap(t *testing.T) {
