@@ -181,6 +181,20 @@ func (a *Agent) HTTPAddr() string {
 // Supervisor returns the agent's supervisor (for the local API and tests).
 func (a *Agent) Supervisor() *supervisor.Supervisor { return a.sup }
 
+// ShutdownTimeout bounds the agent's own work once Run's context ends:
+// releasing the tickets it had claimed shares drainTimeout, then the final
+// state writes (and, with Config.StopOnExit, stopping the instances) take at
+// most finalTimeout. Run returns about ShutdownTimeout after ctx ends at
+// the latest, even with etcd unreachable; a service manager should allow
+// more than that between SIGTERM and SIGKILL (the unit's TimeoutStopSec is
+// 30 s).
+const ShutdownTimeout = drainTimeout + finalTimeout
+
+const (
+	drainTimeout = 2 * time.Second
+	finalTimeout = 4 * time.Second
+)
+
 // Run runs the agent until ctx ends: supervisor, local API, registry
 // session, ticket loop and state writer. On return every goroutine it
 // started has exited. Instances keep running unless Config.StopOnExit.
@@ -274,8 +288,8 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.cfg.Stopping()
 	a.log.Info("agent shutting down", "stop_instances", a.cfg.StopOnExit)
-	// Bounded final work: the agent must exit within about 5 s.
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 4*time.Second)
+	// Bounded final work (see ShutdownTimeout).
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalTimeout)
 	defer cancel()
 	if a.cfg.StopOnExit {
 		a.stopAll(fctx, "agent shutdown")

@@ -20,6 +20,7 @@ import (
 
 	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
 )
@@ -35,7 +36,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	c := etcdtest.New(t)
 	reg := registry.New(c.Client(t), etcdtest.Prefix(t), hclog.NewNullLogger())
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(2*time.Minute))
 	t.Cleanup(cancel)
 	f := &fixture{reg: reg, ctx: ctx}
 	must(t, f.app("demo", "sleep 1h"))
@@ -100,7 +101,8 @@ func (f *fixture) startAgent(t *testing.T, host, dataDir string, mod func(*Confi
 	return ta
 }
 
-// stop cancels the agent and waits for Run to return (at most 10 s).
+// stop cancels the agent and waits for Run to return (its ShutdownTimeout
+// and a margin, scaled).
 func (ta *testAgent) stop(t *testing.T) {
 	t.Helper()
 	if ta.done == nil {
@@ -112,8 +114,8 @@ func (ta *testAgent) stop(t *testing.T) {
 		if err != nil {
 			t.Errorf("agent Run: %v", err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Errorf("agent did not stop within 10s")
+	case <-time.After(testtime.Scaled(ShutdownTimeout + 5*time.Second)):
+		t.Errorf("agent did not stop within %v", testtime.Scaled(ShutdownTimeout+5*time.Second))
 	}
 	ta.done = nil
 }

@@ -275,11 +275,11 @@ func (p *pipeline) execLoop() {
 }
 
 // drain returns the context releases at shutdown use: one deadline for
-// all of them, 2 s from the first, so that shutdown stays quick even with
-// many claimed tickets and etcd unreachable.
+// all of them, drainTimeout from the first, so that shutdown stays quick
+// even with many claimed tickets and etcd unreachable.
 func (p *pipeline) drain() context.Context {
 	p.drainOnce.Do(func() {
-		p.drainCtx, p.drainCancel = context.WithTimeout(context.WithoutCancel(p.ctx), 2*time.Second)
+		p.drainCtx, p.drainCancel = context.WithTimeout(context.WithoutCancel(p.ctx), drainTimeout)
 	})
 	return p.drainCtx
 }

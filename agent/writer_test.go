@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
 )
@@ -65,7 +66,7 @@ func stopLocally(t *testing.T, a *testAgent, id string) {
 // flushBounded runs flushOne with a caller context far longer than the
 // writer's own bound and returns how long it took.
 func flushBounded(a *testAgent, id string) time.Duration {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(20*time.Second))
 	defer cancel()
 	began := time.Now()
 	a.writer.flushOne(ctx, id)

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // startDNS runs a DNSServer on loopback until the test ends and returns
@@ -77,7 +79,7 @@ func TestDNSAnswersSRVAndA(t *testing.T) {
 	for _, network := range []string{"udp", "tcp"} {
 		t.Run(network, func(t *testing.T) {
 			r := resolverFor(addr, network)
-			ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
+			ctx, cancel := context.WithTimeout(f.ctx, testtime.Scaled(10*time.Second))
 			defer cancel()
 
 			_, srvs, err := r.LookupSRV(ctx, "", "", "api.web.visor.")
@@ -152,7 +154,7 @@ func TestDNSRunStopsAndReportsListenErrors(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Run = %v after cancel, want nil", err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(testtime.Scaled(10 * time.Second)):
 		t.Fatal("Run did not return after cancel")
 	}
 }

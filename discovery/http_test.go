@@ -220,7 +220,7 @@ type sseEvent struct {
 // readSSE reads n events from a watch stream opened with the given headers.
 func readSSE(t *testing.T, a *api, path string, n int, header ...string) []sseEvent {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(a.ctx, testtime.Scaled(10*time.Second))
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.srv.URL+path, nil)
 	if err != nil {

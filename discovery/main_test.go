@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/visorhq/visor/internal/etcdtest"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 func TestMain(m *testing.M) {
@@ -34,7 +35,7 @@ func newFixture(t *testing.T) *fixture {
 	c := etcdtest.New(t)
 	cli := c.Client(t)
 	prefix := etcdtest.Prefix(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(60*time.Second))
 	t.Cleanup(cancel)
 	return &fixture{cli: cli, prefix: prefix, store: NewStore(cli, prefix, testLogger(t)), ctx: ctx}
 }

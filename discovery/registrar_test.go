@@ -216,7 +216,7 @@ func TestRegistrarRunReturnsOnCancel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Run = %v, want nil on cancel", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testtime.Scaled(5 * time.Second)):
 		t.Fatal("Run did not return after cancel")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 func ids(eps []Endpoint) []string {
@@ -222,7 +224,7 @@ func TestStoreWatchInOrderAndResumes(t *testing.T) {
 
 	collect := func(from int64, n int) []Event {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
+		ctx, cancel := context.WithTimeout(f.ctx, testtime.Scaled(10*time.Second))
 		defer cancel()
 		events := s.Watch(ctx, "web.api", from)
 		var got []Event
@@ -281,7 +283,7 @@ func TestStoreWatchCompacted(t *testing.T) {
 	if _, err := f.cli.Compact(f.ctx, f.revision(t), clientv3.WithCompactPhysical()); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(f.ctx, testtime.Scaled(10*time.Second))
 	defer cancel()
 	events := f.store.Watch(ctx, "web.api", from)
 	ev := <-events

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // nfpm is the packager, run through the Go toolchain like `make package`.
@@ -265,7 +267,7 @@ func TestDebPackage(t *testing.T) {
 // debPackage is TestDebPackage's body, run in the mount namespace.
 func debPackage(t *testing.T) {
 	checkMachineFree(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(8*time.Minute))
 	defer cancel()
 
 	deb := buildDeb(t, ctx)
@@ -515,6 +517,7 @@ func devSmoke(t *testing.T, ctx context.Context) {
 	}()
 	await := func(want string, d time.Duration) {
 		t.Helper()
+		d = testtime.Scaled(d)
 		timer := time.NewTimer(d)
 		defer timer.Stop()
 		for {
@@ -542,8 +545,8 @@ func devSmoke(t *testing.T, ctx context.Context) {
 		if err != nil {
 			t.Fatalf("agent exit after SIGTERM: %v", err)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("agent did not exit within 30s of SIGTERM")
+	case <-time.After(testtime.Scaled(30 * time.Second)):
+		t.Fatalf("agent did not exit within %v of SIGTERM", testtime.Scaled(30*time.Second))
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 func TestBadInput(t *testing.T) {
@@ -162,6 +164,7 @@ func TestBadInput(t *testing.T) {
 func collect[T any](t *testing.T, ch <-chan T, d time.Duration, stop func([]T) bool) []T {
 	t.Helper()
 	var got []T
+	d = testtime.Scaled(d)
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for !stop(got) {
@@ -286,7 +289,7 @@ func TestWatchTicketsCompacted(t *testing.T) {
 	go func() { done <- w.watch(ctx, 2) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(testtime.Scaled(10 * time.Second)):
 		t.Fatal("watch from a compacted revision did not end")
 	}
 	if len(ch) != 0 {

@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // The test binary becomes a claimer process when claimerEnv names a host.
@@ -38,7 +39,7 @@ func claim(ctx context.Context, r *Registry, host string, batch int, claimed fun
 		return err
 	}
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), testtime.Scaled(5*time.Second))
 		defer cancel()
 		s.Close(cctx)
 	}()
@@ -240,7 +241,7 @@ func claimRace(t *testing.T, r *Registry, cli *clientv3.Client, hosts []string, 
 		}
 		return true
 	}
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(testtime.Scaled(30 * time.Second))
 	for !holderReported() {
 		select {
 		case <-reported:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // setupWeb is setup with web/v1/worker seeded, and a test context.
@@ -137,7 +138,7 @@ func TestHostLeaseLoss(t *testing.T) {
 		must(t, err)
 		select {
 		case <-s.Done():
-		case <-time.After(10 * time.Second):
+		case <-time.After(testtime.Scaled(10 * time.Second)):
 			t.Fatal("Done not closed after the lease was revoked")
 		}
 		tk := startTicket(t, r, "web", "worker")

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/visorhq/visor/internal/etcdtest"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 func TestMain(m *testing.M) {
@@ -57,7 +58,7 @@ func setup(t testing.TB) (*Registry, *clientv3.Client, *etcdtest.Cluster) {
 }
 
 func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(2*time.Minute))
 	t.Cleanup(cancel)
 	return ctx
 }

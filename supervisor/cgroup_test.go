@@ -68,7 +68,7 @@ func TestStopKillsWholeCgroup(t *testing.T) {
 	if _, err := h.Stop(ctx, spec.ID); err != nil {
 		t.Fatal(err)
 	}
-	proctest.WaitFor(t, 3*time.Second, "escapee gone", func() bool { return !proctest.Alive(pid) })
+	proctest.WaitFor(t, 20*time.Second, "escapee gone", func() bool { return !proctest.Alive(pid) })
 	if err := h.Remove(spec.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // helperEnv makes the test binary run a workload of this package's own
@@ -168,7 +169,7 @@ func start(t testing.TB, cfg Config) *harness {
 			return // the test stopped Run itself
 		default:
 		}
-		ctx, cancelStop := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancelStop := context.WithTimeout(context.Background(), testtime.Scaled(30*time.Second))
 		defer cancelStop()
 		for _, st := range s.List() {
 			if _, err := s.Stop(ctx, st.ID); err != nil {
@@ -215,7 +216,7 @@ func isSubsequence(have, want []State) bool {
 }
 
 func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(60*time.Second))
 	t.Cleanup(cancel)
 	return ctx
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/supervisor/restart"
 )
 
@@ -280,7 +281,7 @@ func TestAdoptedLeaderExitKillsGroup(t *testing.T) {
 	if err != nil || st.State != StateExited {
 		t.Fatalf("Wait() = %+v, %v", st, err)
 	}
-	proctest.WaitFor(t, 3*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
+	proctest.WaitFor(t, 20*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
 }
 
 // TestRestoreRefusedStopSignal: a record persisted with a stop signal now
@@ -308,7 +309,7 @@ func TestRestoreRefusedStopSignal(t *testing.T) {
 	if restored, err := h2.Restore(ctx); err != nil || len(restored) != 1 || !restored[0].Adopted {
 		t.Fatalf("Restore() = %+v, %v", restored, err)
 	}
-	stopCtx, cancel := context.WithTimeout(ctx, 20*time.Second) // well within StopTimeout
+	stopCtx, cancel := context.WithTimeout(ctx, testtime.Scaled(20*time.Second)) // well within StopTimeout
 	defer cancel()
 	st, err := h2.Stop(stopCtx, "paused")
 	if err != nil || st.Signal != "TERM" {
@@ -355,7 +356,7 @@ func TestRestoreFinishesStop(t *testing.T) {
 	h1 := start(t, Config{StateDir: dir})
 	ready := filepath.Join(t.TempDir(), "ready")
 	spec := Spec{ID: "halfway", Command: proctest.Command("ignore-sigterm", ready), Env: proctest.Env(),
-		StopTimeout: 500 * time.Millisecond}
+		StopTimeout: testtime.Scaled(3 * time.Second)} // outlasts the short stop and stopRun, even on a stalled machine
 	first, err := h1.Start(ctxT(t), spec)
 	if err != nil {
 		t.Fatal(err)

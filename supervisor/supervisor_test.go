@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/supervisor/restart"
 )
 
@@ -253,7 +254,7 @@ func TestStopLeavesNoGrandchild(t *testing.T) {
 	if _, err := h.Stop(ctx, "family"); err != nil {
 		t.Fatal(err)
 	}
-	proctest.WaitFor(t, 3*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
+	proctest.WaitFor(t, 20*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
 	if proctest.Alive(st.PID) {
 		t.Fatal("leader alive after Stop")
 	}
@@ -277,7 +278,7 @@ func TestCrashLeavesNoGrandchild(t *testing.T) {
 	if err != nil || st.Signal != "KILL" {
 		t.Fatalf("Wait() = %+v, %v", st, err)
 	}
-	proctest.WaitFor(t, 3*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
+	proctest.WaitFor(t, 20*time.Second, "grandchild gone", func() bool { return !proctest.Alive(gc) })
 }
 
 func TestSignals(t *testing.T) {
@@ -373,7 +374,9 @@ func TestRestartAbandoned(t *testing.T) {
 	t.Parallel()
 	h := start(t, Config{})
 	ctx := ctxT(t)
-	startStubborn(t, h, 2*time.Second)
+	// The restart's stop outlasts the short context even if the machine
+	// stalls for seconds.
+	startStubborn(t, h, testtime.Scaled(3*time.Second))
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	if _, err := h.Restart(short, "stubborn"); !errors.Is(err, context.DeadlineExceeded) {
@@ -488,8 +491,8 @@ func TestExecCheckLeavesNoProcess(t *testing.T) {
 		timeout      time.Duration
 		pass         bool
 	}{
-		{"timeout", "sleep 30; true", 200 * time.Millisecond, false},
-		{"background", "sleep 30 & exit 0", 10 * time.Second, true},
+		{"timeout", "sleep 300; true", 200 * time.Millisecond, false},
+		{"background", "sleep 300 & exit 0", 10 * time.Second, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -505,10 +508,12 @@ func TestExecCheckLeavesNoProcess(t *testing.T) {
 			if (err == nil) != tc.pass {
 				t.Fatalf("probe() = %v, want pass %v", err, tc.pass)
 			}
-			if d := time.Since(began); d > 5*time.Second {
-				t.Fatalf("probe took %v", d)
+			// It returns at the check's timeout or exit, not when the
+			// script's sleep ends.
+			if d := time.Since(began); d > testtime.Scaled(20*time.Second) {
+				t.Fatalf("probe took %v: it waited for the script's background sleep", d)
 			}
-			proctest.WaitFor(t, 3*time.Second, "no process of the check left", func() bool {
+			proctest.WaitFor(t, 20*time.Second, "no process of the check left", func() bool {
 				return len(markedPids(t, mark)) == 0
 			})
 		})

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // listenNotify opens a unixgram socket like systemd's notify socket and
@@ -24,7 +26,7 @@ func listenNotify(t *testing.T, name string) *net.UnixConn {
 
 func readDatagram(t *testing.T, conn *net.UnixConn) string {
 	t.Helper()
-	if err := conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+	if err := conn.SetReadDeadline(time.Now().Add(testtime.Scaled(5 * time.Second))); err != nil {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 4096)

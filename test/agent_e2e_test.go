@@ -13,6 +13,7 @@ import (
 
 	"github.com/visorhq/visor/internal/e2etest"
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -53,14 +54,17 @@ func waitNoWorkloads(t *testing.T, c *cluster, d time.Duration) {
 func TestKill9AndRestartWithinTTLKeepsInstances(t *testing.T) {
 	c := newCluster(t)
 	c.app("sticky")
-	a := c.startAgent("host-a")
+	// A TTL that the restart below fits in even when the machine stalls
+	// (starting the agent binary can take seconds under load).
+	ttl := testtime.Scaled(30 * time.Second).String()
+	a := c.startAgent("host-a", "-ttl", ttl)
 	_, err := c.reg.Scale(c.ctx, "sticky", "v1", "web", 5)
 	must(t, err)
 	before := c.waitSettled("sticky", 5, time.Minute)
 
 	a.signal(syscall.SIGKILL)
 	a.wait(t, 5*time.Second)
-	c.startAgent("host-a") // well inside the 3 s TTL
+	c.startAgent("host-a", "-ttl", ttl) // well inside the TTL
 	// Let the new agent register and adopt, then compare.
 	var after map[string]registry.Instance
 	proctest.WaitFor(t, 30*time.Second, "host-a back with 5 running instances", func() bool {
@@ -128,7 +132,7 @@ func TestSIGTERMLeavesInstancesRunning(t *testing.T) {
 	before := c.waitSettled("calm", 2, time.Minute)
 	start := time.Now()
 	a.signal(syscall.SIGTERM)
-	if !a.wait(t, 5*time.Second) {
+	if !a.wait(t, e2etest.AgentExitWait) {
 		return
 	}
 	t.Logf("agent exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
@@ -164,7 +168,7 @@ func TestDevAgentWithCLI(t *testing.T) {
 		_ = dev.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
-		case <-time.After(10 * time.Second):
+		case <-time.After(testtime.Scaled(e2etest.AgentExitWait)):
 			_ = dev.Process.Kill()
 			<-exited
 		}

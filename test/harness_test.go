@@ -20,6 +20,7 @@ import (
 	"github.com/visorhq/visor/internal/e2etest"
 	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -50,7 +51,7 @@ func newCluster(t *testing.T) *cluster {
 	bin := e2etest.VisorBinary(t)
 	e := etcdtest.New(t)
 	prefix := etcdtest.Prefix(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(10*time.Minute))
 	t.Cleanup(cancel)
 	c := &cluster{
 		t:      t,
@@ -122,7 +123,7 @@ func (c *cluster) startAgent(host string, extra ...string) *agentProc {
 		"-data-dir", dataDir,
 		"-run-dir", filepath.Join(dataDir, "run"),
 		"-http-addr", "off",
-		"-ttl", "5s",
+		"-ttl", testtime.Scaled(5 * time.Second).String(),
 		"-cgroups", "none",
 		"-log-level", "debug",
 	}, extra...)
@@ -149,7 +150,7 @@ func (c *cluster) startAgent(host string, extra ...string) *agentProc {
 	c.mu.Unlock()
 	c.t.Cleanup(func() {
 		a.signal(syscall.SIGTERM)
-		a.wait(c.t, 10*time.Second)
+		a.wait(c.t, e2etest.AgentExitWait)
 		if c.t.Failed() {
 			a.logMu.Lock()
 			c.t.Logf("agent %s log:\n%s", host, a.log.String())
@@ -165,8 +166,10 @@ func (a *agentProc) signal(sig syscall.Signal) {
 	}
 }
 
-// wait waits for the agent process to exit and reports whether it did.
+// wait waits for the agent process to exit and reports whether it did; d
+// is scaled by testtime.
 func (a *agentProc) wait(t testing.TB, d time.Duration) bool {
+	d = testtime.Scaled(d)
 	select {
 	case <-a.done:
 		return true
@@ -222,6 +225,7 @@ func (c *cluster) waitSettled(app string, n int, timeout time.Duration) map[stri
 	c.t.Helper()
 	var got map[string]registry.Instance
 	var why string
+	timeout = testtime.Scaled(timeout)
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -125,7 +126,7 @@ func (h *harness) registry() *registry.Registry {
 
 // ctx returns a context bounded for one test step.
 func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(30*time.Second))
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -375,7 +376,7 @@ func registerHost(t *testing.T, r *registry.Registry, id string) *registry.HostS
 		t.Fatalf("register host %s: %v", id, err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(5*time.Second))
 		defer cancel()
 		sess.Close(ctx)
 	})

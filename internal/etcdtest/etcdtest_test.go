@@ -4,12 +4,14 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 func TestNewServesPutGet(t *testing.T) {
 	c := New(t)
 	cli := c.Client(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(10*time.Second))
 	defer cancel()
 	if _, err := cli.Put(ctx, Prefix(t)+"k", "v"); err != nil {
 		t.Fatalf("put: %v", err)
@@ -28,7 +30,7 @@ func TestStopStartKeepsData(t *testing.T) {
 	c := New(t)
 	cli := c.Client(t)
 	key := Prefix(t) + "k"
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(30*time.Second))
 	defer cancel()
 	if _, err := cli.Put(ctx, key, "v"); err != nil {
 		t.Fatalf("put: %v", err)

@@ -7,6 +7,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // TestResponsesStopsWithContext: the loop ends when ctx does, even though
@@ -32,7 +34,7 @@ func TestResponsesStopsWithContext(t *testing.T) {
 		if n != 1 {
 			t.Errorf("got %d responses, want 1", n)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(testtime.Scaled(10 * time.Second)):
 		t.Fatal("Responses did not end with its context")
 	}
 }

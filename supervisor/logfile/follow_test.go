@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // syncBuffer is a goroutine-safe bytes.Buffer.
@@ -347,7 +348,7 @@ func (failWriter) Write([]byte) (int, error) { return 0, errSink }
 
 func TestFollowErrors(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(10*time.Second))
 	defer cancel()
 	p := filepath.Join(t.TempDir(), "out.log")
 	writeFile(t, p, "data\n")

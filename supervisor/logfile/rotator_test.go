@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/visorhq/visor/internal/proctest"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
@@ -325,7 +326,7 @@ func TestRotatorRunTwice(t *testing.T) {
 	t.Parallel()
 	r := NewRotator(nil)
 	startRotator(t, r)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(5*time.Second))
 	defer cancel()
 	if err := r.Run(ctx); !errors.Is(err, ErrRunning) {
 		t.Fatalf("second Run = %v, want ErrRunning", err)
