@@ -140,8 +140,8 @@ func checkMachineFree(t *testing.T) {
 			t.Fatalf("a visor package %s is installed on this machine; the package test will not touch it", v)
 		}
 		t.Logf("purging visor %s left by an interrupted run", v)
-		if out, err := exec.Command("dpkg", "-P", "visor").CombinedOutput(); err != nil {
-			t.Fatalf("dpkg -P visor: %v\n%s", err, out)
+		if _, err := systemDpkg().run(context.Background(), nil, "-P", "visor"); err != nil {
+			t.Fatal(err)
 		}
 	}
 	for _, p := range hostPaths {
@@ -240,7 +240,7 @@ func TestDebPackage(t *testing.T) {
 		}
 	})
 	cmd := exec.Command(unshare, "--mount", "--propagation", "private", "--",
-		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=9m")
+		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout="+testtime.Scaled(9*time.Minute).String())
 	cmd.Env = append(os.Environ(), nsEnv+"=1")
 	// The test in the namespace dies with this one, even when this one is
 	// killed or times out (unshare execs it, keeping the signal).
@@ -276,8 +276,8 @@ func debPackage(t *testing.T) {
 	// Whatever happens below, leave the machine as it was.
 	t.Cleanup(func() {
 		if installedVersion() != "" {
-			if out, err := exec.Command("dpkg", "-P", "visor").CombinedOutput(); err != nil {
-				t.Errorf("cleanup: dpkg -P visor: %v\n%s", err, out)
+			if _, err := systemDpkg().run(context.Background(), nil, "-P", "visor"); err != nil {
+				t.Errorf("cleanup: %v", err)
 			}
 		}
 		for _, p := range hostPaths {
@@ -288,7 +288,7 @@ func debPackage(t *testing.T) {
 		}
 	})
 
-	runCmd(t, ctx, "/", []string{"VISOR_SYSTEM_USER=" + testUser}, "dpkg", "-i", deb)
+	mustDpkg(t, ctx, []string{"VISOR_SYSTEM_USER=" + testUser}, "-i", deb)
 	if v := installedVersion(); v != pkgVersion+"-1" {
 		t.Fatalf("installed version %q, want %s-1", v, pkgVersion)
 	}
@@ -390,7 +390,7 @@ func debPackage(t *testing.T) {
 		}
 		// Same package again: prerm upgrade, then postinst configure with
 		// the old version, as on an upgrade. No user is configured now.
-		runCmd(t, ctx, "/", []string{"VISOR_SYSTEM_USER="}, "dpkg", "-i", deb)
+		mustDpkg(t, ctx, []string{"VISOR_SYSTEM_USER="}, "-i", deb)
 		if got, err := os.ReadFile("/etc/visor/agent.json"); err != nil || !bytes.Equal(got, edited) {
 			t.Errorf("edited config replaced on reinstall (%v):\n%s", err, got)
 		}
@@ -414,7 +414,7 @@ func debPackage(t *testing.T) {
 	if err := os.WriteFile(state, []byte("{}"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	runCmd(t, ctx, "/", nil, "dpkg", "-r", "visor")
+	mustDpkg(t, ctx, nil, "-r", "visor")
 	t.Run("removed", func(t *testing.T) {
 		for _, p := range []string{"/usr/bin/visor", "/lib/systemd/system/visor-agent.service", "/usr/lib/tmpfiles.d/visor.conf", "/usr/share/doc/visor", "/run/visor"} {
 			if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
@@ -432,7 +432,7 @@ func debPackage(t *testing.T) {
 		}
 	})
 
-	runCmd(t, ctx, "/", nil, "dpkg", "-P", "visor")
+	mustDpkg(t, ctx, nil, "-P", "visor")
 	t.Run("purged", func(t *testing.T) {
 		for _, p := range hostPaths {
 			if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
