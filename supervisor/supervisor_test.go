@@ -115,20 +115,23 @@ func TestCrashRestartWithBackoff(t *testing.T) {
 // TestCrashLoopGrowsCapsResets runs a real crash loop: runs 1-4 crash at
 // once, run 5 lives longer than ResetAfter, run 6 crashes at once, then the
 // workload stays up. The delays grow, stop at MaxDelay and start over after
-// the stable run. ResetAfter is 5 s so that a crash-at-once run, which
-// under -race on a loaded machine can take over a second to start and
-// exit, never counts as stable.
+// the stable run. ResetAfter is 8 s (scaled) so that a crash-at-once run,
+// which under -race on a heavily loaded machine has taken over 5 s to start
+// and exit, never counts as stable; the stable run lives longer than that
+// whatever the machine's speed.
 func TestCrashLoopGrowsCapsResets(t *testing.T) {
 	t.Parallel()
 	h := start(t, Config{})
 	counter := filepath.Join(t.TempDir(), "count")
-	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,5500ms,0s"), Env: proctest.Env(),
+	resetAfter := testtime.Scaled(8 * time.Second)
+	stable := resetAfter + 500*time.Millisecond
+	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,"+stable.String()+",0s"), Env: proctest.Env(),
 		Restart: restart.Policy{InitialDelay: 40 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
-			Jitter: 0.01, ResetAfter: 5 * time.Second}}
+			Jitter: 0.01, ResetAfter: resetAfter}}
 	if _, err := h.Start(ctxT(t), spec); err != nil {
 		t.Fatal(err)
 	}
-	proctest.WaitFor(t, 30*time.Second, "six restarts", func() bool {
+	proctest.WaitFor(t, 40*time.Second, "six restarts", func() bool {
 		st, _ := h.Status("loop")
 		return st.Restarts[restart.ReasonFail] == 6 && st.State == StateRunning
 	})
