@@ -62,6 +62,7 @@ func resolverFor(addr, network string) *net.Resolver {
 }
 
 func TestDNSAnswersSRVAndA(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	for _, e := range []Endpoint{
 		instanceEndpoint("web.api", "1", "web-api-1", "10.0.0.1", 8001, true),
@@ -132,6 +133,7 @@ func TestDNSAnswersSRVAndA(t *testing.T) {
 }
 
 func TestDNSRunStopsAndReportsListenErrors(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -55,6 +55,7 @@ func (a *api) do(t *testing.T, method, path, body string, header ...string) (int
 }
 
 func TestHTTPRegisterLookupRenewFree(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t, RegistrarConfig{Host: "h1"})
 	for _, e := range []Endpoint{
 		instanceEndpoint("web.api", "1.2.0", "web-api-1", "10.0.0.1", 8001, true),
@@ -135,6 +136,7 @@ func sortedCopy(s []string) []string {
 }
 
 func TestHTTPBadInput(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t, RegistrarConfig{MaxPerClient: 2, MaxMetaBytes: 256})
 	held, err := a.reg.Register(a.ctx, "someone", externalEndpoint("svc", "1", 80), time.Minute)
 	if err != nil {
@@ -265,6 +267,7 @@ func readSSE(t *testing.T, a *api, path string, n int, header ...string) []sseEv
 }
 
 func TestHTTPWatchResumesWithoutLoss(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t, RegistrarConfig{})
 	since := a.revision(t)
 	lease, err := a.cli.Grant(a.ctx, 60)
@@ -313,6 +316,7 @@ func TestHTTPWatchResumesWithoutLoss(t *testing.T) {
 }
 
 func TestClientWatchAndKeep(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t, RegistrarConfig{})
 	resp, err := a.cl.LookupRevision(a.ctx, "payments", "", false)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(etcdtest.WithShared(m))
 }
 
 // testLogger routes a component's log to the test's output.
@@ -30,9 +30,21 @@ type fixture struct {
 	ctx    context.Context
 }
 
+// newFixture is a store under a fresh prefix on the package's shared etcd.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	c := etcdtest.New(t)
+	return fixtureOn(t, etcdtest.Shared(t))
+}
+
+// newOwnFixture is newFixture on an etcd member of the test's own, for a
+// test that compacts or compares revisions (which others' writes move).
+func newOwnFixture(t *testing.T) *fixture {
+	t.Helper()
+	return fixtureOn(t, etcdtest.New(t))
+}
+
+func fixtureOn(t *testing.T, c *etcdtest.Cluster) *fixture {
+	t.Helper()
 	cli := c.Client(t)
 	prefix := etcdtest.Prefix(t)
 	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(60*time.Second))

@@ -15,6 +15,7 @@ func externalEndpoint(service, version string, port int) Endpoint {
 }
 
 func TestRegistrarExpiresWithoutRenewal(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	reg := NewRegistrar(f.store, 0, RegistrarConfig{Host: "h1", Logger: testLogger(t)})
 	runRegistrar(t, reg)
@@ -48,7 +49,8 @@ func TestRegistrarExpiresWithoutRenewal(t *testing.T) {
 // TTL is long enough that a stall of the test of up to 90% of it between
 // two renewals does not expire a.
 func TestRegistrarSurvivesWhenRenewedWithoutWrites(t *testing.T) {
-	f := newFixture(t)
+	t.Parallel()
+	f := newOwnFixture(t)
 	reg := NewRegistrar(f.store, 0, RegistrarConfig{Logger: testLogger(t)})
 	runRegistrar(t, reg)
 
@@ -97,6 +99,7 @@ func TestRegistrarSurvivesWhenRenewedWithoutWrites(t *testing.T) {
 }
 
 func TestRegistrarFreeAndCap(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	reg := NewRegistrar(f.store, 0, RegistrarConfig{MaxPerClient: 3, Logger: testLogger(t)})
 	runRegistrar(t, reg)
@@ -136,6 +139,7 @@ func TestRegistrarFreeAndCap(t *testing.T) {
 }
 
 func TestRegistrarRejectsBadInput(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	reg := NewRegistrar(f.store, 0, RegistrarConfig{MaxMetaBytes: 64, Logger: testLogger(t)})
 	cases := []struct {
@@ -165,6 +169,7 @@ func TestRegistrarRejectsBadInput(t *testing.T) {
 }
 
 func TestRegistrarSharedLease(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	lease1, err := f.cli.Grant(f.ctx, 60)
 	if err != nil {
@@ -202,6 +207,7 @@ func TestRegistrarSharedLease(t *testing.T) {
 }
 
 func TestRegistrarRunReturnsOnCancel(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	reg := NewRegistrar(f.store, 0, RegistrarConfig{})
 	ctx, cancel := context.WithCancel(f.ctx)
@@ -222,6 +228,7 @@ func TestRegistrarRunReturnsOnCancel(t *testing.T) {
 }
 
 func TestRegistrarConcurrentFloodStopsAtCap(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	reg := NewRegistrar(f.store, 0, RegistrarConfig{MaxPerClient: 5, Logger: testLogger(t)})
 	runRegistrar(t, reg)

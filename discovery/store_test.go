@@ -34,6 +34,7 @@ func sameIDs(got []Endpoint, want ...string) bool {
 }
 
 func TestStorePutLookupDelete(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	s := f.store
 	for _, e := range []Endpoint{
@@ -111,6 +112,7 @@ func TestStorePutLookupDelete(t *testing.T) {
 }
 
 func TestStoreSkipsUndecodableValues(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	if err := f.store.Put(f.ctx, instanceEndpoint("web.api", "1", "good", "10.0.0.1", 80, true), 0); err != nil {
 		t.Fatal(err)
@@ -125,6 +127,7 @@ func TestStoreSkipsUndecodableValues(t *testing.T) {
 }
 
 func TestStoreLeaseLossFreesEndpoints(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	s := f.store
 	lease, err := f.cli.Grant(f.ctx, 30)
@@ -174,6 +177,7 @@ func TestStoreLeaseLossFreesEndpoints(t *testing.T) {
 }
 
 func TestStoreWatchInOrderAndResumes(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	s := f.store
 	from := f.revision(t) + 1
@@ -273,7 +277,8 @@ func TestStoreWatchInOrderAndResumes(t *testing.T) {
 }
 
 func TestStoreWatchCompacted(t *testing.T) {
-	f := newFixture(t)
+	t.Parallel()
+	f := newOwnFixture(t)
 	from := f.revision(t) + 1
 	for i := range 3 {
 		if err := f.store.Put(f.ctx, instanceEndpoint("web.api", "1", fmt.Sprint(i), "10.0.0.1", 80, true), 0); err != nil {
@@ -296,7 +301,8 @@ func TestStoreWatchCompacted(t *testing.T) {
 }
 
 func TestStoreSyncHost(t *testing.T) {
-	f := newFixture(t)
+	t.Parallel()
+	f := newOwnFixture(t)
 	s := f.store
 	lease1, err := f.cli.Grant(f.ctx, 60)
 	if err != nil {

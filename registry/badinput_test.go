@@ -12,6 +12,7 @@ import (
 )
 
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	r, cli, _ := setup(t)
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
@@ -182,6 +183,7 @@ func collect[T any](t *testing.T, ch <-chan T, d time.Duration, stop func([]T) b
 }
 
 func TestWatchTickets(t *testing.T) {
+	t.Parallel()
 	r, cli, _ := setup(t)
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
@@ -273,7 +275,8 @@ func TestWatchTickets(t *testing.T) {
 }
 
 func TestWatchTicketsCompacted(t *testing.T) {
-	r, cli, _ := setup(t)
+	t.Parallel()
+	r, cli, _ := setupOwn(t) // compaction would break others' watches
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
 	_, err := r.Scale(ctx, "web", "v1", "worker", 1)
@@ -307,6 +310,7 @@ func TestWatchTicketsCompacted(t *testing.T) {
 }
 
 func TestWatchEvents(t *testing.T) {
+	t.Parallel()
 	r, cli, _ := setup(t)
 	ctx := testCtx(t)
 	start, err := r.CurrentRevision(ctx)

@@ -7,6 +7,7 @@ import (
 )
 
 func TestDrain(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	register(t, r, "h1")
@@ -52,6 +53,7 @@ func TestDrain(t *testing.T) {
 }
 
 func TestReplaceInstance(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
@@ -94,6 +96,7 @@ func TestReplaceInstance(t *testing.T) {
 // TestConcurrentDrains: two drains of the last two live hosts at once
 // never both succeed.
 func TestConcurrentDrains(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	register(t, r, "h1")

@@ -78,6 +78,7 @@ func runNew(t testing.TB, r *Registry, s *HostSession) Instance {
 }
 
 func TestHostSession(t *testing.T) {
+	t.Parallel()
 	r, cli, _ := setup(t)
 	ctx := testCtx(t)
 	s := register(t, r, "h1")
@@ -130,6 +131,7 @@ func TestHostSession(t *testing.T) {
 }
 
 func TestHostLeaseLoss(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 
 	t.Run("revoked", func(t *testing.T) {
@@ -161,6 +163,7 @@ func TestHostLeaseLoss(t *testing.T) {
 }
 
 func TestClaimLifecycle(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
 
@@ -313,6 +316,7 @@ func TestClaimLifecycle(t *testing.T) {
 // per MaxClaimBatch tickets; a lost or bad ticket gets its own error and
 // does not hold back the others.
 func TestClaimBatch(t *testing.T) {
+	t.Parallel()
 	r, cli, txns := countingSetup(t, "/etcdserverpb.KV/Txn")
 	ctx := testCtx(t)
 	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
@@ -405,6 +409,7 @@ func TestClaimBatch(t *testing.T) {
 }
 
 func TestRelease(t *testing.T) {
+	t.Parallel()
 	r, _, ctx := setupWeb(t)
 	hosts := []*HostSession{register(t, r, "h1"), register(t, r, "h2"), register(t, r, "h3")}
 	tk := startTicket(t, r, "web", "worker")
@@ -448,6 +453,7 @@ func TestRelease(t *testing.T) {
 }
 
 func TestAdoptAndMarkLost(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 	old := register(t, r, "h1")
 	tk, in := claimNew(t, r, old)
@@ -510,6 +516,7 @@ func TestAdoptAndMarkLost(t *testing.T) {
 // TestReclaim: a host that lost its lease mid-start adopts the instance and
 // takes its start ticket back without moving the instance back to claimed.
 func TestReclaim(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 	old := register(t, r, "h1")
 	tk := startTicket(t, r, "web", "worker")
@@ -546,6 +553,7 @@ func TestReclaim(t *testing.T) {
 // the caller's read is still marked (one by one), and one that became
 // terminal or moved to another host meanwhile is left alone.
 func TestMarkAllLost(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 	h := register(t, r, "h1")
 	const n = 40 // more than two transactions' worth
@@ -626,6 +634,7 @@ func TestMarkAllLost(t *testing.T) {
 // update and a leave; instance index entries and undecodable records do
 // not disturb it.
 func TestWatchHosts(t *testing.T) {
+	t.Parallel()
 	r, cli, _ := setup(t)
 	ctx := testCtx(t)
 	h1 := register(t, r, "h1")
@@ -701,6 +710,7 @@ func countingSetup(t testing.TB, method string) (*Registry, *clientv3.Client, *r
 // a record someone else changed meanwhile costs one read, and what they
 // wrote survives.
 func TestHolderWritesWithoutReads(t *testing.T) {
+	t.Parallel()
 	r, _, reads := countingSetup(t, "/etcdserverpb.KV/Range")
 	ctx := testCtx(t)
 	h := register(t, r, "h1")
@@ -744,6 +754,7 @@ func TestHolderWritesWithoutReads(t *testing.T) {
 // instance waits for it; an instance that ended, whose stop was requested
 // or that a drain replaced does not go back to pending.
 func TestReleaseRetires(t *testing.T) {
+	t.Parallel()
 	r, _, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	gone := func(id string) {
@@ -809,6 +820,7 @@ func TestReleaseRetires(t *testing.T) {
 // wrote; one whose stop was requested meanwhile is withdrawn instead of
 // started uncounted.
 func TestClaimAfterLeaseLoss(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
 
@@ -864,6 +876,7 @@ func TestClaimAfterLeaseLoss(t *testing.T) {
 // TestUnclaim: a host that stops before doing a ticket's work gives it
 // back without an attempt counted against it.
 func TestUnclaim(t *testing.T) {
+	t.Parallel()
 	r, _, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	tk, in := claimNew(t, r, h1)
@@ -887,6 +900,7 @@ func TestUnclaim(t *testing.T) {
 }
 
 func TestTicketExcludes(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		t    Ticket
 		host string
@@ -906,6 +920,7 @@ func TestTicketExcludes(t *testing.T) {
 // TestClaimOverCorruptInstance: a restart ticket whose instance record no
 // longer decodes is not left held by the claimer.
 func TestClaimOverCorruptInstance(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	in := runNew(t, r, h1)
@@ -925,6 +940,7 @@ func TestClaimOverCorruptInstance(t *testing.T) {
 // TestCompleteDecidesOnStoredRecord: a completion the remembered copy
 // would refuse is decided on the stored record instead, as updates are.
 func TestCompleteDecidesOnStoredRecord(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	tk, in := claimNew(t, r, h1)
@@ -947,6 +963,7 @@ func TestCompleteDecidesOnStoredRecord(t *testing.T) {
 // whose instance is still indexed on a live host (it came back and adopted
 // it) is left to that host; one whose instance record is gone is deleted.
 func TestClaimOverNeedsHolderGone(t *testing.T) {
+	t.Parallel()
 	r, cli, ctx := setupWeb(t)
 	h1, h2 := register(t, r, "h1"), register(t, r, "h2")
 	tk, in := claimNew(t, r, h1)
@@ -974,6 +991,7 @@ func TestClaimOverNeedsHolderGone(t *testing.T) {
 // claimed it (its index entry went with the end) is deleted by the claim
 // that finds it so, instead of staying unclaimable.
 func TestClaimOfMootTicket(t *testing.T) {
+	t.Parallel()
 	r, _, ctx := setupWeb(t)
 	h1 := register(t, r, "h1")
 	in := runNew(t, r, h1)

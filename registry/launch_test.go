@@ -6,6 +6,7 @@ import (
 )
 
 func TestLaunch(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
@@ -33,6 +34,7 @@ func TestLaunch(t *testing.T) {
 }
 
 func TestRescale(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")

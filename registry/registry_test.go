@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 	if host := os.Getenv(claimerEnv); host != "" {
 		os.Exit(claimerMain(host))
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(etcdtest.WithShared(m))
 }
 
 // logWriter routes hclog output to t.Log until the test ends.
@@ -48,11 +48,22 @@ func testLogger(t testing.TB) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "test", Output: w, Level: hclog.Debug})
 }
 
-// setup starts an embedded etcd and returns a registry under a fresh prefix
-// plus a raw client for checks behind the registry's back.
+// setup returns a registry under a fresh prefix on the package's shared
+// embedded etcd, plus a raw client for checks behind the registry's back.
 func setup(t testing.TB) (*Registry, *clientv3.Client, *etcdtest.Cluster) {
 	t.Helper()
-	c := etcdtest.New(t)
+	return setupOn(t, etcdtest.Shared(t))
+}
+
+// setupOwn is setup on an etcd member of the test's own, for a test that
+// does what would disturb others (compaction).
+func setupOwn(t testing.TB) (*Registry, *clientv3.Client, *etcdtest.Cluster) {
+	t.Helper()
+	return setupOn(t, etcdtest.New(t))
+}
+
+func setupOn(t testing.TB, c *etcdtest.Cluster) (*Registry, *clientv3.Client, *etcdtest.Cluster) {
+	t.Helper()
 	cli := c.Client(t)
 	return New(cli, etcdtest.Prefix(t), testLogger(t)), cli, c
 }
@@ -107,6 +118,7 @@ func must(t testing.TB, err error) {
 }
 
 func TestDial(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t)
 	ctx := testCtx(t)
 	r, err := Dial(ctx, Config{Endpoints: c.Endpoints(), Logger: testLogger(t)})
@@ -153,6 +165,7 @@ func TestDial(t *testing.T) {
 }
 
 func TestApps(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	a, err := r.RegisterApp(ctx, App{Name: "web", RepoURL: "git@example.com:web.git", Stack: "ruby"})
@@ -209,6 +222,7 @@ func TestApps(t *testing.T) {
 }
 
 func TestEnv(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	_, err := r.RegisterApp(ctx, App{Name: "web"})
@@ -242,6 +256,7 @@ func TestEnv(t *testing.T) {
 const goodSHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 func TestRevisions(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	_, err := r.RegisterApp(ctx, App{Name: "web"})
@@ -296,6 +311,7 @@ func TestRevisions(t *testing.T) {
 }
 
 func TestProcTypes(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	_, err := r.RegisterApp(ctx, App{Name: "web"})
@@ -384,6 +400,7 @@ func TestProcTypes(t *testing.T) {
 }
 
 func TestDurationJSON(t *testing.T) {
+	t.Parallel()
 	b, err := json.Marshal(RestartPolicy{InitialDelay: Duration(1500 * time.Millisecond)})
 	must(t, err)
 	if !strings.Contains(string(b), `"initial_delay":"1.5s"`) {
@@ -403,6 +420,7 @@ func TestDurationJSON(t *testing.T) {
 }
 
 func TestValidTransition(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		from, to InstanceState
 		ok       bool

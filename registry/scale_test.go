@@ -20,6 +20,7 @@ func counts(t testing.TB, r *Registry, app, proc string) (counted, pendingStarts
 }
 
 func TestScale(t *testing.T) {
+	t.Parallel()
 	r, _, _ := setup(t)
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
@@ -135,6 +136,7 @@ func setupOps(t testing.TB, maxOps uint) *Registry {
 }
 
 func TestScaleLarge(t *testing.T) {
+	t.Parallel()
 	for _, lim := range etcdLimits {
 		t.Run(lim.name, func(t *testing.T) {
 			r := setupOps(t, lim.maxOps)
@@ -176,6 +178,7 @@ func TestScaleLarge(t *testing.T) {
 }
 
 func TestConcurrentScale(t *testing.T) {
+	t.Parallel()
 	for _, lim := range etcdLimits {
 		t.Run(lim.name, func(t *testing.T) { testConcurrentScale(t, setupOps(t, lim.maxOps)) })
 	}

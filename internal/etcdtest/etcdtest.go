@@ -23,6 +23,7 @@ type Cluster struct {
 	mu     sync.Mutex // guards srv
 	srv    *embedetcd.Server
 	closed bool
+	shared bool // the member of Shared: not to be stopped by a test
 }
 
 var prefixSeq atomic.Int64
@@ -77,6 +78,9 @@ func start(cfg embedetcd.Config) (*embedetcd.Server, error) {
 // Stop stops the member, keeping its data directory and ports, to simulate
 // an etcd outage. Start brings it back.
 func (c *Cluster) Stop() {
+	if c.shared {
+		panic("etcdtest: Stop on the shared member; a test that stops etcd needs its own (New)")
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.srv != nil {
