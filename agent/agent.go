@@ -343,6 +343,10 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
+			if errors.Is(err, registry.ErrPermission) {
+				// Not an outage: a read-only role stays read-only.
+				return fmt.Errorf("agent: cannot register host %s: %w", a.cfg.HostID, err)
+			}
 			a.noteDisconnected(ctx)
 			a.log.Warn("registry unreachable; instances keep running", "error", err)
 			if !retry.wait(ctx) {
@@ -417,14 +421,15 @@ func (a *Agent) persistedLease() (int64, bool) {
 
 func (a *Agent) hostRecord() registry.Host {
 	return registry.Host{
-		ID:       a.cfg.HostID,
-		Addr:     a.cfg.Addr,
-		Labels:   a.cfg.Labels,
-		Capacity: a.cfg.Capacity,
-		Version:  a.cfg.Version,
-		APIAddr:  a.apiAddr(),
-		Started:  a.started,
-		Load:     a.hostLoad(),
+		ID:        a.cfg.HostID,
+		Addr:      a.cfg.Addr,
+		Labels:    a.cfg.Labels,
+		Capacity:  a.cfg.Capacity,
+		Version:   a.cfg.Version,
+		APIAddr:   a.apiAddr(),
+		APIScheme: a.apiScheme(),
+		Started:   a.started,
+		Load:      a.hostLoad(),
 	}
 }
 

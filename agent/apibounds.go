@@ -280,3 +280,17 @@ func (a *Agent) registerConnMetrics(ls map[string]*limitListener) {
 		}, func() float64 { _, _, n := l.conns(); return float64(n) }))
 	}
 }
+
+// apiScheme is the scheme of the HTTP API for the host record: "https"
+// when it serves TLS, "http" otherwise, "" when there is none. CLIs use it
+// to call the agent with TLS, never sending a token in cleartext to it.
+func (a *Agent) apiScheme() string {
+	switch {
+	case a.cfg.DisableHTTP:
+		return ""
+	case a.cfg.TLSCertFile != "":
+		return "https"
+	default:
+		return "http"
+	}
+}

@@ -155,7 +155,7 @@ func (r *Registry) RegisterHost(ctx context.Context, h Host, ttl time.Duration) 
 	}
 	grant, err := r.cli.Grant(ctx, int64(math.Ceil(ttl.Seconds())))
 	if err != nil {
-		return nil, fmt.Errorf("registry: register host %q: grant lease: %w", h.ID, err)
+		return nil, fmt.Errorf("registry: register host %q: grant lease: %w", h.ID, accessErr(err))
 	}
 	revoke := func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -166,7 +166,7 @@ func (r *Registry) RegisterHost(ctx context.Context, h Host, ttl time.Duration) 
 	resp, err := r.cli.Txn(ctx).If(absent(k)).Then(clientv3.OpPut(k, encode(h), clientv3.WithLease(grant.ID))).Commit()
 	if err != nil {
 		revoke()
-		return nil, fmt.Errorf("registry: register host %q: %w", h.ID, err)
+		return nil, fmt.Errorf("registry: register host %q: %w", h.ID, accessErr(err))
 	}
 	if !resp.Succeeded {
 		revoke()

@@ -299,7 +299,10 @@ type Host struct {
 	Capacity int    `json:"capacity,omitempty"`
 	Version  string `json:"version,omitempty"`
 	// APIAddr is the agent's HTTP API (host:port), "" when it serves none.
-	APIAddr     string    `json:"api_addr,omitempty"`
+	APIAddr string `json:"api_addr,omitempty"`
+	// APIScheme is how APIAddr is served: "https" (TLS) or "http"; ""
+	// in records of agents older than the field (callers then find out).
+	APIScheme   string    `json:"api_scheme,omitempty"`
 	Started     time.Time `json:"started"`
 	Updated     time.Time `json:"updated"`
 	Load        HostLoad  `json:"load"`

@@ -81,6 +81,9 @@ func Dial(ctx context.Context, c Config) (*Registry, error) {
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second
 	}
+	if err := CheckEndpoints(c.Endpoints, c.TLS != nil); err != nil {
+		return nil, err
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   c.Endpoints,
 		TLS:         c.TLS,
@@ -97,7 +100,7 @@ func Dial(ctx context.Context, c Config) (*Registry, error) {
 		DialKeepAliveTimeout: 2 * time.Second,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), err)
+		return nil, fmt.Errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), accessErr(err))
 	}
 	r := New(cli, c.Prefix, c.Logger)
 	r.ownsClient = true
@@ -105,7 +108,13 @@ func Dial(ctx context.Context, c Config) (*Registry, error) {
 	defer cancel()
 	if _, err := cli.Get(vctx, r.prefix, clientv3.WithCountOnly()); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), err)
+		if errors.Is(err, context.DeadlineExceeded) {
+			// The etcd client hides TLS failures behind the timeout.
+			if cause := probeTLS(context.WithoutCancel(ctx), c.Endpoints, c.TLS); cause != nil {
+				err = fmt.Errorf("%w (then: %w)", cause, err)
+			}
+		}
+		return nil, fmt.Errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), accessErr(err))
 	}
 	return r, nil
 }

@@ -8,14 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
-
-	"github.com/visorhq/visor/registry"
 )
 
 // maxLogTail is the most history lines an agent serves (agent/api.go's
@@ -45,84 +41,6 @@ func init() {
 		Flags: agentClientFlags,
 		Run:   runSignal,
 	})
-}
-
-// agentClientFlags are the flags of commands that call an agent's API.
-func agentClientFlags(fs *flag.FlagSet) {
-	fs.String("token", os.Getenv("VISOR_TOKEN"), "bearer token of the agents' HTTP API (env VISOR_TOKEN)")
-	fs.String("socket", "", "call the agent on this unix socket (e.g. /run/visor/agent.sock) instead of over HTTP")
-}
-
-// agentCall is a resolved agent API endpoint for one instance.
-type agentCall struct {
-	client *http.Client
-	base   string
-	token  string
-}
-
-// agentFor finds the agent that runs instance id.
-func agentFor(ctx context.Context, e *env, id string) (agentCall, error) {
-	socket, token := flagString(e, "socket"), flagString(e, "token")
-	if socket != "" {
-		return agentCall{base: "http://agent", client: &http.Client{Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-			},
-		}}}, nil
-	}
-	var call agentCall
-	err := withRegistry(ctx, e, func(r *registry.Registry) error {
-		in, err := r.Instance(ctx, id)
-		if err != nil {
-			return err
-		}
-		if in.Host == "" {
-			return fmt.Errorf("instance %s is %s and has no host yet", id, in.State)
-		}
-		h, err := r.Host(ctx, in.Host)
-		if err != nil {
-			return fmt.Errorf("host %s of instance %s: %w", in.Host, id, err)
-		}
-		if h.APIAddr == "" {
-			return fmt.Errorf("the agent on host %s serves no HTTP API (use --socket on that host)", in.Host)
-		}
-		call = agentCall{client: http.DefaultClient, base: "http://" + h.APIAddr, token: token}
-		return nil
-	})
-	return call, err
-}
-
-func (c agentCall) do(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return nil, err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("call agent: %w", err)
-	}
-	if resp.StatusCode/100 != 2 {
-		defer resp.Body.Close()
-		var e struct {
-			Error string `json:"error"`
-		}
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(b))
-		}
-		err := fmt.Errorf("agent: %s", e.Error)
-		if resp.StatusCode == http.StatusBadRequest {
-			err = asUsage(err)
-		}
-		return nil, err
-	}
-	return resp, nil
 }
 
 func runLogs(ctx context.Context, e *env, args []string) error {

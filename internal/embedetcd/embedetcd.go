@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -32,6 +33,10 @@ type Config struct {
 	// 1000 instances is one transaction; a registry on an etcd with the
 	// default limit splits it into chunks instead.
 	MaxTxnOps uint
+	// ClientCertFile, ClientKeyFile and ClientCAFile, when set, serve
+	// clients over TLS (ClientURL must be https://); with ClientCAFile,
+	// clients must present a certificate signed by it.
+	ClientCertFile, ClientKeyFile, ClientCAFile string
 	// LogLevel is etcd's own zap level ("debug", "info", "warn", "error").
 	// Default "error": etcd is chatty and its logs are not Visor's.
 	LogLevel string
@@ -87,6 +92,15 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.UnsafeNoFsync = c.Unsafe
 	cfg.MaxTxnOps = c.MaxTxnOps
 	cfg.LogLevel = c.LogLevel
+	if c.ClientCertFile != "" {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       c.ClientCertFile,
+			KeyFile:        c.ClientKeyFile,
+			TrustedCAFile:  c.ClientCAFile,
+			ClientCertAuth: c.ClientCAFile != "",
+		}
+		cfg.ClientAutoTLS = false
+	}
 	cfg.Logger = "zap"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	if c.LogLevel == "debug" || c.LogLevel == "info" || c.LogLevel == "warn" {
