@@ -17,9 +17,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/internal/testtime"
+	"github.com/visorhq/visor/registry"
 )
 
 // unixClient returns an HTTP client of the agent's unix socket in dir.
@@ -294,3 +297,46 @@ func TestPortsOutOfDescriptors(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
+
+// TestAgentReadOnlyRoleStops: an agent whose etcd user may only read the
+// prefix stops with registry.ErrPermission instead of retrying "registry
+// unreachable" forever (issue 14 row 10).
+func TestAgentReadOnlyRoleStops(t *testing.T) {
+	c := etcdtest.New(t)
+	prefix := etcdtest.Prefix(t)
+	root := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(time.Minute))
+	defer cancel()
+	for _, step := range []func() error{
+		func() error { return err2(root.UserAdd(ctx, "root", "rootpw")) },
+		func() error { return err2(root.UserGrantRole(ctx, "root", "root")) },
+		func() error { return err2(root.RoleAdd(ctx, "reader")) },
+		func() error {
+			return err2(root.RoleGrantPermission(ctx, "reader", prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermRead)))
+		},
+		func() error { return err2(root.UserAdd(ctx, "ro", "ropw")) },
+		func() error { return err2(root.UserGrantRole(ctx, "ro", "reader")) },
+		func() error { return err2(root.AuthEnable(ctx)) },
+	} {
+		must(t, step())
+	}
+	reg, err := registry.Dial(ctx, registry.Config{Endpoints: c.Endpoints(), Prefix: prefix, Username: "ro", Password: "ropw"})
+	must(t, err)
+	defer reg.Close()
+	dir := t.TempDir()
+	a, err := New(Config{HostID: "ro-host", DataDir: dir, RunDir: filepath.Join(dir, "run"), HTTPAddr: "127.0.0.1:0", Cgroups: "none"}, reg)
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, registry.ErrPermission) {
+			t.Fatalf("agent Run with a read-only role = %v; want registry.ErrPermission", err)
+		}
+		t.Logf("agent stopped: %v", err)
+	case <-ctx.Done():
+		t.Fatal("agent with a read-only role still running: it retries instead of stopping")
+	}
+}
+
+func err2[T any](_ T, err error) error { return err }
