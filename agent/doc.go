@@ -20,7 +20,21 @@
 //     re-registers, re-binds (adopts) its instances and stops only those
 //     that were replaced meanwhile;
 //   - it serves a local API on a unix socket and on HTTP (status,
-//     instances, logs, signals, Prometheus metrics, health).
+//     instances, logs, signals, Prometheus metrics, health), with bounds on
+//     every wait and buffer (apibounds.go): header, read, write and idle
+//     timeouts (streaming routes get a deadline per write instead of one
+//     for the response), a header size limit, a connection cap in total
+//     and per remote IP that closes excess connections at accept (so idle
+//     connections cannot take the descriptors instances need; issue 14 row
+//     9), and logs streamed from the files (logfile.Options.Stream) with
+//     concurrent streams capped in total and per client (429 beyond; a
+//     stream ends with its client; issue 14 row 4). The host record
+//     carries the API's scheme (https with TLS) so CLIs never send a token
+//     in cleartext to a TLS agent;
+//   - it stops, rather than retrying, when etcd refuses it for lack of
+//     permission (registry.ErrPermission: a read-only role is not an
+//     outage); a port probe that fails for lack of descriptors is reported
+//     as ErrNoDescriptors, not as a port shortage.
 //
 // The agent imports registry and supervisor; neither of them imports agent.
 // Instances outlive the agent: shutdown leaves them running unless

@@ -107,4 +107,15 @@
 // and the terminal failed and lost. Only the holder (the host named by the
 // instance) changes an instance (HostSession.UpdateInstance), except lost,
 // which the reconciler sets with MarkLost.
+//
+// # Connection errors
+//
+// Dial refuses an http:// endpoint when TLS is configured (the etcd client
+// would connect without TLS there). When etcd does not answer within the
+// dial timeout, Dial probes each endpoint with a TLS handshake and names
+// the cause (ExplainTLS: unknown authority, certificate not valid for the
+// dialled name, client certificate refused, TLS served but not configured)
+// instead of the client's bare "context deadline exceeded". Refusals for
+// lack of permission or failed authentication wrap ErrPermission: not an
+// outage, so callers stop instead of retrying (issue 14 row 10).
 package registry
