@@ -113,6 +113,9 @@ func TestAPIConnectionFlood(t *testing.T) {
 			metricValue(t, unix, `visor_agent_api_connections_refused_total{listener="http"}`) >= float64(flood)
 	})
 
+	t.Logf("flood of %d: %v accepted (at most %d held at once), %v refused at accept", flood,
+		metricValue(t, unix, `visor_agent_api_connections_accepted_total{listener="http"}`), perClient,
+		metricValue(t, unix, `visor_agent_api_connections_refused_total{listener="http"}`))
 	hc := &http.Client{Timeout: testtime.Scaled(10 * time.Second)}
 	resp, err := hc.Get("http://" + addr + "/healthz")
 	if err != nil {

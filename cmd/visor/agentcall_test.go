@@ -227,3 +227,17 @@ func TestAgentStartChecksTLSFiles(t *testing.T) {
 		checkFailure(t, runCLI(args...), 2, []string{tc.want}, args)
 	}
 }
+
+// TestHTTPEndpointWithTLSFlags: TLS flags with an http:// etcd endpoint are
+// a usage error, not silently ignored (issue 14 row 10).
+func TestHTTPEndpointWithTLSFlags(t *testing.T) {
+	certs := testcerts.New(t)
+	for _, flags := range [][]string{
+		{"--ca-file", certs.CA},
+		{"--cert-file", certs.ClientCert, "--key-file", certs.ClientKey},
+	} {
+		args := append([]string{"--endpoints", "127.0.0.1:1,http://127.0.0.1:2", "--timeout", "1s"}, flags...)
+		args = append(args, "app", "list")
+		checkFailure(t, runCLI(args...), 2, []string{"http://127.0.0.1:2", "is http:// but TLS is configured"}, args)
+	}
+}

@@ -135,6 +135,9 @@ func (g *globals) registryConfig(logger hclog.Logger) (registry.Config, error) {
 	if err != nil {
 		return registry.Config{}, err
 	}
+	if err := registry.CheckEndpoints(eps, tc != nil); err != nil {
+		return registry.Config{}, asUsage(err)
+	}
 	return registry.Config{
 		Endpoints:   eps,
 		TLS:         tc,
