@@ -124,6 +124,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		// A process that died while the agent was down is restarted only
 		// once the registry says the instance is still ours (adoptAll).
 		HoldRestored: true,
+		RefuseRoot:   cfg.RefuseRootInstances,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)

@@ -103,6 +103,13 @@ type Config struct {
 	// endpoints under "visor.") on this UDP and TCP address. Default off.
 	DNSAddr string
 
+	// RefuseRootInstances refuses to start an instance that would run as
+	// root (a proc type without user on an agent running as root, or with
+	// a user of uid 0): the start ticket is released with a reason naming
+	// the fix. Default false (allowed) for a Config built in code; `visor
+	// agent` sets it unless -allow-root-instances or -dev.
+	RefuseRootInstances bool
+
 	// Cgroups selects the supervisor's resource-limit backend:
 	// "auto" (default), "v2", "v1" or "none".
 	Cgroups string

@@ -13,6 +13,10 @@
 //     command (or the artifact's Procfile line) goes to the supervisor as
 //     a shell line, classified there by package supervisor/shellline, so
 //     the agent and the supervisor cannot disagree on what a line means;
+//   - with Config.RefuseRootInstances (`visor agent`'s default outside
+//     -dev) it refuses to start an instance that would run as root: the
+//     supervisor returns supervisor.ErrRoot and the ticket is released with
+//     a reason naming the fix (a user, or -allow-root-instances);
 //   - it writes each instance's state transitions back, coalescing bursts so
 //     that an instance start costs at most four etcd writes;
 //   - it survives etcd outages: processes keep running, the latest state of

@@ -366,6 +366,9 @@ func (a *Agent) start(ctx context.Context, s *registry.HostSession, t registry.T
 			// Already running here (a re-delivered ticket): done.
 			return s.Complete(ctx, t)
 		}
+		if errors.Is(err, supervisor.ErrRoot) {
+			return fmt.Errorf("start: %w (this host refuses instances running as root: give the proc type a user, `visor proc set --user`, or start the agent with -allow-root-instances)", err)
+		}
 		return fmt.Errorf("start: %w", err)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"os/user"
@@ -178,5 +179,44 @@ func TestGroupOverridesPrimaryGroup(t *testing.T) {
 	uid, gid, groups := procIDs(t, st.PID)
 	if uid != u.Uid || gid != extra.Gid || !slices.Contains(groups, u.Gid) || !slices.Contains(groups, extra.Gid) || slices.Contains(groups, "0") {
 		t.Fatalf("uid %s gid %s groups %v; want uid %s gid %s groups of the user (%s, %s)", uid, gid, groups, u.Uid, extra.Gid, u.Gid, extra.Gid)
+	}
+}
+
+// TestRefuseRoot: with Config.RefuseRoot, a Spec that would run as uid 0
+// is refused before anything starts; one with an unprivileged user runs.
+func TestRefuseRoot(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{RefuseRoot: true})
+	sleep, err := lookPath("sleep", "", DefaultPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := Spec{ID: "rooted", Command: []string{sleep, "600"}, Dir: "/"}
+	refused := []struct{ name, user string }{{"user root", "root"}, {"uid 0", "0"}}
+	if os.Geteuid() == 0 {
+		refused = append(refused, struct{ name, user string }{"no user", ""})
+	}
+	for _, tc := range refused {
+		spec := base
+		spec.User = tc.user
+		_, err := h.Start(ctxT(t), spec)
+		if !errors.Is(err, ErrRoot) || !errors.Is(err, ErrInvalidSpec) {
+			t.Fatalf("%s: Start() = %v, want ErrRoot and ErrInvalidSpec", tc.name, err)
+		}
+		t.Logf("%s: %v", tc.name, err)
+	}
+	if l := h.List(); len(l) != 0 {
+		t.Fatalf("instances left behind: %+v", l)
+	}
+	ok := base
+	if os.Geteuid() == 0 {
+		ok.User = "nobody"
+	}
+	st, err := h.Start(ctxT(t), ok)
+	if err != nil {
+		t.Fatalf("Start() as %q = %v", ok.User, err)
+	}
+	if uid, _, _ := procIDs(t, st.PID); uid == "0" {
+		t.Fatalf("runs as uid 0")
 	}
 }

@@ -11,6 +11,11 @@
 // bash syntax or builtins). The program such a line names is looked up at
 // Start, so a missing one is an ErrInvalidSpec naming it, not a crash loop.
 //
+// An instance runs with the credentials of Spec.User (its primary group or
+// Spec.Group, and the user's supplementary groups; a Group without a User
+// is refused), and so do its exec health checks. Config.RefuseRoot refuses
+// Specs that would run as uid 0 (ErrRoot).
+//
 // Children are reaped centrally: one poller goroutine waits on the pidfds of
 // all instances through epoll (kqueue EVFILT_PROC on darwin), so supervising
 // a thousand processes costs one OS thread, not a thousand blocked cmd.Wait

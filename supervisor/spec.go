@@ -308,6 +308,15 @@ func lookPath(name, dir, path string) (string, error) {
 	return "", fmt.Errorf("%w: command %q not found in PATH %s", ErrInvalidSpec, name, path)
 }
 
+// runsAsRoot reports whether the process (and its exec health check)
+// would run with uid 0.
+func (r resolved) runsAsRoot() bool {
+	if r.cred == nil {
+		return os.Geteuid() == 0
+	}
+	return r.cred.Uid == 0
+}
+
 // credential resolves a run-as user and group; nil when both are empty.
 // The user's supplementary groups are its groups in the group database
 // (as login and initgroups give them), also when Group overrides the

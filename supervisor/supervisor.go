@@ -29,6 +29,9 @@ var (
 	ErrExists = errors.New("supervisor: instance exists")
 	// ErrInvalidSpec: the Spec was rejected before anything was started.
 	ErrInvalidSpec = errors.New("supervisor: invalid spec")
+	// ErrRoot: Config.RefuseRoot is set and the Spec would run as uid 0.
+	// It comes wrapped together with ErrInvalidSpec.
+	ErrRoot = errors.New("supervisor: refused to run as root")
 	// ErrStopped: Run has returned or is shutting down (or was never
 	// started and ctx ended).
 	ErrStopped = errors.New("supervisor: stopped")
@@ -110,7 +113,23 @@ type Config struct {
 	// can first check it is still wanted and Stop it if it was replaced
 	// meanwhile. Default false: restart policies apply at once.
 	HoldRestored bool
+	// RefuseRoot makes Start refuse a Spec that would run as root: one
+	// without User while the supervisor runs as uid 0, or whose User has
+	// uid 0. The error wraps ErrInvalidSpec and ErrRoot. Restored
+	// instances are adopted regardless. Default false: a library default;
+	// the agent refuses root unless allowed (-allow-root-instances).
+	RefuseRoot bool
 }
+
+// rootError is the error of a Spec refused by Config.RefuseRoot: it is
+// both ErrInvalidSpec and ErrRoot.
+type rootError string
+
+func (e rootError) Error() string {
+	return ErrInvalidSpec.Error() + ": refused to run as root: " + string(e)
+}
+
+func (e rootError) Is(target error) bool { return target == ErrInvalidSpec || target == ErrRoot }
 
 // Supervisor runs and watches instances. Its methods are safe for concurrent
 // use. Start, Stop, Restart and Restore block until Run is running (or
@@ -378,6 +397,13 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (Status, error) {
 	rs, err := validate(spec)
 	if err != nil {
 		return Status{}, err
+	}
+	if s.cfg.RefuseRoot && rs.runsAsRoot() {
+		who := "no user is set and the supervisor runs as root"
+		if spec.User != "" {
+			who = fmt.Sprintf("user %q has uid 0", spec.User)
+		}
+		return Status{}, rootError(who)
 	}
 	in := s.newInstance(spec, rs)
 	s.mu.Lock()

@@ -126,6 +126,7 @@ func (c *cluster) startAgent(host string, extra ...string) *agentProc {
 		"-ttl", testtime.Scaled(5 * time.Second).String(),
 		"-cgroups", "none",
 		"-log-level", "debug",
+		"-allow-root-instances", // the test's proc types have no user
 	}, extra...)
 	a := &agentProc{host: host, dataDir: dataDir, args: args, log: &bytes.Buffer{}, logMu: &sync.Mutex{}, done: make(chan struct{})}
 	cmd := exec.Command(c.bin, args...)

@@ -49,6 +49,9 @@ type agentOptions struct {
 	devPeer    string
 	logLevel   string
 	logJSON    bool
+	// allowRoot is -allow-root-instances; unset means: allowed with -dev
+	// only.
+	allowRoot optBool
 	// tempDataDir reports that -dev chose no data dir: runAgent makes a
 	// fresh temporary one (parsing has no side effects).
 	tempDataDir bool
@@ -86,6 +89,7 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	str("http-idle-timeout", agent.DefaultHTTPIdleTimeout.String(), "close HTTP API connections idle this long")
 	str("port-range", "20000-29999", "ports given to instances as $PORT")
 	str("max-parallel", "64", "tickets executed at once")
+	fs.Var(&o.allowRoot, "allow-root-instances", "start instances that would run as root (proc types without a user, or user root) (default: false; with -dev: true)")
 	fs.BoolVar(&o.cfg.StopOnExit, "stop-on-exit", false, "stop every instance when the agent exits (default: leave them running)")
 	str("stop-after-disconnect", "0s", "stop instances after etcd has been unreachable this long (0: never)")
 	str("lost-grace", "30s", "reconciler: how long a host's lease must be gone before its instances are replaced")
@@ -274,6 +278,13 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 	if c.ReconcileInterval, err = time.ParseDuration(get("reconcile-interval")); err != nil {
 		return usageError("agent: reconcile-interval: %v", err)
 	}
+	// Least privilege by default (issue 14): a production agent refuses
+	// instances that would run as root unless allowed; -dev allows them,
+	// so a newcomer's first proc type (no user) runs.
+	c.RefuseRootInstances = !o.dev
+	if o.allowRoot.set {
+		c.RefuseRootInstances = !o.allowRoot.val
+	}
 	c.DNSAddr = get("dns-addr")
 	c.Cgroups = get("cgroups")
 	c.Version = version.Version
@@ -296,6 +307,28 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 	}
 	return nil
 }
+
+// optBool is a boolean flag that remembers whether it was given.
+type optBool struct{ set, val bool }
+
+func (b *optBool) String() string {
+	if b == nil || !b.set {
+		return ""
+	}
+	return strconv.FormatBool(b.val)
+}
+
+func (b *optBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	b.set, b.val = true, v
+	return nil
+}
+
+// IsBoolFlag lets the flag be given without a value.
+func (b *optBool) IsBoolFlag() bool { return true }
 
 func hclogLevel(s string) (hclog.Level, error) {
 	l := hclog.LevelFromString(s)
@@ -331,6 +364,12 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 		JSONFormat: o.logJSON,
 	})
 	o.cfg.Logger = logger
+	switch {
+	case o.cfg.RefuseRootInstances:
+		logger.Info("instances that would run as root are refused; -allow-root-instances allows them")
+	case os.Geteuid() == 0:
+		logger.Warn("instances may run as root: proc types without a user run as root", "dev", o.dev, "allow_root_instances", true)
+	}
 
 	if o.dev {
 		if o.tempDataDir {

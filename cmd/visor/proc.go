@@ -85,7 +85,7 @@ func procSetFlags(fs *flag.FlagSet) {
 	fs.String("cpu", "", `CPU limit: millicores ("500") or cores ("0.5")`)
 	fs.Int("pids", 0, "maximum number of processes (0 = unlimited)")
 	fs.String("user", "", "user the process runs as")
-	fs.String("group", "", "group the process runs as")
+	fs.String("group", "", "group the process runs as (with --user only; the user's supplementary groups apply)")
 	fs.Var(&kvFlag{}, "env", "process environment variable KEY=VALUE (repeatable)")
 }
 

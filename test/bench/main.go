@@ -149,7 +149,7 @@ func run() error {
 		sockets = append(sockets, filepath.Join(dataDir, "run", "agent.sock"))
 		cmd := exec.Command(bin, "agent", "--endpoints", srv.Endpoint(),
 			"-host", fmt.Sprintf("bench-%d", i), "-data-dir", dataDir, "-run-dir", filepath.Join(dataDir, "run"),
-			"-http-addr", "off", "-cgroups", "none", "-log-level", "warn", "-stop-on-exit", "-enable-pprof",
+			"-http-addr", "off", "-cgroups", "none", "-log-level", "warn", "-stop-on-exit", "-enable-pprof", "-allow-root-instances",
 			"-port-range", fmt.Sprintf("%d-%d", lo, lo+2999))
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {

@@ -344,6 +344,7 @@ func (f *fleet) startAgent(host string) {
 		"-reconcile-interval", reconcileP.String(),
 		"-cgroups", "none",
 		"-log-level", "debug",
+		"-allow-root-instances", // the suite's proc types have no user
 	}
 	cmd := exec.Command("ip", args...)
 	p := f.launch("agent-"+host, cmd)
