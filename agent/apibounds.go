@@ -22,16 +22,17 @@ const (
 	apiReadHeaderTimeout = 10 * time.Second
 	// apiReadTimeout bounds reading a whole request (bodies are small).
 	apiReadTimeout = 30 * time.Second
-	// apiWriteTimeout bounds writing the response of a non-streaming
-	// route. Streaming routes (logs, event streams) replace it with
-	// streamWriteTimeout per write.
-	apiWriteTimeout = 30 * time.Second
 	// streamWriteTimeout is how long one write of a streaming response may
 	// block on a client that does not read.
 	streamWriteTimeout = 30 * time.Second
 	// apiMaxHeaderBytes caps a request's header.
 	apiMaxHeaderBytes = 64 << 10
 )
+
+// apiWriteTimeout bounds writing the response of a non-streaming route.
+// Streaming routes (logs, event streams) replace it with
+// streamWriteTimeout per write. A variable for tests only.
+var apiWriteTimeout = 30 * time.Second
 
 // Defaults of the Config fields that bound the API.
 const (
@@ -70,9 +71,15 @@ func newAPIServer(h http.Handler, idle time.Duration) *http.Server {
 }
 
 // isStreaming reports whether r asks for a streaming response: logs (its
-// history may be long, and it may follow) or an event stream.
+// history may be long, and it may follow), a service watch (server-sent
+// events), or any request accepting an event stream.
 func isStreaming(r *http.Request) bool {
-	if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/instances/") && strings.HasSuffix(r.URL.Path, "/logs") {
+	p := r.URL.Path
+	switch {
+	case r.Method != http.MethodGet:
+		return false
+	case strings.HasPrefix(p, "/v1/instances/") && strings.HasSuffix(p, "/logs"),
+		strings.HasPrefix(p, "/v1/services/") && strings.HasSuffix(p, "/watch"):
 		return true
 	}
 	return r.Header.Get("Accept") == "text/event-stream"

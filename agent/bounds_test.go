@@ -343,3 +343,72 @@ func TestAgentReadOnlyRoleStops(t *testing.T) {
 }
 
 func err2[T any](_ T, err error) error { return err }
+
+func TestIsStreaming(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		method, path, accept string
+		want                 bool
+	}{
+		{"GET", "/v1/instances/web-web-1/logs", "", true},
+		{"GET", "/v1/services/payments/watch", "", true},
+		{"GET", "/v1/services/payments", "text/event-stream", true},
+		{"GET", "/v1/status", "", false},
+		{"POST", "/v1/instances/web-web-1/signal", "", false},
+		{"POST", "/v1/services/payments/watch", "", false},
+	} {
+		r, err := http.NewRequest(tc.method, "http://agent"+tc.path, nil)
+		must(t, err)
+		if tc.accept != "" {
+			r.Header.Set("Accept", tc.accept)
+		}
+		if got := isStreaming(r); got != tc.want {
+			t.Errorf("isStreaming(%s %s, Accept %q) = %v, want %v", tc.method, tc.path, tc.accept, got, tc.want)
+		}
+	}
+}
+
+// TestFollowOutlivesWriteTimeout: the server's whole-response write
+// timeout does not cut a followed log (it gets a deadline per write), and
+// the same server still serves non-streaming routes. Not parallel: it
+// lowers apiWriteTimeout for the agent it starts.
+func TestFollowOutlivesWriteTimeout(t *testing.T) {
+	old := apiWriteTimeout
+	apiWriteTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { apiWriteTimeout = old })
+	f := newFixture(t)
+	must(t, f.app("talk", "tick 20ms"))
+	a := f.startAgent(t, "host-a", t.TempDir(), nil)
+	_, err := f.reg.Scale(f.ctx, "talk", "v1", "web", 1)
+	must(t, err)
+	var id string
+	for k := range f.waitRunning(t, "talk", 1) {
+		id = k
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+a.HTTPAddr()+"/v1/instances/"+id+"/logs?follow=1&tail=1", nil)
+	must(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	// Read past several write timeouts; the stream must go on.
+	past := time.Now().Add(4 * apiWriteTimeout)
+	for time.Now().Before(past) {
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatalf("followed log cut after %s (write timeout %s): %v", time.Since(past.Add(-4*apiWriteTimeout)), apiWriteTimeout, err)
+		}
+	}
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatalf("followed log cut past the write timeout: %v", err)
+	}
+	cancel()
+	resp2, err := http.Get("http://" + a.HTTPAddr() + "/v1/status")
+	must(t, err)
+	resp2.Body.Close()
+	if resp2.StatusCode != http.StatusOK {
+		t.Fatalf("/v1/status: %d", resp2.StatusCode)
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
