@@ -361,6 +361,16 @@ func parseProcFlags(e *env) ([]procEdit, error) {
 		group := flagString(e, "group")
 		add(func(p *registry.ProcType) error { p.Group = group; return nil })
 	}
+	if flagIsSet(e, "user") || flagIsSet(e, "group") {
+		// The supervisor refuses a group without a user (the process
+		// would still run as the agent's uid); say so now, not at start.
+		add(func(p *registry.ProcType) error {
+			if p.Group != "" && p.User == "" {
+				return usageError("--group %q without a user: set --user too (a group alone would still run as the agent's user, root)", p.Group)
+			}
+			return nil
+		})
+	}
 	if flagIsSet(e, "env") {
 		vars, err := parseKeyValues(flagValue[[]string](e, "env"), "--env")
 		if err != nil {

@@ -50,6 +50,9 @@ func TestProcCommands(t *testing.T) {
 		t.Errorf("after partial set: %+v", got)
 	}
 	h.ok("proc", "set", "web", "web", "--health-type", "none")
+	// A group without a user is refused, also when the user is removed.
+	h.fails(2, []string{`--group "nogroup" without a user`}, "proc", "set", "web", "web", "--user", "")
+	h.fails(2, []string{`--group "staff" without a user`}, "proc", "set", "web", "grouponly", "--group", "staff")
 	h.ok("proc", "set", "web", "worker", "--health-type", "exec", "--health-cmd", "test -f /tmp/ok", "--cpu", "250m")
 
 	out := h.ok("proc", "list", "web")
