@@ -36,16 +36,6 @@ func (r *Registry) Apps(ctx context.Context) ([]App, error) {
 	return apps, joinCorrupt(errs)
 }
 
-func decodeApp(v, key []byte, name string, mod int64) (App, error) {
-	var a App
-	if err := decodeKV(kvOf(key, v), &a); err != nil {
-		return a, err
-	}
-	a.Name = name
-	a.ModRevision = mod
-	return a, nil
-}
-
 // App returns one app.
 func (r *Registry) App(ctx context.Context, name string) (App, error) {
 	if err := validName("app name", name); err != nil {
@@ -130,7 +120,7 @@ func (r *Registry) UnregisterApp(ctx context.Context, name string, force bool) e
 func (r *Registry) activeInstances(kvs []*mvccpb.KeyValue, app, rev, proc string) int {
 	n := 0
 	for _, kv := range kvs {
-		in, err := decodeInstance(kv, r.rel(kv.Key))
+		in, err := decodeInstance(kv, strings.TrimPrefix(string(kv.Key), r.instancesDir()))
 		if err != nil {
 			continue
 		}
@@ -141,7 +131,9 @@ func (r *Registry) activeInstances(kvs []*mvccpb.KeyValue, app, rev, proc string
 	return n
 }
 
-// Env returns the env vars of an app.
+// Env returns the env vars of an app. Stored vars that do not check out
+// (see Launch) are left out and named by a BadRecords error beside the
+// others.
 func (r *Registry) Env(ctx context.Context, app string) (map[string]string, error) {
 	if err := validName("app name", app); err != nil {
 		return nil, err
@@ -156,11 +148,26 @@ func (r *Registry) Env(ctx context.Context, app string) (map[string]string, erro
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return nil, fmt.Errorf("%w: app %q", ErrNotFound, app)
 	}
-	env := map[string]string{}
-	for _, kv := range rangeKvs(resp, 1) {
-		env[strings.TrimPrefix(string(kv.Key), r.envDir(app))] = string(kv.Value)
+	env, errs := r.decodeEnvs(app, rangeKvs(resp, 1))
+	return env, joinCorrupt(errs)
+}
+
+// decodeEnvs reads the env vars of app from kvs, skipping (and returning)
+// those that do not check out: a key holding "=" would pass another
+// variable, or a value with a NUL byte no process could be given.
+func (r *Registry) decodeEnvs(app string, kvs []*mvccpb.KeyValue) (map[string]string, []error) {
+	env := make(map[string]string, len(kvs))
+	var errs []error
+	for _, kv := range kvs {
+		k := strings.TrimPrefix(string(kv.Key), r.envDir(app))
+		v, err := decodeEnv(kv.Key, app, k, kv.Value)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		env[k] = v
 	}
-	return env, nil
+	return env, errs
 }
 
 // EnvVar returns one env var; ErrNotFound if the app or the key is missing.
@@ -185,7 +192,7 @@ func (r *Registry) EnvVar(ctx context.Context, app, key string) (string, error) 
 	if kv == nil {
 		return "", fmt.Errorf("%w: env var %s of app %q", ErrNotFound, key, app)
 	}
-	return string(kv.Value), nil
+	return decodeEnv(kv.Key, app, key, kv.Value)
 }
 
 // SetEnv sets env vars of an app in one transaction. Running instances are
@@ -196,7 +203,7 @@ func (r *Registry) SetEnv(ctx context.Context, app string, vars map[string]strin
 	}
 	ops := make([]clientv3.Op, 0, len(vars))
 	for k, v := range vars {
-		if err := validEnvKey(k); err != nil {
+		if err := validEnv(k, v); err != nil {
 			return err
 		}
 		ops = append(ops, clientv3.OpPut(r.envKey(app, k), v))
@@ -267,15 +274,6 @@ func (r *Registry) appList(ctx context.Context, app, dir string) ([]*mvccpb.KeyV
 		return nil, fmt.Errorf("%w: app %q", ErrNotFound, app)
 	}
 	return rangeKvs(resp, 1), nil
-}
-
-func decodeRevision(key, v []byte, mod int64, app, name string) (Revision, error) {
-	var rv Revision
-	if err := decodeKV(kvOf(key, v), &rv); err != nil {
-		return rv, err
-	}
-	rv.App, rv.Name, rv.ModRevision = app, name, mod
-	return rv, nil
 }
 
 // Revision returns one revision.
@@ -434,15 +432,6 @@ func (r *Registry) ProcTypes(ctx context.Context, app string) ([]ProcType, error
 	return procs, joinCorrupt(errs)
 }
 
-func decodeProc(key, v []byte, mod int64, app, name string) (ProcType, error) {
-	var p ProcType
-	if err := decodeKV(kvOf(key, v), &p); err != nil {
-		return p, err
-	}
-	p.App, p.Name, p.ModRevision = app, name, mod
-	return p, nil
-}
-
 // ProcType returns one process type.
 func (r *Registry) ProcType(ctx context.Context, app, proc string) (ProcType, error) {
 	if err := validNames("app name", app, "process type", proc); err != nil {
@@ -486,8 +475,8 @@ func validProcType(p *ProcType) error {
 	if err := validNames("app name", p.App, "process type", p.Name); err != nil {
 		return err
 	}
-	for k := range p.Env {
-		if err := validEnvKey(k); err != nil {
+	for k, v := range p.Env {
+		if err := validEnv(k, v); err != nil {
 			return err
 		}
 	}

@@ -124,12 +124,11 @@ func (r *Registry) drains(ctx context.Context) (map[string]Drain, int64, error) 
 	out := make(map[string]Drain, len(resp.Kvs))
 	var errs []error
 	for _, kv := range resp.Kvs {
-		var d Drain
-		if err := decodeKV(kv, &d); err != nil {
+		d, err := decodeDrain(kv, strings.TrimPrefix(string(kv.Key), r.drainsDir()))
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		d.Host = strings.TrimPrefix(string(kv.Key), r.drainsDir())
 		out[d.Host] = d
 	}
 	return out, resp.Header.Revision, joinCorrupt(errs)

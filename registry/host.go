@@ -17,8 +17,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Hosts lists the live hosts sorted by id. If some stored values do not
-// decode, it returns the others together with an error wrapping ErrCorrupt.
+// Hosts lists the live hosts sorted by id. If some stored values (hosts or
+// drains) do not decode, it returns the others together with a BadRecords
+// error naming them (see Skipped). A host whose record is bad is left out
+// although its key (and so, usually, its lease) exists.
 func (r *Registry) Hosts(ctx context.Context) ([]Host, error) {
 	resp, err := r.cli.Get(ctx, r.hostsDir(), clientv3.WithPrefix())
 	if err != nil {
@@ -31,17 +33,18 @@ func (r *Registry) Hosts(ctx context.Context) ([]Host, error) {
 		if strings.Contains(id, "/") {
 			continue
 		}
-		var h Host
-		if err := decodeKV(kv, &h); err != nil {
+		h, err := decodeHost(kv, id)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		h.ID, h.ModRevision, h.Lease = id, kv.ModRevision, kv.Lease
 		out = append(out, h)
 	}
 	drains, err := r.Drains(ctx)
-	if err != nil && !errors.Is(err, ErrCorrupt) {
+	if bad, err := Skipped(err); err != nil {
 		return nil, err
+	} else if bad != nil {
+		errs = append(errs, bad) // the draining flags may be short of these
 	}
 	for i := range out {
 		_, out[i].Draining = drains[out[i].ID]
@@ -62,12 +65,7 @@ func (r *Registry) Host(ctx context.Context, id string) (Host, error) {
 	if kv == nil {
 		return Host{}, fmt.Errorf("%w: host %q", ErrNotFound, id)
 	}
-	var h Host
-	if err := decodeKV(kv, &h); err != nil {
-		return Host{}, err
-	}
-	h.ID, h.ModRevision, h.Lease = id, kv.ModRevision, kv.Lease
-	return h, nil
+	return decodeHost(kv, id)
 }
 
 // HostSession is one agent's presence in the registry: a lease kept alive

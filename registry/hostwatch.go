@@ -70,12 +70,11 @@ func (r *Registry) hostFromKV(kv *mvccpb.KeyValue) (Host, bool) {
 	if strings.Contains(id, "/") {
 		return Host{}, false
 	}
-	var h Host
-	if err := decodeKV(kv, &h); err != nil {
+	h, err := decodeHost(kv, id)
+	if err != nil {
 		r.log.Warn("skipping undecodable host record", "key", string(kv.Key), "error", err)
 		return Host{}, false
 	}
-	h.ID, h.ModRevision, h.Lease = id, kv.ModRevision, kv.Lease
 	return h, true
 }
 

@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -19,7 +18,12 @@ type Launch struct {
 
 // Launch reads the revision, the process type and the env of an app in one
 // round trip (one read transaction), so a start costs one read, not three.
-// A missing app, revision or process type is ErrNotFound naming it.
+// A missing app, revision or process type is ErrNotFound naming it; one
+// that does not decode is a BadRecord. Env vars that do not check out (a
+// key with "=" or a NUL byte written into etcd by hand, which would pass
+// another variable than the one named) are left out of Env and named by a
+// BadRecords error returned with the otherwise complete Launch: the caller
+// reports them (Skipped) and may start without them.
 func (r *Registry) Launch(ctx context.Context, app, rev, proc string) (Launch, error) {
 	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
 		return Launch{}, err
@@ -51,9 +55,7 @@ func (r *Registry) Launch(ctx context.Context, app, rev, proc string) (Launch, e
 	if l.ProcType, err = decodeProc(kv.Key, kv.Value, kv.ModRevision, app, proc); err != nil {
 		return Launch{}, err
 	}
-	l.Env = map[string]string{}
-	for _, kv := range rangeKvs(resp, 3) {
-		l.Env[strings.TrimPrefix(string(kv.Key), r.envDir(app))] = string(kv.Value)
-	}
-	return l, nil
+	var errs []error
+	l.Env, errs = r.decodeEnvs(app, rangeKvs(resp, 3))
+	return l, joinCorrupt(errs)
 }

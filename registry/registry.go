@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/big"
 	"regexp"
@@ -267,6 +266,18 @@ func validEnvKey(k string) error {
 	return nil
 }
 
+// validEnv checks an env var: its key a name (so never with "=" or NUL),
+// its value without a NUL byte, which no process environment can hold.
+func validEnv(k, v string) error {
+	if err := validEnvKey(k); err != nil {
+		return err
+	}
+	if strings.IndexByte(v, 0) >= 0 {
+		return fmt.Errorf("%w: env %s: value contains a NUL byte", ErrInvalid, k)
+	}
+	return nil
+}
+
 func validNames(pairs ...string) error {
 	for i := 0; i+1 < len(pairs); i += 2 {
 		if err := validName(pairs[i], pairs[i+1]); err != nil {
@@ -285,45 +296,6 @@ func encode(v any) string {
 		panic(fmt.Sprintf("registry: encode %T: %v", v, err))
 	}
 	return string(b)
-}
-
-func corrupt(key []byte, err error) error {
-	return fmt.Errorf("%w: key %q: %w", ErrCorrupt, key, err)
-}
-
-func decodeKV(kv *mvccpb.KeyValue, v any) error {
-	if err := json.Unmarshal(kv.Value, v); err != nil {
-		return corrupt(kv.Key, err)
-	}
-	return nil
-}
-
-func decodeInstance(kv *mvccpb.KeyValue, id string) (Instance, error) {
-	var in Instance
-	if err := decodeKV(kv, &in); err != nil {
-		return in, err
-	}
-	if !in.State.known() {
-		return in, corrupt(kv.Key, fmt.Errorf("unknown instance state %q", in.State))
-	}
-	in.ID = id
-	in.ModRevision = kv.ModRevision
-	return in, nil
-}
-
-func decodeTicket(kv *mvccpb.KeyValue, id string) (Ticket, error) {
-	var t Ticket
-	if err := decodeKV(kv, &t); err != nil {
-		return t, err
-	}
-	switch t.Op {
-	case TicketStart, TicketStop, TicketRestart, TicketSignal:
-	default:
-		return t, corrupt(kv.Key, fmt.Errorf("unknown ticket op %q", t.Op))
-	}
-	t.ID = id
-	t.ModRevision = kv.ModRevision
-	return t, nil
 }
 
 // IDs.
@@ -425,7 +397,6 @@ func first(kvs []*mvccpb.KeyValue) *mvccpb.KeyValue {
 	return kvs[0]
 }
 
-// joinCorrupt collects decode errors of a listing into one error.
-func joinCorrupt(errs []error) error { return errors.Join(errs...) }
-
-func kvOf(key, v []byte) *mvccpb.KeyValue { return &mvccpb.KeyValue{Key: key, Value: v} }
+// joinCorrupt collects the decode errors of a listing into one BadRecords
+// error (nil when there are none).
+func joinCorrupt(errs []error) error { return badRecords(errs) }

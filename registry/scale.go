@@ -99,7 +99,7 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 		if err != nil {
 			// Scale overwrites it; Rescale, which would re-apply it,
 			// refuses (see scaleStep).
-			s.desiredErr = corrupt(kv.Key, err)
+			s.desiredErr = corrupt(KindScale, kv.Key, err)
 			r.log.Warn("scale value does not decode", "key", string(kv.Key), "error", err)
 		}
 		s.desired = n
@@ -392,11 +392,7 @@ func (r *Registry) CurrentScale(ctx context.Context, app, rev, proc string) (int
 	if kv == nil {
 		return 0, nil
 	}
-	v, err := strconv.Atoi(string(kv.Value))
-	if err != nil {
-		return 0, corrupt(kv.Key, err)
-	}
-	return v, nil
+	return decodeScale(kv.Key, kv.Value)
 }
 
 // Scales lists desired counts of one app, or of all apps when app is "".
@@ -419,9 +415,12 @@ func (r *Registry) Scales(ctx context.Context, app string) ([]ScaleEntry, error)
 		if len(parts) != 4 || parts[1] != "scale" {
 			continue
 		}
-		n, err := strconv.Atoi(string(kv.Value))
+		n, err := decodeScale(kv.Key, kv.Value)
+		if err == nil {
+			err = invalid(KindScale, kv.Key, validNames("app name", parts[0], "revision name", parts[2], "process type", parts[3]))
+		}
 		if err != nil {
-			errs = append(errs, corrupt(kv.Key, err))
+			errs = append(errs, err)
 			continue
 		}
 		out = append(out, ScaleEntry{App: parts[0], Rev: parts[2], Proc: parts[3], Desired: n})

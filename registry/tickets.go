@@ -12,7 +12,8 @@ import (
 
 // Tickets lists all tickets in creation order, with Holder filled from
 // their claims. If some stored values do not decode, it returns the others
-// together with an error wrapping ErrCorrupt.
+// together with a BadRecords error naming them (see Skipped). A ticket
+// whose claim does not decode is listed without a Holder.
 func (r *Registry) Tickets(ctx context.Context) ([]Ticket, error) {
 	return r.tickets(ctx, func(Ticket) bool { return true })
 }
@@ -46,11 +47,16 @@ func (r *Registry) tickets(ctx context.Context, keep func(Ticket) bool) ([]Ticke
 // decodeTickets decodes ticket kvs and fills Holder from claim kvs.
 func (r *Registry) decodeTickets(tkvs, ckvs []*mvccpb.KeyValue) ([]Ticket, map[string]string, []error) {
 	holders := make(map[string]string, len(ckvs))
+	var errs []error
 	for _, kv := range ckvs {
-		holders[strings.TrimPrefix(string(kv.Key), r.claimsDir())] = string(kv.Value)
+		h, err := decodeClaim(kv.Key, kv.Value)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		holders[strings.TrimPrefix(string(kv.Key), r.claimsDir())] = h
 	}
 	var out []Ticket
-	var errs []error
 	for _, kv := range tkvs {
 		t, err := decodeTicket(kv, strings.TrimPrefix(string(kv.Key), r.ticketsDir()))
 		if err != nil {
@@ -81,7 +87,9 @@ func (r *Registry) Ticket(ctx context.Context, id string) (Ticket, error) {
 		return Ticket{}, err
 	}
 	if c := first(rangeKvs(resp, 1)); c != nil {
-		t.Holder = string(c.Value)
+		if t.Holder, err = decodeClaim(c.Key, c.Value); err != nil {
+			return Ticket{}, err
+		}
 	}
 	return t, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -456,27 +455,28 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 		e.App, e.Type = parts[1], AppChanged
 		if del {
 			e.Type = AppDeleted
-		} else if err := decodeKV(kv, &App{}); err != nil {
-			e.Err = err
+		} else {
+			_, e.Err = decodeApp(kv.Value, kv.Key, parts[1], kv.ModRevision)
 		}
 	case parts[0] == "apps" && len(parts) == 4 && parts[2] == "revs":
 		e.App, e.Rev, e.Type = parts[1], parts[3], RevChanged
 		if !del {
-			e.Err = decodeKV(kv, &Revision{})
+			_, e.Err = decodeRevision(kv.Key, kv.Value, kv.ModRevision, parts[1], parts[3])
 		}
 	case parts[0] == "apps" && len(parts) == 4 && parts[2] == "procs":
 		e.App, e.Proc, e.Type = parts[1], parts[3], ProcChanged
 		if !del {
-			e.Err = decodeKV(kv, &ProcType{})
+			_, e.Err = decodeProc(kv.Key, kv.Value, kv.ModRevision, parts[1], parts[3])
 		}
 	case parts[0] == "apps" && len(parts) == 4 && parts[2] == "env":
 		e.App, e.Type = parts[1], EnvChanged
+		if !del {
+			_, e.Err = decodeEnv(kv.Key, parts[1], parts[3], kv.Value)
+		}
 	case parts[0] == "apps" && len(parts) == 5 && parts[2] == "scale":
 		e.App, e.Rev, e.Proc, e.Type = parts[1], parts[3], parts[4], ScaleChanged
 		if !del {
-			if _, err := strconv.Atoi(string(kv.Value)); err != nil {
-				e.Err = corrupt(kv.Key, err)
-			}
+			_, e.Err = decodeScale(kv.Key, kv.Value)
 		}
 	case parts[0] == "tickets" && len(parts) == 2:
 		e.Ticket = parts[1]
@@ -505,6 +505,8 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 				return e, false // reported by the ticket's own event
 			}
 			e.Type = TicketReleased
+		} else {
+			_, e.Err = decodeClaim(kv.Key, kv.Value)
 		}
 	case parts[0] == "instances" && len(parts) == 2:
 		e.Instance, e.Type = parts[1], InstanceChanged
@@ -531,7 +533,7 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 			e.Type = HostChanged
 		}
 		if !del {
-			e.Err = decodeKV(kv, &Host{})
+			_, e.Err = decodeHost(kv, parts[1])
 		}
 	case parts[0] == "drains" && len(parts) == 2:
 		e.Host = parts[1]
@@ -539,7 +541,7 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 			e.Type = HostUndrained
 		} else {
 			e.Type = HostDrained
-			e.Err = decodeKV(kv, &Drain{})
+			_, e.Err = decodeDrain(kv, parts[1])
 		}
 	default:
 		return e, false
