@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Record kinds, as BadRecord.Kind names them.
@@ -388,4 +390,123 @@ func decodeDrain(kv *mvccpb.KeyValue, host string) (Drain, error) {
 	}
 	d.Host = host
 	return d, nil
+}
+
+// checkPage is how many keys Check reads per request.
+const checkPage = 500
+
+// Check reads every record under the prefix, at one revision, and returns
+// those that do not decode or fail validation, in key order: what `visor
+// doctor` lists. Keys in a record directory that do not fit the layout
+// (instances/a/b, apps/web/revs/v1/x) are reported too; keys outside the
+// known directories (leader, gen, services, ...) are not looked at.
+func (r *Registry) Check(ctx context.Context) (BadRecords, error) {
+	var bad BadRecords
+	from, end := r.prefix, clientv3.GetPrefixRangeEnd(r.prefix)
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(checkPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := r.cli.Get(ctx, from, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("registry: check records: %w", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			if err := r.checkKV(kv); err != nil {
+				var b BadRecord
+				if !errors.As(err, &b) {
+					b = BadRecord{Key: string(kv.Key), Kind: "unknown", Err: err}
+				}
+				bad = append(bad, b)
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return bad, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// errLayout reports a key in a record directory that does not fit the
+// key layout.
+var errLayout = errors.New("key does not fit the registry layout")
+
+// checkKV decodes one record by its key, as Check does.
+func (r *Registry) checkKV(kv *mvccpb.KeyValue) error {
+	p := strings.Split(r.rel(kv.Key), "/")
+	layout := func(kind string) error { return corrupt(kind, kv.Key, errLayout) }
+	switch p[0] {
+	case "apps":
+		switch {
+		case len(p) == 2:
+			_, err := decodeApp(kv.Value, kv.Key, p[1], kv.ModRevision)
+			return err
+		case len(p) < 3:
+			return layout(KindApp)
+		}
+		kind := map[string]string{"env": KindEnv, "revs": KindRevision, "procs": KindProcType, "scale": KindScale}[p[2]]
+		switch {
+		case kind == "":
+			return nil // not a record this version knows
+		case kind == KindScale && len(p) == 5:
+			if err := validNames("app name", p[1], "revision name", p[3], "process type", p[4]); err != nil {
+				return invalid(KindScale, kv.Key, err)
+			}
+			_, err := decodeScale(kv.Key, kv.Value)
+			return err
+		case kind == KindScale || len(p) != 4:
+			return layout(kind)
+		case kind == KindEnv:
+			_, err := decodeEnv(kv.Key, p[1], p[3], kv.Value)
+			return err
+		case kind == KindRevision:
+			_, err := decodeRevision(kv.Key, kv.Value, kv.ModRevision, p[1], p[3])
+			return err
+		default:
+			_, err := decodeProc(kv.Key, kv.Value, kv.ModRevision, p[1], p[3])
+			return err
+		}
+	case "tickets":
+		if len(p) != 2 {
+			return layout(KindTicket)
+		}
+		_, err := decodeTicket(kv, p[1])
+		return err
+	case "claims":
+		if len(p) != 2 {
+			return layout(KindClaim)
+		}
+		if err := validID("claim ticket id", p[1]); err != nil {
+			return invalid(KindClaim, kv.Key, err)
+		}
+		_, err := decodeClaim(kv.Key, kv.Value)
+		return err
+	case "instances":
+		if len(p) != 2 {
+			return layout(KindInstance)
+		}
+		_, err := decodeInstance(kv, p[1])
+		return err
+	case "hosts":
+		switch {
+		case len(p) == 2:
+			_, err := decodeHost(kv, p[1])
+			return err
+		case len(p) == 4 && p[2] == "instances":
+			return invalid(KindHostIndex, kv.Key, firstErr(validName("host", p[1]), validID("instance id", p[3])))
+		}
+		return layout(KindHostIndex)
+	case "drains":
+		if len(p) != 2 {
+			return layout(KindDrain)
+		}
+		_, err := decodeDrain(kv, p[1])
+		return err
+	}
+	return nil
 }
