@@ -544,6 +544,12 @@ func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 	}
 
 	insts, err := a.reg.HostInstances(ctx, a.cfg.HostID)
+	// Bad instance records are the reconciler's to report (it lists
+	// them all on every pass); this read happens once per session.
+	bad, err := registry.Skipped(err)
+	if len(bad) > 0 {
+		a.log.Debug("host instances: skipped records that do not decode", "count", len(bad))
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			a.log.Warn("list host instances", "error", err)

@@ -19,6 +19,8 @@ type metrics struct {
 	connected       prometheus.Gauge
 	leader          prometheus.Gauge
 	ticketToRunning prometheus.Histogram
+	// badRecords logs and counts the registry records the agent skipped.
+	badRecords *badRecords
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -52,9 +54,10 @@ func newMetrics(a *Agent) *metrics {
 			Help:    "Time from a start ticket's creation to its instance running.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
+		badRecords: newBadRecords(a.log),
 	}
 	m.reg.MustRegister(m.claimsWon, m.claimsLost, m.claimConflicts, m.claimBatches, m.leaseLost, m.connected, m.leader, m.ticketToRunning,
-		&instanceCollector{a: a},
+		&instanceCollector{a: a}, m.badRecords,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

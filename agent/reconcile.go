@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -29,7 +30,9 @@ import (
 //   - terminal instances older than an hour are deleted.
 //
 // It acts on registry events (debounced) and a slow periodic full pass, and
-// does nothing while it cannot read the registry.
+// does nothing while it cannot read the registry. Records that do not
+// decode are skipped (a host whose record is bad still counts as alive)
+// and reported once each (badRecords), never a reason to stop.
 
 const (
 	reconcileDebounce = 200 * time.Millisecond
@@ -110,6 +113,7 @@ func (a *Agent) lead(ctx context.Context, lease int64) {
 		_ = el.Resign(rctx)
 	}()
 	r := &reconciler{a: a, hostGone: map[string]time.Time{}, fixes: map[string]*fixState{}, stuck: map[string]bool{}}
+	defer a.metrics.badRecords.forget("reconciler/")
 	r.run(ctx, sess.Done())
 }
 
@@ -170,7 +174,10 @@ func resetTimer(t *time.Timer, d time.Duration) {
 // pass runs one full reconciliation and returns when the next one is due.
 func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 	next := r.a.cfg.ReconcileInterval
+	// Records that do not decode are skipped and reported (r.skipped),
+	// never a reason to stop: one bad key must not halt the fleet.
 	hosts, err := r.a.reg.Hosts(ctx)
+	badHosts, err := r.skipped("hosts", err)
 	if err != nil && ctx.Err() != nil {
 		return next
 	}
@@ -179,7 +186,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		return min(next, 2*time.Second)
 	}
 	insts, err := r.a.reg.Instances(ctx)
-	if err != nil {
+	if _, err = r.skipped("instances", err); err != nil {
 		r.a.log.Warn("reconcile: cannot read instances; doing nothing", "error", err)
 		return min(next, 2*time.Second)
 	}
@@ -188,6 +195,14 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 	for _, h := range hosts {
 		alive[h.ID] = true
 		delete(r.hostGone, h.ID)
+	}
+	for _, b := range badHosts {
+		// Its key exists, so (bound to a lease or not) its host is not
+		// known to be gone: its instances are not lost for that.
+		if id, ok := strings.CutPrefix(b.Key, r.a.reg.Prefix()+"hosts/"); ok && b.Kind == registry.KindHost {
+			alive[id] = true
+			delete(r.hostGone, id)
+		}
 	}
 
 	// 1. Hosts gone past the grace: their instances are lost, a host's
@@ -224,7 +239,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 
 	// 3. Re-apply every desired scale (no write when nothing drifted).
 	scales, err := r.a.reg.Scales(ctx, "")
-	if err != nil {
+	if _, err = r.skipped("scales", err); err != nil {
 		r.a.log.Warn("reconcile: cannot read scales", "error", err)
 		return min(next, 2*time.Second)
 	}
@@ -264,7 +279,8 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 	}
 
 	// 4. Tickets no live host may take are reported once, not retried.
-	if ts, err := r.a.reg.Tickets(ctx); err == nil {
+	ts, err := r.a.reg.Tickets(ctx)
+	if _, err := r.skipped("tickets", err); err == nil {
 		for _, t := range ts {
 			if t.Holder != "" || r.stuck[t.ID] || len(t.FailedHosts) == 0 {
 				continue
@@ -296,7 +312,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 // how soon a deadline needs another pass (0: none pending).
 func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.Instance) time.Duration {
 	drains, err := r.a.reg.Drains(ctx)
-	if err != nil || len(drains) == 0 {
+	if _, err = r.skipped("drains", err); err != nil || len(drains) == 0 {
 		return 0
 	}
 	byID := make(map[string]registry.Instance, len(insts))
@@ -343,6 +359,16 @@ func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.
 		}
 	}
 	return next
+}
+
+// skipped reports the records a listing of what skipped (see
+// registry.Skipped) and returns them with the listing's other error.
+func (r *reconciler) skipped(what string, err error) (registry.BadRecords, error) {
+	bad, err := registry.Skipped(err)
+	if err == nil {
+		r.a.metrics.badRecords.observe("reconciler/"+what, bad)
+	}
+	return bad, err
 }
 
 // eligibleHosts counts live hosts that may claim t.

@@ -377,9 +377,13 @@ func (a *Agent) start(ctx context.Context, s *registry.HostSession, t registry.T
 // buildSpec turns a start ticket into a supervisor.Spec.
 func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.Instance) (supervisor.Spec, int, error) {
 	l, err := a.reg.Launch(ctx, t.App, t.Rev, t.Proc)
+	// Env vars that do not check out (a key with "=" would set another
+	// variable) are left out and reported, not passed to the process.
+	bad, err := registry.Skipped(err)
 	if err != nil {
 		return supervisor.Spec{}, 0, err
 	}
+	a.metrics.badRecords.observe("launch/"+t.App, bad)
 	rev, proc, appEnv := l.Revision, l.ProcType, l.Env
 	dir := rev.Dir
 	if rev.ArtifactURL != "" {

@@ -110,7 +110,8 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 	for _, kv := range rangeKvs(resp, 5) {
 		in, err := decodeInstance(kv, strings.TrimPrefix(string(kv.Key), r.instancesDir()))
 		if err != nil {
-			r.log.Warn("instance value does not decode", "key", string(kv.Key), "error", err)
+			// Reported by whoever lists instances (the reconciler, once).
+			r.log.Debug("instance value does not decode", "key", string(kv.Key), "error", err)
 			continue
 		}
 		if in.App != app || in.Rev != rev || in.Proc != proc || !in.counted() {
