@@ -108,7 +108,7 @@ func runAppList(ctx context.Context, e *env, args []string) error {
 	}
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
 		apps, err := r.Apps(ctx)
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list apps: %w", err)
 		}
 		sort.Slice(apps, func(i, j int) bool { return apps[i].Name < apps[j].Name })
@@ -136,19 +136,19 @@ func runAppShow(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("show app %q: %w", name, err)
 		}
 		envs, err := r.Env(ctx, name)
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("show app %q: env: %w", name, err)
 		}
 		revs, err := r.Revisions(ctx, name)
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("show app %q: revisions: %w", name, err)
 		}
 		procs, err := r.ProcTypes(ctx, name)
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("show app %q: proc types: %w", name, err)
 		}
 		scales, err := r.Scales(ctx, name)
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("show app %q: scale: %w", name, err)
 		}
 		out := appShowOut{

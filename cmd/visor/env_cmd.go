@@ -102,7 +102,7 @@ func runEnvList(ctx context.Context, e *env, args []string) error {
 	app := args[0]
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
 		vars, err := r.Env(ctx, app)
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list env of app %q: %w", app, err)
 		}
 		if vars == nil {

@@ -110,7 +110,7 @@ func runHosts(ctx context.Context, e *env, args []string) error {
 			from = rev + 1
 		}
 		hosts, err := r.Hosts(ctx)
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list hosts: %w", err)
 		}
 		out := make([]hostOut, 0, len(hosts))

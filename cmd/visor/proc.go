@@ -511,7 +511,7 @@ func runProcList(ctx context.Context, e *env, args []string) error {
 	}
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
 		procs, err := r.ProcTypes(ctx, args[0])
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list proc types of app %q: %w", args[0], err)
 		}
 		out := make([]procOut, 0, len(procs))

@@ -97,7 +97,7 @@ func runPS(ctx context.Context, e *env, args []string) error {
 		default:
 			insts, err = r.Instances(ctx)
 		}
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list instances: %w", err)
 		}
 		if len(args) == 1 && len(insts) == 0 {

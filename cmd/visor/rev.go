@@ -132,7 +132,7 @@ func runRevList(ctx context.Context, e *env, args []string) error {
 	}
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
 		revs, err := r.Revisions(ctx, args[0])
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list revisions of app %q: %w", args[0], err)
 		}
 		out := make([]revOut, 0, len(revs))

@@ -141,7 +141,7 @@ func runScale(ctx context.Context, e *env, args []string) error {
 				ours[id] = true
 			}
 		}
-		return waitScale(ctx, r, progress, app, rev, want, ours, from, timeout)
+		return waitScale(ctx, e, r, progress, app, rev, want, ours, from, timeout)
 	})
 }
 
@@ -272,14 +272,14 @@ func (w *scaleWaiter) summary() string {
 // before the scale), so no change is missed; changes older than an
 // instance's listed state are ignored. ours are the start tickets the scale
 // created.
-func waitScale(ctx context.Context, r *registry.Registry, out io.Writer, app, rev string, want []scaleArg, ours map[string]bool, from int64, timeout time.Duration) error {
+func waitScale(ctx context.Context, e *env, r *registry.Registry, out io.Writer, app, rev string, want []scaleArg, ours map[string]bool, from int64, timeout time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 
 	insts, err := r.AppInstances(ctx, app)
-	if err != nil {
+	if err := e.skipped(err); err != nil {
 		return fmt.Errorf("wait for scale: %w", err)
 	}
 	w := &scaleWaiter{
@@ -333,7 +333,8 @@ func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev regist
 		w.attempts[ev.Proc]++
 		t, err := r.Ticket(ctx, ev.Ticket)
 		switch {
-		case errors.Is(err, registry.ErrNotFound):
+		case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrCorrupt):
+			// Gone, or unreadable (visor doctor names it): no reason.
 		case err != nil:
 			return fmt.Errorf("wait for scale: ticket %s: %w", ev.Ticket, err)
 		case len(t.Reasons) > 0:
@@ -350,7 +351,9 @@ func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev regist
 		// the reason is worth showing.
 		inst, err := r.Instance(ctx, ev.Instance)
 		switch {
-		case errors.Is(err, registry.ErrNotFound):
+		case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrCorrupt):
+			// Gone, or no longer readable: not running as far as
+			// anyone can tell.
 			w.forget(ev.Instance, ev.Revision)
 		case err != nil:
 			return fmt.Errorf("wait for scale: instance %s: %w", ev.Instance, err)

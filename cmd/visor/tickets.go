@@ -65,7 +65,7 @@ func runTickets(ctx context.Context, e *env, args []string) error {
 		} else {
 			ts, err = r.Tickets(ctx)
 		}
-		if err != nil {
+		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list tickets: %w", err)
 		}
 		out := make([]ticketOut, 0, len(ts))
