@@ -90,6 +90,11 @@ func (s *Store) decode(kv *mvccpb.KeyValue) (Endpoint, error) {
 	}
 	e.Service, e.ID = service, id
 	e.ModRevision = kv.ModRevision
+	// What was stored by hand must pass what Put checks: a hostile
+	// address, port or name is refused here, not served by lookups.
+	if err := e.validate(); err != nil {
+		return Endpoint{Service: service, ID: id}, fmt.Errorf("endpoint %s/%s: %w", service, id, err)
+	}
 	return e, nil
 }
 

@@ -34,6 +34,23 @@
 // name escapes its key. Invalid input fails with ErrInvalid before anything
 // is written.
 //
+// # Records that do not decode
+//
+// Every stored record is read through one decoder per kind, which checks
+// what it decodes as the writers check their input: names (which keys are
+// built from), states and ops, env keys (never "=" or NUL), ports,
+// counts. A value that fails is a BadRecord (key, kind, error; matches
+// ErrCorrupt), never a value that breaks something later. A read of that
+// one record fails with it; a listing (Apps, Instances, Hosts, Tickets,
+// Scales, Env, Drains, Launch's env, ...) skips it and returns the records
+// that did decode with a BadRecords error naming the skipped ones, which
+// Skipped separates from real failures:
+//
+//	insts, err := r.Instances(ctx)
+//	bad, err := registry.Skipped(err) // err: only what is not a bad record
+//
+// Check reads the whole prefix and returns every bad record (visor doctor).
+//
 // # Transactions
 //
 // Every multi-key change is one etcd transaction. Read-modify-write changes
