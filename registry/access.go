@@ -85,9 +85,9 @@ func probeOne(ctx context.Context, hostport string, cfg *tls.Config) error {
 	if c == nil {
 		// No TLS configured: does the endpoint speak TLS anyway?
 		c = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // only detects TLS, sends nothing
-		err := tls.Client(raw, c).HandshakeContext(pctx)
-		var rh tls.RecordHeaderError
-		if err == nil || !errors.As(err, &rh) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
+		// Only a completed handshake or a TLS alert proves TLS: a plain
+		// server that just closes the connection must not be taken for one.
+		if err := tls.Client(raw, c).HandshakeContext(pctx); err == nil || isRemoteAlert(err) {
 			return errors.New("etcd serves TLS but no TLS settings were given (CA file, client certificate)")
 		}
 		return nil

@@ -107,7 +107,11 @@ func agentTLSConfig(caFile string) (*tls.Config, error) {
 }
 
 // speaksTLS reports whether the server at addr answers a TLS handshake
-// (whatever its certificate). Nothing but a ClientHello is sent.
+// (whatever its certificate). Nothing but a ClientHello is sent. It errs
+// on the side of TLS: only an answer that is not a TLS record (a plain
+// HTTP server's 400) or no answer at all counts as plain, so that an
+// unclear case fails the call over https instead of sending the token in
+// cleartext.
 func speaksTLS(ctx context.Context, addr string) bool {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
