@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -80,20 +81,44 @@ func (o Options) Stream(ctx context.Context, path string, n int, follow bool, w 
 			s.f.Close()
 		}
 	}()
-	base0, size0, err := stableSize(f0)
-	if err != nil {
-		f0.Close()
-		return err
-	}
-	srcs[0].size = size0
-
-	startFile, startOff := 0, size0
-	if n > 0 {
-		startFile, startOff, err = o.findStart(path, &srcs, n)
+	var base0, size0 int64
+	startFile, startOff := 0, int64(0)
+	// A rotation caught half-way (files being shifted, path.1 being
+	// filled) shows as a broken chain of rotated files: scan again once it
+	// is over (bounded; then go on with what was found).
+	retry := time.Millisecond
+	for attempt := 0; ; attempt++ {
+		base0, size0, err = stableSize(f0)
 		if err != nil {
 			f0.Close()
 			return err
 		}
+		srcs[0].size = size0
+		startFile, startOff = 0, size0
+		if n == 0 {
+			break
+		}
+		startFile, startOff, err = o.findStart(path, &srcs, n, base0, attempt < 12)
+		if !errors.Is(err, errRotating) {
+			break
+		}
+		for _, s := range srcs[1:] {
+			s.f.Close()
+		}
+		srcs = srcs[:1]
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f0.Close()
+			return ctx.Err()
+		case <-t.C:
+		}
+		retry = min(2*retry, 200*time.Millisecond)
+	}
+	if err != nil {
+		f0.Close()
+		return err
 	}
 
 	lw := &lastByteWriter{w: w}
@@ -158,16 +183,25 @@ func stableSize(f *os.File) (base, size int64, err error) {
 	return base, size, nil
 }
 
+// errRotating reports a chain of rotated files caught in the middle of a
+// rotation.
+var errRotating = errors.New("logfile: rotation in progress")
+
 // findStart scans the log's logical stream (rotated files oldest first,
 // then the active file) backwards from its end, in blocks, for the newline
 // before the last n lines (n > 0), opening rotated files into srcs as it
 // reaches them. It returns the file (0 = active, i = path.i) and offset
 // where those lines start, or the start of the oldest file when there are
-// fewer lines.
-func (o Options) findStart(path string, srcs *[]tailSource, n int) (int, int64, error) {
+// fewer lines. base0 is the active file's rotation base. With check, a
+// rotated file whose recorded logical range does not end where the next
+// newer one begins (a rotation is shifting or filling them) is
+// errRotating; without rotation bases (no xattr support) nothing is
+// checked.
+func (o Options) findStart(path string, srcs *[]tailSource, n int, base0 int64, check bool) (int, int64, error) {
 	buf := make([]byte, tailBlock)
 	need := n
 	skipLast := true // the last byte of all, if a newline, ends the last line
+	wantEnd := base0 // logical end the next older file must have
 	for i := 0; ; i++ {
 		if i > 0 {
 			if i > o.MaxFiles {
@@ -175,6 +209,9 @@ func (o Options) findStart(path string, srcs *[]tailSource, n int) (int, int64, 
 			}
 			f, err := os.Open(rotatedName(path, i))
 			if errors.Is(err, fs.ErrNotExist) {
+				if _, err := os.Stat(rotatedName(path, i+1)); check && err == nil {
+					return 0, 0, errRotating // a gap: files are being shifted
+				}
 				return i - 1, 0, nil
 			}
 			if err != nil {
@@ -186,6 +223,11 @@ func (o Options) findStart(path string, srcs *[]tailSource, n int) (int, int64, 
 				return 0, 0, fmt.Errorf("tail: %w", err)
 			}
 			*srcs = append(*srcs, tailSource{f: f, size: st.Size()})
+			start, stable := readBase(f)
+			if check && (wantEnd > 0 || start > 0) && (!stable || start+st.Size() != wantEnd) {
+				return 0, 0, errRotating
+			}
+			wantEnd = start
 		}
 		src := (*srcs)[i]
 		for pos := src.size; pos > 0; {
