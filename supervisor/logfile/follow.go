@@ -178,6 +178,7 @@ func (fl *follower) drain() error {
 				return err
 			}
 			fl.logical = base
+			continue // base may lie beyond the limit
 		}
 		st, err := fl.f.Stat()
 		if err != nil {

@@ -191,3 +191,42 @@ func TestFindStartSeesRotationInProgress(t *testing.T) {
 		t.Fatalf("path.1 being filled: %v, want errRotating", err)
 	}
 }
+
+// TestStreamRotationBeyondItsEnd: appends and a rotation that moves the
+// head past the end a stream without follow stops at (while it is still
+// reading) end it cleanly, with exactly the lines there were when it began.
+func TestStreamRotationBeyondItsEnd(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "app.log")
+	f, err := OpenAppend(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var want strings.Builder
+	for i := range 3000 {
+		l := fmt.Sprintf("line %08d\n", i)
+		want.WriteString(l)
+		appendTo(t, f, l)
+	}
+	o := Options{MaxBytes: 8 << 10, MaxFiles: 10}.WithDefaults()
+	r := NewRotator(nil)
+	done := false
+	w := &hookWriter{hook: func() {
+		if !done {
+			done = true
+			for i := range 20000 {
+				appendTo(t, f, fmt.Sprintf("more %08d\n", i))
+			}
+			if mode, err := r.rotate(p, o); err != nil || mode != "collapse" {
+				t.Errorf("rotate = %q, %v", mode, err)
+			}
+		}
+	}}
+	if err := o.Stream(context.Background(), p, 3000, false, w); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.b.String(); got != want.String() {
+		t.Fatalf("streamed %d bytes, want %d", len(got), want.Len())
+	}
+}
