@@ -34,7 +34,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	c := etcdtest.New(t)
+	c := etcdtest.Shared(t)
 	reg := registry.New(c.Client(t), etcdtest.Prefix(t), hclog.NewNullLogger())
 	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(2*time.Minute))
 	t.Cleanup(cancel)
@@ -144,7 +144,7 @@ func (f *fixture) running(t *testing.T, app string) map[string]registry.Instance
 func (f *fixture) waitRunning(t *testing.T, app string, n int) map[string]registry.Instance {
 	t.Helper()
 	var got map[string]registry.Instance
-	proctest.WaitFor(t, 30*time.Second, fmt.Sprintf("%d running instances of %s", n, app), func() bool {
+	proctest.WaitFor(t, 90*time.Second, fmt.Sprintf("%d running instances of %s", n, app), func() bool {
 		got = f.running(t, app)
 		if len(got) != n {
 			return false

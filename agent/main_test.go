@@ -6,12 +6,13 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
 )
 
 func TestMain(m *testing.M) {
 	proctest.Main()
-	goleak.VerifyTestMain(m,
+	goleak.VerifyTestMain(etcdtest.WithShared(m),
 		// etcd's client and embedded server keep a few process-wide goroutines.
 		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
 		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),

@@ -104,7 +104,7 @@ func TestWriterRetriesFailedWriteAfterBackoff(t *testing.T) {
 		return w.latest[in.ID].State == supervisor.StateExited && w.dirty[in.ID] && !w.busy[in.ID] && !w.queued[in.ID]
 	})
 
-	if d := flushBounded(a, in.ID); d > flushOneTimeout+3*time.Second {
+	if d := flushBounded(a, in.ID); d > flushOneTimeout+testtime.Scaled(3*time.Second) {
 		t.Errorf("flushOne of a write that keeps failing returned after %v, want about %v", d, flushOneTimeout)
 	}
 	if p, _ := w.pending(in.ID); !p {
@@ -147,7 +147,8 @@ func TestWriterDropsWriteRefusedAsTransition(t *testing.T) {
 		t.Fatal(err)
 	}
 	must(t, a.sup.Notified(context.Background()))
-	if d := flushBounded(a, in.ID); d > 3*time.Second {
+	// Retrying would last until flushBounded's 20 s (scaled) context ends.
+	if d := flushBounded(a, in.ID); d > testtime.Scaled(10*time.Second) {
 		t.Errorf("flushOne of a refused write returned after %v", d)
 	}
 	if p, _ := a.writer.pending(in.ID); p {

@@ -434,10 +434,12 @@ func TestMinUptime(t *testing.T) {
 func TestHealthChecks(t *testing.T) {
 	t.Parallel()
 	h := start(t, Config{})
-	ctx := ctxT(t)
 	dir := t.TempDir()
+	// Each subtest's context starts when it runs: parallel subtests may wait
+	// long for a slot on a loaded machine.
 	t.Run("tcp started criterion", func(t *testing.T) {
 		t.Parallel()
+		ctx := ctxT(t)
 		ln := filepath.Join(dir, "addr")
 		// Find a free port by listening once, then let the workload take it.
 		addr := freeAddr(t)
@@ -456,6 +458,7 @@ func TestHealthChecks(t *testing.T) {
 	})
 	t.Run("exec failing restarts", func(t *testing.T) {
 		t.Parallel()
+		ctx := ctxT(t)
 		flag := filepath.Join(dir, "healthy")
 		if err := os.WriteFile(flag, nil, 0o644); err != nil {
 			t.Fatal(err)

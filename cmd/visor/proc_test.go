@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 func TestProcCommands(t *testing.T) {
@@ -166,10 +168,10 @@ func TestProcSetFlagsCheckedBeforeDial(t *testing.T) {
 		{"--health-threshold", "0"},
 		{"--command", "x", "--memory", "0.5"},
 	} {
-		args := append([]string{"--endpoints", closed, "--timeout", "1m", "proc", "set", "web", "web"}, flags...)
+		args := append([]string{"--endpoints", closed, "--timeout", "10m", "proc", "set", "web", "web"}, flags...)
 		start := time.Now()
 		res := runCLI(args...)
-		if d := time.Since(start); d > 10*time.Second {
+		if d := time.Since(start); d > testtime.Scaled(30*time.Second) { // far below --timeout
 			t.Errorf("visor %s: took %s; the flag error must come before dialling", strings.Join(args, " "), d)
 		}
 		checkFailure(t, res, 2, []string{flags[len(flags)-2]}, args)
