@@ -84,7 +84,7 @@ func (f *fixture) startAgent(t *testing.T, host, dataDir string, mod func(*Confi
 		DataDir:    dataDir,
 		RunDir:     filepath.Join(dataDir, "run"),
 		HTTPAddr:   "127.0.0.1:0",
-		TTL:        3 * time.Second,
+		TTL:        testtime.Scaled(10 * time.Second), // a loaded machine's stalls must not end the session
 		ClaimDelay: time.Millisecond,
 		Cgroups:    "none",
 		Logger:     hclog.New(&hclog.LoggerOptions{Name: host, Level: hclog.Debug, Output: testWriter{t}}),
