@@ -113,7 +113,9 @@ func (f *failAfter) Write(p []byte) (int, error) {
 // come out once, in order.
 func TestStreamAcrossCollapseRotation(t *testing.T) {
 	t.Parallel()
-	p := filepath.Join(t.TempDir(), "app.log")
+	dir := t.TempDir()
+	requireCollapse(t, dir)
+	p := filepath.Join(dir, "app.log")
 	f, err := OpenAppend(p)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +133,7 @@ func TestStreamAcrossCollapseRotation(t *testing.T) {
 	w := &hookWriter{hook: func() {
 		if !rotated {
 			rotated = true
-			if mode, err := r.rotate(p, o); err != nil || mode != "collapse" {
+			if mode, err := r.rotate(p, o); err != nil || mode != ModeCollapse {
 				t.Errorf("rotate = %q, %v", mode, err)
 			}
 		}
