@@ -34,7 +34,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	c := etcdtest.Shared(t)
+	c := etcdtest.New(t)
 	reg := registry.New(c.Client(t), etcdtest.Prefix(t), hclog.NewNullLogger())
 	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(2*time.Minute))
 	t.Cleanup(cancel)

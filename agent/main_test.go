@@ -6,13 +6,12 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/proctest"
 )
 
 func TestMain(m *testing.M) {
 	proctest.Main()
-	goleak.VerifyTestMain(etcdtest.WithShared(m),
+	goleak.VerifyTestMain(m,
 		// etcd's client and embedded server keep a few process-wide goroutines.
 		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
 		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
