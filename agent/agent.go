@@ -31,6 +31,9 @@ const (
 	metaPort    = "port"
 	metaTicket  = "ticket"
 	metaCreated = "created"
+	// metaDir is the instance's working directory (its release): the
+	// artifact cache never prunes a release an instance has.
+	metaDir = "dir"
 )
 
 // Agent is one host's daemon. Create it with New and call Run.
@@ -70,6 +73,7 @@ type Agent struct {
 	// they count against Capacity.
 	reserved map[string]struct{}
 	waiting  map[string]context.CancelFunc // tickets waiting out the claim delay
+	starts   map[string]*startRun          // instance -> its start under way here
 	httpAddr string
 	// draining is set while the registry says this host is being drained:
 	// no start tickets are claimed then.
@@ -100,13 +104,17 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		log:       log,
 		reg:       reg,
 		ports:     newPortAllocator(cfg.PortMin, cfg.PortMax),
-		artifacts: newArtifactCache(filepath.Join(cfg.DataDir, "artifacts")),
+		artifacts: newArtifactCache(filepath.Join(cfg.DataDir, "artifacts"), artifactLimitsOf(cfg), log.Named("artifacts")),
 		started:   time.Now(),
 		sessionCh: make(chan struct{}),
 		inflight:  make(map[string]struct{}),
 		live:      make(map[string]struct{}),
 		reserved:  make(map[string]struct{}),
 		waiting:   make(map[string]context.CancelFunc),
+		starts:    make(map[string]*startRun),
+	}
+	if err := a.artifacts.prepareDirs(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.metrics = newMetrics(a)
 	a.writer = newStateWriter(a)
@@ -278,7 +286,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-bg.Done():
 		}
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.pruneLoop(bg)
+	}()
 	loopErr := a.sessionLoop(loopCtx)
+	// Every start waiting for an artifact has given up by now, which
+	// cancelled the fetches: wait for them to clean up.
+	a.artifacts.wait()
 	select {
 	case err := <-dnsErr:
 		if err != nil {
@@ -691,6 +707,11 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		if ev.Deleted || ev.Claimed {
 			if ev.Ticket.Holder != a.cfg.HostID {
 				a.abandon(ev.Ticket.ID)
+			}
+			if ev.Deleted {
+				// A start still waiting for its artifact has no ticket
+				// left to complete: stop waiting.
+				a.cancelStartTicket(ev.Ticket.ID)
 			}
 			continue
 		}

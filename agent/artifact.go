@@ -5,144 +5,15 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-
-	"golang.org/x/sync/singleflight"
 )
-
-// ErrArtifact marks a revision whose artifact cannot be fetched, verified
-// or unpacked. Tickets failing with it are released with the reason so
-// another host may try (an unreachable URL may be reachable from there).
-var ErrArtifact = errors.New("agent: artifact")
-
-// maxArtifactBytes bounds a downloaded artifact (and its unpacked size), so a
-// wrong URL cannot fill the disk.
-const maxArtifactBytes = 2 << 30
-
-// artifactCache fetches revision artifacts into a content-addressed cache
-// (<dir>/blobs/<sha256>.tar.gz), checks their sha256, and unpacks each once
-// into <dir>/releases/<sha256>/, which instances of that revision share as
-// their working directory (read-mostly; an app that writes there shares it).
-type artifactCache struct {
-	dir    string
-	client *http.Client
-	group  singleflight.Group
-}
-
-func newArtifactCache(dir string) *artifactCache {
-	return &artifactCache{dir: dir, client: &http.Client{}}
-}
-
-// Dir returns the unpacked release directory of the artifact at rawURL with
-// the given sha256, fetching and unpacking it first if needed. Concurrent
-// calls for one artifact share one fetch.
-func (c *artifactCache) Dir(ctx context.Context, rawURL, sum string) (string, error) {
-	sum = strings.ToLower(sum)
-	if len(sum) != 64 {
-		return "", fmt.Errorf("%w: sha256 %q is not 64 hex digits", ErrArtifact, sum)
-	}
-	if _, err := hex.DecodeString(sum); err != nil {
-		return "", fmt.Errorf("%w: sha256 %q is not hex", ErrArtifact, sum)
-	}
-	rel := filepath.Join(c.dir, "releases", sum)
-	if _, err := os.Stat(filepath.Join(rel, ".visor-unpacked")); err == nil {
-		return rel, nil
-	}
-	// Keyed by URL too: two URLs claiming one digest must each be checked.
-	v, err, _ := c.group.Do(sum+" "+rawURL, func() (any, error) {
-		if _, err := os.Stat(filepath.Join(rel, ".visor-unpacked")); err == nil {
-			return rel, nil
-		}
-		blob, err := c.fetch(ctx, rawURL, sum)
-		if err != nil {
-			return "", err
-		}
-		if err := unpack(blob, rel); err != nil {
-			return "", err
-		}
-		return rel, nil
-	})
-	if err != nil {
-		return "", err
-	}
-	return v.(string), nil
-}
-
-// fetch downloads (or copies) the artifact into the blob cache, verifying
-// its sha256 before it becomes visible under its final name.
-func (c *artifactCache) fetch(ctx context.Context, rawURL, sum string) (string, error) {
-	blobs := filepath.Join(c.dir, "blobs")
-	final := filepath.Join(blobs, sum+".tar.gz")
-	if _, err := os.Stat(final); err == nil {
-		return final, nil
-	}
-	if err := os.MkdirAll(blobs, 0o750); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrArtifact, err)
-	}
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "", fmt.Errorf("%w: url %q: %v", ErrArtifact, rawURL, err)
-	}
-	var src io.ReadCloser
-	switch u.Scheme {
-	case "file":
-		f, err := os.Open(u.Path)
-		if err != nil {
-			return "", fmt.Errorf("%w: %v", ErrArtifact, err)
-		}
-		src = f
-	case "http", "https":
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
-		if err != nil {
-			return "", fmt.Errorf("%w: %v", ErrArtifact, err)
-		}
-		resp, err := c.client.Do(req)
-		if err != nil {
-			return "", fmt.Errorf("%w: fetch %s: %v", ErrArtifact, rawURL, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
-			return "", fmt.Errorf("%w: fetch %s: %s", ErrArtifact, rawURL, resp.Status)
-		}
-		src = resp.Body
-	default:
-		return "", fmt.Errorf("%w: url %q: scheme must be file, http or https", ErrArtifact, rawURL)
-	}
-	defer src.Close()
-
-	tmp, err := os.CreateTemp(blobs, ".fetch-*")
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrArtifact, err)
-	}
-	defer os.Remove(tmp.Name())
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(src, maxArtifactBytes+1))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", fmt.Errorf("%w: download %s: %v", ErrArtifact, rawURL, err)
-	}
-	if n > maxArtifactBytes {
-		return "", fmt.Errorf("%w: %s is larger than %d bytes", ErrArtifact, rawURL, int64(maxArtifactBytes))
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
-		return "", fmt.Errorf("%w: sha256 mismatch for %s: want %s, got %s", ErrArtifact, rawURL, sum, got)
-	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrArtifact, err)
-	}
-	return final, nil
-}
 
 // unpack extracts a tar.gz into dir via a temporary sibling directory, so a
 // half-unpacked release is never used. Entries may not escape dir.
@@ -168,8 +39,19 @@ func (c *artifactCache) fetch(ctx context.Context, rawURL, sum string) (string, 
 //
 // Hard links are created when their target is a file inside the release
 // (os.Root resolves it there) and refused otherwise. Devices and fifos are
-// skipped.
-func unpack(blob, dir string) error {
+// skipped (their size still counts, see unpackLimits).
+//
+// Limits (lim): the uncompressed tar stream, every entry's header and
+// data included, skipped entries too, may be at most lim.maxBytes, and so
+// may the sum of the sizes the headers announce (a sparse file's holes
+// count: they are written out); at most lim.maxEntries entries. Going over
+// either is an error naming the limit. Unpacking ends with ctx.
+//
+// gid >= 0 hands the release over to instances running with that group
+// (see artifactCache): owned by root and gid, directories 0750, files
+// 0640 or 0750, nothing writable by the group. gid < 0 keeps it root's
+// alone (the directory itself is 0700).
+func unpack(ctx context.Context, blob, dir string, lim unpackLimits, gid int) error {
 	f, err := os.Open(blob)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrArtifact, err)
@@ -187,11 +69,30 @@ func unpack(blob, dir string) error {
 		return fmt.Errorf("%w: %v", ErrArtifact, err)
 	}
 	defer os.RemoveAll(tmp)
-	if err := extract(tar.NewReader(zr), tmp); err != nil {
+	size, err := extract(ctx, zr, tmp, lim)
+	if err != nil {
 		return err
 	}
+	if gid >= 0 {
+		if err := handOver(tmp, gid); err != nil {
+			return err
+		}
+	}
+	// The marker is ours (extract removed any entry of that name); it
+	// records the release's size for pruning.
+	m, err := os.OpenFile(filepath.Join(tmp, releaseMarker), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	_, err = m.WriteString(strconv.FormatInt(size, 10) + "\n")
+	if cerr := m.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
 	if err := os.Rename(tmp, dir); err != nil {
-		if _, serr := os.Stat(filepath.Join(dir, ".visor-unpacked")); serr == nil {
+		if _, serr := os.Stat(filepath.Join(dir, releaseMarker)); serr == nil {
 			return nil // another agent process unpacked it first
 		}
 		return fmt.Errorf("%w: %v", ErrArtifact, err)
@@ -199,83 +100,178 @@ func unpack(blob, dir string) error {
 	return nil
 }
 
+// releaseMarker is the file that marks a release complete; it holds the
+// release's size in bytes, and its mtime is the release's last use.
+const releaseMarker = ".visor-unpacked"
+
+// unpackLimits bound what one artifact may unpack to (see unpack).
+type unpackLimits struct {
+	maxBytes   int64
+	maxEntries int
+}
+
+// handOver makes the unpacked tree in tmp (written by root, private) owned
+// by root and group gid, readable and searchable by the group, writable
+// by nobody but root; symlinks are only re-owned. Set-id bits never
+// survive extraction (modes are masked to 0777).
+func handOver(tmp string, gid int) error {
+	err := filepath.WalkDir(tmp, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(p, 0, gid); err != nil {
+			return err
+		}
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			return nil
+		case d.IsDir():
+			return os.Chmod(p, 0o750)
+		default:
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			mode := fs.FileMode(0o640)
+			if info.Mode()&0o111 != 0 {
+				mode = 0o750
+			}
+			return os.Chmod(p, mode)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("%w: hand the release over to group %d: %v", ErrArtifact, gid, err)
+	}
+	return nil
+}
+
+// countingReader fails with errUnpackedTooLarge once more than max bytes
+// have been read through it, and with ctx's cause once ctx ends.
+type countingReader struct {
+	ctx  context.Context
+	r    io.Reader
+	n    int64
+	max  int64
+	over bool
+}
+
+var errUnpackedTooLarge = errors.New("unpacked size limit reached")
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if c.ctx.Err() != nil {
+		return 0, context.Cause(c.ctx)
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.n > c.max {
+		c.over = true
+		return 0, errUnpackedTooLarge
+	}
+	return n, err
+}
+
 // maxLinkHops bounds the symlinks followed while checking one link; the
 // kernel gives up after 40, so a chain longer than this cannot be followed
 // at all, but it cannot be shown to stay inside either and is refused.
 const maxLinkHops = 255
 
-// extract writes the entries of tr under tmp, all through an os.Root on
-// tmp, then marks tmp complete with .visor-unpacked. See unpack.
-func extract(tr *tar.Reader, tmp string) error {
+// extract writes the entries of the tar stream r under tmp, all through an
+// os.Root on tmp, within lim, and returns the bytes of file data written.
+// See unpack.
+func extract(ctx context.Context, r io.Reader, tmp string, lim unpackLimits) (int64, error) {
 	root, err := os.OpenRoot(tmp)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrArtifact, err)
+		return 0, fmt.Errorf("%w: %v", ErrArtifact, err)
 	}
 	defer root.Close()
+	cr := &countingReader{ctx: ctx, r: r, max: lim.maxBytes}
+	tr := tar.NewReader(cr)
+	tooLarge := func() error {
+		return fmt.Errorf("%w: unpacks to more than the %d bytes allowed (artifact_max_unpacked_bytes)", ErrArtifact, lim.maxBytes)
+	}
 	// links are the symlinks created so far, where they really lie (which
 	// differs from the entry name when a link is made through a linked
 	// directory), for the final check.
 	type link struct{ real, entry string }
 	var links []link
-	var total int64
+	var announced, written int64
+	entries := 0
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("%w: read tar: %v", ErrArtifact, err)
+			if cr.over {
+				return 0, tooLarge()
+			}
+			if ctx.Err() != nil {
+				return 0, fmt.Errorf("%w: unpack: %w", ErrArtifact, context.Cause(ctx))
+			}
+			return 0, fmt.Errorf("%w: read tar: %v", ErrArtifact, err)
 		}
+		if entries++; entries > lim.maxEntries {
+			return 0, fmt.Errorf("%w: has more than the %d entries allowed (artifact_max_entries)", ErrArtifact, lim.maxEntries)
+		}
+		// Every entry's size counts, skipped ones too: their data is read
+		// (and, for a sparse file, its holes written) all the same.
+		if hdr.Size < 0 || hdr.Size > lim.maxBytes-announced {
+			return 0, tooLarge()
+		}
+		announced += hdr.Size
 		name := filepath.Clean(hdr.Name)
 		if name == "." {
 			continue
 		}
 		if escapesByName(name) {
-			return fmt.Errorf("%w: tar entry %q escapes the release directory", ErrArtifact, hdr.Name)
+			return 0, fmt.Errorf("%w: tar entry %q escapes the release directory", ErrArtifact, hdr.Name)
 		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := root.MkdirAll(name, 0o755); err != nil {
-				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
 		case tar.TypeReg:
-			total += hdr.Size
-			if total > maxArtifactBytes {
-				return fmt.Errorf("%w: unpacked size exceeds %d bytes", ErrArtifact, int64(maxArtifactBytes))
-			}
 			if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
 			out, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, os.FileMode(hdr.Mode)&0o777)
 			if err != nil {
-				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
 			_, err = io.Copy(out, io.LimitReader(tr, hdr.Size))
 			if cerr := out.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
-				return fmt.Errorf("%w: write %s: %v", ErrArtifact, name, err)
+				if cr.over {
+					return 0, tooLarge()
+				}
+				if ctx.Err() != nil {
+					return 0, fmt.Errorf("%w: unpack: %w", ErrArtifact, context.Cause(ctx))
+				}
+				return 0, fmt.Errorf("%w: write %s: %v", ErrArtifact, name, err)
 			}
+			written += hdr.Size
 		case tar.TypeSymlink:
 			if filepath.IsAbs(hdr.Linkname) {
-				return fmt.Errorf("%w: symlink %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
+				return 0, fmt.Errorf("%w: symlink %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
 			}
 			parent := filepath.Dir(name)
 			if err := root.MkdirAll(parent, 0o755); err != nil {
-				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
 			// Where the link really goes: the parent as os.Root resolves it.
 			realParent, inside, err := resolveInside(root, "", parent)
 			if err != nil || !inside {
-				return fmt.Errorf("%w: symlink %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
+				return 0, fmt.Errorf("%w: symlink %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
 			}
 			real := filepath.Join(realParent, filepath.Base(name))
 			if err := root.Symlink(hdr.Linkname, name); err != nil {
-				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
 			if err := checkLink(root, real, hdr.Name); err != nil {
-				return err
+				return 0, err
 			}
 			links = append(links, link{real, hdr.Name})
 		case tar.TypeLink:
@@ -283,22 +279,22 @@ func extract(tr *tar.Reader, tmp string) error {
 			// the entry's directory.
 			old := filepath.Clean(hdr.Linkname)
 			if escapesByName(old) {
-				return fmt.Errorf("%w: hard link %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
+				return 0, fmt.Errorf("%w: hard link %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
 			}
 			if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-				return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
 			}
 			// root.Link resolves both names inside the root, so a target
 			// reached through a link that leaves it is refused.
 			if err := root.Link(old, name); err != nil {
-				return fmt.Errorf("%w: hard link %q -> %q: %v", ErrArtifact, hdr.Name, hdr.Linkname, err)
+				return 0, fmt.Errorf("%w: hard link %q -> %q: %v", ErrArtifact, hdr.Name, hdr.Linkname, err)
 			}
 			// A hard link to a symlink is a second symlink (Root.Link does
 			// not follow old): check it like one.
 			if st, err := root.Lstat(name); err == nil && st.Mode()&os.ModeSymlink != 0 {
 				realParent, inside, err := resolveInside(root, "", filepath.Dir(name))
 				if err != nil || !inside {
-					return fmt.Errorf("%w: hard link %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
+					return 0, fmt.Errorf("%w: hard link %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
 				}
 				links = append(links, link{filepath.Join(realParent, filepath.Base(name)), hdr.Name})
 			}
@@ -311,23 +307,15 @@ func extract(tr *tar.Reader, tmp string) error {
 	// resolve outside now (x -> d/.. before d -> .): check them all again.
 	for _, l := range links {
 		if err := checkLink(root, l.real, l.entry); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	// The marker is ours: drop any entry of that name (a symlink would be
-	// written through) and create it afresh.
-	const marker = ".visor-unpacked"
-	if err := root.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, marker, err)
+	// The marker is unpack's: drop any entry of that name (a symlink
+	// would be written through); unpack creates it afresh.
+	if err := root.Remove(releaseMarker); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, releaseMarker, err)
 	}
-	m, err := root.OpenFile(marker, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrArtifact, err)
-	}
-	if err := m.Close(); err != nil {
-		return fmt.Errorf("%w: %v", ErrArtifact, err)
-	}
-	return nil
+	return written, nil
 }
 
 // escapesByName reports whether a cleaned entry name is absolute or climbs

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -219,7 +220,7 @@ func TestUnpackRefusesEscapes(t *testing.T) {
 			}
 			blob := writeTarGz(t, entries)
 			before := listTree(t, base)
-			err := unpack(blob, release)
+			err := unpack(context.Background(), blob, release, defaultUnpackLimits(), -1)
 			if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), fmt.Sprintf("%q", tc.entry)) {
 				t.Fatalf("unpack: err = %v, want ErrArtifact naming %q", err, tc.entry)
 			}
@@ -312,7 +313,7 @@ func TestUnpackInTreeLinks(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			base, release := unpackLayout(t)
 			before := listTree(t, base)
-			if err := unpack(writeTarGz(t, tc.entries), release); err != nil {
+			if err := unpack(context.Background(), writeTarGz(t, tc.entries), release, defaultUnpackLimits(), -1); err != nil {
 				t.Fatalf("unpack: %v", err)
 			}
 			tc.check(t, release)

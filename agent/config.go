@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -114,6 +115,42 @@ type Config struct {
 	// "auto" (default), "v2", "v1" or "none".
 	Cgroups string
 
+	// ArtifactConnectTimeout bounds connecting to an artifact's server:
+	// the TCP connect, the TLS handshake, and the wait for the response
+	// headers. Default 30s.
+	ArtifactConnectTimeout time.Duration
+	// ArtifactTimeout bounds one artifact's whole fetch and unpacking
+	// (from when it gets one of the ArtifactFetchParallel slots). A start
+	// waiting for an artifact is also cancelled when the instance's stop
+	// is requested, its ticket is deleted, or the agent shuts down.
+	// Default 10m.
+	ArtifactTimeout time.Duration
+	// ArtifactMaxBytes bounds a downloaded (or copied) artifact. Default
+	// 2 GiB.
+	ArtifactMaxBytes int64
+	// ArtifactMaxUnpackedBytes bounds what an artifact unpacks to: its
+	// uncompressed tar stream (headers and data of every entry, skipped
+	// ones too) and the sum of its entries' sizes. Default 8 GiB.
+	ArtifactMaxUnpackedBytes int64
+	// ArtifactMaxEntries bounds the entries of an artifact. Default 100000.
+	ArtifactMaxEntries int
+	// ArtifactRedirectHosts lists hosts ("name" or "name:port") an
+	// artifact URL may redirect to besides its own; the scheme never
+	// changes. Default none: redirects stay on the URL's scheme and host.
+	ArtifactRedirectHosts []string
+	// ArtifactFetchParallel bounds the artifact fetches (and unpackings)
+	// running at once; starts waiting for an artifact take no ticket
+	// executor meanwhile. Default 8.
+	ArtifactFetchParallel int
+	// ArtifactCacheMaxAge: cached artifacts and releases unused this long
+	// are removed, unless an instance on this host uses them. Default
+	// 168h (7 days).
+	ArtifactCacheMaxAge time.Duration
+	// ArtifactCacheMaxBytes: when the cache is larger, the least recently
+	// used artifacts and releases that no instance uses are removed until
+	// it fits. Default 20 GiB.
+	ArtifactCacheMaxBytes int64
+
 	// Version is written to the host record.
 	Version string
 
@@ -182,6 +219,30 @@ func (c Config) withDefaults() Config {
 	if c.Cgroups == "" {
 		c.Cgroups = "auto"
 	}
+	if c.ArtifactConnectTimeout == 0 {
+		c.ArtifactConnectTimeout = defaultArtifactConnectTimeout
+	}
+	if c.ArtifactTimeout == 0 {
+		c.ArtifactTimeout = defaultArtifactTimeout
+	}
+	if c.ArtifactMaxBytes == 0 {
+		c.ArtifactMaxBytes = defaultArtifactMaxBytes
+	}
+	if c.ArtifactMaxUnpackedBytes == 0 {
+		c.ArtifactMaxUnpackedBytes = defaultArtifactMaxUnpacked
+	}
+	if c.ArtifactMaxEntries == 0 {
+		c.ArtifactMaxEntries = defaultArtifactMaxEntries
+	}
+	if c.ArtifactFetchParallel == 0 {
+		c.ArtifactFetchParallel = defaultArtifactFetchParallel
+	}
+	if c.ArtifactCacheMaxAge == 0 {
+		c.ArtifactCacheMaxAge = defaultArtifactCacheMaxAge
+	}
+	if c.ArtifactCacheMaxBytes == 0 {
+		c.ArtifactCacheMaxBytes = defaultArtifactCacheMaxBytes
+	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -242,6 +303,7 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("cgroups: %q is not one of auto, v1, v2, none", c.Cgroups))
 	}
+	errs = append(errs, c.validateArtifact()...)
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		errs = append(errs, errors.New("tls_cert/tls_key: both or neither"))
 	}
@@ -294,6 +356,43 @@ func (c Config) validateBounds() []error {
 			errs = append(errs, fmt.Errorf("%s: %w", f.name, err))
 		} else {
 			fh.Close()
+		}
+	}
+	return errs
+}
+
+// validateArtifact checks the Artifact* fields (after defaults).
+func (c Config) validateArtifact() []error {
+	var errs []error
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"artifact_connect_timeout", c.ArtifactConnectTimeout},
+		{"artifact_timeout", c.ArtifactTimeout},
+		{"artifact_cache_max_age", c.ArtifactCacheMaxAge},
+	} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %s is negative", d.name, d.v))
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int64
+	}{
+		{"artifact_max_bytes", c.ArtifactMaxBytes},
+		{"artifact_max_unpacked_bytes", c.ArtifactMaxUnpackedBytes},
+		{"artifact_max_entries", int64(c.ArtifactMaxEntries)},
+		{"artifact_fetch_parallel", int64(c.ArtifactFetchParallel)},
+		{"artifact_cache_max_bytes", c.ArtifactCacheMaxBytes},
+	} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %d is negative", n.name, n.v))
+		}
+	}
+	for _, h := range c.ArtifactRedirectHosts {
+		if h == "" || strings.ContainsAny(h, "/ ") {
+			errs = append(errs, fmt.Errorf("artifact_redirect_hosts: %q is not a host name or host:port", h))
 		}
 	}
 	return errs

@@ -43,6 +43,9 @@ type pipeline struct {
 	claimCh, execCh chan *job
 
 	waiters, claimers, executors sync.WaitGroup
+	// fetchers are the start tickets waiting for their artifact, off the
+	// executors (see execLoop).
+	fetchers sync.WaitGroup
 
 	drainOnce   sync.Once
 	drainCtx    context.Context // bounds releases at shutdown; see drain
@@ -55,6 +58,12 @@ type job struct {
 	wait    context.Context // ends when another host claims t, or the session ends
 	abandon context.CancelFunc
 	inst    registry.Instance // as claimed
+
+	// For a start, set by prepareStart: the launch read, or why it failed,
+	// and the group the release is handed to (-1: root's own release).
+	launch    *registry.Launch
+	launchErr error
+	gid       int
 }
 
 func (a *Agent) newPipeline(ctx context.Context, s *registry.HostSession) *pipeline {
@@ -104,6 +113,7 @@ func (p *pipeline) close() {
 	p.claimers.Wait()
 	close(p.execCh)
 	p.executors.Wait()
+	p.fetchers.Wait()
 	if p.drainCancel != nil {
 		p.drainCancel()
 	}
@@ -259,19 +269,40 @@ func (p *pipeline) claimed(j *job, res registry.ClaimResult) {
 	p.execCh <- j // executors drain execCh until it is closed
 }
 
+// execLoop runs claimed tickets. A start whose artifact is not in the
+// cache yet is handed to a goroutine of its own (fetchers) that waits for
+// the fetch and then starts the instance: a slow or hung artifact server
+// holds no executor, so the other tickets (other apps' starts, stops)
+// keep going. How many such starts wait is bounded by the claims this
+// host takes (and Capacity); the fetches themselves by
+// Config.ArtifactFetchParallel and each by Config.ArtifactTimeout.
 func (p *pipeline) execLoop() {
 	for j := range p.execCh {
 		if p.ctx.Err() != nil {
 			// Shutting down (or the lease is gone) before it started.
 			_ = p.s.Unclaim(p.drain(), j.t, "agent shutting down before the ticket was started")
-		} else {
-			p.a.execute(p.ctx, p.drain, p.s, j.t, j.inst)
+			p.done(j)
+			continue
 		}
-		if j.t.Op == registry.TicketStart {
-			p.a.settleReservation(j.t.Instance)
+		if j.t.Op == registry.TicketStart && p.a.prepareStart(p.ctx, j) {
+			p.fetchers.Go(func() { p.run(j) })
+			continue
 		}
-		p.finish(j, false)
+		p.run(j)
 	}
+}
+
+// run executes job j and takes it out of the pipeline.
+func (p *pipeline) run(j *job) {
+	p.a.execute(p.ctx, p.drain, p.s, j)
+	p.done(j)
+}
+
+func (p *pipeline) done(j *job) {
+	if j.t.Op == registry.TicketStart {
+		p.a.settleReservation(j.t.Instance)
+	}
+	p.finish(j, false)
 }
 
 // drain returns the context releases at shutdown use: one deadline for
@@ -315,13 +346,15 @@ func (a *Agent) waitClaimDelay(j *job) bool {
 
 // execute runs a claimed ticket and completes or releases it. drain gives
 // the context of a release when ctx ended meanwhile.
-func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *registry.HostSession, t registry.Ticket, inst registry.Instance) {
+func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *registry.HostSession, j *job) {
+	t, inst := j.t, j.inst
 	log := a.log.With("ticket", t.ID, "op", string(t.Op), "instance", inst.ID)
 	log.Info("ticket claimed")
 	var err error
+	cancelled := false
 	switch t.Op {
 	case registry.TicketStart:
-		err = a.start(ctx, s, t, inst)
+		err, cancelled = a.runStart(ctx, s, j)
 	case registry.TicketStop:
 		err = a.stop(ctx, s, t)
 	case registry.TicketRestart:
@@ -340,24 +373,137 @@ func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *re
 		_ = s.Unclaim(drain(), t, "agent shutting down before the ticket was done")
 		return
 	}
+	if cancelled {
+		// The instance's stop was requested, or the ticket is gone: the
+		// release retires the start (registry: the instance exits
+		// without having run), or finds nothing left to release.
+		log.Info("start cancelled; releasing the ticket", "reason", err)
+		if rerr := s.Release(ctx, t, err.Error()); rerr != nil && !errors.Is(rerr, registry.ErrTicketDone) {
+			log.Warn("release ticket", "error", rerr)
+		}
+		return
+	}
 	log.Warn("ticket failed; releasing it", "error", err)
 	if rerr := s.Release(ctx, t, err.Error()); rerr != nil {
 		log.Warn("release ticket", "error", rerr)
 	}
 }
 
+// A start under way on this host, until its process is handed to the
+// supervisor: a stop of its instance or the deletion of its ticket
+// cancels it (see cancelStart).
+type startRun struct {
+	ticket string
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+// errStartCancelled is the cause a cancelled start reports.
+var errStartCancelled = errors.New("start cancelled")
+
+// runStart runs start ticket j, cancellable through cancelStart; cancelled
+// reports that it ended because of that.
+func (a *Agent) runStart(ctx context.Context, s *registry.HostSession, j *job) (err error, cancelled bool) {
+	id := j.inst.ID
+	if id == "" {
+		id = j.t.Instance
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	run := &startRun{ticket: j.t.ID, cancel: cancel, done: make(chan struct{})}
+	a.mu.Lock()
+	a.starts[id] = run
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		if a.starts[id] == run {
+			delete(a.starts, id)
+		}
+		a.mu.Unlock()
+		close(run.done)
+	}()
+	err = a.start(sctx, s, j)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), errStartCancelled) {
+		return fmt.Errorf("%w", context.Cause(sctx)), true
+	}
+	return err, false
+}
+
+// cancelStart cancels the start of instance id under way here, if any,
+// and waits (bounded by ctx) until it has ended, so that whatever comes
+// next sees either no process or one the supervisor has.
+func (a *Agent) cancelStart(ctx context.Context, id string, why string) {
+	a.mu.Lock()
+	run := a.starts[id]
+	a.mu.Unlock()
+	if run == nil {
+		return
+	}
+	run.cancel(fmt.Errorf("%w: %s", errStartCancelled, why))
+	select {
+	case <-run.done:
+	case <-ctx.Done():
+	}
+}
+
+// cancelStartTicket cancels the start under way for ticket id (deleted:
+// completed, or cancelled by a scale-down or an app's removal) without
+// waiting for it. A start that already handed its process to the
+// supervisor is not affected.
+func (a *Agent) cancelStartTicket(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, run := range a.starts {
+		if run.ticket == id {
+			run.cancel(fmt.Errorf("%w: its ticket was deleted", errStartCancelled))
+		}
+	}
+}
+
+// prepareStart reads start job j's launch (revision, proc type, env) and
+// the group its release goes to, and reports whether the start must wait
+// for an artifact that is not in the cache yet.
+func (a *Agent) prepareStart(ctx context.Context, j *job) bool {
+	l, err := a.reg.Launch(ctx, j.t.App, j.t.Rev, j.t.Proc)
+	// Env vars that do not check out (a key with "=" would set another
+	// variable) are left out and reported, not passed to the process.
+	bad, err := registry.Skipped(err)
+	if err != nil {
+		j.launchErr = err
+		return false
+	}
+	a.metrics.badRecords.observe("launch/"+j.t.App, bad)
+	j.launch = &l
+	if j.gid, err = releaseGroup(l.ProcType.User, l.ProcType.Group); err != nil {
+		j.launchErr = err
+		return false
+	}
+	rev := l.Revision
+	return rev.ArtifactURL != "" && !a.artifacts.ready(rev.SHA256, j.gid)
+}
+
 // start runs a start ticket: resolve the revision and proc type, fetch the
 // artifact, pick a port and start the process. The ticket completes when
 // the instance first reaches running (or a terminal state), written by the
 // state writer in the same transaction as that state.
-func (a *Agent) start(ctx context.Context, s *registry.HostSession, t registry.Ticket, inst registry.Instance) error {
+func (a *Agent) start(ctx context.Context, s *registry.HostSession, j *job) error {
+	t, inst := j.t, j.inst
 	if inst.ID == "" {
 		inst.ID = t.Instance
 	}
-	spec, port, err := a.buildSpec(ctx, t, inst)
+	if j.launch == nil && j.launchErr == nil {
+		a.prepareStart(ctx, j)
+	}
+	if j.launchErr != nil {
+		return j.launchErr
+	}
+	spec, port, release, err := a.buildSpec(ctx, t, inst, *j.launch, j.gid)
 	if err != nil {
 		return err
 	}
+	// Once the supervisor has the instance, its release counts as in use
+	// by it (metaDir); until then the pin keeps pruning away.
+	defer release()
 	a.writer.expect(inst.ID, t)
 	if _, err := a.sup.Start(ctx, spec); err != nil {
 		a.writer.unexpect(inst.ID)
@@ -375,25 +521,30 @@ func (a *Agent) start(ctx context.Context, s *registry.HostSession, t registry.T
 }
 
 // buildSpec turns a start ticket into a supervisor.Spec.
-func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.Instance) (supervisor.Spec, int, error) {
-	l, err := a.reg.Launch(ctx, t.App, t.Rev, t.Proc)
-	// Env vars that do not check out (a key with "=" would set another
-	// variable) are left out and reported, not passed to the process.
-	bad, err := registry.Skipped(err)
-	if err != nil {
-		return supervisor.Spec{}, 0, err
-	}
-	a.metrics.badRecords.observe("launch/"+t.App, bad)
+func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.Instance, l registry.Launch, gid int) (supervisor.Spec, int, func(), error) {
 	rev, proc, appEnv := l.Revision, l.ProcType, l.Env
 	dir := rev.Dir
+	release := func() {}
 	if rev.ArtifactURL != "" {
-		dir, err = a.artifacts.Dir(ctx, rev.ArtifactURL, rev.SHA256)
+		var err error
+		dir, release, err = a.artifacts.Dir(ctx, rev.ArtifactURL, rev.SHA256, gid)
 		if err != nil {
-			return supervisor.Spec{}, 0, err
+			return supervisor.Spec{}, 0, nil, err
 		}
 	} else if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		return supervisor.Spec{}, 0, fmt.Errorf("%w: revision directory %q is not on this host", ErrArtifact, dir)
+		return supervisor.Spec{}, 0, nil, fmt.Errorf("%w: revision directory %q is not on this host", ErrArtifact, dir)
 	}
+	spec, port, err := a.specIn(t, inst, proc, appEnv, dir)
+	if err != nil {
+		release()
+		return supervisor.Spec{}, 0, nil, err
+	}
+	return spec, port, release, nil
+}
+
+// specIn builds the Spec of a start ticket whose working directory is dir.
+func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.ProcType, appEnv map[string]string, dir string) (supervisor.Spec, int, error) {
+	var err error
 	command := proc.Command
 	if command == "" {
 		if command, err = procfileCommand(dir, t.Proc); err != nil {
@@ -466,6 +617,7 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 			metaPort:    strconv.Itoa(port),
 			metaTicket:  t.ID,
 			metaCreated: t.Created.Format(time.RFC3339Nano),
+			metaDir:     dir,
 		},
 	}
 	if h := proc.Health; h != nil {
@@ -490,6 +642,10 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 // stop runs a stop ticket: the instance stops for good and the ticket
 // completes; its final state reaches the registry through the writer.
 func (a *Agent) stop(ctx context.Context, s *registry.HostSession, t registry.Ticket) error {
+	// A start still fetching its artifact (or about to start the process)
+	// ends first: then the instance either never ran, or is the
+	// supervisor's to stop.
+	a.cancelStart(ctx, t.Instance, "its stop was requested")
 	st, err := a.sup.Stop(ctx, t.Instance)
 	switch {
 	case errors.Is(err, supervisor.ErrNotFound):

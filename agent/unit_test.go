@@ -77,15 +77,15 @@ func TestArtifactCache(t *testing.T) {
 	})
 
 	t.Run("file url unpacks once and finds procfile commands", func(t *testing.T) {
-		c := newArtifactCache(t.TempDir())
-		dir, err := c.Dir(ctx, "file://"+path, sum)
+		c := newTestCache(t, nil)
+		dir, _, err := c.Dir(ctx, "file://"+path, sum, -1)
 		if err != nil {
 			t.Fatalf("Dir: %v", err)
 		}
 		if st, err := os.Stat(filepath.Join(dir, "run")); err != nil || st.Mode()&0o100 == 0 {
 			t.Fatalf("run not unpacked executable: %v", err)
 		}
-		again, err := c.Dir(ctx, "file://"+path, sum)
+		again, _, err := c.Dir(ctx, "file://"+path, sum, -1)
 		if err != nil || again != dir {
 			t.Fatalf("second Dir = %q, %v; want cached %q", again, err, dir)
 		}
@@ -108,25 +108,25 @@ func TestArtifactCache(t *testing.T) {
 			w.Write(body)
 		}))
 		defer srv.Close()
-		c := newArtifactCache(t.TempDir())
-		if _, err := c.Dir(ctx, srv.URL+"/app.tar.gz", sum); err != nil {
+		c := newTestCache(t, nil)
+		if _, _, err := c.Dir(ctx, srv.URL+"/app.tar.gz", sum, -1); err != nil {
 			t.Fatalf("Dir over http: %v", err)
 		}
-		_, err := c.Dir(ctx, srv.URL+"/missing.tar.gz", strings.Repeat("a", 64))
+		_, _, err := c.Dir(ctx, srv.URL+"/missing.tar.gz", strings.Repeat("a", 64), -1)
 		if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), "404") {
 			t.Fatalf("missing artifact: err = %v, want ErrArtifact naming 404", err)
 		}
 	})
 
 	t.Run("bad input", func(t *testing.T) {
-		c := newArtifactCache(t.TempDir())
+		c := newTestCache(t, nil)
 		for name, tc := range map[string]struct{ url, sum, want string }{
 			"sha mismatch":       {"file://" + path, strings.Repeat("0", 64), "sha256 mismatch"},
 			"short sha":          {"file://" + path, "abc", "64 hex"},
 			"missing file":       {"file:///nonexistent/app.tar.gz", sum, "no such file"},
 			"unsupported scheme": {"ftp://example.invalid/a.tgz", sum, "scheme"},
 		} {
-			_, err := c.Dir(ctx, tc.url, tc.sum)
+			_, _, err := c.Dir(ctx, tc.url, tc.sum, -1)
 			if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("%s: err = %v, want ErrArtifact containing %q", name, err, tc.want)
 			}
@@ -141,8 +141,8 @@ func TestArtifactCache(t *testing.T) {
 
 	t.Run("entries escaping the release are refused", func(t *testing.T) {
 		evil, evilSum := makeArtifact(t, map[string]string{"../../escape": "x"})
-		c := newArtifactCache(t.TempDir())
-		_, err := c.Dir(ctx, "file://"+evil, evilSum)
+		c := newTestCache(t, nil)
+		_, _, err := c.Dir(ctx, "file://"+evil, evilSum, -1)
 		if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), "escapes") {
 			t.Fatalf("err = %v, want an escape error", err)
 		}
