@@ -194,8 +194,12 @@ func extract(ctx context.Context, r io.Reader, tmp string, lim unpackLimits) (in
 	// directory), for the final check.
 	type link struct{ real, entry string }
 	var links []link
+	tooMany := func() error {
+		return fmt.Errorf("%w: has more than the %d entries allowed, directories its names imply included (artifact_max_entries)", ErrArtifact, lim.maxEntries)
+	}
 	var announced, written int64
 	entries := 0
+	dirs := map[string]bool{} // directories counted as entries
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -211,7 +215,7 @@ func extract(ctx context.Context, r io.Reader, tmp string, lim unpackLimits) (in
 			return 0, fmt.Errorf("%w: read tar: %v", ErrArtifact, err)
 		}
 		if entries++; entries > lim.maxEntries {
-			return 0, fmt.Errorf("%w: has more than the %d entries allowed (artifact_max_entries)", ErrArtifact, lim.maxEntries)
+			return 0, tooMany()
 		}
 		// Every entry's size counts, skipped ones too: their data is read
 		// (and, for a sparse file, its holes written) all the same.
@@ -225,6 +229,17 @@ func extract(ctx context.Context, r io.Reader, tmp string, lim unpackLimits) (in
 		}
 		if escapesByName(name) {
 			return 0, fmt.Errorf("%w: tar entry %q escapes the release directory", ErrArtifact, hdr.Name)
+		}
+		// Directories a name implies count as entries too: one long name
+		// must not create thousands of them.
+		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+			if entries++; entries > lim.maxEntries {
+				return 0, tooMany()
+			}
+		}
+		if hdr.Typeflag == tar.TypeDir {
+			dirs[name] = true
 		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
