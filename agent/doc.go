@@ -38,7 +38,19 @@
 //   - it stops, rather than retrying, when etcd refuses it for lack of
 //     permission (registry.ErrPermission: a read-only role is not an
 //     outage); a port probe that fails for lack of descriptors is reported
-//     as ErrNoDescriptors, not as a port shortage.
+//     as ErrNoDescriptors, not as a port shortage;
+//   - it fetches revision artifacts into a cache and unpacks them into
+//     release directories (fetch.go, artifact.go, release.go): every fetch
+//     bounded in time (connect and total timeouts) and size, redirects kept
+//     to the URL's scheme and host unless allowed, file:// sources only
+//     regular files; unpacking contained in the release and bounded in
+//     bytes and entries. A start waiting for an artifact holds no ticket
+//     executor (tickets.go, execLoop) and is cancelled by its instance's
+//     stop, its ticket's deletion or shutdown; the fetch ends when no start
+//     waits for it. A release for an instance running as a non-root user
+//     is unpacked as root, then handed to root and the instance's group
+//     (read-only); root's releases are 0700. The cache is pruned by age and
+//     size, never removing a release an instance uses.
 //
 // The agent imports registry and supervisor; neither of them imports agent.
 // Instances outlive the agent: shutdown leaves them running unless

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -98,6 +99,7 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	fs.BoolVar(&o.cfg.DisableReconciler, "no-reconciler", false, "never run the reconciler on this agent (it is elected among the others)")
 	str("dns-addr", "", "serve DNS for service endpoints (SRV/A under visor.) on this address, e.g. 127.0.0.1:8600 (default off)")
 	str("cgroups", "auto", "resource limits backend: auto, v2, v1 or none")
+	artifactFlags(str)
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&o.logJSON, "log-json", false, "log as JSON lines")
 }
@@ -286,6 +288,9 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 		c.RefuseRootInstances = !o.allowRoot.val
 	}
 	c.DNSAddr = get("dns-addr")
+	if err := fillArtifact(c, get); err != nil {
+		return err
+	}
 	c.Cgroups = get("cgroups")
 	c.Version = version.Version
 
@@ -435,4 +440,77 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	}
 	logger.Info("agent stopped")
 	return nil
+}
+
+// artifactFlags declares the flags of the artifact fetch, unpack and cache
+// bounds (agent.Config.Artifact*).
+func artifactFlags(str func(name, def, usage string)) {
+	str("artifact-connect-timeout", "30s", "artifact fetch: bound on connecting (TCP, TLS, until the response headers)")
+	str("artifact-timeout", "10m", "artifact fetch: bound on one whole fetch and unpacking")
+	str("artifact-max-bytes", "2GiB", "artifact fetch: largest artifact (bytes; KiB, MiB, GiB, TiB suffixes)")
+	str("artifact-max-unpacked-bytes", "8GiB", "largest uncompressed tar stream of an artifact, skipped entries included")
+	str("artifact-max-entries", "100000", "most entries of an artifact (directories its names imply included)")
+	str("artifact-redirect-hosts", "", "hosts (name or name:port, comma-separated) artifact URLs may redirect to besides their own")
+	str("artifact-fetch-parallel", "8", "artifact fetches (and unpackings) at once")
+	str("artifact-cache-max-age", "168h", "remove cached artifacts and releases unused this long (never one an instance uses)")
+	str("artifact-cache-max-bytes", "20GiB", "shrink the artifact cache, least recently used first, beyond this size")
+}
+
+// fillArtifact converts the artifact flags into c.
+func fillArtifact(c *agent.Config, get func(string) string) error {
+	var err error
+	for _, d := range []struct {
+		name string
+		to   *time.Duration
+	}{
+		{"artifact-connect-timeout", &c.ArtifactConnectTimeout},
+		{"artifact-timeout", &c.ArtifactTimeout},
+		{"artifact-cache-max-age", &c.ArtifactCacheMaxAge},
+	} {
+		if *d.to, err = time.ParseDuration(get(d.name)); err != nil {
+			return usageError("agent: %s: %v", d.name, err)
+		}
+	}
+	for _, b := range []struct {
+		name string
+		to   *int64
+	}{
+		{"artifact-max-bytes", &c.ArtifactMaxBytes},
+		{"artifact-max-unpacked-bytes", &c.ArtifactMaxUnpackedBytes},
+		{"artifact-cache-max-bytes", &c.ArtifactCacheMaxBytes},
+	} {
+		if *b.to, err = parseBytes(get(b.name)); err != nil {
+			return usageError("agent: %s: %v", b.name, err)
+		}
+	}
+	if c.ArtifactMaxEntries, err = strconv.Atoi(get("artifact-max-entries")); err != nil {
+		return usageError("agent: artifact-max-entries: %q is not an integer", get("artifact-max-entries"))
+	}
+	if c.ArtifactFetchParallel, err = strconv.Atoi(get("artifact-fetch-parallel")); err != nil {
+		return usageError("agent: artifact-fetch-parallel: %q is not an integer", get("artifact-fetch-parallel"))
+	}
+	c.ArtifactRedirectHosts = nil
+	for _, h := range strings.Split(get("artifact-redirect-hosts"), ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			c.ArtifactRedirectHosts = append(c.ArtifactRedirectHosts, h)
+		}
+	}
+	return nil
+}
+
+// parseBytes reads a byte count: an integer, optionally followed by KiB,
+// MiB, GiB or TiB.
+func parseBytes(s string) (int64, error) {
+	num, mult := s, int64(1)
+	for i, suf := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		if strings.HasSuffix(s, suf) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(s, suf)), int64(1)<<(10*(i+1))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a byte count (an integer, optionally with KiB, MiB, GiB or TiB)", s)
+	}
+	return n * mult, nil
 }
