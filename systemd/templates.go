@@ -53,8 +53,10 @@ TimeoutStopSec=30s
 Delegate=yes
 # /var/lib/visor: instance records and logs; owned by User= when set.
 StateDirectory=visor
-# State may include environment secrets of apps: not world-readable.
-StateDirectoryMode=0750
+# State may include environment secrets of apps: not world-readable. Others
+# may only search it (o+x), to reach the artifact releases handed to
+# instances running as other users; every entry keeps its own mode.
+StateDirectoryMode=0751
 # /run/visor: the local API socket.
 RuntimeDirectory=visor
 # Local CLI users reach the socket; the socket's own mode does the gating.
