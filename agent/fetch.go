@@ -109,7 +109,8 @@ type flight struct {
 	done    chan struct{} // closed when dir and err are set
 	dir     string
 	err     error
-	waiters int // under artifactCache.mu
+	waiters int  // under artifactCache.mu
+	settled bool // under artifactCache.mu: err is final, waiters pinned
 	cancel  context.CancelCauseFunc
 }
 
@@ -202,18 +203,19 @@ func (c *artifactCache) Dir(ctx context.Context, rawURL, sum string, gid int) (d
 	case <-f.done:
 		c.mu.Lock()
 		f.waiters--
-		if f.err == nil {
-			c.pins[rel]++
-		}
 		c.mu.Unlock()
 		if f.err != nil {
 			return "", nil, f.err
 		}
-		return rel, c.unpinFunc(rel), nil
+		return rel, c.unpinFunc(rel), nil // pinned for us by fly
 	case <-ctx.Done():
 		cause := context.Cause(ctx)
 		c.mu.Lock()
-		if f.waiters--; f.waiters == 0 {
+		f.waiters--
+		switch {
+		case f.settled && f.err == nil:
+			c.unpinLocked(rel) // fly pinned it for us
+		case !f.settled && f.waiters == 0:
 			// Nobody wants it any more: stop it, and let a later
 			// caller start afresh rather than join a cancelled flight.
 			f.cancel(fmt.Errorf("every start waiting for it gave up: %w", cause))
@@ -252,10 +254,14 @@ func (c *artifactCache) pin(path string) {
 
 func (c *artifactCache) unpin(path string) {
 	c.mu.Lock()
+	c.unpinLocked(path)
+	c.mu.Unlock()
+}
+
+func (c *artifactCache) unpinLocked(path string) {
 	if c.pins[path]--; c.pins[path] <= 0 {
 		delete(c.pins, path)
 	}
-	c.mu.Unlock()
 }
 
 // fly runs one flight: wait for a fetch slot, then fetch and unpack within
@@ -267,6 +273,13 @@ func (c *artifactCache) fly(ctx context.Context, f *flight, key, rawURL, sum, re
 	if c.flights[key] == f {
 		delete(c.flights, key)
 	}
+	// Pin the release for each start still waiting, before any of them
+	// wakes: a prune in between must not take it (each waiter releases
+	// its pin, see Dir).
+	if f.err == nil && f.waiters > 0 {
+		c.pins[rel] += f.waiters
+	}
+	f.settled = true
 	c.mu.Unlock()
 	close(f.done)
 	if f.err == nil {

@@ -474,12 +474,15 @@ func (a *Agent) prepareStart(ctx context.Context, j *job) bool {
 	}
 	a.metrics.badRecords.observe("launch/"+j.t.App, bad)
 	j.launch = &l
+	rev := l.Revision
+	if rev.ArtifactURL == "" {
+		return false
+	}
 	if j.gid, err = releaseGroup(l.ProcType.User, l.ProcType.Group); err != nil {
 		j.launchErr = err
 		return false
 	}
-	rev := l.Revision
-	return rev.ArtifactURL != "" && !a.artifacts.ready(rev.SHA256, j.gid)
+	return !a.artifacts.ready(rev.SHA256, j.gid)
 }
 
 // start runs a start ticket: resolve the revision and proc type, fetch the
