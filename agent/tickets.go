@@ -354,7 +354,7 @@ func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *re
 	cancelled := false
 	switch t.Op {
 	case registry.TicketStart:
-		err, cancelled = a.runStart(ctx, s, j)
+		cancelled, err = a.runStart(ctx, s, j)
 	case registry.TicketStop:
 		err = a.stop(ctx, s, t)
 	case registry.TicketRestart:
@@ -403,7 +403,7 @@ var errStartCancelled = errors.New("start cancelled")
 
 // runStart runs start ticket j, cancellable through cancelStart; cancelled
 // reports that it ended because of that.
-func (a *Agent) runStart(ctx context.Context, s *registry.HostSession, j *job) (err error, cancelled bool) {
+func (a *Agent) runStart(ctx context.Context, s *registry.HostSession, j *job) (cancelled bool, err error) {
 	id := j.inst.ID
 	if id == "" {
 		id = j.t.Instance
@@ -424,9 +424,9 @@ func (a *Agent) runStart(ctx context.Context, s *registry.HostSession, j *job) (
 	}()
 	err = a.start(sctx, s, j)
 	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), errStartCancelled) {
-		return fmt.Errorf("%w", context.Cause(sctx)), true
+		return true, context.Cause(sctx)
 	}
-	return err, false
+	return false, err
 }
 
 // cancelStart cancels the start of instance id under way here, if any,
