@@ -46,6 +46,7 @@ type hungServer struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	conns  int
+	open   []net.Conn
 	closed int
 	change chan struct{} // closed and replaced on every count change
 }
@@ -63,7 +64,7 @@ func newHungServer(t *testing.T) *hungServer {
 			if err != nil {
 				return
 			}
-			h.bump(func() { h.conns++ })
+			h.bump(func() { h.conns++; h.open = append(h.open, c) })
 			h.wg.Go(func() {
 				// Read (and ignore) the request until the client goes.
 				buf := make([]byte, 512)
@@ -79,6 +80,11 @@ func newHungServer(t *testing.T) *hungServer {
 	})
 	t.Cleanup(func() {
 		l.Close()
+		h.mu.Lock()
+		for _, c := range h.open {
+			c.Close() // a client that never left must not hold the cleanup
+		}
+		h.mu.Unlock()
 		h.wg.Wait()
 	})
 	return h
