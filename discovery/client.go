@@ -27,7 +27,8 @@ type Client struct {
 }
 
 // APIError is a non-2xx answer of the API. errors.Is matches it against
-// ErrInvalid (400), ErrUnknown (404), ErrTooLarge (413) and ErrLimit (429).
+// ErrInvalid (400), ErrForbidden (403), ErrUnknown (404), ErrTooLarge (413)
+// and ErrLimit (429).
 type APIError struct {
 	// Status is the HTTP status code.
 	Status int
@@ -45,6 +46,8 @@ func (e *APIError) Unwrap() error {
 	switch e.Status {
 	case http.StatusBadRequest:
 		return ErrInvalid
+	case http.StatusForbidden:
+		return ErrForbidden
 	case http.StatusNotFound:
 		return ErrUnknown
 	case http.StatusRequestEntityTooLarge:

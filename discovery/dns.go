@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,10 @@ import (
 // "payments" is "payments.visor.". SRV answers carry the target's address
 // records in the additional section. A name without healthy endpoints is
 // NXDOMAIN. Answers have a TTL of TTL seconds, so clients re-ask soon.
+//
+// Against reflection attacks with forged UDP sources, UDP answers are
+// rate limited per source (RateLimit) and never larger than MaxUDPSize
+// bytes (or 512 without EDNS0): a larger answer is truncated with TC set.
 type DNSServer struct {
 	// Addr is the UDP and TCP address to listen on, e.g. "127.0.0.1:8600".
 	// Ignored for a protocol whose PacketConn or Listener is set.
@@ -38,10 +43,22 @@ type DNSServer struct {
 	Logger hclog.Logger
 	// TTL of answers; default 5s.
 	TTL time.Duration
+	// RateLimit is the most UDP answers per second to one source (an IPv4
+	// address or an IPv6 /64), a token bucket of RateBurst. Over it a
+	// source gets no answer, except every second one, which is an empty
+	// reply with TC set (no larger than the question) so that a real
+	// client retries over TCP. TCP is not rate limited: its source cannot
+	// be forged. Default DefaultDNSRate; negative: no limit.
+	RateLimit float64
+	// RateBurst is the bucket size of RateLimit. Default DefaultDNSBurst.
+	RateBurst int
 	// PacketConn and Listener, when set, are used instead of listening on
 	// Addr (tests, socket activation). Run closes them.
 	PacketConn net.PacketConn
 	Listener   net.Listener
+
+	// now is the rate limiter's clock; tests set it.
+	now func() time.Time
 }
 
 // lookupTimeout bounds the etcd read behind one question.
@@ -88,6 +105,16 @@ func (d *DNSServer) Run(ctx context.Context) error {
 		}
 	}
 	r := &resolver{store: d.Store, domain: domain, ttl: ttl, log: log, base: ctx}
+	if d.RateLimit >= 0 {
+		rate, burst := d.RateLimit, d.RateBurst
+		if rate == 0 {
+			rate = DefaultDNSRate
+		}
+		if burst <= 0 {
+			burst = DefaultDNSBurst
+		}
+		r.limit = newRateLimiter(rate, burst, d.now)
+	}
 	handler := dns.HandlerFunc(r.serve)
 
 	servers := []*dns.Server{
@@ -138,12 +165,24 @@ type resolver struct {
 	ttl    uint32
 	log    hclog.Logger
 	base   context.Context
+	limit  *rateLimiter // nil: no limit
 }
 
 func (r *resolver) serve(w dns.ResponseWriter, req *dns.Msg) {
+	udp, isUDP := w.RemoteAddr().(*net.UDPAddr)
 	resp := new(dns.Msg)
 	resp.SetReply(req)
 	resp.Authoritative = true
+	if isUDP && r.limit != nil {
+		src, _ := netip.AddrFromSlice(udp.IP)
+		if ok, slip := r.limit.allow(src); !ok {
+			if slip {
+				resp.Truncated = true // header + question: no larger than the query
+				_ = w.WriteMsg(resp)
+			}
+			return
+		}
+	}
 	if len(req.Question) != 1 {
 		resp.Rcode = dns.RcodeFormatError
 		_ = w.WriteMsg(resp)
@@ -153,10 +192,10 @@ func (r *resolver) serve(w dns.ResponseWriter, req *dns.Msg) {
 	ctx, cancel := context.WithTimeout(r.base, lookupTimeout)
 	defer cancel()
 	resp.Rcode = r.answer(ctx, q, resp)
-	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {
-		size := 512
+	if isUDP {
+		size := dns.MinMsgSize
 		if opt := req.IsEdns0(); opt != nil {
-			size = int(opt.UDPSize())
+			size = min(max(int(opt.UDPSize()), dns.MinMsgSize), MaxUDPSize)
 		}
 		resp.Truncate(size)
 	}

@@ -13,8 +13,15 @@ import (
 )
 
 // startDNS runs a DNSServer on loopback until the test ends and returns
-// its address (the same port for UDP and TCP).
+// its address (the same port for UDP and TCP). Its rate limit is off (the
+// benchmarks ask from one source as fast as they can); see startDNSWith.
 func startDNS(t testing.TB, store *Store) string {
+	t.Helper()
+	return startDNSWith(t, store, func(d *DNSServer) { d.RateLimit = -1 })
+}
+
+// startDNSWith is startDNS with mod applied to the server before it runs.
+func startDNSWith(t testing.TB, store *Store, mod func(*DNSServer)) string {
 	t.Helper()
 	var pc net.PacketConn
 	var ln net.Listener
@@ -34,6 +41,7 @@ func startDNS(t testing.TB, store *Store) string {
 		}
 	}
 	d := &DNSServer{Store: store, PacketConn: pc, Listener: ln}
+	mod(d)
 	if _, isTest := t.(*testing.T); isTest {
 		d.Logger = testLogger(t)
 	}

@@ -21,8 +21,14 @@ var (
 	ErrTooLarge = errors.New("discovery: too large")
 	// ErrUnknown marks a registration id the Registrar does not hold.
 	ErrUnknown = errors.New("discovery: unknown registration")
-	// ErrLimit marks a client that already holds its cap of registrations.
-	ErrLimit = errors.New("discovery: per-client registration cap reached")
+	// ErrLimit marks a client that already holds its cap of registrations
+	// (or of watch streams).
+	ErrLimit = errors.New("discovery: per-client cap reached")
+	// ErrForbidden marks a change to a registration another client made.
+	ErrForbidden = errors.New("discovery: forbidden")
+	// ErrReserved marks a service name that may not be registered
+	// externally (it belongs to a Visor app).
+	ErrReserved = errors.New("discovery: reserved service name")
 	// ErrCompacted marks a watch whose start revision etcd has compacted
 	// away; the watcher must look up afresh and watch from there.
 	ErrCompacted = errors.New("discovery: watch revision compacted")

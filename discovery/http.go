@@ -2,8 +2,6 @@ package discovery
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,48 +10,100 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
 
-type clientKey struct{}
+type callerKey struct{}
 
-// WithClient returns a context naming the client of a request, e.g. the
-// name of the token an authenticating middleware accepted. The handler
-// counts registrations against this name; without it the client is the
-// bearer token (hashed) or else the remote IP address.
-func WithClient(ctx context.Context, name string) context.Context {
-	return context.WithValue(ctx, clientKey{}, name)
+// Caller is who makes a request, as the authenticating middleware in front
+// of the handler established it.
+type Caller struct {
+	// Name is the principal (a token's name, a local user): external
+	// registrations are owned by it and counted against its cap.
+	Name string
+	// Admin callers (operators) may renew and free any registration;
+	// others only their own.
+	Admin bool
 }
 
-// clientOf names the client of r for the per-client cap.
-func clientOf(r *http.Request) string {
-	if name, ok := r.Context().Value(clientKey{}).(string); ok && name != "" {
-		return name
-	}
-	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && tok != "" {
-		sum := sha256.Sum256([]byte(tok))
-		return "token:" + hex.EncodeToString(sum[:8])
+// WithCaller returns a context naming the caller of a request. The handler
+// never trusts request headers for this: without WithCaller the caller is
+// the remote IP address (a handler served without authentication).
+func WithCaller(ctx context.Context, c Caller) context.Context {
+	return context.WithValue(ctx, callerKey{}, c)
+}
+
+// callerOf names the caller of r for ownership and the per-client cap.
+func callerOf(r *http.Request) Caller {
+	if c, ok := r.Context().Value(callerKey{}).(Caller); ok && c.Name != "" {
+		return c
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		return Caller{Name: r.RemoteAddr}
 	}
-	return host
+	return Caller{Name: host}
 }
 
 // heartbeatInterval spaces SSE comments that keep idle watch connections
 // open through proxies.
 const heartbeatInterval = 15 * time.Second
 
-type handler struct {
-	store *Store
-	reg   *Registrar
-	log   hclog.Logger
+// Default caps of watch streams (HandlerConfig).
+const (
+	// DefaultMaxWatches is the default cap of concurrent watch streams.
+	DefaultMaxWatches = 256
+	// DefaultMaxWatchesPerCaller is the default cap of one caller's
+	// concurrent watch streams.
+	DefaultMaxWatchesPerCaller = 16
+)
+
+// HandlerConfig configures the HTTP API of service discovery. Zero values
+// take the documented defaults.
+type HandlerConfig struct {
+	// Store is where endpoints are looked up. Required.
+	Store *Store
+	// Registrar takes external registrations; nil: the write routes
+	// answer 501.
+	Registrar *Registrar
+	// Logger receives request failures. Default: discard.
+	Logger hclog.Logger
+	// Reserved, when set, is asked before every external registration; a
+	// non-nil error refuses it (403 if the error wraps ErrReserved, else
+	// the error's class). The agent refuses names that belong to a Visor
+	// app, whose instances register themselves.
+	Reserved func(ctx context.Context, service string) error
+	// MaxWatches caps the watch streams served at once; one more is
+	// answered 503. Default DefaultMaxWatches.
+	MaxWatches int
+	// MaxWatchesPerCaller caps one caller's watch streams; one more is
+	// answered 429. Default DefaultMaxWatchesPerCaller.
+	MaxWatchesPerCaller int
 }
 
-// NewHandler returns the HTTP API of service discovery, routes under
+type handler struct {
+	store    *Store
+	reg      *Registrar
+	log      hclog.Logger
+	reserved func(context.Context, string) error
+	maxW     int
+	maxWPer  int
+
+	mu       sync.Mutex // guards watches and byCaller
+	watches  int
+	byCaller map[string]int
+}
+
+// NewHandler returns the HTTP API of service discovery with the default
+// HandlerConfig for store, reg and logger; see HandlerConfig.Handler.
+func NewHandler(store *Store, reg *Registrar, logger hclog.Logger) http.Handler {
+	return HandlerConfig{Store: store, Registrar: reg, Logger: logger}.Handler()
+}
+
+// Handler returns the HTTP API of service discovery, routes under
 // /v1/services:
 //
 //	GET    /v1/services                     service names
@@ -64,14 +114,28 @@ type handler struct {
 //	DELETE /v1/services/{name}/{id}         deregister
 //
 // Errors are JSON {"error": "..."} with a 4xx status naming the problem
-// (400 malformed input, 404 unknown registration, 413 too large, 429 cap
-// reached), 5xx for etcd failures. reg may be nil: the write routes then
-// answer 501. The caller authenticates; see WithClient.
-func NewHandler(store *Store, reg *Registrar, logger hclog.Logger) http.Handler {
+// (400 malformed input, 403 a reserved name or another caller's
+// registration, 404 unknown registration, 413 too large, 429 cap reached),
+// 503 when the total watch cap is reached, 5xx for etcd failures.
+//
+// The caller authenticates and authorizes requests and names the caller
+// with WithCaller: a registration belongs to the caller that made it, and
+// only that caller or an Admin caller may renew or free it.
+func (c HandlerConfig) Handler() http.Handler {
+	logger := c.Logger
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	h := &handler{store: store, reg: reg, log: logger.Named("discovery-http")}
+	if c.MaxWatches <= 0 {
+		c.MaxWatches = DefaultMaxWatches
+	}
+	if c.MaxWatchesPerCaller <= 0 {
+		c.MaxWatchesPerCaller = DefaultMaxWatchesPerCaller
+	}
+	h := &handler{
+		store: c.Store, reg: c.Registrar, log: logger.Named("discovery-http"), reserved: c.Reserved,
+		maxW: c.MaxWatches, maxWPer: c.MaxWatchesPerCaller, byCaller: map[string]int{},
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/services", h.services)
 	mux.HandleFunc("GET /v1/services/{name}", h.lookup)
@@ -109,6 +173,8 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, err)
 	case errors.Is(err, ErrUnknown):
 		writeError(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrForbidden), errors.Is(err, ErrReserved):
+		writeError(w, http.StatusForbidden, err)
 	case errors.Is(err, ErrLimit):
 		writeError(w, http.StatusTooManyRequests, err)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -255,34 +321,59 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotImplemented, errors.New("registration is not enabled on this agent"))
 		return
 	}
-	name, version := SplitNameVersion(r.PathValue("name"))
-	if err := ValidateName(name); err != nil {
+	e, ttl, err := decodeRegister(w, r, h.maxBody())
+	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
+	if h.reserved != nil {
+		if err := h.reserved(r.Context(), e.Service); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+	}
+	ep, err := h.reg.Register(r.Context(), callerOf(r).Name, e, ttl)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/services/"+e.Service+"/"+ep.ID)
+	writeJSON(w, http.StatusCreated, h.registration(ep))
+}
+
+// decodeRegister reads a registration request: the service name (and
+// optional "@version") from the path, a RegisterRequest body of at most
+// maxBody bytes (w, which may be nil, is told to close the connection
+// when it is over), the address defaulting to the remote IP. It checks the
+// shape of the request; the Registrar checks the values (port, TTL range,
+// metadata). Errors wrap ErrInvalid or ErrTooLarge.
+func decodeRegister(w http.ResponseWriter, r *http.Request, maxBody int64) (Endpoint, time.Duration, error) {
+	name, version := SplitNameVersion(r.PathValue("name"))
+	if err := ValidateName(name); err != nil {
+		return Endpoint{}, 0, err
+	}
 	var req RegisterRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.maxBody()))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			h.fail(w, r, fmt.Errorf("%w: request body over %d bytes", ErrTooLarge, mbe.Limit))
-			return
+			return Endpoint{}, 0, fmt.Errorf("%w: request body over %d bytes", ErrTooLarge, mbe.Limit)
 		}
 		if errors.Is(err, ErrInvalid) {
-			h.fail(w, r, err)
-			return
+			return Endpoint{}, 0, err
 		}
-		h.fail(w, r, fmt.Errorf("%w: request body: %w", ErrInvalid, err))
-		return
+		return Endpoint{}, 0, fmt.Errorf("%w: request body: %w", ErrInvalid, err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		h.fail(w, r, fmt.Errorf("%w: request body: data after the JSON object", ErrInvalid))
-		return
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return Endpoint{}, 0, fmt.Errorf("%w: request body over %d bytes", ErrTooLarge, mbe.Limit)
+		}
+		return Endpoint{}, 0, fmt.Errorf("%w: request body: data after the JSON object", ErrInvalid)
 	}
 	if req.Version != "" && version != "" && req.Version != version {
-		h.fail(w, r, fmt.Errorf("%w: version given twice: %q in the path, %q in the body", ErrInvalid, version, req.Version))
-		return
+		return Endpoint{}, 0, fmt.Errorf("%w: version given twice: %q in the path, %q in the body", ErrInvalid, version, req.Version)
 	}
 	if req.Version != "" {
 		version = req.Version
@@ -291,35 +382,29 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	if addr == "" {
 		host, _, err := net.SplitHostPort(r.RemoteAddr)
 		if err != nil || net.ParseIP(host) == nil {
-			h.fail(w, r, fmt.Errorf("%w: address missing and the remote address %q is not an IP", ErrInvalid, r.RemoteAddr))
-			return
+			return Endpoint{}, 0, fmt.Errorf("%w: address missing and the remote address %q is not an IP", ErrInvalid, r.RemoteAddr)
 		}
 		addr = host
 	}
 	if req.TTL < 0 {
-		h.fail(w, r, fmt.Errorf("%w: ttl %v is negative", ErrInvalid, time.Duration(req.TTL)))
-		return
+		return Endpoint{}, 0, fmt.Errorf("%w: ttl %v is negative", ErrInvalid, time.Duration(req.TTL))
 	}
-	ep, err := h.reg.Register(r.Context(), clientOf(r), Endpoint{
-		Service: name, Version: version, Addr: addr, Port: req.Port, Meta: req.Meta,
-	}, time.Duration(req.TTL))
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/services/"+name+"/"+ep.ID)
-	writeJSON(w, http.StatusCreated, h.registration(ep))
+	return Endpoint{Service: name, Version: version, Addr: addr, Port: req.Port, Meta: req.Meta}, time.Duration(req.TTL), nil
 }
 
-// held checks that {id} is a registration of {name} held here.
+// held checks that {id} is a registration of {name} held here and that the
+// caller may change it: its owner or an Admin caller.
 func (h *handler) held(r *http.Request) (string, error) {
 	name, id := r.PathValue("name"), r.PathValue("id")
 	if err := ValidateName(name); err != nil {
 		return "", err
 	}
-	ep, ok := h.reg.Registration(id)
+	ep, owner, ok := h.reg.registration(id)
 	if !ok || ep.Service != name {
 		return "", fmt.Errorf("%w: %q of service %q", ErrUnknown, id, name)
+	}
+	if c := callerOf(r); !c.Admin && c.Name != owner {
+		return "", fmt.Errorf("%w: registration %q of service %q was made by another client; only it or an operator may renew or free it", ErrForbidden, id, name)
 	}
 	return id, nil
 }
@@ -419,6 +504,12 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	caller := callerOf(r).Name
+	if code, err := h.startWatch(caller); err != nil {
+		writeError(w, code, err)
+		return
+	}
+	defer h.endWatch(caller)
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -479,6 +570,33 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	}
+}
+
+// startWatch counts a watch stream of caller against the caps, or returns
+// the status and error that refuse it.
+func (h *handler) startWatch(caller string) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.byCaller[caller] >= h.maxWPer {
+		return http.StatusTooManyRequests, fmt.Errorf("%w: client %q has %d watch streams open, the cap per client is %d; close one first", ErrLimit, caller, h.byCaller[caller], h.maxWPer)
+	}
+	if h.watches >= h.maxW {
+		return http.StatusServiceUnavailable, fmt.Errorf("discovery: %d watch streams open, the cap of this agent is %d; retry later", h.watches, h.maxW)
+	}
+	h.watches++
+	h.byCaller[caller]++
+	return 0, nil
+}
+
+func (h *handler) endWatch(caller string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.watches--
+	if h.byCaller[caller] <= 1 {
+		delete(h.byCaller, caller)
+	} else {
+		h.byCaller[caller]--
 	}
 }
 

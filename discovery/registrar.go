@@ -124,27 +124,8 @@ func newID() string {
 // Healthy and Registered are set here. Errors: ErrInvalid, ErrTooLarge,
 // ErrLimit; nothing is stored on error.
 func (r *Registrar) Register(ctx context.Context, client string, e Endpoint, ttl time.Duration) (Endpoint, error) {
-	if ttl == 0 {
-		ttl = r.cfg.DefaultTTL
-	}
-	if ttl < MinTTL || ttl > MaxTTL {
-		return Endpoint{}, fmt.Errorf("%w: ttl %v out of range %v-%v", ErrInvalid, ttl, MinTTL, MaxTTL)
-	}
-	if e.Port < 1 || e.Port > 65535 {
-		return Endpoint{}, fmt.Errorf("%w: port %d out of range 1-65535", ErrInvalid, e.Port)
-	}
-	if err := validateMeta(e.Meta, r.cfg.MaxMetaBytes); err != nil {
-		return Endpoint{}, err
-	}
-	now := time.Now().UTC()
-	e.ID = newID()
-	e.Host = r.cfg.Host
-	e.Source = SourceExternal
-	e.Healthy = true
-	e.Registered = now
-	e.Expires = time.Time{}
-	e.ModRevision = 0
-	if err := e.validate(); err != nil {
+	e, ttl, err := r.check(e, ttl)
+	if err != nil {
 		return Endpoint{}, err
 	}
 
@@ -184,6 +165,34 @@ func (r *Registrar) Register(ctx context.Context, client string, e Endpoint, ttl
 	return out, nil
 }
 
+// check fills in and validates a new registration's endpoint and TTL; it
+// touches no state.
+func (r *Registrar) check(e Endpoint, ttl time.Duration) (Endpoint, time.Duration, error) {
+	if ttl == 0 {
+		ttl = r.cfg.DefaultTTL
+	}
+	if ttl < MinTTL || ttl > MaxTTL {
+		return Endpoint{}, 0, fmt.Errorf("%w: ttl %v out of range %v-%v", ErrInvalid, ttl, MinTTL, MaxTTL)
+	}
+	if e.Port < 1 || e.Port > 65535 {
+		return Endpoint{}, 0, fmt.Errorf("%w: port %d out of range 1-65535", ErrInvalid, e.Port)
+	}
+	if err := validateMeta(e.Meta, r.cfg.MaxMetaBytes); err != nil {
+		return Endpoint{}, 0, err
+	}
+	e.ID = newID()
+	e.Host = r.cfg.Host
+	e.Source = SourceExternal
+	e.Healthy = true
+	e.Registered = time.Now().UTC()
+	e.Expires = time.Time{}
+	e.ModRevision = 0
+	if err := e.validate(); err != nil {
+		return Endpoint{}, 0, err
+	}
+	return e, ttl, nil
+}
+
 func (r *Registrar) release(client string) {
 	if r.byClient[client] <= 1 {
 		delete(r.byClient, client)
@@ -220,6 +229,17 @@ func (r *Registrar) Registration(id string) (Endpoint, bool) {
 	out := reg.ep
 	out.Expires = reg.deadline.UTC()
 	return out, true
+}
+
+// registration returns the held registration id and the client that made it.
+func (r *Registrar) registration(id string) (Endpoint, string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	reg, ok := r.regs[id]
+	if !ok {
+		return Endpoint{}, "", false
+	}
+	return reg.ep, reg.client, true
 }
 
 // Len returns the number of registrations held.
