@@ -53,6 +53,7 @@ type Agent struct {
 	claimsInFlight atomic.Int64 // claim transactions sent, not yet answered
 	services       *discovery.Store
 	registrar      *discovery.Registrar
+	auth           *authenticator // API principals; set by listen
 	started        time.Time
 
 	// bg owns goroutines spawned outside the main loops (stopping replaced

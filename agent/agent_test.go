@@ -80,14 +80,16 @@ type testAgent struct {
 func (f *fixture) startAgent(t *testing.T, host, dataDir string, mod func(*Config)) *testAgent {
 	t.Helper()
 	cfg := Config{
-		HostID:     host,
-		DataDir:    dataDir,
-		RunDir:     filepath.Join(dataDir, "run"),
-		HTTPAddr:   "127.0.0.1:0",
-		TTL:        testtime.Scaled(10 * time.Second), // a loaded machine's stalls must not end the session
-		ClaimDelay: time.Millisecond,
-		Cgroups:    "none",
-		Logger:     hclog.New(&hclog.LoggerOptions{Name: host, Level: hclog.Debug, Output: testWriter{t}}),
+		HostID:   host,
+		DataDir:  dataDir,
+		RunDir:   filepath.Join(dataDir, "run"),
+		HTTPAddr: "127.0.0.1:0",
+		// Most tests call the API over HTTP; auth_test.go tests tokens.
+		InsecureHTTP: true,
+		TTL:          testtime.Scaled(10 * time.Second), // a loaded machine's stalls must not end the session
+		ClaimDelay:   time.Millisecond,
+		Cgroups:      "none",
+		Logger:       hclog.New(&hclog.LoggerOptions{Name: host, Level: hclog.Debug, Output: testWriter{t}}),
 	}
 	if mod != nil {
 		mod(&cfg)

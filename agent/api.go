@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -39,11 +37,20 @@ type apiServer struct {
 	tlsConfig bool
 }
 
-// listen opens the API listeners. The socket is mode 0660 so that members
-// of the agent's group may use the local CLI. Both servers have the
-// timeouts and limits of apibounds.go; the TLS key pair is loaded here, so
-// that a bad one fails the start with its path named.
+// listen opens the API listeners. The socket is mode 0660, owned by the
+// agent's user and Config.SocketGroup, so that only they may connect; each
+// connection's peer credentials name its principal (see auth.go). Both
+// servers have the timeouts and limits of apibounds.go; the TLS key pair is
+// loaded here, so that a bad one fails the start with its path named.
 func (a *Agent) listen() (*apiServer, error) {
+	au, err := newAuthenticator(a.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.auth = au
+	if err := checkRunDir(a.cfg.RunDir); err != nil {
+		return nil, err
+	}
 	var tlsCfg *tls.Config
 	if a.cfg.TLSCertFile != "" && !a.cfg.DisableHTTP {
 		cert, err := tls.LoadX509KeyPair(a.cfg.TLSCertFile, a.cfg.TLSKeyFile)
@@ -60,14 +67,16 @@ func (a *Agent) listen() (*apiServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: listen on %s: %w", sock, err)
 	}
-	if err := os.Chmod(sock, 0o660); err != nil {
+	if err := secureSocket(sock, au.owner, au.group); err != nil {
 		ul.Close()
-		return nil, fmt.Errorf("agent: chmod socket: %w", err)
+		return nil, err
 	}
 	s := &apiServer{a: a, unixL: newLimitListener(ul, maxConns(a.cfg.HTTPMaxConns), 0, a.log)}
 	mux := a.routes()
-	s.unixSrv = newAPIServer(mux, a.cfg.HTTPIdleTimeout)
-	s.unixSrv.ConnContext = withPeer
+	s.unixSrv = newAPIServer(a.authUnix(mux), a.cfg.HTTPIdleTimeout)
+	s.unixSrv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return unixConnContext(withPeer(ctx, c), c)
+	}
 	if a.cfg.DisableHTTP {
 		a.registerConnMetrics(map[string]*limitListener{"unix": s.unixL.(*limitListener)})
 	}
@@ -81,12 +90,15 @@ func (a *Agent) listen() (*apiServer, error) {
 		a.mu.Lock()
 		a.httpAddr = hl.Addr().String()
 		a.mu.Unlock()
-		s.httpSrv = newAPIServer(a.requireToken(mux), a.cfg.HTTPIdleTimeout)
+		s.httpSrv = newAPIServer(a.authHTTP(mux), a.cfg.HTTPIdleTimeout)
 		s.httpSrv.TLSConfig = tlsCfg
 		s.tlsConfig = tlsCfg != nil
 		a.registerConnMetrics(map[string]*limitListener{"unix": s.unixL.(*limitListener), "http": s.httpL.(*limitListener)})
-		a.log.Info("http api listening", "addr", hl.Addr().String(), "tls", s.tlsConfig,
+		a.log.Info("http api listening", "addr", hl.Addr().String(), "tls", s.tlsConfig, "tokens", len(au.tokens),
 			"max_conns", maxConns(a.cfg.HTTPMaxConns), "max_conns_per_client", a.cfg.HTTPMaxConnsPerClient, "idle_timeout", a.cfg.HTTPIdleTimeout)
+		if au.insecure {
+			a.log.Warn("http api serves WITHOUT authentication: every local user is an operator (insecure_http; for development only)", "addr", hl.Addr().String())
+		}
 	}
 	return s, nil
 }
@@ -140,29 +152,6 @@ func (s *apiServer) serve(ctx context.Context) {
 	wg.Wait()
 }
 
-// requireToken demands "Authorization: Bearer <token>" from HTTP clients
-// when a token is configured, or from non-loopback clients always (Validate
-// refuses a non-loopback address without a token). /healthz stays open.
-func (a *Agent) requireToken(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
-			next.ServeHTTP(w, r)
-			return
-		}
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		if a.cfg.Token == "" && isLoopback(host) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || a.cfg.Token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(a.cfg.Token)) != 1 {
-			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 func (a *Agent) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -173,7 +162,9 @@ func (a *Agent) routes() *http.ServeMux {
 	mux.HandleFunc("GET /v1/instances/{id}", a.handleInstance)
 	mux.HandleFunc("GET /v1/instances/{id}/logs", a.logsHandler(newStreamLimiter(a.cfg.LogStreams, a.cfg.LogStreamsPerClient)))
 	mux.HandleFunc("POST /v1/instances/{id}/signal", a.handleSignal)
-	services := discovery.NewHandler(a.services, a.registrar, a.cfg.Logger)
+	services := discovery.HandlerConfig{
+		Store: a.services, Registrar: a.registrar, Logger: a.cfg.Logger, Reserved: a.reservedService,
+	}.Handler()
 	mux.Handle("/v1/services", services)
 	mux.Handle("/v1/services/", services)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))

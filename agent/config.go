@@ -37,13 +37,30 @@ type Config struct {
 	RunDir string
 
 	// HTTPAddr is the HTTP API's listen address. Default "127.0.0.1:7777";
-	// "" after defaults means "off" only if DisableHTTP is set.
+	// "" after defaults means "off" only if DisableHTTP is set. The HTTP
+	// API needs Tokens (or Token) unless InsecureHTTP: Validate refuses an
+	// HTTP listener nobody could authenticate to.
 	HTTPAddr string
 	// DisableHTTP turns the HTTP listener off (the unix socket stays).
 	DisableHTTP bool
-	// Token is the bearer token the HTTP API requires from clients that are
-	// not on loopback. Required when HTTPAddr is not a loopback address.
+	// Tokens are the bearer tokens the HTTP API accepts, each a principal
+	// with scopes (see Token, Scope and LoadTokenFile).
+	Tokens []Token
+	// Token is a single bearer token with the operator scope, principal
+	// "token" (the older form of Tokens).
 	Token string
+	// InsecureHTTP serves the HTTP API without a token: a request without
+	// an Authorization header is the operator "anonymous". Only on a
+	// loopback address; for development (visor agent -dev). Default off.
+	InsecureHTTP bool
+	// SocketGroup is the group (name or gid) of the unix socket, which is
+	// mode 0660: root and the agent's user are operators on it, members of
+	// this group get SocketGroupScopes, nobody else can connect. Default:
+	// the agent's primary group.
+	SocketGroup string
+	// SocketGroupScopes are the scopes of the socket group's members.
+	// Default [read]; an empty non-nil list gives members nothing.
+	SocketGroupScopes []Scope
 	// TLSCertFile and TLSKeyFile, when set, serve HTTPS. They are loaded
 	// when the agent starts: a missing or bad file fails the start.
 	TLSCertFile, TLSKeyFile string
@@ -195,6 +212,9 @@ func (c Config) withDefaults() Config {
 	if c.HTTPIdleTimeout == 0 {
 		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
 	}
+	if c.SocketGroupScopes == nil {
+		c.SocketGroupScopes = []Scope{ScopeRead}
+	}
 	if c.PortMin == 0 && c.PortMax == 0 {
 		c.PortMin, c.PortMax = 20000, 29999
 	}
@@ -308,15 +328,41 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("tls_cert/tls_key: both or neither"))
 	}
 	errs = append(errs, c.validateBounds()...)
+	names := map[string]bool{}
+	for _, t := range c.allTokens() {
+		if err := t.validate(); err != nil {
+			errs = append(errs, fmt.Errorf("tokens: %w", err))
+		} else if names[t.Name] {
+			errs = append(errs, fmt.Errorf("tokens: name %q given twice", t.Name))
+		}
+		names[t.Name] = true
+	}
+	for _, sc := range c.SocketGroupScopes {
+		if !sc.valid() {
+			errs = append(errs, fmt.Errorf("socket_group_scopes: %q is not one of read, logs, register, operator", sc))
+		}
+	}
 	if !c.DisableHTTP {
 		host, _, err := net.SplitHostPort(c.HTTPAddr)
-		if err != nil {
+		switch {
+		case err != nil:
 			errs = append(errs, fmt.Errorf("http_addr: %q: %v", c.HTTPAddr, err))
-		} else if !isLoopback(host) && c.Token == "" {
-			errs = append(errs, fmt.Errorf("token: required when http_addr %q is not a loopback address", c.HTTPAddr))
+		case c.InsecureHTTP && !isLoopback(host):
+			errs = append(errs, fmt.Errorf("insecure_http: refused on http_addr %q, which is not a loopback address; give the HTTP API tokens (token_file)", c.HTTPAddr))
+		case !c.InsecureHTTP && len(c.allTokens()) == 0:
+			errs = append(errs, fmt.Errorf("token_file: the HTTP API on %q needs tokens (token_file), or http_addr \"off\" to serve only the unix socket, or insecure_http (loopback, development only)", c.HTTPAddr))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// allTokens is Tokens plus the single Token as the operator "token".
+func (c Config) allTokens() []Token {
+	if c.Token == "" {
+		return c.Tokens
+	}
+	out := append([]Token{{Name: "token", Scopes: []Scope{ScopeOperator}, SHA256: HashToken(c.Token)}}, c.Tokens...)
+	return out
 }
 
 func isLoopback(host string) bool {

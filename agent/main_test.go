@@ -11,6 +11,7 @@ import (
 
 func TestMain(m *testing.M) {
 	proctest.Main()
+	authClientMain() // exits when this process is an auth test's client
 	goleak.VerifyTestMain(m,
 		// etcd's client and embedded server keep a few process-wide goroutines.
 		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),

@@ -19,7 +19,7 @@ import (
 )
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{HostID: "h1", DataDir: "/var/lib/visor", RunDir: "/run/visor"}
+	good := Config{HostID: "h1", DataDir: "/var/lib/visor", RunDir: "/run/visor", DisableHTTP: true}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid config rejected: %v", err)
 	}
@@ -36,8 +36,20 @@ func TestConfigValidate(t *testing.T) {
 		{"port range beyond 65535", func(c *Config) { c.PortMin, c.PortMax = 2000, 70000 }, "port_range"},
 		{"unknown cgroups", func(c *Config) { c.Cgroups = "v3" }, "cgroups"},
 		{"negative capacity", func(c *Config) { c.Capacity = -1 }, "capacity"},
-		{"public http without token", func(c *Config) { c.HTTPAddr = "0.0.0.0:7777" }, "token"},
-		{"bad http addr", func(c *Config) { c.HTTPAddr = "nonsense" }, "http_addr"},
+		{"public http without token", func(c *Config) { c.DisableHTTP, c.HTTPAddr = false, "0.0.0.0:7777" }, "token"},
+		{"loopback http without token", func(c *Config) { c.DisableHTTP = false }, "needs tokens"},
+		{"insecure off loopback", func(c *Config) { c.DisableHTTP, c.HTTPAddr, c.InsecureHTTP = false, "0.0.0.0:7777", true }, "insecure_http"},
+		{"token without scopes", func(c *Config) { c.Tokens = []Token{{Name: "ci", SHA256: HashToken("x")}} }, "no scopes"},
+		{"token bad scope", func(c *Config) { c.Tokens = []Token{{Name: "ci", Scopes: []Scope{"admin"}, SHA256: HashToken("x")}} }, `scope "admin"`},
+		{"token bad hash", func(c *Config) { c.Tokens = []Token{{Name: "ci", Scopes: []Scope{ScopeRead}, SHA256: "abc"}} }, "64 hex"},
+		{"token bad name", func(c *Config) {
+			c.Tokens = []Token{{Name: "uid:0", Scopes: []Scope{ScopeRead}, SHA256: HashToken("x")}}
+		}, "token name"},
+		{"token twice", func(c *Config) {
+			c.Tokens = []Token{{Name: "ci", Scopes: []Scope{ScopeRead}, SHA256: HashToken("x")}, {Name: "ci", Scopes: []Scope{ScopeRead}, SHA256: HashToken("y")}}
+		}, "twice"},
+		{"bad socket scope", func(c *Config) { c.SocketGroupScopes = []Scope{"all"} }, "socket_group_scopes"},
+		{"bad http addr", func(c *Config) { c.DisableHTTP, c.HTTPAddr = false, "nonsense" }, "http_addr"},
 		{"tls cert without key", func(c *Config) { c.TLSCertFile = "/x.pem" }, "tls_cert"},
 	}
 	for _, tc := range cases {

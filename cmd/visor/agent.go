@@ -79,8 +79,12 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	str("ttl", "10s", "host lease TTL (keepalive every TTL/3)")
 	str("data-dir", "", "state, logs and artifact cache (default /var/lib/visor; dev: a fresh temp dir)")
 	str("run-dir", "", "directory of the unix socket agent.sock (default /run/visor; dev: <data-dir>/run)")
-	str("http-addr", "127.0.0.1:7777", "HTTP API listen address (\"off\" disables it)")
-	str("token", "", "bearer token required by the HTTP API (required off loopback)")
+	str("http-addr", "", "HTTP API listen address, e.g. 127.0.0.1:7777; needs -token-file (default \"off\": the unix socket only; dev: 127.0.0.1:7777 without a token)")
+	str("token", "", "a single bearer token of the HTTP API with the operator scope (prefer -token-file)")
+	str("token-file", "", "JSON file of the HTTP API's tokens: {\"tokens\":[{\"name\":..,\"scopes\":[\"read\"|\"logs\"|\"register\"|\"operator\"],\"sha256\":..}]}; mode 0600, owned by root")
+	fs.BoolVar(&o.cfg.InsecureHTTP, "insecure-http", false, "serve the HTTP API without a token (loopback only; every local user is an operator). -dev implies it when no token is given")
+	str("socket-group", "", "group of the unix socket (mode 0660); its members get -socket-group-scopes (default: the agent's group)")
+	str("socket-group-scopes", "read", "scopes of the socket group's members: read, logs, register, operator (comma-separated)")
 	str("tls-cert", "", "serve the HTTP API over TLS with this certificate")
 	str("tls-key", "", "TLS key for -tls-cert")
 	str("log-streams", strconv.Itoa(agent.DefaultLogStreams), "most logs requests served at once (429 beyond)")
@@ -238,12 +242,31 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 	}
 	c.DataDir = get("data-dir")
 	c.RunDir = get("run-dir")
-	if h := get("http-addr"); h == "off" {
+	switch h := get("http-addr"); {
+	case h == "off", h == "" && !o.dev:
 		c.DisableHTTP = true
-	} else {
+	case h == "":
+		c.HTTPAddr = "127.0.0.1:7777"
+	default:
 		c.HTTPAddr = h
 	}
 	c.Token = get("token")
+	if f := get("token-file"); f != "" {
+		if c.Tokens, err = agent.LoadTokenFile(f); err != nil {
+			return usageError("agent: %v", err)
+		}
+	}
+	c.SocketGroup = get("socket-group")
+	if c.SocketGroupScopes, err = agent.ParseScopes(get("socket-group-scopes")); err != nil {
+		return usageError("agent: socket-group-scopes: %v", err)
+	}
+	if c.SocketGroupScopes == nil {
+		c.SocketGroupScopes = []agent.Scope{} // "": members get nothing
+	}
+	if o.dev && c.Token == "" && len(c.Tokens) == 0 && !c.DisableHTTP {
+		// The agent logs a warning that its HTTP API is open.
+		c.InsecureHTTP = true
+	}
 	c.TLSCertFile, c.TLSKeyFile = get("tls-cert"), get("tls-key")
 	for _, f := range []struct {
 		name string
