@@ -83,4 +83,3 @@ func FuzzDecodeRegister(f *testing.F) {
 		}
 	})
 }
-
