@@ -79,7 +79,7 @@ func TestLogsMemoryBounded(t *testing.T) {
 		StopTimeout: registry.Duration(3 * time.Second),
 	})))
 	port := freePort(t)
-	a := c.startAgent("host-a", "-http-addr", "127.0.0.1:"+strconv.Itoa(port), "-log-streams-per-client", "32")
+	a := c.startAgent("host-a", "-http-addr", "127.0.0.1:"+strconv.Itoa(port), "-insecure-http", "-log-streams-per-client", "32")
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	must(t, err2(c.reg.Scale(ctx, "chatty", "v1", "web", 1)))
 	var id string
