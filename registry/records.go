@@ -155,7 +155,9 @@ func decodeJSON(kind string, key, val []byte, v any) error {
 }
 
 // invalid returns the validation error err of a decoded record as a
-// BadRecord, without the ErrInvalid prefix meant for callers' input.
+// BadRecord. It keeps err's message but not its ErrInvalid chain: that
+// sentinel means "the caller's input is wrong" (the CLI exits 2 for it),
+// and here the caller did nothing wrong, the stored value is.
 func invalid(kind string, key []byte, err error) error {
 	if err == nil {
 		return nil
