@@ -16,6 +16,7 @@ import (
 	"github.com/visorhq/visor/internal/embedetcd"
 	"github.com/visorhq/visor/internal/etcdtest"
 	"github.com/visorhq/visor/internal/testcerts"
+	"github.com/visorhq/visor/internal/testtime"
 )
 
 // tlsConfig builds a client TLS config from a CA file and an optional
@@ -106,7 +107,7 @@ func TestReadOnlyRoleIsPermissionError(t *testing.T) {
 	c := etcdtest.New(t)
 	prefix := etcdtest.Prefix(t)
 	root := c.Client(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(time.Minute))
 	defer cancel()
 	must := func(_ any, err error) {
 		t.Helper()
