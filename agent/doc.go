@@ -35,6 +35,17 @@
 //     stream ends with its client; issue 14 row 4). The host record
 //     carries the API's scheme (https with TLS) so CLIs never send a token
 //     in cleartext to a TLS agent;
+//   - it authenticates every API request (auth.go; issue 14 row 2): on the
+//     unix socket (0660, owner the agent's user, group Config.SocketGroup)
+//     by the peer's credentials (SO_PEERCRED: root and the agent's user are
+//     operators, group members get Config.SocketGroupScopes), over HTTP by
+//     bearer tokens (Config.Tokens, LoadTokenFile: a name and scopes read,
+//     logs, register, operator; only SHA-256 hashes kept, compared in
+//     constant time). Unauthenticated requests are refused before any
+//     handler or limit; Validate refuses an HTTP listener without tokens
+//     unless Config.InsecureHTTP (loopback only). The principal is handed
+//     to discovery (discovery.WithCaller), which counts and owns external
+//     registrations per principal; names of Visor apps are reserved;
 //   - it stops, rather than retrying, when etcd refuses it for lack of
 //     permission (registry.ErrPermission: a read-only role is not an
 //     outage); a port probe that fails for lack of descriptors is reported

@@ -40,7 +40,23 @@
 // DNSServer answers SRV, A and AAAA questions for healthy endpoints: the
 // service "<app>.<proc>" is the name "<proc>.<app>.visor." (labels of the
 // service name in reverse order under the domain). SRV targets are
-// "<hex-ip>.addr.visor." names that the server also answers.
+// "<hex-ip>.addr.visor." names that the server also answers. Against
+// reflection with forged sources, UDP answers are rate limited per source
+// (DefaultDNSRate, DefaultDNSBurst; over the limit nothing, or every second
+// time an empty truncated reply) and never larger than MaxUDPSize bytes
+// (truncated with TC beyond; TCP carries the whole answer).
+//
+// # Access and limits
+//
+// The HTTP handler (HandlerConfig.Handler) does not authenticate: the
+// caller's middleware does and names the principal with WithCaller.
+// Request headers never name a client. An external registration belongs
+// to the caller that made it: only it or an Admin caller may renew or free
+// it (ErrForbidden, 403), and RegistrarConfig.MaxPerClient caps each
+// caller separately (ErrLimit, 429). HandlerConfig.Reserved refuses names
+// that are not for outsiders (ErrReserved, 403); the agent reserves the
+// names of its apps. Watch streams are capped per caller (429) and in
+// total (503): DefaultMaxWatchesPerCaller, DefaultMaxWatches.
 //
 // # Imports
 //
