@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/visorhq/visor/discovery"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -15,8 +16,8 @@ func init() {
 		Short: "list registry records that do not decode (exit 1 if any)",
 		Long: `doctor reads every record under the prefix and lists those that do not
 decode or fail validation (a value written into etcd by hand, by a broken
-client or by someone with write access to the prefix): its key, its kind and
-what is wrong. Agents and listings skip such records and say so; doctor
+client or by someone with write access to the prefix), service endpoints
+included: its key, its kind and what is wrong. Agents and listings skip such records and say so; doctor
 names them all. It exits 0 when there are none and 1 when there are. A bad
 record is removed with etcdctl del KEY (or fixed by the command that writes
 it, e.g. visor env set).`,
@@ -40,9 +41,16 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return fmt.Errorf("doctor: %w", err)
 		}
-		out := make([]badRecordOut, 0, len(bad))
+		eps, err := discovery.NewStore(r.Client(), r.Prefix(), nil).Check(ctx)
+		if err != nil {
+			return fmt.Errorf("doctor: %w", err)
+		}
+		out := make([]badRecordOut, 0, len(bad)+len(eps))
 		for _, b := range bad {
 			out = append(out, badRecordOut{Key: b.Key, Kind: b.Kind, Error: b.Err.Error()})
+		}
+		for _, b := range eps {
+			out = append(out, badRecordOut{Key: b.Key, Kind: "service", Error: b.Err.Error()})
 		}
 		err = e.print(out, func(w io.Writer) {
 			if len(out) == 0 {

@@ -23,12 +23,14 @@ func TestDoctorAndListingsWithBadRecords(t *testing.T) {
 		"instances/web-web-bad":       "instance",
 		"tickets/0000000000000000bad": "ticket",
 		"apps/web/env/A=B":            "env",
+		"services/web.web/x1":         "service",
 	}
 	vals := map[string]string{
 		"hosts/x":                     "garbage",
 		"instances/web-web-bad":       "{",
 		"tickets/0000000000000000bad": `{"op":"explode"}`,
 		"apps/web/env/A=B":            "1",
+		"services/web.web/x1":         `{"addr":"198.51.100.9","port":70000,"source":"external"}`,
 	}
 	ctx := testContext(t)
 	for k := range bad {
@@ -38,11 +40,11 @@ func TestDoctorAndListingsWithBadRecords(t *testing.T) {
 	}
 
 	res := h.run("doctor")
-	if res.code != 1 || !strings.Contains(res.stderr, "4 bad records") {
+	if res.code != 1 || !strings.Contains(res.stderr, "5 bad records") {
 		t.Fatalf("doctor: exit %d, stderr %q, want 1 and the count", res.code, res.stderr)
 	}
 	lines := strings.Split(strings.TrimSpace(res.stdout), "\n")
-	if len(lines) != 5 || !strings.HasPrefix(lines[0], "KEY") {
+	if len(lines) != 6 || !strings.HasPrefix(lines[0], "KEY") {
 		t.Fatalf("doctor table:\n%s", res.stdout)
 	}
 	for k, kind := range bad {
@@ -60,7 +62,7 @@ func TestDoctorAndListingsWithBadRecords(t *testing.T) {
 	if res.code != 1 || !strings.HasPrefix(res.stdout, "[") {
 		t.Fatalf("doctor -o json: exit %d stdout %q", res.code, res.stdout)
 	}
-	if err := json.Unmarshal([]byte(res.stdout), &list); err != nil || len(list) != 4 {
+	if err := json.Unmarshal([]byte(res.stdout), &list); err != nil || len(list) != 5 {
 		t.Fatalf("doctor -o json: %v %v", list, err)
 	}
 	checkFields(t, "doctor -o json", list[0], "key", "kind", "error")
