@@ -13,7 +13,7 @@ import (
 )
 
 // fuzzLimits keep each fuzz run's unpacking small.
-var fuzzLimits = unpackLimits{maxBytes: 1 << 20, maxEntries: 64}
+var fuzzLimits = unpackLimits{maxBytes: 64 << 10, maxEntries: 64}
 
 // rawTar builds an uncompressed tar from headers (bodies of hdr.Size bytes
 // of 'x' for regular files).
@@ -67,7 +67,7 @@ func FuzzUnpack(f *testing.F) {
 		{sym("s", "."), hard("h", "s")},
 		{{Name: "fifo", Typeflag: tar.TypeFifo, Mode: 0o644}, {Name: "dev", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o644}},
 		{reg(releaseMarker, 1), sym("m", releaseMarker)},
-		{reg("big", 2<<20)},
+		{reg("big", 100<<10)},
 	} {
 		raw := rawTar(f, hs)
 		f.Add(raw)
