@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/time/rate"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/visorhq/visor/discovery"
@@ -56,6 +57,15 @@ type Agent struct {
 	auth           *authenticator // API principals; set by listen
 	started        time.Time
 
+	// capacity is the slot count in force (Config.Capacity or computed;
+	// 0 = unlimited), resources what instances may reserve of the host,
+	// instanceMemory the default memory reservation (0 when Capacity is
+	// explicit: then only declared memory counts). Set by New.
+	capacity       int
+	resources      registry.HostResources
+	instanceMemory int64
+	startLimit     *rate.Limiter // Config.StartRate
+
 	// bg owns goroutines spawned outside the main loops (stopping replaced
 	// instances); Run waits for them before it returns. Once Run waits
 	// (bgClosed, under bgMu), spawn starts nothing more: a WaitGroup may
@@ -68,11 +78,11 @@ type Agent struct {
 	session   *registry.HostSession
 	sessionCh chan struct{} // closed and replaced whenever session changes
 	inflight  map[string]struct{}
-	live      map[string]struct{} // non-terminal instances supervised here
+	live      map[string]reservation // non-terminal instances supervised here
 	// reserved holds the instances of start tickets being claimed or
 	// started here that the supervisor has not reported yet; with live
-	// they count against Capacity.
-	reserved map[string]struct{}
+	// they count against the capacity and resources (see capacity.go).
+	reserved map[string]reservation
 	waiting  map[string]context.CancelFunc // tickets waiting out the claim delay
 	starts   map[string]*startRun          // instance -> its start under way here
 	httpAddr string
@@ -109,14 +119,29 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		started:   time.Now(),
 		sessionCh: make(chan struct{}),
 		inflight:  make(map[string]struct{}),
-		live:      make(map[string]struct{}),
-		reserved:  make(map[string]struct{}),
+		live:      make(map[string]reservation),
+		reserved:  make(map[string]reservation),
 		waiting:   make(map[string]context.CancelFunc),
 		starts:    make(map[string]*startRun),
 	}
 	if err := a.artifacts.prepareDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	a.resources = hostResources(readHostFacts())
+	switch {
+	case cfg.Capacity > 0:
+		a.capacity = cfg.Capacity
+		log.Info("host capacity", "slots", a.capacity, "by", "-capacity", "memory_bytes", a.resources.MemoryBytes, "cpu_millis", a.resources.CPUMillis)
+	case cfg.Capacity < 0:
+		log.Warn("host capacity unlimited (-capacity -1): one large scale can overload this host")
+	default:
+		var by string
+		a.instanceMemory = cfg.InstanceMemory
+		a.capacity, by = defaultCapacity(a.resources, cfg.InstanceMemory, DefaultInstancePids)
+		log.Info("host capacity", "slots", a.capacity, "by", by, "memory_bytes", a.resources.MemoryBytes,
+			"pids", a.resources.Pids, "cpu_millis", a.resources.CPUMillis, "instance_memory", cfg.InstanceMemory)
+	}
+	a.startLimit = rate.NewLimiter(rate.Limit(cfg.StartRate), cfg.StartBurst)
 	a.metrics = newMetrics(a)
 	a.writer = newStateWriter(a)
 	a.services = discovery.NewStore(reg.Client(), reg.Prefix(), cfg.Logger)
@@ -154,7 +179,7 @@ func (a *Agent) InstanceStateChanged(id string, st supervisor.Status) {
 		return
 	}
 	a.notePort(id, st)
-	a.noteState(id, st.State)
+	a.noteState(id, st)
 	a.writer.update(id, st)
 }
 
@@ -235,7 +260,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if p, err := strconv.Atoi(st.Meta[metaPort]); err == nil && !st.State.Terminal() {
 			a.ports.Reserve(p, st.ID)
 		}
-		a.noteState(st.ID, st.State)
+		a.noteState(st.ID, st)
 		a.writer.update(st.ID, st)
 	}
 	a.log.Info("agent starting", "restored_instances", len(restored), "cgroups", a.sup.CgroupMode())
@@ -442,7 +467,8 @@ func (a *Agent) hostRecord() registry.Host {
 		ID:        a.cfg.HostID,
 		Addr:      a.cfg.Addr,
 		Labels:    a.cfg.Labels,
-		Capacity:  a.cfg.Capacity,
+		Capacity:  a.capacity,
+		Resources: &a.resources,
 		Version:   a.cfg.Version,
 		APIAddr:   a.apiAddr(),
 		APIScheme: a.apiScheme(),
@@ -784,42 +810,53 @@ func (a *Agent) liveCount() int {
 	return len(a.live) + len(a.reserved)
 }
 
-// noteState keeps the set of live (non-terminal) instances; the first
-// report of an instance ends its reservation.
-func (a *Agent) noteState(id string, st supervisor.State) {
+// noteState keeps the set of live (non-terminal) instances with what
+// they reserve (from their meta); the first report of an instance ends
+// its reservation.
+func (a *Agent) noteState(id string, st supervisor.Status) {
+	r := a.reservationFromMeta(st.Meta)
 	a.mu.Lock()
 	delete(a.reserved, id)
-	if st.Terminal() {
+	if st.State.Terminal() {
 		delete(a.live, id)
 	} else {
-		a.live[id] = struct{}{}
+		a.live[id] = r
 	}
 	a.mu.Unlock()
 }
 
-// reserve takes room for instance id under Capacity before its start
-// ticket is claimed: false when the host is full. A burst of tickets is
-// thus never claimed past the capacity, though the instances start later.
-func (a *Agent) reserve(id string) bool {
+// reserve takes room for instance id (reserving r) before its start
+// ticket is claimed: false, and why, when the host cannot take it (see
+// admit). A burst of tickets is thus never claimed past the capacity,
+// though the instances start later.
+func (a *Agent) reserve(id string, r reservation) (bool, string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.fullLocked() {
-		return false
+	ok, why := admit(a.capacity, a.resources, a.usageLocked(), r)
+	if ok {
+		a.reserved[id] = r
 	}
-	a.reserved[id] = struct{}{}
-	return true
+	return ok, why
 }
 
-// fullLocked reports whether the live and reserved instances fill Capacity.
-func (a *Agent) fullLocked() bool {
-	return a.cfg.Capacity > 0 && len(a.live)+len(a.reserved) >= a.cfg.Capacity
+// usageLocked is what the live and reserved instances take.
+func (a *Agent) usageLocked() usage {
+	var u usage
+	for _, r := range a.live {
+		u.add(r)
+	}
+	for _, r := range a.reserved {
+		u.add(r)
+	}
+	return u
 }
 
-// full reports whether this host is at its capacity.
-func (a *Agent) full() bool {
+// fits reports whether this host could take one more instance reserving r.
+func (a *Agent) fits(r reservation) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.fullLocked()
+	ok, _ := admit(a.capacity, a.resources, a.usageLocked(), r)
+	return ok
 }
 
 // settleReservation ends the reservation of instance id once its start
@@ -857,7 +894,7 @@ func (a *Agent) eligible(t registry.Ticket) bool {
 	if t.Op == registry.TicketStart && a.draining.Load() {
 		return false
 	}
-	if t.Op == registry.TicketStart && a.full() {
+	if t.Op == registry.TicketStart && !a.fits(a.reservationOf(t)) {
 		return false
 	}
 	return true

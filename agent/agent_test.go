@@ -541,28 +541,27 @@ func TestAgentCrashedInstanceLeavesDiscovery(t *testing.T) {
 	a.stop(t)
 }
 
-// TestAgentCapacity: a host with capacity 2 claims no more than 2 of a
-// burst of 5 start tickets; the rest wait for another host, which takes
-// them when it joins.
+// TestAgentCapacity: a host with capacity 2 runs 2 of a scale of 5; the
+// registry writes start tickets only for those 2 (the fleet's room), and
+// the other 3 wait with the reason in the scale's status. When another
+// host joins, the reconciler admits them and that host takes them.
 func TestAgentCapacity(t *testing.T) {
 	f := newFixture(t)
 	f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true; c.Capacity = 2 })
-	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 5)
+	proctest.WaitFor(t, 10*time.Second, "host-a advertising 2 slots", func() bool {
+		h, err := f.reg.Host(f.ctx, "host-a")
+		return err == nil && h.Capacity == 2 && h.Resources != nil
+	})
+	res, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 5)
 	must(t, err)
+	if len(res.Started) != 2 || res.Waiting != 3 || !strings.Contains(res.Reason, "no host has capacity: 1 host") {
+		t.Fatalf("scale 5 on 2 slots: %d started, %d waiting (%q)", len(res.Started), res.Waiting, res.Reason)
+	}
 	f.waitRunning(t, "demo", 2)
-	// Nothing more is claimed: 3 tickets stay unclaimed.
-	proctest.WaitFor(t, 10*time.Second, "3 unclaimed start tickets", func() bool {
-		ts, err := f.reg.Tickets(f.ctx)
-		if err != nil {
-			return false
-		}
-		free := 0
-		for _, tk := range ts {
-			if tk.Holder == "" {
-				free++
-			}
-		}
-		return free == 3
+	// The reconciler brings the reason up to date.
+	proctest.WaitFor(t, 10*time.Second, "3 waiting, 2/2 slots used", func() bool {
+		st, err := f.reg.ScaleStatuses(f.ctx, "demo")
+		return err == nil && len(st) == 1 && st[0].Waiting == 3 && strings.HasSuffix(st[0].Reason, "1 host, 2/2 slots used")
 	})
 	if got := len(f.running(t, "demo")); got != 2 {
 		t.Fatalf("%d instances running on a host of capacity 2", got)
@@ -576,6 +575,10 @@ func TestAgentCapacity(t *testing.T) {
 	if on["host-a"] != 2 || on["host-b"] != 3 {
 		t.Errorf("instances per host = %v, want host-a 2, host-b 3", on)
 	}
+	proctest.WaitFor(t, 10*time.Second, "the waiting status cleared", func() bool {
+		st, err := f.reg.ScaleStatuses(f.ctx, "demo")
+		return err == nil && len(st) == 0
+	})
 }
 
 // TestAgentClaimsBurstInBatches: a burst of tickets reaches etcd in batches

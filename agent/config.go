@@ -24,8 +24,24 @@ type Config struct {
 	Addr string
 	// Labels are free-form host labels, written to the host record.
 	Labels map[string]string
-	// Capacity is the most instances this host runs; 0 means unlimited.
+	// Capacity is the most instances this host runs (its slots). 0 means
+	// automatic: what the host's memory and pid limit allow (see
+	// capacity.go: memory / InstanceMemory, pids / DefaultInstancePids,
+	// whichever is smaller); -1 means unlimited. An explicit capacity
+	// wins over the computed one, and then memory is counted only for
+	// the process types that declare it.
 	Capacity int
+	// InstanceMemory is the memory an instance reserves on this host when
+	// its process type declares none (registry.Limits.MemoryBytes); it
+	// sizes the automatic capacity. Default DefaultInstanceMemory
+	// (128 MiB).
+	InstanceMemory int64
+	// StartRate bounds the starts per second on this host (a token bucket
+	// of StartBurst): a burst of tickets cannot starve the agent's own
+	// lease keepalive. Stops, restarts and signals are never held back by
+	// it. Defaults DefaultStartRate (20/s) and DefaultStartBurst (20).
+	StartRate  float64
+	StartBurst int
 
 	// TTL is the host lease's time to live. Default 10s; minimum 2s.
 	TTL time.Duration
@@ -227,6 +243,15 @@ func (c Config) withDefaults() Config {
 	if c.MaxParallel == 0 {
 		c.MaxParallel = 64
 	}
+	if c.InstanceMemory == 0 {
+		c.InstanceMemory = DefaultInstanceMemory
+	}
+	if c.StartRate == 0 {
+		c.StartRate = DefaultStartRate
+	}
+	if c.StartBurst == 0 {
+		c.StartBurst = DefaultStartBurst
+	}
 	if c.StatusInterval < 10*time.Second {
 		c.StatusInterval = 10 * time.Second
 	}
@@ -285,8 +310,17 @@ func (c Config) Validate() error {
 	if c.TTL < 2*time.Second {
 		errs = append(errs, fmt.Errorf("ttl: %s is below the 2s minimum", c.TTL))
 	}
-	if c.Capacity < 0 {
-		errs = append(errs, fmt.Errorf("capacity: %d is negative", c.Capacity))
+	if c.Capacity < -1 {
+		errs = append(errs, fmt.Errorf("capacity: %d is not a count, 0 (automatic) or -1 (unlimited)", c.Capacity))
+	}
+	if c.InstanceMemory < 1<<20 {
+		errs = append(errs, fmt.Errorf("instance_memory: %d bytes is below 1 MiB", c.InstanceMemory))
+	}
+	if c.StartRate < 0 {
+		errs = append(errs, fmt.Errorf("start_rate: %g is negative", c.StartRate))
+	}
+	if c.StartBurst < 1 {
+		errs = append(errs, fmt.Errorf("start_burst: %d must be at least 1", c.StartBurst))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir: required"))

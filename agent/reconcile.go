@@ -21,10 +21,14 @@ import (
 //   - instances of hosts whose lease has been gone longer than LostGrace
 //     are marked lost (never earlier: a store outage or a short partition
 //     is not host death, and those hosts keep their instances);
-//   - every scale entry is re-applied with registry.Rescale, which creates
-//     start tickets for missing instances (exited, failed, lost) and stop
-//     tickets for extra ones in one transaction, and writes nothing when
-//     there is no drift;
+//   - every scale entry is re-applied with registry.RescaleIn, which
+//     creates start tickets for missing instances (exited, failed, lost)
+//     and stop tickets for extra ones in one transaction, and writes
+//     nothing when there is no drift; start tickets only up to what the
+//     live hosts can take (registry.Fleet, read once per pass), so a
+//     scale far above the fleet's capacity writes no more tickets than
+//     can run, and the rest waits with its reason in a
+//     registry.ScaleStatus (visor ps, tickets, scale --wait show it);
 //   - a proc type whose replacements keep failing is retried with
 //     exponential backoff (up to 5 minutes) and reported, not hot-looped;
 //   - terminal instances older than an hour are deleted.
@@ -46,6 +50,7 @@ type reconciler struct {
 	hostGone map[string]time.Time // host -> when its lease was first seen gone
 	fixes    map[string]*fixState // scale key -> backoff of repeated repairs
 	stuck    map[string]bool      // ticket ids reported as having no eligible host
+	waiting  map[string]string    // scale key -> last reported reason it waits for capacity
 }
 
 // fixState tracks repeated repairs of one scale entry.
@@ -112,7 +117,8 @@ func (a *Agent) lead(ctx context.Context, lease int64) {
 		defer cancel()
 		_ = el.Resign(rctx)
 	}()
-	r := &reconciler{a: a, hostGone: map[string]time.Time{}, fixes: map[string]*fixState{}, stuck: map[string]bool{}}
+	r := &reconciler{a: a, hostGone: map[string]time.Time{}, fixes: map[string]*fixState{}, stuck: map[string]bool{},
+		waiting: map[string]string{}}
 	defer a.metrics.badRecords.forget("reconciler/")
 	r.run(ctx, sess.Done())
 }
@@ -243,6 +249,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		r.a.log.Warn("reconcile: cannot read scales", "error", err)
 		return min(next, 2*time.Second)
 	}
+	fleet := registry.NewFleet(hosts, insts)
 	for _, sc := range scales {
 		key := sc.App + "/" + sc.Rev + "/" + sc.Proc
 		f := r.fixes[key]
@@ -252,9 +259,24 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		}
 		// Rescale re-applies the stored count inside its own transaction:
 		// a user's scale change since the list above is never reverted.
-		res, err := r.a.reg.Rescale(ctx, sc.App, sc.Rev, sc.Proc)
+		res, err := r.a.reg.RescaleIn(ctx, sc.App, sc.Rev, sc.Proc, &fleet)
 		if err != nil {
 			r.a.log.Warn("reconcile scale", "scale", key, "error", err)
+			continue
+		}
+		_, wasWaiting := r.waiting[key]
+		switch {
+		case res.Waiting > 0 && r.waiting[key] != res.Reason:
+			r.waiting[key] = res.Reason
+			r.a.log.Info("reconcile: instances wait for capacity", "scale", key, "desired", res.Desired,
+				"waiting", res.Waiting, "reason", res.Reason)
+		case res.Waiting == 0 && wasWaiting:
+			delete(r.waiting, key)
+			r.a.log.Info("reconcile: every instance admitted", "scale", key, "desired", res.Desired)
+		}
+		if res.Waiting > 0 || wasWaiting {
+			// Tickets admitted as slots free up are not failing
+			// replacements: no backoff.
 			continue
 		}
 		if len(res.Started)+len(res.Stopped)+len(res.Cancelled) == 0 {

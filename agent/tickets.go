@@ -24,7 +24,16 @@ import (
 //   - MaxParallel/8 claimers send the claims, each up to
 //     registry.MaxClaimBatch tickets that are waiting together in one
 //     round trip (see claimLoop);
-//   - MaxParallel executors run the claimed tickets.
+//   - MaxParallel executors run the claimed start tickets, no faster
+//     than the host's start rate (Config.StartRate, a token bucket);
+//     stop, restart and signal tickets have executors of their own
+//     (controlExecutors), so under a burst of starts the control path
+//     (scale down, stop, drain) never queues behind them.
+//
+// Only start tickets wait for a slot of the first stage; when all are
+// taken they queue in a backlog that a feeder drains, so the ticket watch
+// is never blocked and a stop ticket is seen at once. Control tickets
+// are targeted at this host and claimed without delay.
 //
 // Waiting and claiming take no execution slot: if they did, a burst of
 // tickets would fill the slots, the ticket loop would stop reading the
@@ -39,10 +48,15 @@ type pipeline struct {
 	a               *Agent
 	ctx             context.Context // the session
 	s               *registry.HostSession
-	slot            chan struct{} // bounds tickets waiting out their delay
+	slot            chan struct{} // bounds start tickets waiting out their delay
 	claimCh, execCh chan *job
+	ctlCh           chan *job // claimed stop, restart and signal tickets
 
-	waiters, claimers, executors sync.WaitGroup
+	backlogMu sync.Mutex
+	backlog   []registry.Ticket // start tickets waiting for a slot
+	backlogCh chan struct{}     // signalled when backlog grows
+
+	waiters, claimers, executors, feeder sync.WaitGroup
 	// fetchers are the start tickets waiting for their artifact, off the
 	// executors (see execLoop).
 	fetchers sync.WaitGroup
@@ -69,30 +83,94 @@ type job struct {
 func (a *Agent) newPipeline(ctx context.Context, s *registry.HostSession) *pipeline {
 	n := a.cfg.MaxParallel
 	p := &pipeline{a: a, ctx: ctx, s: s, slot: make(chan struct{}, 16*n),
-		claimCh: make(chan *job, n), execCh: make(chan *job, 16*n)}
+		claimCh: make(chan *job, n), execCh: make(chan *job, 16*n), ctlCh: make(chan *job, 16*n),
+		backlogCh: make(chan struct{}, 1)}
 	for range claimers(n) {
 		p.claimers.Go(p.claimLoop)
 	}
 	for range n {
-		p.executors.Go(p.execLoop)
+		p.executors.Go(func() { p.execLoop(p.execCh) })
 	}
+	for range controlExecutors(n) {
+		p.executors.Go(func() { p.execLoop(p.ctlCh) })
+	}
+	p.feeder.Go(p.feed)
 	return p
 }
 
-// offer starts the wait of a ticket marked in flight; it blocks while
-// 16 * MaxParallel tickets are waiting already.
+// controlExecutors is how many executors run stop, restart and signal
+// tickets beside maxParallel start executors: a quarter, at least 4.
+func controlExecutors(maxParallel int) int { return max(4, maxParallel/4) }
+
+// offer starts the wait of a ticket marked in flight. It never blocks: a
+// start ticket that finds every slot taken (16 * MaxParallel start
+// tickets waiting already) joins the backlog; a control ticket needs no
+// slot.
 func (p *pipeline) offer(t registry.Ticket) {
-	select {
-	case p.slot <- struct{}{}:
-	case <-p.ctx.Done():
-		p.a.unmarkInflight(t.ID)
+	if t.Op != registry.TicketStart {
+		p.wait(t, false)
 		return
 	}
+	select {
+	case p.slot <- struct{}{}:
+		p.wait(t, true)
+	default:
+		p.backlogMu.Lock()
+		p.backlog = append(p.backlog, t)
+		p.backlogMu.Unlock()
+		select {
+		case p.backlogCh <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// feed moves backlogged start tickets into free slots until the session
+// ends; then it lets go of what is left.
+func (p *pipeline) feed() {
+	for {
+		p.backlogMu.Lock()
+		var t registry.Ticket
+		ok := len(p.backlog) > 0
+		if ok {
+			t = p.backlog[0]
+			p.backlog = p.backlog[1:]
+		}
+		p.backlogMu.Unlock()
+		if !ok {
+			select {
+			case <-p.backlogCh:
+				continue
+			case <-p.ctx.Done():
+				return
+			}
+		}
+		select {
+		case p.slot <- struct{}{}:
+			p.wait(t, true)
+		case <-p.ctx.Done():
+			p.a.unmarkInflight(t.ID)
+			p.backlogMu.Lock()
+			for _, t := range p.backlog {
+				p.a.unmarkInflight(t.ID)
+			}
+			p.backlog = nil
+			p.backlogMu.Unlock()
+			return
+		}
+	}
+}
+
+// wait runs ticket t's claim delay in a waiter goroutine and hands it to
+// the claimers; slotted says it holds a slot to give back.
+func (p *pipeline) wait(t registry.Ticket, slotted bool) {
 	wait, abandon := context.WithCancel(p.ctx)
 	p.a.setAbandon(t.ID, abandon)
 	j := &job{t: t, wait: wait, abandon: abandon}
 	p.waiters.Go(func() {
-		defer func() { <-p.slot }()
+		if slotted {
+			defer func() { <-p.slot }()
+		}
 		if !p.a.waitClaimDelay(j) {
 			p.finish(j, true)
 			return
@@ -108,10 +186,12 @@ func (p *pipeline) offer(t registry.Ticket) {
 // close waits for every stage to finish; call it after the session's
 // context ended and no more offers come.
 func (p *pipeline) close() {
+	p.feeder.Wait()
 	p.waiters.Wait()
 	close(p.claimCh)
 	p.claimers.Wait()
 	close(p.execCh)
+	close(p.ctlCh)
 	p.executors.Wait()
 	p.fetchers.Wait()
 	if p.drainCancel != nil {
@@ -172,10 +252,12 @@ func (p *pipeline) claim(batch []*job) {
 			p.finish(j, true)
 			continue
 		}
-		if j.t.Op == registry.TicketStart && !a.reserve(j.t.Instance) {
-			a.log.Debug("host full; leaving the ticket to others", "ticket", j.t.ID)
-			p.finish(j, true)
-			continue
+		if j.t.Op == registry.TicketStart {
+			if ok, why := a.reserve(j.t.Instance, a.reservationOf(j.t)); !ok {
+				a.log.Debug("host full; leaving the ticket to others", "ticket", j.t.ID, "why", why)
+				p.finish(j, true)
+				continue
+			}
 		}
 		jobs = append(jobs, j)
 		tickets = append(tickets, j.t)
@@ -266,18 +348,27 @@ func (p *pipeline) claimed(j *job, res registry.ClaimResult) {
 	}
 	a.metrics.claimsWon.Inc()
 	j.inst = inst
-	p.execCh <- j // executors drain execCh until it is closed
+	// Executors drain execCh and ctlCh until they are closed.
+	if j.t.Op == registry.TicketStart {
+		p.execCh <- j
+	} else {
+		p.ctlCh <- j
+	}
 }
 
-// execLoop runs claimed tickets. A start whose artifact is not in the
-// cache yet is handed to a goroutine of its own (fetchers) that waits for
-// the fetch and then starts the instance: a slow or hung artifact server
-// holds no executor, so the other tickets (other apps' starts, stops)
-// keep going. How many such starts wait is bounded by the claims this
-// host takes (and Capacity); the fetches themselves by
-// Config.ArtifactFetchParallel and each by Config.ArtifactTimeout.
-func (p *pipeline) execLoop() {
-	for j := range p.execCh {
+// execLoop runs the claimed tickets of ch; starts wait for the host's
+// start rate first. A start whose artifact is not in the cache yet is
+// handed to a goroutine of its own (fetchers) that waits for the fetch
+// and then starts the instance: a slow or hung artifact server holds no
+// executor, so the other tickets (other apps' starts, stops) keep going.
+// How many such starts wait is bounded by the claims this host takes (and
+// its capacity); the fetches themselves by Config.ArtifactFetchParallel
+// and each by Config.ArtifactTimeout.
+func (p *pipeline) execLoop(ch chan *job) {
+	for j := range ch {
+		if j.t.Op == registry.TicketStart && p.ctx.Err() == nil {
+			_ = p.a.startLimit.Wait(p.ctx) // fails only when the session ends, checked next
+		}
 		if p.ctx.Err() != nil {
 			// Shutting down (or the lease is gone) before it started.
 			_ = p.s.Unclaim(p.drain(), j.t, "agent shutting down before the ticket was started")
@@ -623,6 +714,7 @@ func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.
 			metaDir:     dir,
 		},
 	}
+	a.reservationOf(t).meta(spec.Meta)
 	if h := proc.Health; h != nil {
 		hc := &supervisor.HealthCheck{
 			Type:             h.Type,

@@ -35,7 +35,7 @@ func TestConfigValidate(t *testing.T) {
 		{"inverted port range", func(c *Config) { c.PortMin, c.PortMax = 3000, 2000 }, "port_range"},
 		{"port range beyond 65535", func(c *Config) { c.PortMin, c.PortMax = 2000, 70000 }, "port_range"},
 		{"unknown cgroups", func(c *Config) { c.Cgroups = "v3" }, "cgroups"},
-		{"negative capacity", func(c *Config) { c.Capacity = -1 }, "capacity"},
+		{"negative capacity", func(c *Config) { c.Capacity = -2 }, "capacity"},
 		{"public http without token", func(c *Config) { c.DisableHTTP, c.HTTPAddr = false, "0.0.0.0:7777" }, "token"},
 		{"loopback http without token", func(c *Config) { c.DisableHTTP = false }, "needs tokens"},
 		{"insecure off loopback", func(c *Config) { c.DisableHTTP, c.HTTPAddr, c.InsecureHTTP = false, "0.0.0.0:7777", true }, "insecure_http"},

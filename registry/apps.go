@@ -107,6 +107,7 @@ func (r *Registry) UnregisterApp(ctx context.Context, name string, force bool) e
 			clientv3.OpDelete(r.appKey(name)),
 			clientv3.OpDelete(r.appDir(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(r.genDir(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(r.statusDir()+name+"/", clientv3.WithPrefix()),
 		).Commit()
 		if err != nil {
 			return false, fmt.Errorf("registry: unregister app %q: %w", name, err)

@@ -28,7 +28,7 @@ func setupWeb(t testing.TB) (*Registry, *clientv3.Client, context.Context) {
 func register(t testing.TB, r *Registry, id string) *HostSession {
 	t.Helper()
 	ctx := testCtx(t)
-	s, err := r.RegisterHost(ctx, Host{ID: id, Addr: "127.0.0.1:7070", Labels: map[string]string{"zone": "a"}, Capacity: 10, Version: "test"}, 10*time.Second)
+	s, err := r.RegisterHost(ctx, Host{ID: id, Addr: "127.0.0.1:7070", Labels: map[string]string{"zone": "a"}, Capacity: 1000, Version: "test"}, 10*time.Second)
 	if err != nil {
 		t.Fatalf("register host %s: %v", id, err)
 	}

@@ -87,6 +87,10 @@ type HealthCheck struct {
 }
 
 // Limits are resource limits of one instance; zero fields are unlimited.
+// MemoryBytes and CPUMillis are also what the instance reserves on its
+// host for admission: a host takes a start only while the reservations of
+// its instances fit what it has (an instance that declares no memory
+// reserves the host's default, see the agent's -instance-memory).
 type Limits struct {
 	MemoryBytes int64 `json:"memory_bytes,omitempty"`
 	// CPUMillis is CPU time in thousandths of a core (1000 = one core).
@@ -123,6 +127,11 @@ type ScaleResult struct {
 	// Started are the start tickets created, Stopped the stop tickets
 	// created, Cancelled the pending start tickets deleted.
 	Started, Stopped, Cancelled []string
+	// Waiting counts the instances left without a start ticket because
+	// the fleet has no room for them now; Reason says why (see
+	// ScaleStatus).
+	Waiting int
+	Reason  string
 }
 
 // ScaleEntry is one desired count.
@@ -271,6 +280,10 @@ type Ticket struct {
 	// Replaces is the instance a drain's start ticket replaces; the claim
 	// copies it into the instance record.
 	Replaces string `json:"replaces,omitempty"`
+	// Reserve is what a start ticket's instance reserves on its host: the
+	// process type's limits when Scale wrote the ticket; nil means the
+	// host's default reservation.
+	Reserve *Limits `json:"reserve,omitempty"`
 	// Attempts counts releases; at MaxAttempts (default 3) the ticket is
 	// deleted and, for a start ticket, the instance fails.
 	Attempts    int       `json:"attempts,omitempty"`
@@ -290,14 +303,27 @@ type HostLoad struct {
 	Instances      int     `json:"instances"`
 }
 
+// HostResources is what a host can give its instances: memory and CPU for
+// their reservations (see Limits), and the pids they may use.
+type HostResources struct {
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// CPUMillis is in thousandths of a core.
+	CPUMillis int `json:"cpu_millis,omitempty"`
+	Pids      int `json:"pids,omitempty"`
+}
+
 // Host is an agent's host record; it exists while the agent's lease lives.
 type Host struct {
 	ID     string            `json:"id"`
 	Addr   string            `json:"addr,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
-	// Capacity is the maximum number of instances; 0 = unlimited.
-	Capacity int    `json:"capacity,omitempty"`
-	Version  string `json:"version,omitempty"`
+	// Capacity is the most instances the host runs (its slots); 0 =
+	// unlimited. The agent computes it from Resources unless told.
+	Capacity int `json:"capacity,omitempty"`
+	// Resources is what the host has to give instances; nil when the agent
+	// does not say (an older agent).
+	Resources *HostResources `json:"resources,omitempty"`
+	Version   string         `json:"version,omitempty"`
 	// APIAddr is the agent's HTTP API (host:port), "" when it serves none.
 	APIAddr string `json:"api_addr,omitempty"`
 	// APIScheme is how APIAddr is served: "https" (TLS) or "http"; ""

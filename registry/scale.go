@@ -63,6 +63,9 @@ type scaleSnap struct {
 	desired            int
 	desiredErr         error      // the stored count does not decode
 	pending, live      []Instance // counted instances
+	reserve            *Limits    // the proc type's reservation, if it declares one
+	status             *ScaleStatus
+	statusMod          int64
 }
 
 // scaleSnapshot reads, in one transaction, what Scale counts: the scale and
@@ -73,9 +76,10 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 	resp, err := r.cli.Txn(ctx).Then(
 		clientv3.OpGet(r.appKey(app), clientv3.WithCountOnly()),
 		clientv3.OpGet(r.revKey(app, rev), clientv3.WithCountOnly()),
-		clientv3.OpGet(r.procKey(app, proc), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.procKey(app, proc)),
 		clientv3.OpGet(r.scaleKey(app, rev, proc)),
 		clientv3.OpGet(r.genKey(app, rev, proc)),
+		clientv3.OpGet(r.statusKey(app, rev, proc)),
 		// Instance ids start with <app>-<proc>- (newInstanceID), so this
 		// range holds every instance of app/proc, plus a few of other
 		// app/proc pairs that share the prefix, filtered below.
@@ -107,7 +111,24 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 	if kv := first(rangeKvs(resp, 4)); kv != nil {
 		s.genMod = kv.ModRevision
 	}
-	for _, kv := range rangeKvs(resp, 5) {
+	if kv := first(rangeKvs(resp, 2)); kv != nil {
+		// A proc type that does not decode reserves the default; the
+		// claim's Launch read reports it.
+		if p, err := decodeProc(kv.Key, kv.Value, kv.ModRevision, app, proc); err == nil &&
+			(p.Limits.MemoryBytes > 0 || p.Limits.CPUMillis > 0) {
+			s.reserve = &Limits{MemoryBytes: p.Limits.MemoryBytes, CPUMillis: p.Limits.CPUMillis}
+		}
+	}
+	if kv := first(rangeKvs(resp, 5)); kv != nil {
+		s.statusMod = kv.ModRevision
+		var st ScaleStatus
+		if err := decodeJSON(KindScaleStatus, kv.Key, kv.Value, &st); err == nil {
+			s.status = &st
+		} else {
+			s.status = &ScaleStatus{} // rewritten or deleted below
+		}
+	}
+	for _, kv := range rangeKvs(resp, 6) {
 		in, err := decodeInstance(kv, strings.TrimPrefix(string(kv.Key), r.instancesDir()))
 		if err != nil {
 			// Reported by whoever lists instances (the reconciler, once).
@@ -180,11 +201,27 @@ func stopRank(a, b Instance) bool {
 // A difference larger than 40 is applied in several transactions, each
 // re-counting; if another Scale of the same key lands in between, that call
 // owns the result and this one returns what it did so far.
+//
+// n above the fleet's bound (MaxScale) fails with ErrInvalid. Start
+// tickets are written only for what the live hosts can take now
+// (Fleet.Room); the rest of the count waits, recorded with the reason in
+// a ScaleStatus written in the same transaction, and the reconciler
+// writes their tickets as room appears. With no live host at all, every
+// ticket is written (nothing can be overloaded, and max_scale bounds
+// them).
 func (r *Registry) Scale(ctx context.Context, app, rev, proc string, n int) (ScaleResult, error) {
 	if n < 0 {
 		return ScaleResult{}, fmt.Errorf("%w: scale %d is negative", ErrInvalid, n)
 	}
-	return r.scale(ctx, app, rev, proc, n)
+	limit, err := r.MaxScale(ctx)
+	if err != nil {
+		return ScaleResult{}, err
+	}
+	if n > limit {
+		return ScaleResult{}, fmt.Errorf("%w: scale %d of %s/%s/%s is above the fleet's limit of %d instances per process type (registry key config/max_scale; `visor config max-scale N` sets it)",
+			ErrInvalid, n, app, rev, proc, limit)
+	}
+	return r.scale(ctx, app, rev, proc, n, nil)
 }
 
 // Rescale re-applies the desired count stored for app/rev/proc, creating
@@ -194,13 +231,21 @@ func (r *Registry) Scale(ctx context.Context, app, rev, proc string, n int) (Sca
 // concurrent Scale is never reverted: the reconciler uses this, not Scale.
 // A process type that was never scaled is left alone.
 func (r *Registry) Rescale(ctx context.Context, app, rev, proc string) (ScaleResult, error) {
-	return r.scale(ctx, app, rev, proc, useStored)
+	return r.scale(ctx, app, rev, proc, useStored, nil)
+}
+
+// RescaleIn is Rescale with the fleet read by the caller: start tickets
+// are written only up to f.Room(), and f.Pending grows by the tickets
+// written, so one Fleet serves a pass over many scales (the reconciler's).
+// A nil f is read when needed.
+func (r *Registry) RescaleIn(ctx context.Context, app, rev, proc string, f *Fleet) (ScaleResult, error) {
+	return r.scale(ctx, app, rev, proc, useStored, f)
 }
 
 // useStored, as a count, makes scale re-apply the stored desired count.
 const useStored = -1
 
-func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int) (ScaleResult, error) {
+func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int, f *Fleet) (ScaleResult, error) {
 	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
 		return ScaleResult{}, err
 	}
@@ -208,7 +253,7 @@ func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int) (Sca
 	var ours int64 // revision of our last successful write; 0 = none yet
 	what := fmt.Sprintf("registry: scale %s/%s/%s", app, rev, proc)
 	for conflicts := 0; ; {
-		done, err := r.scaleStep(ctx, app, rev, proc, n, &res, &ours)
+		done, err := r.scaleStep(ctx, app, rev, proc, n, &res, &ours, &f)
 		if errors.Is(err, errShrunk) {
 			continue
 		}
@@ -244,7 +289,7 @@ func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int) (Sca
 // scaleStep runs one Scale transaction. It reports done when the scale is
 // in place or superseded; on a landed partial chunk it sets *ours to minus
 // the write's revision; on a conflict it leaves *ours alone.
-func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, res *ScaleResult, ours *int64) (bool, error) {
+func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, res *ScaleResult, ours *int64, fleet **Fleet) (bool, error) {
 	what := fmt.Sprintf("registry: scale %s/%s/%s", app, rev, proc)
 	s, err := r.scaleSnapshot(ctx, app, rev, proc)
 	if err != nil {
@@ -275,8 +320,43 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		res.Live, res.Pending = len(s.live), len(s.pending)
 	}
 	have := len(s.live) + len(s.pending)
-	if have == n && s.scaleMod != 0 && s.desired == n && s.desiredErr == nil {
-		return true, nil
+	diff := n - have
+	chunk := r.chunk()
+	// Starts: only what the fleet has room for; the rest waits.
+	want := max(diff, 0)
+	var reason string
+	if diff > 0 {
+		if *fleet == nil {
+			f, err := r.Fleet(ctx)
+			if err != nil {
+				return false, fmt.Errorf("%s: %w", what, err)
+			}
+			*fleet = &f
+		}
+		if room := (*fleet).Room(); room >= 0 && (*fleet).Hosts > 0 && room < want {
+			// The reason as it is once the admitted tickets are written.
+			after := **fleet
+			after.Pending += room
+			want, reason = room, after.Reason()
+		}
+	}
+	add := min(want, chunk)
+	partial := want > chunk || -diff > chunk
+	// The status says what waits, written with the tickets (not while
+	// more chunks follow).
+	var status *ScaleStatus
+	if waiting := diff - add; waiting > 0 && !partial {
+		status = &ScaleStatus{App: app, Rev: rev, Proc: proc, Desired: n, Admitted: have + add,
+			Waiting: waiting, Reason: reason, Since: time.Now().UTC()}
+		if s.status != nil && !s.status.Since.IsZero() {
+			status.Since = s.status.Since
+		}
+	}
+	statusSame := partial || (status == nil && s.status == nil) ||
+		(status != nil && s.status != nil && status.same(*s.status))
+	if add == 0 && diff >= 0 && statusSame && s.scaleMod != 0 && s.desired == n && s.desiredErr == nil {
+		res.Waiting, res.Reason = diff, reason
+		return true, nil // in place, or nothing more can be admitted now
 	}
 	cmps := []clientv3.Cmp{
 		exists(r.appKey(app)), exists(r.revKey(app, rev)), exists(r.procKey(app, proc)),
@@ -287,13 +367,19 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		clientv3.OpPut(r.scaleKey(app, rev, proc), strconv.Itoa(n)),
 		touch(r.genKey(app, rev, proc)),
 	}
+	if !statusSame {
+		cmps = append(cmps, unchanged(r.statusKey(app, rev, proc), s.statusMod))
+		if status != nil {
+			ops = append(ops, clientv3.OpPut(r.statusKey(app, rev, proc), encode(*status)))
+		} else {
+			ops = append(ops, clientv3.OpDelete(r.statusKey(app, rev, proc)))
+		}
+	}
 	var started, stopped, cancelled []string
 	now := time.Now().UTC()
-	diff := n - have
-	chunk := r.chunk()
-	for i := 0; i < min(diff, chunk); i++ {
+	for i := 0; i < add; i++ {
 		t := Ticket{ID: newTicketID(), Op: TicketStart, App: app, Rev: rev, Proc: proc,
-			Instance: newInstanceID(app, proc), MaxAttempts: 3, Created: now}
+			Instance: newInstanceID(app, proc), Reserve: s.reserve, MaxAttempts: 3, Created: now}
 		in := Instance{ID: t.Instance, App: app, Rev: rev, Proc: proc, State: InstancePending,
 			Since: now, Ticket: t.ID, Created: now}
 		ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
@@ -352,19 +438,16 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	res.Started = append(res.Started, started...)
 	res.Stopped = append(res.Stopped, stopped...)
 	res.Cancelled = append(res.Cancelled, cancelled...)
-	if abs(diff) > chunk {
+	if *fleet != nil {
+		(*fleet).Pending += len(started)
+	}
+	if partial {
 		*ours = -resp.Header.Revision
 		return false, nil
 	}
+	res.Waiting, res.Reason = max(diff-add, 0), reason
 	*ours = resp.Header.Revision
 	return true, nil
-}
-
-func abs(n int) int {
-	if n < 0 {
-		return -n
-	}
-	return n
 }
 
 // CurrentScale returns the desired count of app/rev/proc (0 if never set).

@@ -266,6 +266,9 @@ const (
 	HostChanged     EventType = "host_changed"
 	HostDrained     EventType = "host_drained"
 	HostUndrained   EventType = "host_undrained"
+	// ScaleWaiting reports a change of a scale's waiting status (see
+	// ScaleStatus); Deleted when nothing waits any more.
+	ScaleWaiting EventType = "scale_waiting"
 )
 
 // Event is one typed change of the registry. Fields that do not apply to
@@ -534,6 +537,11 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 		}
 		if !del {
 			_, e.Err = decodeHost(kv, parts[1])
+		}
+	case parts[0] == "status" && len(parts) == 4:
+		e.App, e.Rev, e.Proc, e.Type = parts[1], parts[2], parts[3], ScaleWaiting
+		if !del {
+			e.Err = decodeJSON(KindScaleStatus, kv.Key, kv.Value, &ScaleStatus{})
 		}
 	case parts[0] == "drains" && len(parts) == 2:
 		e.Host = parts[1]

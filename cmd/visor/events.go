@@ -62,6 +62,7 @@ var eventTypeNames = map[registry.EventType]string{
 	registry.HostChanged:     "host_changed",
 	registry.HostDrained:     "host_drained",
 	registry.HostUndrained:   "host_undrained",
+	registry.ScaleWaiting:    "scale_waiting",
 }
 
 func newEventOut(ev registry.Event) eventOut {

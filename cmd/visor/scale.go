@@ -21,8 +21,16 @@ func init() {
 		Long: `scale writes the desired count and, in the same transaction, the start or
 stop tickets for the difference; agents carry them out. With --wait it then
 shows progress ("web/v1/web 3/5 running") until every process type has as
-many running instances as desired, and fails if --wait-timeout passes first.`,
+many running instances as desired, and fails if --wait-timeout passes first.
+
+A count above what the live hosts can run (their capacity, less the slots
+other instances use) is refused with the numbers, unless --force: then the
+count is written, start tickets only for what fits now, and the rest waits
+for capacity ("visor ps" and "visor tickets" say why). A count above the
+fleet's limit per process type (default 10000, "visor config max-scale")
+is refused even with --force.`,
 		Flags: func(fs *flag.FlagSet) {
+			fs.Bool("force", false, "scale above the fleet's capacity; what does not fit waits")
 			fs.Bool("wait", false, "wait until the running instances match the desired counts")
 			fs.Duration("wait-timeout", 5*time.Minute, "how long --wait waits before failing")
 		},
@@ -108,11 +116,18 @@ func runScale(ctx context.Context, e *env, args []string) error {
 				return fmt.Errorf("scale: %w", err)
 			}
 		}
+		if err := checkCapacity(ctx, e, r, app, rev, want, flagBool(e, "force")); err != nil {
+			return err
+		}
 		out := make([]scaleOut, 0, len(want))
 		for _, w := range want {
 			res, err := r.Scale(ctx, app, rev, w.proc, w.n)
 			if err != nil {
 				return fmt.Errorf("scale %s/%s/%s to %d: %w", app, rev, w.proc, w.n, err)
+			}
+			if res.Waiting > 0 {
+				fmt.Fprintf(e.stderr, "visor: %s/%s/%s: %d of %d instances wait: %s\n", app, rev, w.proc,
+					res.Waiting, res.Desired, res.Reason)
 			}
 			out = append(out, scaleOut{
 				App: app, Rev: rev, Proc: w.proc,
@@ -145,6 +160,49 @@ func runScale(ctx context.Context, e *env, args []string) error {
 	})
 }
 
+// checkCapacity refuses a scale-up above what the live hosts can run
+// (registry.Fleet), with the numbers, unless force. With no live host it
+// only warns: the instances wait for the first one.
+func checkCapacity(ctx context.Context, e *env, r *registry.Registry, app, rev string, want []scaleArg, force bool) error {
+	var f *registry.Fleet
+	for _, w := range want {
+		cur, err := r.CurrentScale(ctx, app, rev, w.proc)
+		if err != nil {
+			return fmt.Errorf("scale %s/%s/%s to %d: %w", app, rev, w.proc, w.n, err)
+		}
+		if w.n <= cur {
+			continue
+		}
+		if f == nil {
+			fl, err := r.Fleet(ctx)
+			if err != nil {
+				return fmt.Errorf("scale: read the fleet's capacity: %w", err)
+			}
+			f = &fl
+		}
+		room := f.For(app, rev, w.proc)
+		switch {
+		case f.Hosts == 0:
+			fmt.Fprintf(e.stderr, "visor: no live host takes starts; %s/%s/%s waits for one\n", app, rev, w.proc)
+		case room < 0 || w.n <= room:
+		case force:
+			fmt.Fprintf(e.stderr, "visor: --force: %s/%s/%s to %d is above the fleet's capacity of %d for it; the rest waits\n",
+				app, rev, w.proc, w.n, room)
+		default:
+			return fmt.Errorf("scale %s/%s/%s to %d: %w: %s, %d slots, %d used by other instances: room for %d (--force scales anyway; what does not fit waits)",
+				app, rev, w.proc, w.n, registry.ErrOverCapacity, hostCount(f.Hosts), f.Slots, f.Slots-room, room)
+		}
+	}
+	return nil
+}
+
+func hostCount(n int) string {
+	if n == 1 {
+		return "1 host"
+	}
+	return strconv.Itoa(n) + " hosts"
+}
+
 // scaleWaiter tracks the running instances of the process types of one
 // app revision, and the instances that failed while it waited.
 type scaleWaiter struct {
@@ -169,6 +227,24 @@ type scaleWaiter struct {
 	ours map[string]bool
 	// printed is the last progress line printed per process type.
 	printed map[string]string
+	// waiting is, per process type, why instances wait for capacity
+	// (registry.ScaleStatus), "" when none does.
+	waiting map[string]string
+}
+
+// readWaiting refreshes w.waiting from the registry's scale statuses.
+func (w *scaleWaiter) readWaiting(ctx context.Context, r *registry.Registry) error {
+	st, err := r.ScaleStatuses(ctx, w.app)
+	if err != nil && !errors.Is(err, registry.ErrCorrupt) {
+		return fmt.Errorf("wait for scale: %w", err)
+	}
+	clear(w.waiting)
+	for _, s := range st {
+		if s.Rev == w.rev && w.wanted(s.Proc) {
+			w.waiting[s.Proc] = fmt.Sprintf("%d waiting: %s", s.Waiting, s.Reason)
+		}
+	}
+	return nil
 }
 
 func (w *scaleWaiter) wanted(proc string) bool {
@@ -229,6 +305,9 @@ func (w *scaleWaiter) progress(a scaleArg, running int) string {
 	}
 	if n := w.failed[a.proc]; n > 0 {
 		notes = append(notes, fmt.Sprintf("%d failed", n))
+	}
+	if why := w.waiting[a.proc]; why != "" {
+		notes = append(notes, why)
 	}
 	if len(notes) == 0 {
 		return line
@@ -292,6 +371,10 @@ func waitScale(ctx context.Context, e *env, r *registry.Registry, out io.Writer,
 		attempts: make(map[string]int),
 		ours:     ours,
 		printed:  make(map[string]string),
+		waiting:  make(map[string]string),
+	}
+	if err := w.readWaiting(ctx, r); err != nil {
+		return err
 	}
 	for _, inst := range insts {
 		w.observe(inst, inst.ModRevision, false)
@@ -321,6 +404,9 @@ func waitScale(ctx context.Context, e *env, r *registry.Registry, out io.Writer,
 
 // apply updates the waiter from one registry event.
 func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev registry.Event) error {
+	if ev.Type == registry.ScaleWaiting && ev.App == w.app {
+		return w.readWaiting(ctx, r)
+	}
 	if ev.Err != nil || ev.Instance == "" || (ev.App != "" && ev.App != w.app) {
 		return nil
 	}
