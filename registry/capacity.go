@@ -90,14 +90,15 @@ type Fleet struct {
 	// Pending counts the instances waiting for a host (pending start
 	// tickets): they will take free slots first.
 	Pending int
-	// UsedBy counts Used per app/rev/proc key ("app/rev/proc").
-	UsedBy map[string]int
+	// Takes counts, per app/rev/proc ("app/rev/proc"), the slots its
+	// instances use and its pending instances.
+	Takes map[string]int
 }
 
 // NewFleet computes the fleet from the live hosts and the instances. It is
 // pure: the registry's reads are Hosts and Instances.
 func NewFleet(hosts []Host, insts []Instance) Fleet {
-	f := Fleet{UsedBy: map[string]int{}}
+	f := Fleet{Takes: map[string]int{}}
 	used := map[string]int{}
 	caps := map[string]int{}
 	for _, h := range hosts {
@@ -119,6 +120,7 @@ func NewFleet(hosts []Host, insts []Instance) Fleet {
 		if in.Host == "" || in.State == InstancePending {
 			if in.counted() {
 				f.Pending++
+				f.Takes[in.App+"/"+in.Rev+"/"+in.Proc]++
 			}
 			continue
 		}
@@ -128,7 +130,7 @@ func NewFleet(hosts []Host, insts []Instance) Fleet {
 		}
 		used[in.Host]++
 		f.Used++
-		f.UsedBy[in.App+"/"+in.Rev+"/"+in.Proc]++
+		f.Takes[in.App+"/"+in.Rev+"/"+in.Proc]++
 	}
 	return f
 }
@@ -142,13 +144,14 @@ func (f Fleet) Room() int {
 	return max(0, f.Slots-f.Used-f.Pending)
 }
 
-// For is how many instances of app/rev/proc the fleet could run: its own
-// slots plus the free ones. -1 means unbounded.
+// For is how many instances of app/rev/proc the fleet could run: the
+// slots that other instances neither use nor wait for. -1 means
+// unbounded.
 func (f Fleet) For(app, rev, proc string) int {
 	if f.Unlimited {
 		return -1
 	}
-	return f.Slots - f.Used + f.UsedBy[app+"/"+rev+"/"+proc]
+	return max(0, f.Slots-(f.Used+f.Pending-f.Takes[app+"/"+rev+"/"+proc]))
 }
 
 // Reason says why instances wait, e.g. "no host has capacity: 3 hosts,

@@ -75,7 +75,10 @@ func agentFlags(fs *flag.FlagSet, o *agentOptions, raw map[string]*string) {
 	str("host", "", "host id (default: the hostname)")
 	str("addr", "", "address clients reach this host's instances at (default: the host id)")
 	str("labels", "", "host labels, k=v[,k=v...]")
-	str("capacity", "0", "most instances this host runs (0: unlimited)")
+	str("capacity", "auto", "most instances this host runs: auto (from memory and the pid limit), unlimited, or a count")
+	str("instance-memory", "128M", "memory an instance reserves when its process type declares none (sizes -capacity auto)")
+	str("start-rate", "20", "most instance starts per second on this host (token bucket)")
+	str("start-burst", "20", "starts allowed at once before -start-rate applies")
 	str("ttl", "10s", "host lease TTL (keepalive every TTL/3)")
 	str("data-dir", "", "state, logs and artifact cache (default /var/lib/visor; dev: a fresh temp dir)")
 	str("run-dir", "", "directory of the unix socket agent.sock (default /run/visor; dev: <data-dir>/run)")
@@ -234,8 +237,24 @@ func (o *agentOptions) fill(raw map[string]*string) error {
 			c.Labels[k] = v
 		}
 	}
-	if c.Capacity, err = strconv.Atoi(get("capacity")); err != nil {
-		return usageError("agent: capacity: %q is not an integer", get("capacity"))
+	switch capa := get("capacity"); capa {
+	case "auto", "0":
+		c.Capacity = 0
+	case "unlimited", "-1":
+		c.Capacity = -1
+	default:
+		if c.Capacity, err = strconv.Atoi(capa); err != nil || c.Capacity < 1 {
+			return usageError("agent: capacity: %q is not auto, unlimited or a count above 0", capa)
+		}
+	}
+	if c.InstanceMemory, err = parseMemory(get("instance-memory")); err != nil || c.InstanceMemory < 1<<20 {
+		return usageError("agent: instance-memory: %q is not a size of at least 1M, such as 128M", get("instance-memory"))
+	}
+	if c.StartRate, err = strconv.ParseFloat(get("start-rate"), 64); err != nil || c.StartRate <= 0 || math.IsInf(c.StartRate, 0) || math.IsNaN(c.StartRate) {
+		return usageError("agent: start-rate: %q is not a positive number of starts per second", get("start-rate"))
+	}
+	if c.StartBurst, err = strconv.Atoi(get("start-burst")); err != nil || c.StartBurst < 1 {
+		return usageError("agent: start-burst: %q is not a count above 0", get("start-burst"))
 	}
 	if c.TTL, err = time.ParseDuration(get("ttl")); err != nil {
 		return usageError("agent: ttl: %v", err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -127,7 +128,7 @@ func runPS(ctx context.Context, e *env, args []string) error {
 			}
 			return x.ID < y.ID
 		})
-		return e.print(out, func(w io.Writer) {
+		err = e.print(out, func(w io.Writer) {
 			fmt.Fprintln(w, "INSTANCE\tAPP\tREV\tPROC\tHOST\tSTATE\tSINCE\tPORT\tPID\tRESTARTS\tREASON")
 			for _, i := range out {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.ID, i.App, i.Rev, i.Proc,
@@ -135,5 +136,26 @@ func runPS(ctx context.Context, e *env, args []string) error {
 					i.restartSummary(), dash(i.Reason))
 			}
 		})
+		if err != nil || host != "" {
+			return err
+		}
+		app := ""
+		if len(args) == 1 {
+			app = args[0]
+		}
+		return printWaiting(ctx, e, r, app)
 	})
+}
+
+// printWaiting tells, on stderr, which scales of app (all when "") have
+// instances waiting for capacity, and why (registry.ScaleStatus).
+func printWaiting(ctx context.Context, e *env, r *registry.Registry, app string) error {
+	st, err := r.ScaleStatuses(ctx, app)
+	if err != nil && !errors.Is(err, registry.ErrCorrupt) {
+		return fmt.Errorf("list waiting scales: %w", err)
+	}
+	for _, s := range st {
+		fmt.Fprintf(e.stderr, "visor: %s\n", s)
+	}
+	return nil
 }

@@ -161,9 +161,13 @@ func runScale(ctx context.Context, e *env, args []string) error {
 }
 
 // checkCapacity refuses a scale-up above what the live hosts can run
-// (registry.Fleet), with the numbers, unless force. With no live host it
-// only warns: the instances wait for the first one.
+// (registry.Fleet), with the numbers, unless force. With no live host
+// there is nothing to overload: the tickets wait for the first one.
 func checkCapacity(ctx context.Context, e *env, r *registry.Registry, app, rev string, want []scaleArg, force bool) error {
+	limit, err := r.MaxScale(ctx)
+	if err != nil {
+		return fmt.Errorf("scale: %w", err)
+	}
 	var f *registry.Fleet
 	for _, w := range want {
 		cur, err := r.CurrentScale(ctx, app, rev, w.proc)
@@ -181,15 +185,23 @@ func checkCapacity(ctx context.Context, e *env, r *registry.Registry, app, rev s
 			f = &fl
 		}
 		room := f.For(app, rev, w.proc)
+		over := ""
+		if w.n > limit {
+			// Refused even with --force, by the registry; say both.
+			over = fmt.Sprintf("; %d is also above the fleet's limit of %d per process type (visor config max-scale)", w.n, limit)
+		}
 		switch {
-		case f.Hosts == 0:
-			fmt.Fprintf(e.stderr, "visor: no live host takes starts; %s/%s/%s waits for one\n", app, rev, w.proc)
-		case room < 0 || w.n <= room:
-		case force:
+		case f.Hosts == 0, room < 0, w.n <= room:
+			// No live host: nothing to overload; the tickets wait for one.
+		case force && over == "":
 			fmt.Fprintf(e.stderr, "visor: --force: %s/%s/%s to %d is above the fleet's capacity of %d for it; the rest waits\n",
 				app, rev, w.proc, w.n, room)
 		default:
-			return fmt.Errorf("scale %s/%s/%s to %d: %w: %s, %d slots, %d used by other instances: room for %d (--force scales anyway; what does not fit waits)",
+			if over != "" {
+				return fmt.Errorf("scale %s/%s/%s to %d: %w: %s, %d slots, %d taken by other instances: room for %d%s",
+					app, rev, w.proc, w.n, registry.ErrOverCapacity, hostCount(f.Hosts), f.Slots, f.Slots-room, room, over)
+			}
+			return fmt.Errorf("scale %s/%s/%s to %d: %w: %s, %d slots, %d taken by other instances: room for %d (--force scales anyway; what does not fit waits)",
 				app, rev, w.proc, w.n, registry.ErrOverCapacity, hostCount(f.Hosts), f.Slots, f.Slots-room, room)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/visorhq/visor/registry"
 )
@@ -117,4 +118,67 @@ func TestScaleWaitShowsFailures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestScaleCapacity: a scale above what the live hosts can run is refused
+// with the numbers unless --force; with --force the count is written,
+// tickets only for the free slots, and ps, tickets and scale say what
+// waits and why. A count above the fleet's max-scale is refused even with
+// --force, and config max-scale sets that bound.
+// ok2 runs the CLI, which must succeed, and returns its output.
+func (h *harness) ok2(args ...string) result {
+	h.t.Helper()
+	res := h.run(args...)
+	if res.code != 0 {
+		h.t.Fatalf("visor %s: exit %d, stderr %q", strings.Join(args, " "), res.code, res.stderr)
+	}
+	return res
+}
+
+func TestScaleCapacity(t *testing.T) {
+	h := newHarness(t)
+	setupWeb(h)
+	r := h.registry()
+	ctx := testContext(t)
+	s, err := r.RegisterHost(ctx, registry.Host{ID: "h1", Capacity: 3}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(testContext(t)) })
+
+	h.ok("scale", "web", "v1", "worker=1")
+	h.fails(1, []string{"scale web/v1/web to 5", "above the fleet's capacity", "1 host, 3 slots, 1 taken by other instances: room for 2", "--force"},
+		"scale", "web", "v1", "web=5")
+	if n, _ := r.CurrentScale(ctx, "web", "v1", "web"); n != 0 {
+		t.Fatalf("a refused scale wrote %d", n)
+	}
+	res := h.run("scale", "web", "v1", "web=5", "--force")
+	if res.code != 0 {
+		t.Fatalf("scale --force: exit %d, stderr %q", res.code, res.stderr)
+	}
+	if !strings.Contains(res.stderr, "web/v1/web: 3 of 5 instances wait: no host has capacity: 1 host, 0/3 slots used, 3 pending") {
+		t.Errorf("scale --force stderr %q", res.stderr)
+	}
+	tickets, err := r.Tickets(ctx)
+	if err != nil || len(tickets) != 3 { // worker's one and web's two
+		t.Fatalf("tickets after scale --force: %d, %v", len(tickets), err)
+	}
+	for _, cmd := range [][]string{{"ps"}, {"ps", "web"}, {"tickets"}} {
+		res := h.ok2(cmd...)
+		if !strings.Contains(res.stderr, "visor: web/v1/web: 2/5 admitted, 3 waiting: no host has capacity") {
+			t.Errorf("%v stderr %q, want the waiting scale", cmd, res.stderr)
+		}
+	}
+	res = h.run("scale", "web", "v1", "web=5", "--wait", "--wait-timeout", "1s")
+	if !strings.Contains(res.stdout, "web/v1/web 0/5 running (3 waiting: no host has capacity") {
+		t.Errorf("scale --wait progress %q", res.stdout)
+	}
+
+	h.fails(1, []string{"above the fleet's capacity", "also above the fleet's limit of 10000"}, "scale", "web", "v1", "web=10001", "--force")
+	h.ok("config", "max-scale", "4")
+	if out := h.ok("config", "max-scale"); out != "max-scale 4\n" {
+		t.Errorf("config max-scale = %q", out)
+	}
+	h.fails(1, []string{"above the fleet's limit of 4"}, "scale", "web", "v1", "worker=5")
+	h.fails(2, []string{"not a count"}, "config", "max-scale", "many")
 }

@@ -74,12 +74,17 @@ func runTickets(ctx context.Context, e *env, args []string) error {
 		}
 		// Ticket ids sort in creation order.
 		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-		return e.print(out, func(w io.Writer) {
+		err = e.print(out, func(w io.Writer) {
 			fmt.Fprintln(w, "TICKET\tOP\tAPP/REV/PROC\tINSTANCE\tTARGET\tHOLDER\tATTEMPTS\tAGE")
 			for _, t := range out {
 				fmt.Fprintf(w, "%s\t%s\t%s/%s/%s\t%s\t%s\t%s\t%d/%d\t%s\n", t.ID, t.Op, t.App, t.Rev, t.Proc,
 					dash(t.Instance), dash(t.Host), dash(t.Holder), t.Attempts, t.MaxAttempts, ago(t.Created))
 			}
 		})
+		if err != nil || host != "" {
+			return err
+		}
+		// Instances that wait for capacity have no ticket yet: say so.
+		return printWaiting(ctx, e, r, "")
 	})
 }
