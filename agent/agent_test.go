@@ -89,7 +89,10 @@ func (f *fixture) startAgent(t *testing.T, host, dataDir string, mod func(*Confi
 		TTL:          testtime.Scaled(10 * time.Second), // a loaded machine's stalls must not end the session
 		ClaimDelay:   time.Millisecond,
 		Cgroups:      "none",
-		Logger:       hclog.New(&hclog.LoggerOptions{Name: host, Level: hclog.Debug, Output: testWriter{t}}),
+		// Slots enough for every test on any machine (the automatic
+		// capacity depends on its memory); mod may set a smaller one.
+		Capacity: 1000,
+		Logger:   hclog.New(&hclog.LoggerOptions{Name: host, Level: hclog.Debug, Output: testWriter{t}}),
 	}
 	if mod != nil {
 		mod(&cfg)

@@ -38,8 +38,8 @@ const (
 	// DefaultStartRate and DefaultStartBurst bound the starts per second
 	// on one host (a token bucket): a burst of tickets cannot fork so fast
 	// that the agent's own lease keepalive starves.
-	DefaultStartRate  = 20.0
-	DefaultStartBurst = 20
+	DefaultStartRate  = 50.0
+	DefaultStartBurst = 50
 )
 
 // System reserves: what the instances never get of a host.

@@ -39,7 +39,7 @@ type Config struct {
 	// StartRate bounds the starts per second on this host (a token bucket
 	// of StartBurst): a burst of tickets cannot starve the agent's own
 	// lease keepalive. Stops, restarts and signals are never held back by
-	// it. Defaults DefaultStartRate (20/s) and DefaultStartBurst (20).
+	// it. Defaults DefaultStartRate (50/s) and DefaultStartBurst (50).
 	StartRate  float64
 	StartBurst int
 

@@ -127,6 +127,9 @@ func (c *cluster) startAgent(host string, extra ...string) *agentProc {
 		"-cgroups", "none",
 		"-log-level", "debug",
 		"-allow-root-instances", // the test's proc types have no user
+		// Slots enough for every test on any machine (the automatic
+		// capacity depends on its memory); extra may set a smaller one.
+		"-capacity", "1000",
 	}, extra...)
 	a := &agentProc{host: host, dataDir: dataDir, args: args, log: &bytes.Buffer{}, logMu: &sync.Mutex{}, done: make(chan struct{})}
 	cmd := exec.Command(c.bin, args...)

@@ -150,6 +150,9 @@ func run() error {
 		cmd := exec.Command(bin, "agent", "--endpoints", srv.Endpoint(),
 			"-host", fmt.Sprintf("bench-%d", i), "-data-dir", dataDir, "-run-dir", filepath.Join(dataDir, "run"),
 			"-http-addr", "off", "-cgroups", "none", "-log-level", "warn", "-stop-on-exit", "-enable-pprof", "-allow-root-instances",
+			// The benchmark measures the claim and start pipeline, not
+			// admission: no slot bound, no start rate limit in the way.
+			"-capacity", "unlimited", "-start-rate", "100000", "-start-burst", "1000",
 			"-port-range", fmt.Sprintf("%d-%d", lo, lo+2999))
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
