@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,6 +86,8 @@ type Agent struct {
 	reserved map[string]reservation
 	waiting  map[string]context.CancelFunc // tickets waiting out the claim delay
 	starts   map[string]*startRun          // instance -> its start under way here
+	roomCh   chan struct{}                 // see noteRoom
+	skipped  map[string]registry.Ticket    // see skip
 	httpAddr string
 	// draining is set while the registry says this host is being drained:
 	// no start tickets are claimed then.
@@ -123,6 +126,8 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		reserved:  make(map[string]reservation),
 		waiting:   make(map[string]context.CancelFunc),
 		starts:    make(map[string]*startRun),
+		roomCh:    make(chan struct{}, 1),
+		skipped:   make(map[string]registry.Ticket),
 	}
 	if err := a.artifacts.prepareDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -726,26 +731,50 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 	}
 
 	p := a.newPipeline(sctx, s)
-	for ev := range a.reg.WatchTickets(sctx, a.cfg.HostID) {
-		if ev.Err != nil {
-			a.log.Warn("ticket watch", "error", ev.Err)
-			continue
-		}
-		if ev.Deleted || ev.Claimed {
-			if ev.Ticket.Holder != a.cfg.HostID {
-				a.abandon(ev.Ticket.ID)
+	a.mu.Lock()
+	clear(a.skipped)
+	a.mu.Unlock()
+	tickets := a.reg.WatchTickets(sctx, a.cfg.HostID)
+	for watching := true; watching; {
+		select {
+		case ev, ok := <-tickets:
+			if !ok {
+				watching = false
+				break
 			}
-			if ev.Deleted {
-				// A start still waiting for its artifact has no ticket
-				// left to complete: stop waiting.
-				a.cancelStartTicket(ev.Ticket.ID)
+			if ev.Err != nil {
+				a.log.Warn("ticket watch", "error", ev.Err)
+				continue
 			}
-			continue
+			if ev.Deleted || ev.Claimed {
+				a.unskip(ev.Ticket.ID)
+				if ev.Ticket.Holder != a.cfg.HostID {
+					a.abandon(ev.Ticket.ID)
+				}
+				if ev.Deleted {
+					// A start still waiting for its artifact has no ticket
+					// left to complete: stop waiting.
+					a.cancelStartTicket(ev.Ticket.ID)
+				}
+				continue
+			}
+			if !a.eligible(ev.Ticket) {
+				continue
+			}
+			if ev.Ticket.Op == registry.TicketStart && !a.fits(a.reservationOf(ev.Ticket)) {
+				a.skip(ev.Ticket)
+				continue
+			}
+			if a.markInflight(ev.Ticket.ID) {
+				p.offer(ev.Ticket)
+			}
+		case <-a.roomCh:
+			for _, t := range a.takeFitting() {
+				if a.markInflight(t.ID) {
+					p.offer(t)
+				}
+			}
 		}
-		if !a.eligible(ev.Ticket) || !a.markInflight(ev.Ticket.ID) {
-			continue
-		}
-		p.offer(ev.Ticket)
 	}
 	p.close()
 	select {
@@ -818,6 +847,9 @@ func (a *Agent) noteState(id string, st supervisor.Status) {
 	a.mu.Lock()
 	delete(a.reserved, id)
 	if st.State.Terminal() {
+		if _, was := a.live[id]; was {
+			defer a.noteRoom()
+		}
 		delete(a.live, id)
 	} else {
 		a.live[id] = r
@@ -867,6 +899,9 @@ func (a *Agent) settleReservation(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, reported := a.live[id]; !supervised || reported {
+		if _, held := a.reserved[id]; held && !reported {
+			defer a.noteRoom()
+		}
 		delete(a.reserved, id)
 	}
 }
@@ -876,11 +911,13 @@ func (a *Agent) unreserve(id string) {
 	a.mu.Lock()
 	delete(a.reserved, id)
 	a.mu.Unlock()
+	a.noteRoom()
 }
 
 // eligible reports whether this host may claim t: targeted here or
-// untargeted, not among the hosts that already failed it, and (for starts)
-// within capacity.
+// untargeted, not among the hosts that already failed it, and for starts
+// not draining. Whether a start fits is asked apart (fits): a ticket
+// that does not fit yet is kept for when room frees up.
 func (a *Agent) eligible(t registry.Ticket) bool {
 	if t.Holder != "" {
 		return false
@@ -894,10 +931,62 @@ func (a *Agent) eligible(t registry.Ticket) bool {
 	if t.Op == registry.TicketStart && a.draining.Load() {
 		return false
 	}
-	if t.Op == registry.TicketStart && !a.fits(a.reservationOf(t)) {
-		return false
-	}
 	return true
+}
+
+// skip keeps start ticket t, passed over because it did not fit this
+// host, for when room frees up here (noteRoom), unless another host
+// takes it meanwhile (unskip).
+func (a *Agent) skip(t registry.Ticket) {
+	a.mu.Lock()
+	a.skipped[t.ID] = t
+	a.mu.Unlock()
+}
+
+func (a *Agent) unskip(id string) {
+	a.mu.Lock()
+	delete(a.skipped, id)
+	a.mu.Unlock()
+}
+
+// takeFitting removes from the skipped tickets, and returns oldest
+// first, those that fit the room there is now (each counted against what
+// the ones before it reserve), and drops those this host may no longer
+// take.
+func (a *Agent) takeFitting() []registry.Ticket {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ids := make([]string, 0, len(a.skipped))
+	for id := range a.skipped {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids) // ticket ids sort by creation time
+	u := a.usageLocked()
+	var out []registry.Ticket
+	for _, id := range ids {
+		t := a.skipped[id]
+		if t.Excludes(a.cfg.HostID) || a.draining.Load() {
+			delete(a.skipped, id)
+			continue
+		}
+		r := a.reservationOf(t)
+		if ok, _ := admit(a.capacity, a.resources, u, r); !ok {
+			continue
+		}
+		u.add(r)
+		delete(a.skipped, id)
+		out = append(out, t)
+	}
+	return out
+}
+
+// noteRoom wakes the ticket loop to offer the start tickets it passed
+// over for want of room. It never blocks.
+func (a *Agent) noteRoom() {
+	select {
+	case a.roomCh <- struct{}{}:
+	default:
+	}
 }
 
 // backoff is a small exponential retry delay for reconnecting.

@@ -17,6 +17,21 @@
 //     -dev) it refuses to start an instance that would run as root: the
 //     supervisor returns supervisor.ErrRoot and the ticket is released with
 //     a reason naming the fix (a user, or -allow-root-instances);
+//   - it admits only what the host can run (capacity.go, as Nomad's
+//     resources do it): the host's slots (-capacity, by default what its
+//     memory and pid limit allow: memory / -instance-memory, 128 MiB, or
+//     pids / 32, after a tenth is kept for the system) and the memory and
+//     CPU each instance reserves (its process type's limits, which are
+//     also its cgroup limits). A start ticket that does not fit is not
+//     claimed; it waits in the registry for a host with room, and the
+//     host record advertises Capacity and Resources so that Scale, the
+//     reconciler and the CLI write and admit no more than the fleet can
+//     take;
+//   - it starts instances no faster than -start-rate per second (token
+//     bucket, default 50/s, burst 50), so a burst of starts cannot starve
+//     its own lease keepalive; stop, restart and signal tickets have their
+//     own executors and never wait behind starts, so scale down, stop and
+//     drain complete under overload;
 //   - it writes each instance's state transitions back, coalescing bursts so
 //     that an instance start costs at most four etcd writes;
 //   - it survives etcd outages: processes keep running, the latest state of

@@ -150,13 +150,7 @@ func (p *pipeline) feed() {
 			p.wait(t, true)
 		case <-p.ctx.Done():
 			p.a.unmarkInflight(t.ID)
-			p.backlogMu.Lock()
-			for _, t := range p.backlog {
-				p.a.unmarkInflight(t.ID)
-			}
-			p.backlog = nil
-			p.backlogMu.Unlock()
-			return
+			return // close lets go of the rest
 		}
 	}
 }
@@ -187,6 +181,12 @@ func (p *pipeline) wait(t registry.Ticket, slotted bool) {
 // context ended and no more offers come.
 func (p *pipeline) close() {
 	p.feeder.Wait()
+	p.backlogMu.Lock()
+	for _, t := range p.backlog {
+		p.a.unmarkInflight(t.ID)
+	}
+	p.backlog = nil
+	p.backlogMu.Unlock()
 	p.waiters.Wait()
 	close(p.claimCh)
 	p.claimers.Wait()
@@ -256,6 +256,7 @@ func (p *pipeline) claim(batch []*job) {
 			if ok, why := a.reserve(j.t.Instance, a.reservationOf(j.t)); !ok {
 				a.log.Debug("host full; leaving the ticket to others", "ticket", j.t.ID, "why", why)
 				p.finish(j, true)
+				a.skip(j.t) // for when room frees up here
 				continue
 			}
 		}

@@ -136,7 +136,8 @@ func NewFleet(hosts []Host, insts []Instance) Fleet {
 }
 
 // Room is how many more instances the fleet can take now: free slots not
-// spoken for by pending instances. -1 means unbounded.
+// spoken for by pending instances. -1 means unbounded. (Scale uses For,
+// less what the scale itself counts.)
 func (f Fleet) Room() int {
 	if f.Unlimited {
 		return -1

@@ -187,3 +187,23 @@ func TestMaxScale(t *testing.T) {
 		t.Fatalf("max scale after reset = %d", n)
 	}
 }
+
+// TestRescaleStaleFleet: a fleet read before a Scale (as the reconciler's,
+// once per pass) does not admit the scale's instances a second time: its
+// own instances are counted from the scale's snapshot.
+func TestRescaleStaleFleet(t *testing.T) {
+	r, _, ctx := setupWeb(t)
+	registerCap(t, r, "h1", 2)
+	stale, err := r.Fleet(ctx)
+	must(t, err)
+	res, err := r.Scale(ctx, "web", "v1", "worker", 5)
+	must(t, err)
+	if len(res.Started) != 2 || res.Waiting != 3 {
+		t.Fatalf("scale 5 on 2 slots: %d started, %d waiting", len(res.Started), res.Waiting)
+	}
+	again, err := r.RescaleIn(ctx, "web", "v1", "worker", &stale)
+	must(t, err)
+	if len(again.Started) != 0 || again.Waiting != 3 || again.Reason != "no host has capacity: 1 host, 0/2 slots used, 2 pending" {
+		t.Fatalf("rescale on a stale fleet: %d started, %d waiting (%q)", len(again.Started), again.Waiting, again.Reason)
+	}
+}

@@ -27,6 +27,12 @@
 //	                                   so Scale reads one key range per proc
 //	hosts/<host>                       Host, bound to the host's lease
 //	hosts/<host>/instances/<id>        empty index entry, bound to the lease
+//	status/<app>/<rev>/<proc>          ScaleStatus: instances of a scale that
+//	                                   wait for capacity, and why; absent
+//	                                   when none waits
+//	config/max_scale                   the fleet's bound on one scale
+//	                                   (decimal; default DefaultMaxScale,
+//	                                   10000)
 //
 // Names of apps, revisions, process types and hosts match
 // ^[a-z0-9][a-z0-9.-]*$ and are at most 63 characters; env keys match
@@ -104,6 +110,28 @@
 // Claims do not write the generation key (a claim does not change the
 // count); a scale-down that cancels a start ticket compares that its claim
 // is still absent.
+//
+// # Admission
+//
+// Each host advertises its capacity in its record: Capacity (slots; 0 =
+// unlimited) and Resources (memory, CPU and pids its instances may
+// reserve). A process type's Limits are what its instances reserve (and
+// their cgroup limits); Scale copies them into each start ticket
+// (Ticket.Reserve), so an agent decides before claiming whether the
+// instance fits. Fleet (NewFleet, Registry.Fleet) sums the live hosts'
+// slots that are not draining, the slots their live instances use and
+// the instances still pending.
+//
+// Scale writes start tickets only for the fleet's room (free slots not
+// spoken for by pending instances); the rest of the count waits without
+// a ticket, and the scale's ScaleStatus (status/<app>/<rev>/<proc>: desired,
+// admitted, waiting, reason such as "no host has capacity: 3 hosts,
+// 2997/3000 slots used") is put or deleted in the same transaction as the
+// tickets, compared on its revision. The reconciler's RescaleIn admits
+// more as slots free up, so a scale far above the fleet's capacity never
+// writes more tickets than can run. With no live host at all, every
+// ticket is written (nothing can be overloaded). Scale refuses a count
+// above MaxScale (config/max_scale, default 10000) with ErrInvalid.
 //
 // Scale-down first cancels pending unclaimed start tickets, newest first,
 // deleting the ticket and its pending instance. If more must go, it creates

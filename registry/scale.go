@@ -333,11 +333,15 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 			}
 			*fleet = &f
 		}
-		if room := (*fleet).Room(); room >= 0 && (*fleet).Hosts > 0 && room < want {
+		// The fleet may be older than the snapshot (the reconciler reads
+		// it once per pass): this scale's own instances are counted from
+		// the snapshot, the others' from the fleet.
+		if room := (*fleet).For(app, rev, proc); room >= 0 && (*fleet).Hosts > 0 && room-have < want {
+			free := max(0, room-have)
 			// The reason as it is once the admitted tickets are written.
 			after := **fleet
-			after.Pending += room
-			want, reason = room, after.Reason()
+			after.Pending += free + have - after.Takes[app+"/"+rev+"/"+proc]
+			want, reason = free, after.Reason()
 		}
 	}
 	add := min(want, chunk)
@@ -438,8 +442,9 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	res.Started = append(res.Started, started...)
 	res.Stopped = append(res.Stopped, stopped...)
 	res.Cancelled = append(res.Cancelled, cancelled...)
-	if *fleet != nil {
-		(*fleet).Pending += len(started)
+	if f := *fleet; f != nil && len(started) > 0 {
+		f.Pending += len(started)
+		f.Takes[app+"/"+rev+"/"+proc] += len(started)
 	}
 	if partial {
 		*ours = -resp.Header.Revision
