@@ -327,7 +327,7 @@ func TestAgentReadOnlyRoleStops(t *testing.T) {
 	must(t, err)
 	defer reg.Close()
 	dir := t.TempDir()
-	a, err := New(Config{HostID: "ro-host", DataDir: dir, RunDir: filepath.Join(dir, "run"), HTTPAddr: "127.0.0.1:0", Cgroups: "none"}, reg)
+	a, err := New(Config{HostID: "ro-host", DataDir: dir, RunDir: filepath.Join(dir, "run"), HTTPAddr: "127.0.0.1:0", InsecureHTTP: true, Cgroups: "none"}, reg)
 	must(t, err)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
