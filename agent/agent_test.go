@@ -602,9 +602,13 @@ func TestAgentClaimsBurstInBatches(t *testing.T) {
 		}
 	}
 	won, txns := testutil.ToFloat64(a.metrics.claimsWon), testutil.ToFloat64(a.metrics.claimBatches)
-	t.Logf("30 claims in %v round trips", txns)
-	if won != 30 || txns >= won {
-		t.Errorf("claims won %v in %v transactions; want 30 in fewer", won, txns)
+	lost := testutil.ToFloat64(a.metrics.leaseLost)
+	t.Logf("%v claims in %v round trips, %v sessions lost", won, txns, lost)
+	// A session lost on a loaded machine (keepalives starved) takes its
+	// claims with it, and the next session claims those tickets again:
+	// then more than 30 wins are right.
+	if (lost == 0 && won != 30) || won < 30 || txns >= won {
+		t.Errorf("claims won %v in %v transactions with %v sessions lost; want 30 (more only after a lost session) in fewer transactions", won, txns, lost)
 	}
 }
 
@@ -651,5 +655,28 @@ func TestAgentShutdownDuringStopKeepsTicket(t *testing.T) {
 	})
 	if proctest.Alive(in.PID) {
 		t.Errorf("pid %d still alive after its stop ticket completed", in.PID)
+	}
+	// The reconciler replaces the stopped instance (scale is still 1), and
+	// the replacement ignores SIGTERM too: scale to 0 and wait for its
+	// SIGKILL, so no workload outlives the test.
+	_, err = f.reg.Scale(f.ctx, "stubborn", "v1", "web", 0)
+	must(t, err)
+	var pids []int
+	proctest.WaitFor(t, 30*time.Second, "no stubborn instance live", func() bool {
+		all, err := f.reg.AppInstances(f.ctx, "stubborn")
+		if err != nil {
+			return false
+		}
+		pids = pids[:0]
+		for _, got := range all {
+			if got.State.Live() || got.State == registry.InstanceStopping {
+				return false
+			}
+			pids = append(pids, got.PID)
+		}
+		return true
+	})
+	for _, pid := range pids {
+		proctest.WaitFor(t, 10*time.Second, "stopped process gone", func() bool { return pid == 0 || !proctest.Alive(pid) })
 	}
 }
