@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -36,11 +37,40 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	c := etcdtest.New(t)
 	reg := registry.New(c.Client(t), etcdtest.Prefix(t), hclog.NewNullLogger())
+	// Registered first, so it runs last, once every agent of the test has
+	// stopped: instances outlive their agent by design, and a test that
+	// leaves one running must not leave it behind.
+	t.Cleanup(func() { killInstances(t, reg) })
 	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(2*time.Minute))
 	t.Cleanup(cancel)
 	f := &fixture{reg: reg, ctx: ctx}
 	must(t, f.app("demo", "sleep 1h"))
 	return f
+}
+
+// killInstances SIGKILLs the process group of every instance recorded in
+// reg whose process still runs (checked by its VISOR_INSTANCE variable, so
+// a reused pid is left alone).
+func killInstances(t *testing.T, reg *registry.Registry) {
+	ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(10*time.Second))
+	defer cancel()
+	all, err := reg.Instances(ctx)
+	if err != nil && len(all) == 0 {
+		t.Logf("cleanup: list instances: %v", err)
+		return
+	}
+	for _, in := range all {
+		if in.PID <= 0 || !proctest.Alive(in.PID) {
+			continue
+		}
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", in.PID))
+		if err != nil || !bytes.Contains(env, []byte("VISOR_INSTANCE="+in.ID+"\x00")) {
+			continue
+		}
+		t.Logf("cleanup: killing instance %s (pid %d) left running", in.ID, in.PID)
+		_ = syscall.Kill(-in.PID, syscall.SIGKILL)
+		_ = syscall.Kill(in.PID, syscall.SIGKILL)
+	}
 }
 
 func must(t *testing.T, err error) {
