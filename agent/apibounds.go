@@ -123,9 +123,15 @@ func (d *deadlineWriter) Flush() {
 // Unwrap gives http.ResponseController the underlying writer.
 func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
-// clientKey names the client of r for per-client limits: the remote IP over
-// TCP, the peer's uid on the unix socket (see peerKey), else "local".
+// clientKey names the client of r for per-client limits: the principal a
+// bearer token names (so one token's holders share its limit, wherever they
+// connect from), else the peer's uid on the unix socket (see peerKey), else
+// the remote IP over TCP (the "anonymous" operator of -insecure-http), else
+// "local".
 func clientKey(r *http.Request) string {
+	if p, ok := r.Context().Value(principalKey{}).(principal); ok && p.name != "" && p.name != anonymousPrincipal && !strings.HasPrefix(p.name, "uid:") {
+		return "token:" + p.name
+	}
 	if k, ok := r.Context().Value(peerKeyCtx{}).(string); ok && k != "" {
 		return k
 	}

@@ -201,6 +201,10 @@ type principal struct {
 
 type principalKey struct{}
 
+// anonymousPrincipal is the operator a request without a token is under
+// InsecureHTTP.
+const anonymousPrincipal = "anonymous"
+
 // authenticator maps credentials to principals.
 type authenticator struct {
 	tokens   []tokenEntry
@@ -335,7 +339,7 @@ func (a *Agent) authHTTP(next http.Handler) http.Handler {
 		}
 		h := r.Header.Get("Authorization")
 		if h == "" && a.auth.insecure {
-			a.authorized(w, r, principal{name: "anonymous", scopes: bitOperator}, next)
+			a.authorized(w, r, principal{name: anonymousPrincipal, scopes: bitOperator}, next)
 			return
 		}
 		secret, ok := strings.CutPrefix(h, "Bearer ")
