@@ -75,7 +75,7 @@ func (a *Agent) listen() (*apiServer, error) {
 	mux := a.routes()
 	s.unixSrv = newAPIServer(a.authUnix(mux), a.cfg.HTTPIdleTimeout)
 	s.unixSrv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		return unixConnContext(withPeer(ctx, c), c)
+		return unixConnContext(ctx, c)
 	}
 	if a.cfg.DisableHTTP {
 		a.registerConnMetrics(map[string]*limitListener{"unix": s.unixL.(*limitListener)})

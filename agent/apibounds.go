@@ -123,26 +123,22 @@ func (d *deadlineWriter) Flush() {
 // Unwrap gives http.ResponseController the underlying writer.
 func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
-// clientKey names the client of r for per-client limits: the principal a
-// bearer token names (so one token's holders share its limit, wherever they
-// connect from), else the peer's uid on the unix socket (see peerKey), else
-// the remote IP over TCP (the "anonymous" operator of -insecure-http), else
-// "local".
+// clientKey names the client of r for per-client limits: the principal
+// the request is served for (a bearer token's name, wherever its holder
+// connects from, or "uid:N" for a unix socket peer), else the remote IP
+// (the "anonymous" operator of -insecure-http), else "local".
 func clientKey(r *http.Request) string {
-	if p, ok := r.Context().Value(principalKey{}).(principal); ok && p.name != "" && p.name != anonymousPrincipal && !strings.HasPrefix(p.name, "uid:") {
+	if p, ok := r.Context().Value(principalKey{}).(principal); ok && p.name != "" && p.name != anonymousPrincipal {
+		if strings.HasPrefix(p.name, "uid:") {
+			return p.name
+		}
 		return "token:" + p.name
-	}
-	if k, ok := r.Context().Value(peerKeyCtx{}).(string); ok && k != "" {
-		return k
 	}
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil && host != "" {
 		return host
 	}
 	return "local"
 }
-
-// peerKeyCtx is the context key of the unix socket peer's name.
-type peerKeyCtx struct{}
 
 // streamLimiter caps concurrent streams in total and per client.
 type streamLimiter struct {

@@ -418,15 +418,12 @@ func TestFollowOutlivesWriteTimeout(t *testing.T) {
 // connects from, a socket peer by uid, and an unauthenticated (insecure
 // loopback) client by remote IP.
 func TestClientKey(t *testing.T) {
-	req := func(remote string, p *principal, peer string) *http.Request {
+	req := func(remote string, p *principal) *http.Request {
 		r := httptest.NewRequest("GET", "/v1/status", nil)
 		r.RemoteAddr = remote
 		ctx := r.Context()
 		if p != nil {
 			ctx = context.WithValue(ctx, principalKey{}, *p)
-		}
-		if peer != "" {
-			ctx = context.WithValue(ctx, peerKeyCtx{}, peer)
 		}
 		return r.WithContext(ctx)
 	}
@@ -436,11 +433,11 @@ func TestClientKey(t *testing.T) {
 		r    *http.Request
 		want string
 	}{
-		{"token from one address", req("198.51.100.7:4000", ci, ""), "token:ci"},
-		{"same token from another address", req("198.51.100.8:5000", ci, ""), "token:ci"},
-		{"anonymous by address", req("127.0.0.1:6000", &principal{name: anonymousPrincipal, scopes: bitOperator}, ""), "127.0.0.1"},
-		{"socket peer by uid", req("@", &principal{name: "uid:1000", scopes: bitRead}, "uid:1000"), "uid:1000"},
-		{"nothing known", req("", nil, ""), "local"},
+		{"token from one address", req("198.51.100.7:4000", ci), "token:ci"},
+		{"same token from another address", req("198.51.100.8:5000", ci), "token:ci"},
+		{"anonymous by address", req("127.0.0.1:6000", &principal{name: anonymousPrincipal, scopes: bitOperator}), "127.0.0.1"},
+		{"socket peer by uid", req("@", &principal{name: "uid:1000", scopes: bitRead}), "uid:1000"},
+		{"nothing known", req("", nil), "local"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := clientKey(tc.r); got != tc.want {
