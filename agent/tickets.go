@@ -415,6 +415,7 @@ func (a *Agent) waitClaimDelay(j *job) bool {
 	seen := time.Now()
 	d, backup := a.claimDelay(j.t)
 	wasBackup := backup
+	a.log.Debug("ticket offered", "ticket", j.t.ID, "op", string(j.t.Op), "delay", d, "backup", backup)
 	for postponed := 0; d > 0; {
 		timer := time.NewTimer(d)
 		select {
