@@ -452,3 +452,32 @@ func FuzzIsName(f *testing.F) {
 		}
 	})
 }
+
+// TestEventsEndsWhenTheLastRevisionsAreNotOurs: Events reads up to the
+// store's current revision; when the revisions at the end were written
+// outside the prefix (another user of the same etcd) no event of ours
+// ends the read, and a progress notification must. etcd drops a progress
+// request sent while the watch still replays history, so Events asks
+// again until one comes (it hung until its context ended, seen on the
+// shared test etcd).
+func TestEventsEndsWhenTheLastRevisionsAreNotOurs(t *testing.T) {
+	r, cli, _ := setupOwn(t)
+	ctx := testCtx(t)
+	start, err := r.CurrentRevision(ctx)
+	must(t, err)
+	_, err = r.RegisterApp(ctx, App{Name: "mine"})
+	must(t, err)
+	// Enough history outside the prefix that the watch is still replaying
+	// it when Events first asks for progress.
+	for i := range 3000 {
+		_, err := cli.Put(ctx, fmt.Sprintf("/someone-else/%d", i), strings.Repeat("x", 256))
+		must(t, err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, testtime.Scaled(20*time.Second))
+	defer cancel()
+	evs, err := r.Events(rctx, start+1, 0)
+	must(t, err)
+	if len(evs) != 1 || evs[0].Type != AppChanged || evs[0].App != "mine" {
+		t.Fatalf("events = %+v; want the one app_changed of app mine", evs)
+	}
+}

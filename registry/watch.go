@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -341,6 +343,27 @@ func (r *Registry) Events(ctx context.Context, from, to int64) ([]Event, error) 
 	if err := w.RequestProgress(ctx); err != nil {
 		return nil, fmt.Errorf("registry: events: %w", err)
 	}
+	// etcd answers a progress request only once the watch has caught up
+	// with the store; one sent while it still replays history is dropped.
+	// When the last revisions up to `to` are outside the prefix (another
+	// user of the same etcd wrote them), no event of ours ends the read,
+	// so progress is asked for again until it comes.
+	var asker sync.WaitGroup
+	defer asker.Wait()
+	askCtx, stopAsking := context.WithCancel(ctx)
+	defer stopAsking()
+	asker.Go(func() {
+		tick := time.NewTicker(progressRetry)
+		defer tick.Stop()
+		for {
+			select {
+			case <-askCtx.Done():
+				return
+			case <-tick.C:
+				_ = w.RequestProgress(askCtx) // a failure shows in the watch
+			}
+		}
+	})
 	var out []Event
 	for resp := range etcdwatch.Responses(ctx, wch) {
 		if resp.CompactRevision != 0 {
@@ -372,6 +395,10 @@ func (r *Registry) Events(ctx context.Context, from, to int64) ([]Event, error) 
 	}
 	return nil, fmt.Errorf("registry: events: the watch ended before revision %d", to)
 }
+
+// progressRetry is how often Events asks again for a progress
+// notification while it waits for the revision it reads up to.
+const progressRetry = 250 * time.Millisecond
 
 // WatchEvents streams typed registry events from fromRevision (0 = from
 // now). To resume, pass the last Event.Revision + 1. A goroutine owned by
