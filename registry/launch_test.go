@@ -35,7 +35,9 @@ func TestLaunch(t *testing.T) {
 
 func TestRescale(t *testing.T) {
 	t.Parallel()
-	r, _, _ := setup(t)
+	// An etcd of its own: "no write" is checked on the store's revision,
+	// which other tests' writes to a shared member would move.
+	r, _, _ := setupOwn(t)
 	ctx := testCtx(t)
 	seed(t, r, "web", "v1", "worker")
 
