@@ -251,11 +251,15 @@ func TestRotatorRunWithWritingChild(t *testing.T) {
 			if mode == ModeCollapse && (lost != 0 || damaged != 0) {
 				t.Fatalf("collapse mode lost %d lines, damaged %d", lost, damaged)
 			}
-			if len(nums) == 0 || nums[len(nums)-1] != lines-1 {
-				t.Fatalf("last line kept is not the last written (%d)", lines-1)
+			if len(nums) == 0 {
+				t.Fatalf("no line kept of %d written", lines)
 			}
 			// Truncate mode may lose what is written in its two-syscall window
-			// (more under -race on a busy machine); it never duplicates.
+			// (more under -race on a busy machine), the last line too when
+			// the last rotation overlaps the last writes; it never duplicates.
+			if mode == ModeCollapse && nums[len(nums)-1] != lines-1 {
+				t.Fatalf("last line kept is %d, not the last written (%d)", nums[len(nums)-1], lines-1)
+			}
 		})
 	}
 }
