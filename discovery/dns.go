@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -64,6 +65,31 @@ type DNSServer struct {
 // lookupTimeout bounds the etcd read behind one question.
 const lookupTimeout = 2 * time.Second
 
+// listenDNS listens on addr over UDP and TCP. With port 0 both take the
+// same port: the one UDP was given, tried again with another when TCP
+// finds it taken (by an unrelated TCP socket), a few times.
+func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, _ := net.SplitHostPort(addr)
+	for try := 0; ; try++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dns listen udp %s: %w", addr, err)
+		}
+		tcpAddr := addr
+		if port == "0" {
+			tcpAddr = pc.LocalAddr().String() // the same port for both protocols
+		}
+		ln, err := net.Listen("tcp", tcpAddr)
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if port != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 15 {
+			return nil, nil, fmt.Errorf("dns listen tcp %s: %w", tcpAddr, err)
+		}
+	}
+}
+
 // Run serves until ctx ends, then shuts both listeners down and returns
 // nil once they are closed. A listen or serve failure is returned.
 func (d *DNSServer) Run(ctx context.Context) error {
@@ -84,24 +110,24 @@ func (d *DNSServer) Run(ctx context.Context) error {
 		ttl = uint32(max(d.TTL/time.Second, 1))
 	}
 	pc, ln := d.PacketConn, d.Listener
+	if pc == nil && ln == nil {
+		var err error
+		if pc, ln, err = listenDNS(d.Addr); err != nil {
+			return err
+		}
+	}
 	if pc == nil {
 		var err error
 		if pc, err = net.ListenPacket("udp", d.Addr); err != nil {
-			if ln != nil {
-				ln.Close()
-			}
+			ln.Close()
 			return fmt.Errorf("dns listen udp %s: %w", d.Addr, err)
 		}
 	}
 	if ln == nil {
-		tcpAddr := d.Addr
-		if _, port, err := net.SplitHostPort(d.Addr); err == nil && port == "0" && d.PacketConn == nil {
-			tcpAddr = pc.LocalAddr().String() // the same port for both protocols
-		}
 		var err error
-		if ln, err = net.Listen("tcp", tcpAddr); err != nil {
+		if ln, err = net.Listen("tcp", d.Addr); err != nil {
 			pc.Close()
-			return fmt.Errorf("dns listen tcp %s: %w", tcpAddr, err)
+			return fmt.Errorf("dns listen tcp %s: %w", d.Addr, err)
 		}
 	}
 	r := &resolver{store: d.Store, domain: domain, ttl: ttl, log: log, base: ctx}
