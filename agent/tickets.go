@@ -759,7 +759,13 @@ func (a *Agent) stop(ctx context.Context, s *registry.HostSession, t registry.Ti
 			inst.Reason = "stopped (no process on host)"
 			inst.Since = time.Now()
 			if uerr := s.UpdateInstance(ctx, inst); uerr != nil {
-				return fmt.Errorf("stop: record the instance exited: %w", uerr)
+				// The instance may have ended meanwhile (a start cancelled
+				// by this stop retires it as not started): that is the
+				// outcome wanted.
+				now, rerr := a.reg.Instance(ctx, t.Instance)
+				if !errors.Is(uerr, registry.ErrTransition) || rerr != nil || !now.State.Terminal() {
+					return fmt.Errorf("stop: record the instance exited: %w", uerr)
+				}
 			}
 		}
 	case err != nil:
