@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -46,11 +47,27 @@ const (
 
 // reconciler is the leader's state; it lives only while leading.
 type reconciler struct {
-	a        *Agent
+	reg *registry.Registry
+	log hclog.Logger
+	cfg reconcileConfig
+	bad *badRecords // reports the records a pass skipped
+
 	hostGone map[string]time.Time // host -> when its lease was first seen gone
 	fixes    map[string]*fixState // scale key -> backoff of repeated repairs
 	stuck    map[string]bool      // ticket ids reported as having no eligible host
 	waiting  map[string]string    // scale key -> last reported reason it waits for capacity
+}
+
+// reconcileConfig is what the reconciler takes from the agent's Config.
+type reconcileConfig struct {
+	interval  time.Duration // Config.ReconcileInterval: the period of the full pass
+	lostGrace time.Duration // Config.LostGrace
+}
+
+// newReconciler returns the state of a newly elected leader.
+func newReconciler(reg *registry.Registry, log hclog.Logger, cfg reconcileConfig, bad *badRecords) *reconciler {
+	return &reconciler{reg: reg, log: log, cfg: cfg, bad: bad, hostGone: map[string]time.Time{},
+		fixes: map[string]*fixState{}, stuck: map[string]bool{}, waiting: map[string]string{}}
 }
 
 // fixState tracks repeated repairs of one scale entry.
@@ -117,8 +134,8 @@ func (a *Agent) lead(ctx context.Context, lease int64) {
 		defer cancel()
 		_ = el.Resign(rctx)
 	}()
-	r := &reconciler{a: a, hostGone: map[string]time.Time{}, fixes: map[string]*fixState{}, stuck: map[string]bool{},
-		waiting: map[string]string{}}
+	r := newReconciler(a.reg, a.log, reconcileConfig{interval: a.cfg.ReconcileInterval, lostGrace: a.cfg.LostGrace},
+		a.metrics.badRecords)
 	defer a.metrics.badRecords.forget("reconciler/")
 	r.run(ctx, sess.Done())
 }
@@ -127,7 +144,7 @@ func (a *Agent) lead(ctx context.Context, lease int64) {
 func (r *reconciler) run(ctx context.Context, lost <-chan struct{}) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	events := r.a.reg.WatchEvents(wctx, 0)
+	events := r.reg.WatchEvents(wctx, 0)
 	timer := time.NewTimer(0) // a first pass at once
 	defer timer.Stop()
 	for {
@@ -136,14 +153,14 @@ func (r *reconciler) run(ctx context.Context, lost <-chan struct{}) {
 			return
 		case <-lost:
 			if ctx.Err() == nil {
-				r.a.log.Warn("reconciler leadership lost with the session")
+				r.log.Warn("reconciler leadership lost with the session")
 			}
 			return
 		case ev, ok := <-events:
 			if !ok {
 				return
 			}
-			r.a.log.Trace("reconciler event", "type", string(ev.Type), "host", ev.Host, "error", ev.Err)
+			r.log.Trace("reconciler event", "type", string(ev.Type), "host", ev.Host, "error", ev.Err)
 			if ev.Err != nil {
 				continue
 			}
@@ -179,24 +196,24 @@ func resetTimer(t *time.Timer, d time.Duration) {
 
 // pass runs one full reconciliation and returns when the next one is due.
 func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
-	next := r.a.cfg.ReconcileInterval
+	next := r.cfg.interval
 	// Records that do not decode are skipped and reported (r.skipped),
 	// never a reason to stop: one bad key must not halt the fleet.
-	hosts, err := r.a.reg.Hosts(ctx)
+	hosts, err := r.reg.Hosts(ctx)
 	badHosts, err := r.skipped("hosts", err)
 	if err != nil && ctx.Err() != nil {
 		return next
 	}
 	if err != nil {
-		r.a.log.Warn("reconcile: cannot read hosts; doing nothing", "error", err)
+		r.log.Warn("reconcile: cannot read hosts; doing nothing", "error", err)
 		return min(next, 2*time.Second)
 	}
-	insts, err := r.a.reg.Instances(ctx)
+	insts, err := r.reg.Instances(ctx)
 	if _, err = r.skipped("instances", err); err != nil {
-		r.a.log.Warn("reconcile: cannot read instances; doing nothing", "error", err)
+		r.log.Warn("reconcile: cannot read instances; doing nothing", "error", err)
 		return min(next, 2*time.Second)
 	}
-	r.a.log.Debug("reconcile pass", "hosts", len(hosts), "instances", len(insts), "gone", len(r.hostGone))
+	r.log.Debug("reconcile pass", "hosts", len(hosts), "instances", len(insts), "gone", len(r.hostGone))
 	alive := map[string]bool{}
 	for _, h := range hosts {
 		alive[h.ID] = true
@@ -205,7 +222,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 	for _, b := range badHosts {
 		// Its key exists, so (bound to a lease or not) its host is not
 		// known to be gone: its instances are not lost for that.
-		if id, ok := strings.CutPrefix(b.Key, r.a.reg.Prefix()+"hosts/"); ok && b.Kind == registry.KindHost {
+		if id, ok := strings.CutPrefix(b.Key, r.reg.Prefix()+"hosts/"); ok && b.Kind == registry.KindHost {
 			alive[id] = true
 			delete(r.hostGone, id)
 		}
@@ -223,7 +240,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 			r.hostGone[in.Host] = now
 			gone = now
 		}
-		if wait := r.a.cfg.LostGrace - now.Sub(gone); wait > 0 {
+		if wait := r.cfg.lostGrace - now.Sub(gone); wait > 0 {
 			next = min(next, wait+50*time.Millisecond)
 			continue
 		}
@@ -231,11 +248,11 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 	}
 	for host, ins := range lost {
 		reason := fmt.Sprintf("host %s gone for %s", host, now.Sub(r.hostGone[host]).Round(time.Second))
-		n, err := r.a.reg.MarkAllLost(ctx, ins, reason)
+		n, err := r.reg.MarkAllLost(ctx, ins, reason)
 		if err != nil {
-			r.a.log.Warn("mark instances lost", "host", host, "error", err)
+			r.log.Warn("mark instances lost", "host", host, "error", err)
 		}
-		r.a.log.Info("instances lost", "host", host, "count", n, "reason", reason)
+		r.log.Info("instances lost", "host", host, "count", n, "reason", reason)
 	}
 
 	// 2. Drains: replace, then stop.
@@ -244,9 +261,9 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 	}
 
 	// 3. Re-apply every desired scale (no write when nothing drifted).
-	scales, err := r.a.reg.Scales(ctx, "")
+	scales, err := r.reg.Scales(ctx, "")
 	if _, err = r.skipped("scales", err); err != nil {
-		r.a.log.Warn("reconcile: cannot read scales", "error", err)
+		r.log.Warn("reconcile: cannot read scales", "error", err)
 		return min(next, 2*time.Second)
 	}
 	fleet := registry.NewFleet(hosts, insts)
@@ -259,20 +276,20 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 		}
 		// Rescale re-applies the stored count inside its own transaction:
 		// a user's scale change since the list above is never reverted.
-		res, err := r.a.reg.RescaleIn(ctx, sc.App, sc.Rev, sc.Proc, &fleet)
+		res, err := r.reg.RescaleIn(ctx, sc.App, sc.Rev, sc.Proc, &fleet)
 		if err != nil {
-			r.a.log.Warn("reconcile scale", "scale", key, "error", err)
+			r.log.Warn("reconcile scale", "scale", key, "error", err)
 			continue
 		}
 		_, wasWaiting := r.waiting[key]
 		switch {
 		case res.Waiting > 0 && r.waiting[key] != res.Reason:
 			r.waiting[key] = res.Reason
-			r.a.log.Info("reconcile: instances wait for capacity", "scale", key, "desired", res.Desired,
+			r.log.Info("reconcile: instances wait for capacity", "scale", key, "desired", res.Desired,
 				"waiting", res.Waiting, "reason", res.Reason)
 		case res.Waiting == 0 && wasWaiting:
 			delete(r.waiting, key)
-			r.a.log.Info("reconcile: every instance admitted", "scale", key, "desired", res.Desired)
+			r.log.Info("reconcile: every instance admitted", "scale", key, "desired", res.Desired)
 		}
 		if res.Waiting > 0 || wasWaiting {
 			// Tickets admitted as slots free up are not failing
@@ -285,7 +302,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 			}
 			continue
 		}
-		r.a.log.Info("reconcile: repaired drift", "scale", key, "desired", res.Desired,
+		r.log.Info("reconcile: repaired drift", "scale", key, "desired", res.Desired,
 			"started", len(res.Started), "stopped", len(res.Stopped), "cancelled", len(res.Cancelled))
 		// Repairs that keep coming back mean replacements keep failing:
 		// back off instead of hot-looping.
@@ -294,14 +311,14 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 			r.fixes[key] = f
 		} else if now.Sub(f.last) < 2*f.delay {
 			f.delay = min(2*f.delay, maxFixBackoff)
-			r.a.log.Warn("reconcile: replacements keep failing; backing off", "scale", key, "retry_in", f.delay)
+			r.log.Warn("reconcile: replacements keep failing; backing off", "scale", key, "retry_in", f.delay)
 		}
 		f.last = now
 		f.next = now.Add(f.delay)
 	}
 
 	// 4. Tickets no live host may take are reported once, not retried.
-	ts, err := r.a.reg.Tickets(ctx)
+	ts, err := r.reg.Tickets(ctx)
 	if _, err := r.skipped("tickets", err); err == nil {
 		for _, t := range ts {
 			if t.Holder != "" || r.stuck[t.ID] || len(t.FailedHosts) == 0 {
@@ -309,7 +326,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 			}
 			if eligibleHosts(t, hosts) == 0 {
 				r.stuck[t.ID] = true
-				r.a.log.Warn("ticket has no eligible host", "ticket", t.ID, "app", t.App, "proc", t.Proc,
+				r.log.Warn("ticket has no eligible host", "ticket", t.ID, "app", t.App, "proc", t.Proc,
 					"failed_hosts", t.FailedHosts, "reasons", t.Reasons)
 			}
 		}
@@ -318,8 +335,8 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 	// 5. Forget old terminal instances.
 	for _, in := range insts {
 		if in.State.Terminal() && now.Sub(in.Since) > gcAge {
-			if err := r.a.reg.DeleteInstance(ctx, in.ID); err != nil && !errors.Is(err, registry.ErrNotFound) {
-				r.a.log.Debug("gc instance", "instance", in.ID, "error", err)
+			if err := r.reg.DeleteInstance(ctx, in.ID); err != nil && !errors.Is(err, registry.ErrNotFound) {
+				r.log.Debug("gc instance", "instance", in.ID, "error", err)
 			}
 		}
 	}
@@ -333,7 +350,7 @@ func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
 // without running is given up, and the next pass tries again. It returns
 // how soon a deadline needs another pass (0: none pending).
 func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.Instance) time.Duration {
-	drains, err := r.a.reg.Drains(ctx)
+	drains, err := r.reg.Drains(ctx)
 	if _, err = r.skipped("drains", err); err != nil || len(drains) == 0 {
 		return 0
 	}
@@ -348,10 +365,10 @@ func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.
 			continue
 		}
 		if in.ReplacedBy == "" {
-			if _, err := r.a.reg.ReplaceInstance(ctx, in.ID); err != nil {
-				r.a.log.Warn("drain: replace instance", "instance", in.ID, "host", in.Host, "error", err)
+			if _, err := r.reg.ReplaceInstance(ctx, in.ID); err != nil {
+				r.log.Warn("drain: replace instance", "instance", in.ID, "host", in.Host, "error", err)
 			} else {
-				r.a.log.Info("drain: replacing instance", "instance", in.ID, "host", in.Host)
+				r.log.Info("drain: replacing instance", "instance", in.ID, "host", in.Host)
 			}
 			continue
 		}
@@ -359,17 +376,17 @@ func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.
 		late := !d.Deadline.IsZero() && !now.Before(d.Deadline)
 		switch {
 		case ok && rep.State == registry.InstanceRunning, late:
-			_, err := r.a.reg.CreateTicket(ctx, registry.Ticket{Op: registry.TicketStop, App: in.App, Rev: in.Rev,
+			_, err := r.reg.CreateTicket(ctx, registry.Ticket{Op: registry.TicketStop, App: in.App, Rev: in.Rev,
 				Proc: in.Proc, Instance: in.ID, Host: in.Host})
 			if err != nil && !errors.Is(err, registry.ErrExists) {
-				r.a.log.Warn("drain: stop old instance", "instance", in.ID, "error", err)
+				r.log.Warn("drain: stop old instance", "instance", in.ID, "error", err)
 				continue
 			}
-			r.a.log.Info("drain: stopping old instance", "instance", in.ID, "host", in.Host,
+			r.log.Info("drain: stopping old instance", "instance", in.ID, "host", in.Host,
 				"replacement", in.ReplacedBy, "deadline_passed", late)
 		case !ok || rep.State.Terminal():
-			if err := r.a.reg.CancelReplacement(ctx, in.ID); err != nil {
-				r.a.log.Warn("drain: give up replacement", "instance", in.ID, "error", err)
+			if err := r.reg.CancelReplacement(ctx, in.ID); err != nil {
+				r.log.Warn("drain: give up replacement", "instance", in.ID, "error", err)
 			}
 		default:
 			if !d.Deadline.IsZero() {
@@ -388,7 +405,7 @@ func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.
 func (r *reconciler) skipped(what string, err error) (registry.BadRecords, error) {
 	bad, err := registry.Skipped(err)
 	if err == nil {
-		r.a.metrics.badRecords.observe("reconciler/"+what, bad)
+		r.bad.observe("reconciler/"+what, bad)
 	}
 	return bad, err
 }
