@@ -27,6 +27,8 @@ var rules = []struct {
 		"logfile is a leaf of the supervisor"},
 	{"supervisor/shellline", []string{"go.etcd.io/", mod + "registry", mod + "agent", mod + "supervisor", mod + "supervisor/cgroup", mod + "supervisor/logfile", mod + "supervisor/restart"},
 		"shellline only parses command lines; agent and supervisor share it"},
+	{"internal/backoff", []string{"go.etcd.io/", "os/exec", mod + "registry", mod + "supervisor", mod + "supervisor/", mod + "agent", mod + "discovery"},
+		"backoff is a leaf that registry, agent and supervisor share"},
 	{"discovery", []string{"os/exec", mod + "supervisor", mod + "agent", mod + "registry"},
 		"discovery stands beside the registry, on etcd only"},
 	{"systemd", []string{"go.etcd.io/", mod + "agent", mod + "registry", mod + "supervisor"},
