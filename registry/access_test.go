@@ -131,7 +131,11 @@ func TestReadOnlyRoleIsPermissionError(t *testing.T) {
 		}
 	})
 
-	r, err := Dial(ctx, Config{Endpoints: c.Endpoints(), Prefix: prefix, Username: "ro", Password: "ropw", DialTimeout: 5 * time.Second})
+	// Authenticating costs the member a bcrypt hash, which on a loaded
+	// machine took longer than 5 s (failed "context deadline exceeded"
+	// once); a wrong password fails at once whatever the timeout.
+	dialTimeout := testtime.Scaled(30 * time.Second)
+	r, err := Dial(ctx, Config{Endpoints: c.Endpoints(), Prefix: prefix, Username: "ro", Password: "ropw", DialTimeout: dialTimeout})
 	if err != nil {
 		t.Fatalf("read-only user cannot dial: %v", err)
 	}
@@ -144,7 +148,7 @@ func TestReadOnlyRoleIsPermissionError(t *testing.T) {
 		t.Fatalf("RegisterHost as a read-only user = %v; want ErrPermission naming the prefix access", err)
 	}
 
-	_, err = Dial(ctx, Config{Endpoints: c.Endpoints(), Prefix: prefix, Username: "ro", Password: "wrong", DialTimeout: 5 * time.Second})
+	_, err = Dial(ctx, Config{Endpoints: c.Endpoints(), Prefix: prefix, Username: "ro", Password: "wrong", DialTimeout: dialTimeout})
 	if !errors.Is(err, ErrPermission) {
 		t.Fatalf("Dial with a wrong password = %v; want ErrPermission", err)
 	}

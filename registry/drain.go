@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/visorhq/visor/internal/backoff"
 	"github.com/visorhq/visor/internal/etcdwatch"
 )
 
@@ -142,14 +143,16 @@ func (r *Registry) WatchDrain(ctx context.Context, host string) <-chan bool {
 	go func() {
 		defer close(ch)
 		key := r.drainKey(host)
+		pause := backoff.New(rewatchBackoff)
 		for ctx.Err() == nil {
 			resp, err := r.cli.Get(ctx, key)
 			if err != nil {
-				if backoff(ctx, 3) != nil {
+				if pause.Wait(ctx) != nil {
 					return
 				}
 				continue
 			}
+			pause.Reset()
 			select {
 			case ch <- len(resp.Kvs) > 0:
 			case <-ctx.Done():

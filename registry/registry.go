@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -20,6 +19,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/visorhq/visor/internal/backoff"
 )
 
 // DefaultPrefix is the key prefix used when Config.Prefix is empty.
@@ -335,11 +336,22 @@ func randHex(n int) string {
 // maxAttempts bounds retries of an optimistic transaction.
 const maxAttempts = 100
 
+// conflictBackoff spaces the attempts of an optimistic transaction after
+// each conflict, so that competing writers spread out: a random pause of
+// 0..2ms after the first conflict, doubling up to 0..20ms.
+var conflictBackoff = backoff.Policy{Initial: 2 * time.Millisecond, Max: 20 * time.Millisecond, Jitter: backoff.FullJitter}
+
+// rewatchBackoff spaces the rounds of a watch loop (list, then watch) after
+// a watch ended or a read failed: a random 0..20ms, so the watchers of a
+// fleet do not all come back at once, and a recovered etcd is followed at
+// once. A loop resets it after a round that got a response.
+var rewatchBackoff = backoff.Policy{Initial: 20 * time.Millisecond, Max: 20 * time.Millisecond, Jitter: backoff.FullJitter}
+
 // retry runs attempt until it reports done or fails, at most maxAttempts
-// times, with a short jittered pause after each conflict so that competing
-// writers spread out.
+// times, with a short jittered pause (conflictBackoff) after each conflict.
 func retry(ctx context.Context, what string, attempt func() (done bool, err error)) error {
-	for i := 0; i < maxAttempts; i++ {
+	b := backoff.Backoff{Policy: conflictBackoff}
+	for range maxAttempts {
 		done, err := attempt()
 		if err != nil {
 			return err
@@ -347,25 +359,11 @@ func retry(ctx context.Context, what string, attempt func() (done bool, err erro
 		if done {
 			return nil
 		}
-		if err := backoff(ctx, i+1); err != nil {
+		if err := b.Wait(ctx); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
 	return fmt.Errorf("%s: %w", what, ErrConflict)
-}
-
-// backoff waits a random 0..min(conflicts,20)+1 milliseconds, or until ctx
-// ends.
-func backoff(ctx context.Context, conflicts int) error {
-	n, _ := rand.Int(rand.Reader, big.NewInt(int64(2+min(conflicts, 20))))
-	t := time.NewTimer(time.Duration(n.Int64()) * time.Millisecond)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // exists is a compare that key exists.

@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/internal/backoff"
 )
 
 // Scale writes all its tickets in one transaction when etcd accepts it:
@@ -252,6 +254,7 @@ func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int, f *F
 	res := ScaleResult{Desired: n}
 	var ours int64 // revision of our last successful write; 0 = none yet
 	what := fmt.Sprintf("registry: scale %s/%s/%s", app, rev, proc)
+	pause := backoff.Backoff{Policy: conflictBackoff}
 	for conflicts := 0; ; {
 		done, err := r.scaleStep(ctx, app, rev, proc, n, &res, &ours, &f)
 		if errors.Is(err, errShrunk) {
@@ -263,7 +266,7 @@ func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int, f *F
 			// landed write is seen as "nothing to do".
 			r.log.Warn("scale: etcd request timed out, retrying", "app", app, "rev", rev, "proc", proc, "error", err)
 			conflicts++
-			if err := backoff(ctx, conflicts); err != nil {
+			if err := pause.Wait(ctx); err != nil {
 				return res, fmt.Errorf("%s: %w", what, err)
 			}
 			continue
@@ -280,7 +283,7 @@ func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int, f *F
 		if conflicts >= maxAttempts {
 			return res, fmt.Errorf("%s: %w", what, ErrConflict)
 		}
-		if err := backoff(ctx, conflicts); err != nil {
+		if err := pause.Wait(ctx); err != nil {
 			return res, fmt.Errorf("%s: %w", what, err)
 		}
 	}

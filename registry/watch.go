@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/visorhq/visor/internal/backoff"
 	"github.com/visorhq/visor/internal/etcdwatch"
 )
 
@@ -91,11 +92,10 @@ func (w *ticketWatch) eligible(t Ticket) bool { return t.Host == "" || t.Host ==
 
 func (w *ticketWatch) run(ctx context.Context) {
 	r := w.r
-	for failures := 0; ctx.Err() == nil; failures++ {
-		if failures > 0 {
-			if backoff(ctx, 20*failures) != nil {
-				return
-			}
+	pause := backoff.New(rewatchBackoff)
+	for first := true; ctx.Err() == nil; first = false {
+		if !first && pause.Wait(ctx) != nil {
+			return
 		}
 		resp, err := r.cli.Txn(ctx).Then(
 			clientv3.OpGet(r.ticketsDir(), clientv3.WithPrefix()),
@@ -133,7 +133,7 @@ func (w *ticketWatch) run(ctx context.Context) {
 			}
 		}
 		if w.watch(ctx, rev+1) {
-			failures = 0
+			pause.Reset()
 		}
 	}
 }
@@ -421,8 +421,9 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 			return false
 		}
 	}
-	for failures := 0; ctx.Err() == nil; failures++ {
-		if failures > 0 && backoff(ctx, 20*failures) != nil {
+	pause := backoff.New(rewatchBackoff)
+	for first := true; ctx.Err() == nil; first = false {
+		if !first && pause.Wait(ctx) != nil {
 			return
 		}
 		if rev <= 0 {
@@ -454,7 +455,7 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 				}
 				break
 			}
-			failures = 0
+			pause.Reset()
 			for _, e := range r.events(resp.Events) {
 				if !send(e) {
 					cancel()
