@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/internal/testtime"
 )
 
@@ -143,6 +144,17 @@ func dirWithin(t *testing.T, ctx context.Context, c *artifactCache, url, sum str
 	}
 }
 
+// flightWaiters is how many callers of c.Dir wait for a flight.
+func flightWaiters(c *artifactCache) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, f := range c.flights {
+		n += f.waiters
+	}
+	return n
+}
+
 // waitFlights fails the test unless every flight of c ends within a
 // scaled deadline.
 func waitFlights(t *testing.T, c *artifactCache) {
@@ -200,6 +212,11 @@ func TestArtifactFetchBounds(t *testing.T) {
 			}()
 		}
 		h.waitFor(t, "one connection (the waiters share the fetch)", func(conns, _ int) bool { return conns == 1 })
+		// Both must have joined the flight before the first leaves: a
+		// second waiter that came only after the first left would find
+		// the flight cancelled and start one of its own (a second
+		// connection), as it should.
+		proctest.WaitFor(t, 30*time.Second, "both starts waiting for the fetch", func() bool { return flightWaiters(c) == 2 })
 		cancel1()
 		if err := <-errs; !errors.Is(err, context.Canceled) {
 			t.Fatalf("first waiter: err = %v, want context.Canceled", err)
@@ -217,7 +234,10 @@ func TestArtifactFetchBounds(t *testing.T) {
 		}
 		waitFlights(t, c)
 		h.waitFor(t, "the connection closed", func(conns, closed int) bool { return closed == 1 })
-		if conns := h.conns; conns != 1 {
+		h.mu.Lock()
+		conns := h.conns
+		h.mu.Unlock()
+		if conns != 1 {
 			t.Fatalf("%d connections, want 1", conns)
 		}
 	})
