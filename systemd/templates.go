@@ -49,8 +49,14 @@ KillSignal=SIGTERM
 TimeoutStartSec=120s
 # Time for the agent's own shutdown before SIGKILL (instances are not stopped).
 TimeoutStopSec=30s
-# The agent creates a cgroup per instance below its own: hand it the subtree.
+# Hand the agent its cgroup subtree. With DelegateSubgroup (systemd 254 and
+# later) the agent runs in <unit>/agent and puts a cgroup per instance in
+# <unit>/visor; older systemd ignores the key and starts the agent in the
+# unit's cgroup itself, where instance cgroups with controllers would keep
+# the unit from starting again while they run, so the agent then makes them
+# under /sys/fs/cgroup/visor (it logs which).
 Delegate=yes
+DelegateSubgroup=agent
 # /var/lib/visor: instance records and logs; owned by User= when set.
 StateDirectory=visor
 # State may include environment secrets of apps: not world-readable. Others

@@ -27,8 +27,17 @@ func TestMain(m *testing.M) {
 //	sleep      sleeps for an hour
 //	spawn      starts a "sleep" grandchild, prints its pid, sleeps
 //	alloc:N    allocates and touches N MiB, then sleeps
+//	probe:DIR  prints the backend Probe picks under DIR and exits
 func runHelper(mode string) int {
 	switch {
+	case strings.HasPrefix(mode, "probe:"):
+		m, err := Probe(strings.TrimPrefix(mode, "probe:"), "visor", nil)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println(m.Mode(), strings.Join(m.Controllers(), ","))
+		return 0
 	case mode == "sleep":
 	case mode == "spawn":
 		cmd := exec.Command(os.Args[0])
