@@ -719,16 +719,16 @@ func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.
 	a.reservationOf(t).meta(spec.Meta)
 	if h := proc.Health; h != nil {
 		hc := &supervisor.HealthCheck{
-			Type:             h.Type,
+			Type:             supervisor.CheckType(h.Type), // same names: TestCheckTypesMatch
 			Command:          h.Command,
 			Period:           time.Duration(h.Period),
 			Timeout:          time.Duration(h.Timeout),
 			FailureThreshold: h.FailureThreshold,
 		}
-		switch h.Type {
-		case "tcp":
+		switch hc.Type {
+		case supervisor.CheckTCP:
 			hc.Address = "127.0.0.1:" + strconv.Itoa(port)
-		case "http":
+		case supervisor.CheckHTTP:
 			hc.URL = "http://127.0.0.1:" + strconv.Itoa(port) + h.Path
 		}
 		spec.Health = hc

@@ -510,17 +510,17 @@ func validProcType(p *ProcType) error {
 	p.StopSignal = sig
 	if h := p.Health; h != nil {
 		switch h.Type {
-		case "exec":
+		case CheckExec:
 			if len(h.Command) == 0 {
 				return fmt.Errorf("%w: exec health check needs a command", ErrInvalid)
 			}
-		case "tcp":
-		case "http":
+		case CheckTCP:
+		case CheckHTTP:
 			if h.Path != "" && !strings.HasPrefix(h.Path, "/") {
 				return fmt.Errorf("%w: http health check path %s must start with /", ErrInvalid, short(h.Path))
 			}
 		default:
-			return fmt.Errorf("%w: health check type %s must be exec, tcp or http", ErrInvalid, short(h.Type))
+			return fmt.Errorf("%w: health check type %s must be exec, tcp or http", ErrInvalid, short(string(h.Type)))
 		}
 		if h.Period < 0 || h.Timeout < 0 || h.FailureThreshold < 0 {
 			return fmt.Errorf("%w: health check period, timeout and failure threshold must not be negative", ErrInvalid)

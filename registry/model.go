@@ -75,8 +75,8 @@ type RestartPolicy struct {
 
 // HealthCheck probes a running instance.
 type HealthCheck struct {
-	// Type is "exec", "tcp" or "http".
-	Type string `json:"type"`
+	// Type is CheckExec, CheckTCP or CheckHTTP.
+	Type CheckType `json:"type"`
 	// Command is the argv of an exec check.
 	Command []string `json:"command,omitempty"`
 	// Path is the URL path of an http check.
@@ -84,6 +84,33 @@ type HealthCheck struct {
 	Period           Duration `json:"period,omitempty"`
 	Timeout          Duration `json:"timeout,omitempty"`
 	FailureThreshold int      `json:"failure_threshold,omitempty"`
+}
+
+// CheckType is the kind of a HealthCheck. It is the supervisor's
+// CheckType, stored: the agent converts one into the other, and its tests
+// keep the two sets equal (the registry does not import the supervisor).
+type CheckType string
+
+// The kinds of health check.
+const (
+	// CheckExec runs Command in the instance's environment; exit 0 passes.
+	CheckExec CheckType = "exec"
+	// CheckTCP connects to the instance's port.
+	CheckTCP CheckType = "tcp"
+	// CheckHTTP gets Path on the instance's port; a 2xx or 3xx status passes.
+	CheckHTTP CheckType = "http"
+)
+
+// CheckTypes returns every valid CheckType.
+func CheckTypes() []CheckType { return []CheckType{CheckExec, CheckTCP, CheckHTTP} }
+
+// Valid reports whether t is one of CheckTypes.
+func (t CheckType) Valid() bool {
+	switch t {
+	case CheckExec, CheckTCP, CheckHTTP:
+		return true
+	}
+	return false
 }
 
 // Limits are resource limits of one instance; zero fields are unlimited.

@@ -133,7 +133,7 @@ func TestExecCheckRunsAsInstanceUser(t *testing.T) {
 		"chmod 755 check.sh.new && mv check.sh.new check.sh && exec sleep 600"
 	h := start(t, Config{})
 	spec := Spec{ID: "app", Shell: line, Dir: dir, User: credUser, Env: []string{"PATH=" + DefaultPath},
-		Health: &HealthCheck{Type: "exec", Command: []string{check}, Period: 100 * time.Millisecond, Timeout: 10 * time.Second}}
+		Health: &HealthCheck{Type: CheckExec, Command: []string{check}, Period: 100 * time.Millisecond, Timeout: 10 * time.Second}}
 	st, err := h.Start(ctxT(t), spec)
 	if err != nil {
 		t.Fatal(err)

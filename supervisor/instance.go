@@ -286,10 +286,10 @@ func (s *Supervisor) armStartedLocked(in *instance) {
 	if in.rs.health != nil && s.runCtx != nil && s.track() {
 		ctx, cancel := context.WithCancel(s.runCtx)
 		in.healthCancel = cancel
-		h, run := *in.rs.health, runAs{env: in.rs.env, dir: in.rs.dir, cred: in.rs.cred}
+		h, p := *in.rs.health, in.rs.prober
 		go func() {
 			defer s.wg.Done()
-			s.healthLoop(ctx, in, gen, h, run)
+			s.healthLoop(ctx, in, gen, h, p)
 		}()
 	}
 	if !in.upOK {

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
-	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -93,8 +91,8 @@ type Spec struct {
 
 // HealthCheck probes a running instance periodically.
 type HealthCheck struct {
-	// Type is "exec", "tcp" or "http".
-	Type string `json:"type"`
+	// Type is CheckExec, CheckTCP or CheckHTTP.
+	Type CheckType `json:"type"`
 	// Command is the argv of an exec check; exit 0 passes. It runs with the
 	// instance's Env and Dir.
 	Command []string `json:"command,omitempty"`
@@ -135,6 +133,7 @@ type resolved struct {
 	stopSignal  syscall.Signal
 	stopTimeout time.Duration
 	health      *HealthCheck // with defaults
+	prober      prober       // of health; nil without
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
@@ -232,24 +231,11 @@ func validate(spec Spec) (resolved, error) {
 		if h.Period < 0 || h.Timeout < 0 || h.FailureThreshold < 0 {
 			return bad("health: negative period, timeout or threshold")
 		}
-		switch h.Type {
-		case "exec":
-			if len(h.Command) == 0 {
-				return bad("health: exec check without command")
-			}
-		case "tcp":
-			if _, _, err := net.SplitHostPort(h.Address); err != nil {
-				return bad("health: tcp address: %v", err)
-			}
-		case "http":
-			u, err := url.Parse(h.URL)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return bad("health: bad http url %q", h.URL)
-			}
-		default:
-			return bad("health: unknown type %q", h.Type)
+		p, err := newProber(h, runAs{env: r.env, dir: r.dir, cred: r.cred})
+		if err != nil {
+			return bad("health: %v", err)
 		}
-		r.health = &h
+		r.health, r.prober = &h, p
 	}
 	return r, nil
 }

@@ -444,13 +444,13 @@ func TestHealthChecks(t *testing.T) {
 		// Find a free port by listening once, then let the workload take it.
 		addr := freeAddr(t)
 		spec := Spec{ID: "tcp", Command: proctest.Command("listen-port", addr, ln), Env: proctest.Env(),
-			Health: &HealthCheck{Type: "tcp", Address: addr, Period: 50 * time.Millisecond}}
+			Health: &HealthCheck{Type: CheckTCP, Address: addr, Period: 50 * time.Millisecond}}
 		if _, err := h.Start(ctx, spec); err != nil {
 			t.Fatal(err)
 		}
 		waitState(t, h.Supervisor, "tcp", StateRunning)
 		hs := Spec{ID: "http", Command: proctest.Command("listen-port", freeAddr(t)), Env: proctest.Env(),
-			Health: &HealthCheck{Type: "http", URL: "http://" + addr + "/health", Period: 50 * time.Millisecond}}
+			Health: &HealthCheck{Type: CheckHTTP, URL: "http://" + addr + "/health", Period: 50 * time.Millisecond}}
 		if _, err := h.Start(ctx, hs); err != nil {
 			t.Fatal(err)
 		}
@@ -466,7 +466,7 @@ func TestHealthChecks(t *testing.T) {
 		spec := sleeper("unhealthy")
 		spec.StopTimeout = 2 * time.Second
 		spec.Restart = restart.Policy{NoBackoff: true}
-		spec.Health = &HealthCheck{Type: "exec", Command: []string{"/bin/sh", "-c", "test -e " + flag},
+		spec.Health = &HealthCheck{Type: CheckExec, Command: []string{"/bin/sh", "-c", "test -e " + flag},
 			Period: 30 * time.Millisecond, FailureThreshold: 2}
 		if _, err := h.Start(ctx, spec); err != nil {
 			t.Fatal(err)
@@ -508,9 +508,13 @@ func TestExecCheckLeavesNoProcess(t *testing.T) {
 					_ = syscall.Kill(pid, syscall.SIGKILL)
 				}
 			})
-			h := HealthCheck{Type: "exec", Command: []string{"/bin/sh", "-c", tc.script}, Timeout: tc.timeout}
+			h := HealthCheck{Type: CheckExec, Command: []string{"/bin/sh", "-c", tc.script}}
+			p, err := newProber(h, runAs{env: []string{"PATH=" + os.Getenv("PATH"), mark}, dir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
 			began := time.Now()
-			err := probe(context.Background(), h, runAs{env: []string{"PATH=" + os.Getenv("PATH"), mark}, dir: t.TempDir()})
+			err = probeWithin(context.Background(), p, tc.timeout)
 			if (err == nil) != tc.pass {
 				t.Fatalf("probe() = %v, want pass %v", err, tc.pass)
 			}
@@ -604,7 +608,7 @@ func TestBadInput(t *testing.T) {
 		{"negative min uptime", func(s *Spec) { s.MinUptime = -time.Second }},
 		{"negative restart delay", func(s *Spec) { s.Restart.InitialDelay = -time.Second }},
 		{"bad restart mode", func(s *Spec) { s.Restart.Mode = "sometimes" }},
-		{"negative health period", func(s *Spec) { s.Health = &HealthCheck{Type: "tcp", Address: "127.0.0.1:1", Period: -1} }},
+		{"negative health period", func(s *Spec) { s.Health = &HealthCheck{Type: CheckTCP, Address: "127.0.0.1:1", Period: -1} }},
 		{"bad health type", func(s *Spec) { s.Health = &HealthCheck{Type: "ping"} }},
 		{"bad id", func(s *Spec) { s.ID = "../etc" }},
 		{"no command", func(s *Spec) { s.Command = nil }},

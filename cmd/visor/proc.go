@@ -160,7 +160,7 @@ func newProcOut(p registry.ProcType) procOut {
 	}
 	if h := p.Health; h != nil {
 		out.Health = &healthOut{
-			Type:             h.Type,
+			Type:             string(h.Type),
 			Command:          h.Command,
 			Path:             h.Path,
 			Period:           h.Period.String(),
@@ -401,13 +401,12 @@ func parseHealthFlags(e *env) (procEdit, error) {
 	if !given {
 		return nil, nil
 	}
-	typ := ""
+	var typ registry.CheckType
 	if flagIsSet(e, "health-type") {
-		switch typ = flagString(e, "health-type"); typ {
-		case "none":
+		switch typ = registry.CheckType(flagString(e, "health-type")); {
+		case typ == "none":
 			return func(p *registry.ProcType) error { p.Health = nil; return nil }, nil
-		case "exec", "tcp", "http":
-		default:
+		case !typ.Valid():
 			return nil, usageError("--health-type %q: want exec, tcp, http or none", typ)
 		}
 	}
@@ -465,7 +464,7 @@ func parseHealthFlags(e *env) (procEdit, error) {
 		if threshold != 0 {
 			h.FailureThreshold = threshold
 		}
-		if h.Type == "exec" && len(h.Command) == 0 {
+		if h.Type == registry.CheckExec && len(h.Command) == 0 {
 			return usageError("--health-type exec needs --health-cmd")
 		}
 		return nil
