@@ -55,7 +55,7 @@ func (r *Registry) App(ctx context.Context, name string) (App, error) {
 // RegisterApp creates an app; ErrExists if it exists. Created defaults to
 // now.
 func (r *Registry) RegisterApp(ctx context.Context, a App) (App, error) {
-	if err := validName("app name", a.Name); err != nil {
+	if err := validLabel("app name", a.Name); err != nil {
 		return App{}, err
 	}
 	if a.Created.IsZero() {
@@ -473,7 +473,7 @@ func normSignal(field, s string) (string, error) {
 }
 
 func validProcType(p *ProcType) error {
-	if err := validNames("app name", p.App, "process type", p.Name); err != nil {
+	if err := firstErr(validLabel("app name", p.App), validLabel("process type", p.Name)); err != nil {
 		return err
 	}
 	for k, v := range p.Env {

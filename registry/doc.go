@@ -34,11 +34,20 @@
 //	                                   (decimal; default DefaultMaxScale,
 //	                                   10000)
 //
-// Names of apps, revisions, process types and hosts match
-// ^[a-z0-9][a-z0-9.-]*$ and are at most 63 characters; env keys match
+// Names of revisions and hosts match ^[a-z0-9][a-z0-9.-]*$ and are at
+// most 63 characters. Names of apps and process types are DNS labels
+// (^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$, no "."): a process type's
+// service is "<app>.<proc>", and with dots two process types could share
+// one (app "a.b" proc "web", app "a" proc "b.web"). Env keys match
 // ^[A-Za-z_][A-Za-z0-9_]*$. Nothing user-supplied can contain "/", so no
 // name escapes its key. Invalid input fails with ErrInvalid before anything
 // is written.
+//
+// A registry written before the label rule may hold an app or process type
+// whose name has a dot: its record is a BadRecord (`visor doctor` lists
+// it) and starts of it fail naming the rule. Migrate by deleting it by
+// its old name (UnregisterApp, RemoveProcType still accept the old names)
+// and registering it again under a name without dots ("a.b" -> "a-b").
 //
 // # Records that do not decode
 //

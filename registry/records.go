@@ -203,7 +203,7 @@ func decodeApp(v, key []byte, name string, mod int64) (App, error) {
 	if err := decodeJSON(KindApp, key, v, &a); err != nil {
 		return App{}, err
 	}
-	if err := validName("app name", name); err != nil {
+	if err := validLabel("app name", name); err != nil {
 		return App{}, invalid(KindApp, key, err)
 	}
 	a.Name = name

@@ -230,6 +230,25 @@ func validName(field, v string) error {
 	return nil
 }
 
+// validLabel checks an app or process type name. Both are DNS labels
+// (RFC 1123: 1 to 63 of [a-z0-9-], neither first nor last "-") and hold no
+// ".": the service of a process type is "<app>.<proc>", and with dots app
+// "a.b" proc "web" and app "a" proc "b.web" were both "a.b.web" (issue 17).
+// Revision and host names may hold dots.
+func validLabel(field, v string) error {
+	if err := validName(field, v); err != nil {
+		return err
+	}
+	switch {
+	case strings.IndexByte(v, '.') >= 0:
+		return fmt.Errorf("%w: %s %s contains \".\": app and process type names are DNS labels "+
+			"([a-z0-9-]), since the service name <app>.<proc> must name one process type", ErrInvalid, field, short(v))
+	case v[len(v)-1] == '-':
+		return fmt.Errorf("%w: %s %s ends with \"-\", which a DNS label may not", ErrInvalid, field, short(v))
+	}
+	return nil
+}
+
 // validID checks an instance or ticket id: a name that may be longer.
 func validID(field, v string) error {
 	switch {
