@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"math/rand"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/shirou/gopsutil/v4/process"
 
+	"github.com/visorhq/visor/internal/backoff"
 	"github.com/visorhq/visor/supervisor/cgroup"
 	"github.com/visorhq/visor/supervisor/logfile"
 	"github.com/visorhq/visor/supervisor/restart"
@@ -145,7 +145,7 @@ type Supervisor struct {
 	journal *journal // persisted state, for Restore
 	reaper  *reaper
 	notes   *notifier // nil without Handler
-	seed    uint64    // for the trackers' jitter sources
+	seed    uint64    // of the trackers' jitter generators (backoff.Seeded)
 
 	readyCh chan struct{} // closed when Run is running
 	doneCh  chan struct{} // closed when Run starts shutting down
@@ -727,7 +727,7 @@ func (s *Supervisor) Remove(id string) error {
 // newInstance builds an instance without a process.
 func (s *Supervisor) newInstance(spec Spec, rs resolved) *instance {
 	s.mu.Lock()
-	s.seed += 0x9e3779b97f4a7c15
+	s.seed++ // Seeded starts nearby seeds far apart
 	seed := s.seed
 	s.mu.Unlock()
 	return &instance{
@@ -739,21 +739,7 @@ func (s *Supervisor) newInstance(spec Spec, rs resolved) *instance {
 		exitCode: -1,
 		phase:    PhaseUnknown,
 		restarts: make(map[string]int),
-		tracker:  restart.NewTracker(spec.Restart, rand.New(&splitmix{s: seed})),
+		tracker:  restart.NewTracker(spec.Restart, backoff.Seeded(seed)),
 		changed:  make(chan struct{}),
 	}
 }
-
-// splitmix is a tiny rand.Source64 for the trackers' jitter: a full
-// math/rand source costs about 5 KB per instance.
-type splitmix struct{ s uint64 }
-
-func (r *splitmix) Uint64() uint64 {
-	r.s += 0x9e3779b97f4a7c15
-	z := r.s
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
-	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
-	return z ^ (z >> 31)
-}
-func (r *splitmix) Int63() int64    { return int64(r.Uint64() >> 1) }
-func (r *splitmix) Seed(seed int64) { r.s = uint64(seed) }

@@ -5,6 +5,8 @@
 // reads no clock, so table tests drive it with an injected now (cf. Nomad's
 // client/allocrunner/taskrunner/restarts).
 //
-// It imports only the standard library; it must never import go.etcd.io/...,
-// the registry, the agent or the supervisor package itself.
+// The delays are the module's one exponential backoff with jitter,
+// internal/backoff. Besides that it imports only the standard library; it
+// must never import go.etcd.io/..., the registry, the agent or the
+// supervisor package itself.
 package restart

@@ -3,8 +3,10 @@ package restart
 import (
 	"errors"
 	"fmt"
-	"math/rand"
+	"math/rand/v2"
 	"time"
+
+	"github.com/visorhq/visor/internal/backoff"
 )
 
 // Restart modes of a Policy.
@@ -158,17 +160,17 @@ type Decision struct {
 // concurrent use; the supervisor guards it with the instance's lock.
 type Tracker struct {
 	p       Policy
-	rnd     *rand.Rand
-	attempt int // restarts in the current crash loop
+	bo      backoff.Policy // the delays of p
+	rnd     *rand.Rand     // nil: math/rand/v2's global generator
+	attempt int            // restarts in the current crash loop
 }
 
 // NewTracker returns a tracker for p (defaults applied). rnd drives the
-// jitter; nil means a source seeded from the clock.
+// jitter (backoff.Seeded gives a small deterministic one); nil means
+// math/rand/v2's global generator.
 func NewTracker(p Policy, rnd *rand.Rand) *Tracker {
-	if rnd == nil {
-		rnd = rand.New(rand.NewSource(time.Now().UnixNano()))
-	}
-	return &Tracker{p: p.WithDefaults(), rnd: rnd}
+	p = p.WithDefaults()
+	return &Tracker{p: p, bo: backoff.Policy{Initial: p.InitialDelay, Max: p.MaxDelay, Jitter: p.Jitter}, rnd: rnd}
 }
 
 // Attempt returns the number of restarts in the current crash loop.
@@ -202,16 +204,6 @@ func (t *Tracker) Next(e Exit, started, now time.Time) Decision {
 	if t.p.NoBackoff {
 		return d
 	}
-	delay := t.p.InitialDelay
-	for i := 1; i < t.attempt && delay < t.p.MaxDelay; i++ {
-		delay *= 2
-	}
-	if delay > t.p.MaxDelay {
-		delay = t.p.MaxDelay
-	}
-	if t.p.Jitter > 0 {
-		delay -= time.Duration(float64(delay) * t.p.Jitter * t.rnd.Float64())
-	}
-	d.Delay = delay
+	d.Delay = t.bo.Jittered(t.bo.Delay(t.attempt), t.rnd)
 	return d
 }

@@ -2,9 +2,10 @@ package restart
 
 import (
 	"errors"
-	"math/rand"
 	"testing"
 	"time"
+
+	"github.com/visorhq/visor/internal/backoff"
 )
 
 func TestPolicyValidate(t *testing.T) {
@@ -61,7 +62,7 @@ func TestNextModes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tr := NewTracker(Policy{Mode: tc.mode}, rand.New(rand.NewSource(1)))
+			tr := NewTracker(Policy{Mode: tc.mode}, backoff.Seeded(1))
 			d := tr.Next(tc.exit, t0, t0.Add(time.Second))
 			if d.Restart != tc.restart || d.Reason != tc.reason || d.Failed {
 				t.Fatalf("Next() = %+v, want restart=%v reason=%q", d, tc.restart, tc.reason)
@@ -75,7 +76,7 @@ func TestNextModes(t *testing.T) {
 func TestBackoffGrowsCapsResets(t *testing.T) {
 	t.Parallel()
 	p := Policy{InitialDelay: 100 * time.Millisecond, MaxDelay: time.Second, Jitter: 0.5, ResetAfter: 5 * time.Second}
-	tr := NewTracker(p, rand.New(rand.NewSource(7)))
+	tr := NewTracker(p, backoff.Seeded(7))
 	now := time.Unix(1000, 0)
 	want := []time.Duration{100, 200, 400, 800, 1000, 1000, 1000}
 	for i, base := range want {
@@ -134,5 +135,33 @@ func TestDefaults(t *testing.T) {
 	// A cap below the initial delay is raised to it.
 	if p := (Policy{InitialDelay: time.Minute}).WithDefaults(); p.MaxDelay != time.Minute {
 		t.Fatalf("MaxDelay = %v, want 1m", p.MaxDelay)
+	}
+}
+
+// TestJitterSeeded: trackers drawing from generators of the same seed
+// choose the same delays (what makes a crash loop replayable in tests),
+// and the jitter does shorten them within Jitter of the base delay.
+func TestJitterSeeded(t *testing.T) {
+	t.Parallel()
+	p := Policy{InitialDelay: time.Second, MaxDelay: time.Second, Jitter: 0.5}
+	a, b := NewTracker(p, backoff.Seeded(42)), NewTracker(p, backoff.Seeded(42))
+	other := NewTracker(p, backoff.Seeded(43))
+	now := time.Unix(1000, 0)
+	shortened, differs := false, false
+	for i := range 20 {
+		da := a.Next(Exit{Code: 1}, now, now)
+		db := b.Next(Exit{Code: 1}, now, now)
+		do := other.Next(Exit{Code: 1}, now, now)
+		if da.Delay != db.Delay {
+			t.Fatalf("restart %d: delays %v and %v from the same seed", i, da.Delay, db.Delay)
+		}
+		if da.Delay > time.Second || da.Delay < time.Second/2 {
+			t.Fatalf("restart %d: delay %v outside [500ms, 1s]", i, da.Delay)
+		}
+		shortened = shortened || da.Delay < time.Second
+		differs = differs || da.Delay != do.Delay
+	}
+	if !shortened || !differs {
+		t.Fatalf("jitter unused: shortened %v, differs from another seed %v", shortened, differs)
 	}
 }
