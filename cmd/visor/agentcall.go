@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -15,13 +14,17 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/visorhq/visor/registry"
 )
 
 // agentClientFlags are the flags of commands that call an agent's API.
-func agentClientFlags(fs *flag.FlagSet) {
-	fs.String("token", os.Getenv("VISOR_TOKEN"), "bearer token of the agents' HTTP API (env VISOR_TOKEN)")
-	fs.String("agent-ca", os.Getenv("VISOR_AGENT_CA_FILE"), "CA bundle to verify agents' HTTPS certificates (env VISOR_AGENT_CA_FILE; default: the system's)")
+func agentClientFlags(fs *pflag.FlagSet) {
+	fs.String("token", "", "bearer token of the agents' HTTP API")
+	envVar(fs, "token", "VISOR_TOKEN")
+	fs.String("agent-ca", "", "CA bundle to verify agents' HTTPS certificates (default: the system's)")
+	envVar(fs, "agent-ca", "VISOR_AGENT_CA_FILE")
 	fs.String("socket", "", "call the agent on this unix socket (e.g. /run/visor/agent.sock) instead of over HTTP")
 }
 

@@ -3,55 +3,39 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "app",
-		Short: "create, list, show and delete apps",
-		Subs: []*command{
-			{
-				Name:  "create",
-				Args:  "APP",
-				Short: "register a new app",
-				Flags: func(fs *flag.FlagSet) {
-					fs.String("repo", "", "source repository URL of the app")
-					fs.String("stack", "", "stack (runtime) the app is built for")
-				},
-				Run: runAppCreate,
-			},
-			{
-				Name:  "list",
-				Short: "list apps",
-				Run:   runAppList,
-			},
-			{
-				Name:  "show",
-				Args:  "APP",
-				Short: "show an app with its env, revisions, process types and scale",
-				Run:   runAppShow,
-			},
-			{
-				Name:  "delete",
-				Args:  "APP",
-				Short: "delete an app with its env, revisions, process types and scale",
-				Long: `An app with live instances is refused unless --force is given; --force
+func newAppCmd(e *env) *cobra.Command {
+	create := &cobra.Command{
+		Use:   "create APP",
+		Short: "register a new app",
+		RunE:  runWith(e, runAppCreate),
+	}
+	create.Flags().String("repo", "", "source repository URL of the app")
+	create.Flags().String("stack", "", "stack (runtime) the app is built for")
+	del := &cobra.Command{
+		Use:   "delete APP",
+		Short: "delete an app with its env, revisions, process types and scale",
+		Long: `An app with live instances is refused unless --force is given; --force
 removes the app's registry records but does not stop running instances.`,
-				Flags: func(fs *flag.FlagSet) {
-					fs.Bool("force", false, "delete even if the app has live instances")
-				},
-				Run: runAppDelete,
-			},
-		},
-	})
+		RunE: runWith(e, runAppDelete),
+	}
+	del.Flags().Bool("force", false, "delete even if the app has live instances")
+	return group(&cobra.Command{Use: "app", Short: "create, list, show and delete apps"},
+		create,
+		&cobra.Command{Use: "list", Aliases: []string{"ls"}, Short: "list apps", RunE: runWith(e, runAppList)},
+		&cobra.Command{Use: "show APP", Short: "show an app with its env, revisions, process types and scale", RunE: runWith(e, runAppShow)},
+		del,
+	)
 }
 
 // appOut is the CLI's JSON form of an app; field names are part of the CLI's
@@ -254,30 +238,43 @@ func wantArgs(args []string, min, max int, names string) error {
 	return nil
 }
 
-// flagString returns the value of the leaf command's flag name.
+// flagString returns the value of the running command's flag name.
 func flagString(e *env, name string) string {
 	return e.flags.Lookup(name).Value.String()
 }
 
-// flagBool returns the value of the leaf command's boolean flag name.
+// flagBool returns the value of the running command's boolean flag name.
 func flagBool(e *env, name string) bool {
-	return e.flags.Lookup(name).Value.(flag.Getter).Get().(bool)
+	v, err := e.flags.GetBool(name)
+	if err != nil {
+		panic(err) // the command declares its flags
+	}
+	return v
 }
 
-// flagValue returns the typed value of the leaf command's flag name.
+// flagValue returns the typed value of the running command's flag name.
 func flagValue[T any](e *env, name string) T {
-	return e.flags.Lookup(name).Value.(flag.Getter).Get().(T)
+	var v any
+	var err error
+	switch any(*new(T)).(type) {
+	case int:
+		v, err = e.flags.GetInt(name)
+	case int64:
+		v, err = e.flags.GetInt64(name)
+	case time.Duration:
+		v, err = e.flags.GetDuration(name)
+	default: // a flag.Getter, such as kvFlag
+		v = e.flags.Lookup(name).Value.(interface{ Get() any }).Get()
+	}
+	if err != nil {
+		panic(err) // the command declares its flags
+	}
+	return v.(T)
 }
 
 // flagIsSet reports whether the flag name was given on the command line.
 func flagIsSet(e *env, name string) bool {
-	set := false
-	e.flags.Visit(func(f *flag.Flag) {
-		if f.Name == name {
-			set = true
-		}
-	})
-	return set
+	return e.flags.Changed(name)
 }
 
 // dash returns s, or "-" for an empty s, for table cells.

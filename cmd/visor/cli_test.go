@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"sort"
 	"strings"
@@ -151,18 +150,21 @@ func checkFields(t *testing.T, what string, m map[string]any, want ...string) {
 }
 
 // myCommands are the commands this file's package tests cover.
-var myCommands = []string{"app", "env", "rev", "proc", "scale", "ps", "tickets", "hosts", "events", "restart", "stop"}
+var myCommands = []string{"app", "env", "rev", "proc", "scale", "ps", "ticket", "tickets", "host", "hosts", "events", "restart", "stop"}
 
+// TestHelpOnEveryCommand: "visor CMD --help" and "visor help CMD" print the
+// same help, on stdout, with the command's usage line and the global flags
+// apart from the command's own.
 func TestHelpOnEveryCommand(t *testing.T) {
-	root := rootCommand()
+	root := newRootCmd(&env{})
 	var paths [][]string
-	for _, c := range root.Subs {
-		if !contains(myCommands, c.Name) {
+	for _, c := range root.Commands() {
+		if !contains(myCommands, c.Name()) {
 			continue
 		}
-		paths = append(paths, []string{c.Name})
-		for _, s := range c.Subs {
-			paths = append(paths, []string{c.Name, s.Name})
+		paths = append(paths, []string{c.Name()})
+		for _, s := range c.Commands() {
+			paths = append(paths, []string{c.Name(), s.Name()})
 		}
 	}
 	if len(paths) < 20 {
@@ -171,12 +173,16 @@ func TestHelpOnEveryCommand(t *testing.T) {
 	for _, p := range paths {
 		t.Run(strings.Join(p, "_"), func(t *testing.T) {
 			res := runCLI(append(p, "--help")...)
-			if res.code != 0 {
+			if res.code != 0 || res.stderr != "" {
 				t.Fatalf("visor %s --help: exit %d: %s", strings.Join(p, " "), res.code, res.stderr)
 			}
-			want := "Usage: visor " + strings.Join(p, " ")
-			if !strings.Contains(res.stderr, want) || !strings.Contains(res.stderr, "-endpoints") {
-				t.Errorf("visor %s --help: want %q and the global flags in:\n%s", strings.Join(p, " "), want, res.stderr)
+			want := "visor " + strings.Join(p, " ")
+			if !strings.Contains(res.stdout, "Usage:\n  "+want) || !strings.Contains(res.stdout, "Global Flags:\n") ||
+				!strings.Contains(res.stdout[strings.Index(res.stdout, "Global Flags:"):], "--endpoints") {
+				t.Errorf("visor %s --help: want %q and the global flags apart in:\n%s", strings.Join(p, " "), want, res.stdout)
+			}
+			if help := runCLI(append([]string{"help"}, p...)...); help.code != 0 || help.stdout != res.stdout {
+				t.Errorf("visor help %s: exit %d, output differs from --help:\n%s", strings.Join(p, " "), help.code, help.stdout)
 			}
 		})
 	}
@@ -316,31 +322,52 @@ func TestGlobalFlagsAtEveryLevel(t *testing.T) {
 	}
 }
 
-func TestParseInterspersed(t *testing.T) {
+// TestNormalizeArgs: the spellings Go's flag package accepted keep
+// working: single-dash long flags, "--" for one-letter flags, a "--" that
+// is a flag's value, and "--" ending the flags.
+func TestNormalizeArgs(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"app list -o json", "app list -o json"},
+		{"-endpoints x -prefix=/p/ app list", "--endpoints x --prefix=/p/ app list"},
+		{"--o json app show web", "-o json app show web"},
+		{"-o=json hosts -w", "-o=json hosts -w"},
+		{"hosts --w", "hosts -w"},
+		{"events -since 3 -f", "events --since 3 -f"},
+		{"app show -- -o", "app show -- -o"},
+		{"app list -prefix -- -o json", "app list --prefix -- -o json"},
+		{"scale web v1 web=1 -wait -wait-timeout 1s", "scale web v1 web=1 --wait --wait-timeout 1s"},
+		{"proc set web web -command -dev", "proc set web web --command -dev"},
+		{"app -help", "app --help"},
+		{"agent -dev -data-dir /d", "agent -dev -data-dir /d"},
+		{"-endpoints e agent -dev", "--endpoints e agent -dev"},
+		{"service install -init systemd -- -host h", "service install -init systemd -- -host h"},
+		{"service status -init systemd", "service status --init systemd"},
+		{"ps web -frob", "ps web -frob"},
+	} {
+		got := strings.Join(normalizeArgs(newRootCmd(&env{}), strings.Fields(tc.in)), " ")
+		if got != tc.want {
+			t.Errorf("normalizeArgs(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestUnknownCommand: an unknown command is a usage error on one line that
+// names the closest commands, at the top level and in a group, and for
+// "visor help CMD" too.
+func TestUnknownCommand(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
-		pos  string
-		o    string
+		want []string
 	}{
-		{[]string{"a", "b"}, "a b", "table"},
-		{[]string{"a", "-o", "json", "b"}, "a b", "json"},
-		{[]string{"-o", "json", "--", "-a", "-o", "x"}, "-a -o x", "json"},
-		{[]string{"a", "--", "-o", "json"}, "a -o json", "table"},
-		{[]string{"a", "-o", "json", "--", "--", "b"}, "a -- b", "json"},
-		{[]string{"--", "--"}, "--", "table"},
-		// A "--" that is a flag's value does not end flag parsing.
-		{[]string{"-prefix", "--", "a", "-o", "json"}, "a", "json"},
-		{[]string{"-prefix=--", "--", "-o"}, "-o", "table"},
-		{[]string{"-v", "--", "-o"}, "-o", "table"},
-		{[]string{"a", "-v", "-o", "json", "--"}, "a", "json"},
+		{[]string{"scal"}, []string{`unknown command "scal" for "visor"`, `did you mean "scale"`}},
+		{[]string{"app", "craete"}, []string{`unknown command "craete" for "visor app"`, `did you mean "create"`}},
+		{[]string{"help", "scal"}, []string{`unknown command "scal" for "visor"`, `"scale"`}},
+		{[]string{"frobnicate"}, []string{`unknown command "frobnicate" for "visor"`}},
 	} {
-		fs := flag.NewFlagSet("t", flag.ContinueOnError)
-		o := fs.String("o", "table", "")
-		fs.String("prefix", "", "")
-		fs.Bool("v", false, "")
-		pos, err := parseInterspersed(fs, tc.args)
-		if err != nil || strings.Join(pos, " ") != tc.pos || *o != tc.o {
-			t.Errorf("parseInterspersed(%q) = %q, %v, -o %s; want %q, -o %s", tc.args, pos, err, *o, tc.pos, tc.o)
+		res := runCLI(tc.args...)
+		checkFailure(t, res, 2, tc.want, tc.args)
+		if strings.Contains(res.stderr, "visor: visor") {
+			t.Errorf("visor %s: prefix repeated: %q", strings.Join(tc.args, " "), res.stderr)
 		}
 	}
 }

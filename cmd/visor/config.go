@@ -6,25 +6,22 @@ import (
 	"io"
 	"strconv"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "config",
-		Short: "show or set fleet-wide settings kept in the registry",
-		Subs: []*command{
-			{
-				Name:  "max-scale",
-				Args:  "[N]",
-				Short: "show or set the most instances one process type may be scaled to",
-				Long: `Without N, prints the fleet's bound on one scale (registry key
+func newConfigCmd(e *env) *cobra.Command {
+	return group(&cobra.Command{Use: "config", Short: "show or set fleet-wide settings kept in the registry"},
+		&cobra.Command{
+			Use:   "max-scale [N]",
+			Short: "show or set the most instances one process type may be scaled to",
+			Long: `Without N, prints the fleet's bound on one scale (registry key
 config/max_scale; default 10000). With N, sets it; 0 restores the default.
 visor scale refuses a count above it, even with --force.`,
-				Run: runConfigMaxScale,
-			},
+			RunE: runWith(e, runConfigMaxScale),
 		},
-	})
+	)
 }
 
 func runConfigMaxScale(ctx context.Context, e *env, args []string) error {

@@ -6,13 +6,15 @@ import (
 	"io"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/discovery"
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "doctor",
+func newDoctorCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
 		Short: "list registry records that do not decode (exit 1 if any)",
 		Long: `doctor reads every record under the prefix and lists those that do not
 decode or fail validation (a value written into etcd by hand, by a broken
@@ -21,8 +23,8 @@ included: its key, its kind and what is wrong. Agents and listings skip such rec
 names them all. It exits 0 when there are none and 1 when there are. A bad
 record is removed with etcdctl del KEY (or fixed by the command that writes
 it, e.g. visor env set).`,
-		Run: runDoctor,
-	})
+		RunE: runWith(e, runDoctor),
+	}
 }
 
 // badRecordOut is the CLI's JSON form of a record that does not decode.

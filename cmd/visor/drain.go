@@ -2,64 +2,69 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "drain",
-		Args:  "HOST",
+func newDrainCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "drain HOST",
 		Short: "move a host's instances elsewhere and stop claiming work there",
 		Long: `drain marks HOST as draining. Its agent stops claiming start tickets; the
 elected reconciler starts a replacement of each of its instances on another
 host and stops the old one once the replacement runs (or once --deadline
 passes). Draining an unknown host, or the last host that is not draining, is
-refused. 'visor undrain HOST' ends the drain; 'visor hosts -w' shows it.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.Duration("deadline", 0, "stop old instances after this long even if their replacements are not running (0: wait)")
-		},
-		Run: func(ctx context.Context, e *env, args []string) error {
-			if len(args) != 1 {
-				return usageError("drain: want exactly one HOST")
-			}
-			deadline := flagValue[time.Duration](e, "deadline")
-			return withRegistry(ctx, e, func(r *registry.Registry) error {
-				d, err := r.Drain(ctx, args[0], deadline)
-				if err != nil {
-					return err
-				}
-				return e.print(newDrainOut(d), func(w io.Writer) {
-					fmt.Fprintf(w, "draining %s since %s", d.Host, d.Since.Format(time.RFC3339))
-					if !d.Deadline.IsZero() {
-						fmt.Fprintf(w, ", deadline %s", d.Deadline.Format(time.RFC3339))
-					}
-					fmt.Fprintln(w)
-				})
-			})
-		},
-	})
-	register(&command{
-		Name:  "undrain",
-		Args:  "HOST",
+refused. 'visor host undrain HOST' ends the drain; 'visor host list -w' shows it.`,
+		RunE: runWith(e, runDrain),
+	}
+	cmd.Flags().Duration("deadline", 0, "stop old instances after this long even if their replacements are not running (0: wait)")
+	return cmd
+}
+
+func newUndrainCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "undrain HOST",
 		Short: "end a host's drain: it claims work again",
-		Run: func(ctx context.Context, e *env, args []string) error {
-			if len(args) != 1 {
-				return usageError("undrain: want exactly one HOST")
+		RunE:  runWith(e, runUndrain),
+	}
+}
+
+func runDrain(ctx context.Context, e *env, args []string) error {
+	if len(args) != 1 {
+		return usageError("drain: want exactly one HOST")
+	}
+	deadline := flagValue[time.Duration](e, "deadline")
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		d, err := r.Drain(ctx, args[0], deadline)
+		if err != nil {
+			return err
+		}
+		return e.print(newDrainOut(d), func(w io.Writer) {
+			fmt.Fprintf(w, "draining %s since %s", d.Host, d.Since.Format(time.RFC3339))
+			if !d.Deadline.IsZero() {
+				fmt.Fprintf(w, ", deadline %s", d.Deadline.Format(time.RFC3339))
 			}
-			return withRegistry(ctx, e, func(r *registry.Registry) error {
-				if err := r.Undrain(ctx, args[0]); err != nil {
-					return err
-				}
-				return e.print(map[string]string{"host": args[0], "state": "undrained"}, func(w io.Writer) {
-					fmt.Fprintf(w, "%s undrained\n", args[0])
-				})
-			})
-		},
+			fmt.Fprintln(w)
+		})
+	})
+}
+
+func runUndrain(ctx context.Context, e *env, args []string) error {
+	if len(args) != 1 {
+		return usageError("undrain: want exactly one HOST")
+	}
+	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		if err := r.Undrain(ctx, args[0]); err != nil {
+			return err
+		}
+		return e.print(map[string]string{"host": args[0], "state": "undrained"}, func(w io.Writer) {
+			fmt.Fprintf(w, "%s undrained\n", args[0])
+		})
 	})
 }
 

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -14,12 +13,14 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/pflag"
 
 	"github.com/visorhq/visor/registry"
 )
 
-// globals are the flags every command accepts. Defaults come from the
-// environment (VISOR_ENDPOINTS, VISOR_PREFIX, ...), flags override them.
+// globals are the flags every command accepts (root's persistent flags).
+// Their defaults are declared once, in bind; the environment (VISOR_*)
+// overrides a default, a flag given on the command line overrides both.
 type globals struct {
 	endpoints string
 	prefix    string
@@ -30,58 +31,41 @@ type globals struct {
 	password  string
 	output    string
 	timeout   time.Duration
-	// defaulted reports that the defaults were filled in. bind does it
-	// once: every level of the command tree binds the flags again, and a
-	// value parsed at one level ("visor -o json app list") must survive.
-	defaulted bool
 }
 
-func envOr(key, def string) string {
-	if v, ok := os.LookupEnv(key); ok && v != "" {
-		return v
+// bind declares the global flags on fs.
+func (g *globals) bind(fs *pflag.FlagSet) {
+	fs.StringVar(&g.endpoints, "endpoints", "127.0.0.1:2379", "comma-separated etcd endpoints")
+	fs.StringVar(&g.prefix, "prefix", "/visor/", "registry key prefix in etcd")
+	fs.StringVar(&g.caFile, "ca-file", "", "CA bundle to verify etcd's TLS certificate")
+	fs.StringVar(&g.certFile, "cert-file", "", "client TLS certificate for etcd")
+	fs.StringVar(&g.keyFile, "key-file", "", "client TLS key for etcd")
+	fs.StringVar(&g.username, "username", "", "etcd user")
+	fs.StringVar(&g.password, "password", "", "etcd password")
+	fs.StringVarP(&g.output, "output", "o", "text", "output format of commands that print data: text or json")
+	fs.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long to wait for etcd on connect")
+	for _, name := range []string{"endpoints", "prefix", "ca-file", "cert-file", "key-file", "username", "password", "output", "timeout"} {
+		envVar(fs, name, envName(name))
 	}
-	return def
 }
 
-// bind declares the global flags on fs. Called for every command so that
-// global flags may appear before or after the subcommand's name.
-func (g *globals) bind(fs *flag.FlagSet) {
-	if fs.Lookup("endpoints") != nil {
-		return
+// resolve fills the flags of fs that the command line left unset from
+// their environment variables, then checks the global flags' values.
+// Called once the command line is parsed.
+func (g *globals) resolve(fs *pflag.FlagSet) error {
+	if err := applySources(fs, nil); err != nil {
+		return err
 	}
-	if !g.defaulted {
-		g.defaulted = true
-		g.endpoints = envOr("VISOR_ENDPOINTS", "127.0.0.1:2379")
-		g.prefix = envOr("VISOR_PREFIX", "/visor/")
-		g.caFile = envOr("VISOR_CA_FILE", "")
-		g.certFile = envOr("VISOR_CERT_FILE", "")
-		g.keyFile = envOr("VISOR_KEY_FILE", "")
-		g.username = envOr("VISOR_USERNAME", "")
-		g.password = envOr("VISOR_PASSWORD", "")
-		g.output = envOr("VISOR_OUTPUT", "table")
-		g.timeout = 10 * time.Second
-	}
-	fs.StringVar(&g.endpoints, "endpoints", g.endpoints, "comma-separated etcd endpoints (env VISOR_ENDPOINTS)")
-	fs.StringVar(&g.prefix, "prefix", g.prefix, "registry key prefix in etcd (env VISOR_PREFIX)")
-	fs.StringVar(&g.caFile, "ca-file", g.caFile, "CA bundle to verify etcd's TLS certificate (env VISOR_CA_FILE)")
-	fs.StringVar(&g.certFile, "cert-file", g.certFile, "client TLS certificate for etcd (env VISOR_CERT_FILE)")
-	fs.StringVar(&g.keyFile, "key-file", g.keyFile, "client TLS key for etcd (env VISOR_KEY_FILE)")
-	fs.StringVar(&g.username, "username", g.username, "etcd user (env VISOR_USERNAME)")
-	fs.StringVar(&g.password, "password", g.password, "etcd password (env VISOR_PASSWORD)")
-	fs.StringVar(&g.output, "o", g.output, "output format: table or json (env VISOR_OUTPUT)")
-	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for etcd on connect")
+	return g.check(fs)
 }
 
-// check reports a usage error for a global flag given on fs with a value no
-// command can use. Called after fs is parsed, at every level of the tree.
-func (g *globals) check(fs *flag.FlagSet) error {
-	var err error
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "endpoints" && len(g.endpointList()) == 0 {
-			err = usageError("--endpoints is empty")
-		}
-	})
-	return err
+// check reports a usage error for a global flag given on the command line
+// with a value no command can use.
+func (g *globals) check(fs *pflag.FlagSet) error {
+	if f := fs.Lookup("endpoints"); f != nil && f.Changed && len(g.endpointList()) == 0 {
+		return usageError("--endpoints is empty")
+	}
+	return nil
 }
 
 // endpointList splits the endpoints flag, dropping empty entries.
@@ -155,10 +139,9 @@ type env struct {
 	stdout  io.Writer
 	stderr  io.Writer
 	globals globals
-	// flags is the leaf command's parsed flag set, set just before Run, so
-	// that Run reads its own flags without package-level variables (which
-	// would be shared by concurrent run calls in tests).
-	flags *flag.FlagSet
+	// flags is the running command's parsed flag set (its own and the
+	// global ones), set just before it runs.
+	flags *pflag.FlagSet
 }
 
 // registry dials the registry named by the global flags. The caller closes it.
@@ -176,21 +159,21 @@ func (e *env) registry(ctx context.Context) (*registry.Registry, error) {
 	return r, nil
 }
 
-// jsonOutput reports whether -o json was asked for; any other value than
-// "table" or "json" is a usage error.
+// jsonOutput reports whether --output json was asked for; any other value
+// than text or json ("table", its old name, is text) is a usage error.
 func (e *env) jsonOutput() (bool, error) {
 	switch e.globals.output {
 	case "json":
 		return true, nil
-	case "table", "":
+	case "text", "table", "":
 		return false, nil
 	default:
-		return false, usageError("-o must be table or json, not %q", e.globals.output)
+		return false, usageError("--output/-o must be text or json, not %q", e.globals.output)
 	}
 }
 
 // print writes v as indented JSON with -o json, or calls table with a
-// tabwriter otherwise.
+// tabwriter for -o text.
 func (e *env) print(v any, table func(w io.Writer)) error {
 	asJSON, err := e.jsonOutput()
 	if err != nil {

@@ -6,36 +6,22 @@ import (
 	"io"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "env",
+func newEnvCmd(e *env) *cobra.Command {
+	return group(&cobra.Command{
+		Use:   "env",
 		Short: "set, unset and list an app's environment variables",
 		Long: `Env changes apply to instances started afterwards; running instances keep
 the environment they were started with.`,
-		Subs: []*command{
-			{
-				Name:  "set",
-				Args:  "APP KEY=VALUE [KEY=VALUE...]",
-				Short: "set environment variables of an app (one transaction)",
-				Run:   runEnvSet,
-			},
-			{
-				Name:  "unset",
-				Args:  "APP KEY [KEY...]",
-				Short: "remove environment variables of an app",
-				Run:   runEnvUnset,
-			},
-			{
-				Name:  "list",
-				Args:  "APP",
-				Short: "list an app's environment variables",
-				Run:   runEnvList,
-			},
-		},
-	})
+	},
+		&cobra.Command{Use: "set APP KEY=VALUE [KEY=VALUE...]", Short: "set environment variables of an app (one transaction)", RunE: runWith(e, runEnvSet)},
+		&cobra.Command{Use: "unset APP KEY [KEY...]", Short: "remove environment variables of an app", RunE: runWith(e, runEnvUnset)},
+		&cobra.Command{Use: "list APP", Aliases: []string{"ls"}, Short: "list an app's environment variables", RunE: runWith(e, runEnvList)},
+	)
 }
 
 // parseKeyValues parses KEY=VALUE arguments; what names the arguments in

@@ -3,29 +3,29 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "events",
+func newEventsCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "events",
 		Short: "show registry events (app, rev, proc, env, scale, ticket, instance, host changes)",
 		Long: `Without -f, events prints the events from --since up to the registry's
 current revision and exits. With -f it keeps following new events until
 interrupted; --since then resumes from an earlier revision (for example the
 last revision a previous run printed, plus one). With -o json each event is
 one JSON object per line.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.Bool("f", false, "follow: keep printing new events")
-			fs.Int64("since", 0, "first etcd revision to show (0 = from now with -f)")
-		},
-		Run: runEvents,
-	})
+		RunE: runWith(e, runEvents),
+	}
+	cmd.Flags().BoolP("follow", "f", false, "follow: keep printing new events")
+	cmd.Flags().Int64("since", 0, "first etcd revision to show (0 = from now with -f)")
+	return cmd
 }
 
 // eventOut is the CLI's JSON form of a registry event.
@@ -124,7 +124,7 @@ func runEvents(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 0, 0, ""); err != nil {
 		return err
 	}
-	follow := flagBool(e, "f")
+	follow := flagBool(e, "follow")
 	since := flagValue[int64](e, "since")
 	switch {
 	case since < 0:

@@ -3,28 +3,34 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "hosts",
-		Short: "list the hosts whose agents are alive",
-		Long: `With -w, hosts prints the current hosts and then one line per host that
+func newHostCmd(e *env) *cobra.Command {
+	return group(&cobra.Command{Use: "host", Short: "list, drain and undrain the hosts whose agents are alive"},
+		newHostListCmd(e), newDrainCmd(e), newUndrainCmd(e))
+}
+
+func newHostListCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "list the hosts whose agents are alive",
+		Long: `With -w, it prints the current hosts and then one line per host that
 joins or leaves, until interrupted. With -o json and -w every line is a JSON
 object: {"event":"present"|"joined"|"left","revision":N,"host":{...}}.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.Bool("w", false, "watch: keep printing hosts that join or leave")
-		},
-		Run: runHosts,
-	})
+		RunE: runWith(e, runHosts),
+	}
+	cmd.Flags().BoolP("watch", "w", false, "watch: keep printing hosts that join or leave")
+	return cmd
 }
 
 // hostOut is the CLI's JSON form of a host.
@@ -97,7 +103,7 @@ func runHosts(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 0, 0, ""); err != nil {
 		return err
 	}
-	watch := flagBool(e, "w")
+	watch := flagBool(e, "watch")
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
 		var from int64
 		if watch {

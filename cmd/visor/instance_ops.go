@@ -3,32 +3,36 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "restart",
-		Args:  "INSTANCE [INSTANCE...]",
+func newRestartCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "restart INSTANCE [INSTANCE...]",
 		Short: "restart instances in place, on the host that runs them",
 		Long: `restart writes a restart ticket for each instance; its host's agent stops the
 process group (the proc type's stop signal, SIGKILL after its stop timeout) and
 starts it again on the same host, counting a "manual" restart. With --wait it
 waits until each instance runs again, and fails if one does not (its state and
 reason are shown) or if --wait-timeout passes first.`,
-		Flags: instanceOpFlags,
-		Run: func(ctx context.Context, e *env, args []string) error {
+		RunE: runWith(e, func(ctx context.Context, e *env, args []string) error {
 			return runInstanceOp(ctx, e, args, registry.TicketRestart)
-		},
-	})
-	register(&command{
-		Name:  "stop",
-		Args:  "INSTANCE [INSTANCE...]",
+		}),
+	}
+	instanceOpFlags(cmd.Flags())
+	return cmd
+}
+
+func newStopCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "stop INSTANCE [INSTANCE...]",
 		Short: "stop instances (the scale is kept: replacements start elsewhere or here)",
 		Long: `stop writes a stop ticket for each instance; its host's agent stops the process
 group (the proc type's stop signal, SIGKILL after its stop timeout). The desired
@@ -36,16 +40,17 @@ scale does not change, so the reconciler starts a replacement for each stopped
 instance, as 'nomad alloc stop' does; to run fewer instances, use 'visor scale'.
 With --wait it waits until each instance has stopped, and fails if --wait-timeout
 passes first.`,
-		Flags: instanceOpFlags,
-		Run: func(ctx context.Context, e *env, args []string) error {
+		RunE: runWith(e, func(ctx context.Context, e *env, args []string) error {
 			return runInstanceOp(ctx, e, args, registry.TicketStop)
-		},
-	})
+		}),
+	}
+	instanceOpFlags(cmd.Flags())
+	return cmd
 }
 
-func instanceOpFlags(fs *flag.FlagSet) {
+func instanceOpFlags(fs *pflag.FlagSet) {
 	fs.Bool("wait", false, "wait until each instance has restarted (restart) or stopped (stop)")
-	fs.Duration("wait-timeout", 2*time.Minute, "how long --wait waits before failing")
+	fs.Duration("wait-timeout", 2*time.Minute, "how long --wait waits before failing (exit code 3)")
 }
 
 // instanceOpOut is one instance's line of restart and stop output.
@@ -205,7 +210,7 @@ func waitInstanceOps(ctx context.Context, r *registry.Registry, ops []*instanceO
 					late = append(late, fmt.Sprintf("%s (%s)", o.before.ID, o.now.State))
 				}
 			}
-			return fmt.Errorf("%s: timed out after %s waiting for %v", ops[0].ticket.Op, timeout, late)
+			return waitTimeout("%s: timed out after %s waiting for %v", ops[0].ticket.Op, timeout, late)
 		case ev, ok := <-events:
 			if !ok {
 				if err := ctx.Err(); err != nil {

@@ -133,5 +133,5 @@ func TestRestartWaitTimesOut(t *testing.T) {
 	runInstances(t, h.registry(), "h1", 1)
 	ids := runningIDs(t, h, 1)
 	res := h.run("restart", ids[0], "--wait", "--wait-timeout", "1s")
-	checkFailure(t, res, 1, []string{"timed out after 1s", ids[0], "running"}, nil)
+	checkFailure(t, res, exitWaitTimeout, []string{"timed out after 1s", ids[0], "running"}, nil)
 }

@@ -5,42 +5,44 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/spf13/cobra"
 )
 
 // maxLogTail is the most history lines an agent serves (agent/api.go's
 // maxTail); a larger --tail is refused here rather than by the agent.
 const maxLogTail = 100000
 
-func init() {
-	register(&command{
-		Name:  "logs",
-		Args:  "INSTANCE",
+func newLogsCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "logs INSTANCE",
 		Short: "print (and follow) an instance's output, through its host's agent",
 		Long: `logs finds the instance's host in the registry and asks that host's agent
 (its HTTP API, or with --socket a local agent's unix socket) for the last
 --tail lines of --stream; with -f it keeps streaming until interrupted.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.Bool("f", false, "follow: keep printing new output")
-			fs.String("stream", "stdout", "stdout or stderr")
-			fs.Int("tail", 100, "lines of history to print first")
-			agentClientFlags(fs)
-		},
-		Run: runLogs,
-	})
-	register(&command{
-		Name:  "signal",
-		Args:  "INSTANCE SIGNAL",
+		RunE: runWith(e, runLogs),
+	}
+	cmd.Flags().BoolP("follow", "f", false, "follow: keep printing new output")
+	cmd.Flags().String("stream", "stdout", "stdout or stderr")
+	cmd.Flags().Int("tail", 100, "lines of history to print first")
+	agentClientFlags(cmd.Flags())
+	return cmd
+}
+
+func newSignalCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "signal INSTANCE SIGNAL",
 		Short: "send a signal (TERM, HUP, USR1, ...) to an instance's process group",
-		Flags: agentClientFlags,
-		Run:   runSignal,
-	})
+		RunE:  runWith(e, runSignal),
+	}
+	agentClientFlags(cmd.Flags())
+	return cmd
 }
 
 func runLogs(ctx context.Context, e *env, args []string) error {
@@ -60,7 +62,7 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	q := url.Values{"stream": {stream}, "tail": {strconv.Itoa(tail)}}
-	if flagBool(e, "f") {
+	if flagBool(e, "follow") {
 		q.Set("follow", "1")
 	}
 	resp, err := call.do(ctx, http.MethodGet, "/v1/instances/"+url.PathEscape(args[0])+"/logs?"+q.Encode(), nil)

@@ -3,20 +3,20 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/discovery"
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "lookup",
-		Args:  "NAME[@VERSION-OR-RANGE]",
+func newLookupCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lookup NAME[@VERSION-OR-RANGE]",
 		Short: "find the endpoints of a service (app.proc or an external name)",
 		Long: `NAME is a service: "<app>.<proc>" for instances Visor runs, or the name an
 external process registered with. The optional @VERSION-OR-RANGE selects
@@ -27,12 +27,11 @@ web.api@~1.2, "web.api@>=1.0 <2"), or any other string, matched exactly
 With -w, lookup prints the current endpoints as register events, then
 follows: one line per register/free event until interrupted. With -o json
 each event is one JSON object per line.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.Bool("healthy", false, "only healthy endpoints")
-			fs.Bool("w", false, "watch: keep printing register/free events")
-		},
-		Run: runLookup,
-	})
+		RunE: runWith(e, runLookup),
+	}
+	cmd.Flags().Bool("healthy", false, "only healthy endpoints")
+	cmd.Flags().BoolP("watch", "w", false, "watch: keep printing register/free events")
+	return cmd
 }
 
 func runLookup(ctx context.Context, e *env, args []string) error {
@@ -47,7 +46,7 @@ func runLookup(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return usageError("%s", err)
 	}
-	healthy, watch := flagBool(e, "healthy"), flagBool(e, "w")
+	healthy, watch := flagBool(e, "healthy"), flagBool(e, "watch")
 	asJSON, err := e.jsonOutput()
 	if err != nil {
 		return err

@@ -64,8 +64,8 @@ func TestLookup(t *testing.T) {
 	h.fails(2, []string{"service name", "Web"}, "lookup", "Web")
 	h.fails(2, []string{"version range", ">=foo"}, "lookup", "web.api@>=foo")
 	h.fails(2, []string{"missing argument"}, "lookup")
-	if res := runCLI("lookup", "--help"); res.code != 0 || !strings.Contains(res.stderr, "Usage: visor lookup") {
-		t.Errorf("lookup --help: %d %s", res.code, res.stderr)
+	if res := runCLI("lookup", "--help"); res.code != 0 || !strings.Contains(res.stdout, "Usage:\n  visor lookup") {
+		t.Errorf("lookup --help: %d %s", res.code, res.stdout)
 	}
 }
 

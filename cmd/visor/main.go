@@ -3,15 +3,20 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
-	"sync"
 	"syscall"
+)
+
+// Exit codes of visor, documented in `visor --help` and the README.
+const (
+	exitOK          = 0 // the command did what it was asked
+	exitError       = 1 // it failed (registry, agent, system)
+	exitUsage       = 2 // bad command line or input: unknown command, flag or value
+	exitWaitTimeout = 3 // a --wait gave up after --wait-timeout; the change itself was made
 )
 
 func main() {
@@ -24,17 +29,21 @@ func main() {
 // context ("service render: ...") still reads as one message.
 var errUsage = errors.New("usage")
 
-// usageErr is an error that matches errUsage and reads as err.
-type usageErr struct{ err error }
+// errWaitTimeout marks the error of a --wait that gave up; the exit code
+// is 3. Make one with waitTimeout.
+var errWaitTimeout = errors.New("wait timed out")
 
-func (u usageErr) Error() string        { return u.err.Error() }
-func (u usageErr) Unwrap() error        { return u.err }
-func (u usageErr) Is(target error) bool { return target == errUsage }
+// markedErr is an error that reads as err and matches mark with errors.Is.
+type markedErr struct{ err, mark error }
+
+func (m markedErr) Error() string        { return m.err.Error() }
+func (m markedErr) Unwrap() error        { return m.err }
+func (m markedErr) Is(target error) bool { return target == m.mark }
 
 // usageError returns a usage error with a one-line message formatted as
 // by fmt.Errorf (%w wraps).
 func usageError(format string, args ...any) error {
-	return usageErr{fmt.Errorf(format, args...)}
+	return markedErr{fmt.Errorf(format, args...), errUsage}
 }
 
 // asUsage marks err as a usage error, keeping its message and its chain.
@@ -42,7 +51,13 @@ func asUsage(err error) error {
 	if err == nil || errors.Is(err, errUsage) {
 		return err
 	}
-	return usageErr{err}
+	return markedErr{err, errUsage}
+}
+
+// waitTimeout returns the error of a --wait that timed out, formatted as
+// by fmt.Errorf.
+func waitTimeout(format string, args ...any) error {
+	return markedErr{fmt.Errorf(format, args...), errWaitTimeout}
 }
 
 // joinErrors returns the errors of errs that are not nil as one error on
@@ -77,13 +92,28 @@ func (j joinedError) Error() string {
 func (j joinedError) Unwrap() []error { return j }
 
 // errorLine is err's message as the one line run prints after "visor: ":
-// an error that spans lines (one from another program, say) is joined.
+// an error that spans lines (one from another program, say) is joined, and
+// a "visor: " that a wrapped error already starts with is not repeated.
 func errorLine(err error) string {
 	lines := strings.FieldsFunc(err.Error(), func(r rune) bool { return r == '\n' || r == '\r' })
 	for i := range lines {
 		lines[i] = strings.TrimSpace(lines[i])
 	}
-	return strings.Join(lines, "; ")
+	return strings.TrimPrefix(strings.Join(lines, "; "), "visor: ")
+}
+
+// exitCode maps the error a command returned to the process exit code.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errUsage):
+		return exitUsage
+	case errors.Is(err, errWaitTimeout):
+		return exitWaitTimeout
+	default:
+		return exitError
+	}
 }
 
 // run executes one invocation and returns the process exit code. It is the
@@ -95,208 +125,15 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 // runContext is run with the context that an interrupt cancels passed in, so
-// that tests can end following commands (events -f, hosts -w).
+// that tests can end following commands (events -f, hosts -w). Each call
+// builds its own command tree: cobra commands hold their parsed flags.
 func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
-	err := rootCommand().execute(ctx, e, args)
-
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.Is(err, errUsage):
+	root := newRootCmd(e)
+	root.SetArgs(normalizeArgs(root, args))
+	err := root.ExecuteContext(ctx)
+	if err != nil {
 		fmt.Fprintf(stderr, "visor: %s\n", errorLine(err))
-		return 2
-	default:
-		fmt.Fprintf(stderr, "visor: %s\n", errorLine(err))
-		return 1
 	}
-}
-
-// command is one node of the CLI tree: a group with subcommands, or a leaf
-// with a Run function. Commands register themselves with register in an
-// init function of the file that implements them, one file per area.
-type command struct {
-	// Name is the word that selects the command ("app", "create").
-	Name string
-	// Args documents the positional arguments, e.g. "APP [APP...]".
-	Args string
-	// Short is a one-line description shown in the parent's help.
-	Short string
-	// Long is optional extra help text.
-	Long string
-	// Flags declares the command's own flags; global flags are added to
-	// every leaf automatically. May be nil.
-	Flags func(fs *flag.FlagSet)
-	// Run executes a leaf command with the positional arguments left after
-	// flag parsing. Nil for groups.
-	Run func(ctx context.Context, e *env, args []string) error
-	// Subs are the subcommands of a group.
-	Subs []*command
-	// RawArgs passes the arguments to Run unparsed: the command parses its
-	// own flags, global ones included (the agent, which also reads a config
-	// file and VISOR_* variables).
-	RawArgs bool
-
-	parent *command
-}
-
-var topLevel []*command
-
-// register adds a top-level command. Call it from init.
-func register(c *command) { topLevel = append(topLevel, c) }
-
-var (
-	rootOnce sync.Once
-	root     *command
-)
-
-// rootCommand returns the command tree, built and linked once: the tree is
-// shared by concurrent run calls (tests) and must not be mutated after.
-func rootCommand() *command {
-	rootOnce.Do(func() {
-		root = &command{Name: "visor", Short: "run a fleet's processes from an etcd registry"}
-		subs := append([]*command(nil), topLevel...)
-		sort.Slice(subs, func(i, j int) bool { return subs[i].Name < subs[j].Name })
-		root.Subs = subs
-		root.link()
-	})
-	return root
-}
-
-func (c *command) link() {
-	for _, s := range c.Subs {
-		s.parent = c
-		s.link()
-	}
-}
-
-func (c *command) path() string {
-	if c.parent == nil {
-		return c.Name
-	}
-	return c.parent.path() + " " + c.Name
-}
-
-// execute parses args for c: global flags and, for a group, the next word
-// selects a subcommand; for a leaf, the command's flags and then Run.
-func (c *command) execute(ctx context.Context, e *env, args []string) error {
-	if c.RawArgs && c.Run != nil {
-		return c.Run(ctx, e, args)
-	}
-	fs := flag.NewFlagSet(c.path(), flag.ContinueOnError)
-	// Parse errors are reported once, on one line, by run; usage is printed
-	// only for --help.
-	fs.SetOutput(io.Discard)
-	e.globals.bind(fs)
-	if c.Flags != nil {
-		c.Flags(fs)
-	}
-	fs.Usage = func() {}
-	if c.Run != nil {
-		// Flags may follow positional arguments ("visor app show web -o json").
-		rest, err := parseInterspersed(fs, args)
-		if errors.Is(err, flag.ErrHelp) {
-			c.usage(e.stderr, fs)
-			return err
-		}
-		if err != nil {
-			return asUsage(err)
-		}
-		if err := e.globals.check(fs); err != nil {
-			return err
-		}
-		e.flags = fs
-		return c.Run(ctx, e, rest)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			c.usage(e.stderr, fs)
-			return err
-		}
-		return asUsage(err)
-	}
-	if err := e.globals.check(fs); err != nil {
-		return err
-	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		c.usage(e.stderr, fs)
-		return usageError("%s: missing command", c.path())
-	}
-	if rest[0] == "help" {
-		c.usage(e.stdout, fs)
-		return nil
-	}
-	for _, s := range c.Subs {
-		if s.Name == rest[0] {
-			return s.execute(ctx, e, rest[1:])
-		}
-	}
-	return usageError("%s: unknown command %q (see '%s --help')", c.path(), rest[0], c.path())
-}
-
-// parseInterspersed parses args with fs, allowing flags after positional
-// arguments, and returns the positional arguments in order. A "--" that is
-// not a flag's value ends flag parsing: what follows it is positional, even
-// if it starts with "-" ("visor app show -- -x").
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if endsWithTerminator(fs, args[:len(args)-len(rest)]) {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-}
-
-// endsWithTerminator reports whether the arguments fs.Parse consumed
-// (without error) end with the "--" that stops flag parsing, as opposed to
-// a "--" that is a flag's value ("--prefix --").
-func endsWithTerminator(fs *flag.FlagSet, consumed []string) bool {
-	for i := 0; i < len(consumed); i++ {
-		a := consumed[i]
-		if a == "--" {
-			return i == len(consumed)-1
-		}
-		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
-		if strings.Contains(name, "=") {
-			continue
-		}
-		f := fs.Lookup(name)
-		if f == nil {
-			continue // -h or -help: fs.Parse returned flag.ErrHelp
-		}
-		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
-			continue
-		}
-		i++ // the flag's value
-	}
-	return false
-}
-
-func (c *command) usage(w io.Writer, fs *flag.FlagSet) {
-	if c.Run != nil {
-		fmt.Fprintf(w, "Usage: %s [flags] %s\n\n%s\n", c.path(), c.Args, c.Short)
-	} else {
-		fmt.Fprintf(w, "Usage: %s COMMAND [flags]\n\n%s\n\nCommands:\n", c.path(), c.Short)
-		for _, s := range c.Subs {
-			fmt.Fprintf(w, "  %-10s %s\n", s.Name, s.Short)
-		}
-	}
-	if c.Long != "" {
-		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.Long))
-	}
-	fmt.Fprintf(w, "\nFlags:\n")
-	fs.SetOutput(w)
-	fs.PrintDefaults()
+	return exitCode(err)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -12,40 +11,29 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "proc",
-		Short: "set, list and delete an app's process types",
-		Subs: []*command{
-			{
-				Name:  "set",
-				Args:  "APP PROC [flags]",
-				Short: "create or change a process type",
-				Long: `proc set creates the process type or changes only the settings given as
+func newProcCmd(e *env) *cobra.Command {
+	set := &cobra.Command{
+		Use:   "set APP PROC [flags]",
+		Short: "create or change a process type",
+		Long: `proc set creates the process type or changes only the settings given as
 flags; the others keep their values. --memory takes bytes with an optional
 binary unit (512K, 256M, 1G; 0 = unlimited). --cpu takes millicores ("500" or
 "500m") or cores with a decimal point ("0.5", "2.0"), at least 10m (0 =
 unlimited). --health-type none removes the health check.`,
-				Flags: procSetFlags,
-				Run:   runProcSet,
-			},
-			{
-				Name:  "list",
-				Args:  "APP",
-				Short: "list an app's process types",
-				Run:   runProcList,
-			},
-			{
-				Name:  "delete",
-				Args:  "APP PROC",
-				Short: "delete a process type",
-				Run:   runProcDelete,
-			},
-		},
-	})
+		RunE: runWith(e, runProcSet),
+	}
+	procSetFlags(set.Flags())
+	return group(&cobra.Command{Use: "proc", Short: "set, list and delete an app's process types"},
+		set,
+		&cobra.Command{Use: "list APP", Aliases: []string{"ls"}, Short: "list an app's process types", RunE: runWith(e, runProcList)},
+		&cobra.Command{Use: "delete APP PROC", Short: "delete a process type", RunE: runWith(e, runProcDelete)},
+	)
 }
 
 // kvFlag is a repeatable KEY=VALUE flag.
@@ -68,7 +56,9 @@ func (f *kvFlag) Set(s string) error {
 
 func (f *kvFlag) Get() any { return f.vals }
 
-func procSetFlags(fs *flag.FlagSet) {
+func (f *kvFlag) Type() string { return "KEY=VALUE" }
+
+func procSetFlags(fs *pflag.FlagSet) {
 	fs.String("command", "", `shell command line ("" = from the artifact's Procfile)`)
 	fs.String("restart", "", "restart policy: always, on-failure or never")
 	fs.Int("max-restarts", 0, "restarts allowed before the instance fails (0 = unlimited)")
@@ -332,6 +322,18 @@ func parseProcFlags(e *env) ([]procEdit, error) {
 	if health != nil {
 		add(health)
 	}
+	more, err := parseLimitAndUserFlags(e)
+	if err != nil {
+		return nil, err
+	}
+	return append(edits, more...), nil
+}
+
+// parseLimitAndUserFlags is parseProcFlags for the limits, the user and
+// group, and the env.
+func parseLimitAndUserFlags(e *env) ([]procEdit, error) {
+	var edits []procEdit
+	add := func(fn procEdit) { edits = append(edits, fn) }
 	if flagIsSet(e, "memory") {
 		m, err := parseMemory(flagString(e, "memory"))
 		if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
@@ -11,19 +10,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "ps",
-		Args:  "[APP]",
+func newPSCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ps [APP]",
 		Short: "list instances, of all apps or of one",
-		Flags: func(fs *flag.FlagSet) {
-			fs.String("host", "", "only instances on this host")
-		},
-		Run: runPS,
-	})
+		RunE:  runWith(e, runPS),
+	}
+	cmd.Flags().String("host", "", "only instances on this host")
+	return cmd
 }
 
 // instanceOut is the CLI's JSON form of an instance.

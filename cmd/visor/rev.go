@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -10,42 +9,28 @@ import (
 	"sort"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "rev",
-		Short: "register, list and delete an app's revisions",
-		Subs: []*command{
-			{
-				Name:  "register",
-				Args:  "APP REV (--artifact URL --sha256 HEX | --dir PATH)",
-				Short: "register a revision: a tar.gz artifact or a directory on the hosts",
-				Long: `--artifact is a file://, http:// or https:// URL of a tar.gz; agents fetch it
+func newRevCmd(e *env) *cobra.Command {
+	register := &cobra.Command{
+		Use:   "register APP REV (--artifact URL --sha256 HEX | --dir PATH)",
+		Short: "register a revision: a tar.gz artifact or a directory on the hosts",
+		Long: `--artifact is a file://, http:// or https:// URL of a tar.gz; agents fetch it
 and check it against --sha256 (64 hex digits). --dir is an absolute path of a
 directory that is already present on every host.`,
-				Flags: func(fs *flag.FlagSet) {
-					fs.String("artifact", "", "URL of the revision's tar.gz (file://, http://, https://)")
-					fs.String("sha256", "", "sha256 of the artifact, 64 hex digits")
-					fs.String("dir", "", "absolute path of a directory already present on the hosts")
-				},
-				Run: runRevRegister,
-			},
-			{
-				Name:  "list",
-				Args:  "APP",
-				Short: "list an app's revisions",
-				Run:   runRevList,
-			},
-			{
-				Name:  "delete",
-				Args:  "APP REV",
-				Short: "delete a revision",
-				Run:   runRevDelete,
-			},
-		},
-	})
+		RunE: runWith(e, runRevRegister),
+	}
+	register.Flags().String("artifact", "", "URL of the revision's tar.gz (file://, http://, https://)")
+	register.Flags().String("sha256", "", "sha256 of the artifact, 64 hex digits")
+	register.Flags().String("dir", "", "absolute path of a directory already present on the hosts")
+	return group(&cobra.Command{Use: "rev", Short: "register, list and delete an app's revisions"},
+		register,
+		&cobra.Command{Use: "list APP", Aliases: []string{"ls"}, Short: "list an app's revisions", RunE: runWith(e, runRevList)},
+		&cobra.Command{Use: "delete APP REV", Short: "delete a revision", RunE: runWith(e, runRevDelete)},
+	)
 }
 
 // revOut is the CLI's JSON form of a revision.

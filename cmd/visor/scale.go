@@ -3,20 +3,20 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "scale",
-		Args:  "APP REV PROC=N [PROC=N...]",
+func newScaleCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "scale APP REV PROC=N [PROC=N...]",
 		Short: "set the desired number of instances of process types",
 		Long: `scale writes the desired count and, in the same transaction, the start or
 stop tickets for the difference; agents carry them out. With --wait it then
@@ -29,13 +29,12 @@ count is written, start tickets only for what fits now, and the rest waits
 for capacity ("visor ps" and "visor tickets" say why). A count above the
 fleet's limit per process type (default 10000, "visor config max-scale")
 is refused even with --force.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.Bool("force", false, "scale above the fleet's capacity; what does not fit waits")
-			fs.Bool("wait", false, "wait until the running instances match the desired counts")
-			fs.Duration("wait-timeout", 5*time.Minute, "how long --wait waits before failing")
-		},
-		Run: runScale,
-	})
+		RunE: runWith(e, runScale),
+	}
+	cmd.Flags().Bool("force", false, "scale above the fleet's capacity; what does not fit waits")
+	cmd.Flags().Bool("wait", false, "wait until the running instances match the desired counts")
+	cmd.Flags().Duration("wait-timeout", 5*time.Minute, "how long --wait waits before failing (exit code 3)")
+	return cmd
 }
 
 // scaleArg is one PROC=N argument.
@@ -399,7 +398,7 @@ func waitScale(ctx context.Context, e *env, r *registry.Registry, out io.Writer,
 		}
 		select {
 		case <-timer.C:
-			return fmt.Errorf("scale: timed out after %s waiting: %s", timeout, w.summary())
+			return waitTimeout("scale: timed out after %s waiting: %s", timeout, w.summary())
 		case ev, ok := <-events:
 			if !ok {
 				if err := ctx.Err(); err != nil {

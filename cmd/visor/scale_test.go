@@ -58,7 +58,7 @@ func TestScaleWaitTimesOut(t *testing.T) {
 	setupWeb(h)
 	// No agent runs: nothing ever starts.
 	res := h.run("scale", "web", "v1", "web=2", "--wait", "--wait-timeout", "1s")
-	checkFailure(t, res, 1, []string{"timed out after 1s", "web/v1/web 0/2 running"}, nil)
+	checkFailure(t, res, exitWaitTimeout, []string{"timed out after 1s", "web/v1/web 0/2 running"}, nil)
 	if !strings.Contains(res.stdout, "web/v1/web 0/2 running\n") {
 		t.Errorf("progress missing: stdout %q", res.stdout)
 	}
@@ -112,7 +112,7 @@ func TestScaleWaitShowsFailures(t *testing.T) {
 
 			// Every start fails: the wait shows why and gives up at the timeout.
 			res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "2s")
-			checkFailure(t, res, 1, []string{"timed out after 2s", tc.want}, nil)
+			checkFailure(t, res, exitWaitTimeout, []string{"timed out after 2s", tc.want}, nil)
 			if !strings.Contains(res.stdout, tc.want+"\n") {
 				t.Errorf("progress does not show the failure: stdout %q", res.stdout)
 			}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,64 +11,61 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/visorhq/visor/systemd"
 )
 
-func init() {
-	register(&command{
-		Name:  "service",
+func newServiceCmd(e *env) *cobra.Command {
+	install := &cobra.Command{
+		Use:   "install [--init I] [--root DIR] [--binary PATH] [--user USER] [--] [agent flags...]",
+		Short: "install the agent service with the given agent flags (idempotent)",
+		Long: `install's own flags come first; the agent's flags (see 'visor agent --help')
+follow, after "--" or from the first flag install does not know.`,
+		DisableFlagParsing: true, // the agent's flags follow install's own
+		RunE:               withHelp(e, runServiceInstall),
+	}
+	serviceInstallFlags(install.Flags(), false)
+	render := &cobra.Command{
+		Use:   "render [--init systemd|launchd] [--binary PATH] [--user USER] [--log-path FILE] [--] [agent flags...]",
+		Short: "print the unit or plist install would write",
+		Long: `render only checks the agent flags' syntax; install also checks that the
+config file exists and parses, as "visor agent" would.`,
+		DisableFlagParsing: true,
+		RunE:               withHelp(e, runServiceRender),
+	}
+	serviceInstallFlags(render.Flags(), true)
+	uninstall := &cobra.Command{Use: "uninstall", Short: "stop, disable and remove the agent service", RunE: runWith(e, runServiceUninstall)}
+	serviceFlags(uninstall.Flags())
+	status := &cobra.Command{Use: "status", Short: "show whether the agent service is installed and running", RunE: runWith(e, runServiceStatus)}
+	serviceFlags(status.Flags())
+	return group(&cobra.Command{
+		Use:   "service",
 		Short: "install and control the agent as a system service (systemd, launchd)",
 		Long: `install writes a systemd unit (/etc/systemd/system/visor-agent.service) or a
 launchd plist (/Library/LaunchDaemons/visor-agent.plist) that runs
 "visor agent" with the given agent flags; on hosts running neither it falls back
 to github.com/kardianos/service's own definition (e.g. a SysV script) and says so.
 install never starts the service: run "visor service start".`,
-		Subs: []*command{
-			{
-				Name:    "install",
-				Args:    "[-init I] [-root DIR] [-binary PATH] [-user USER] [--] [agent flags...]",
-				Short:   "install the agent service with the given agent flags (idempotent)",
-				RawArgs: true,
-				Run:     runServiceInstall,
-			},
-			{
-				Name:  "uninstall",
-				Short: "stop, disable and remove the agent service",
-				Flags: serviceFlags,
-				Run:   runServiceUninstall,
-			},
-			{
-				Name:  "render",
-				Args:  "[-init systemd|launchd] [-binary PATH] [-user USER] [-log-path FILE] [--] [agent flags...]",
-				Short: "print the unit or plist install would write",
-				Long: `render only checks the agent flags' syntax; install also checks that the
-config file exists and parses, as "visor agent" would.`,
-				RawArgs: true,
-				Run:     runServiceRender,
-			},
-			serviceControl("start", "start the installed agent service"),
-			serviceControl("stop", "stop the agent service (instances keep running)"),
-			serviceControl("restart", "restart the agent service (instances are re-adopted)"),
-			{
-				Name:  "status",
-				Short: "show whether the agent service is installed and running",
-				Flags: serviceFlags,
-				Run:   runServiceStatus,
-			},
-		},
-	})
+	},
+		install, uninstall, render,
+		serviceControl(e, "start", "start the installed agent service"),
+		serviceControl(e, "stop", "stop the agent service (instances keep running)"),
+		serviceControl(e, "restart", "restart the agent service (instances are re-adopted)"),
+		status,
+	)
 }
 
 // serviceFlags declares the flags every service subcommand shares.
-func serviceFlags(fs *flag.FlagSet) {
+func serviceFlags(fs *pflag.FlagSet) {
 	fs.String("init", "", "init system: systemd or launchd (default: detect)")
 	fs.String("root", "/", "resolve every path written or removed under this directory (packaging, tests)")
 }
 
 // serviceInstallFlags declares install's and render's own flags, which
 // precede the agent flags.
-func serviceInstallFlags(fs *flag.FlagSet, render bool) {
+func serviceInstallFlags(fs *pflag.FlagSet, render bool) {
 	if render {
 		fs.String("init", defaultRenderInit(), "init system: systemd or launchd")
 		fs.String("log-path", systemd.DefaultLaunchdLogPath, "launchd: file for the agent's stdout and stderr")
@@ -87,25 +83,25 @@ func defaultRenderInit() string {
 	return systemd.InitSystemd
 }
 
+// errHelpAsked is what splitServiceArgs returns for -h or --help.
+var errHelpAsked = errors.New("help asked for")
+
 // splitServiceArgs parses the leading flags of install/render that fs
 // declares and returns the rest, the agent's flags. The agent's flags start
 // at "--" or at the first flag fs does not know.
-func splitServiceArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+func splitServiceArgs(fs *pflag.FlagSet, args []string) ([]string, error) {
 	i := 0
 	for i < len(args) {
 		a := args[i]
 		if a == "--" {
-			if err := fs.Parse(args[:i]); err != nil {
-				return nil, err
-			}
-			return args[i+1:], nil
+			return args[i+1:], fs.Parse(normalize(fs, args[:i], nil))
 		}
 		if !strings.HasPrefix(a, "-") || a == "-" {
 			break
 		}
 		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		if name == "h" || name == "help" {
-			return nil, fs.Parse([]string{a})
+			return nil, errHelpAsked
 		}
 		if fs.Lookup(name) == nil {
 			break
@@ -118,7 +114,7 @@ func splitServiceArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 	if i > len(args) {
 		return nil, fmt.Errorf("flag needs an argument: %s", args[len(args)-1])
 	}
-	if err := fs.Parse(args[:i]); err != nil {
+	if err := fs.Parse(normalize(fs, args[:i], nil)); err != nil {
 		return nil, err
 	}
 	return args[i:], nil
@@ -145,11 +141,9 @@ var agentSecretFlags = map[string]bool{"token": true, "password": true}
 // canonical form for the service definition ("-name=value", paths made
 // absolute), with -config split out, and the names of secrets given.
 func serviceAgentArgs(args []string) (configPath string, out, secrets []string, err error) {
-	fs := flag.NewFlagSet("visor agent", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var o agentOptions
-	agentFlags(fs, &o, map[string]*string{})
-	if err := fs.Parse(args); err != nil {
+	fs := newAgentFlagSet(&o)
+	if err := fs.Parse(normalize(fs, args, nil)); err != nil {
 		return "", nil, nil, usageError("agent flags: %v", err)
 	}
 	if fs.NArg() > 0 {
@@ -158,7 +152,7 @@ func serviceAgentArgs(args []string) (configPath string, out, secrets []string, 
 	if err := o.globals.check(fs); err != nil {
 		return "", nil, nil, usageError("agent flags: %w", err)
 	}
-	fs.Visit(func(f *flag.Flag) {
+	fs.Visit(func(f *pflag.Flag) { // in the order of their names
 		v := f.Value.String()
 		if agentPathFlags[f.Name] && v != "" && err == nil {
 			v, err = filepath.Abs(v)
@@ -177,7 +171,7 @@ func serviceAgentArgs(args []string) (configPath string, out, secrets []string, 
 
 // serviceOptions builds the rendered service's options from install's and
 // render's flags and the agent flags.
-func serviceOptions(fs *flag.FlagSet, agentArgs []string) (systemd.Options, []string, error) {
+func serviceOptions(fs *pflag.FlagSet, agentArgs []string) (systemd.Options, []string, error) {
 	cfg, args, secrets, err := serviceAgentArgs(agentArgs)
 	if err != nil {
 		return systemd.Options{}, nil, err
@@ -205,28 +199,20 @@ func serviceOptions(fs *flag.FlagSet, agentArgs []string) (systemd.Options, []st
 	return o, secrets, nil
 }
 
-func newServiceFlagSet(e *env, name string) *flag.FlagSet {
-	fs := flag.NewFlagSet("visor service "+name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+func newServiceFlagSet(name string, render bool) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("visor service "+name, pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	serviceInstallFlags(fs, render)
 	return fs
-}
-
-func serviceUsage(e *env, fs *flag.FlagSet, c string) func() {
-	return func() {
-		fmt.Fprintf(e.stderr, "Usage: visor service %s\n\nFlags (agent flags follow; see 'visor agent -h'):\n", c)
-		fs.PrintDefaults()
-	}
 }
 
 // runServiceInstall is `visor service install`: validate everything, then
 // write the service definition and tell the init system.
 func runServiceInstall(ctx context.Context, e *env, args []string) error {
-	fs := newServiceFlagSet(e, "install")
-	serviceInstallFlags(fs, false)
-	fs.Usage = serviceUsage(e, fs, "install [-init I] [-root DIR] [-binary PATH] [-user USER] [--] [agent flags...]")
+	fs := newServiceFlagSet("install", false)
 	agentArgs, err := splitServiceArgs(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, errHelpAsked) {
 			return err
 		}
 		return usageError("service install: %v", err)
@@ -272,12 +258,10 @@ func runServiceInstall(ctx context.Context, e *env, args []string) error {
 
 // runServiceRender is `visor service render`: print the definition.
 func runServiceRender(_ context.Context, e *env, args []string) error {
-	fs := newServiceFlagSet(e, "render")
-	serviceInstallFlags(fs, true)
-	fs.Usage = serviceUsage(e, fs, "render [-init systemd|launchd] [-binary PATH] [-user USER] [-log-path FILE] [--] [agent flags...]")
+	fs := newServiceFlagSet("render", true)
 	agentArgs, err := splitServiceArgs(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, errHelpAsked) {
 			return err
 		}
 		return usageError("service render: %v", err)
@@ -299,7 +283,7 @@ func runServiceRender(_ context.Context, e *env, args []string) error {
 
 // newServiceManager returns the Manager the -init and -root flags in fs
 // select; its warnings (a failed best-effort stop) go to stderr.
-func newServiceManager(e *env, fs *flag.FlagSet, opts systemd.Options) (*systemd.Manager, error) {
+func newServiceManager(e *env, fs *pflag.FlagSet, opts systemd.Options) (*systemd.Manager, error) {
 	m, err := systemd.New(systemd.Config{
 		Init:    fs.Lookup("init").Value.String(),
 		Root:    fs.Lookup("root").Value.String(),
@@ -338,12 +322,11 @@ func runServiceUninstall(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-func serviceControl(action, short string) *command {
-	return &command{
-		Name:  action,
+func serviceControl(e *env, action, short string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   action,
 		Short: short,
-		Flags: serviceFlags,
-		Run: func(ctx context.Context, e *env, args []string) error {
+		RunE: runWith(e, func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 {
 				return usageError("service %s: unexpected argument %q", action, args[0])
 			}
@@ -357,7 +340,21 @@ func serviceControl(action, short string) *command {
 			}
 			fmt.Fprintf(e.stdout, "%s: %s sent to %s\n", systemd.ServiceName, action, m.Init())
 			return nil
-		},
+		}),
+	}
+	serviceFlags(cmd.Flags())
+	return cmd
+}
+
+// withHelp is runWith for a command that parses its own arguments: fn
+// returns errHelpAsked for -h or --help, and the command's help is printed.
+func withHelp(e *env, fn func(ctx context.Context, e *env, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		e.flags = cmd.Flags()
+		if err := fn(cmd.Context(), e, args); !errors.Is(err, errHelpAsked) {
+			return err
+		}
+		return cmd.Help()
 	}
 }
 

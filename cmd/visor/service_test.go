@@ -15,9 +15,7 @@ import (
 	"github.com/visorhq/visor/systemd"
 )
 
-// svcResult is one in-process CLI invocation's outcome. The tests here
-// do not run in parallel: rootCommand().link() writes the shared command
-// tree's parent pointers, which races between concurrent run calls.
+// svcResult is one in-process CLI invocation's outcome.
 type svcResult struct {
 	code           int
 	stdout, stderr string

@@ -2,26 +2,31 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/registry"
 )
 
-func init() {
-	register(&command{
-		Name:  "tickets",
-		Short: "list open tickets (work orders for agents)",
+func newTicketCmd(e *env) *cobra.Command {
+	return group(&cobra.Command{Use: "ticket", Short: "list open tickets (work orders for agents)"}, newTicketListCmd(e))
+}
+
+func newTicketListCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "list open tickets (work orders for agents)",
 		Long: `Without --host, every open ticket; with --host, the tickets targeted at that
 host or held by it.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.String("host", "", "only tickets targeted at or held by this host")
-		},
-		Run: runTickets,
-	})
+		RunE: runWith(e, runTickets),
+	}
+	cmd.Flags().String("host", "", "only tickets targeted at or held by this host")
+	return cmd
 }
 
 // ticketOut is the CLI's JSON form of a ticket.

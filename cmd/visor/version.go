@@ -6,18 +6,19 @@ import (
 	"io"
 	"runtime"
 
+	"github.com/spf13/cobra"
+
 	"github.com/visorhq/visor/internal/version"
 )
 
-func init() {
-	register(&command{
-		Name:  "version",
+func newVersionCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
 		Short: "print the version, commit and build date",
-		Run:   runVersion,
-	})
+		RunE:  runWith(e, runVersion),
+	}
 }
 
-// versionInfo is what `visor version -o json` prints.
 type versionInfo struct {
 	Version  string `json:"version"`
 	Commit   string `json:"commit"`
