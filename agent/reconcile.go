@@ -2,9 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -22,10 +19,13 @@ import (
 //   - instances of hosts whose lease has been gone longer than LostGrace
 //     are marked lost (never earlier: a store outage or a short partition
 //     is not host death, and those hosts keep their instances);
-//   - every scale entry is re-applied with registry.RescaleIn, which
-//     creates start tickets for missing instances (exited, failed, lost)
-//     and stop tickets for extra ones in one transaction, and writes
-//     nothing when there is no drift; start tickets only up to what the
+//   - every scale entry that drifted (its desired count is not the
+//     instances counted in the pass's snapshot), waits for capacity or
+//     has a stored status is re-applied with registry.RescaleIn, which
+//     counts again and creates start tickets for missing instances
+//     (exited, failed, lost) and stop tickets for extra ones in one
+//     transaction, and writes nothing when there is no drift; entries in
+//     place cost no request; start tickets only up to what the
 //     live hosts can take (registry.Fleet, read once per pass), so a
 //     scale far above the fleet's capacity writes no more tickets than
 //     can run, and the rest waits with its reason in a
@@ -33,6 +33,10 @@ import (
 //   - a proc type whose replacements keep failing is retried with
 //     exponential backoff (up to 5 minutes) and reported, not hot-looped;
 //   - terminal instances older than an hour are deleted.
+//
+// A pass reads a snapshot, computes a plan from it (a pure function, table
+// tested without etcd) and applies the plan: reconcile_plan.go and
+// reconcile_apply.go.
 //
 // It acts on registry events (debounced) and a slow periodic full pass, and
 // does nothing while it cannot read the registry. Records that do not
@@ -51,11 +55,7 @@ type reconciler struct {
 	log hclog.Logger
 	cfg reconcileConfig
 	bad *badRecords // reports the records a pass skipped
-
-	hostGone map[string]time.Time // host -> when its lease was first seen gone
-	fixes    map[string]*fixState // scale key -> backoff of repeated repairs
-	stuck    map[string]bool      // ticket ids reported as having no eligible host
-	waiting  map[string]string    // scale key -> last reported reason it waits for capacity
+	mem memory
 }
 
 // reconcileConfig is what the reconciler takes from the agent's Config.
@@ -66,15 +66,7 @@ type reconcileConfig struct {
 
 // newReconciler returns the state of a newly elected leader.
 func newReconciler(reg *registry.Registry, log hclog.Logger, cfg reconcileConfig, bad *badRecords) *reconciler {
-	return &reconciler{reg: reg, log: log, cfg: cfg, bad: bad, hostGone: map[string]time.Time{},
-		fixes: map[string]*fixState{}, stuck: map[string]bool{}, waiting: map[string]string{}}
-}
-
-// fixState tracks repeated repairs of one scale entry.
-type fixState struct {
-	next  time.Time     // no repair before this
-	delay time.Duration // next backoff step
-	last  time.Time     // last repair
+	return &reconciler{reg: reg, log: log, cfg: cfg, bad: bad, mem: newMemory()}
 }
 
 // lead campaigns for leadership with the host lease and runs the reconciler while
@@ -166,11 +158,11 @@ func (r *reconciler) run(ctx context.Context, lost <-chan struct{}) {
 			}
 			switch ev.Type {
 			case registry.HostLeft:
-				if _, seen := r.hostGone[ev.Host]; !seen {
-					r.hostGone[ev.Host] = time.Now()
+				if _, seen := r.mem.hostGone[ev.Host]; !seen {
+					r.mem.hostGone[ev.Host] = time.Now()
 				}
 			case registry.HostJoined:
-				delete(r.hostGone, ev.Host)
+				delete(r.mem.hostGone, ev.Host)
 			case registry.ScaleChanged, registry.InstanceChanged, registry.TicketReleased, registry.InstanceDeleted,
 				registry.HostDrained, registry.HostUndrained:
 			default:
@@ -192,234 +184,6 @@ func resetTimer(t *time.Timer, d time.Duration) {
 	default:
 	}
 	t.Reset(d)
-}
-
-// pass runs one full reconciliation and returns when the next one is due.
-func (r *reconciler) pass(ctx context.Context, now time.Time) time.Duration {
-	next := r.cfg.interval
-	// Records that do not decode are skipped and reported (r.skipped),
-	// never a reason to stop: one bad key must not halt the fleet.
-	hosts, err := r.reg.Hosts(ctx)
-	badHosts, err := r.skipped("hosts", err)
-	if err != nil && ctx.Err() != nil {
-		return next
-	}
-	if err != nil {
-		r.log.Warn("reconcile: cannot read hosts; doing nothing", "error", err)
-		return min(next, 2*time.Second)
-	}
-	insts, err := r.reg.Instances(ctx)
-	if _, err = r.skipped("instances", err); err != nil {
-		r.log.Warn("reconcile: cannot read instances; doing nothing", "error", err)
-		return min(next, 2*time.Second)
-	}
-	r.log.Debug("reconcile pass", "hosts", len(hosts), "instances", len(insts), "gone", len(r.hostGone))
-	alive := map[string]bool{}
-	for _, h := range hosts {
-		alive[h.ID] = true
-		delete(r.hostGone, h.ID)
-	}
-	for _, b := range badHosts {
-		// Its key exists, so (bound to a lease or not) its host is not
-		// known to be gone: its instances are not lost for that.
-		if id, ok := strings.CutPrefix(b.Key, r.reg.Prefix()+"hosts/"); ok && b.Kind == registry.KindHost {
-			alive[id] = true
-			delete(r.hostGone, id)
-		}
-	}
-
-	// 1. Hosts gone past the grace: their instances are lost, a host's
-	// worth in a few transactions (step 3 then replaces them).
-	lost := map[string][]registry.Instance{}
-	for _, in := range insts {
-		if in.Host == "" || alive[in.Host] || in.State.Terminal() || in.State == registry.InstancePending || in.State == registry.InstanceClaimed {
-			continue
-		}
-		gone, seen := r.hostGone[in.Host]
-		if !seen {
-			r.hostGone[in.Host] = now
-			gone = now
-		}
-		if wait := r.cfg.lostGrace - now.Sub(gone); wait > 0 {
-			next = min(next, wait+50*time.Millisecond)
-			continue
-		}
-		lost[in.Host] = append(lost[in.Host], in)
-	}
-	for host, ins := range lost {
-		reason := fmt.Sprintf("host %s gone for %s", host, now.Sub(r.hostGone[host]).Round(time.Second))
-		n, err := r.reg.MarkAllLost(ctx, ins, reason)
-		if err != nil {
-			r.log.Warn("mark instances lost", "host", host, "error", err)
-		}
-		r.log.Info("instances lost", "host", host, "count", n, "reason", reason)
-	}
-
-	// 2. Drains: replace, then stop.
-	if wait := r.drain(ctx, now, insts); wait > 0 {
-		next = min(next, wait)
-	}
-
-	// 3. Re-apply every desired scale (no write when nothing drifted).
-	scales, err := r.reg.Scales(ctx, "")
-	if _, err = r.skipped("scales", err); err != nil {
-		r.log.Warn("reconcile: cannot read scales", "error", err)
-		return min(next, 2*time.Second)
-	}
-	fleet := registry.NewFleet(hosts, insts)
-	for _, sc := range scales {
-		key := sc.App + "/" + sc.Rev + "/" + sc.Proc
-		f := r.fixes[key]
-		if f != nil && now.Before(f.next) {
-			next = min(next, f.next.Sub(now))
-			continue
-		}
-		// Rescale re-applies the stored count inside its own transaction:
-		// a user's scale change since the list above is never reverted.
-		res, err := r.reg.RescaleIn(ctx, sc.App, sc.Rev, sc.Proc, &fleet)
-		if err != nil {
-			r.log.Warn("reconcile scale", "scale", key, "error", err)
-			continue
-		}
-		_, wasWaiting := r.waiting[key]
-		switch {
-		case res.Waiting > 0 && r.waiting[key] != res.Reason:
-			r.waiting[key] = res.Reason
-			r.log.Info("reconcile: instances wait for capacity", "scale", key, "desired", res.Desired,
-				"waiting", res.Waiting, "reason", res.Reason)
-		case res.Waiting == 0 && wasWaiting:
-			delete(r.waiting, key)
-			r.log.Info("reconcile: every instance admitted", "scale", key, "desired", res.Desired)
-		}
-		if res.Waiting > 0 || wasWaiting {
-			// Tickets admitted as slots free up are not failing
-			// replacements: no backoff.
-			continue
-		}
-		if len(res.Started)+len(res.Stopped)+len(res.Cancelled) == 0 {
-			if f != nil && now.Sub(f.last) > maxFixBackoff {
-				delete(r.fixes, key) // stable again
-			}
-			continue
-		}
-		r.log.Info("reconcile: repaired drift", "scale", key, "desired", res.Desired,
-			"started", len(res.Started), "stopped", len(res.Stopped), "cancelled", len(res.Cancelled))
-		// Repairs that keep coming back mean replacements keep failing:
-		// back off instead of hot-looping.
-		if f == nil {
-			f = &fixState{delay: time.Second}
-			r.fixes[key] = f
-		} else if now.Sub(f.last) < 2*f.delay {
-			f.delay = min(2*f.delay, maxFixBackoff)
-			r.log.Warn("reconcile: replacements keep failing; backing off", "scale", key, "retry_in", f.delay)
-		}
-		f.last = now
-		f.next = now.Add(f.delay)
-	}
-
-	// 4. Tickets no live host may take are reported once, not retried.
-	ts, err := r.reg.Tickets(ctx)
-	if _, err := r.skipped("tickets", err); err == nil {
-		for _, t := range ts {
-			if t.Holder != "" || r.stuck[t.ID] || len(t.FailedHosts) == 0 {
-				continue
-			}
-			if eligibleHosts(t, hosts) == 0 {
-				r.stuck[t.ID] = true
-				r.log.Warn("ticket has no eligible host", "ticket", t.ID, "app", t.App, "proc", t.Proc,
-					"failed_hosts", t.FailedHosts, "reasons", t.Reasons)
-			}
-		}
-	}
-
-	// 5. Forget old terminal instances.
-	for _, in := range insts {
-		if in.State.Terminal() && now.Sub(in.Since) > gcAge {
-			if err := r.reg.DeleteInstance(ctx, in.ID); err != nil && !errors.Is(err, registry.ErrNotFound) {
-				r.log.Debug("gc instance", "instance", in.ID, "error", err)
-			}
-		}
-	}
-	return max(next, 10*time.Millisecond)
-}
-
-// drain moves the live instances of draining hosts: each gets a
-// replacement (a start ticket the draining host may not claim, the old one
-// no longer counted), and once the replacement runs, or the drain's
-// deadline passes, a stop ticket for the old one. A replacement that ended
-// without running is given up, and the next pass tries again. It returns
-// how soon a deadline needs another pass (0: none pending).
-func (r *reconciler) drain(ctx context.Context, now time.Time, insts []registry.Instance) time.Duration {
-	drains, err := r.reg.Drains(ctx)
-	if _, err = r.skipped("drains", err); err != nil || len(drains) == 0 {
-		return 0
-	}
-	byID := make(map[string]registry.Instance, len(insts))
-	for _, in := range insts {
-		byID[in.ID] = in
-	}
-	var next time.Duration
-	for _, in := range insts {
-		d, draining := drains[in.Host]
-		if !draining || !in.State.Live() || in.StopTicket != "" {
-			continue
-		}
-		if in.ReplacedBy == "" {
-			if _, err := r.reg.ReplaceInstance(ctx, in.ID); err != nil {
-				r.log.Warn("drain: replace instance", "instance", in.ID, "host", in.Host, "error", err)
-			} else {
-				r.log.Info("drain: replacing instance", "instance", in.ID, "host", in.Host)
-			}
-			continue
-		}
-		rep, ok := byID[in.ReplacedBy]
-		late := !d.Deadline.IsZero() && !now.Before(d.Deadline)
-		switch {
-		case ok && rep.State == registry.InstanceRunning, late:
-			_, err := r.reg.CreateTicket(ctx, registry.Ticket{Op: registry.TicketStop, App: in.App, Rev: in.Rev,
-				Proc: in.Proc, Instance: in.ID, Host: in.Host})
-			if err != nil && !errors.Is(err, registry.ErrExists) {
-				r.log.Warn("drain: stop old instance", "instance", in.ID, "error", err)
-				continue
-			}
-			r.log.Info("drain: stopping old instance", "instance", in.ID, "host", in.Host,
-				"replacement", in.ReplacedBy, "deadline_passed", late)
-		case !ok || rep.State.Terminal():
-			if err := r.reg.CancelReplacement(ctx, in.ID); err != nil {
-				r.log.Warn("drain: give up replacement", "instance", in.ID, "error", err)
-			}
-		default:
-			if !d.Deadline.IsZero() {
-				wait := d.Deadline.Sub(now) + 50*time.Millisecond
-				if next == 0 || wait < next {
-					next = wait
-				}
-			}
-		}
-	}
-	return next
-}
-
-// skipped reports the records a listing of what skipped (see
-// registry.Skipped) and returns them with the listing's other error.
-func (r *reconciler) skipped(what string, err error) (registry.BadRecords, error) {
-	bad, err := registry.Skipped(err)
-	if err == nil {
-		r.bad.observe("reconciler/"+what, bad)
-	}
-	return bad, err
-}
-
-// eligibleHosts counts live hosts that may claim t.
-func eligibleHosts(t registry.Ticket, hosts []registry.Host) int {
-	n := 0
-	for _, h := range hosts {
-		if t.Excludes(h.ID) || h.Draining || (t.Host != "" && t.Host != h.ID) {
-			continue
-		}
-		n++
-	}
-	return n
 }
 
 // leaderOf returns the current reconciler leader's host id, or "".
