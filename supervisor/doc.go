@@ -14,7 +14,8 @@
 // An instance runs with the credentials of Spec.User (its primary group or
 // Spec.Group, and the user's supplementary groups; a Group without a User
 // is refused), and so do its exec health checks. Config.RefuseRoot refuses
-// Specs that would run as uid 0 (ErrRoot).
+// Specs that would run as uid 0 (ErrRoot). A health check is of one
+// CheckType (exec, tcp, http), each probed by its own prober (probe.go).
 //
 // Children are reaped centrally: one poller goroutine waits on the pidfds of
 // all instances through epoll (kqueue EVFILT_PROC on darwin), so supervising

@@ -5,6 +5,14 @@ import (
 	"sync"
 )
 
+// StateHandler receives every state change of every instance. It is
+// implemented by the caller (the agent).
+type StateHandler interface {
+	// InstanceStateChanged is called in order per instance, from one
+	// supervisor goroutine; it must not block.
+	InstanceStateChanged(id string, st Status)
+}
+
 // notifier delivers state changes to the StateHandler in order, from one
 // goroutine, so that a slow handler never blocks the reaper or a timer.
 type notifier struct {
@@ -86,4 +94,15 @@ func (n *notifier) wait(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Notified returns once the Handler has been given every state change
+// made before the call (changes reach it from a goroutine of their own,
+// so a Stop or Restart may return before its last change is delivered),
+// or with ctx's error. Without a Handler it returns at once.
+func (s *Supervisor) Notified(ctx context.Context) error {
+	if s.notes == nil {
+		return nil
+	}
+	return s.notes.wait(ctx)
 }
