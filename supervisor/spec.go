@@ -141,29 +141,58 @@ var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 // validate checks spec and resolves the executable, user and signal. Every
 // error wraps ErrInvalidSpec.
 func validate(spec Spec) (resolved, error) {
-	var (
-		r    resolved
-		line shellline.Line // of Shell
-		err  error
-	)
-	bad := func(format string, args ...any) (resolved, error) {
-		return resolved{}, fmt.Errorf("%w: %s", ErrInvalidSpec, fmt.Sprintf(format, args...))
-	}
+	var r resolved
 	if len(spec.ID) > 128 || !idPattern.MatchString(spec.ID) {
-		return bad("id %q must match [a-z0-9][a-z0-9._-]* and be at most 128 bytes", spec.ID)
+		return r, invalid("id %q must match [a-z0-9][a-z0-9._-]* and be at most 128 bytes", spec.ID)
 	}
+	if err := r.resolveCommand(spec); err != nil {
+		return resolved{}, err
+	}
+	var err error
+	if r.cred, err = credential(spec.User, spec.Group); err != nil {
+		return resolved{}, err
+	}
+	if err := r.resolveStop(spec); err != nil {
+		return resolved{}, err
+	}
+	if spec.MinUptime < 0 {
+		return resolved{}, invalid("negative min uptime")
+	}
+	for _, v := range []interface{ Validate() error }{spec.Restart, spec.Logs, spec.Limits} {
+		if err := v.Validate(); err != nil {
+			return resolved{}, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
+		}
+	}
+	if err := r.resolveHealth(spec.Health); err != nil {
+		return resolved{}, err
+	}
+	return r, nil
+}
+
+// invalid is an error wrapping ErrInvalidSpec.
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidSpec, fmt.Sprintf(format, args...))
+}
+
+// resolveCommand sets r's argv, env, dir and the absolute path of its
+// executable from spec's Command or Shell line, Env and Dir. A program the
+// shell would exec is looked up too: a missing one is a clear error now,
+// not a crash loop of exit code 127.
+func (r *resolved) resolveCommand(spec Spec) error {
+	var line shellline.Line // of Shell
 	switch {
 	case len(spec.Command) > 0 && spec.Shell != "":
-		return bad("both command and shell set")
+		return invalid("both command and shell set")
 	case len(spec.Command) > 0:
 		r.argv = append([]string(nil), spec.Command...)
 	case strings.TrimSpace(spec.Shell) != "":
+		var err error
 		if line, err = shellline.Parse(spec.Shell); err != nil {
-			return bad("shell: %v", err)
+			return invalid("shell: %v", err)
 		}
 		r.argv = line.Args()
 	default:
-		return bad("no command")
+		return invalid("no command")
 	}
 	r.env = spec.Env
 	if r.env == nil {
@@ -173,71 +202,68 @@ func validate(spec Spec) (resolved, error) {
 	if r.dir != "" {
 		fi, err := os.Stat(r.dir)
 		if err != nil {
-			return bad("dir: %v", err)
+			return invalid("dir: %v", err)
 		}
 		if !fi.IsDir() {
-			return bad("dir %q is not a directory", r.dir)
+			return invalid("dir %q is not a directory", r.dir)
 		}
 	}
 	if line.Kind == shellline.Exec && line.Program != "" {
-		// The shell would exec it: a missing program is a clear error
-		// now, not a crash loop of exit code 127.
 		if _, err := lookPath(line.Program, r.dir, envPath(r.env)); err != nil {
-			return resolved{}, err
+			return err
 		}
 	}
 	path, err := lookPath(r.argv[0], r.dir, envPath(r.env))
 	if err != nil {
 		if line.Shell == shellline.Bash {
-			return resolved{}, fmt.Errorf("%w (the shell line uses bash syntax or builtins)", err)
+			return fmt.Errorf("%w (the shell line uses bash syntax or builtins)", err)
 		}
-		return resolved{}, err
+		return err
 	}
 	r.path = path
-	if r.cred, err = credential(spec.User, spec.Group); err != nil {
-		return resolved{}, err
-	}
+	return nil
+}
+
+// resolveStop sets r's stop signal and grace period from spec.
+func (r *resolved) resolveStop(spec Spec) error {
 	r.stopSignal = syscall.SIGTERM
 	if spec.StopSignal != "" {
+		var err error
 		if r.stopSignal, err = ParseSignal(spec.StopSignal); err != nil {
-			return resolved{}, err
+			return err
 		}
 		if err := checkStopSignal(r.stopSignal); err != nil {
-			return resolved{}, err
+			return err
 		}
 	}
 	switch {
 	case spec.StopTimeout < 0:
-		return bad("negative stop timeout")
+		return invalid("negative stop timeout")
 	case spec.StopTimeout == 0:
 		r.stopTimeout = DefaultStopTimeout
 	default:
 		r.stopTimeout = spec.StopTimeout
 	}
-	if spec.MinUptime < 0 {
-		return bad("negative min uptime")
+	return nil
+}
+
+// resolveHealth sets r's health check (defaults applied) and its prober,
+// which inherits r's env, dir and credentials; nil h is no check. It runs
+// after the command and credentials are resolved.
+func (r *resolved) resolveHealth(h *HealthCheck) error {
+	if h == nil {
+		return nil
 	}
-	if err := spec.Restart.Validate(); err != nil {
-		return resolved{}, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
+	hc := h.withDefaults()
+	if hc.Period < 0 || hc.Timeout < 0 || hc.FailureThreshold < 0 {
+		return invalid("health: negative period, timeout or threshold")
 	}
-	if err := spec.Logs.Validate(); err != nil {
-		return resolved{}, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
+	p, err := newProber(hc, runAs{env: r.env, dir: r.dir, cred: r.cred})
+	if err != nil {
+		return invalid("health: %v", err)
 	}
-	if err := spec.Limits.Validate(); err != nil {
-		return resolved{}, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
-	}
-	if spec.Health != nil {
-		h := spec.Health.withDefaults()
-		if h.Period < 0 || h.Timeout < 0 || h.FailureThreshold < 0 {
-			return bad("health: negative period, timeout or threshold")
-		}
-		p, err := newProber(h, runAs{env: r.env, dir: r.dir, cred: r.cred})
-		if err != nil {
-			return bad("health: %v", err)
-		}
-		r.health, r.prober = &h, p
-	}
-	return r, nil
+	r.health, r.prober = &hc, p
+	return nil
 }
 
 // envPath returns the PATH of env, or DefaultPath.
