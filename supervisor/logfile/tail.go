@@ -75,61 +75,22 @@ func (o Options) Stream(ctx context.Context, path string, n int, follow bool, w 
 	if err != nil {
 		return fmt.Errorf("tail: %w", err)
 	}
-	srcs := []tailSource{{f: f0}}
-	defer func() {
-		for _, s := range srcs[1:] {
-			s.f.Close()
-		}
-	}()
-	var base0, size0 int64
-	startFile, startOff := 0, int64(0)
-	// A rotation caught half-way (files being shifted, path.1 being
-	// filled) shows as a broken chain of rotated files: scan again once it
-	// is over (bounded; then go on with what was found).
-	retry := time.Millisecond
-	for attempt := 0; ; attempt++ {
-		base0, size0, err = stableSize(f0)
-		if err != nil {
-			f0.Close()
-			return err
-		}
-		srcs[0].size = size0
-		startFile, startOff = 0, size0
-		if n == 0 {
-			break
-		}
-		startFile, startOff, err = o.findStart(path, &srcs, n, base0, attempt < 12)
-		if !errors.Is(err, errRotating) {
-			break
-		}
-		for _, s := range srcs[1:] {
-			s.f.Close()
-		}
-		srcs = srcs[:1]
-		t := time.NewTimer(retry)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			f0.Close()
-			return ctx.Err()
-		case <-t.C:
-		}
-		retry = min(2*retry, 200*time.Millisecond)
-	}
+	st, err := o.locate(ctx, path, f0, n)
 	if err != nil {
 		f0.Close()
 		return err
 	}
+	defer st.closeRotated()
 
 	lw := &lastByteWriter{w: w}
 	lc := &lineCapper{w: lw, max: o.MaxLineBytes}
 	buf := make([]byte, 32<<10)
-	for i := startFile; i >= 1; i-- {
+	for i := st.file; i >= 1; i-- {
 		off := int64(0)
-		if i == startFile {
-			off = startOff
+		if i == st.file {
+			off = st.off
 		}
-		if err := copyOut(ctx, srcs[i].f, off, srcs[i].size, buf, lc); err != nil {
+		if err := copyOut(ctx, st.srcs[i].f, off, st.srcs[i].size, buf, lc); err != nil {
 			f0.Close()
 			return err
 		}
@@ -137,15 +98,15 @@ func (o Options) Stream(ctx context.Context, path string, n int, follow bool, w 
 	// The active file is read through a follower, at logical offsets: a
 	// rotation while a slow client reads moves its head into path.1, and
 	// the follower picks those bytes up from there.
-	fl := &follower{path: path, maxFiles: o.MaxFiles, f: f0, logical: base0, out: lc, buf: buf, limit: -1}
-	if startFile == 0 {
-		fl.logical += startOff
+	fl := &follower{path: path, maxFiles: o.MaxFiles, f: f0, logical: st.base0, out: lc, buf: buf, limit: -1}
+	if st.file == 0 {
+		fl.logical += st.off
 	}
 	if follow {
 		return fl.run(ctx, wt, false) // closes fl.f
 	}
 	defer f0.Close()
-	fl.limit = base0 + size0
+	fl.limit = st.base0 + st.size0
 	if err := fl.drain(); err != nil {
 		return err
 	}
@@ -158,6 +119,62 @@ func (o Options) Stream(ctx context.Context, path string, n int, follow bool, w 
 		}
 	}
 	return nil
+}
+
+// tailStart is where Stream's last n lines begin: in srcs[file] (0 is the
+// active file, i is path.i) at offset off.
+type tailStart struct {
+	srcs         []tailSource // srcs[0] is the active file, its size size0
+	base0, size0 int64        // the active file's rotation base and size
+	file         int
+	off          int64
+}
+
+// closeRotated closes the rotated files st opened (not the active one).
+func (st *tailStart) closeRotated() {
+	for _, s := range st.srcs[1:] {
+		s.f.Close()
+	}
+	st.srcs = st.srcs[:1]
+}
+
+// locate finds where the last n lines of the log at path start; f0 is
+// its active file, open (locate does not close it). A rotation caught
+// half-way (files being shifted, path.1 being filled) shows as a broken
+// chain of rotated files: locate scans again once it is over (bounded;
+// then it goes on with what was found), or returns ctx's error if ctx
+// ends first.
+func (o Options) locate(ctx context.Context, path string, f0 *os.File, n int) (*tailStart, error) {
+	st := &tailStart{srcs: []tailSource{{f: f0}}}
+	retry := time.Millisecond
+	for attempt := 0; ; attempt++ {
+		var err error
+		if st.base0, st.size0, err = stableSize(f0); err != nil {
+			return nil, err
+		}
+		st.srcs[0].size = st.size0
+		st.file, st.off = 0, st.size0
+		if n == 0 {
+			return st, nil
+		}
+		st.file, st.off, err = o.findStart(path, &st.srcs, n, st.base0, attempt < 12)
+		if !errors.Is(err, errRotating) {
+			if err != nil {
+				st.closeRotated()
+				return nil, err
+			}
+			return st, nil
+		}
+		st.closeRotated()
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		retry = min(2*retry, 200*time.Millisecond)
+	}
 }
 
 // tailSource is one file Stream reads, with its size when it was opened.
