@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/registry"
@@ -165,4 +168,80 @@ func TestDrainReplacesBeforeStopping(t *testing.T) {
 	}
 	a.stop(t)
 	b.stop(t)
+}
+
+// The plan re-applies only the scales whose count drifted, so its count
+// must be RescaleIn's: for stored scales and instance records of every
+// kind that counts or not, the drift planned from a snapshot read through
+// the registry is what RescaleIn then writes (tickets started minus
+// stopped and cancelled), and a scale in place is not re-applied.
+func TestReconcilerCountAgreesWithRescale(t *testing.T) {
+	f := newFixture(t)
+	cli, p := f.reg.Client(), f.reg.Prefix()
+	log := hclog.NewNullLogger()
+	// No host is alive: RescaleIn writes every ticket (nothing can be
+	// overloaded), and the grace is long enough that nothing is lost.
+	r := newReconciler(f.reg, log, reconcileConfig{interval: time.Minute, lostGrace: time.Hour}, newBadRecords(log))
+	check := func(label string) {
+		t.Helper()
+		s, _, ok := r.readSnapshot(f.ctx, time.Now())
+		if !ok {
+			t.Fatalf("%s: snapshot not read", label)
+		}
+		pl := planPass(s, r.mem, r.cfg)
+		drift, planned := 0, false
+		for _, rs := range pl.rescale {
+			if rs.entry.App == "demo" && rs.entry.Rev == "v1" && rs.entry.Proc == "web" {
+				drift, planned = rs.drift, true
+			}
+		}
+		res, err := f.reg.RescaleIn(f.ctx, "demo", "v1", "web", nil)
+		must(t, err)
+		wrote := len(res.Started) - len(res.Stopped) - len(res.Cancelled)
+		if wrote != drift || planned != (drift != 0) {
+			t.Fatalf("%s: planned drift %d (re-applied: %v), RescaleIn wrote %+d (%+v)", label, drift, planned, wrote, res)
+		}
+	}
+	put := func(k, v string) {
+		t.Helper()
+		_, err := cli.Put(f.ctx, p+k, v)
+		must(t, err)
+	}
+	raw := func(in registry.Instance) {
+		t.Helper()
+		b, err := json.Marshal(in)
+		must(t, err)
+		put("instances/"+in.ID, string(b))
+	}
+
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 3)
+	must(t, err)
+	check("scaled to 3: in place")
+	put("apps/demo/scale/v1/web", "5")
+	check("stored 5: drift up")
+	put("apps/demo/scale/v1/web", "1")
+	check("stored 1: drift down, pending tickets cancelled")
+
+	now := time.Now().UTC()
+	live := func(id string, st registry.InstanceState, f func(*registry.Instance)) {
+		in := registry.Instance{ID: id, App: "demo", Rev: "v1", Proc: "web", Host: "gone-host", State: st,
+			Since: now, Created: now}
+		if f != nil {
+			f(&in)
+		}
+		raw(in)
+	}
+	live("demo-web-run1", registry.InstanceRunning, nil)
+	live("demo-web-back2", registry.InstanceBackoff, nil)
+	live("demo-web-stop3", registry.InstanceStopping, nil)
+	live("demo-web-stop4", registry.InstanceRunning, func(in *registry.Instance) { in.StopTicket = "0000000000000000stop" })
+	live("demo-web-repl5", registry.InstanceRunning, func(in *registry.Instance) { in.ReplacedBy = "demo-web-new5" })
+	live("other-web-run6", registry.InstanceRunning, nil)
+	live("demo-web-exit7", registry.InstanceExited, nil)
+	check("records of every kind: one pending, a running and a backoff one count")
+	put("apps/demo/scale/v1/web", "6")
+	check("stored 6: drift up past them")
+	put("apps/demo/scale/v1/web", "0")
+	check("stored 0: everything counted stops")
+	check("stored 0 again: in place")
 }
