@@ -3,7 +3,9 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestAgentAllowRootInstances: a production agent refuses instances that
@@ -43,5 +45,72 @@ func TestAgentAllowRootInstances(t *testing.T) {
 	}
 	if _, err := parseAgentFlags([]string{"-allow-root-instances=maybe"}); err == nil {
 		t.Fatal("-allow-root-instances=maybe accepted")
+	}
+}
+
+// TestAgentFlagPrecedence: every agent setting comes from, highest first,
+// the command line, VISOR_<FLAG>, the config file, the flag's default; an
+// empty environment variable counts as unset; --config beats VISOR_CONFIG.
+func TestAgentFlagPrecedence(t *testing.T) {
+	file := writeConfig(t, `{"host": "from-file", "ttl": "20s", "lost_grace": "40s", "max_parallel": 7,
+		"labels": {"zone": "a", "disk": "ssd"}, "capacity": "unlimited"}`)
+	other := writeConfig(t, `{"host": "other-file"}`)
+	t.Setenv("VISOR_TTL", "30s")
+	t.Setenv("VISOR_LOST_GRACE", "50s")
+	t.Setenv("VISOR_MAX_PARALLEL", "") // empty: unset, the file's 7 applies
+	t.Setenv("VISOR_CONFIG", other)
+	o, err := parseAgentFlags([]string{"-config", file, "--ttl", "45s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := o.cfg
+	for _, tc := range []struct {
+		what      string
+		got, want any
+	}{
+		{"ttl: flag over env and file", c.TTL, 45 * time.Second},
+		{"lost-grace: env over file", c.LostGrace, 50 * time.Second},
+		{"max-parallel: file, empty env ignored", c.MaxParallel, 7},
+		{"host: --config over VISOR_CONFIG", c.HostID, "from-file"},
+		{"capacity: file", c.Capacity, -1},
+		{"labels: file object", c.Labels["zone"] + "," + c.Labels["disk"], "a,ssd"},
+		{"reconcile-interval: default", c.ReconcileInterval, 30 * time.Second},
+		{"instance-memory: default", c.InstanceMemory, int64(128 << 20)},
+		{"port-range: default", [2]int{c.PortMin, c.PortMax}, [2]int{20000, 29999}},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s: got %v, want %v", tc.what, tc.got, tc.want)
+		}
+	}
+	o, err = parseAgentFlags(nil)
+	if err != nil || o.cfg.HostID != "other-file" {
+		t.Errorf("VISOR_CONFIG without --config: host %q, err %v; want other-file", o.cfg.HostID, err)
+	}
+}
+
+// TestAgentFlagErrorsNameTheSource: a bad value names the flag, the
+// environment variable or the config file's key it came from.
+func TestAgentFlagErrorsNameTheSource(t *testing.T) {
+	file := writeConfig(t, `{"start_burst": 0}`)
+	for _, tc := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{[]string{"-capacity", "some"}, "", `"--capacity"`},
+		{nil, "soon", "VISOR_TTL"},
+		{[]string{"-config", file}, "", "start_burst"},
+		{[]string{"-log-level", "loud"}, "", "log-level"},
+		{[]string{"extra"}, "", `unexpected argument "extra"`},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("VISOR_TTL", tc.env)
+			}
+			_, err := parseAgentFlags(tc.args)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || exitCode(err) != exitUsage {
+				t.Errorf("parseAgentFlags(%q) env %q: err %v (exit %d), want a usage error naming %s", tc.args, tc.env, err, exitCode(err), tc.want)
+			}
+		})
 	}
 }

@@ -586,3 +586,35 @@ func (f *follower) stop() int {
 	})
 	return f.code
 }
+
+// TestGlobalFlagPrecedence: a global flag's value comes from the command
+// line, else from its VISOR_* variable, else from its declared default;
+// help never shows the environment's values (it once showed VISOR_TOKEN
+// and VISOR_PASSWORD as defaults).
+func TestGlobalFlagPrecedence(t *testing.T) {
+	h := newHarness(t)
+	h.ok("app", "create", "web")
+	t.Setenv("VISOR_ENDPOINTS", h.ep)
+	t.Setenv("VISOR_PREFIX", h.prefix)
+	t.Setenv("VISOR_OUTPUT", "json")
+	t.Setenv("VISOR_PASSWORD", "s3cret-from-env")
+	t.Setenv("VISOR_TOKEN", "t0ken-from-env")
+	res := runCLI("app", "list")
+	var list []map[string]any
+	if res.code != 0 || json.Unmarshal([]byte(res.stdout), &list) != nil || len(list) != 1 {
+		t.Fatalf("app list from VISOR_ENDPOINTS, VISOR_PREFIX, VISOR_OUTPUT=json: exit %d, %q, %q", res.code, res.stdout, res.stderr)
+	}
+	if res := runCLI("app", "list", "-o", "text"); res.code != 0 || !strings.HasPrefix(res.stdout, "NAME") {
+		t.Errorf("-o text over VISOR_OUTPUT=json: exit %d, %q", res.code, res.stdout)
+	}
+	if res := runCLI("--prefix", "/elsewhere/", "app", "list"); res.code != 0 || strings.TrimSpace(res.stdout) != "[]" {
+		t.Errorf("--prefix over VISOR_PREFIX: exit %d, %q, %q", res.code, res.stdout, res.stderr)
+	}
+	for _, args := range [][]string{{"--help"}, {"logs", "--help"}, {"agent", "--help"}} {
+		if res := runCLI(args...); strings.Contains(res.stdout, "from-env") {
+			t.Errorf("visor %s shows a value from the environment:\n%s", strings.Join(args, " "), res.stdout)
+		}
+	}
+	t.Setenv("VISOR_OUTPUT", "yaml")
+	checkFailure(t, runCLI("app", "list"), exitUsage, []string{"--output", `"yaml"`}, []string{"app", "list"})
+}

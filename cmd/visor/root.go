@@ -24,6 +24,31 @@ Exit codes:
   2  usage: unknown command or flag, bad argument or value
   3  --wait timed out (the change was written; it did not finish in --wait-timeout)`
 
+// usageTemplate is cobra's default usage template, except that a group
+// of commands shows only "CMD [command]" as its usage (it runs nothing of
+// its own) and the root's flags are titled as the global flags they are.
+const usageTemplate = `Usage:{{if .HasAvailableSubCommands}}
+  {{.CommandPath}} [command]{{else}}
+  {{.UseLine}}{{end}}{{if gt (len .Aliases) 0}}
+
+Aliases:
+  {{.NameAndAliases}}{{end}}{{if .HasExample}}
+
+Examples:
+{{.Example}}{{end}}{{if .HasAvailableSubCommands}}
+
+Available Commands:{{range .Commands}}{{if (or .IsAvailableCommand (eq .Name "help"))}}
+  {{rpad .Name .NamePadding }} {{.Short}}{{end}}{{end}}{{end}}{{if .HasAvailableLocalFlags}}
+
+{{if .HasParent}}Flags{{else}}Global Flags{{end}}:
+{{.LocalFlags.FlagUsages | trimTrailingWhitespaces}}{{end}}{{if .HasAvailableInheritedFlags}}
+
+Global Flags:
+{{.InheritedFlags.FlagUsages | trimTrailingWhitespaces}}{{end}}{{if .HasAvailableSubCommands}}
+
+Use "{{.CommandPath}} [command] --help" for more information about a command.{{end}}
+`
+
 // newRootCmd returns the command tree of one invocation, writing to e's
 // streams. Commands bind their flags into the tree, so a tree serves one
 // invocation.
@@ -43,6 +68,7 @@ func newRootCmd(e *env) *cobra.Command {
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return asUsage(err) })
+	root.SetUsageTemplate(usageTemplate)
 	e.globals.bind(root.PersistentFlags())
 	root.AddCommand(
 		newAgentCmd(e), newAppCmd(e), newConfigCmd(e), newDoctorCmd(e), newEnvCmd(e),
@@ -60,6 +86,10 @@ func newRootCmd(e *env) *cobra.Command {
 		shortcut(newUndrainCmd(e), "undrain HOST", "host undrain"),
 	)
 	root.SetHelpCommand(newHelpCmd())
+	root.InitDefaultCompletionCmd()
+	if c := findSub(root, "completion"); c != nil {
+		c.Short = "print a shell completion script: bash, zsh, fish or powershell"
+	}
 	asGroup(root)
 	return root
 }
