@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/visorhq/visor/internal/apierror"
 	"io"
 	"net"
 	"net/http"
@@ -312,22 +313,40 @@ type SignalRequest struct {
 }
 
 func (a *Agent) handleSignal(w http.ResponseWriter, r *http.Request) {
-	var req SignalRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10)).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "body must be JSON {\"signal\": \"HUP\"}: "+err.Error())
+	req, err := decodeSignalRequest(w, r)
+	if err != nil {
+		apierror.WriteCode(w, http.StatusBadRequest, "invalid_body", `body must be JSON {"signal": "HUP"}: `+err.Error())
 		return
 	}
-	err := a.sup.Signal(r.PathValue("id"), req.Signal)
+	err = a.sup.Signal(r.PathValue("id"), req.Signal)
 	switch {
 	case errors.Is(err, supervisor.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, supervisor.ErrInvalidSpec):
-		writeError(w, http.StatusBadRequest, err.Error())
+		apierror.WriteCode(w, http.StatusBadRequest, "invalid_signal", err.Error())
 	case err != nil:
 		writeError(w, http.StatusConflict, err.Error())
 	default:
 		writeJSON(w, http.StatusOK, map[string]string{"instance": r.PathValue("id"), "signal": req.Signal})
 	}
+}
+
+// decodeSignalRequest reads one SignalRequest of at most 1 KiB, refusing
+// unknown fields, anything after it and an empty signal.
+func decodeSignalRequest(w http.ResponseWriter, r *http.Request) (SignalRequest, error) {
+	var req SignalRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, err
+	}
+	if dec.More() {
+		return req, errors.New("data after the JSON object")
+	}
+	if req.Signal == "" {
+		return req, errors.New("signal is empty")
+	}
+	return req, nil
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -338,6 +357,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
+// writeError answers code with the API's one error body,
+// {"error": msg, "code": ...} (internal/apierror).
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
+	apierror.Write(w, code, msg)
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"github.com/visorhq/visor/internal/apierror"
 	"net"
 	"net/http"
 	"strings"
@@ -61,7 +62,7 @@ func maxConns(configured int) int {
 // its first header within min(idle, apiReadHeaderTimeout).
 func newAPIServer(h http.Handler, idle time.Duration) *http.Server {
 	return &http.Server{
-		Handler:           withStreamDeadlines(h),
+		Handler:           withStreamDeadlines(apierror.Handler(h)),
 		ReadHeaderTimeout: min(idle, apiReadHeaderTimeout),
 		ReadTimeout:       apiReadTimeout,
 		WriteTimeout:      apiWriteTimeout,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/visorhq/visor/internal/apierror"
 	"io"
 	"net"
 	"net/http"
@@ -149,18 +150,19 @@ func (c HandlerConfig) Handler() http.Handler {
 	return mux
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
 }
 
+// errorBody is the agent API's one error body (also an SSE error event's).
+type errorBody = apierror.Body
+
+// writeError answers status with the agent API's one error body,
+// {"error": ..., "code": ...} (internal/apierror).
 func writeError(w http.ResponseWriter, status int, err error) {
-	writeJSON(w, status, errorBody{Error: err.Error()})
+	apierror.Write(w, status, err.Error())
 }
 
 // fail answers err with the status its class calls for.
@@ -601,6 +603,6 @@ func (h *handler) endWatch(caller string) {
 }
 
 func writeSSEError(w io.Writer, err error) {
-	b, _ := json.Marshal(errorBody{Error: err.Error()})
+	b, _ := json.Marshal(errorBody{Error: err.Error(), Code: "watch_failed"})
 	fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
 }

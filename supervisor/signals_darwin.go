@@ -1,0 +1,4 @@
+package supervisor
+
+// maxSignal is the highest signal number Darwin has (SIGUSR2).
+const maxSignal = 31
