@@ -10,57 +10,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Reclaim takes back the claim of a start ticket whose instance this host
-// already runs (adopted after a new lease: the old claim died with the old
-// lease before the ticket was completed), without touching the instance
-// record, so its state does not go back to claimed. One transaction: the
-// ticket unchanged, no live claim, and the instance's host index entry on
-// this session's lease (Adopt puts it there); then the claim is put.
-// Errors as Claim.
-func (s *HostSession) Reclaim(ctx context.Context, t Ticket) error {
-	if err := validID("ticket id", t.ID); err != nil {
-		return err
-	}
-	if err := validID("instance id", t.Instance); err != nil {
-		return err
-	}
-	if t.ModRevision == 0 {
-		return fmt.Errorf("%w: ticket %s has no revision; pass it as read", ErrInvalid, t.ID)
-	}
-	r := s.r
-	tk, ck, ik := r.ticketKey(t.ID), r.claimKey(t.ID), r.hostInstanceKey(s.id, t.Instance)
-	what := fmt.Sprintf("registry: reclaim ticket %s", t.ID)
-	resp, err := r.cli.Txn(ctx).If(unchanged(tk, t.ModRevision), absent(ck),
-		clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease)).
-		Then(clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease))).
-		Else(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
-	if err != nil {
-		return s.leaseErr(what, err)
-	}
-	if !resp.Succeeded {
-		if err := lostClaim(what, t, first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))); err != nil {
-			return err
-		}
-		return fmt.Errorf("%s: instance %q is not bound to this session: %w", what, t.Instance, ErrNotHolder)
-	}
-	return nil
-}
-
-// lostClaim explains a claim of ticket t that did not go through, from the
-// ticket (tkv) and its claim (ckv) as read: the ticket is gone, someone
-// holds it, or it changed. nil if none of these holds.
-func lostClaim(what string, t Ticket, tkv, ckv *mvccpb.KeyValue) error {
-	switch {
-	case tkv == nil:
-		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
-	case ckv != nil:
-		return fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
-	case tkv.ModRevision != t.ModRevision:
-		return fmt.Errorf("%s: %w", what, ErrTicketChanged)
-	}
-	return nil
-}
-
 // Claim claims ticket t as read (t.ModRevision must be the revision it was
 // read at) in one transaction: the ticket is unchanged and unclaimed, then
 // claims/<id> is written bound to the lease. For a start ticket the same
@@ -84,16 +33,12 @@ func (s *HostSession) Claim(ctx context.Context, t Ticket) (Instance, error) {
 // claimOne sends claim c as a transaction of its own.
 func (s *HostSession) claimOne(ctx context.Context, c claimTxn) (Instance, error) {
 	t := c.t
-	// The transaction has no Else branch: claims are the hot path and an
-	// Else costs every claim request bytes and apply work, while a lost
-	// claim is rare (agents wait for one another's claims). The reason is
-	// read after a failure instead.
-	resp, err := s.r.cli.Txn(ctx).If(c.cmps...).Then(c.ops...).Commit()
+	resp, err := s.commit(ctx, claimWhat(t.ID), c.txn)
 	if err != nil {
-		return Instance{}, s.leaseErr(claimWhat(t.ID), err)
+		return Instance{}, err
 	}
 	if !resp.Succeeded {
-		res := s.claimFailures(ctx, []Ticket{t})[0]
+		res := s.claimFailed(ctx, []Ticket{t})[0]
 		return res.Instance, res.Err
 	}
 	return s.claimed(ctx, c, resp.Header.Revision, resp.Responses)
@@ -152,7 +97,7 @@ func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimRe
 		}
 		sent = append(sent, i)
 		txns = append(txns, c)
-		ops = append(ops, clientv3.OpTxn(c.cmps, c.ops, nil))
+		ops = append(ops, clientv3.OpTxn(c.cmps, c.then, nil))
 	}
 	switch len(sent) {
 	case 0:
@@ -182,7 +127,7 @@ func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimRe
 	for k, i := range lost {
 		lostTs[k] = ts[i]
 	}
-	for k, res := range s.claimFailures(ctx, lostTs) {
+	for k, res := range s.claimFailed(ctx, lostTs) {
 		out[lost[k]] = res
 	}
 }
@@ -205,13 +150,15 @@ func batchRepeat(seen map[string]bool, t Ticket) error {
 }
 
 // claimTxn is one ticket's claim transaction, as Claim and ClaimBatch
-// send it: compares and operations, and for a start ticket the instance
-// record the operations write.
+// send it, and for a start ticket the instance record it writes. It has
+// no Else branch: claims are the hot path and an Else costs every claim
+// request bytes and apply work, while a lost claim is rare (agents wait
+// for one another's claims). claimFailed reads the reason after a failure
+// instead.
 type claimTxn struct {
-	t    Ticket
-	cmps []clientv3.Cmp
-	ops  []clientv3.Op
-	in   Instance
+	txn
+	t  Ticket
+	in Instance
 }
 
 // claimTxn checks ticket t and builds its claim transaction.
@@ -239,7 +186,7 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 	}
 	r := s.r
 	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
-	c := claimTxn{t: t, cmps: []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck)}}
+	c := claimTxn{t: t, txn: txn{cmps: []clientv3.Cmp{unchanged(tk, t.ModRevision), absent(ck)}}}
 	if t.Op == TicketStart {
 		// The claim writes the instance record whole, without reading it:
 		// the record must be the pending one written with the ticket (in
@@ -248,10 +195,10 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 		c.cmps = append(c.cmps, unchanged(r.instanceKey(t.Instance), t.ModRevision))
 		c.in = Instance{ID: t.Instance, App: t.App, Rev: t.Rev, Proc: t.Proc, Host: s.id,
 			State: InstanceClaimed, Since: time.Now().UTC(), Ticket: t.ID, Created: t.Created, Replaces: t.Replaces}
-		c.ops = s.startClaimOps(t.ID, c.in)
+		c.then = s.startClaimOps(t.ID, c.in)
 	} else {
 		c.cmps = append(c.cmps, exists(r.hostInstanceKey(s.id, t.Instance)), exists(r.instanceKey(t.Instance)))
-		c.ops = []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease)), clientv3.OpGet(r.instanceKey(t.Instance))}
+		c.then = []clientv3.Op{clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease)), clientv3.OpGet(r.instanceKey(t.Instance))}
 	}
 	return c, nil
 }
@@ -302,7 +249,7 @@ func (s *HostSession) claimed(ctx context.Context, c claimTxn, rev int64, resps 
 
 func claimWhat(id string) string { return "registry: claim ticket " + id }
 
-// claimFailures settles claim transactions that did not succeed, from one
+// claimFailed settles claim transactions that did not succeed, from one
 // read of each ticket, its claim and its instance: one round trip for all
 // of ts. A claim this session already holds is a retry of one whose reply
 // was lost: it succeeds with the instance as stored. The read comes after the failed transactions, so a
@@ -311,7 +258,7 @@ func claimWhat(id string) string { return "registry: claim ticket " + id }
 // stop, restart and signal) the instance is not on this host. A start
 // ticket whose instance was written after it, which a claim does not
 // overwrite blind, is claimed over the stored record instead (claimOver).
-func (s *HostSession) claimFailures(ctx context.Context, ts []Ticket) []ClaimResult {
+func (s *HostSession) claimFailed(ctx context.Context, ts []Ticket) []ClaimResult {
 	r := s.r
 	out := make([]ClaimResult, len(ts))
 	ops := make([]clientv3.Op, 0, 3*len(ts))
@@ -451,4 +398,55 @@ func (s *HostSession) claimOver(ctx context.Context, t Ticket, in Instance) (Ins
 	next.ModRevision = resp.Header.Revision
 	s.remember(next)
 	return next, nil
+}
+
+// Reclaim takes back the claim of a start ticket whose instance this host
+// already runs (adopted after a new lease: the old claim died with the old
+// lease before the ticket was completed), without touching the instance
+// record, so its state does not go back to claimed. One transaction: the
+// ticket unchanged, no live claim, and the instance's host index entry on
+// this session's lease (Adopt puts it there); then the claim is put.
+// Errors as Claim.
+func (s *HostSession) Reclaim(ctx context.Context, t Ticket) error {
+	if err := validID("ticket id", t.ID); err != nil {
+		return err
+	}
+	if err := validID("instance id", t.Instance); err != nil {
+		return err
+	}
+	if t.ModRevision == 0 {
+		return fmt.Errorf("%w: ticket %s has no revision; pass it as read", ErrInvalid, t.ID)
+	}
+	r := s.r
+	tk, ck, ik := r.ticketKey(t.ID), r.claimKey(t.ID), r.hostInstanceKey(s.id, t.Instance)
+	what := fmt.Sprintf("registry: reclaim ticket %s", t.ID)
+	resp, err := r.cli.Txn(ctx).If(unchanged(tk, t.ModRevision), absent(ck),
+		clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease)).
+		Then(clientv3.OpPut(ck, s.id, clientv3.WithLease(s.lease))).
+		Else(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
+	if err != nil {
+		return s.leaseErr(what, err)
+	}
+	if !resp.Succeeded {
+		if err := lostClaim(what, t, first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))); err != nil {
+			return err
+		}
+		return fmt.Errorf("%s: instance %q is not bound to this session: %w", what, t.Instance, ErrNotHolder)
+	}
+	return nil
+}
+
+// lostClaim explains a claim of ticket t that did not go through, from the
+// ticket (tkv) and its claim (ckv) as read: the ticket is gone, someone
+// holds it, or it changed. nil if none of these holds.
+func lostClaim(what string, t Ticket, tkv, ckv *mvccpb.KeyValue) error {
+	switch {
+	case tkv == nil:
+		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+	case ckv != nil:
+		return fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
+	case tkv.ModRevision != t.ModRevision:
+		return fmt.Errorf("%s: %w", what, ErrTicketChanged)
+	}
+	return nil
 }

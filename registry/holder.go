@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -31,93 +32,144 @@ func (s *HostSession) Unclaim(ctx context.Context, t Ticket, reason string) erro
 	return s.release(ctx, t, reason, false)
 }
 
-// release is Release (attempt true) and Unclaim (false).
+// release is Release (attempt true) and Unclaim (false): releaseTxn builds
+// the transaction on the ticket as read, releaseFailed says why one did
+// not go through, and a release that only met a change is built again.
 func (s *HostSession) release(ctx context.Context, t Ticket, reason string, attempt bool) error {
 	if err := validID("ticket id", t.ID); err != nil {
 		return err
 	}
-	r := s.r
-	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
 	what := fmt.Sprintf("registry: release ticket %s", t.ID)
 	return retry(ctx, what, func() (bool, error) {
-		snap, err := r.cli.Txn(ctx).Then(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
-		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
-		}
-		tkv, ckv := first(rangeKvs(snap, 0)), first(rangeKvs(snap, 1))
-		if tkv == nil {
-			return false, fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
-		}
-		if ckv == nil || clientv3.LeaseID(ckv.Lease) != s.lease {
-			return false, fmt.Errorf("%s: %w", what, ErrNotHolder)
-		}
-		cur, err := decodeTicket(tkv, t.ID)
+		c, err := s.releaseTxn(ctx, what, t.ID, reason, attempt)
 		if err != nil {
 			return false, err
 		}
-		if cur.MaxAttempts <= 0 {
-			cur.MaxAttempts = 3
-		}
-		if attempt {
-			cur.Attempts++
-			cur.FailedHosts = append(cur.FailedHosts, s.id)
-			cur.Reasons = append(cur.Reasons, reason)
-		}
-		cmps := []clientv3.Cmp{unchanged(tk, tkv.ModRevision), s.holderCmp(t.ID)}
-		ops := []clientv3.Op{clientv3.OpDelete(ck)}
-		final := attempt && cur.Attempts >= cur.MaxAttempts
-		var in Instance
-		if cur.Op == TicketStart || (final && cur.Op == TicketStop) {
-			in, err = r.Instance(ctx, cur.Instance)
-			if err != nil && !errors.Is(err, ErrNotFound) {
-				return false, err
-			}
-			if err == nil {
-				cmps = append(cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
-			}
-		}
-		// A start is offered again only for an instance still waiting for
-		// it: one that ended meanwhile (a stop ticket on the claimed
-		// instance, the reconciler), that is to be stopped or that a
-		// drain replaced must not run elsewhere, uncounted.
-		retired := cur.Op == TicketStart && err == nil && (retire(in) || in.Host != s.id)
-		if final || retired {
-			ops = append(ops, clientv3.OpDelete(tk))
-		} else {
-			ops = append(ops, clientv3.OpPut(tk, encode(cur)))
-		}
-		if in.ID != "" {
-			now := time.Now().UTC()
-			switch {
-			case retired && in.Host == s.id:
-				ops = append(ops, r.retireOps(in, s.id, reason)...)
-			case retired:
-				// Someone else decided its fate.
-			case cur.Op == TicketStop:
-				in.StopTicket = ""
-				ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc)))
-			case final:
-				in.State, in.Since = InstanceFailed, now
-				in.Reason = fmt.Sprintf("start failed %d times, last on %s: %s", cur.Attempts, s.id, reason)
-				ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc)))
-			default:
-				in.State, in.Since, in.Host = InstancePending, now, ""
-				ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc)))
-			}
-			if cur.Op == TicketStart {
-				ops = append(ops, clientv3.OpDelete(r.hostInstanceKey(s.id, in.ID)))
-			}
-		}
-		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		resp, err := s.commit(ctx, what, c.txn)
 		if err != nil {
-			return false, s.leaseErr(what, err)
+			return false, err
 		}
-		if resp.Succeeded {
-			s.forget(cur.Instance)
-			s.log.Info("ticket released", "ticket", t.ID, "attempts", cur.Attempts, "final", final, "reason", reason)
+		if !resp.Succeeded {
+			return false, s.releaseFailed(what, first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1)))
 		}
-		return resp.Succeeded, nil
+		s.forget(c.ticket.Instance)
+		s.log.Info("ticket released", "ticket", t.ID, "attempts", c.ticket.Attempts, "final", c.final, "reason", reason)
+		return true, nil
 	})
+}
+
+// releaseTxn is the transaction of a release, with the ticket as the
+// release records it.
+type releaseTxn struct {
+	txn
+	ticket Ticket
+	final  bool // the ticket is deleted: its attempts are spent
+}
+
+// releaseTxn reads ticket id and its claim and builds the release
+// transaction on them: the claim is deleted, the ticket records the
+// attempt (when attempt) or is deleted (final, or its start is moot), and
+// the instance of a start (or of a final stop) is put back, failed or
+// retired (releaseInstanceOps). Its Else reads the ticket and the claim
+// for releaseFailed.
+func (s *HostSession) releaseTxn(ctx context.Context, what, id, reason string, attempt bool) (releaseTxn, error) {
+	r := s.r
+	tk, ck := r.ticketKey(id), r.claimKey(id)
+	snap, err := r.cli.Txn(ctx).Then(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
+	if err != nil {
+		return releaseTxn{}, fmt.Errorf("%s: %w", what, err)
+	}
+	tkv, ckv := first(rangeKvs(snap, 0)), first(rangeKvs(snap, 1))
+	if err := s.releaseFailed(what, tkv, ckv); err != nil {
+		return releaseTxn{}, err
+	}
+	cur, err := decodeTicket(tkv, id)
+	if err != nil {
+		return releaseTxn{}, err
+	}
+	if cur.MaxAttempts <= 0 {
+		cur.MaxAttempts = 3
+	}
+	if attempt {
+		cur.Attempts++
+		cur.FailedHosts = append(cur.FailedHosts, s.id)
+		cur.Reasons = append(cur.Reasons, reason)
+	}
+	c := releaseTxn{ticket: cur, final: attempt && cur.Attempts >= cur.MaxAttempts, txn: txn{
+		cmps: []clientv3.Cmp{unchanged(tk, tkv.ModRevision), s.holderCmp(id)},
+		then: []clientv3.Op{clientv3.OpDelete(ck)},
+		els:  []clientv3.Op{clientv3.OpGet(tk), clientv3.OpGet(ck)},
+	}}
+	var in Instance
+	if cur.Op == TicketStart || (c.final && cur.Op == TicketStop) {
+		in, err = r.Instance(ctx, cur.Instance)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return releaseTxn{}, err
+		}
+		if err == nil {
+			c.cmps = append(c.cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
+		}
+	}
+	// A start is offered again only for an instance still waiting for it:
+	// one that ended meanwhile (a stop ticket on the claimed instance, the
+	// reconciler), that is to be stopped or that a drain replaced must not
+	// run elsewhere, uncounted.
+	retired := cur.Op == TicketStart && err == nil && (retire(in) || in.Host != s.id)
+	if c.final || retired {
+		c.then = append(c.then, clientv3.OpDelete(tk))
+	} else {
+		c.then = append(c.then, clientv3.OpPut(tk, encode(cur)))
+	}
+	if in.ID != "" {
+		c.then = append(c.then, s.releaseInstanceOps(cur, in, c.final, retired, reason)...)
+	}
+	return c, nil
+}
+
+// releaseInstanceOps are the writes of a release of ticket t to its
+// instance in (as read): a retired start's instance exits unstarted if it
+// is still on this host (another host's is left alone); a stop ticket's
+// instance counts toward its scale again; a start whose attempts are
+// spent (final) fails; any other start goes back to pending.
+func (s *HostSession) releaseInstanceOps(t Ticket, in Instance, final, retired bool, reason string) []clientv3.Op {
+	r := s.r
+	var ops []clientv3.Op
+	now := time.Now().UTC()
+	switch {
+	case retired && in.Host == s.id:
+		ops = r.retireOps(in, s.id, reason)
+	case retired:
+		// Someone else decided its fate.
+	case t.Op == TicketStop:
+		in.StopTicket = ""
+		ops = []clientv3.Op{clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc))}
+	case final:
+		in.State, in.Since = InstanceFailed, now
+		in.Reason = fmt.Sprintf("start failed %d times, last on %s: %s", t.Attempts, s.id, reason)
+		ops = []clientv3.Op{clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc))}
+	default:
+		in.State, in.Since, in.Host = InstancePending, now, ""
+		ops = []clientv3.Op{clientv3.OpPut(r.instanceKey(in.ID), encode(in)), touch(r.genKey(in.App, in.Rev, in.Proc))}
+	}
+	if t.Op == TicketStart {
+		ops = append(ops, clientv3.OpDelete(r.hostInstanceKey(s.id, in.ID)))
+	}
+	return ops
+}
+
+// releaseFailed says why a release of the ticket (tkv) and claim (ckv) as
+// read cannot go through: the ticket is gone (ErrTicketDone, ErrNotFound)
+// or this session does not hold its claim (ErrNotHolder). nil means
+// nothing stops it: what changed was the ticket or its instance, and the
+// release is built again.
+func (s *HostSession) releaseFailed(what string, tkv, ckv *mvccpb.KeyValue) error {
+	switch {
+	case tkv == nil:
+		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+	case ckv == nil || clientv3.LeaseID(ckv.Lease) != s.lease:
+		return fmt.Errorf("%s: %w", what, ErrNotHolder)
+	}
+	return nil
 }
 
 // Complete finishes a claimed ticket: the ticket and its claim are deleted
@@ -140,99 +192,129 @@ func (s *HostSession) CompleteWith(ctx context.Context, t Ticket, inst Instance)
 	return s.complete(ctx, t, &inst)
 }
 
+// complete is Complete (in nil) and CompleteWith: completeTxn builds the
+// transaction, completeFailed says why one did not go through, and a
+// completion that only met a change of the instance is built again.
 func (s *HostSession) complete(ctx context.Context, t Ticket, in *Instance) error {
 	if err := validID("ticket id", t.ID); err != nil {
 		return err
 	}
-	r := s.r
-	tk, ck := r.ticketKey(t.ID), r.claimKey(t.ID)
-	what := fmt.Sprintf("registry: complete ticket %s", t.ID)
 	if in != nil {
 		in.ID = t.Instance
 		if err := validID("instance id", in.ID); err != nil {
 			return err
 		}
 	}
+	what := fmt.Sprintf("registry: complete ticket %s", t.ID)
 	return retry(ctx, what, func() (bool, error) {
-		cmps := []clientv3.Cmp{s.holderCmp(t.ID)}
-		ops := []clientv3.Op{clientv3.OpDelete(tk), clientv3.OpDelete(ck)}
-		var next Instance
-		if in != nil {
-			// Read-modify-write, like UpdateInstance: fields the holder does
-			// not own (a stop ticket or replacement link written meanwhile)
-			// survive, and the generation key is touched only when the
-			// instance's counting changes, so completions do not make
-			// concurrent Scale calls retry.
-			cur, cached, err := s.stored(ctx, in.ID)
-			switch {
-			case errors.Is(err, ErrNotFound):
-				cur = Instance{ID: in.ID, App: t.App, Rev: t.Rev, Proc: t.Proc, Ticket: t.ID, Created: t.Created}
-			case err != nil:
-				return false, err
-			default:
-				if err := ValidTransition(cur.State, in.State); err != nil {
-					if cached {
-						// Refused on the remembered copy, which may be
-						// stale: decide on the stored record.
-						s.forget(in.ID)
-						return false, nil
-					}
-					return false, fmt.Errorf("%s: %w", what, err)
-				}
-			}
-			cur.Host = s.id
-			next = withHolderView(cur, *in)
-			ik := r.hostInstanceKey(s.id, in.ID)
-			cmps = append(cmps, clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease),
-				unchanged(r.instanceKey(in.ID), cur.ModRevision))
-			ops = append(ops, clientv3.OpPut(r.instanceKey(in.ID), encode(next)))
-			if next.State.Terminal() {
-				ops = append(ops, clientv3.OpDelete(ik))
-			}
-			if cur.ModRevision == 0 || cur.counted() != next.counted() {
-				ops = append(ops, touch(r.genKey(next.App, next.Rev, next.Proc)))
-			}
+		c, ok, err := s.completeTxn(ctx, what, t, in)
+		if !ok || err != nil {
+			return false, err
 		}
-		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Else(
-			clientv3.OpGet(tk, clientv3.WithCountOnly()),
-			clientv3.OpGet(ck, clientv3.WithCountOnly()),
-		).Commit()
+		resp, err := s.commit(ctx, what, c.txn)
 		if err != nil {
-			return false, s.leaseErr(what, err)
+			return false, err
 		}
 		if !resp.Succeeded {
-			if in != nil {
-				// The remembered copy may be what failed: read next time.
-				s.forget(in.ID)
-			}
-			if resp.Responses[0].GetResponseRange().Count == 0 {
-				return false, fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
-			}
-			// Ours are the claim and (for a start) the index entry, both on
-			// our lease; if so, only the instance changed: read again.
-			check := []clientv3.Op{clientv3.OpGet(ck)}
-			if in != nil {
-				check = append(check, clientv3.OpGet(r.hostInstanceKey(s.id, in.ID)))
-			}
-			held, herr := r.cli.Txn(ctx).Then(check...).Commit()
-			if herr != nil {
-				return false, s.leaseErr(what, herr)
-			}
-			for i := range check {
-				kv := first(rangeKvs(held, i))
-				if kv == nil || clientv3.LeaseID(kv.Lease) != s.lease {
-					return false, fmt.Errorf("%s: %w", what, ErrNotHolder)
-				}
-			}
-			return false, nil
+			return false, s.completeFailed(ctx, what, t, in, resp)
 		}
 		if in != nil {
-			*in = next
+			*in = c.next
 			in.ModRevision = resp.Header.Revision
 			s.remember(*in)
 		}
 		return true, nil
 	})
+}
+
+// completeTxn is the transaction of a completion, with the instance record
+// it writes (CompleteWith).
+type completeTxn struct {
+	txn
+	next Instance
+}
+
+// completeTxn builds the completion of ticket t: the claim is this
+// session's, then the ticket and the claim are deleted. With in (a
+// CompleteWith) it is a read-modify-write like UpdateInstance: the record
+// as remembered or read, with the holder's view from in, on the index
+// entry of this session's lease; fields the holder does not own (a stop
+// ticket or replacement link written meanwhile) survive, and the
+// generation key is touched only when the instance's counting changes, so
+// completions do not make concurrent Scale calls retry. It reports false
+// without an error when the remembered copy refused the change and is
+// forgotten: the next attempt decides on the stored record. Its Else
+// counts the ticket for completeFailed.
+func (s *HostSession) completeTxn(ctx context.Context, what string, t Ticket, in *Instance) (completeTxn, bool, error) {
+	r := s.r
+	tk := r.ticketKey(t.ID)
+	c := completeTxn{txn: txn{
+		cmps: []clientv3.Cmp{s.holderCmp(t.ID)},
+		then: []clientv3.Op{clientv3.OpDelete(tk), clientv3.OpDelete(r.claimKey(t.ID))},
+		els:  []clientv3.Op{clientv3.OpGet(tk, clientv3.WithCountOnly())},
+	}}
+	if in == nil {
+		return c, true, nil
+	}
+	cur, cached, err := s.stored(ctx, in.ID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		cur = Instance{ID: in.ID, App: t.App, Rev: t.Rev, Proc: t.Proc, Ticket: t.ID, Created: t.Created}
+	case err != nil:
+		return c, false, err
+	default:
+		if err := ValidTransition(cur.State, in.State); err != nil {
+			if cached {
+				s.forget(in.ID)
+				return c, false, nil
+			}
+			return c, false, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	cur.Host = s.id
+	c.next = withHolderView(cur, *in)
+	ik := r.hostInstanceKey(s.id, in.ID)
+	c.cmps = append(c.cmps, clientv3.Compare(clientv3.LeaseValue(ik), "=", s.lease),
+		unchanged(r.instanceKey(in.ID), cur.ModRevision))
+	c.then = append(c.then, clientv3.OpPut(r.instanceKey(in.ID), encode(c.next)))
+	if c.next.State.Terminal() {
+		c.then = append(c.then, clientv3.OpDelete(ik))
+	}
+	if cur.ModRevision == 0 || cur.counted() != c.next.counted() {
+		c.then = append(c.then, touch(r.genKey(c.next.App, c.next.Rev, c.next.Proc)))
+	}
+	return c, true, nil
+}
+
+// completeFailed says why the completion of ticket t (with in, for
+// CompleteWith) did not go through, from its Else count of the ticket
+// (resp) and a read of what this session should hold: the ticket is gone
+// (ErrTicketDone, ErrNotFound), or the claim or the instance's index
+// entry is not on this session's lease (ErrNotHolder). nil means only the
+// instance changed: the completion is built again on the stored record
+// (the remembered copy, which may be what failed, is forgotten).
+func (s *HostSession) completeFailed(ctx context.Context, what string, t Ticket, in *Instance, resp *clientv3.TxnResponse) error {
+	r := s.r
+	if in != nil {
+		s.forget(in.ID)
+	}
+	if resp.Responses[0].GetResponseRange().Count == 0 {
+		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+	}
+	check := []clientv3.Op{clientv3.OpGet(r.claimKey(t.ID))}
+	if in != nil {
+		check = append(check, clientv3.OpGet(r.hostInstanceKey(s.id, in.ID)))
+	}
+	held, err := r.cli.Txn(ctx).Then(check...).Commit()
+	if err != nil {
+		return s.leaseErr(what, err)
+	}
+	for i := range check {
+		if kv := first(rangeKvs(held, i)); kv == nil || clientv3.LeaseID(kv.Lease) != s.lease {
+			return fmt.Errorf("%s: %w", what, ErrNotHolder)
+		}
+	}
+	return nil
 }
 
 // withHolderView returns cur with the fields the holder reports taken from

@@ -322,117 +322,21 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	if *ours == 0 {
 		res.Live, res.Pending = len(s.live), len(s.pending)
 	}
-	have := len(s.live) + len(s.pending)
-	diff := n - have
-	chunk := r.chunk()
-	// Starts: only what the fleet has room for; the rest waits.
-	want := max(diff, 0)
-	var reason string
-	if diff > 0 {
-		if *fleet == nil {
-			f, err := r.Fleet(ctx)
-			if err != nil {
-				return false, fmt.Errorf("%s: %w", what, err)
-			}
-			*fleet = &f
-		}
-		// The fleet may be older than the snapshot (the reconciler reads
-		// it once per pass): this scale's own instances are counted from
-		// the snapshot, the others' from the fleet.
-		if room := (*fleet).For(app, rev, proc); room >= 0 && (*fleet).Hosts > 0 && room-have < want {
-			free := max(0, room-have)
-			// The reason as it is once the admitted tickets are written.
-			after := **fleet
-			after.Pending += free + have - after.Takes[app+"/"+rev+"/"+proc]
-			want, reason = free, after.Reason()
-		}
+	p, err := r.planScale(ctx, &s, scaleTarget{app, rev, proc, n}, fleet)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
 	}
-	add := min(want, chunk)
-	partial := want > chunk || -diff > chunk
-	// The status says what waits, written with the tickets (not while
-	// more chunks follow).
-	var status *ScaleStatus
-	if waiting := diff - add; waiting > 0 && !partial {
-		status = &ScaleStatus{App: app, Rev: rev, Proc: proc, Desired: n, Admitted: have + add,
-			Waiting: waiting, Reason: reason, Since: time.Now().UTC()}
-		if s.status != nil && !s.status.Since.IsZero() {
-			status.Since = s.status.Since
-		}
-	}
-	statusSame := partial || (status == nil && s.status == nil) ||
-		(status != nil && s.status != nil && status.same(*s.status))
-	if add == 0 && diff >= 0 && statusSame && s.scaleMod != 0 && s.desired == n && s.desiredErr == nil {
-		res.Waiting, res.Reason = diff, reason
+	if p.add == 0 && p.diff >= 0 && p.statusSame && s.scaleMod != 0 && s.desired == n && s.desiredErr == nil {
+		res.Waiting, res.Reason = p.diff, p.reason
 		return true, nil // in place, or nothing more can be admitted now
 	}
-	cmps := []clientv3.Cmp{
-		exists(r.appKey(app)), exists(r.revKey(app, rev)), exists(r.procKey(app, proc)),
-		unchanged(r.scaleKey(app, rev, proc), s.scaleMod),
-		unchanged(r.genKey(app, rev, proc), s.genMod),
+	c, err := r.scaleTxn(ctx, &s, p)
+	if err != nil {
+		return false, err
 	}
-	ops := []clientv3.Op{
-		clientv3.OpPut(r.scaleKey(app, rev, proc), strconv.Itoa(n)),
-		touch(r.genKey(app, rev, proc)),
-	}
-	if !statusSame {
-		cmps = append(cmps, unchanged(r.statusKey(app, rev, proc), s.statusMod))
-		if status != nil {
-			ops = append(ops, clientv3.OpPut(r.statusKey(app, rev, proc), encode(*status)))
-		} else {
-			ops = append(ops, clientv3.OpDelete(r.statusKey(app, rev, proc)))
-		}
-	}
-	var started, stopped, cancelled []string
-	now := time.Now().UTC()
-	for i := 0; i < add; i++ {
-		t := Ticket{ID: newTicketID(), Op: TicketStart, App: app, Rev: rev, Proc: proc,
-			Instance: newInstanceID(app, proc), Reserve: s.reserve, MaxAttempts: 3, Created: now}
-		in := Instance{ID: t.Instance, App: app, Rev: rev, Proc: proc, State: InstancePending,
-			Since: now, Ticket: t.ID, Created: now}
-		ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
-			clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
-		started = append(started, t.ID)
-	}
-	if diff < 0 {
-		budget := min(-diff, chunk)
-		// Newest pending start tickets first: ticket ids sort by time.
-		sort.Slice(s.pending, func(i, j int) bool { return s.pending[i].Ticket > s.pending[j].Ticket })
-		tickets, err := r.startTickets(ctx, s.pending[:min(len(s.pending), budget)])
-		if err != nil {
-			return false, err
-		}
-		for _, in := range s.pending {
-			if budget == 0 {
-				break
-			}
-			t, ok := tickets[in.Ticket]
-			if !ok {
-				continue // claimed or gone meanwhile: it counts as live next time
-			}
-			cmps = append(cmps, unchanged(r.ticketKey(t.ID), t.ModRevision), absent(r.claimKey(t.ID)),
-				unchanged(r.instanceKey(in.ID), in.ModRevision))
-			ops = append(ops, clientv3.OpDelete(r.ticketKey(t.ID)), clientv3.OpDelete(r.instanceKey(in.ID)))
-			cancelled = append(cancelled, t.ID)
-			budget--
-		}
-		sort.Slice(s.live, func(i, j int) bool { return stopRank(s.live[i], s.live[j]) })
-		for _, in := range s.live {
-			if budget == 0 {
-				break
-			}
-			t := Ticket{ID: newTicketID(), Op: TicketStop, App: app, Rev: rev, Proc: proc,
-				Instance: in.ID, Host: in.Host, MaxAttempts: 3, Created: now}
-			in.StopTicket = t.ID
-			cmps = append(cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
-			ops = append(ops, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
-				clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
-			stopped = append(stopped, t.ID)
-			budget--
-		}
-	}
-	resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
-	if err != nil && tooLarge(err) && chunk > 1 {
-		r.shrinkChunk(chunk)
+	resp, err := r.cli.Txn(ctx).If(c.cmps...).Then(c.then...).Commit()
+	if err != nil && tooLarge(err) && p.chunk > 1 {
+		r.shrinkChunk(p.chunk)
 		return false, errShrunk
 	}
 	if err != nil {
@@ -442,20 +346,175 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		r.log.Debug("scale conflict, retrying", "app", app, "rev", rev, "proc", proc)
 		return false, nil
 	}
-	res.Started = append(res.Started, started...)
-	res.Stopped = append(res.Stopped, stopped...)
-	res.Cancelled = append(res.Cancelled, cancelled...)
-	if f := *fleet; f != nil && len(started) > 0 {
-		f.Pending += len(started)
-		f.Takes[app+"/"+rev+"/"+proc] += len(started)
+	res.Started = append(res.Started, c.started...)
+	res.Stopped = append(res.Stopped, c.stopped...)
+	res.Cancelled = append(res.Cancelled, c.cancelled...)
+	if f := *fleet; f != nil && len(c.started) > 0 {
+		f.Pending += len(c.started)
+		f.Takes[app+"/"+rev+"/"+proc] += len(c.started)
 	}
-	if partial {
+	if p.partial {
 		*ours = -resp.Header.Revision
 		return false, nil
 	}
-	res.Waiting, res.Reason = max(diff-add, 0), reason
+	res.Waiting, res.Reason = max(p.diff-p.add, 0), p.reason
 	*ours = resp.Header.Revision
 	return true, nil
+}
+
+// scaleTarget is the scale a step works toward: count n of app/rev/proc.
+type scaleTarget struct {
+	app, rev, proc string
+	n              int
+}
+
+// scalePlan is what one Scale step writes, decided on its snapshot.
+type scalePlan struct {
+	scaleTarget
+	have       int          // counted instances (live and pending)
+	diff       int          // n - have
+	chunk      int          // most tickets per transaction
+	add        int          // start tickets to write in this step
+	partial    bool         // more steps follow this one
+	reason     string       // why instances wait, if some do
+	status     *ScaleStatus // the status to store; nil: none waits
+	statusSame bool         // the stored status needs no write
+}
+
+// planScale decides a step toward target on snapshot s: starts only for
+// the fleet's room (read into *fleet when first needed), at most a chunk
+// of tickets, and the status of what waits.
+func (r *Registry) planScale(ctx context.Context, s *scaleSnap, target scaleTarget, fleet **Fleet) (scalePlan, error) {
+	p := scalePlan{scaleTarget: target, have: len(s.live) + len(s.pending), chunk: r.chunk()}
+	p.diff = p.n - p.have
+	// Starts: only what the fleet has room for; the rest waits.
+	want := max(p.diff, 0)
+	if p.diff > 0 {
+		if *fleet == nil {
+			f, err := r.Fleet(ctx)
+			if err != nil {
+				return p, err
+			}
+			*fleet = &f
+		}
+		// The fleet may be older than the snapshot (the reconciler reads
+		// it once per pass): this scale's own instances are counted from
+		// the snapshot, the others' from the fleet.
+		if room := (*fleet).For(p.app, p.rev, p.proc); room >= 0 && (*fleet).Hosts > 0 && room-p.have < want {
+			free := max(0, room-p.have)
+			// The reason as it is once the admitted tickets are written.
+			after := **fleet
+			after.Pending += free + p.have - after.Takes[p.app+"/"+p.rev+"/"+p.proc]
+			want, p.reason = free, after.Reason()
+		}
+	}
+	p.add = min(want, p.chunk)
+	p.partial = want > p.chunk || -p.diff > p.chunk
+	// The status says what waits, written with the tickets (not while
+	// more chunks follow).
+	if waiting := p.diff - p.add; waiting > 0 && !p.partial {
+		p.status = &ScaleStatus{App: p.app, Rev: p.rev, Proc: p.proc, Desired: p.n, Admitted: p.have + p.add,
+			Waiting: waiting, Reason: p.reason, Since: time.Now().UTC()}
+		if s.status != nil && !s.status.Since.IsZero() {
+			p.status.Since = s.status.Since
+		}
+	}
+	p.statusSame = p.partial || (p.status == nil && s.status == nil) ||
+		(p.status != nil && s.status != nil && p.status.same(*s.status))
+	return p, nil
+}
+
+// scaleTxn is one Scale transaction, with the tickets it writes or
+// cancels.
+type scaleTxn struct {
+	txn
+	started, stopped, cancelled []string
+}
+
+// scaleTxn builds the transaction of plan p on snapshot s: the app, the
+// revision and the process type exist, the scale, generation (and, when
+// rewritten, status) keys are as read; then the count, the generation
+// key, the status, and the start tickets, cancellations and stop tickets.
+func (r *Registry) scaleTxn(ctx context.Context, s *scaleSnap, p scalePlan) (scaleTxn, error) {
+	app, rev, proc := p.app, p.rev, p.proc
+	c := scaleTxn{txn: txn{
+		cmps: []clientv3.Cmp{
+			exists(r.appKey(app)), exists(r.revKey(app, rev)), exists(r.procKey(app, proc)),
+			unchanged(r.scaleKey(app, rev, proc), s.scaleMod),
+			unchanged(r.genKey(app, rev, proc), s.genMod),
+		},
+		then: []clientv3.Op{
+			clientv3.OpPut(r.scaleKey(app, rev, proc), strconv.Itoa(p.n)),
+			touch(r.genKey(app, rev, proc)),
+		},
+	}}
+	if !p.statusSame {
+		c.cmps = append(c.cmps, unchanged(r.statusKey(app, rev, proc), s.statusMod))
+		if p.status != nil {
+			c.then = append(c.then, clientv3.OpPut(r.statusKey(app, rev, proc), encode(*p.status)))
+		} else {
+			c.then = append(c.then, clientv3.OpDelete(r.statusKey(app, rev, proc)))
+		}
+	}
+	now := time.Now().UTC()
+	for range p.add {
+		t := Ticket{ID: newTicketID(), Op: TicketStart, App: app, Rev: rev, Proc: proc,
+			Instance: newInstanceID(app, proc), Reserve: s.reserve, MaxAttempts: 3, Created: now}
+		in := Instance{ID: t.Instance, App: app, Rev: rev, Proc: proc, State: InstancePending,
+			Since: now, Ticket: t.ID, Created: now}
+		c.then = append(c.then, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
+			clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
+		c.started = append(c.started, t.ID)
+	}
+	if p.diff < 0 {
+		if err := r.scaleDown(ctx, &c, s, p, now); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// scaleDown adds to c the removal of up to a chunk of the -p.diff
+// instances too many: first pending start tickets, newest first, deleted
+// with their pending instances if still unclaimed; then stop tickets for
+// live instances in stopRank order.
+func (r *Registry) scaleDown(ctx context.Context, c *scaleTxn, s *scaleSnap, p scalePlan, now time.Time) error {
+	budget := min(-p.diff, p.chunk)
+	// Newest pending start tickets first: ticket ids sort by time.
+	sort.Slice(s.pending, func(i, j int) bool { return s.pending[i].Ticket > s.pending[j].Ticket })
+	tickets, err := r.startTickets(ctx, s.pending[:min(len(s.pending), budget)])
+	if err != nil {
+		return err
+	}
+	for _, in := range s.pending {
+		if budget == 0 {
+			break
+		}
+		t, ok := tickets[in.Ticket]
+		if !ok {
+			continue // claimed or gone meanwhile: it counts as live next time
+		}
+		c.cmps = append(c.cmps, unchanged(r.ticketKey(t.ID), t.ModRevision), absent(r.claimKey(t.ID)),
+			unchanged(r.instanceKey(in.ID), in.ModRevision))
+		c.then = append(c.then, clientv3.OpDelete(r.ticketKey(t.ID)), clientv3.OpDelete(r.instanceKey(in.ID)))
+		c.cancelled = append(c.cancelled, t.ID)
+		budget--
+	}
+	sort.Slice(s.live, func(i, j int) bool { return stopRank(s.live[i], s.live[j]) })
+	for _, in := range s.live {
+		if budget == 0 {
+			break
+		}
+		t := Ticket{ID: newTicketID(), Op: TicketStop, App: p.app, Rev: p.rev, Proc: p.proc,
+			Instance: in.ID, Host: in.Host, MaxAttempts: 3, Created: now}
+		in.StopTicket = t.ID
+		c.cmps = append(c.cmps, unchanged(r.instanceKey(in.ID), in.ModRevision))
+		c.then = append(c.then, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
+			clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
+		c.stopped = append(c.stopped, t.ID)
+		budget--
+	}
+	return nil
 }
 
 // CurrentScale returns the desired count of app/rev/proc (0 if never set).

@@ -251,6 +251,25 @@ func (s *HostSession) UpdateHost(ctx context.Context, h Host) error {
 	return nil
 }
 
+// txn is a transaction of a ticket holder as claimTxn, completeTxn and
+// releaseTxn build it: its compares, its writes when they hold, and its
+// reads when they do not, for the matching claimFailed, completeFailed or
+// releaseFailed to say why.
+type txn struct {
+	cmps []clientv3.Cmp
+	then []clientv3.Op
+	els  []clientv3.Op
+}
+
+// commit sends x as one transaction; what names the operation in errors.
+func (s *HostSession) commit(ctx context.Context, what string, x txn) (*clientv3.TxnResponse, error) {
+	resp, err := s.r.cli.Txn(ctx).If(x.cmps...).Then(x.then...).Else(x.els...).Commit()
+	if err != nil {
+		return nil, s.leaseErr(what, err)
+	}
+	return resp, nil
+}
+
 // holderCmp compares that this session holds the claim of ticket id.
 func (s *HostSession) holderCmp(id string) clientv3.Cmp {
 	return clientv3.Compare(clientv3.LeaseValue(s.r.claimKey(id)), "=", s.lease)
