@@ -18,7 +18,7 @@ import (
 func (r *Registry) Apps(ctx context.Context) ([]App, error) {
 	resp, err := r.cli.Get(ctx, r.appsDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("registry: list apps: %w", err)
+		return nil, errorf("registry: list apps: %w", err)
 	}
 	var apps []App
 	var errs []error
@@ -44,7 +44,7 @@ func (r *Registry) App(ctx context.Context, name string) (App, error) {
 	}
 	resp, err := r.cli.Get(ctx, r.appKey(name))
 	if err != nil {
-		return App{}, fmt.Errorf("registry: get app %q: %w", name, err)
+		return App{}, errorf("registry: get app %q: %w", name, err)
 	}
 	kv := first(resp.Kvs)
 	if kv == nil {
@@ -65,7 +65,7 @@ func (r *Registry) RegisterApp(ctx context.Context, a App) (App, error) {
 	k := r.appKey(a.Name)
 	resp, err := r.cli.Txn(ctx).If(absent(k)).Then(clientv3.OpPut(k, encode(a))).Commit()
 	if err != nil {
-		return App{}, fmt.Errorf("registry: register app %q: %w", a.Name, err)
+		return App{}, errorf("registry: register app %q: %w", a.Name, err)
 	}
 	if !resp.Succeeded {
 		return App{}, fmt.Errorf("%w: app %q", ErrExists, a.Name)
@@ -88,7 +88,7 @@ func (r *Registry) UnregisterApp(ctx context.Context, name string, force bool) e
 			clientv3.OpGet(r.instancesDir(), clientv3.WithPrefix()),
 		).Commit()
 		if err != nil {
-			return false, fmt.Errorf("registry: unregister app %q: %w", name, err)
+			return false, errorf("registry: unregister app %q: %w", name, err)
 		}
 		app := first(rangeKvs(snap, 0))
 		if app == nil {
@@ -111,7 +111,7 @@ func (r *Registry) UnregisterApp(ctx context.Context, name string, force bool) e
 			clientv3.OpDelete(r.statusDir()+name+"/", clientv3.WithPrefix()),
 		).Commit()
 		if err != nil {
-			return false, fmt.Errorf("registry: unregister app %q: %w", name, err)
+			return false, errorf("registry: unregister app %q: %w", name, err)
 		}
 		return resp.Succeeded, nil
 	})
@@ -145,7 +145,7 @@ func (r *Registry) Env(ctx context.Context, app string) (map[string]string, erro
 		clientv3.OpGet(r.envDir(app), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("registry: env of %q: %w", app, err)
+		return nil, errorf("registry: env of %q: %w", app, err)
 	}
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return nil, fmt.Errorf("%w: app %q", ErrNotFound, app)
@@ -185,7 +185,7 @@ func (r *Registry) EnvVar(ctx context.Context, app, key string) (string, error) 
 		clientv3.OpGet(r.envKey(app, key)),
 	).Commit()
 	if err != nil {
-		return "", fmt.Errorf("registry: env %s of %q: %w", key, app, err)
+		return "", errorf("registry: env %s of %q: %w", key, app, err)
 	}
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return "", fmt.Errorf("%w: app %q", ErrNotFound, app)
@@ -233,7 +233,7 @@ func (r *Registry) UnsetEnv(ctx context.Context, app string, keys ...string) err
 func (r *Registry) appTxn(ctx context.Context, app, what string, ops []clientv3.Op) error {
 	resp, err := r.cli.Txn(ctx).If(exists(r.appKey(app))).Then(ops...).Commit()
 	if err != nil {
-		return fmt.Errorf("registry: %s of %q: %w", what, app, err)
+		return errorf("registry: %s of %q: %w", what, app, err)
 	}
 	if !resp.Succeeded {
 		return fmt.Errorf("%w: app %q", ErrNotFound, app)
@@ -270,7 +270,7 @@ func (r *Registry) appList(ctx context.Context, app, dir string) ([]*mvccpb.KeyV
 		clientv3.OpGet(dir, clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("registry: list %s: %w", r.rel([]byte(dir)), err)
+		return nil, errorf("registry: list %s: %w", r.rel([]byte(dir)), err)
 	}
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return nil, fmt.Errorf("%w: app %q", ErrNotFound, app)
@@ -288,7 +288,7 @@ func (r *Registry) Revision(ctx context.Context, app, rev string) (Revision, err
 		clientv3.OpGet(r.revKey(app, rev)),
 	).Commit()
 	if err != nil {
-		return Revision{}, fmt.Errorf("registry: get revision %s/%s: %w", app, rev, err)
+		return Revision{}, errorf("registry: get revision %s/%s: %w", app, rev, err)
 	}
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return Revision{}, fmt.Errorf("%w: app %q", ErrNotFound, app)
@@ -348,7 +348,7 @@ func (r *Registry) RegisterRevision(ctx context.Context, rv Revision) (Revision,
 		Then(clientv3.OpPut(k, encode(rv))).
 		Else(clientv3.OpGet(r.appKey(rv.App), clientv3.WithCountOnly())).Commit()
 	if err != nil {
-		return Revision{}, fmt.Errorf("registry: register revision %s/%s: %w", rv.App, rv.Name, err)
+		return Revision{}, errorf("registry: register revision %s/%s: %w", rv.App, rv.Name, err)
 	}
 	if !resp.Succeeded {
 		if resp.Responses[0].GetResponseRange().Count == 0 {
@@ -382,7 +382,7 @@ func (r *Registry) removeChild(ctx context.Context, app, kind, name, key, rev, p
 			clientv3.OpGet(r.scaleDir(app), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 		).Commit()
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		if snap.Responses[0].GetResponseRange().Count == 0 {
 			return false, fmt.Errorf("%w: app %q", ErrNotFound, app)
@@ -406,7 +406,7 @@ func (r *Registry) removeChild(ctx context.Context, app, kind, name, key, rev, p
 			clientv3.Compare(clientv3.ModRevision(r.scaleDir(app)).WithPrefix(), "<", snap.Header.Revision+1),
 		).Then(ops...).Commit()
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		return resp.Succeeded, nil
 	})
@@ -444,7 +444,7 @@ func (r *Registry) ProcType(ctx context.Context, app, proc string) (ProcType, er
 		clientv3.OpGet(r.procKey(app, proc)),
 	).Commit()
 	if err != nil {
-		return ProcType{}, fmt.Errorf("registry: get process type %s/%s: %w", app, proc, err)
+		return ProcType{}, errorf("registry: get process type %s/%s: %w", app, proc, err)
 	}
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return ProcType{}, fmt.Errorf("%w: app %q", ErrNotFound, app)
@@ -563,7 +563,7 @@ func (r *Registry) SetProcType(ctx context.Context, p ProcType) (ProcType, error
 	resp, err := r.cli.Txn(ctx).If(exists(r.appKey(p.App))).
 		Then(clientv3.OpPut(r.procKey(p.App, p.Name), encode(p))).Commit()
 	if err != nil {
-		return ProcType{}, fmt.Errorf("registry: set process type %s/%s: %w", p.App, p.Name, err)
+		return ProcType{}, errorf("registry: set process type %s/%s: %w", p.App, p.Name, err)
 	}
 	if !resp.Succeeded {
 		return ProcType{}, fmt.Errorf("%w: app %q", ErrNotFound, p.App)

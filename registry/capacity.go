@@ -38,7 +38,7 @@ func (r *Registry) statusKey(app, rev, proc string) string {
 func (r *Registry) MaxScale(ctx context.Context) (int, error) {
 	resp, err := r.cli.Get(ctx, r.configKey("max_scale"))
 	if err != nil {
-		return 0, fmt.Errorf("registry: read max_scale: %w", err)
+		return 0, errorf("registry: read max_scale: %w", err)
 	}
 	kv := first(resp.Kvs)
 	if kv == nil {
@@ -67,7 +67,7 @@ func (r *Registry) SetMaxScale(ctx context.Context, n int) error {
 		_, err = r.cli.Put(ctx, r.configKey("max_scale"), strconv.Itoa(n))
 	}
 	if err != nil {
-		return fmt.Errorf("registry: set max_scale: %w", err)
+		return errorf("registry: set max_scale: %w", err)
 	}
 	return nil
 }
@@ -232,7 +232,7 @@ func (r *Registry) ScaleStatuses(ctx context.Context, app string) ([]ScaleStatus
 	}
 	resp, err := r.cli.Get(ctx, dir, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("registry: list scale statuses: %w", err)
+		return nil, errorf("registry: list scale statuses: %w", err)
 	}
 	var out []ScaleStatus
 	var errs []error

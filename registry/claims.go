@@ -136,14 +136,14 @@ func (s *HostSession) claimBatch(ctx context.Context, ts []Ticket, out []ClaimRe
 // an earlier ticket of the same batch already has; seen collects them.
 func batchRepeat(seen map[string]bool, t Ticket) error {
 	if seen["t/"+t.ID] {
-		return fmt.Errorf("%s: %w: ticket given twice in one batch", claimWhat(t.ID), ErrInvalid)
+		return errorf("%s: %w: ticket given twice in one batch", claimWhat(t.ID), ErrInvalid)
 	}
 	seen["t/"+t.ID] = true
 	if t.Op != TicketStart {
 		return nil
 	}
 	if seen["i/"+t.Instance] {
-		return fmt.Errorf("%s: %w: instance %q has another start ticket in the batch", claimWhat(t.ID), ErrInvalid, t.Instance)
+		return errorf("%s: %w: instance %q has another start ticket in the batch", claimWhat(t.ID), ErrInvalid, t.Instance)
 	}
 	seen["i/"+t.Instance] = true
 	return nil
@@ -175,10 +175,8 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 	if t.Host != "" && t.Host != s.id {
 		return claimTxn{}, fmt.Errorf("%w: ticket %s targets host %q", ErrInvalid, t.ID, t.Host)
 	}
-	switch t.Op {
-	case TicketStart, TicketStop, TicketRestart, TicketSignal:
-	default:
-		return claimTxn{}, fmt.Errorf("%w: ticket %s: op %s must be start, stop, restart or signal", ErrInvalid, t.ID, short(string(t.Op)))
+	if !t.Op.Valid() {
+		return claimTxn{}, fmt.Errorf("%w: ticket %s: unknown op %s", ErrInvalid, t.ID, short(string(t.Op)))
 	}
 	// The names go into the instance record and from there into keys.
 	if err := validNames("ticket app", t.App, "ticket rev", t.Rev, "ticket proc", t.Proc); err != nil {
@@ -241,7 +239,7 @@ func (s *HostSession) claimed(ctx context.Context, c claimTxn, rev int64, resps 
 		if _, derr := s.r.cli.Txn(ctx).If(s.holderCmp(t.ID)).Then(clientv3.OpDelete(s.r.claimKey(t.ID))).Commit(); derr != nil {
 			s.log.Warn("drop claim over an undecodable instance", "ticket", t.ID, "error", derr)
 		}
-		return Instance{}, fmt.Errorf("%s: %w", claimWhat(t.ID), err)
+		return Instance{}, errorf("%s: %w", claimWhat(t.ID), err)
 	}
 	s.remember(in)
 	return in, nil
@@ -252,12 +250,13 @@ func claimWhat(id string) string { return "registry: claim ticket " + id }
 // claimFailed settles claim transactions that did not succeed, from one
 // read of each ticket, its claim and its instance: one round trip for all
 // of ts. A claim this session already holds is a retry of one whose reply
-// was lost: it succeeds with the instance as stored. The read comes after the failed transactions, so a
-// ticket may have moved on again; the reason names the first of these
-// that holds: the ticket is gone, someone holds it, it changed, or (for
-// stop, restart and signal) the instance is not on this host. A start
-// ticket whose instance was written after it, which a claim does not
-// overwrite blind, is claimed over the stored record instead (claimOver).
+// was lost: it succeeds with the instance as stored. The read comes after
+// the failed transactions, so a ticket may have moved on again; the reason
+// names the first of these that holds: the ticket is gone, someone holds
+// it, it changed, or (for stop, restart and signal) the instance is not on
+// this host. A start ticket whose instance was written after it, which a
+// claim does not overwrite blind, is claimed over the stored record
+// instead (claimOver).
 func (s *HostSession) claimFailed(ctx context.Context, ts []Ticket) []ClaimResult {
 	r := s.r
 	out := make([]ClaimResult, len(ts))
@@ -300,11 +299,11 @@ func (s *HostSession) claimFailed(ctx context.Context, ts []Ticket) []ClaimResul
 		case ikv.ModRevision == t.ModRevision:
 			// Every condition holds again now: the claim that beat this
 			// one has already been released.
-			out[i].Err = fmt.Errorf("%s: %w", what, ErrClaimed)
+			out[i].Err = errorf("%s: %w", what, ErrClaimed)
 		default:
 			in, derr := decodeInstance(ikv, t.Instance)
 			if derr != nil {
-				out[i].Err = fmt.Errorf("%s: %w", what, derr)
+				out[i].Err = errorf("%s: %w", what, derr)
 				continue
 			}
 			out[i].Instance, out[i].Err = s.claimOver(ctx, t, in)
@@ -326,7 +325,7 @@ func (s *HostSession) notHeldHere(ctx context.Context, t Ticket, ikv *mvccpb.Key
 	if in, err := decodeInstance(ikv, t.Instance); err == nil && in.State.Terminal() {
 		return s.dropMoot(ctx, t, unchanged(ik, ikv.ModRevision), "its instance is "+string(in.State))
 	}
-	return fmt.Errorf("%s: instance %q is not on host %q: %w", claimWhat(t.ID), t.Instance, s.id, ErrNotHolder)
+	return errorf("%s: instance %q is not on host %q: %w", claimWhat(t.ID), t.Instance, s.id, ErrNotHolder)
 }
 
 // dropMoot deletes ticket t, which nothing can claim or needs any more
@@ -342,10 +341,10 @@ func (s *HostSession) dropMoot(ctx context.Context, t Ticket, cond clientv3.Cmp,
 	case err != nil:
 		return s.leaseErr(what, err)
 	case !resp.Succeeded:
-		return fmt.Errorf("%s: %w", what, ErrTicketChanged)
+		return errorf("%s: %w", what, ErrTicketChanged)
 	}
 	s.log.Info("ticket deleted: nothing left to do", "ticket", t.ID, "op", string(t.Op), "instance", t.Instance, "why", why)
-	return fmt.Errorf("%s: %w: %s; the ticket is deleted", what, ErrTicketDone, why)
+	return errorf("%s: %w: %s; the ticket is deleted", what, ErrTicketDone, why)
 }
 
 // claimOver claims start ticket t whose instance record in was written
@@ -375,15 +374,15 @@ func (s *HostSession) claimOver(ctx context.Context, t Ticket, in Instance) (Ins
 		case err != nil:
 			return Instance{}, s.leaseErr(what, err)
 		case !resp.Succeeded:
-			return Instance{}, fmt.Errorf("%s: %w", what, ErrTicketChanged)
+			return Instance{}, errorf("%s: %w", what, ErrTicketChanged)
 		}
-		return Instance{}, fmt.Errorf("%s: %w: instance %q is %s, stop ticket %q, replaced by %q: the start is withdrawn",
+		return Instance{}, errorf("%s: %w: instance %q is %s, stop ticket %q, replaced by %q: the start is withdrawn",
 			what, ErrTicketDone, in.ID, in.State, in.StopTicket, in.ReplacedBy)
 	}
 	switch in.State {
 	case InstancePending, InstanceClaimed, InstanceStarting:
 	default:
-		return Instance{}, fmt.Errorf("%s: instance %q is %s on %q, not waiting for a start: %w", what, in.ID, in.State, in.Host, ErrTicketChanged)
+		return Instance{}, errorf("%s: instance %q is %s on %q, not waiting for a start: %w", what, in.ID, in.State, in.Host, ErrTicketChanged)
 	}
 	next := in
 	next.Host, next.State, next.Since, next.Ticket = s.id, InstanceClaimed, time.Now().UTC(), t.ID
@@ -393,7 +392,7 @@ func (s *HostSession) claimOver(ctx context.Context, t Ticket, in Instance) (Ins
 	case err != nil:
 		return Instance{}, s.leaseErr(what, err)
 	case !resp.Succeeded:
-		return Instance{}, fmt.Errorf("%s: %w, or instance %q is back on live host %q", what, ErrTicketChanged, in.ID, in.Host)
+		return Instance{}, errorf("%s: %w, or instance %q is back on live host %q", what, ErrTicketChanged, in.ID, in.Host)
 	}
 	next.ModRevision = resp.Header.Revision
 	s.remember(next)
@@ -431,7 +430,7 @@ func (s *HostSession) Reclaim(ctx context.Context, t Ticket) error {
 		if err := lostClaim(what, t, first(rangeKvs(resp, 0)), first(rangeKvs(resp, 1))); err != nil {
 			return err
 		}
-		return fmt.Errorf("%s: instance %q is not bound to this session: %w", what, t.Instance, ErrNotHolder)
+		return errorf("%s: instance %q is not bound to this session: %w", what, t.Instance, ErrNotHolder)
 	}
 	return nil
 }
@@ -442,11 +441,11 @@ func (s *HostSession) Reclaim(ctx context.Context, t Ticket) error {
 func lostClaim(what string, t Ticket, tkv, ckv *mvccpb.KeyValue) error {
 	switch {
 	case tkv == nil:
-		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+		return errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
 	case ckv != nil:
-		return fmt.Errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
+		return errorf("%s: held by %q: %w", what, ckv.Value, ErrClaimed)
 	case tkv.ModRevision != t.ModRevision:
-		return fmt.Errorf("%s: %w", what, ErrTicketChanged)
+		return errorf("%s: %w", what, ErrTicketChanged)
 	}
 	return nil
 }

@@ -84,7 +84,7 @@ func (r *Registry) Drain(ctx context.Context, host string, deadline time.Duratio
 			clientv3.Compare(clientv3.LeaseValue(r.hostKey(host)), "=", self.Lease),
 		).Then(clientv3.OpPut(r.drainKey(host), encode(d))).Commit()
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		return resp.Succeeded, nil
 	})
@@ -102,7 +102,7 @@ func (r *Registry) Undrain(ctx context.Context, host string) error {
 	}
 	resp, err := r.cli.Delete(ctx, r.drainKey(host))
 	if err != nil {
-		return fmt.Errorf("registry: undrain %q: %w", host, err)
+		return errorf("registry: undrain %q: %w", host, err)
 	}
 	if resp.Deleted == 0 {
 		return fmt.Errorf("%w: host %q is not draining", ErrNotFound, host)
@@ -120,7 +120,7 @@ func (r *Registry) Drains(ctx context.Context) (map[string]Drain, error) {
 func (r *Registry) drains(ctx context.Context) (map[string]Drain, int64, error) {
 	resp, err := r.cli.Get(ctx, r.drainsDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("registry: list drains: %w", err)
+		return nil, 0, errorf("registry: list drains: %w", err)
 	}
 	out := make(map[string]Drain, len(resp.Kvs))
 	var errs []error
@@ -191,15 +191,15 @@ func (r *Registry) ReplaceInstance(ctx context.Context, id string) (Ticket, erro
 			return false, err
 		}
 		if !old.State.Live() || old.StopTicket != "" {
-			return false, fmt.Errorf("%s: instance is %s: %w", what, old.State, ErrInvalid)
+			return false, errorf("%s: instance is %s: %w", what, old.State, ErrInvalid)
 		}
 		if old.Host == "" {
 			// A pending instance runs nowhere; marking it would also
 			// leave its start ticket unclaimable (see claimTxn).
-			return false, fmt.Errorf("%s: instance is not on a host: %w", what, ErrInvalid)
+			return false, errorf("%s: instance is not on a host: %w", what, ErrInvalid)
 		}
 		if old.ReplacedBy != "" {
-			return false, fmt.Errorf("%s: already replaced by %s: %w", what, old.ReplacedBy, ErrExists)
+			return false, errorf("%s: already replaced by %s: %w", what, old.ReplacedBy, ErrExists)
 		}
 		now := time.Now().UTC()
 		t := Ticket{ID: newTicketID(), Op: TicketStart, App: old.App, Rev: old.Rev, Proc: old.Proc,
@@ -216,7 +216,7 @@ func (r *Registry) ReplaceInstance(ctx context.Context, id string) (Ticket, erro
 			touch(r.genKey(old.App, old.Rev, old.Proc)),
 		).Commit()
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		out = t
 		out.ModRevision = resp.Header.Revision
@@ -244,7 +244,7 @@ func (r *Registry) CancelReplacement(ctx context.Context, id string) error {
 			touch(r.genKey(old.App, old.Rev, old.Proc)),
 		).Commit()
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		return resp.Succeeded, nil
 	})

@@ -1,6 +1,10 @@
 package registry
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
 
 // Sentinel errors. Operations wrap them with context naming the entity, so
 // callers branch with errors.Is and print the wrapped error.
@@ -39,3 +43,30 @@ var (
 	// revision because etcd compacted it; events in between are gone.
 	ErrCompacted = errors.New("registry: revision compacted")
 )
+
+// errPrefix starts every error message of this package, once.
+const errPrefix = "registry: "
+
+// errorf is fmt.Errorf for the messages of this package's operations,
+// which start with errPrefix: an error among args whose own message starts
+// with it too (a sentinel, or what an inner call returned) is printed
+// without it, so "registry: complete ticket 01: registry: ticket done or
+// cancelled (registry: not found)" reads "registry: complete ticket 01:
+// ticket done or cancelled (not found)". errors.Is and errors.As see the
+// wrapped errors as fmt.Errorf would.
+func errorf(format string, args ...any) error {
+	for i, a := range args {
+		if err, ok := a.(error); ok {
+			args[i] = unprefixed{err}
+		}
+	}
+	return fmt.Errorf(format, args...)
+}
+
+// unprefixed prints err without its leading errPrefix, for a message that
+// already starts with it; it unwraps to err.
+type unprefixed struct{ err error }
+
+func (u unprefixed) Error() string { return strings.TrimPrefix(u.err.Error(), errPrefix) }
+
+func (u unprefixed) Unwrap() error { return u.err }

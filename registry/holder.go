@@ -15,10 +15,11 @@ import (
 // start ticket the instance goes back to pending, unless it no longer
 // waits for a start: one that ended meanwhile is left as it is, and one
 // whose stop was requested (the stop ticket goes too, if unclaimed) or
-// that a drain replaced exits without having run; the ticket is deleted. When Attempts reaches
-// MaxAttempts the ticket is deleted instead; a start ticket's instance then
-// fails with reason, a stop ticket's instance counts toward its scale
-// again. ErrNotHolder unless this session holds the claim.
+// that a drain replaced exits without having run; the ticket is deleted.
+// When Attempts reaches MaxAttempts the ticket is deleted instead; a start
+// ticket's instance then fails with reason, a stop ticket's instance
+// counts toward its scale again. ErrNotHolder unless this session holds
+// the claim.
 func (s *HostSession) Release(ctx context.Context, t Ticket, reason string) error {
 	return s.release(ctx, t, reason, true)
 }
@@ -77,7 +78,7 @@ func (s *HostSession) releaseTxn(ctx context.Context, what, id, reason string, a
 	tk, ck := r.ticketKey(id), r.claimKey(id)
 	snap, err := r.cli.Txn(ctx).Then(clientv3.OpGet(tk), clientv3.OpGet(ck)).Commit()
 	if err != nil {
-		return releaseTxn{}, fmt.Errorf("%s: %w", what, err)
+		return releaseTxn{}, errorf("%s: %w", what, err)
 	}
 	tkv, ckv := first(rangeKvs(snap, 0)), first(rangeKvs(snap, 1))
 	if err := s.releaseFailed(what, tkv, ckv); err != nil {
@@ -165,9 +166,9 @@ func (s *HostSession) releaseInstanceOps(t Ticket, in Instance, final, retired b
 func (s *HostSession) releaseFailed(what string, tkv, ckv *mvccpb.KeyValue) error {
 	switch {
 	case tkv == nil:
-		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+		return errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
 	case ckv == nil || clientv3.LeaseID(ckv.Lease) != s.lease:
-		return fmt.Errorf("%s: %w", what, ErrNotHolder)
+		return errorf("%s: %w", what, ErrNotHolder)
 	}
 	return nil
 }
@@ -268,7 +269,7 @@ func (s *HostSession) completeTxn(ctx context.Context, what string, t Ticket, in
 				s.forget(in.ID)
 				return c, false, nil
 			}
-			return c, false, fmt.Errorf("%s: %w", what, err)
+			return c, false, errorf("%s: %w", what, err)
 		}
 	}
 	cur.Host = s.id
@@ -299,7 +300,7 @@ func (s *HostSession) completeFailed(ctx context.Context, what string, t Ticket,
 		s.forget(in.ID)
 	}
 	if resp.Responses[0].GetResponseRange().Count == 0 {
-		return fmt.Errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
+		return errorf("%s: %w (%w)", what, ErrTicketDone, ErrNotFound)
 	}
 	check := []clientv3.Op{clientv3.OpGet(r.claimKey(t.ID))}
 	if in != nil {
@@ -311,7 +312,7 @@ func (s *HostSession) completeFailed(ctx context.Context, what string, t Ticket,
 	}
 	for i := range check {
 		if kv := first(rangeKvs(held, i)); kv == nil || clientv3.LeaseID(kv.Lease) != s.lease {
-			return fmt.Errorf("%s: %w", what, ErrNotHolder)
+			return errorf("%s: %w", what, ErrNotHolder)
 		}
 	}
 	return nil
@@ -379,10 +380,10 @@ func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
 func (s *HostSession) updateFrom(ctx context.Context, what string, cur, inst Instance) (bool, error) {
 	r := s.r
 	if cur.Host != s.id || cur.State == InstanceLost {
-		return false, fmt.Errorf("%s: instance is %s on %q: %w", what, cur.State, cur.Host, ErrNotHolder)
+		return false, errorf("%s: instance is %s on %q: %w", what, cur.State, cur.Host, ErrNotHolder)
 	}
 	if err := ValidTransition(cur.State, inst.State); err != nil {
-		return false, fmt.Errorf("%s: %w", what, err)
+		return false, errorf("%s: %w", what, err)
 	}
 	next := withHolderView(cur, inst)
 	ik := r.hostInstanceKey(s.id, cur.ID)
@@ -433,7 +434,7 @@ func (s *HostSession) Adopt(ctx context.Context, id string) (Instance, error) {
 			return false, err
 		}
 		if cur.Host != s.id || cur.State.Terminal() {
-			return false, fmt.Errorf("%s: instance is %s on %q: %w", what, cur.State, cur.Host, ErrNotHolder)
+			return false, errorf("%s: instance is %s on %q: %w", what, cur.State, cur.Host, ErrNotHolder)
 		}
 		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(id), cur.ModRevision)).
 			Then(clientv3.OpPut(r.hostInstanceKey(s.id, id), "", clientv3.WithLease(s.lease))).Commit()

@@ -35,7 +35,7 @@ func (r *Registry) HostInstances(ctx context.Context, host string) ([]Instance, 
 func (r *Registry) instances(ctx context.Context, keep func(Instance) bool) ([]Instance, error) {
 	resp, err := r.cli.Get(ctx, r.instancesDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("registry: list instances: %w", err)
+		return nil, errorf("registry: list instances: %w", err)
 	}
 	var out []Instance
 	var errs []error
@@ -59,7 +59,7 @@ func (r *Registry) Instance(ctx context.Context, id string) (Instance, error) {
 	}
 	resp, err := r.cli.Get(ctx, r.instanceKey(id))
 	if err != nil {
-		return Instance{}, fmt.Errorf("registry: get instance %q: %w", id, err)
+		return Instance{}, errorf("registry: get instance %q: %w", id, err)
 	}
 	kv := first(resp.Kvs)
 	if kv == nil {
@@ -93,15 +93,15 @@ func (r *Registry) markLost(ctx context.Context, id, reason, host string) error 
 			return false, err
 		}
 		if host != "" && in.Host != host {
-			return false, fmt.Errorf("%s: now on %q, not %q: %w", what, in.Host, host, errMoved)
+			return false, errorf("%s: now on %q, not %q: %w", what, in.Host, host, errMoved)
 		}
 		if err := ValidTransition(in.State, InstanceLost); err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		ops := append(r.lostOps(in, reason), touch(r.genKey(in.App, in.Rev, in.Proc)))
 		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(id), in.ModRevision)).Then(ops...).Commit()
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		return resp.Succeeded, nil
 	})
@@ -155,7 +155,7 @@ func (r *Registry) MarkAllLost(ctx context.Context, insts []Instance, reason str
 				continue
 			}
 			if err := ValidTransition(in.State, InstanceLost); err != nil {
-				errs = append(errs, fmt.Errorf("registry: mark instance %q lost: %w", in.ID, err))
+				errs = append(errs, errorf("registry: mark instance %q lost: %w", in.ID, err))
 				continue
 			}
 			if in.ModRevision == 0 {
@@ -180,7 +180,7 @@ func (r *Registry) MarkAllLost(ctx context.Context, insts []Instance, reason str
 		}
 		resp, err := r.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return marked, errors.Join(append(errs, fmt.Errorf("registry: mark %d instances lost: %w", len(valid), err))...)
+			return marked, errors.Join(append(errs, errorf("registry: mark %d instances lost: %w", len(valid), err))...)
 		}
 		if resp.Succeeded {
 			marked += len(valid)
@@ -242,7 +242,7 @@ func (r *Registry) DeleteInstance(ctx context.Context, id string) error {
 		}
 		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(id), in.ModRevision)).Then(ops...).Commit()
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		return resp.Succeeded, nil
 	})

@@ -35,7 +35,7 @@ func (r *Registry) Launch(ctx context.Context, app, rev, proc string) (Launch, e
 		clientv3.OpGet(r.envDir(app), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return Launch{}, fmt.Errorf("registry: read %s/%s/%s: %w", app, rev, proc, err)
+		return Launch{}, errorf("registry: read %s/%s/%s: %w", app, rev, proc, err)
 	}
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return Launch{}, fmt.Errorf("%w: app %q", ErrNotFound, app)

@@ -293,6 +293,13 @@ const (
 	TicketSignal  TicketOp = "signal"
 )
 
+// ticketOps is the one list of the ticket operations.
+var ticketOps = []TicketOp{TicketStart, TicketStop, TicketRestart, TicketSignal}
+
+// Valid reports whether op is one of the ticket operations: start, stop,
+// restart or signal. Decoding a stored ticket and claiming one check it.
+func (op TicketOp) Valid() bool { return slices.Contains(ticketOps, op) }
+
 // Ticket is a work order: start, stop, restart or signal one instance.
 type Ticket struct {
 	ID       string   `json:"id"`

@@ -45,7 +45,7 @@ type BadRecord struct {
 
 // Error names the kind, the key and the problem.
 func (b BadRecord) Error() string {
-	return fmt.Sprintf("%v: %s key %q: %v", ErrCorrupt, b.Kind, b.Key, b.Err)
+	return fmt.Sprintf("%v: %s key %q: %v", ErrCorrupt, b.Kind, b.Key, unprefixed{b.Err})
 }
 
 // Is reports whether target is ErrCorrupt.
@@ -73,7 +73,7 @@ func (bs BadRecords) Error() string {
 		if i > 0 {
 			b.WriteString("; ")
 		}
-		fmt.Fprintf(&b, "%s key %q: %v", r.Kind, r.Key, r.Err)
+		fmt.Fprintf(&b, "%s key %q: %v", r.Kind, r.Key, unprefixed{r.Err})
 	}
 	if len(bs) > show {
 		fmt.Fprintf(&b, "; and %d more", len(bs)-show)
@@ -317,9 +317,7 @@ func decodeTicket(kv *mvccpb.KeyValue, id string) (Ticket, error) {
 	if err := decodeJSON(KindTicket, kv.Key, kv.Value, &t); err != nil {
 		return Ticket{}, err
 	}
-	switch t.Op {
-	case TicketStart, TicketStop, TicketRestart, TicketSignal:
-	default:
+	if !t.Op.Valid() {
 		return Ticket{}, corrupt(KindTicket, kv.Key, fmt.Errorf("unknown ticket op %s", short(string(t.Op))))
 	}
 	t.ID = id
@@ -413,7 +411,7 @@ func (r *Registry) Check(ctx context.Context) (BadRecords, error) {
 		}
 		resp, err := r.cli.Get(ctx, from, opts...)
 		if err != nil {
-			return nil, fmt.Errorf("registry: check records: %w", err)
+			return nil, errorf("registry: check records: %w", err)
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision

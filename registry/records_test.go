@@ -314,3 +314,33 @@ func TestDecodersValidate(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+// TestTicketOpValid: the four ops are valid and nothing else is, and the
+// stored-ticket decoder and the claim both refuse an unknown op.
+func TestTicketOpValid(t *testing.T) {
+	for _, op := range []TicketOp{TicketStart, TicketStop, TicketRestart, TicketSignal} {
+		if !op.Valid() {
+			t.Errorf("%q.Valid() = false", op)
+		}
+	}
+	stop := &mvccpb.KeyValue{Key: []byte("/visor/tickets/0001"), ModRevision: 3,
+		Value: []byte(`{"op":"stop","app":"web","rev":"v1","proc":"worker","instance":"web-worker-1","host":"h1"}`)}
+	if tk, err := decodeTicket(stop, "0001"); err != nil || tk.Op != TicketStop {
+		t.Fatalf("decodeTicket of a stop ticket = %+v, %v", tk, err)
+	}
+	for _, op := range []TicketOp{"", "START", "kill", "start ", "explode"} {
+		if op.Valid() {
+			t.Errorf("%q.Valid() = true", op)
+		}
+		kv := &mvccpb.KeyValue{Key: []byte("/visor/tickets/0001"), ModRevision: 3,
+			Value: []byte(`{"op":"` + string(op) + `","app":"web","rev":"v1","proc":"worker","instance":"web-worker-1","host":"h1"}`)}
+		if _, err := decodeTicket(kv, "0001"); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("decodeTicket with op %q = %v, want ErrCorrupt", op, err)
+		}
+		s := &HostSession{id: "h1"}
+		_, err := s.claimTxn(Ticket{ID: "0001", Op: op, App: "web", Rev: "v1", Proc: "worker", Instance: "web-worker-1", ModRevision: 3})
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("claim of a ticket with op %q = %v, want ErrInvalid", op, err)
+		}
+	}
+}

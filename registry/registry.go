@@ -101,7 +101,7 @@ func Dial(ctx context.Context, c Config) (*Registry, error) {
 		DialKeepAliveTimeout: 2 * time.Second,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), accessErr(err))
+		return nil, errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), accessErr(err))
 	}
 	r := New(cli, c.Prefix, c.Logger)
 	r.ownsClient = true
@@ -115,7 +115,7 @@ func Dial(ctx context.Context, c Config) (*Registry, error) {
 				err = fmt.Errorf("%w (then: %w)", cause, err)
 			}
 		}
-		return nil, fmt.Errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), accessErr(err))
+		return nil, errorf("registry: dial %s: %w", strings.Join(c.Endpoints, ","), accessErr(err))
 	}
 	return r, nil
 }
@@ -155,7 +155,7 @@ func (r *Registry) Prefix() string { return r.prefix }
 func (r *Registry) CurrentRevision(ctx context.Context) (int64, error) {
 	resp, err := r.cli.Get(ctx, r.prefix, clientv3.WithCountOnly())
 	if err != nil {
-		return 0, fmt.Errorf("registry: current revision: %w", err)
+		return 0, errorf("registry: current revision: %w", err)
 	}
 	return resp.Header.Revision, nil
 }
@@ -379,10 +379,10 @@ func retry(ctx context.Context, what string, attempt func() (done bool, err erro
 			return nil
 		}
 		if err := b.Wait(ctx); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
+			return errorf("%s: %w", what, err)
 		}
 	}
-	return fmt.Errorf("%s: %w", what, ErrConflict)
+	return errorf("%s: %w", what, ErrConflict)
 }
 
 // exists is a compare that key exists.
@@ -403,7 +403,7 @@ func unchanged(key string, rev int64) clientv3.Cmp {
 // touch bumps a generation key; only its mod revision matters.
 func touch(key string) clientv3.Op { return clientv3.OpPut(key, "") }
 
-// rangeResp returns the i-th response of a txn as a range response.
+// rangeKvs returns the keys read by the i-th operation of a txn, a range.
 func rangeKvs(resp *clientv3.TxnResponse, i int) []*mvccpb.KeyValue {
 	return resp.Responses[i].GetResponseRange().Kvs
 }

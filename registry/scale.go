@@ -88,7 +88,7 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 		clientv3.OpGet(r.instanceKey(app+"-"+proc+"-"), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return scaleSnap{}, fmt.Errorf("registry: scale %s/%s/%s: read: %w", app, rev, proc, err)
+		return scaleSnap{}, errorf("registry: scale %s/%s/%s: read: %w", app, rev, proc, err)
 	}
 	s := scaleSnap{
 		rev:    resp.Header.Revision,
@@ -162,7 +162,7 @@ func (r *Registry) startTickets(ctx context.Context, pending []Instance) (map[st
 		}
 		resp, err := r.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("registry: read start tickets: %w", err)
+			return nil, errorf("registry: read start tickets: %w", err)
 		}
 		for i, in := range batch {
 			kv := first(rangeKvs(resp, i))
@@ -267,7 +267,7 @@ func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int, f *F
 			r.log.Warn("scale: etcd request timed out, retrying", "app", app, "rev", rev, "proc", proc, "error", err)
 			conflicts++
 			if err := pause.Wait(ctx); err != nil {
-				return res, fmt.Errorf("%s: %w", what, err)
+				return res, errorf("%s: %w", what, err)
 			}
 			continue
 		}
@@ -281,10 +281,10 @@ func (r *Registry) scale(ctx context.Context, app, rev, proc string, n int, f *F
 		}
 		conflicts++
 		if conflicts >= maxAttempts {
-			return res, fmt.Errorf("%s: %w", what, ErrConflict)
+			return res, errorf("%s: %w", what, ErrConflict)
 		}
 		if err := pause.Wait(ctx); err != nil {
-			return res, fmt.Errorf("%s: %w", what, err)
+			return res, errorf("%s: %w", what, err)
 		}
 	}
 }
@@ -314,7 +314,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 			return true, nil // never scaled: nothing to re-apply
 		}
 		if s.desiredErr != nil {
-			return false, fmt.Errorf("%s: %w", what, s.desiredErr)
+			return false, errorf("%s: %w", what, s.desiredErr)
 		}
 		n = s.desired
 		res.Desired = n
@@ -324,7 +324,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	}
 	p, err := r.planScale(ctx, &s, scaleTarget{app, rev, proc, n}, fleet)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", what, err)
+		return false, errorf("%s: %w", what, err)
 	}
 	if p.add == 0 && p.diff >= 0 && p.statusSame && s.scaleMod != 0 && s.desired == n && s.desiredErr == nil {
 		res.Waiting, res.Reason = p.diff, p.reason
@@ -340,7 +340,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		return false, errShrunk
 	}
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", what, err)
+		return false, errorf("%s: %w", what, err)
 	}
 	if !resp.Succeeded {
 		r.log.Debug("scale conflict, retrying", "app", app, "rev", rev, "proc", proc)
@@ -529,7 +529,7 @@ func (r *Registry) CurrentScale(ctx context.Context, app, rev, proc string) (int
 		clientv3.OpGet(r.scaleKey(app, rev, proc)),
 	).Commit()
 	if err != nil {
-		return 0, fmt.Errorf("registry: current scale %s/%s/%s: %w", app, rev, proc, err)
+		return 0, errorf("registry: current scale %s/%s/%s: %w", app, rev, proc, err)
 	}
 	switch {
 	case s.Responses[0].GetResponseRange().Count == 0:
@@ -557,7 +557,7 @@ func (r *Registry) Scales(ctx context.Context, app string) ([]ScaleEntry, error)
 	}
 	resp, err := r.cli.Get(ctx, dir, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("registry: list scales: %w", err)
+		return nil, errorf("registry: list scales: %w", err)
 	}
 	var out []ScaleEntry
 	var errs []error

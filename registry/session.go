@@ -22,7 +22,7 @@ import (
 func (r *Registry) Hosts(ctx context.Context) ([]Host, error) {
 	resp, err := r.cli.Get(ctx, r.hostsDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("registry: list hosts: %w", err)
+		return nil, errorf("registry: list hosts: %w", err)
 	}
 	var out []Host
 	var errs []error
@@ -57,7 +57,7 @@ func (r *Registry) Host(ctx context.Context, id string) (Host, error) {
 	}
 	resp, err := r.cli.Get(ctx, r.hostKey(id))
 	if err != nil {
-		return Host{}, fmt.Errorf("registry: get host %q: %w", id, err)
+		return Host{}, errorf("registry: get host %q: %w", id, err)
 	}
 	kv := first(resp.Kvs)
 	if kv == nil {
@@ -151,7 +151,7 @@ func (r *Registry) RegisterHost(ctx context.Context, h Host, ttl time.Duration) 
 	}
 	grant, err := r.cli.Grant(ctx, int64(math.Ceil(ttl.Seconds())))
 	if err != nil {
-		return nil, fmt.Errorf("registry: register host %q: grant lease: %w", h.ID, accessErr(err))
+		return nil, errorf("registry: register host %q: grant lease: %w", h.ID, accessErr(err))
 	}
 	revoke := func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -162,7 +162,7 @@ func (r *Registry) RegisterHost(ctx context.Context, h Host, ttl time.Duration) 
 	resp, err := r.cli.Txn(ctx).If(absent(k)).Then(clientv3.OpPut(k, encode(h), clientv3.WithLease(grant.ID))).Commit()
 	if err != nil {
 		revoke()
-		return nil, fmt.Errorf("registry: register host %q: %w", h.ID, accessErr(err))
+		return nil, errorf("registry: register host %q: %w", h.ID, accessErr(err))
 	}
 	if !resp.Succeeded {
 		revoke()
@@ -173,7 +173,7 @@ func (r *Registry) RegisterHost(ctx context.Context, h Host, ttl time.Duration) 
 	if err != nil {
 		cancel()
 		revoke()
-		return nil, fmt.Errorf("registry: register host %q: keepalive: %w", h.ID, err)
+		return nil, errorf("registry: register host %q: keepalive: %w", h.ID, err)
 	}
 	s := &HostSession{r: r, id: h.ID, lease: grant.ID, cancel: cancel, donec: make(chan struct{}),
 		log: r.log.With("host", h.ID), known: make(map[string]Instance)}
@@ -210,7 +210,7 @@ func (s *HostSession) Close(ctx context.Context) error {
 	s.cancel()
 	s.wg.Wait()
 	if _, err := s.r.cli.Revoke(ctx, s.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return fmt.Errorf("registry: close host session %q: %w", s.id, err)
+		return errorf("registry: close host session %q: %w", s.id, err)
 	}
 	return nil
 }
@@ -226,9 +226,9 @@ func (s *HostSession) Orphan() {
 // leaseErr maps an etcd lease error to ErrLeaseLost.
 func (s *HostSession) leaseErr(what string, err error) error {
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return fmt.Errorf("%s: %w", what, ErrLeaseLost)
+		return errorf("%s: %w", what, ErrLeaseLost)
 	}
-	return fmt.Errorf("%s: %w", what, err)
+	return errorf("%s: %w", what, err)
 }
 
 // UpdateHost rewrites the host record (status, load) under the same lease.
@@ -246,7 +246,7 @@ func (s *HostSession) UpdateHost(ctx context.Context, h Host) error {
 		return s.leaseErr(what, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("%s: %w", what, ErrLeaseLost)
+		return errorf("%s: %w", what, ErrLeaseLost)
 	}
 	return nil
 }

@@ -32,7 +32,7 @@ func (r *Registry) tickets(ctx context.Context, keep func(Ticket) bool) ([]Ticke
 		clientv3.OpGet(r.claimsDir(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("registry: list tickets: %w", err)
+		return nil, errorf("registry: list tickets: %w", err)
 	}
 	ts, _, errs := r.decodeTickets(rangeKvs(resp, 0), rangeKvs(resp, 1))
 	var out []Ticket
@@ -76,7 +76,7 @@ func (r *Registry) Ticket(ctx context.Context, id string) (Ticket, error) {
 	}
 	resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.ticketKey(id)), clientv3.OpGet(r.claimKey(id))).Commit()
 	if err != nil {
-		return Ticket{}, fmt.Errorf("registry: get ticket %q: %w", id, err)
+		return Ticket{}, errorf("registry: get ticket %q: %w", id, err)
 	}
 	kv := first(rangeKvs(resp, 0))
 	if kv == nil {
@@ -161,7 +161,7 @@ func (r *Registry) CreateTicket(ctx context.Context, t Ticket) (Ticket, error) {
 		}
 		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(in.ID), in.ModRevision)).Then(ops...).Commit()
 		if err != nil {
-			return false, fmt.Errorf("%s: %w", what, err)
+			return false, errorf("%s: %w", what, err)
 		}
 		out.ModRevision = resp.Header.Revision
 		return resp.Succeeded, nil

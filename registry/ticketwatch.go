@@ -99,7 +99,7 @@ func (w *ticketWatch) run(ctx context.Context) {
 			clientv3.OpGet(r.claimsDir(), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 		).Commit()
 		if err != nil {
-			if ctx.Err() == nil && !w.send(ctx, TicketEvent{Err: fmt.Errorf("registry: list tickets: %w", err)}) {
+			if ctx.Err() == nil && !w.send(ctx, TicketEvent{Err: errorf("registry: list tickets: %w", err)}) {
 				return
 			}
 			continue
@@ -160,7 +160,7 @@ func (w *ticketWatch) watch(ctx context.Context, rev int64) bool {
 		}
 		if err := resp.Err(); err != nil {
 			if ctx.Err() == nil && !errors.Is(err, rpctypes.ErrCompacted) {
-				w.send(ctx, TicketEvent{Err: fmt.Errorf("registry: watch tickets: %w", err)})
+				w.send(ctx, TicketEvent{Err: errorf("registry: watch tickets: %w", err)})
 			}
 			return seen
 		}

@@ -109,7 +109,7 @@ func (r *Registry) Events(ctx context.Context, from, to int64) ([]Event, error) 
 	defer w.Close()
 	wch := w.Watch(ctx, r.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(from))
 	if err := w.RequestProgress(ctx); err != nil {
-		return nil, fmt.Errorf("registry: events: %w", err)
+		return nil, errorf("registry: events: %w", err)
 	}
 	// etcd answers a progress request only once the watch has caught up
 	// with the store; one sent while it still replays history is dropped.
@@ -138,7 +138,7 @@ func (r *Registry) Events(ctx context.Context, from, to int64) ([]Event, error) 
 			return nil, fmt.Errorf("%w: events from revision %d to %d are gone", ErrCompacted, from, resp.CompactRevision-1)
 		}
 		if err := resp.Err(); err != nil {
-			return nil, fmt.Errorf("registry: events: %w", err)
+			return nil, errorf("registry: events: %w", err)
 		}
 		for _, e := range r.events(resp.Events) {
 			if e.Revision > to {
@@ -154,14 +154,14 @@ func (r *Registry) Events(ctx context.Context, from, to int64) ([]Event, error) 
 		}
 		if resp.IsProgressNotify() {
 			if err := w.RequestProgress(ctx); err != nil {
-				return nil, fmt.Errorf("registry: events: %w", err)
+				return nil, errorf("registry: events: %w", err)
 			}
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return nil, fmt.Errorf("registry: events: the watch ended before revision %d", to)
+	return nil, errorf("registry: events: the watch ended before revision %d", to)
 }
 
 // progressRetry is how often Events asks again for a progress
@@ -218,7 +218,7 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 				break
 			}
 			if err := resp.Err(); err != nil {
-				if ctx.Err() == nil && !send(Event{Err: fmt.Errorf("registry: watch events: %w", err)}) {
+				if ctx.Err() == nil && !send(Event{Err: errorf("registry: watch events: %w", err)}) {
 					break
 				}
 				break
