@@ -17,7 +17,7 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/visor
 
-## run: the dev agent with embedded etcd on 127.0.0.1:2379 (Ctrl-C stops it).
+## run: the dev agent with embedded etcd on 127.0.0.1:2379 (Ctrl-C stops it and its instances).
 run: build
 	./$(BIN) agent -dev
 

@@ -34,6 +34,10 @@ type agentOptions struct {
 	// allowRoot is --allow-root-instances; unset means: allowed with
 	// --dev only.
 	allowRoot optBool
+	// stopOnExit is --stop-on-exit; unset means: with --dev only, whose
+	// registry may die with the agent (issue 17: Ctrl-C on make run left
+	// instances that no registry knew).
+	stopOnExit optBool
 	// tempDataDir reports that --dev chose no data dir: runAgent makes a
 	// fresh temporary one (parsing has no side effects).
 	tempDataDir bool
@@ -78,7 +82,8 @@ func agentFlags(fs *pflag.FlagSet, o *agentOptions) {
 	fs.IntVar(&c.MaxParallel, "max-parallel", 64, "tickets executed at once")
 	fs.Var(&o.allowRoot, "allow-root-instances", "start instances that would run as root (proc types without a user, or user root) (default: false; with --dev: true)")
 	fs.Lookup("allow-root-instances").NoOptDefVal = "true"
-	fs.BoolVar(&c.StopOnExit, "stop-on-exit", false, "stop every instance when the agent exits (default: leave them running)")
+	fs.Var(&o.stopOnExit, "stop-on-exit", "stop every instance when the agent exits (default: leave them running; with --dev: true)")
+	fs.Lookup("stop-on-exit").NoOptDefVal = "true"
 	fs.DurationVar(&c.StopAfterDisconnect, "stop-after-disconnect", 0, "stop instances after etcd has been unreachable this long (0: never)")
 	fs.DurationVar(&c.LostGrace, "lost-grace", 30*time.Second, "reconciler: how long a host's lease must be gone before its instances are replaced")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 30*time.Second, "reconciler: period of the full pass (it also acts on registry events)")
@@ -200,6 +205,13 @@ func (o *agentOptions) finish() error {
 		c.DataDir = filepath.Join(os.TempDir(), "visor-dev")
 	default:
 		c.DataDir = "/var/lib/visor"
+	}
+	c.StopOnExit = o.dev
+	if o.stopOnExit.set {
+		c.StopOnExit = o.stopOnExit.val
+	}
+	if o.dev && !c.StopOnExit && o.tempDataDir {
+		return usageError("agent: --dev --stop-on-exit=false needs --data-dir: the registry of a temporary data dir is gone with the agent, and instances left running would be known to none")
 	}
 	switch {
 	case c.RunDir != "":
