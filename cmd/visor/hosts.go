@@ -52,7 +52,7 @@ type hostLoadOut struct {
 	Instances      int     `json:"instances"`
 }
 
-// hostEventOut is one line of `visor hosts -w -o json`.
+// hostEventOut is one line of `visor host list -w -o json`.
 type hostEventOut struct {
 	Event    string   `json:"event"`
 	Revision int64    `json:"revision"`

@@ -67,7 +67,9 @@ func newRootCmd(e *env) *cobra.Command {
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return asUsage(err) })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError("%w; see '%s --help'", err, cmd.CommandPath())
+	})
 	root.SetUsageTemplate(usageTemplate)
 	e.globals.bind(root.PersistentFlags())
 	root.AddCommand(

@@ -26,7 +26,7 @@ many running instances as desired, and fails if --wait-timeout passes first.
 A count above what the live hosts can run (their capacity, less the slots
 other instances use) is refused with the numbers, unless --force: then the
 count is written, start tickets only for what fits now, and the rest waits
-for capacity ("visor ps" and "visor tickets" say why). A count above the
+for capacity ("visor ps" and "visor ticket list" say why). A count above the
 fleet's limit per process type (default 10000, "visor config max-scale")
 is refused even with --force.`,
 		RunE: runWith(e, runScale),

@@ -23,8 +23,9 @@ func newServiceCmd(e *env) *cobra.Command {
 		Short: "install the agent service with the given agent flags (idempotent)",
 		Long: `install's own flags come first; the agent's flags (see 'visor agent --help')
 follow, after "--" or from the first flag install does not know.`,
-		DisableFlagParsing: true, // the agent's flags follow install's own
-		RunE:               withHelp(e, runServiceInstall),
+		DisableFlagParsing:    true, // the agent's flags follow install's own
+		DisableFlagsInUseLine: true,
+		RunE:                  withHelp(e, runServiceInstall),
 	}
 	serviceInstallFlags(install.Flags(), false)
 	render := &cobra.Command{
@@ -32,8 +33,9 @@ follow, after "--" or from the first flag install does not know.`,
 		Short: "print the unit or plist install would write",
 		Long: `render only checks the agent flags' syntax; install also checks that the
 config file exists and parses, as "visor agent" would.`,
-		DisableFlagParsing: true,
-		RunE:               withHelp(e, runServiceRender),
+		DisableFlagParsing:    true,
+		DisableFlagsInUseLine: true,
+		RunE:                  withHelp(e, runServiceRender),
 	}
 	serviceInstallFlags(render.Flags(), true)
 	uninstall := &cobra.Command{Use: "uninstall", Short: "stop, disable and remove the agent service", RunE: runWith(e, runServiceUninstall)}
