@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/shirou/gopsutil/v4/mem"
 
 	"github.com/visorhq/visor/registry"
@@ -134,20 +135,6 @@ func admit(capacity int, res registry.HostResources, used usage, want reservatio
 
 func mib(b int64) string { return fmt.Sprintf("%d MiB", b>>20) }
 
-// reservationOf is what an instance of ticket t reserves on this host:
-// what its process type declares, and the default memory reservation
-// when it declares none.
-func (a *Agent) reservationOf(t registry.Ticket) reservation {
-	var r reservation
-	if t.Reserve != nil {
-		r = reservation{MemoryBytes: t.Reserve.MemoryBytes, CPUMillis: t.Reserve.CPUMillis}
-	}
-	if r.MemoryBytes == 0 {
-		r.MemoryBytes = a.instanceMemory
-	}
-	return r
-}
-
 // Meta keys holding an instance's reservation, so that a re-adopted
 // instance counts what it reserved.
 const (
@@ -158,17 +145,6 @@ const (
 func (r reservation) meta(m map[string]string) {
 	m[metaReserveMem] = strconv.FormatInt(r.MemoryBytes, 10)
 	m[metaReserveCPU] = strconv.Itoa(r.CPUMillis)
-}
-
-// reservationFromMeta reads an instance's reservation back; an instance
-// started before reservations were recorded reserves the default.
-func (a *Agent) reservationFromMeta(m map[string]string) reservation {
-	mem, err := strconv.ParseInt(m[metaReserveMem], 10, 64)
-	if err != nil {
-		mem = a.instanceMemory
-	}
-	cpu, _ := strconv.Atoi(m[metaReserveCPU])
-	return reservation{MemoryBytes: mem, CPUMillis: cpu}
 }
 
 // readHostFacts reads this host's memory (gopsutil), CPUs and pid limit.
@@ -231,4 +207,23 @@ func readInt(file string) int {
 		return 0
 	}
 	return n
+}
+
+// hostAdmission reads this host's resources and builds its admission
+// bookkeeping with the slots cfg asks for (Config.Capacity: explicit,
+// unlimited, or computed from the resources), and logs them.
+func hostAdmission(cfg Config, log hclog.Logger) *admission {
+	res := hostResources(readHostFacts())
+	switch {
+	case cfg.Capacity > 0:
+		log.Info("host capacity", "slots", cfg.Capacity, "by", "-capacity", "memory_bytes", res.MemoryBytes, "cpu_millis", res.CPUMillis)
+		return newAdmission(cfg.Capacity, res, 0)
+	case cfg.Capacity < 0:
+		log.Warn("host capacity unlimited (-capacity -1): one large scale can overload this host")
+		return newAdmission(0, res, 0)
+	}
+	slots, by := defaultCapacity(res, cfg.InstanceMemory, DefaultInstancePids)
+	log.Info("host capacity", "slots", slots, "by", by, "memory_bytes", res.MemoryBytes,
+		"pids", res.Pids, "cpu_millis", res.CPUMillis, "instance_memory", cfg.InstanceMemory)
+	return newAdmission(slots, res, cfg.InstanceMemory)
 }

@@ -138,7 +138,7 @@ func TestPidLimit(t *testing.T) {
 // TestReservationMeta: what an instance reserves survives in its meta
 // (for re-adoption), and an instance without it reserves the default.
 func TestReservationMeta(t *testing.T) {
-	a := &Agent{instanceMemory: DefaultInstanceMemory}
+	a := newAdmission(0, registry.HostResources{}, DefaultInstanceMemory)
 	m := map[string]string{}
 	r := a.reservationOf(registry.Ticket{Reserve: &registry.Limits{CPUMillis: 500}})
 	if r != (reservation{MemoryBytes: DefaultInstanceMemory, CPUMillis: 500}) {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+
+	"github.com/visorhq/visor/supervisor"
 )
 
 // ErrNoPort means every port of the configured range is in use.
@@ -86,6 +88,34 @@ func (p *portAllocator) Free(port int, id string) {
 		delete(p.used, port)
 	}
 	p.mu.Unlock()
+}
+
+// follow keeps the allocator in step with the supervisor's report st of
+// instance id: an instance that reached a terminal state (exited or
+// failed: stopped, given up by its restart policy, stopped as replaced or
+// at shutdown) will not restart by itself, so its port is freed; an
+// instance that runs again after that (a manual restart of a terminal
+// instance) takes its port back unless another instance holds it by now,
+// and then follow reports false. The stop phase of a manual restart must
+// not be passed here (see Agent.InstanceStateChanged): a restarting
+// instance keeps its port.
+func (p *portAllocator) follow(id string, st supervisor.Status) bool {
+	port, err := strconv.Atoi(st.Meta[metaPort])
+	if err != nil {
+		return true
+	}
+	if st.State.Terminal() {
+		p.Free(port, id)
+		return true
+	}
+	return p.Reserve(port, id)
+}
+
+// freeOf frees the port recorded in st's meta, if id still holds it.
+func (p *portAllocator) freeOf(id string, st supervisor.Status) {
+	if port, err := strconv.Atoi(st.Meta[metaPort]); err == nil {
+		p.Free(port, id)
+	}
 }
 
 // owner returns the instance holding port ("" if none).

@@ -21,7 +21,7 @@ func (a *Agent) hostLoad() registry.HostLoad {
 		l.MemUsedPercent = vm.UsedPercent
 	}
 	if a.sup != nil {
-		l.Instances = a.liveCount()
+		l.Instances = a.adm.liveCount()
 	}
 	return l
 }

@@ -545,9 +545,7 @@ func (a *Agent) stopReplaced(id string) {
 	st, err := a.sup.Stop(ctx, id)
 	switch {
 	case err == nil:
-		if p, perr := strconv.Atoi(st.Meta[metaPort]); perr == nil {
-			a.ports.Free(p, id)
-		}
+		a.ports.freeOf(id, st)
 	case !errors.Is(err, supervisor.ErrNotFound):
 		a.log.Warn("stop replaced instance", "instance", id, "error", err)
 	}

@@ -3,17 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
-	"sort"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/visorhq/visor/registry"
-	"github.com/visorhq/visor/supervisor"
-	"github.com/visorhq/visor/supervisor/cgroup"
-	"github.com/visorhq/visor/supervisor/restart"
 )
 
 // pipeline takes the tickets this agent may claim through three stages:
@@ -149,7 +142,7 @@ func (p *pipeline) feed() {
 		case p.slot <- struct{}{}:
 			p.wait(t, true)
 		case <-p.ctx.Done():
-			p.a.unmarkInflight(t.ID)
+			p.a.inflight.unmark(t.ID)
 			return // close lets go of the rest
 		}
 	}
@@ -159,7 +152,7 @@ func (p *pipeline) feed() {
 // the claimers; slotted says it holds a slot to give back.
 func (p *pipeline) wait(t registry.Ticket, slotted bool) {
 	wait, abandon := context.WithCancel(p.ctx)
-	p.a.setAbandon(t.ID, abandon)
+	p.a.inflight.setAbandon(t.ID, abandon)
 	j := &job{t: t, wait: wait, abandon: abandon}
 	p.waiters.Go(func() {
 		if slotted {
@@ -183,7 +176,7 @@ func (p *pipeline) close() {
 	p.feeder.Wait()
 	p.backlogMu.Lock()
 	for _, t := range p.backlog {
-		p.a.unmarkInflight(t.ID)
+		p.a.inflight.unmark(t.ID)
 	}
 	p.backlog = nil
 	p.backlogMu.Unlock()
@@ -205,7 +198,7 @@ func (p *pipeline) finish(j *job, lost bool) {
 		p.a.metrics.claimsLost.Inc()
 	}
 	j.abandon()
-	p.a.unmarkInflight(j.t.ID)
+	p.a.inflight.unmark(j.t.ID)
 }
 
 // claimers is how many claim loops a pipeline runs for maxParallel
@@ -247,16 +240,16 @@ func (p *pipeline) claim(batch []*job) {
 		tickets []registry.Ticket
 	)
 	for _, j := range batch {
-		a.claiming(j.t.ID)
+		a.inflight.claiming(j.t.ID)
 		if j.wait.Err() != nil {
 			p.finish(j, true)
 			continue
 		}
 		if j.t.Op == registry.TicketStart {
-			if ok, why := a.reserve(j.t.Instance, a.reservationOf(j.t)); !ok {
+			if ok, why := a.adm.reserve(j.t.Instance, a.adm.reservationOf(j.t)); !ok {
 				a.log.Debug("host full; leaving the ticket to others", "ticket", j.t.ID, "why", why)
 				p.finish(j, true)
-				a.skip(j.t) // for when room frees up here
+				a.adm.skip(j.t) // for when room frees up here
 				continue
 			}
 		}
@@ -331,7 +324,7 @@ func (p *pipeline) claimed(j *job, res registry.ClaimResult) {
 	a := p.a
 	inst, err := res.Instance, res.Err
 	if err != nil && j.t.Op == registry.TicketStart {
-		a.unreserve(j.t.Instance)
+		a.adm.unreserve(j.t.Instance)
 	}
 	switch {
 	case errors.Is(err, registry.ErrClaimed), errors.Is(err, registry.ErrTicketChanged),
@@ -392,7 +385,7 @@ func (p *pipeline) run(j *job) {
 
 func (p *pipeline) done(j *job) {
 	if j.t.Op == registry.TicketStart {
-		p.a.settleReservation(j.t.Instance)
+		p.a.adm.settle(j.t.Instance, p.a.sup.Has(j.t.Instance))
 	}
 	p.finish(j, false)
 }
@@ -437,371 +430,62 @@ func (a *Agent) waitClaimDelay(j *job) bool {
 	return j.wait.Err() == nil
 }
 
-// execute runs a claimed ticket and completes or releases it. drain gives
-// the context of a release when ctx ended meanwhile.
-func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *registry.HostSession, j *job) {
-	t, inst := j.t, j.inst
-	log := a.log.With("ticket", t.ID, "op", string(t.Op), "instance", inst.ID)
-	log.Info("ticket claimed")
-	var err error
-	cancelled := false
-	switch t.Op {
-	case registry.TicketStart:
-		cancelled, err = a.runStart(ctx, s, j)
-	case registry.TicketStop:
-		err = a.stop(ctx, s, t)
-	case registry.TicketRestart:
-		err = a.restart(ctx, s, t)
-	case registry.TicketSignal:
-		err = a.signal(ctx, s, t)
-	default:
-		err = fmt.Errorf("unknown ticket op %q", t.Op)
-	}
-	if err == nil {
-		return
-	}
-	if ctx.Err() != nil {
-		// Shutdown or lease loss: the claim dies with the lease (or is
-		// released below), and another host or our next session retries.
-		_ = s.Unclaim(drain(), t, "agent shutting down before the ticket was done")
-		return
-	}
-	if cancelled {
-		// The instance's stop was requested, or the ticket is gone: the
-		// release retires the start (registry: the instance exits
-		// without having run), or finds nothing left to release.
-		log.Info("start cancelled; releasing the ticket", "reason", err)
-		if rerr := s.Release(ctx, t, err.Error()); rerr != nil && !errors.Is(rerr, registry.ErrTicketDone) {
-			log.Warn("release ticket", "error", rerr)
-		}
-		return
-	}
-	log.Warn("ticket failed; releasing it", "error", err)
-	if rerr := s.Release(ctx, t, err.Error()); rerr != nil {
-		log.Warn("release ticket", "error", rerr)
-	}
+// inflightTickets is the set of tickets in the pipeline (from offer to
+// finish), so that a ticket seen again meanwhile (re-delivered by the
+// watch, offered again when room frees up) is not offered twice, with the
+// cancel of those still waiting out their claim delay.
+type inflightTickets struct {
+	mu      sync.Mutex // guards the maps
+	ids     map[string]struct{}
+	waiting map[string]context.CancelFunc // tickets waiting out the claim delay
 }
 
-// A start under way on this host, until its process is handed to the
-// supervisor: a stop of its instance or the deletion of its ticket
-// cancels it (see cancelStart).
-type startRun struct {
-	ticket string
-	cancel context.CancelCauseFunc
-	done   chan struct{}
+func newInflightTickets() *inflightTickets {
+	return &inflightTickets{ids: make(map[string]struct{}), waiting: make(map[string]context.CancelFunc)}
 }
 
-// errStartCancelled is the cause a cancelled start reports.
-var errStartCancelled = errors.New("start cancelled")
-
-// runStart runs start ticket j, cancellable through cancelStart; cancelled
-// reports that it ended because of that.
-func (a *Agent) runStart(ctx context.Context, s *registry.HostSession, j *job) (cancelled bool, err error) {
-	id := j.inst.ID
-	if id == "" {
-		id = j.t.Instance
-	}
-	sctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	run := &startRun{ticket: j.t.ID, cancel: cancel, done: make(chan struct{})}
-	a.mu.Lock()
-	a.starts[id] = run
-	a.mu.Unlock()
-	defer func() {
-		a.mu.Lock()
-		if a.starts[id] == run {
-			delete(a.starts, id)
-		}
-		a.mu.Unlock()
-		close(run.done)
-	}()
-	err = a.start(sctx, s, j)
-	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(sctx), errStartCancelled) {
-		return true, context.Cause(sctx)
-	}
-	return false, err
-}
-
-// cancelStart cancels the start of instance id under way here, if any,
-// and waits (bounded by ctx) until it has ended, so that whatever comes
-// next sees either no process or one the supervisor has.
-func (a *Agent) cancelStart(ctx context.Context, id string, why string) {
-	a.mu.Lock()
-	run := a.starts[id]
-	a.mu.Unlock()
-	if run == nil {
-		return
-	}
-	run.cancel(fmt.Errorf("%w: %s", errStartCancelled, why))
-	select {
-	case <-run.done:
-	case <-ctx.Done():
-	}
-}
-
-// cancelStartTicket cancels the start under way for ticket id (deleted:
-// completed, or cancelled by a scale-down or an app's removal) without
-// waiting for it. A start that already handed its process to the
-// supervisor is not affected.
-func (a *Agent) cancelStartTicket(id string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, run := range a.starts {
-		if run.ticket == id {
-			run.cancel(fmt.Errorf("%w: its ticket was deleted", errStartCancelled))
-		}
-	}
-}
-
-// prepareStart reads start job j's launch (revision, proc type, env) and
-// the group its release goes to, and reports whether the start must wait
-// for an artifact that is not in the cache yet.
-func (a *Agent) prepareStart(ctx context.Context, j *job) bool {
-	l, err := a.reg.Launch(ctx, j.t.App, j.t.Rev, j.t.Proc)
-	// Env vars that do not check out (a key with "=" would set another
-	// variable) are left out and reported, not passed to the process.
-	bad, err := registry.Skipped(err)
-	if err != nil {
-		j.launchErr = err
+// mark adds ticket id; false if it is in the pipeline already.
+func (f *inflightTickets) mark(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.ids[id]; ok {
 		return false
 	}
-	a.metrics.badRecords.observe("launch/"+j.t.App, bad)
-	j.launch = &l
-	rev := l.Revision
-	if rev.ArtifactURL == "" {
-		return false
-	}
-	if j.gid, err = releaseGroup(l.ProcType.User, l.ProcType.Group); err != nil {
-		j.launchErr = err
-		return false
-	}
-	return !a.artifacts.ready(rev.SHA256, j.gid)
+	f.ids[id] = struct{}{}
+	return true
 }
 
-// start runs a start ticket: resolve the revision and proc type, fetch the
-// artifact, pick a port and start the process. The ticket completes when
-// the instance first reaches running (or a terminal state), written by the
-// state writer in the same transaction as that state.
-func (a *Agent) start(ctx context.Context, s *registry.HostSession, j *job) error {
-	t, inst := j.t, j.inst
-	if inst.ID == "" {
-		inst.ID = t.Instance
-	}
-	if j.launch == nil && j.launchErr == nil {
-		a.prepareStart(ctx, j)
-	}
-	if j.launchErr != nil {
-		return j.launchErr
-	}
-	spec, port, release, err := a.buildSpec(ctx, t, inst, *j.launch, j.gid)
-	if err != nil {
-		return err
-	}
-	// Once the supervisor has the instance, its release counts as in use
-	// by it (metaDir); until then the pin keeps pruning away.
-	defer release()
-	a.writer.expect(inst.ID, t)
-	if _, err := a.sup.Start(ctx, spec); err != nil {
-		a.writer.unexpect(inst.ID)
-		a.ports.Free(port, inst.ID)
-		if errors.Is(err, supervisor.ErrExists) {
-			// Already running here (a re-delivered ticket): done.
-			return s.Complete(ctx, t)
-		}
-		if errors.Is(err, supervisor.ErrRoot) {
-			return fmt.Errorf("start: %w (this host refuses instances running as root: give the proc type a user, `visor proc set --user`, or start the agent with -allow-root-instances)", err)
-		}
-		return fmt.Errorf("start: %w", err)
-	}
-	return nil
+// unmark takes ticket id out.
+func (f *inflightTickets) unmark(id string) {
+	f.mu.Lock()
+	delete(f.ids, id)
+	delete(f.waiting, id)
+	f.mu.Unlock()
 }
 
-// buildSpec turns a start ticket into a supervisor.Spec.
-func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.Instance, l registry.Launch, gid int) (supervisor.Spec, int, func(), error) {
-	rev, proc, appEnv := l.Revision, l.ProcType, l.Env
-	dir := rev.Dir
-	release := func() {}
-	if rev.ArtifactURL != "" {
-		var err error
-		dir, release, err = a.artifacts.Dir(ctx, rev.ArtifactURL, rev.SHA256, gid)
-		if err != nil {
-			return supervisor.Spec{}, 0, nil, err
-		}
-	} else if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		return supervisor.Spec{}, 0, nil, fmt.Errorf("%w: revision directory %q is not on this host", ErrArtifact, dir)
-	}
-	spec, port, err := a.specIn(t, inst, proc, appEnv, dir)
-	if err != nil {
-		release()
-		return supervisor.Spec{}, 0, nil, err
-	}
-	return spec, port, release, nil
+// setAbandon records how to abandon the wait before claiming ticket id.
+func (f *inflightTickets) setAbandon(id string, cancel context.CancelFunc) {
+	f.mu.Lock()
+	f.waiting[id] = cancel
+	f.mu.Unlock()
 }
 
-// specIn builds the Spec of a start ticket whose working directory is dir.
-func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.ProcType, appEnv map[string]string, dir string) (supervisor.Spec, int, error) {
-	var err error
-	command := proc.Command
-	if command == "" {
-		if command, err = procfileCommand(dir, t.Proc); err != nil {
-			return supervisor.Spec{}, 0, err
-		}
-	}
-	port, err := a.ports.Allocate(inst.ID)
-	if err != nil {
-		return supervisor.Spec{}, 0, err
-	}
-
-	env := make(map[string]string, len(appEnv)+len(proc.Env)+8)
-	for k, v := range appEnv {
-		env[k] = v
-	}
-	for k, v := range proc.Env {
-		env[k] = v
-	}
-	env["PORT"] = strconv.Itoa(port)
-	env["VISOR_APP"] = t.App
-	env["VISOR_REV"] = t.Rev
-	env["VISOR_PROC"] = t.Proc
-	env["VISOR_INSTANCE"] = inst.ID
-	env["VISOR_HOST"] = a.cfg.HostID
-	if _, ok := env["PATH"]; !ok {
-		env["PATH"] = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-	}
-	if _, ok := env["HOME"]; !ok {
-		env["HOME"] = dir
-	}
-	keys := make([]string, 0, len(env))
-	for k := range env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	envList := make([]string, 0, len(keys))
-	for _, k := range keys {
-		envList = append(envList, k+"="+env[k])
-	}
-
-	// The supervisor parses the line (package supervisor/shellline): a
-	// simple command runs directly, a missing program is refused with its
-	// name, anything else runs under /bin/sh -c.
-	spec := supervisor.Spec{
-		ID:          inst.ID,
-		Shell:       command,
-		Env:         envList,
-		Dir:         dir,
-		User:        proc.User,
-		Group:       proc.Group,
-		StopSignal:  proc.StopSignal,
-		StopTimeout: time.Duration(proc.StopTimeout),
-		MinUptime:   time.Duration(proc.MinUptime),
-		Restart: restart.Policy{
-			Mode:         proc.Restart.Policy,
-			InitialDelay: time.Duration(proc.Restart.InitialDelay),
-			MaxDelay:     time.Duration(proc.Restart.MaxDelay),
-			ResetAfter:   time.Duration(proc.Restart.ResetAfter),
-			MaxRestarts:  proc.Restart.MaxRestarts,
-		},
-		Limits: cgroup.Limits{
-			MemoryBytes: proc.Limits.MemoryBytes,
-			CPUMillis:   proc.Limits.CPUMillis,
-			Pids:        proc.Limits.Pids,
-		},
-		Meta: map[string]string{
-			metaApp:     t.App,
-			metaRev:     t.Rev,
-			metaProc:    t.Proc,
-			metaPort:    strconv.Itoa(port),
-			metaTicket:  t.ID,
-			metaCreated: t.Created.Format(time.RFC3339Nano),
-			metaDir:     dir,
-		},
-	}
-	a.reservationOf(t).meta(spec.Meta)
-	if h := proc.Health; h != nil {
-		hc := &supervisor.HealthCheck{
-			Type:             supervisor.CheckType(h.Type), // same names: TestCheckTypesMatch
-			Command:          h.Command,
-			Period:           time.Duration(h.Period),
-			Timeout:          time.Duration(h.Timeout),
-			FailureThreshold: h.FailureThreshold,
-		}
-		switch hc.Type {
-		case supervisor.CheckTCP:
-			hc.Address = "127.0.0.1:" + strconv.Itoa(port)
-		case supervisor.CheckHTTP:
-			hc.URL = "http://127.0.0.1:" + strconv.Itoa(port) + h.Path
-		}
-		spec.Health = hc
-	}
-	return spec, port, nil
+// claiming marks that ticket id's claim is being sent: from now on it is
+// no longer abandoned when someone else's claim shows up.
+func (f *inflightTickets) claiming(id string) {
+	f.mu.Lock()
+	delete(f.waiting, id)
+	f.mu.Unlock()
 }
 
-// stop runs a stop ticket: the instance stops for good and the ticket
-// completes; its final state reaches the registry through the writer.
-func (a *Agent) stop(ctx context.Context, s *registry.HostSession, t registry.Ticket) error {
-	// A start still fetching its artifact (or about to start the process)
-	// ends first: then the instance either never ran, or is the
-	// supervisor's to stop.
-	a.cancelStart(ctx, t.Instance, "its stop was requested")
-	st, err := a.sup.Stop(ctx, t.Instance)
-	switch {
-	case errors.Is(err, supervisor.ErrNotFound):
-		// Nothing here to stop: record the instance as exited. The
-		// ticket completes only once that is written (or the record is
-		// gone), else it is released and tried again.
-		inst, ierr := a.reg.Instance(ctx, t.Instance)
-		switch {
-		case errors.Is(ierr, registry.ErrNotFound):
-		case ierr != nil:
-			return fmt.Errorf("stop: read instance: %w", ierr)
-		case !inst.State.Terminal():
-			inst.State = registry.InstanceExited
-			inst.Reason = "stopped (no process on host)"
-			inst.Since = time.Now()
-			if uerr := s.UpdateInstance(ctx, inst); uerr != nil {
-				// The instance may have ended meanwhile (a start cancelled
-				// by this stop retires it as not started): that is the
-				// outcome wanted.
-				now, rerr := a.reg.Instance(ctx, t.Instance)
-				if !errors.Is(uerr, registry.ErrTransition) || rerr != nil || !now.State.Terminal() {
-					return fmt.Errorf("stop: record the instance exited: %w", uerr)
-				}
-			}
-		}
-	case err != nil:
-		return fmt.Errorf("stop: %w", err)
-	default:
-		if p, perr := strconv.Atoi(st.Meta[metaPort]); perr == nil {
-			a.ports.Free(p, st.ID)
-		}
+// abandon stops waiting to claim ticket id (another host claimed it, or it
+// is gone), saving a claim transaction that would fail.
+func (f *inflightTickets) abandon(id string) {
+	f.mu.Lock()
+	cancel := f.waiting[id]
+	delete(f.waiting, id)
+	f.mu.Unlock()
+	if cancel != nil {
+		cancel()
 	}
-	a.flushInstance(ctx, t.Instance)
-	return s.Complete(ctx, t)
-}
-
-// flushInstance waits until the supervisor's state changes so far have
-// reached the state writer and id's latest state is in the registry, so
-// that a ticket completed next is never seen done before its outcome.
-func (a *Agent) flushInstance(ctx context.Context, id string) {
-	if err := a.sup.Notified(ctx); err != nil {
-		return
-	}
-	a.writer.flushOne(ctx, id)
-}
-
-func (a *Agent) restart(ctx context.Context, s *registry.HostSession, t registry.Ticket) error {
-	if _, err := a.sup.Restart(ctx, t.Instance); err != nil {
-		return fmt.Errorf("restart: %w", err)
-	}
-	// As for a stop: the new process's state is in the registry before
-	// the ticket is done, so whoever waits for the ticket reads it.
-	a.flushInstance(ctx, t.Instance)
-	return s.Complete(ctx, t)
-}
-
-func (a *Agent) signal(ctx context.Context, s *registry.HostSession, t registry.Ticket) error {
-	if err := a.sup.Signal(t.Instance, t.Signal); err != nil {
-		return fmt.Errorf("signal %s: %w", t.Signal, err)
-	}
-	return s.Complete(ctx, t)
 }

@@ -1,0 +1,138 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/visorhq/visor/discovery"
+	"github.com/visorhq/visor/registry"
+	"github.com/visorhq/visor/supervisor"
+)
+
+// adoptAll re-binds every local instance to session s. Instances the
+// registry gave to another host (or marked lost) while this agent was away
+// are stopped here: they were replaced. Registry instances of this host
+// with no local process are written back as exited.
+func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
+	list := a.sup.List()
+	local := make(map[string]bool, len(list))
+	// Each adoption is two or three round trips; a host with hundreds of
+	// instances does them adoptParallel at a time, not one after another.
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, adoptParallel)
+	for _, st := range list {
+		local[st.ID] = true
+		if st.State.Terminal() {
+			a.writer.touch(st.ID)
+			continue
+		}
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			a.adoptOne(ctx, s, st)
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+
+	insts, err := a.reg.HostInstances(ctx, a.cfg.HostID)
+	// Bad instance records are the reconciler's to report (it lists
+	// them all on every pass); this read happens once per session.
+	bad, err := registry.Skipped(err)
+	if len(bad) > 0 {
+		a.log.Debug("host instances: skipped records that do not decode", "count", len(bad))
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("list host instances", "error", err)
+		}
+		return
+	}
+	for _, in := range insts {
+		if local[in.ID] || in.State.Terminal() || in.State == registry.InstanceClaimed || in.State == registry.InstancePending {
+			continue
+		}
+		in.State = registry.InstanceExited
+		in.Reason = "process not found on host after agent restart"
+		in.Since = time.Now()
+		if err := s.UpdateInstance(ctx, in); err != nil {
+			a.log.Warn("mark missing instance exited", "instance", in.ID, "error", err)
+		}
+	}
+}
+
+// adoptParallel bounds the adoptions adoptAll runs at once.
+const adoptParallel = 16
+
+// adoptOne rebinds one live local instance to session s, or stops it when
+// it was replaced while this host was away.
+func (a *Agent) adoptOne(ctx context.Context, s *registry.HostSession, st supervisor.Status) {
+	_, err := s.Adopt(ctx, st.ID)
+	switch {
+	case err == nil:
+		a.reclaimStartTicket(ctx, s, st)
+		// Still ours: restarts may happen again (held since Restore).
+		if err := a.sup.Resume(st.ID); err != nil {
+			a.log.Warn("resume restarts", "instance", st.ID, "error", err)
+		}
+		a.writer.touch(st.ID)
+	case errors.Is(err, registry.ErrNotHolder), errors.Is(err, registry.ErrNotFound):
+		if a.writer.drop(st.ID) {
+			a.log.Info("instance replaced while away; stopping it", "instance", st.ID)
+			id := st.ID
+			a.spawn(func() { a.stopReplaced(id) })
+		}
+	default:
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("adopt instance", "instance", st.ID, "error", err)
+		a.writer.touch(st.ID)
+	}
+}
+
+// syncEndpoints makes the registry's service endpoints of this host match
+// the instances running here, bound to the new lease.
+func (a *Agent) syncEndpoints(ctx context.Context, s *registry.HostSession) {
+	var want []discovery.Endpoint
+	for _, st := range a.sup.List() {
+		if st.State == supervisor.StateRunning {
+			want = append(want, a.endpoint(st))
+		}
+	}
+	if _, _, err := a.services.SyncHost(ctx, a.cfg.HostID, s.Lease(), want); err != nil && ctx.Err() == nil {
+		a.log.Warn("sync service endpoints", "error", err)
+	}
+}
+
+// endpoint is the service endpoint of a running instance.
+func (a *Agent) endpoint(st supervisor.Status) discovery.Endpoint {
+	port, _ := strconv.Atoi(st.Meta[metaPort])
+	return discovery.InstanceEndpoint(st.Meta[metaApp], st.Meta[metaRev], st.Meta[metaProc], st.ID,
+		a.cfg.HostID, a.cfg.Addr, port, true)
+}
+
+// reclaimStartTicket takes back the start ticket of an adopted instance
+// whose claim died with the previous lease before the ticket completed, so
+// that no other host starts a second copy; the state writer then completes
+// it with the instance's current state.
+func (a *Agent) reclaimStartTicket(ctx context.Context, s *registry.HostSession, st supervisor.Status) {
+	tid := st.Meta[metaTicket]
+	if tid == "" {
+		return
+	}
+	t, err := a.reg.Ticket(ctx, tid)
+	if err != nil || t.Holder != "" || t.Op != registry.TicketStart {
+		return // done, or someone holds it
+	}
+	if err := s.Reclaim(ctx, t); err != nil {
+		a.log.Debug("reclaim start ticket", "instance", st.ID, "ticket", tid, "error", err)
+		return
+	}
+	a.writer.expect(st.ID, t)
+}

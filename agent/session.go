@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/client/v3"
+
+	"github.com/visorhq/visor/registry"
+	"github.com/visorhq/visor/supervisor"
+)
+
+// sessionLoop keeps a registry session up until ctx ends: register, adopt,
+// serve tickets; on lease loss start over with a new lease.
+func (a *Agent) sessionLoop(ctx context.Context) error {
+	retry := newBackoff(200*time.Millisecond, 5*time.Second)
+	for {
+		s, err := a.register(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, registry.ErrPermission) {
+				// Not an outage: a read-only role stays read-only.
+				return fmt.Errorf("agent: cannot register host %s: %w", a.cfg.HostID, err)
+			}
+			a.noteDisconnected(ctx)
+			a.log.Warn("registry unreachable; instances keep running", "error", err)
+			if !retry.wait(ctx) {
+				return nil
+			}
+			continue
+		}
+		retry.reset()
+		a.log.Info("registry session up", "lease", fmt.Sprintf("%x", int64(s.Lease())))
+		// Adopt before the state writer sees the session: a write of an
+		// instance not yet re-bound to the new lease would look replaced.
+		a.adoptAll(ctx, s)
+		a.setSession(s)
+		a.registrar.SetLease(s.Lease())
+		a.syncEndpoints(ctx, s)
+		a.readyOnce.Do(a.cfg.Ready)
+
+		err = a.serve(ctx, s)
+		if ctx.Err() != nil {
+			return nil // Run flushes states with this session, then ends it
+		}
+		s.Orphan()
+		a.setSession(nil)
+		a.metrics.leaseLost.Inc()
+		a.log.Warn("registry session lost; instances keep running", "error", err)
+	}
+}
+
+// register creates the host session. If the host key is still held by the
+// lease this agent persisted before it stopped (a restart inside the TTL),
+// that lease is revoked first: it is ours, and the instances it indexed are
+// adopted again under the new lease.
+func (a *Agent) register(ctx context.Context) (*registry.HostSession, error) {
+	host := a.hostRecord()
+	s, err := a.reg.RegisterHost(ctx, host, a.cfg.TTL)
+	if errors.Is(err, registry.ErrExists) {
+		old, ok := a.persistedLease()
+		h, herr := a.reg.Host(ctx, a.cfg.HostID)
+		if herr != nil || !ok || h.Lease != old {
+			return nil, fmt.Errorf("host %q is registered by another live agent (lease %x): %w", a.cfg.HostID, h.Lease, err)
+		}
+		a.log.Info("revoking this host's previous lease", "lease", fmt.Sprintf("%x", old))
+		if _, rerr := a.reg.Client().Revoke(ctx, clientv3.LeaseID(old)); rerr != nil {
+			return nil, fmt.Errorf("revoke previous lease: %w", rerr)
+		}
+		s, err = a.reg.RegisterHost(ctx, host, a.cfg.TTL)
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.persistLease(int64(s.Lease()))
+	return s, nil
+}
+
+func (a *Agent) leaseFile() string { return filepath.Join(a.cfg.DataDir, "lease") }
+
+func (a *Agent) persistLease(id int64) {
+	tmp := a.leaseFile() + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(id, 16)), 0o640); err == nil {
+		_ = os.Rename(tmp, a.leaseFile())
+	}
+}
+
+func (a *Agent) persistedLease() (int64, bool) {
+	b, err := os.ReadFile(a.leaseFile())
+	if err != nil {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 64)
+	return id, err == nil
+}
+
+func (a *Agent) hostRecord() registry.Host {
+	return registry.Host{
+		ID:        a.cfg.HostID,
+		Addr:      a.cfg.Addr,
+		Labels:    a.cfg.Labels,
+		Capacity:  a.adm.capacity,
+		Resources: &a.adm.resources,
+		Version:   a.cfg.Version,
+		APIAddr:   a.apiAddr(),
+		APIScheme: a.apiScheme(),
+		Started:   a.started,
+		Load:      a.hostLoad(),
+	}
+}
+
+// apiAddr is the HTTP API address other hosts' CLIs can call: the bound
+// address, with an unspecified IP replaced by the host's Addr.
+func (a *Agent) apiAddr() string {
+	addr := a.HTTPAddr()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort(a.cfg.Addr, port)
+	}
+	return addr
+}
+
+func (a *Agent) setSession(s *registry.HostSession) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.session = s
+	if s != nil {
+		a.disconnectedSince = time.Time{}
+	} else if a.disconnectedSince.IsZero() {
+		a.disconnectedSince = time.Now()
+	}
+	close(a.sessionCh)
+	a.sessionCh = make(chan struct{})
+	a.metrics.setConnected(s != nil)
+}
+
+// currentSession returns the live session (nil while disconnected) and a
+// channel closed when it changes.
+func (a *Agent) currentSession() *registry.HostSession {
+	s, _ := a.sessionAndChange()
+	return s
+}
+
+func (a *Agent) sessionAndChange() (*registry.HostSession, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.session, a.sessionCh
+}
+
+// noteDisconnected applies StopAfterDisconnect.
+func (a *Agent) noteDisconnected(ctx context.Context) {
+	a.mu.Lock()
+	if a.disconnectedSince.IsZero() {
+		a.disconnectedSince = time.Now()
+	}
+	since := a.disconnectedSince
+	a.mu.Unlock()
+	if a.cfg.StopAfterDisconnect > 0 && time.Since(since) > a.cfg.StopAfterDisconnect {
+		live := 0
+		for _, st := range a.sup.List() {
+			if !st.State.Terminal() {
+				live++
+			}
+		}
+		if live > 0 {
+			a.log.Warn("registry unreachable past stop_after_disconnect; stopping instances", "after", a.cfg.StopAfterDisconnect, "instances", live)
+			a.stopAll(ctx, "registry unreachable past stop_after_disconnect")
+		}
+	}
+}
+
+// stopAll stops every live instance in parallel, bounded by ctx.
+func (a *Agent) stopAll(ctx context.Context, reason string) {
+	var wg sync.WaitGroup
+	for _, st := range a.sup.List() {
+		if st.State.Terminal() {
+			continue
+		}
+		wg.Add(1)
+		go func(id string) {
+			defer wg.Done()
+			if _, err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
+				a.log.Warn("stop instance", "instance", id, "reason", reason, "error", err)
+			}
+		}(st.ID)
+	}
+	wg.Wait()
+}
