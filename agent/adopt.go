@@ -85,7 +85,7 @@ func (a *Agent) adoptOne(ctx context.Context, s *registry.HostSession, st superv
 		if a.writer.drop(st.ID) {
 			a.log.Info("instance replaced while away; stopping it", "instance", st.ID)
 			id := st.ID
-			a.spawn(func() { a.stopReplaced(id) })
+			a.spawn(func(ctx context.Context) { a.stopReplaced(ctx, id) })
 		}
 	default:
 		if ctx.Err() != nil {
@@ -102,7 +102,7 @@ func (a *Agent) syncEndpoints(ctx context.Context, s *registry.HostSession) {
 	var want []discovery.Endpoint
 	for _, st := range a.sup.List() {
 		if st.State == supervisor.StateRunning {
-			want = append(want, a.endpoint(st))
+			want = append(want, instanceEndpoint(a.cfg.HostID, a.cfg.Addr, st))
 		}
 	}
 	if _, _, err := a.services.SyncHost(ctx, a.cfg.HostID, s.Lease(), want); err != nil && ctx.Err() == nil {
@@ -110,11 +110,12 @@ func (a *Agent) syncEndpoints(ctx context.Context, s *registry.HostSession) {
 	}
 }
 
-// endpoint is the service endpoint of a running instance.
-func (a *Agent) endpoint(st supervisor.Status) discovery.Endpoint {
+// instanceEndpoint is the service endpoint of instance st running on host
+// at addr.
+func instanceEndpoint(host, addr string, st supervisor.Status) discovery.Endpoint {
 	port, _ := strconv.Atoi(st.Meta[metaPort])
 	return discovery.InstanceEndpoint(st.Meta[metaApp], st.Meta[metaRev], st.Meta[metaProc], st.ID,
-		a.cfg.HostID, a.cfg.Addr, port, true)
+		host, addr, port, true)
 }
 
 // reclaimStartTicket takes back the start ticket of an adopted instance
@@ -135,4 +136,30 @@ func (a *Agent) reclaimStartTicket(ctx context.Context, s *registry.HostSession,
 		return
 	}
 	a.writer.expect(st.ID, t)
+}
+
+// stopReplacedTimeout bounds the stop of a replaced instance; shutdown
+// ends it earlier (see bgGroup).
+const stopReplacedTimeout = 30 * time.Second
+
+// stopReplaced stops and forgets an instance this host no longer holds,
+// and frees its port once its process is gone (a stop that did not finish
+// keeps it: the process may still listen on it). It gives up when ctx
+// ends (the agent shuts down): the stop goes on while the supervisor
+// runs, and a copy left running is stopped by the next agent's adoption,
+// which finds it replaced again.
+func (a *Agent) stopReplaced(ctx context.Context, id string) {
+	ctx, cancel := context.WithTimeout(ctx, stopReplacedTimeout)
+	defer cancel()
+	st, err := a.sup.Stop(ctx, id)
+	switch {
+	case err == nil:
+		a.ports.freeOf(id, st)
+	case ctx.Err() != nil:
+		a.log.Warn("stop replaced instance: gave up (agent shutting down)", "instance", id, "error", err)
+		return
+	case !errors.Is(err, supervisor.ErrNotFound):
+		a.log.Warn("stop replaced instance", "instance", id, "error", err)
+	}
+	_ = a.sup.Remove(id)
 }

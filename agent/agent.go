@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -114,8 +115,17 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.metrics = newMetrics(a)
-	a.writer = newStateWriter(a)
 	a.services = discovery.NewStore(reg.Client(), reg.Prefix(), cfg.Logger)
+	a.writer = newStateWriter(writerDeps{
+		host:            cfg.HostID,
+		addr:            cfg.Addr,
+		log:             log,
+		session:         a.writerSession,
+		instances:       reg,
+		endpoints:       a.services,
+		onReplaced:      func(id string) { a.spawn(func(ctx context.Context) { a.stopReplaced(ctx, id) }) },
+		ticketToRunning: a.metrics.ticketToRunning,
+	})
 	a.registrar = discovery.NewRegistrar(a.services, 0, discovery.RegistrarConfig{
 		Host:   cfg.HostID,
 		Logger: cfg.Logger,

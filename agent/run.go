@@ -143,7 +143,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			s.Orphan()
 		}
 	}
-	a.bg.closeAndWait()
+	a.bg.closeAndWait(fctx)
 	cancelBG()
 	wg.Wait()
 	if err := <-supErr; err != nil && !errors.Is(err, context.Canceled) {
@@ -152,33 +152,55 @@ func (a *Agent) Run(ctx context.Context) error {
 	return loopErr
 }
 
-// spawn runs f in a goroutine that Run waits for; during Run's final wait
-// and after it, f is dropped (a replaced instance left running is found
-// again by the next run's adoption).
-func (a *Agent) spawn(f func()) { a.bg.spawn(f) }
+// spawn runs f in a goroutine of the background group (see bgGroup).
+func (a *Agent) spawn(f func(ctx context.Context)) { a.bg.spawn(f) }
 
 // bgGroup owns goroutines spawned outside the main loops (stopping
-// replaced instances). Once closeAndWait is called, spawn starts nothing
-// more: a WaitGroup may not grow from zero while it is waited on.
+// replaced instances). Run's shutdown closes it (spawn then starts
+// nothing more: a replaced instance left running is found again by the
+// next run's adoption), waits for what runs until the final deadline, then
+// cancels their context and waits for them to return.
 type bgGroup struct {
 	wg     sync.WaitGroup
-	mu     sync.Mutex // guards closed
+	mu     sync.Mutex // guards the fields below
 	closed bool
+	ctx    context.Context // passed to f; ended by closeAndWait
+	cancel context.CancelFunc
 }
 
-func (g *bgGroup) spawn(f func()) {
+func (g *bgGroup) spawn(f func(ctx context.Context)) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
 		return
 	}
-	g.wg.Go(f)
+	if g.ctx == nil {
+		g.ctx, g.cancel = context.WithCancel(context.Background())
+	}
+	ctx := g.ctx
+	g.wg.Go(func() { f(ctx) })
 }
 
-// closeAndWait stops spawn from starting more and waits for what runs.
-func (g *bgGroup) closeAndWait() {
+// closeAndWait stops spawn from starting more, waits for what runs until
+// deadline ends, then cancels it and waits for it to return.
+func (g *bgGroup) closeAndWait(deadline context.Context) {
 	g.mu.Lock()
 	g.closed = true
+	cancel := g.cancel
 	g.mu.Unlock()
-	g.wg.Wait()
+	if cancel == nil {
+		return // nothing was ever spawned
+	}
+	done := make(chan struct{})
+	go func() {
+		g.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-deadline.Done():
+		cancel()
+		<-done
+	}
+	cancel()
 }

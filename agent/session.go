@@ -14,14 +14,19 @@ import (
 
 	"go.etcd.io/etcd/client/v3"
 
+	"github.com/visorhq/visor/internal/backoff"
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
 )
 
+// reconnectBackoff paces the session loop's attempts to register while
+// the registry is unreachable.
+var reconnectBackoff = backoff.Policy{Initial: 200 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.HalfJitter}
+
 // sessionLoop keeps a registry session up until ctx ends: register, adopt,
 // serve tickets; on lease loss start over with a new lease.
 func (a *Agent) sessionLoop(ctx context.Context) error {
-	retry := newBackoff(200*time.Millisecond, 5*time.Second)
+	retry := backoff.New(reconnectBackoff)
 	for {
 		s, err := a.register(ctx)
 		if err != nil {
@@ -34,12 +39,12 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 			}
 			a.noteDisconnected(ctx)
 			a.log.Warn("registry unreachable; instances keep running", "error", err)
-			if !retry.wait(ctx) {
+			if retry.Wait(ctx) != nil {
 				return nil
 			}
 			continue
 		}
-		retry.reset()
+		retry.Reset()
 		a.log.Info("registry session up", "lease", fmt.Sprintf("%x", int64(s.Lease())))
 		// Adopt before the state writer sees the session: a write of an
 		// instance not yet re-bound to the new lease would look replaced.
@@ -152,6 +157,16 @@ func (a *Agent) setSession(s *registry.HostSession) {
 func (a *Agent) currentSession() *registry.HostSession {
 	s, _ := a.sessionAndChange()
 	return s
+}
+
+// writerSession is sessionAndChange for the state writer: no session is a
+// nil interface, not a nil *registry.HostSession in one.
+func (a *Agent) writerSession() (writerSession, <-chan struct{}) {
+	s, ch := a.sessionAndChange()
+	if s == nil {
+		return nil, ch
+	}
+	return s, ch
 }
 
 func (a *Agent) sessionAndChange() (*registry.HostSession, <-chan struct{}) {

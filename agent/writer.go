@@ -3,12 +3,16 @@ package agent
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/client/v3"
+
 	"github.com/visorhq/visor/discovery"
+	"github.com/visorhq/visor/internal/backoff"
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
 )
@@ -18,12 +22,15 @@ const writerWorkers = 16
 
 // A write that fails for a reason that may pass (etcd leader change,
 // request timeout, registry.ErrConflict) is tried again after a backoff of
-// its own instance: writeRetryMin, doubling up to writeRetryMax (with
-// jitter), reset by a successful write.
+// its own instance: writeRetryMin, doubling up to writeRetryMax, each
+// delay shortened by up to half at random (so instances that failed
+// together spread their retries), reset by a successful write.
 const (
 	writeRetryMin = 100 * time.Millisecond
 	writeRetryMax = 3 * time.Second
 )
+
+var writeRetry = backoff.Policy{Initial: writeRetryMin, Max: writeRetryMax, Jitter: backoff.HalfJitter}
 
 // flushOneTimeout bounds how long flushOne waits for an instance's state
 // to be written: a ticket executor waiting on a write that keeps failing
@@ -45,6 +52,51 @@ const (
 	writeRetrySession
 )
 
+// writerSession is what the state writer needs of a host session
+// (*registry.HostSession).
+type writerSession interface {
+	UpdateInstance(ctx context.Context, in registry.Instance) error
+	CompleteWith(ctx context.Context, t registry.Ticket, in registry.Instance) error
+	Complete(ctx context.Context, t registry.Ticket) error
+	Lease() clientv3.LeaseID
+}
+
+// instanceReader reads an instance record (*registry.Registry).
+type instanceReader interface {
+	Instance(ctx context.Context, id string) (registry.Instance, error)
+}
+
+// endpointPublisher registers and removes service endpoints
+// (*discovery.Store).
+type endpointPublisher interface {
+	Put(ctx context.Context, e discovery.Endpoint, lease clientv3.LeaseID) error
+	Delete(ctx context.Context, service, id string) error
+}
+
+// writerDeps is what the state writer needs of the rest of the agent.
+type writerDeps struct {
+	host, addr string // this host's id and address (records, endpoints)
+	log        hclog.Logger
+	// session returns the live session (nil while there is none) and a
+	// channel closed when it changes.
+	session   func() (writerSession, <-chan struct{})
+	instances instanceReader
+	endpoints endpointPublisher
+	// onReplaced is called, at most once per instance, when the registry
+	// gives the instance to another host or has ended it while it runs
+	// here: the local copy must stop. It must not block.
+	onReplaced func(id string)
+	// ticketToRunning observes the seconds from a start ticket's creation
+	// to its instance's running write.
+	ticketToRunning prometheus.Observer
+}
+
+// currentSession returns the live session, nil while there is none.
+func (d *writerDeps) currentSession() writerSession {
+	s, _ := d.session()
+	return s
+}
+
 // stateWriter writes supervisor state changes to the registry. It keeps
 // only the latest status per instance, so a burst of transitions (starting,
 // running) collapses into fewer writes, and nothing is lost while etcd is
@@ -54,7 +106,7 @@ const (
 // for good. Writes for one instance are never concurrent, so they stay in
 // order.
 type stateWriter struct {
-	a *Agent
+	writerDeps
 
 	mu       sync.Mutex // guards everything below
 	latest   map[string]supervisor.Status
@@ -67,29 +119,29 @@ type stateWriter struct {
 	endpoint map[string]bool            // instances registered as service endpoints
 	progress chan struct{}              // closed and replaced after every write
 	// retryAt holds the instances waiting out a backoff after a failed
-	// write; run queues them when it is due. retryDelay is the last backoff
-	// of an instance whose writes fail, until one succeeds.
+	// write; run queues them when it is due. retryDelay counts the failed
+	// writes of an instance (its backoff attempt), until one succeeds.
 	retryAt    map[string]time.Time
-	retryDelay map[string]time.Duration
+	retryDelay map[string]int
 
 	kick chan struct{}
 }
 
-func newStateWriter(a *Agent) *stateWriter {
+func newStateWriter(d writerDeps) *stateWriter {
 	return &stateWriter{
-		a:        a,
-		latest:   make(map[string]supervisor.Status),
-		dirty:    make(map[string]bool),
-		queued:   make(map[string]bool),
-		busy:     make(map[string]bool),
-		tickets:  make(map[string]registry.Ticket),
-		replaced: make(map[string]bool),
-		endpoint: make(map[string]bool),
-		progress: make(chan struct{}),
-		kick:     make(chan struct{}, 1),
+		writerDeps: d,
+		latest:     make(map[string]supervisor.Status),
+		dirty:      make(map[string]bool),
+		queued:     make(map[string]bool),
+		busy:       make(map[string]bool),
+		tickets:    make(map[string]registry.Ticket),
+		replaced:   make(map[string]bool),
+		endpoint:   make(map[string]bool),
+		progress:   make(chan struct{}),
+		kick:       make(chan struct{}, 1),
 
 		retryAt:    make(map[string]time.Time),
-		retryDelay: make(map[string]time.Duration),
+		retryDelay: make(map[string]int),
 	}
 }
 
@@ -233,49 +285,81 @@ func (w *stateWriter) run(ctx context.Context) {
 		} else {
 			retry.Stop()
 		}
-		s, changed := w.a.sessionAndChange()
+		s, changed := w.session()
 		var out chan string
 		var next string
 		if s != nil {
-			w.mu.Lock()
-			for len(w.queue) > 0 && next == "" {
-				id := w.queue[0]
-				if w.busy[id] {
-					// finish() requeues it once the running write is done.
-					w.queue = w.queue[1:]
-					w.queued[id] = false
-					continue
-				}
-				next = id
-			}
-			w.mu.Unlock()
-			if next != "" {
-				out = jobs
-			}
+			next = w.take()
+		}
+		if next != "" {
+			out = jobs
 		}
 		select {
 		case out <- next:
-			w.mu.Lock()
-			w.queue = w.queue[1:]
-			w.queued[next] = false
-			w.busy[next] = true
-			w.mu.Unlock()
+			w.sent()
+			next = ""
 		case <-w.kick:
 		case <-retryC: // retryDue queues what is due
 		case <-changed:
 			w.requeueDirty()
 		case <-ctx.Done():
+			w.putBack(next)
 			return
 		}
+		w.putBack(next)
 	}
+}
+
+// take returns the instance at the head of the queue ("" if none),
+// marked busy and no longer queued, though it stays at the head until the
+// dispatcher hands it to a worker (sent) or gives it back (putBack); only
+// the dispatcher pops the queue, so the head stays put meanwhile. It is
+// marked before it reaches a worker: the worker's write may end before
+// the dispatcher runs again, and its finish must find it busy and not
+// queued (so that a newer state is queued again). Heads being written
+// already are dropped (finish requeues them).
+func (w *stateWriter) take() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(w.queue) > 0 {
+		id := w.queue[0]
+		if w.busy[id] {
+			w.queue = w.queue[1:]
+			w.queued[id] = false
+			continue
+		}
+		w.busy[id] = true
+		w.queued[id] = false
+		return id
+	}
+	return ""
+}
+
+// sent pops the head of the queue, which take returned: a worker has it.
+func (w *stateWriter) sent() {
+	w.mu.Lock()
+	w.queue = w.queue[1:]
+	w.mu.Unlock()
+}
+
+// putBack undoes take for an instance no worker got: it is queued again,
+// still at the head.
+func (w *stateWriter) putBack(id string) {
+	if id == "" {
+		return
+	}
+	w.mu.Lock()
+	w.busy[id] = false
+	w.queued[id] = true
+	w.mu.Unlock()
 }
 
 // retrySession is the outcome of a write that needs a session other than
 // began (nil: there was none): wait for the next session change, or, if
 // one came while the write was under way (its requeue skipped the busy
 // instance), try again after the usual short backoff.
-func (w *stateWriter) retrySession(began *registry.HostSession) writeResult {
-	if cur := w.a.currentSession(); cur != nil && cur != began {
+func (w *stateWriter) retrySession(began writerSession) writeResult {
+	if cur := w.currentSession(); cur != nil && cur != began {
 		return writeRetryLater
 	}
 	return writeRetrySession
@@ -294,12 +378,12 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	if !ok {
 		return
 	}
-	s := w.a.currentSession()
+	s := w.currentSession()
 	if s == nil {
 		res = w.retrySession(nil)
 		return
 	}
-	inst := w.a.toInstance(st)
+	inst := toInstance(w.host, st)
 	var err error
 	completing := hasTicket && (st.State == supervisor.StateRunning || st.State.Terminal())
 	if completing {
@@ -309,7 +393,7 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 		}
 		if err == nil {
 			w.unexpect(id)
-			w.a.metrics.ticketToRunning.Observe(time.Since(t.Created).Seconds())
+			w.ticketToRunning.Observe(time.Since(t.Created).Seconds())
 		}
 	} else {
 		err = s.UpdateInstance(ctx, inst)
@@ -317,17 +401,17 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 	switch {
 	case err == nil:
 		w.syncEndpoint(ctx, s, st)
-	case errors.Is(err, registry.ErrNotHolder) && !w.a.replacedElsewhere(ctx, id):
+	case errors.Is(err, registry.ErrNotHolder) && !w.replacedElsewhere(ctx, id):
 		// Our lease ended under us (the claim or index went with it) but the
 		// instance is still ours: write it again with the next session,
 		// after adoption re-binds it.
-		w.a.log.Debug("write refused with an ended lease; retrying with the next session", "instance", id)
+		w.log.Debug("write refused with an ended lease; retrying with the next session", "instance", id)
 		res = w.retrySession(s)
 	case errors.Is(err, registry.ErrNotHolder):
 		// Replaced or marked lost while we were away: this copy must go.
 		if w.drop(id) {
-			w.a.log.Info("instance no longer held by this host; stopping it", "instance", id)
-			w.a.spawn(func() { w.a.stopReplaced(id) })
+			w.log.Info("instance no longer held by this host; stopping it", "instance", id)
+			w.onReplaced(id)
 		}
 	case ctx.Err() != nil:
 	case errors.Is(err, registry.ErrTransition):
@@ -339,11 +423,11 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 			if cerr := s.Complete(ctx, t); cerr == nil || errors.Is(cerr, registry.ErrTicketDone) {
 				w.unexpect(id)
 			} else {
-				w.a.log.Warn("complete start ticket of a refused outcome", "instance", id, "ticket", t.ID, "error", cerr)
+				w.log.Warn("complete start ticket of a refused outcome", "instance", id, "ticket", t.ID, "error", cerr)
 			}
 		}
 	default:
-		w.a.log.Warn("write instance state; retrying after a backoff", "instance", id, "state", string(st.State), "error", err)
+		w.log.Warn("write instance state; retrying after a backoff", "instance", id, "state", string(st.State), "error", err)
 		res = writeRetryLater
 	}
 }
@@ -356,26 +440,26 @@ func (w *stateWriter) write(ctx context.Context, id string) {
 // written as usual). Only when the record cannot be read is the write tried
 // again after a backoff.
 func (w *stateWriter) refused(ctx context.Context, id string, st supervisor.Status, err error) writeResult {
-	stored, rerr := w.a.reg.Instance(ctx, id)
+	stored, rerr := w.instances.Instance(ctx, id)
 	switch {
 	case rerr == nil && stored.State.Terminal() && !st.State.Terminal():
 		// The registry has ended it (a stop handled while its start was
 		// still under way, a start withdrawn elsewhere) while it runs
 		// here: nothing would count or stop this copy, so it goes.
-		w.a.log.Warn("registry has ended an instance that runs here; stopping it",
+		w.log.Warn("registry has ended an instance that runs here; stopping it",
 			"instance", id, "state", string(st.State), "stored_state", string(stored.State), "reason", stored.Reason)
 		if w.drop(id) {
-			w.a.spawn(func() { w.a.stopReplaced(id) })
+			w.onReplaced(id)
 		}
 	case rerr == nil:
-		w.a.log.Warn("registry refuses the instance's state change; dropping the write",
+		w.log.Warn("registry refuses the instance's state change; dropping the write",
 			"instance", id, "state", string(st.State), "stored_state", string(stored.State), "stored_host", stored.Host, "error", err)
 	case errors.Is(rerr, registry.ErrNotFound):
-		w.a.log.Warn("registry refuses the instance's state change and holds no record of it now; dropping the write",
+		w.log.Warn("registry refuses the instance's state change and holds no record of it now; dropping the write",
 			"instance", id, "state", string(st.State), "error", err)
 	case ctx.Err() != nil:
 	default:
-		w.a.log.Warn("write instance state refused, and the stored record cannot be read; retrying after a backoff",
+		w.log.Warn("write instance state refused, and the stored record cannot be read; retrying after a backoff",
 			"instance", id, "state", string(st.State), "error", err, "read_error", rerr)
 		return writeRetryLater
 	}
@@ -384,7 +468,7 @@ func (w *stateWriter) refused(ctx context.Context, id string, st supervisor.Stat
 
 // syncEndpoint registers a running instance as a service endpoint (bound
 // to the host lease) and deregisters it when it stops running.
-func (w *stateWriter) syncEndpoint(ctx context.Context, s *registry.HostSession, st supervisor.Status) {
+func (w *stateWriter) syncEndpoint(ctx context.Context, s writerSession, st supervisor.Status) {
 	w.mu.Lock()
 	registered := w.endpoint[st.ID]
 	w.mu.Unlock()
@@ -394,13 +478,13 @@ func (w *stateWriter) syncEndpoint(ctx context.Context, s *registry.HostSession,
 	}
 	var err error
 	if running {
-		err = w.a.services.Put(ctx, w.a.endpoint(st), s.Lease())
+		err = w.endpoints.Put(ctx, instanceEndpoint(w.host, w.addr, st), s.Lease())
 	} else {
-		err = w.a.services.Delete(ctx, discovery.ServiceName(st.Meta[metaApp], st.Meta[metaProc]), st.ID)
+		err = w.endpoints.Delete(ctx, discovery.ServiceName(st.Meta[metaApp], st.Meta[metaProc]), st.ID)
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			w.a.log.Warn("sync service endpoint", "instance", st.ID, "error", err)
+			w.log.Warn("sync service endpoint", "instance", st.ID, "error", err)
 		}
 		return
 	}
@@ -421,10 +505,8 @@ func (w *stateWriter) finish(id string, res writeResult) {
 		// Dropped meanwhile: nothing more to write.
 	case res == writeRetryLater:
 		w.dirty[id] = true
-		d := min(max(2*w.retryDelay[id], writeRetryMin), writeRetryMax)
-		w.retryDelay[id] = d
-		// Jitter spreads the retries of instances that failed together.
-		w.retryAt[id] = time.Now().Add(d/2 + rand.N(d/2+1))
+		w.retryDelay[id]++
+		w.retryAt[id] = time.Now().Add(writeRetry.Jittered(writeRetry.Delay(w.retryDelay[id]), nil))
 	case res == writeRetrySession:
 		w.dirty[id] = true
 	default:
@@ -477,7 +559,7 @@ func (w *stateWriter) flushWait(ctx context.Context, id string) {
 			return
 		}
 		p, ch := w.pending(id)
-		if !p || w.a.currentSession() == nil {
+		if !p || w.currentSession() == nil {
 			return
 		}
 		select {
@@ -488,14 +570,14 @@ func (w *stateWriter) flushWait(ctx context.Context, id string) {
 	}
 }
 
-// toInstance builds the registry record of a supervised instance.
-func (a *Agent) toInstance(st supervisor.Status) registry.Instance {
+// toInstance builds the registry record of instance st supervised on host.
+func toInstance(host string, st supervisor.Status) registry.Instance {
 	inst := registry.Instance{
 		ID:       st.ID,
 		App:      st.Meta[metaApp],
 		Rev:      st.Meta[metaRev],
 		Proc:     st.Meta[metaProc],
-		Host:     a.cfg.HostID,
+		Host:     host,
 		PID:      st.PID,
 		State:    registry.InstanceState(st.State),
 		Since:    st.Since,
@@ -525,29 +607,13 @@ func (a *Agent) toInstance(st supervisor.Status) registry.Instance {
 // An instance that still names this host was refused only because our
 // lease ended; it is not replaced. When the registry cannot be read, the
 // answer is no: never stop a process on a guess.
-func (a *Agent) replacedElsewhere(ctx context.Context, id string) bool {
-	in, err := a.reg.Instance(ctx, id)
+func (w *stateWriter) replacedElsewhere(ctx context.Context, id string) bool {
+	in, err := w.instances.Instance(ctx, id)
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
 		return true
 	case err != nil:
 		return false
 	}
-	return in.Host != a.cfg.HostID || in.State == registry.InstanceLost
-}
-
-// stopReplaced stops and forgets an instance this host no longer holds,
-// and frees its port once its process is gone (a stop that did not finish
-// keeps it: the process may still listen on it).
-func (a *Agent) stopReplaced(id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := a.sup.Stop(ctx, id)
-	switch {
-	case err == nil:
-		a.ports.freeOf(id, st)
-	case !errors.Is(err, supervisor.ErrNotFound):
-		a.log.Warn("stop replaced instance", "instance", id, "error", err)
-	}
-	_ = a.sup.Remove(id)
+	return in.Host != w.host || in.State == registry.InstanceLost
 }
