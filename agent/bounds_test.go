@@ -324,7 +324,10 @@ func TestAgentReadOnlyRoleStops(t *testing.T) {
 	} {
 		must(t, step())
 	}
-	reg, err := registry.Dial(ctx, registry.Config{Endpoints: c.Endpoints(), Prefix: prefix, Username: "ro", Password: "ropw"})
+	// Authenticating (bcrypt) on a loaded machine can take longer than
+	// the default dial timeout.
+	reg, err := registry.Dial(ctx, registry.Config{Endpoints: c.Endpoints(), Prefix: prefix, Username: "ro", Password: "ropw",
+		DialTimeout: testtime.Scaled(30 * time.Second)})
 	must(t, err)
 	defer reg.Close()
 	dir := t.TempDir()
