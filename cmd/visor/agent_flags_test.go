@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // TestAgentAllowRootInstances: a production agent refuses instances that
@@ -112,5 +114,25 @@ func TestAgentFlagErrorsNameTheSource(t *testing.T) {
 				t.Errorf("parseAgentFlags(%q) env %q: err %v (exit %d), want a usage error naming %s", tc.args, tc.env, err, exitCode(err), tc.want)
 			}
 		})
+	}
+}
+
+// TestAgentSingleDashArgs: the agent command lines that test/, test/bench,
+// test/fault and installed service units use (Go flag's one-dash spelling,
+// boolean flags without a value followed by other flags) parse as before.
+func TestAgentSingleDashArgs(t *testing.T) {
+	o, err := parseAgentFlags([]string{"--endpoints", "127.0.0.1:1", "-host", "bench-0", "-data-dir", "/d",
+		"-run-dir", "/d/run", "-http-addr", "off", "-cgroups", "none", "-log-level", "warn", "-stop-on-exit",
+		"-enable-pprof", "-allow-root-instances", "-capacity", "unlimited", "-start-rate", "100000",
+		"-start-burst", "1000", "-port-range", "20000-22999", "-ttl=5s", "-lost-grace", "2s", "-prefix=/p/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := o.cfg
+	if c.HostID != "bench-0" || c.DataDir != "/d" || c.RunDir != "/d/run" || !c.DisableHTTP || c.Cgroups != "none" ||
+		o.logLevel != hclog.Warn || !c.StopOnExit || !c.EnablePprof || c.RefuseRootInstances || c.Capacity != -1 ||
+		c.StartRate != 100000 || c.StartBurst != 1000 || c.PortMin != 20000 || c.PortMax != 22999 ||
+		c.TTL != 5*time.Second || c.LostGrace != 2*time.Second || o.globals.prefix != "/p/" || o.globals.endpoints != "127.0.0.1:1" {
+		t.Errorf("parsed %+v (globals %+v, log level %v)", c, o.globals, o.logLevel)
 	}
 }

@@ -93,3 +93,26 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpForms: every way of asking for help prints the same text on
+// stdout and exits 0; bare "visor" and a bare group are usage errors.
+func TestHelpForms(t *testing.T) {
+	want := runCLI("--help")
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"help"}, {"--endpoints", "x", "help"}} {
+		if res := runCLI(args...); res.code != 0 || res.stderr != "" || res.stdout != want.stdout {
+			t.Errorf("visor %s: exit %d, stderr %q, stdout differs from visor --help: %v", strings.Join(args, " "), res.code, res.stderr, res.stdout != want.stdout)
+		}
+	}
+	scale := runCLI("help", "scale")
+	for _, args := range [][]string{{"scale", "-h"}, {"scale", "--help"}, {"scale", "web", "v1", "web=1", "--help"}} {
+		if res := runCLI(args...); res.code != 0 || res.stdout != scale.stdout {
+			t.Errorf("visor %s: exit %d, stdout differs from visor help scale", strings.Join(args, " "), res.code)
+		}
+	}
+	for _, args := range [][]string{{}, {"app"}} {
+		res := runCLI(args...)
+		if res.code != exitUsage || res.stdout != "" || !strings.HasSuffix(res.stderr, "missing command (see 'visor"+strings.TrimSuffix(" "+strings.Join(args, " "), " ")+" --help')\n") {
+			t.Errorf("visor %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), res.code, res.stdout, res.stderr)
+		}
+	}
+}
