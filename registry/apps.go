@@ -76,11 +76,19 @@ func (r *Registry) RegisterApp(ctx context.Context, a App) (App, error) {
 
 // UnregisterApp deletes an app with its env, revisions, process types and
 // scale in one transaction. Unless force is set it refuses with ErrInUse
-// while the app has instances that are not terminal. Forcing deletes only
-// records: instances and tickets stay for the reconciler to stop.
+// while the app has instances that are not terminal. With force, the
+// instances are first stopped through tickets (every scale to 0, a stop
+// ticket for each live instance), then the records go: the agents carry
+// out the stops; the instance records stay until they are exited and
+// collected. A caller that must see them gone waits for that.
 func (r *Registry) UnregisterApp(ctx context.Context, name string, force bool) error {
 	if err := validName("app name", name); err != nil {
 		return err
+	}
+	if force {
+		if err := r.stopAppInstances(ctx, name); err != nil {
+			return err
+		}
 	}
 	return retry(ctx, fmt.Sprintf("registry: unregister app %q", name), func() (bool, error) {
 		snap, err := r.cli.Txn(ctx).Then(

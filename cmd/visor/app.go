@@ -26,10 +26,15 @@ func newAppCmd(e *env) *cobra.Command {
 		Use:   "delete APP",
 		Short: "delete an app with its env, revisions, process types and scale",
 		Long: `An app with live instances is refused unless --force is given; --force
-removes the app's registry records but does not stop running instances.`,
+first stops them through stop tickets (every scale to 0), then removes the
+app's registry records; the agents stop the processes. With --wait it waits
+until no instance of the app is left running, and fails if --wait-timeout
+passes first (exit code 3), naming those still there.`,
 		RunE: runWith(e, runAppDelete),
 	}
-	del.Flags().Bool("force", false, "delete even if the app has live instances")
+	del.Flags().Bool("force", false, "stop the app's live instances, then delete it")
+	del.Flags().Bool("wait", false, "wait until the app's instances have stopped")
+	del.Flags().Duration("wait-timeout", 2*time.Minute, "how long --wait waits before failing (exit code 3)")
 	return group(&cobra.Command{Use: "app", Short: "create, list, show and delete apps"},
 		create,
 		&cobra.Command{Use: "list", Aliases: []string{"ls"}, Short: "list apps", RunE: runWith(e, runAppList)},
@@ -189,13 +194,26 @@ func runAppDelete(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 1, 1, "APP"); err != nil {
 		return err
 	}
-	force := flagBool(e, "force")
+	force, wait := flagBool(e, "force"), flagBool(e, "wait")
+	timeout := flagValue[time.Duration](e, "wait-timeout")
+	if wait && timeout <= 0 {
+		return usageError("--wait-timeout %s: must be positive", timeout)
+	}
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		from, err := r.CurrentRevision(ctx)
+		if err != nil {
+			return fmt.Errorf("delete app %q: %w", args[0], err)
+		}
 		if err := r.UnregisterApp(ctx, args[0], force); err != nil {
 			if errors.Is(err, registry.ErrInUse) {
 				return fmt.Errorf("delete app %q: %w (use --force to delete anyway)", args[0], err)
 			}
 			return fmt.Errorf("delete app %q: %w", args[0], err)
+		}
+		if wait {
+			if err := waitAppStopped(ctx, r, args[0], from, timeout); err != nil {
+				return fmt.Errorf("delete app %q: %w", args[0], err)
+			}
 		}
 		return e.print(map[string]string{"deleted": args[0]}, func(w io.Writer) {
 			fmt.Fprintf(w, "deleted app %s\n", args[0])
