@@ -1,8 +1,9 @@
 // Package backoff is Visor's one retry delay: exponential growth from an
 // initial delay, doubling up to a cap, with jitter drawn from math/rand/v2,
-// and a context-aware wait. The registry spreads optimistic transactions
-// that conflicted, the agent spaces its reconnects and failed state
-// writes, and the supervisor's restart tracker spaces restarts with it.
+// and a context-aware wait. It is meant for every retry loop: optimistic
+// transactions that conflicted and watch loops (registry), reconnects and
+// failed state writes (agent), restarts (the supervisor's restart
+// tracker), so that they share one tested formula and one random source.
 //
 // A Policy is pure: Policy.Delay gives the n-th delay without jitter and
 // Policy.Jittered shortens a delay by a random fraction, so table tests
