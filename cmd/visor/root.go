@@ -27,6 +27,7 @@ Exit codes:
 // usageTemplate is cobra's default usage template, except that a group
 // of commands shows only "CMD [command]" as its usage (it runs nothing of
 // its own) and the root's flags are titled as the global flags they are.
+// The root's commands are listed in groups (commandGroups).
 const usageTemplate = `Usage:{{if .HasAvailableSubCommands}}
   {{.CommandPath}} [command]{{else}}
   {{.UseLine}}{{end}}{{if gt (len .Aliases) 0}}
@@ -35,10 +36,16 @@ Aliases:
   {{.NameAndAliases}}{{end}}{{if .HasExample}}
 
 Examples:
-{{.Example}}{{end}}{{if .HasAvailableSubCommands}}
+{{.Example}}{{end}}{{if .HasAvailableSubCommands}}{{$cmds := .Commands}}{{if eq (len .Groups) 0}}
 
-Available Commands:{{range .Commands}}{{if (or .IsAvailableCommand (eq .Name "help"))}}
-  {{rpad .Name .NamePadding }} {{.Short}}{{end}}{{end}}{{end}}{{if .HasAvailableLocalFlags}}
+Available Commands:{{range $cmds}}{{if (or .IsAvailableCommand (eq .Name "help"))}}
+  {{rpad .Name .NamePadding }} {{.Short}}{{end}}{{end}}{{else}}{{range $group := .Groups}}
+
+{{.Title}}{{range $cmds}}{{if (and (eq .GroupID $group.ID) (or .IsAvailableCommand (eq .Name "help")))}}
+  {{rpad .Name .NamePadding }} {{.Short}}{{end}}{{end}}{{end}}{{if not .AllChildCommandsHaveGroup}}
+
+Other Commands:{{range $cmds}}{{if (and (eq .GroupID "") (or .IsAvailableCommand (eq .Name "help")))}}
+  {{rpad .Name .NamePadding }} {{.Short}}{{end}}{{end}}{{end}}{{end}}{{end}}{{if .HasAvailableLocalFlags}}
 
 {{if .HasParent}}Flags{{else}}Global Flags{{end}}:
 {{.LocalFlags.FlagUsages | trimTrailingWhitespaces}}{{end}}{{if .HasAvailableInheritedFlags}}
@@ -87,6 +94,7 @@ func newRootCmd(e *env) *cobra.Command {
 		shortcut(newDrainCmd(e), "drain HOST", "host drain"),
 		shortcut(newUndrainCmd(e), "undrain HOST", "host undrain"),
 	)
+	groupCommands(root)
 	root.SetHelpCommand(newHelpCmd())
 	root.InitDefaultCompletionCmd()
 	if c := findSub(root, "completion"); c != nil {
@@ -94,6 +102,27 @@ func newRootCmd(e *env) *cobra.Command {
 	}
 	asGroup(root)
 	return root
+}
+
+// commandGroups are the headings of `visor --help`, with their commands;
+// the rest (help, completion, version) are listed under "Other Commands".
+var commandGroups = []struct {
+	id, title string
+	names     []string
+}{
+	{"apps", "Apps and their processes:", []string{"app", "env", "rev", "proc", "scale", "ps", "restart", "stop", "logs", "signal", "lookup"}},
+	{"fleet", "The fleet:", []string{"host", "hosts", "drain", "undrain", "ticket", "tickets", "events", "config", "doctor"}},
+	{"hostagent", "On a host:", []string{"agent", "service"}},
+}
+
+// groupCommands puts the root's commands under their headings.
+func groupCommands(root *cobra.Command) {
+	for _, g := range commandGroups {
+		root.AddGroup(&cobra.Group{ID: g.id, Title: g.title})
+		for _, name := range g.names {
+			findSub(root, name).GroupID = g.id
+		}
+	}
 }
 
 // shortcut renames c, a subcommand's constructor's result, for use at
