@@ -168,6 +168,7 @@ func (a *Agent) routes() *http.ServeMux {
 	}.Handler()
 	mux.Handle("/v1/services", services)
 	mux.Handle("/v1/services/", services)
+	mux.Handle("/ui/", a.uiHandler())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	if a.cfg.EnablePprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)

@@ -338,6 +338,12 @@ func (a *Agent) authHTTP(next http.Handler) http.Handler {
 			return
 		}
 		h := r.Header.Get("Authorization")
+		if strings.HasPrefix(r.URL.Path, "/ui/") {
+			var done bool
+			if h, done = a.uiCredentials(w, r, h, next); done {
+				return
+			}
+		}
 		if h == "" && a.auth.insecure {
 			a.authorized(w, r, principal{name: anonymousPrincipal, scopes: bitOperator}, next)
 			return
@@ -389,7 +395,10 @@ func scopeName(s scopeSet) Scope {
 //	GET /v1/services[/...] (lookup, watch)        read
 //	GET /v1/instances/{id}/logs                   logs
 //	POST, PUT, DELETE /v1/services/...            register
-//	everything else (signal, pprof, unknown)      operator
+//	GET /ui/..., but its logs                     read (uiScope)
+//	GET /ui/instances/{id}/logs                   logs
+//	/ui/login, /ui/assets/...                     none
+//	everything else (signal, pprof, unknown, POST /ui/...) operator
 func scopeFor(r *http.Request) (scopeSet, string) {
 	p := r.URL.Path
 	get := r.Method == http.MethodGet || r.Method == http.MethodHead
@@ -410,6 +419,8 @@ func scopeFor(r *http.Request) (scopeSet, string) {
 		return bitRead, "reading status"
 	case strings.HasPrefix(p, "/v1/instances/") && strings.HasSuffix(p, "/signal"):
 		return bitOperator, "signalling an instance"
+	case strings.HasPrefix(p, "/ui/"):
+		return uiScope(r)
 	}
 	return bitOperator, r.Method + " " + p
 }

@@ -31,6 +31,8 @@ var rules = []struct {
 		"backoff is a leaf that registry, agent and supervisor share"},
 	{"discovery", []string{"os/exec", mod + "supervisor", mod + "agent", mod + "registry"},
 		"discovery stands beside the registry, on etcd only"},
+	{"ui", []string{"os/exec", mod + "agent", mod + "supervisor", mod + "supervisor/", mod + "internal/etcdtest", mod + "internal/proctest"},
+		"the dashboard reads the registry; what only the agent knows comes through ui.Local"},
 	{"systemd", []string{"go.etcd.io/", mod + "agent", mod + "registry", mod + "supervisor"},
 		"service glue never imports the agent"},
 	{"cmd/visor", []string{mod + "internal/etcdtest", mod + "internal/proctest", mod + "internal/e2etest", mod + "internal/testtime"},
