@@ -21,7 +21,13 @@ func newScaleCmd(e *env) *cobra.Command {
 		Long: `scale writes the desired count and, in the same transaction, the start or
 stop tickets for the difference; agents carry them out. With --wait it then
 shows progress ("web/v1/web 3/5 running") until every process type has as
-many running instances as desired, and fails if --wait-timeout passes first.
+many running instances as desired, each running past its restart policy's
+reset-after window (10 s by default; with a health check, running means its
+first pass). It fails as soon as the outcome is known (exit 1, naming the
+instance and why): an instance failed, one crash-loops (3 restarts, naming
+its last exit code), or a start failed on every live host (an artifact 404,
+a wrong sha256, a command not found). If --wait-timeout passes first it
+fails with exit code 3.
 
 A count above what the live hosts can run (their capacity, less the slots
 other instances use) is refused with the numbers, unless --force: then the
@@ -241,6 +247,13 @@ type scaleWaiter struct {
 	// waiting is, per process type, why instances wait for capacity
 	// (registry.ScaleStatus), "" when none does.
 	waiting map[string]string
+	// stable is, per process type, how long an instance must run to
+	// count; since is when each running instance was seen starting to run.
+	stable map[string]time.Duration
+	since  map[string]time.Time
+	// fail is set once the outcome is known to be a failure: an instance
+	// failed, crash-loops, or a start failed on every live host.
+	fail error
 }
 
 // readWaiting refreshes w.waiting from the registry's scale statuses.
@@ -278,7 +291,14 @@ func (w *scaleWaiter) observe(inst registry.Instance, rev int64, during bool) {
 	if (during || w.ours[inst.Ticket]) && inst.State == registry.InstanceFailed && w.state[inst.ID] != registry.InstanceFailed {
 		w.failed[inst.Proc]++
 		w.reason[inst.Proc] = inst.Reason
+		if w.fail == nil {
+			w.fail = fmt.Errorf("%s/%s/%s: instance %s failed: %s: %w", inst.App, inst.Rev, inst.Proc, inst.ID, dash(inst.Reason), errWaitFailed)
+		}
 	}
+	if err := crashLoop(inst); err != nil && w.fail == nil {
+		w.fail = err
+	}
+	w.noteSince(inst, time.Now())
 	w.state[inst.ID] = inst.State
 	w.procOf[inst.ID] = inst.Proc
 }
@@ -292,6 +312,7 @@ func (w *scaleWaiter) forget(id string, rev int64) {
 	w.modRev[id] = rev
 	delete(w.state, id)
 	delete(w.procOf, id)
+	delete(w.since, id)
 }
 
 func (w *scaleWaiter) running() map[string]int {
@@ -332,19 +353,22 @@ func (w *scaleWaiter) progress(a scaleArg, running int) string {
 
 // report prints the progress line of every process type whose line changed
 // since the last report, and reports whether every process type has
-// reached its desired count.
-func (w *scaleWaiter) report(out io.Writer) bool {
+// reached its desired count of running instances, each running past its
+// stable window at now; next is when the next running instance becomes
+// stable (zero if none).
+func (w *scaleWaiter) report(out io.Writer, now time.Time) (done bool, next time.Time) {
 	n := w.running()
-	done := true
+	stable, next := w.stableRunning(now)
+	done = true
 	for _, a := range w.want {
 		line := w.progress(a, n[a.proc])
 		if w.printed[a.proc] != line {
 			fmt.Fprintln(out, line)
 			w.printed[a.proc] = line
 		}
-		done = done && n[a.proc] == a.n
+		done = done && n[a.proc] == a.n && stable[a.proc] == a.n
 	}
-	return done
+	return done, next
 }
 
 func (w *scaleWaiter) summary() string {
@@ -383,20 +407,32 @@ func waitScale(ctx context.Context, e *env, r *registry.Registry, out io.Writer,
 		ours:     ours,
 		printed:  make(map[string]string),
 		waiting:  make(map[string]string),
+		stable:   make(map[string]time.Duration),
+		since:    make(map[string]time.Time),
 	}
 	if err := w.readWaiting(ctx, r); err != nil {
 		return err
 	}
+	w.readStable(ctx, r)
 	for _, inst := range insts {
 		w.observe(inst, inst.ModRevision, false)
 	}
 	events := r.WatchEvents(ctx, from+1)
 	defer drain(cancel, events)
+	settle := time.NewTimer(time.Hour)
+	defer settle.Stop()
 	for {
-		if w.report(out) {
+		done, next := w.report(out, time.Now())
+		switch {
+		case w.fail != nil:
+			return w.fail
+		case done:
 			return nil
+		case !next.IsZero():
+			settle.Reset(time.Until(next))
 		}
 		select {
+		case <-settle.C:
 		case <-timer.C:
 			return waitTimeout("scale: timed out after %s waiting: %s", timeout, w.summary())
 		case ev, ok := <-events:
@@ -437,15 +473,22 @@ func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev regist
 		case len(t.Reasons) > 0:
 			w.reason[ev.Proc] = t.Reasons[len(t.Reasons)-1]
 		}
+		if err == nil && w.fail == nil {
+			fail, err := failedEverywhere(ctx, r, t)
+			if err != nil {
+				return err
+			}
+			w.fail = fail
+		}
 	case registry.InstanceDeleted:
 		w.forget(ev.Instance, ev.Revision)
 	case registry.InstanceChanged:
-		if ev.State != "" && ev.State != registry.InstanceFailed && ev.App != "" && ev.Rev != "" && ev.Proc != "" {
+		if ev.State != "" && ev.State != registry.InstanceFailed && ev.State != registry.InstanceBackoff && ev.App != "" && ev.Rev != "" && ev.Proc != "" {
 			w.observe(registry.Instance{ID: ev.Instance, App: ev.App, Rev: ev.Rev, Proc: ev.Proc, State: ev.State}, ev.Revision, true)
 			return nil
 		}
-		// Read the record: the event lacks its details, or it failed and
-		// the reason is worth showing.
+		// Read the record: the event lacks its details, or it failed or
+		// backs off, and the reason and restarts are worth showing.
 		inst, err := r.Instance(ctx, ev.Instance)
 		switch {
 		case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrCorrupt):

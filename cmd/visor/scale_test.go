@@ -98,21 +98,26 @@ func TestScaleWaitReachesScale(t *testing.T) {
 
 func TestScaleWaitShowsFailures(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		handle func(context.Context, *registry.HostSession, registry.Ticket) error
-		want   string
+		name      string
+		handle    func(context.Context, *registry.HostSession, registry.Ticket) error
+		want      string
+		what, why string
 	}{
-		{"failed", failStart, "web/v1/web 0/1 running (1 failed: command not found)"},
-		{"released", releaseStart, "web/v1/web 0/1 running (1 start attempt failed: artifact missing)"},
+		{"failed", failStart, "web/v1/web 0/1 running (1 failed: command not found)",
+			"instance web-web-", "failed: command not found"},
+		{"released", releaseStart, "web/v1/web 0/1 running (1 start attempt failed: artifact missing)",
+			"start of instance web-web-", "failed on every live host (1 of 3 attempts): artifact missing"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
 			setupWeb(h)
 			serve(t, h, tc.handle)
 
-			// Every start fails: the wait shows why and gives up at the timeout.
-			res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "2s")
-			checkFailure(t, res, exitWaitTimeout, []string{"timed out after 2s", tc.want}, nil)
+			// Every start fails: the wait shows why and fails as soon as
+			// the outcome is known (exit 1 naming the instance and the
+			// reason), not at its timeout (exit 3; issue 17 item 1).
+			res := h.run("scale", "web", "v1", "web=1", "--wait", "--wait-timeout", "10m")
+			checkFailure(t, res, 1, []string{tc.what, tc.why, "will not reach the desired count"}, nil)
 			if !strings.Contains(res.stdout, tc.want+"\n") {
 				t.Errorf("progress does not show the failure: stdout %q", res.stdout)
 			}
