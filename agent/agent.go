@@ -55,16 +55,12 @@ type Agent struct {
 	auth      *authenticator // API principals; set by listen
 	started   time.Time
 
-	// The ticket pipeline's shared state (see placement.go, pipeline.go):
-	// peers are the live hosts, for claim ranks; claimLatency a recent
-	// claim round trip in nanoseconds (see noteClaimLatency);
-	// claimsInFlight the claims sent and not yet answered.
-	peers          atomic.Pointer[[]registry.Host]
-	claimLatency   atomic.Int64
-	claimsInFlight atomic.Int64
-	inflight       *inflightTickets // tickets in the pipeline
-	starts         *startRuns       // starts under way here
-	startLimit     *rate.Limiter    // Config.StartRate
+	// What the ticket pipelines of successive sessions share (see
+	// pipeline.go, placement.go).
+	place      *placer          // claim ranks and pacing
+	inflight   *inflightTickets // tickets in the pipeline
+	starts     *startRuns       // starts under way here
+	startLimit *rate.Limiter    // Config.StartRate
 	// draining is set while the registry says this host is being drained:
 	// no start tickets are claimed then.
 	draining atomic.Bool
@@ -107,6 +103,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		artifacts:  newArtifactCache(filepath.Join(cfg.DataDir, "artifacts"), artifactLimitsOf(cfg), log.Named("artifacts")),
 		started:    time.Now(),
 		sessionCh:  make(chan struct{}),
+		place:      newPlacer(cfg, log),
 		inflight:   newInflightTickets(),
 		starts:     newStartRuns(),
 		startLimit: rate.NewLimiter(rate.Limit(cfg.StartRate), cfg.StartBurst),

@@ -11,6 +11,36 @@ import (
 	"github.com/visorhq/visor/supervisor"
 )
 
+// sessionExecutor is the pipeline's ticketExecutor: the agent's execution
+// of claimed tickets with session s.
+type sessionExecutor struct {
+	a *Agent
+	s *registry.HostSession
+}
+
+func (e sessionExecutor) prepare(ctx context.Context, j *job) bool { return e.a.prepareStart(ctx, j) }
+
+func (e sessionExecutor) execute(ctx context.Context, drain func() context.Context, j *job) {
+	e.a.execute(ctx, drain, e.s, j)
+}
+
+// pipelineDeps is what the ticket pipeline of session s gets.
+func (a *Agent) pipelineDeps(s *registry.HostSession) pipelineDeps {
+	return pipelineDeps{
+		log:         a.log,
+		maxParallel: a.cfg.MaxParallel,
+		session:     s,
+		exec:        sessionExecutor{a: a, s: s},
+		inflight:    a.inflight,
+		adm:         a.adm,
+		supervised:  a.sup.Has,
+		startLimit:  a.startLimit,
+		place:       a.place,
+		counters: claimCounters{won: a.metrics.claimsWon, lost: a.metrics.claimsLost,
+			conflicts: a.metrics.claimConflicts, batches: a.metrics.claimBatches},
+	}
+}
+
 // execute runs a claimed ticket and completes or releases it. drain gives
 // the context of a release when ctx ended meanwhile.
 func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *registry.HostSession, j *job) {

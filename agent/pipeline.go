@@ -6,6 +6,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/visorhq/visor/internal/backoff"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -38,10 +43,9 @@ import (
 // stacks of a claim (gRPC) and a start (fork/exec) are grown once, not
 // once per ticket.
 type pipeline struct {
-	a               *Agent
+	pipelineDeps
 	ctx             context.Context // the session
-	s               *registry.HostSession
-	slot            chan struct{} // bounds start tickets waiting out their delay
+	slot            chan struct{}   // bounds start tickets waiting out their delay
 	claimCh, execCh chan *job
 	ctlCh           chan *job // claimed stop, restart and signal tickets
 
@@ -73,9 +77,50 @@ type job struct {
 	gid       int
 }
 
-func (a *Agent) newPipeline(ctx context.Context, s *registry.HostSession) *pipeline {
-	n := a.cfg.MaxParallel
-	p := &pipeline{a: a, ctx: ctx, s: s, slot: make(chan struct{}, 16*n),
+// pipelineSession is what the pipeline needs of the host session
+// (*registry.HostSession).
+type pipelineSession interface {
+	ClaimBatch(ctx context.Context, ts []registry.Ticket) []registry.ClaimResult
+	Unclaim(ctx context.Context, t registry.Ticket, reason string) error
+}
+
+// ticketExecutor runs the tickets the pipeline claimed (execute.go).
+type ticketExecutor interface {
+	// prepare reads what start job j needs before it runs, and reports
+	// whether it must wait for an artifact first (then it waits off the
+	// executors).
+	prepare(ctx context.Context, j *job) (fetch bool)
+	// execute runs claimed job j and completes or releases its ticket;
+	// drain gives the context of a release once ctx has ended.
+	execute(ctx context.Context, drain func() context.Context, j *job)
+}
+
+// claimCounters are the pipeline's metrics.
+type claimCounters struct {
+	won, lost, conflicts, batches prometheus.Counter
+}
+
+// pipelineDeps is what the pipeline needs of the rest of the agent.
+type pipelineDeps struct {
+	log         hclog.Logger
+	maxParallel int // Config.MaxParallel
+	session     pipelineSession
+	exec        ticketExecutor
+	inflight    *inflightTickets
+	adm         *admission
+	// supervised reports whether the supervisor has instance id (see
+	// admission.settle).
+	supervised func(id string) bool
+	startLimit *rate.Limiter // Config.StartRate
+	place      *placer
+	counters   claimCounters
+}
+
+// newPipeline starts a pipeline for one session, which ends with ctx;
+// call close after ctx ended.
+func newPipeline(ctx context.Context, d pipelineDeps) *pipeline {
+	n := d.maxParallel
+	p := &pipeline{pipelineDeps: d, ctx: ctx, slot: make(chan struct{}, 16*n),
 		claimCh: make(chan *job, n), execCh: make(chan *job, 16*n), ctlCh: make(chan *job, 16*n),
 		backlogCh: make(chan struct{}, 1)}
 	for range claimers(n) {
@@ -142,7 +187,7 @@ func (p *pipeline) feed() {
 		case p.slot <- struct{}{}:
 			p.wait(t, true)
 		case <-p.ctx.Done():
-			p.a.inflight.unmark(t.ID)
+			p.inflight.unmark(t.ID)
 			return // close lets go of the rest
 		}
 	}
@@ -152,13 +197,13 @@ func (p *pipeline) feed() {
 // the claimers; slotted says it holds a slot to give back.
 func (p *pipeline) wait(t registry.Ticket, slotted bool) {
 	wait, abandon := context.WithCancel(p.ctx)
-	p.a.inflight.setAbandon(t.ID, abandon)
+	p.inflight.setAbandon(t.ID, abandon)
 	j := &job{t: t, wait: wait, abandon: abandon}
 	p.waiters.Go(func() {
 		if slotted {
 			defer func() { <-p.slot }()
 		}
-		if !p.a.waitClaimDelay(j) {
+		if !p.place.waitClaimDelay(j) {
 			p.finish(j, true)
 			return
 		}
@@ -176,7 +221,7 @@ func (p *pipeline) close() {
 	p.feeder.Wait()
 	p.backlogMu.Lock()
 	for _, t := range p.backlog {
-		p.a.inflight.unmark(t.ID)
+		p.inflight.unmark(t.ID)
 	}
 	p.backlog = nil
 	p.backlogMu.Unlock()
@@ -195,10 +240,10 @@ func (p *pipeline) close() {
 // finish takes j out of the pipeline; lost counts it as a claim lost.
 func (p *pipeline) finish(j *job, lost bool) {
 	if lost {
-		p.a.metrics.claimsLost.Inc()
+		p.counters.lost.Inc()
 	}
 	j.abandon()
-	p.a.inflight.unmark(j.t.ID)
+	p.inflight.unmark(j.t.ID)
 }
 
 // claimers is how many claim loops a pipeline runs for maxParallel
@@ -234,22 +279,21 @@ func (p *pipeline) claimLoop() {
 // claim claims the tickets of batch that are still wanted, in one round
 // trip, and passes the won ones to the executors.
 func (p *pipeline) claim(batch []*job) {
-	a := p.a
 	var (
 		jobs    []*job
 		tickets []registry.Ticket
 	)
 	for _, j := range batch {
-		a.inflight.claiming(j.t.ID)
+		p.inflight.claiming(j.t.ID)
 		if j.wait.Err() != nil {
 			p.finish(j, true)
 			continue
 		}
 		if j.t.Op == registry.TicketStart {
-			if ok, why := a.adm.reserve(j.t.Instance, a.adm.reservationOf(j.t)); !ok {
-				a.log.Debug("host full; leaving the ticket to others", "ticket", j.t.ID, "why", why)
+			if ok, why := p.adm.reserve(j.t.Instance, p.adm.reservationOf(j.t)); !ok {
+				p.log.Debug("host full; leaving the ticket to others", "ticket", j.t.ID, "why", why)
 				p.finish(j, true)
-				a.adm.skip(j.t) // for when room frees up here
+				p.adm.skip(j.t) // for when room frees up here
 				continue
 			}
 		}
@@ -259,17 +303,17 @@ func (p *pipeline) claim(batch []*job) {
 	if len(jobs) == 0 {
 		return
 	}
-	a.claimsInFlight.Add(int64(len(jobs)))
-	defer a.claimsInFlight.Add(-int64(len(jobs)))
+	p.place.claimsInFlight.Add(int64(len(jobs)))
+	defer p.place.claimsInFlight.Add(-int64(len(jobs)))
 	for try := 0; ; try++ {
 		sent := time.Now()
-		results := p.s.ClaimBatch(p.ctx, tickets)
-		a.noteClaimLatency(time.Since(sent))
-		a.metrics.claimBatches.Inc()
+		results := p.session.ClaimBatch(p.ctx, tickets)
+		p.place.noteClaimLatency(time.Since(sent))
+		p.counters.batches.Inc()
 		var again []*job
 		for i, j := range jobs {
 			if err := results[i].Err; unknownOutcome(err) && p.ctx.Err() == nil {
-				a.log.Debug("claim outcome unknown; trying again", "ticket", j.t.ID, "error", err)
+				p.log.Debug("claim outcome unknown; trying again", "ticket", j.t.ID, "error", err)
 				again = append(again, j)
 				continue
 			}
@@ -280,12 +324,7 @@ func (p *pipeline) claim(batch []*job) {
 		}
 		// A claim whose reply was lost may have gone through: the retry
 		// finds it held by this session and takes it (registry Claim).
-		timer := time.NewTimer(min(claimRetryDelay<<min(try, 8), maxClaimRetryDelay))
-		select {
-		case <-timer.C:
-		case <-p.ctx.Done():
-			timer.Stop()
-		}
+		_ = backoff.Sleep(p.ctx, claimRetry.Delay(try+1)) // a session that ended is seen next round
 		jobs, tickets = again, tickets[:0]
 		for _, j := range jobs {
 			tickets = append(tickets, j.t)
@@ -302,6 +341,8 @@ const (
 	claimRetryDelay    = 200 * time.Millisecond
 	maxClaimRetryDelay = 5 * time.Second
 )
+
+var claimRetry = backoff.Policy{Initial: claimRetryDelay, Max: maxClaimRetryDelay}
 
 // unknownOutcome reports a claim error that says nothing of the claim:
 // not one of the registry's verdicts (lost, invalid, lease gone).
@@ -321,26 +362,25 @@ func unknownOutcome(err error) bool {
 // claimed settles job j's claim outcome: a won ticket goes to the
 // executors; a lost or failed one leaves the pipeline.
 func (p *pipeline) claimed(j *job, res registry.ClaimResult) {
-	a := p.a
 	inst, err := res.Instance, res.Err
 	if err != nil && j.t.Op == registry.TicketStart {
-		a.adm.unreserve(j.t.Instance)
+		p.adm.unreserve(j.t.Instance)
 	}
 	switch {
 	case errors.Is(err, registry.ErrClaimed), errors.Is(err, registry.ErrTicketChanged),
 		errors.Is(err, registry.ErrTicketDone), errors.Is(err, registry.ErrNotFound):
-		a.metrics.claimConflicts.Inc()
-		a.log.Debug("ticket taken by another host", "ticket", j.t.ID, "error", err)
+		p.counters.conflicts.Inc()
+		p.log.Debug("ticket taken by another host", "ticket", j.t.ID, "error", err)
 		p.finish(j, true)
 		return
 	case err != nil:
 		if p.ctx.Err() == nil {
-			a.log.Warn("claim ticket", "ticket", j.t.ID, "error", err)
+			p.log.Warn("claim ticket", "ticket", j.t.ID, "error", err)
 		}
 		p.finish(j, false)
 		return
 	}
-	a.metrics.claimsWon.Inc()
+	p.counters.won.Inc()
 	j.inst = inst
 	// Executors drain execCh and ctlCh until they are closed.
 	if j.t.Op == registry.TicketStart {
@@ -361,15 +401,15 @@ func (p *pipeline) claimed(j *job, res registry.ClaimResult) {
 func (p *pipeline) execLoop(ch chan *job) {
 	for j := range ch {
 		if j.t.Op == registry.TicketStart && p.ctx.Err() == nil {
-			_ = p.a.startLimit.Wait(p.ctx) // fails only when the session ends, checked next
+			_ = p.startLimit.Wait(p.ctx) // fails only when the session ends, checked next
 		}
 		if p.ctx.Err() != nil {
 			// Shutting down (or the lease is gone) before it started.
-			_ = p.s.Unclaim(p.drain(), j.t, "agent shutting down before the ticket was started")
+			_ = p.session.Unclaim(p.drain(), j.t, "agent shutting down before the ticket was started")
 			p.done(j)
 			continue
 		}
-		if j.t.Op == registry.TicketStart && p.a.prepareStart(p.ctx, j) {
+		if j.t.Op == registry.TicketStart && p.exec.prepare(p.ctx, j) {
 			p.fetchers.Go(func() { p.run(j) })
 			continue
 		}
@@ -379,13 +419,13 @@ func (p *pipeline) execLoop(ch chan *job) {
 
 // run executes job j and takes it out of the pipeline.
 func (p *pipeline) run(j *job) {
-	p.a.execute(p.ctx, p.drain, p.s, j)
+	p.exec.execute(p.ctx, p.drain, j)
 	p.done(j)
 }
 
 func (p *pipeline) done(j *job) {
 	if j.t.Op == registry.TicketStart {
-		p.a.adm.settle(j.t.Instance, p.a.sup.Has(j.t.Instance))
+		p.adm.settle(j.t.Instance, p.supervised(j.t.Instance))
 	}
 	p.finish(j, false)
 }
@@ -398,36 +438,6 @@ func (p *pipeline) drain() context.Context {
 		p.drainCtx, p.drainCancel = context.WithTimeout(context.WithoutCancel(p.ctx), drainTimeout)
 	})
 	return p.drainCtx
-}
-
-// waitClaimDelay waits out j's claim delay: its rank among the hosts for
-// the ticket times the backup step, re-checked when the timer fires (the
-// rank or the step may have changed); a backup claim is put off while this
-// agent's own claims are in flight. False if the wait ended first.
-func (a *Agent) waitClaimDelay(j *job) bool {
-	seen := time.Now()
-	d, backup := a.claimDelay(j.t)
-	wasBackup := backup
-	a.log.Debug("ticket offered", "ticket", j.t.ID, "op", string(j.t.Op), "delay", d, "backup", backup)
-	for postponed := 0; d > 0; {
-		timer := time.NewTimer(d)
-		select {
-		case <-timer.C:
-		case <-j.wait.Done():
-			timer.Stop()
-			return false
-		}
-		d, backup = a.claimDelay(j.t)
-		d -= time.Since(seen)
-		// A host that ranked first when the ticket came may still be
-		// claiming it even if the ranks moved since (a status update
-		// changed a weight): a backup stays one.
-		if d <= 0 && (backup || wasBackup) && postponed < maxBackupPostpone && a.claimsInFlight.Load() > 0 {
-			d = a.backupStep() / 2
-			postponed++
-		}
-	}
-	return j.wait.Err() == nil
 }
 
 // inflightTickets is the set of tickets in the pipeline (from offer to

@@ -4,7 +4,10 @@ import (
 	"context"
 	"math"
 	"slices"
+	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/visorhq/visor/registry"
 )
@@ -24,23 +27,77 @@ import (
 // against an idle one.
 const loadScale = 50
 
-// watchPeers keeps a.peers, the live host records, until ctx ends.
+// placer ranks this host for tickets and paces its claims: the ticket
+// pipeline asks it how long to wait before claiming (waitClaimDelay) and
+// tells it of its claims in flight and their round trips.
+type placer struct {
+	host        string        // this host's id
+	claimDelay0 time.Duration // Config.ClaimDelay: jitter of a first-ranked claim
+	claimBackup time.Duration // Config.ClaimBackup: wait per rank
+	log         hclog.Logger
+
+	peers atomic.Pointer[[]registry.Host] // live hosts, for claim ranks
+	// claimLatency is a recent claim round trip in nanoseconds (see
+	// noteClaimLatency); claimsInFlight the claims sent, not yet answered.
+	claimLatency   atomic.Int64
+	claimsInFlight atomic.Int64
+}
+
+func newPlacer(cfg Config, log hclog.Logger) *placer {
+	return &placer{host: cfg.HostID, claimDelay0: cfg.ClaimDelay, claimBackup: cfg.ClaimBackup, log: log}
+}
+
+// setPeers records the live hosts.
+func (pl *placer) setPeers(hs []registry.Host) { pl.peers.Store(&hs) }
+
+// watchPeers keeps the placer's peers, the live host records, until ctx
+// ends.
 func (a *Agent) watchPeers(ctx context.Context) {
 	for hs := range a.reg.WatchHosts(ctx) {
-		a.peers.Store(&hs)
+		a.place.setPeers(hs)
 	}
 }
 
 // claimDelay is the wait before claiming ticket t: 0 for a ticket
 // targeted at this host, else this host's rank for t times the backup
 // step plus a jitter below ClaimDelay. backup reports a rank above 0.
-func (a *Agent) claimDelay(t registry.Ticket) (d time.Duration, backup bool) {
+func (pl *placer) claimDelay(t registry.Ticket) (d time.Duration, backup bool) {
 	if t.Host != "" {
 		return 0, false
 	}
-	jitter := time.Duration(rendezvous(a.cfg.HostID, t.ID) % uint64(a.cfg.ClaimDelay+1))
-	rank := a.claimRank(t)
-	return time.Duration(rank)*a.backupStep() + jitter, rank > 0
+	jitter := time.Duration(rendezvous(pl.host, t.ID) % uint64(pl.claimDelay0+1))
+	rank := pl.claimRank(t)
+	return time.Duration(rank)*pl.backupStep() + jitter, rank > 0
+}
+
+// waitClaimDelay waits out j's claim delay: its rank among the hosts for
+// the ticket times the backup step, re-checked when the timer fires (the
+// rank or the step may have changed); a backup claim is put off while this
+// agent's own claims are in flight. False if the wait ended first.
+func (pl *placer) waitClaimDelay(j *job) bool {
+	seen := time.Now()
+	d, backup := pl.claimDelay(j.t)
+	wasBackup := backup
+	pl.log.Debug("ticket offered", "ticket", j.t.ID, "op", string(j.t.Op), "delay", d, "backup", backup)
+	for postponed := 0; d > 0; {
+		timer := time.NewTimer(d)
+		select {
+		case <-timer.C:
+		case <-j.wait.Done():
+			timer.Stop()
+			return false
+		}
+		d, backup = pl.claimDelay(j.t)
+		d -= time.Since(seen)
+		// A host that ranked first when the ticket came may still be
+		// claiming it even if the ranks moved since (a status update
+		// changed a weight): a backup stays one.
+		if d <= 0 && (backup || wasBackup) && postponed < maxBackupPostpone && pl.claimsInFlight.Load() > 0 {
+			d = pl.backupStep() / 2
+			postponed++
+		}
+	}
+	return j.wait.Err() == nil
 }
 
 // maxBackupPostpone bounds how often a backup claim is put off while this
@@ -55,20 +112,20 @@ const maxBackupPostpone = 4
 // while claims of its own are still in flight (etcd is queueing claims,
 // the first-ranked host's too) it puts a backup claim off by another
 // half step, at most maxBackupPostpone times.
-func (a *Agent) backupStep() time.Duration {
-	return max(a.cfg.ClaimBackup, 2*time.Duration(a.claimLatency.Load()))
+func (pl *placer) backupStep() time.Duration {
+	return max(pl.claimBackup, 2*time.Duration(pl.claimLatency.Load()))
 }
 
 // noteClaimLatency keeps a recent claim round trip: it follows a rise at
 // once and a fall slowly (a tenth of the way per claim).
-func (a *Agent) noteClaimLatency(d time.Duration) {
+func (pl *placer) noteClaimLatency(d time.Duration) {
 	for {
-		cur := a.claimLatency.Load()
+		cur := pl.claimLatency.Load()
 		next := int64(d)
 		if next < cur {
 			next = cur - (cur-next)/10
 		}
-		if a.claimLatency.CompareAndSwap(cur, next) {
+		if pl.claimLatency.CompareAndSwap(cur, next) {
 			return
 		}
 	}
@@ -77,13 +134,13 @@ func (a *Agent) noteClaimLatency(d time.Duration) {
 // claimRank is how many eligible live hosts rank before this one for t.
 // Hosts that already failed t, and hosts at their capacity, are skipped;
 // this host always counts as live.
-func (a *Agent) claimRank(t registry.Ticket) int {
+func (pl *placer) claimRank(t registry.Ticket) int {
 	var peers []registry.Host
-	if p := a.peers.Load(); p != nil {
+	if p := pl.peers.Load(); p != nil {
 		peers = *p
 	}
-	self := registry.Host{ID: a.cfg.HostID}
-	if i := slices.IndexFunc(peers, func(h registry.Host) bool { return h.ID == a.cfg.HostID }); i >= 0 {
+	self := registry.Host{ID: pl.host}
+	if i := slices.IndexFunc(peers, func(h registry.Host) bool { return h.ID == pl.host }); i >= 0 {
 		self = peers[i]
 	}
 	mine := placementScore(self, t.ID)

@@ -29,10 +29,10 @@ func TestClaimRanks(t *testing.T) {
 		{ID: "a"}, {ID: "b"}, {ID: "c", Load: registry.HostLoad{Instances: 100}},
 		{ID: "full", Capacity: 5, Load: registry.HostLoad{Instances: 5}},
 	}
-	agents := map[string]*Agent{}
+	agents := map[string]*placer{}
 	for _, h := range peers {
-		a := &Agent{cfg: Config{HostID: h.ID}}
-		a.peers.Store(&peers)
+		a := &placer{host: h.ID}
+		a.setPeers(peers)
 		agents[h.ID] = a
 	}
 	first := map[string]int{}

@@ -49,7 +49,7 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		}()
 	}
 
-	p := a.newPipeline(sctx, s)
+	p := newPipeline(sctx, a.pipelineDeps(s))
 	a.adm.forgetSkipped()
 	tickets := a.reg.WatchTickets(sctx, a.cfg.HostID)
 	for watching := true; watching; {
