@@ -22,7 +22,8 @@ run: build
 	./$(BIN) agent -dev
 
 ## test: vet, formatting and the whole suite (real etcd embedded, real processes) with -race.
-test: vet
+## As root it first installs what the VM suite (test/vm) needs (test-deps).
+test: vet test-deps
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
 	$(GO) test $(TESTFLAGS) ./...
 
@@ -54,3 +55,28 @@ package:
 		GOARCH=$$arch PKG_VERSION=$$pkgver $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2 \
 			package -f packaging/nfpm.yaml -p $$p -t bin/packages/; \
 	done
+
+## test-deps: as root with apt, install what test/vm needs (qemu-system-x86, qemu-utils,
+## mmdebstrap) when missing; elsewhere it does nothing and the VM suite skips with a message.
+.PHONY: test-deps vm-image test-vm
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		missing=""; \
+		command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-system-x86"; \
+		command -v qemu-img >/dev/null 2>&1 || missing="$$missing qemu-utils"; \
+		command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+		if [ -n "$$missing" ]; then \
+			echo "test-deps: apt-get install$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing >/dev/null || \
+			{ apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing >/dev/null; } || \
+			echo "test-deps: could not install$$missing; the VM suite will skip"; \
+		fi; \
+	fi
+
+## vm-image: build (or find cached) the VM suite's Debian image; prints its directory.
+vm-image: test-deps
+	./test/vm/image/mkimage.sh
+
+## test-vm: the VM suite alone (root; boots Debian guests under qemu).
+test-vm: test-deps
+	$(GO) test -count=1 -timeout 20m -v ./test/vm/

@@ -23,7 +23,8 @@ import (
 type Files struct {
 	// CA is the authority's certificate.
 	CA string
-	// ServerCert and ServerKey are valid for 127.0.0.1, ::1 and localhost.
+	// ServerCert and ServerKey are valid for 127.0.0.1, ::1, localhost and
+	// the addresses given to NewFor.
 	ServerCert, ServerKey string
 	// ClientCert and ClientKey are a client certificate (CN "visor-test").
 	ClientCert, ClientKey string
@@ -37,6 +38,13 @@ type Files struct {
 // New writes a CA, a server, a client and a wrong-name certificate into a
 // temporary directory of t.
 func New(t testing.TB) Files {
+	t.Helper()
+	return NewFor(t)
+}
+
+// NewFor is New with a server certificate also valid for the addresses ips
+// (a test network's etcd members, say).
+func NewFor(t testing.TB, ips ...net.IP) Files {
 	t.Helper()
 	dir := t.TempDir()
 	caKey, caCert := authority(t, "visor test CA")
@@ -54,7 +62,7 @@ func New(t testing.TB) Files {
 	leaf(t, caKey, caCert, f.ServerCert, f.ServerKey, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "localhost"},
 		DNSNames:    []string{"localhost"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
+		IPAddresses: append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}, ips...),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	})
 	leaf(t, caKey, caCert, f.ClientCert, f.ClientKey, &x509.Certificate{

@@ -1,0 +1,125 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/visorhq/visor/internal/testtime"
+)
+
+// addGuest makes guest i (h<i>, address .10+i): an overlay of the
+// template's disk, a tap on the bridge, and qemu restoring the template's
+// state; then configures it (configure).
+func (f *fleet) addGuest(i int) (*guest, error) {
+	g := newGuest(f.net, f.im, f.dir, fmt.Sprintf("h%d", i), i)
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", f.tmpl.disk, g.disk()).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("qemu-img create: %v: %s", err, out)
+	}
+	if err := f.net.addTap(g.tap, false); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.guests = append(f.guests, g)
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(f.ctx, testtime.Scaled(3*time.Minute))
+	defer cancel()
+	start := time.Now()
+	if err := g.start(ctx, f.tmpl.state); err != nil {
+		return nil, err
+	}
+	if err := g.waitAgent(ctx); err != nil {
+		return nil, err
+	}
+	restored := time.Since(start)
+	if err := f.configure(ctx, g); err != nil {
+		return nil, err
+	}
+	f.t.Logf("%s restored in %s, configured after %s", g.name, restored.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond))
+	return g, nil
+}
+
+// configure gives a restored guest its identity, persistently (it survives
+// a reboot): the clock, hostname, MAC and address (systemd-networkd), the
+// etcd CA, the instances' user; then waits until etcd is reachable.
+func (f *fleet) configure(ctx context.Context, g *guest) error {
+	ca, err := os.ReadFile(f.certs.CA)
+	if err != nil {
+		return err
+	}
+	script := fmt.Sprintf(`set -e
+date -u -s @%d >/dev/null
+echo %[2]s >/etc/hostname && hostname %[2]s
+printf '127.0.0.1 localhost\n127.0.1.1 %[2]s\n' >/etc/hosts
+mkdir -p /etc/systemd/network
+cat >/etc/systemd/network/10-eth0.network <<'EOT'
+[Match]
+Name=eth0
+[Link]
+MACAddress=%[3]s
+[Network]
+Address=%[4]s/24
+LinkLocalAddressing=no
+EOT
+ip link set eth0 down
+ip link set eth0 address %[3]s
+ip link set eth0 up
+networkctl reload
+networkctl reconfigure eth0
+mkdir -p /etc/visor-vm
+cat >/etc/visor-vm/etcd-ca.pem <<'EOT'
+%[5]sEOT
+getent passwd %[6]s >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin %[6]s
+for i in $(seq 1 300); do
+	if timeout 2 bash -c '</dev/tcp/%[7]s/2379' 2>/dev/null; then exit 0; fi
+	sleep 0.2
+done
+echo "etcd at %[7]s:2379 not reachable"; ip addr; exit 1
+`, time.Now().Unix(), g.name, g.mac, guestAddr(g.idx), ca, appUser, memberAddr(1))
+	_, err = g.must(ctx, script)
+	return err
+}
+
+// agentConfig is /etc/visor/agent.json of guest g: the documented keys
+// (packaging/README.md) with the suite's etcd, TLS and user.
+func agentConfig(g *guest) string {
+	return fmt.Sprintf(`{
+  "endpoints": %q,
+  "prefix": %q,
+  "ca_file": "/etc/visor-vm/etcd-ca.pem",
+  "username": %q,
+  "password": %q,
+  "host": %q,
+  "data_dir": "/var/lib/visor",
+  "run_dir": "/run/visor",
+  "http_addr": "off",
+  "ttl": "5s",
+  "lost_grace": "5s",
+  "reconcile_interval": "5s",
+  "capacity": "40",
+  "log_level": "debug"
+}
+`, strings.Join(etcdEndpoints(), ","), prefix, agentUser, agentPass, g.name)
+}
+
+// installDeb copies the package of version v into the guest and installs
+// it with dpkg -i.
+func (f *fleet) installDeb(ctx context.Context, g *guest, v string) error {
+	path := f.debs[v]
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	name := filepath.Base(path)
+	f.offer(name, path)
+	dst := "/root/" + name
+	if _, err := g.must(ctx, fetchScript(name, dst, st.Size())); err != nil {
+		return err
+	}
+	_, err = g.must(ctx, "dpkg -i "+dst)
+	return err
+}

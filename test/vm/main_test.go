@@ -1,0 +1,116 @@
+package vm
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"testing"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/server/v3/embed"
+	"golang.org/x/sys/unix"
+
+	"github.com/visorhq/visor/internal/proctest"
+)
+
+// Environment of the etcd helper mode: the test binary started with
+// etcdModeEnv=1 runs one etcd member (TLS for clients and peers) until
+// SIGTERM.
+const (
+	etcdModeEnv    = "VISOR_VM_ETCD"
+	etcdNameEnv    = "VISOR_VM_ETCD_NAME"
+	etcdDirEnv     = "VISOR_VM_ETCD_DIR"
+	etcdClientEnv  = "VISOR_VM_ETCD_CLIENT"
+	etcdPeerEnv    = "VISOR_VM_ETCD_PEER"
+	etcdClusterEnv = "VISOR_VM_ETCD_CLUSTER"
+	etcdCertEnv    = "VISOR_VM_ETCD_CERT" // cert,key,ca
+)
+
+func TestMain(m *testing.M) {
+	proctest.Main()
+	if os.Getenv(etcdModeEnv) == "1" {
+		os.Exit(etcdMember())
+	}
+	if tag := os.Getenv(janitorEnv); tag != "" {
+		os.Exit(janitorMain(tag))
+	}
+	dieWithParent()
+	os.Exit(m.Run())
+}
+
+// etcdMember runs one member of the suite's etcd cluster, configured from
+// the environment, until SIGTERM or SIGINT.
+func etcdMember() int {
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "etcd member:", err)
+		return 2
+	}
+	curl, err := url.Parse(os.Getenv(etcdClientEnv))
+	if err != nil {
+		return fail(err)
+	}
+	purl, err := url.Parse(os.Getenv(etcdPeerEnv))
+	if err != nil {
+		return fail(err)
+	}
+	var certs [3]string
+	if _, err := fmt.Sscanf(os.Getenv(etcdCertEnv), "%s %s %s", &certs[0], &certs[1], &certs[2]); err != nil {
+		return fail(fmt.Errorf("%s: %w", etcdCertEnv, err))
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	cfg := embed.NewConfig()
+	cfg.Name = os.Getenv(etcdNameEnv)
+	cfg.Dir = os.Getenv(etcdDirEnv)
+	cfg.ListenClientUrls = []url.URL{*curl}
+	cfg.AdvertiseClientUrls = []url.URL{*curl}
+	cfg.ListenPeerUrls = []url.URL{*purl}
+	cfg.AdvertisePeerUrls = []url.URL{*purl}
+	cfg.InitialCluster = os.Getenv(etcdClusterEnv)
+	cfg.InitialClusterToken = "visor-vm"
+	cfg.ClusterState = embed.ClusterStateFlagNew
+	// Clients authenticate with a user and password (no client
+	// certificate: etcd asks for one whenever a client CA is set); peers
+	// with certificates of the suite's CA.
+	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1]}
+	cfg.PeerTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1], TrustedCAFile: certs[2], ClientCertAuth: true}
+	cfg.UnsafeNoFsync = true
+	cfg.Logger = "zap"
+	cfg.LogLevel = "error"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fail(err)
+	}
+	defer e.Close()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		return fail(err)
+	case <-sigs:
+		return 0
+	}
+	select {
+	case err := <-e.Err():
+		return fail(err)
+	case <-sigs:
+		return 0
+	}
+}
+
+// dieWithParent asks the kernel to SIGKILL this test process when its
+// parent (go test) dies; the main goroutine stays locked to the thread the
+// signal is armed on (it fires when that thread's parent dies).
+func dieWithParent() {
+	runtime.LockOSThread() // for good
+	ppid := os.Getppid()
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "vm: cannot arm the parent-death signal:", err)
+		return
+	}
+	if os.Getppid() != ppid {
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,516 @@
+package vm
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/visorhq/visor/internal/testcerts"
+	"github.com/visorhq/visor/internal/testtime"
+	"github.com/visorhq/visor/registry"
+)
+
+// Registry settings of the suite's agents (short, so that a lost host is
+// replaced quickly).
+const (
+	prefix       = "/visor-vm/"
+	agentUser    = "visor"
+	agentPass    = "vm-agent-secret"
+	rootPass     = "vm-root-secret"
+	appUser      = "visorapp"
+	filePort     = 7070
+	templateName = "tmpl-v1" // change when the guests' device set changes
+)
+
+// repoRoot is the repository's root directory.
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
+}
+
+// requireVM skips the test, with the reason, where the suite cannot run:
+// not root, or qemu, qemu-img, mmdebstrap or ip missing (`make test-deps`
+// installs them as root where apt is available).
+func requireVM(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("VM suite skipped in -short mode")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("VM suite needs root (network namespaces, taps, image building); skipped as non-root")
+	}
+	for _, c := range []string{"qemu-system-x86_64", "qemu-img", "mmdebstrap", "mkfs.ext4", "ip"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Skipf("VM suite needs %s (apt-get install qemu-system-x86 qemu-utils mmdebstrap, or make test-deps): not found", c)
+		}
+	}
+	if runtime.GOARCH != "amd64" {
+		t.Skipf("VM suite boots amd64 guests; this is %s", runtime.GOARCH)
+	}
+}
+
+// buildImage builds (or finds in the cache) the VM image.
+func buildImage(t testing.TB) image {
+	t.Helper()
+	start := time.Now()
+	cmd := exec.Command(filepath.Join(repoRoot(), "test", "vm", "image", "mkimage.sh"))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("mkimage.sh: %v\n%s", err, tailString(stderr.String(), 40))
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	dir := lines[len(lines)-1]
+	t.Logf("image %s ready in %s", dir, time.Since(start).Round(100*time.Millisecond))
+	return image{dir: dir}
+}
+
+func tailString(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// template returns the saved booted guest of im: a disk (overlay of the
+// base) and a state file, made once per image: a guest booted to
+// multi-user with no network configuration, saved by migration to a file.
+// A lock file keeps two suites from making it at once.
+func template(ctx context.Context, t testing.TB, n *network, im image) (disk, state string) {
+	t.Helper()
+	dir := filepath.Join(im.dir, templateName)
+	disk, state = filepath.Join(dir, "tmpl.qcow2"), filepath.Join(dir, "state")
+	lock, err := os.OpenFile(filepath.Join(im.dir, "template.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
+		return disk, state
+	}
+	start := time.Now()
+	_ = os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	g := newGuest(n, im, dir, "tmpl", 9)
+	if err := n.addTap(g.tap, true); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", im.base(), g.disk()).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	defer g.kill()
+	if err := g.start(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.waitAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	booted := time.Since(start)
+	out, _, err := g.run(ctx, "systemctl is-system-running --wait; systemctl --failed --no-legend")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("template guest booted in %s: %s", booted.Round(100*time.Millisecond), strings.TrimSpace(out))
+	if _, err := g.must(ctx, "sync"); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.saveState(ctx, g.disk()+".state"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(g.disk(), disk); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(g.disk()+".state", state); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "done"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("template saved %s after the start (boot %s)", time.Since(start).Round(100*time.Millisecond), booted.Round(100*time.Millisecond))
+	return disk, state
+}
+
+// fleet is the suite's world: namespace, etcd, guests, packages.
+type fleet struct {
+	t        *testing.T
+	ctx      context.Context
+	cancel   context.CancelFunc
+	dir      string
+	net      *network
+	im       image
+	certs    testcerts.Files
+	tmpl     struct{ disk, state string }
+	debs     map[string]string // version -> .deb path; set before debsDone
+	debsDone chan error
+	guests   []*guest
+	cli      *clientv3.Client
+	reg      *registry.Registry
+	files    net.Listener
+	bg       sync.WaitGroup
+
+	mu      sync.Mutex
+	members []*exec.Cmd
+	serve   map[string]string // name -> file the file server hands out
+}
+
+// etcdEndpoints are the members' client URLs, as the guests reach them.
+func etcdEndpoints() []string {
+	var eps []string
+	for i := 1; i <= 3; i++ {
+		eps = append(eps, "https://"+memberAddr(i).String()+":2379")
+	}
+	return eps
+}
+
+// newFleet builds the image (or finds it cached), the namespace, the etcd
+// cluster (TLS, auth with a user limited to the prefix), the template and
+// the packages. Guests are started by the scenarios. One cleanup tears
+// everything down.
+func newFleet(t *testing.T, withDebs bool) *fleet {
+	t.Helper()
+	requireVM(t)
+	checkRangeUnused(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	if dl, ok := t.Deadline(); ok {
+		ctx, cancel = context.WithDeadline(context.Background(), dl.Add(-testtime.Scaled(time.Minute)))
+	}
+	f := &fleet{t: t, ctx: ctx, cancel: cancel, serve: map[string]string{}}
+	t.Cleanup(f.teardown)
+	f.im = buildImage(t)
+	f.net = newNetwork(t)
+	f.dir = runDir(f.net.tag)
+	if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var ips []net.IP
+	for i := 1; i <= 3; i++ {
+		ips = append(ips, net.IP(memberAddr(i).AsSlice()))
+	}
+	f.certs = testcerts.NewFor(t, ips...)
+	f.debsDone = make(chan error, 1)
+	if withDebs {
+		f.bg.Add(1)
+		go func() { defer f.bg.Done(); f.debsDone <- f.buildDebs() }() // received by waitDebs
+	} else {
+		f.debsDone <- nil
+	}
+	for i := 1; i <= 3; i++ {
+		f.startMember(i)
+	}
+	f.tmpl.disk, f.tmpl.state = template(ctx, t, f.net, f.im)
+	f.connect()
+	f.startFileServer()
+	return f
+}
+
+// waitDebs waits for the packages newFleet started building.
+func (f *fleet) waitDebs(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-f.debsDone:
+		f.debsDone <- err // for a later call
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-f.ctx.Done():
+		t.Fatal("packages not built before the suite's deadline")
+	}
+}
+
+// teardown stops the guests, etcd and the file server, and has the janitor
+// remove the namespace and the disks.
+func (f *fleet) teardown() {
+	t := f.t
+	if t.Failed() {
+		for _, g := range f.guests {
+			t.Logf("%s console (tail):\n%s", g.name, tail(g.console(), 40))
+			if out, _, err := g.run(context.Background(), "journalctl -u visor-agent --no-pager -n 60"); err == nil {
+				t.Logf("%s journal of visor-agent (tail):\n%s", g.name, out)
+			}
+		}
+	}
+	f.cancel()
+	for _, g := range f.guests {
+		if err := g.kill(); err != nil {
+			t.Error(err)
+		}
+	}
+	if f.files != nil {
+		f.files.Close()
+	}
+	if f.cli != nil {
+		f.cli.Close()
+	}
+	f.mu.Lock()
+	members := f.members
+	f.mu.Unlock()
+	for _, m := range members {
+		_ = m.Process.Kill()
+	}
+	if f.net != nil {
+		f.net.teardown(t) // kills what is left in the namespace, removes the run's disks
+	}
+	f.bg.Wait()
+}
+
+// buildDebs builds two packages of the working tree as `make package`
+// does (go build, then nfpm with packaging/nfpm.yaml), version 0.0.1~vm1
+// and 0.0.1~vm2 (the upgrade), in a staging directory laid out like the
+// repository (nfpm's sources are relative), so that nothing is written
+// into the repository's bin/.
+func (f *fleet) buildDebs() error {
+	f.debs = map[string]string{}
+	root := repoRoot()
+	for _, v := range []string{"0.0.1~vm1", "0.0.1~vm2"} {
+		stage := filepath.Join(f.dir, "stage-"+strings.ReplaceAll(v, "~", "-"))
+		for _, d := range []string{"bin/package", "systemd", "packaging/scripts", "out"} {
+			if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
+				return err
+			}
+		}
+		for _, file := range []string{
+			"systemd/visor-agent.service", "packaging/nfpm.yaml", "packaging/agent.json",
+			"packaging/agent.example.json", "packaging/visor.tmpfiles.conf",
+			"packaging/scripts/postinstall.sh", "packaging/scripts/preremove.sh", "packaging/scripts/postremove.sh",
+		} {
+			data, err := os.ReadFile(filepath.Join(root, file))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(stage, file), data, 0o755); err != nil {
+				return err
+			}
+		}
+		ldflags := "-X github.com/visorhq/visor/internal/version.Version=v" + strings.ReplaceAll(v, "~", "-") +
+			" -X github.com/visorhq/visor/internal/version.Commit=vmtest"
+		build := exec.Command("go", "build", "-ldflags", ldflags, "-o", filepath.Join(stage, "bin/package/visor"), "./cmd/visor")
+		build.Dir = root
+		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", v, err, out)
+		}
+		pkg := exec.Command("go", "run", "github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2", "package", "-f", "packaging/nfpm.yaml", "-p", "deb", "-t", "out/")
+		pkg.Dir = stage
+		pkg.Env = append(os.Environ(), "GOARCH=amd64", "PKG_VERSION="+v)
+		if out, err := pkg.CombinedOutput(); err != nil {
+			return fmt.Errorf("nfpm %s: %v\n%s", v, err, out)
+		}
+		debs, _ := filepath.Glob(filepath.Join(stage, "out", "*.deb"))
+		if len(debs) != 1 {
+			return fmt.Errorf("nfpm made %v, want one .deb", debs)
+		}
+		f.debs[v] = debs[0]
+	}
+	return nil
+}
+
+// startMember starts etcd member i in the namespace.
+func (f *fleet) startMember(i int) {
+	f.t.Helper()
+	var cluster []string
+	for j := 1; j <= 3; j++ {
+		cluster = append(cluster, fmt.Sprintf("e%d=https://%s:2380", j, memberAddr(j)))
+	}
+	logf, err := os.Create(filepath.Join(f.dir, fmt.Sprintf("etcd%d.log", i)))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", f.net.ns, os.Args[0])
+	cmd.Env = append(os.Environ(),
+		etcdModeEnv+"=1",
+		etcdNameEnv+"="+fmt.Sprintf("e%d", i),
+		etcdDirEnv+"="+filepath.Join(f.dir, fmt.Sprintf("etcd%d", i)),
+		etcdClientEnv+"="+etcdEndpoints()[i-1],
+		etcdPeerEnv+"="+fmt.Sprintf("https://%s:2380", memberAddr(i)),
+		etcdClusterEnv+"="+strings.Join(cluster, ","),
+		etcdCertEnv+"="+f.certs.ServerCert+" "+f.certs.ServerKey+" "+f.certs.CA,
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		f.t.Fatal(err)
+	}
+	f.bg.Add(1)
+	go func() { defer f.bg.Done(); _ = cmd.Wait(); logf.Close() }()
+	f.mu.Lock()
+	f.members = append(f.members, cmd)
+	f.mu.Unlock()
+}
+
+// connect waits for the cluster, enables auth with a root user and the
+// agents' user "visor", whose role may read and write the prefix only, and
+// connects the suite's registry client as root.
+func (f *fleet) connect() {
+	t := f.t
+	t.Helper()
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(f.certs.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.AppendCertsFromPEM(ca)
+	cfg := clientv3.Config{
+		Endpoints:   etcdEndpoints(),
+		DialTimeout: testtime.Scaled(10 * time.Second),
+		TLS:         &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(f.net.dial)},
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(f.ctx, testtime.Scaled(2*time.Minute))
+	defer cancel()
+	steps := []func() error{
+		func() error { // waits for a leader
+			try, cancel := context.WithTimeout(ctx, testtime.Scaled(10*time.Second))
+			defer cancel()
+			_, err := cli.Put(try, prefix+"suite", "vm")
+			if err != nil {
+				t.Logf("etcd not answering yet: %v", err)
+			}
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, "root", rootPass); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, "visor-agent"); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, "visor-agent", prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, agentUser, agentPass); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, agentUser, "visor-agent"); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := retry(ctx, step); err != nil {
+			t.Fatalf("etcd set-up step %d: %v (member log: %s)", i, err, tail(filepath.Join(f.dir, "etcd1.log"), 5))
+		}
+	}
+	cfg.Username, cfg.Password = "root", rootPass
+	if f.cli, err = clientv3.New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	f.reg = registry.New(f.cli, prefix, hclog.NewNullLogger())
+	// The agents' user cannot leave the prefix.
+	cfg.Username, cfg.Password = agentUser, agentPass
+	ac, err := clientv3.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	if _, err := ac.Put(ctx, "/elsewhere", "x"); err == nil {
+		t.Fatal("etcd user visor may write outside the prefix")
+	}
+	if _, err := ac.Put(ctx, prefix+"probe", "x"); err != nil {
+		t.Fatalf("etcd user visor cannot write its prefix: %v", err)
+	}
+}
+
+// retry runs step until it succeeds or ctx ends (etcd's first leader
+// election, a member not yet up).
+func retry(ctx context.Context, step func() error) error {
+	tk := time.NewTicker(200 * time.Millisecond)
+	defer tk.Stop()
+	for {
+		err := step()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-tk.C:
+		}
+	}
+}
+
+// startFileServer serves files to the guests on member 1's address: a
+// guest connects (bash's /dev/tcp), sends a name and a newline, and reads
+// the file until EOF. Only names the suite registered are served.
+func (f *fleet) startFileServer() {
+	l, err := f.net.listen(net.JoinHostPort(memberAddr(1).String(), strconv.Itoa(filePort)))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.files = l
+	f.bg.Add(1)
+	go func() {
+		defer f.bg.Done()
+		var conns sync.WaitGroup
+		defer conns.Wait()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() { defer conns.Done(); f.serveFile(c) }()
+		}
+	}()
+}
+
+func (f *fleet) serveFile(c net.Conn) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(testtime.Scaled(2 * time.Minute)))
+	var name []byte
+	buf := make([]byte, 1)
+	for len(name) < 256 {
+		if _, err := c.Read(buf); err != nil || buf[0] == '\n' {
+			break
+		}
+		name = append(name, buf[0])
+	}
+	f.mu.Lock()
+	path, ok := f.serve[string(name)]
+	f.mu.Unlock()
+	if !ok {
+		return
+	}
+	if src, err := os.Open(path); err == nil {
+		_, _ = io.Copy(c, src)
+		src.Close()
+	}
+}
+
+// offer makes the file server hand out path as name.
+func (f *fleet) offer(name, path string) {
+	f.mu.Lock()
+	f.serve[name] = path
+	f.mu.Unlock()
+}
+
+// fetchScript is the guest's side of the file server: it writes name to
+// dst and checks its size.
+func fetchScript(name, dst string, size int64) string {
+	return fmt.Sprintf(`exec 3<>/dev/tcp/%s/%d && printf '%%s\n' %q >&3 && cat <&3 >%q && exec 3<&- && test "$(stat -c %%s %q)" = %d`,
+		memberAddr(1), filePort, name, dst, dst, size)
+}
