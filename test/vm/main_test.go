@@ -78,6 +78,10 @@ func etcdMember() int {
 	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1]}
 	cfg.PeerTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1], TrustedCAFile: certs[2], ClientCertAuth: true}
 	cfg.UnsafeNoFsync = true
+	// Password checks at the lowest bcrypt cost: at the default one, every
+	// authentication took seconds in a -race build on a loaded machine,
+	// beyond the clients' dial timeout.
+	cfg.BcryptCost = 4
 	cfg.Logger = "zap"
 	cfg.LogLevel = "error"
 	e, err := embed.StartEtcd(cfg)

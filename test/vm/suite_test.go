@@ -70,6 +70,27 @@ func requireVM(t testing.TB) {
 // buildImage builds (or finds in the cache) the VM image.
 func buildImage(t testing.TB) image {
 	t.Helper()
+	// One build at a time on this machine (mkimage.sh's own cache
+	// directory, as it computes it).
+	cache := os.Getenv("VISOR_VM_CACHE")
+	if cache == "" {
+		base := os.Getenv("XDG_CACHE_HOME")
+		if base == "" {
+			base = "/var/cache"
+		}
+		cache = filepath.Join(base, "visor-vm")
+	}
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.OpenFile(filepath.Join(cache, "build.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	cmd := exec.Command(filepath.Join(repoRoot(), "test", "vm", "image", "mkimage.sh"))
 	var stderr strings.Builder
@@ -246,6 +267,11 @@ func (f *fleet) waitDebs(t *testing.T) {
 // remove the namespace and the disks.
 func (f *fleet) teardown() {
 	t := f.t
+	if t.Failed() && f.dir != "" {
+		for i := 1; i <= 3; i++ {
+			t.Logf("etcd member %d log (tail):\n%s", i, tail(filepath.Join(f.dir, fmt.Sprintf("etcd%d.log", i)), 10))
+		}
+	}
 	if t.Failed() {
 		for _, g := range f.guests {
 			t.Logf("%s console (tail):\n%s", g.name, tail(g.console(), 40))
@@ -377,7 +403,7 @@ func (f *fleet) connect() {
 	pool.AppendCertsFromPEM(ca)
 	cfg := clientv3.Config{
 		Endpoints:   etcdEndpoints(),
-		DialTimeout: testtime.Scaled(10 * time.Second),
+		DialTimeout: testtime.Scaled(30 * time.Second),
 		TLS:         &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(f.net.dial)},
