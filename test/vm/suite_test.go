@@ -298,10 +298,10 @@ func (f *fleet) teardown() {
 	for _, m := range members {
 		_ = m.Process.Kill()
 	}
+	f.bg.Wait() // the package builder (its commands end with f.ctx), the file server, the members
 	if f.net != nil {
 		f.net.teardown(t) // kills what is left in the namespace, removes the run's disks
 	}
-	f.bg.Wait()
 }
 
 // buildDebs builds two packages of the working tree as `make package`
@@ -334,13 +334,13 @@ func (f *fleet) buildDebs() error {
 		}
 		ldflags := "-X github.com/visorhq/visor/internal/version.Version=v" + strings.ReplaceAll(v, "~", "-") +
 			" -X github.com/visorhq/visor/internal/version.Commit=vmtest"
-		build := exec.Command("go", "build", "-ldflags", ldflags, "-o", filepath.Join(stage, "bin/package/visor"), "./cmd/visor")
+		build := exec.CommandContext(f.ctx, "go", "build", "-ldflags", ldflags, "-o", filepath.Join(stage, "bin/package/visor"), "./cmd/visor")
 		build.Dir = root
 		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 		if out, err := build.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %v\n%s", v, err, out)
 		}
-		pkg := exec.Command("go", "run", "github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2", "package", "-f", "packaging/nfpm.yaml", "-p", "deb", "-t", "out/")
+		pkg := exec.CommandContext(f.ctx, "go", "run", "github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2", "package", "-f", "packaging/nfpm.yaml", "-p", "deb", "-t", "out/")
 		pkg.Dir = stage
 		pkg.Env = append(os.Environ(), "GOARCH=amd64", "PKG_VERSION="+v)
 		if out, err := pkg.CombinedOutput(); err != nil {
