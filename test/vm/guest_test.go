@@ -26,7 +26,7 @@ func (f *fleet) addGuest(i int) (*guest, error) {
 	f.mu.Lock()
 	f.guests = append(f.guests, g)
 	f.mu.Unlock()
-	ctx, cancel := context.WithTimeout(f.ctx, testtime.Scaled(3*time.Minute))
+	ctx, cancel := context.WithTimeout(f.ctx, testtime.Scaled(10*time.Minute))
 	defer cancel()
 	start := time.Now()
 	if err := g.start(ctx, f.tmpl.state); err != nil {

@@ -14,7 +14,7 @@ import (
 // scenarioUpgrade: dpkg -i of version+1 on h1; the postinst restarts the
 // running agent onto the new binary; its instances keep running.
 func scenarioUpgrade(t *testing.T, f *fleet) {
-	ctx, cancel := f.within(4 * time.Minute)
+	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
 	g := f.guest("h1")
 	before, beforeProcs, oldPID := f.hostState(ctx, t, g)
@@ -63,7 +63,7 @@ func (f *fleet) hostStarted(ctx context.Context, name string) time.Time {
 // then h2 boots from its disk, the agent starts at boot and rejoins, and
 // none of its old instances runs again (no duplicates).
 func scenarioPowerOff(t *testing.T, f *fleet) {
-	ctx, cancel := f.within(8 * time.Minute)
+	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
 	g := f.guest("h2")
 	before, _, _ := f.hostState(ctx, t, g)
@@ -125,7 +125,7 @@ func (f *fleet) checkRejoined(ctx context.Context, t *testing.T, g *guest, since
 // scenarioReboot: systemctl reboot of h1; the agent starts at boot, h1
 // rejoins, nothing runs twice.
 func scenarioReboot(t *testing.T, f *fleet) {
-	ctx, cancel := f.within(8 * time.Minute)
+	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
 	g := f.guest("h1")
 	before, _, _ := f.hostState(ctx, t, g)
@@ -163,7 +163,7 @@ func scenarioReboot(t *testing.T, f *fleet) {
 // packaging/README.md says: drain first if they should stop), the registry
 // replaces them on h1, and nothing of the package is left on disk.
 func scenarioPurge(t *testing.T, f *fleet) {
-	ctx, cancel := f.within(4 * time.Minute)
+	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
 	g := f.guest("h2")
 	_, beforeProcs, _ := f.hostState(ctx, t, g)

@@ -104,7 +104,7 @@ func unitProps(ctx context.Context, g *guest, props ...string) (map[string]strin
 // etcd and in `visor hosts`.
 func scenarioInstall(t *testing.T, f *fleet) {
 	f.waitDebs(t)
-	ctx, cancel := f.within(4 * time.Minute)
+	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, len(f.guests))
@@ -331,7 +331,7 @@ func agentCgroup(ctx context.Context, g *guest) (string, error) {
 // scenarioScale: 30 instances across both hosts, each a process running
 // as appUser in a cgroup below the agent unit's (Delegate=yes).
 func scenarioScale(t *testing.T, f *fleet) {
-	ctx, cancel := f.within(5 * time.Minute)
+	ctx, cancel := f.within(10 * time.Minute)
 	defer cancel()
 	if err := f.registerApp(ctx); err != nil {
 		t.Fatal(err)
@@ -391,7 +391,7 @@ func scenarioScale(t *testing.T, f *fleet) {
 // scenarioRestart: systemctl restart visor-agent on h1 keeps its
 // instances: same pids, same process start times, 0 restarts.
 func scenarioRestart(t *testing.T, f *fleet) {
-	ctx, cancel := f.within(4 * time.Minute)
+	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
 	g := f.guest("h1")
 	before, beforeProcs, oldPID := f.hostState(ctx, t, g)
