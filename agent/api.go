@@ -214,7 +214,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleInstances(w http.ResponseWriter, r *http.Request) {
-	list := a.sup.List()
+	list := a.statusesWithUsage()
 	if list == nil {
 		list = []supervisor.Status{}
 	}

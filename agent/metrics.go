@@ -57,7 +57,7 @@ func newMetrics(a *Agent) *metrics {
 		badRecords: newBadRecords(a.log),
 	}
 	m.reg.MustRegister(m.claimsWon, m.claimsLost, m.claimConflicts, m.claimBatches, m.leaseLost, m.connected, m.leader, m.ticketToRunning,
-		&instanceCollector{a: a}, m.badRecords,
+		&instanceCollector{a: a}, &usageCollector{a: a}, m.badRecords,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
