@@ -9,7 +9,7 @@ LDFLAGS   := -X github.com/visorhq/visor/internal/version.Version=$(VERSION) \
              -X github.com/visorhq/visor/internal/version.Date=$(DATE)
 # Tests that need root or long runs opt in through these. The timeout is a
 # guard per package: test/vm took 20+ min under -race at load 40 (boots of
-# emulated guests); on an idle machine it takes a few minutes.
+# emulated guests); not yet measured on an idle machine.
 TESTFLAGS ?= -race -count=1 -timeout 30m
 
 .PHONY: all build run test vet fmt bench clean
