@@ -158,9 +158,15 @@
 // # Instance states
 //
 // pending → claimed → starting → running ⇄ backoff → stopping → exited,
-// and the terminal failed and lost. Only the holder (the host named by the
-// instance) changes an instance (HostSession.UpdateInstance), except lost,
-// which the reconciler sets with MarkLost.
+// and the terminal failed and lost (ValidTransition). Only the holder (the
+// host named by the instance) changes an instance
+// (HostSession.UpdateInstance), except lost, which the reconciler sets
+// with MarkLost. A claim goes back in two ways: a released start ticket
+// (Release, Unclaim) puts its claimed instance back to pending with no
+// host, in the transaction that deletes the claim on the releasing
+// session's lease; and a start whose holder died (its lease and index
+// entry gone) is claimed over by another host, claimed or starting →
+// claimed. The holder never writes pending itself.
 //
 // # Connection errors
 //

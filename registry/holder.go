@@ -19,7 +19,9 @@ import (
 // When Attempts reaches MaxAttempts the ticket is deleted instead; a start
 // ticket's instance then fails with reason, a stop ticket's instance
 // counts toward its scale again. ErrNotHolder unless this session holds
-// the claim.
+// the claim; ErrTransition (nothing written) when the start's instance is
+// already past claimed on this host, its process handed over: such a start
+// completes instead.
 func (s *HostSession) Release(ctx context.Context, t Ticket, reason string) error {
 	return s.release(ctx, t, reason, true)
 }
@@ -116,6 +118,14 @@ func (s *HostSession) releaseTxn(ctx context.Context, what, id, reason string, a
 	// reconciler), that is to be stopped or that a drain replaced must not
 	// run elsewhere, uncounted.
 	retired := cur.Op == TicketStart && err == nil && (retire(in) || in.Host != s.id)
+	if cur.Op == TicketStart && err == nil && !retired && !c.final {
+		// Only a start that never ran goes back to pending: one this
+		// host already reported starting or running has a process
+		// here, and another copy must not be placed while it lives.
+		if terr := ValidTransition(in.State, InstancePending); terr != nil {
+			return releaseTxn{}, errorf("%s: instance %q is %s on this host: %w", what, in.ID, in.State, terr)
+		}
+	}
 	if c.final || retired {
 		c.then = append(c.then, clientv3.OpDelete(tk))
 	} else {
@@ -338,9 +348,10 @@ func withHolderView(cur, inst Instance) Instance {
 
 // UpdateInstance writes the holder's view of an instance: state, since,
 // port, pid, pid start, restarts, exit code, signal and reason; the other
-// fields keep their stored values. The stored instance must name this host
-// and not be lost (else ErrNotHolder), and the state change must pass
-// ValidTransition (else ErrTransition). The host index entry is rebound to
+// fields keep their stored values. The holder does not set lost
+// (ErrInvalid) or pending (ErrTransition: a release does). The stored
+// instance must name this host and not be lost (else ErrNotHolder), and
+// the state change must pass ValidTransition (else ErrTransition). The host index entry is rebound to
 // this session's lease if it is not on it already (one nested transaction
 // in the same request), or deleted when the new state is terminal.
 func (s *HostSession) UpdateInstance(ctx context.Context, inst Instance) error {
@@ -384,6 +395,12 @@ func (s *HostSession) updateFrom(ctx context.Context, what string, cur, inst Ins
 	}
 	if err := ValidTransition(cur.State, inst.State); err != nil {
 		return false, errorf("%s: %w", what, err)
+	}
+	if inst.State == InstancePending && cur.State != InstancePending {
+		// Back to pending is a release of the start ticket (Release,
+		// Unclaim), which clears the host with the claim; a holder
+		// writing it would keep its host on a record that waits for one.
+		return false, errorf("%s: %w %q to %q: only a release of the start ticket does that", what, ErrTransition, cur.State, inst.State)
 	}
 	next := withHolderView(cur, inst)
 	ik := r.hostInstanceKey(s.id, cur.ID)

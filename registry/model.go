@@ -206,10 +206,18 @@ func (s InstanceState) known() bool {
 	return false
 }
 
+// transitions lists the moves between different states. Two of them are
+// not the holder's own: claimed to pending is the release of a start
+// ticket whose process never ran (Release, Unclaim: the claim is deleted
+// and the host cleared in the same transaction, guarded by the claim on
+// the releasing session's lease, so it happens once), and starting to
+// claimed is another host's claim over the start of a holder that died
+// meanwhile (claimOver, guarded by the old holder's index entry being
+// gone). UpdateInstance lets the holder make neither.
 var transitions = map[InstanceState][]InstanceState{
 	InstancePending:  {InstanceClaimed, InstanceFailed},
-	InstanceClaimed:  {InstanceStarting, InstanceRunning, InstanceBackoff, InstanceStopping, InstanceExited, InstanceFailed},
-	InstanceStarting: {InstanceRunning, InstanceBackoff, InstanceStopping, InstanceExited, InstanceFailed},
+	InstanceClaimed:  {InstancePending, InstanceStarting, InstanceRunning, InstanceBackoff, InstanceStopping, InstanceExited, InstanceFailed},
+	InstanceStarting: {InstanceClaimed, InstanceRunning, InstanceBackoff, InstanceStopping, InstanceExited, InstanceFailed},
 	InstanceRunning:  {InstanceBackoff, InstanceStarting, InstanceStopping, InstanceExited, InstanceFailed},
 	InstanceBackoff:  {InstanceStarting, InstanceRunning, InstanceStopping, InstanceExited, InstanceFailed},
 	InstanceStopping: {InstanceExited, InstanceFailed},

@@ -442,6 +442,11 @@ func TestValidTransition(t *testing.T) {
 		{InstanceLost, InstanceRunning, false},
 		{InstanceFailed, InstanceFailed, false},
 		{InstanceRunning, InstancePending, false},
+		{InstanceClaimed, InstancePending, true},  // a release of a start that never ran
+		{InstanceStarting, InstanceClaimed, true}, // a claim over a dead holder's start
+		{InstanceStarting, InstancePending, false},
+		{InstanceBackoff, InstancePending, false},
+		{InstanceRunning, InstanceClaimed, false},
 		{InstanceRunning, "dancing", false},
 	}
 	for _, c := range cases {
