@@ -80,7 +80,7 @@ func (s *Supervisor) afterExitLocked(in *instance, exit restart.Exit, reason str
 		s.transitionLocked(in, StateExited, "stopped")
 		return
 	}
-	d := in.tracker.Next(exit, in.startTime, time.Now())
+	d := in.tracker.Next(exit, in.startTime, s.now())
 	switch {
 	case d.Restart:
 		in.restarts[d.Reason]++

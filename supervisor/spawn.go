@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"syscall"
-	"time"
 
 	"github.com/visorhq/visor/supervisor/logfile"
 )
@@ -34,10 +33,10 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 	}
 	in.gen++
 	in.pid, in.handle, in.startTicks, in.adopted = pid, handle, ticks, false
-	// time.Now, not ticksTime: the boot time in /proc/stat has a one-second
-	// resolution, too coarse for MinUptime and ResetAfter, and Now carries
-	// a monotonic reading.
-	in.startTime = time.Now()
+	// The clock (time.Now), not ticksTime: the boot time in /proc/stat
+	// has a one-second resolution, too coarse for MinUptime and
+	// ResetAfter, and Now carries a monotonic reading.
+	in.startTime = s.now()
 	in.phase, in.continued = PhaseRunning, false
 	in.upOK, in.healthy, in.fails, in.healthKill = in.spec.MinUptime == 0, false, 0, false
 	if err := s.reaper.add(watch{in: in, gen: in.gen, fd: handle}); err != nil {
@@ -70,7 +69,7 @@ func (s *Supervisor) armStartedLocked(in *instance) {
 		}()
 	}
 	if !in.upOK {
-		wait := in.spec.MinUptime - time.Since(in.startTime)
+		wait := in.spec.MinUptime - s.now().Sub(in.startTime)
 		if wait <= 0 {
 			in.upOK = true
 		} else {

@@ -51,6 +51,12 @@ type Config struct {
 	// instances are adopted regardless. Default false: a library default;
 	// the agent refuses root unless allowed (-allow-root-instances).
 	RefuseRoot bool
+
+	// now reads the clock of the spawned processes' uptimes (start time,
+	// MinUptime, the restart policy's ResetAfter); nil means time.Now.
+	// Tests set it to decide which runs count as stable whatever the
+	// machine's speed.
+	now func() time.Time
 }
 
 // Supervisor runs and watches instances. Its methods are safe for concurrent
@@ -66,8 +72,9 @@ type Supervisor struct {
 	rot     *logfile.Rotator
 	journal *journal // persisted state, for Restore
 	reaper  *reaper
-	notes   *notifier // nil without Handler
-	seed    uint64    // of the trackers' jitter generators (backoff.Seeded)
+	notes   *notifier        // nil without Handler
+	seed    uint64           // of the trackers' jitter generators (backoff.Seeded)
+	now     func() time.Time // Config.now, or time.Now
 
 	readyCh chan struct{} // closed when Run is running
 	doneCh  chan struct{} // closed when Run starts shutting down
@@ -117,7 +124,11 @@ func New(c Config) (*Supervisor, error) {
 		doneCh:    make(chan struct{}),
 		instances: make(map[string]*instance),
 		seed:      uint64(time.Now().UnixNano()),
+		now:       c.now,
 		cgMode:    "none",
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	switch c.Cgroups {
 	case "", "auto", "v1", "v2":

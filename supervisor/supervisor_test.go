@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -113,32 +114,49 @@ func TestCrashRestartWithBackoff(t *testing.T) {
 }
 
 // TestCrashLoopGrowsCapsResets runs a real crash loop: runs 1-4 crash at
-// once, run 5 lives longer than ResetAfter, run 6 crashes at once, then the
-// workload stays up. The delays grow, stop at MaxDelay and start over after
-// the stable run. ResetAfter is 8 s (scaled) so that a crash-at-once run,
-// which under -race on a heavily loaded machine has taken over 5 s to start
-// and exit, never counts as stable; the stable run lives longer than that
-// whatever the machine's speed.
+// once, run 5 stays up until the test kills it after a stable run, run 6
+// crashes at once, then the workload stays up. The delays grow, stop at
+// MaxDelay and start over after the stable run only. What counts as stable
+// is the test's to say, not the machine's speed: the supervisor's uptime
+// clock (Config.now) stands still except when the test moves it, by
+// ResetAfter, while run 5 is up. A crash-at-once run that takes seconds to
+// start and exit on a loaded machine (one took 8.3 s under -race at load
+// 55, and reset the backoff when ResetAfter was 8 s of real time) still
+// has an uptime of zero.
 func TestCrashLoopGrowsCapsResets(t *testing.T) {
 	t.Parallel()
-	h := start(t, Config{})
+	clock := &stepClock{t: time.Now()}
+	h := start(t, Config{now: clock.now})
 	counter := filepath.Join(t.TempDir(), "count")
-	resetAfter := testtime.Scaled(8 * time.Second)
-	stable := resetAfter + 500*time.Millisecond
-	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,"+stable.String()+",0s"), Env: proctest.Env(),
+	const resetAfter = time.Minute // of clock: it passes when the test says so
+	spec := Spec{ID: "loop", Command: proctest.Command("crash-seq", counter, "0s,0s,0s,0s,1h,0s"), Env: proctest.Env(),
 		Restart: restart.Policy{InitialDelay: 40 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
 			Jitter: 0.01, ResetAfter: resetAfter}}
 	if _, err := h.Start(ctxT(t), spec); err != nil {
 		t.Fatal(err)
+	}
+	// Run 5 is up once the process has counted itself (before that a kill
+	// would end it before it knew it was run 5).
+	var run5 Status
+	proctest.WaitFor(t, 40*time.Second, "run 5 up after four crashes", func() bool {
+		run5, _ = h.Status("loop")
+		b, _ := os.ReadFile(counter)
+		return run5.Restarts[restart.ReasonFail] == 4 && run5.State == StateRunning && string(b) == "5"
+	})
+	clock.advance(resetAfter)
+	if err := syscall.Kill(run5.PID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill run 5 (pid %d): %v", run5.PID, err)
 	}
 	proctest.WaitFor(t, 40*time.Second, "six restarts", func() bool {
 		st, _ := h.Status("loop")
 		return st.Restarts[restart.ReasonFail] == 6 && st.State == StateRunning
 	})
 	var got []time.Duration
+	var reasons []string
 	for _, st := range h.rec.of("loop") {
 		if st.State == StateBackoff {
 			got = append(got, st.Backoff)
+			reasons = append(reasons, st.Reason)
 		}
 	}
 	want := []time.Duration{40, 80, 100, 100, 40, 80}
@@ -151,6 +169,27 @@ func TestCrashLoopGrowsCapsResets(t *testing.T) {
 			t.Fatalf("backoff %d = %v, want about %v (all: %v)", i, got[i], w, got)
 		}
 	}
+	if reasons[4] != "signal KILL" || reasons[3] != "exit code 1" || reasons[5] != "exit code 1" {
+		t.Fatalf("backoff reasons %q: want the fifth to be the kill of the stable run", reasons)
+	}
+}
+
+// stepClock is a clock for Config.now that stands still until advanced.
+type stepClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *stepClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *stepClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }
 
 func TestNeverStaysExited(t *testing.T) {
