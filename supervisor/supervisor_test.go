@@ -135,10 +135,13 @@ func TestCrashLoopGrowsCapsResets(t *testing.T) {
 	if _, err := h.Start(ctxT(t), spec); err != nil {
 		t.Fatal(err)
 	}
+	// Each run is a start of this -race test binary: seconds each at a
+	// load of 30 on 2 cores, so the deadlines are minutes (a deadline,
+	// not a wait: an idle machine is through in well under a second).
 	// Run 5 is up once the process has counted itself (before that a kill
 	// would end it before it knew it was run 5).
 	var run5 Status
-	proctest.WaitFor(t, 40*time.Second, "run 5 up after four crashes", func() bool {
+	proctest.WaitFor(t, 3*time.Minute, "run 5 up after four crashes", func() bool {
 		run5, _ = h.Status("loop")
 		b, _ := os.ReadFile(counter)
 		return run5.Restarts[restart.ReasonFail] == 4 && run5.State == StateRunning && string(b) == "5"
@@ -147,7 +150,7 @@ func TestCrashLoopGrowsCapsResets(t *testing.T) {
 	if err := syscall.Kill(run5.PID, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill run 5 (pid %d): %v", run5.PID, err)
 	}
-	proctest.WaitFor(t, 40*time.Second, "six restarts", func() bool {
+	proctest.WaitFor(t, 2*time.Minute, "six restarts", func() bool {
 		st, _ := h.Status("loop")
 		return st.Restarts[restart.ReasonFail] == 6 && st.State == StateRunning
 	})
