@@ -38,6 +38,10 @@ type admission struct {
 }
 
 func newAdmission(capacity int, res registry.HostResources, instanceMemory int64) *admission {
+	// The host record says what an instance declaring no memory reserves
+	// here, so that the fleet's admission (registry.Fleet) counts as this
+	// host does.
+	res.InstanceMemory = instanceMemory
 	return &admission{
 		capacity:       capacity,
 		resources:      res,

@@ -5,7 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -153,5 +155,53 @@ func TestReservationMeta(t *testing.T) {
 	}
 	if s := mib(3 << 20); !strings.HasPrefix(s, "3 ") {
 		t.Errorf("mib = %q", s)
+	}
+}
+
+// TestAgentMemoryWait: a start that the host's free slots would take but
+// its memory would not is not written as a ticket no host claims: the
+// scale waits, with a reason naming memory, as it does for slots. The
+// host advertises what an instance declaring no memory reserves
+// (HostResources.InstanceMemory), so the fleet counts its running
+// instances as the agent does.
+func TestAgentMemoryWait(t *testing.T) {
+	f := newFixture(t)
+	res := hostResources(readHostFacts())
+	if res.MemoryBytes == 0 {
+		t.Skip("this host's memory cannot be read")
+	}
+	quarter := res.MemoryBytes / 4
+	f.startAgent(t, "host-a", t.TempDir(), func(c *Config) {
+		c.StopOnExit = true
+		c.Capacity = 0 // automatic: memory / InstanceMemory = 4 (or fewer, by pids)
+		c.InstanceMemory = quarter
+	})
+	var h registry.Host
+	proctest.WaitFor(t, 10*time.Second, "host-a advertising its resources", func() bool {
+		var err error
+		h, err = f.reg.Host(f.ctx, "host-a")
+		return err == nil && h.Resources != nil
+	})
+	if h.Resources.InstanceMemory != quarter {
+		t.Fatalf("host record instance_memory = %d, want %d", h.Resources.InstanceMemory, quarter)
+	}
+	if h.Capacity < 3 {
+		t.Skipf("automatic capacity %d (bound by pids): the test needs a free slot beside 2 instances", h.Capacity)
+	}
+	_, err := f.reg.Scale(f.ctx, "demo", "v1", "web", 2)
+	must(t, err)
+	f.waitRunning(t, "demo", 2) // half the memory reserved, by default
+	_, err = f.reg.SetProcType(f.ctx, registry.ProcType{App: "demo", Name: "big", Command: "sleep 3600",
+		Limits: registry.Limits{MemoryBytes: 2*quarter + 1<<20}})
+	must(t, err)
+	sr, err := f.reg.Scale(f.ctx, "demo", "v1", "big", 1)
+	must(t, err)
+	if len(sr.Started) != 0 || sr.Waiting != 1 || !strings.HasPrefix(sr.Reason, "no host has memory: 1 host") {
+		t.Fatalf("scale big=1 beside 2 default instances: %d started, %d waiting (%q)", len(sr.Started), sr.Waiting, sr.Reason)
+	}
+	st, err := f.reg.ScaleStatuses(f.ctx, "demo")
+	must(t, err)
+	if len(st) != 1 || st[0].Proc != "big" || st[0].Waiting != 1 || st[0].Reason != sr.Reason {
+		t.Fatalf("scale statuses = %+v, want big waiting for memory", st)
 	}
 }

@@ -1,9 +1,11 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -93,19 +95,93 @@ type Fleet struct {
 	// Takes counts, per app/rev/proc ("app/rev/proc"), the slots its
 	// instances use and its pending instances.
 	Takes map[string]int
+
+	// rooms is what each live host (not draining) has left after its
+	// instances' reservations; pending holds, per app/rev/proc, the
+	// reservations of its pending instances (see Fits).
+	rooms   []hostRoom
+	pending map[string][]*Limits
+}
+
+// hostRoom is what one host has left for more instances. A negative
+// slots, mem or cpu bounds nothing (unlimited, or not known).
+type hostRoom struct {
+	slots    int
+	mem      int64
+	cpu      int
+	memTotal int64
+	cpuTotal int
+	instMem  int64 // what an instance declaring no memory reserves there
+}
+
+// need is what an instance reserving l takes on host h.
+func (h hostRoom) need(l *Limits) (mem int64, cpu int) {
+	mem = h.instMem
+	if l != nil {
+		if l.MemoryBytes > 0 {
+			mem = l.MemoryBytes
+		}
+		cpu = l.CPUMillis
+	}
+	return mem, cpu
+}
+
+// fit is how many instances reserving l fit on h by slots, memory and
+// CPU apart (-1: unbounded).
+func (h hostRoom) fit(l *Limits) (slots, mem, cpu int) {
+	m, c := h.need(l)
+	slots, mem, cpu = h.slots, -1, -1
+	if slots >= 0 {
+		slots = max(slots, 0)
+	}
+	if h.mem >= 0 && m > 0 {
+		mem = int(max(h.mem, 0) / m)
+	}
+	if h.cpu >= 0 && c > 0 {
+		cpu = max(h.cpu, 0) / c
+	}
+	return slots, mem, cpu
+}
+
+// take counts one instance reserving l on h.
+func (h *hostRoom) take(l *Limits) {
+	m, c := h.need(l)
+	if h.slots >= 0 {
+		h.slots--
+	}
+	if h.mem >= 0 {
+		h.mem -= m
+	}
+	if h.cpu >= 0 {
+		h.cpu -= c
+	}
+}
+
+// minFit is the smallest of bounds, -1 (unbounded) counting as none.
+func minFit(bounds ...int) int {
+	n := -1
+	for _, b := range bounds {
+		if b >= 0 && (n < 0 || b < n) {
+			n = b
+		}
+	}
+	return n
 }
 
 // NewFleet computes the fleet from the live hosts and the instances. It is
 // pure: the registry's reads are Hosts and Instances.
 func NewFleet(hosts []Host, insts []Instance) Fleet {
-	f := Fleet{Takes: map[string]int{}}
+	f := Fleet{Takes: map[string]int{}, pending: map[string][]*Limits{}}
 	used := map[string]int{}
 	caps := map[string]int{}
+	room := map[string]int{} // host -> index in f.rooms
 	for _, h := range hosts {
 		if h.Draining {
 			continue
 		}
 		f.Hosts++
+		room[h.ID] = len(f.rooms)
+		f.rooms = append(f.rooms, newHostRoom(h))
 		if h.Capacity <= 0 {
 			f.Unlimited = true
 			continue
@@ -117,12 +193,17 @@ func NewFleet(hosts []Host, insts []Instance) Fleet {
 		if in.State.Terminal() {
 			continue
 		}
+		key := in.App + "/" + in.Rev + "/" + in.Proc
 		if in.Host == "" || in.State == InstancePending {
 			if in.counted() {
 				f.Pending++
-				f.Takes[in.App+"/"+in.Rev+"/"+in.Proc]++
+				f.Takes[key]++
+				f.pending[key] = append(f.pending[key], in.Reserve)
 			}
 			continue
+		}
+		if i, ok := room[in.Host]; ok {
+			f.rooms[i].take(in.Reserve)
 		}
 		c, ok := caps[in.Host]
 		if !ok || used[in.Host] >= c {
@@ -166,6 +247,192 @@ func (f Fleet) Reason() string {
 		s += fmt.Sprintf(", %d pending", f.Pending)
 	}
 	return s
+}
+
+func newHostRoom(h Host) hostRoom {
+	r := hostRoom{slots: -1, mem: -1, cpu: -1}
+	if h.Capacity > 0 {
+		r.slots = h.Capacity
+	}
+	if res := h.Resources; res != nil {
+		if res.MemoryBytes > 0 {
+			r.mem, r.memTotal = res.MemoryBytes, res.MemoryBytes
+		}
+		if res.CPUMillis > 0 {
+			r.cpu, r.cpuTotal = res.CPUMillis, res.CPUMillis
+		}
+		r.instMem = res.InstanceMemory
+	}
+	return r
+}
+
+// Fits is how many more instances of app/rev/proc, each reserving want
+// (nil: the hosts' default), the live hosts can take by the memory and
+// CPU they advertise (Host.Resources) and their free slots, and, when
+// memory or CPU is what bounds that count below the free slots, why
+// (e.g. "no host has memory: 2 hosts, 1536/2048 MiB reserved, the
+// instance reserves 1024 MiB"; "" when slots bind or nothing does). -1
+// means unbounded. have is how many instances of app/rev/proc are live
+// or pending (the caller counts them, as Scale does from its snapshot,
+// which may be newer than the fleet): those the fleet does not count on a
+// host are pending. They and the other scales' pending instances are
+// placed on the hosts first, largest first, each on the first host with
+// room; one that fits nowhere takes nothing. Which host an instance lands
+// on is the agents' choice, so this is an estimate that each agent's own
+// admission makes safe.
+func (f Fleet) Fits(app, rev, proc string, want *Limits, have int) (int, string) {
+	if len(f.rooms) == 0 {
+		return -1, ""
+	}
+	key := app + "/" + rev + "/" + proc
+	own := max(0, have-(f.Takes[key]-len(f.pending[key])))
+	rooms := slices.Clone(f.rooms)
+	var queue []*Limits
+	for k, ls := range f.pending {
+		if k != key {
+			queue = append(queue, ls...)
+		}
+	}
+	for range own {
+		queue = append(queue, want)
+	}
+	// Largest memory first (the default reservation counts as none).
+	slices.SortStableFunc(queue, func(a, b *Limits) int { return cmp.Compare(memOf(b), memOf(a)) })
+	for _, l := range queue {
+		place(rooms, l)
+	}
+	// Each bound apart, summed over the hosts, unbounded counting as many.
+	const many = 1 << 30
+	bound := func(x int) int {
+		if x < 0 {
+			return many
+		}
+		return x
+	}
+	n, bySlots, byMem, byCPU := 0, 0, 0, 0
+	for _, h := range rooms {
+		slots, mem, cpu := h.fit(want)
+		s, m, c := bound(slots), bound(mem), bound(cpu)
+		k := min(s, m, c)
+		if k == many {
+			return -1, ""
+		}
+		n += k
+		bySlots += s
+		byMem += min(s, m)
+		byCPU += min(s, c)
+	}
+	if n >= bySlots {
+		return n, ""
+	}
+	// Name what binds: memory, CPU, or both (each binding other hosts).
+	memBinds, cpuBinds := byMem < bySlots, byCPU < bySlots
+	switch {
+	case byMem == n && byCPU > n:
+		cpuBinds = false
+	case byCPU == n && byMem > n:
+		memBinds = false
+	}
+	// The reason as it is once the n admitted are placed too.
+	for range n {
+		place(rooms, want)
+	}
+	return n, f.fitReason(rooms, want, memBinds, cpuBinds)
+}
+
+// place counts an instance reserving l on the first of rooms with room
+// for it; one that fits nowhere takes nothing.
+func place(rooms []hostRoom, l *Limits) {
+	for i := range rooms {
+		if minFit(rooms[i].fit(l)) != 0 {
+			rooms[i].take(l)
+			return
+		}
+	}
+}
+
+// fitReason says which of memory and CPU leaves no room for an instance
+// reserving want on rooms (the hosts after placing the pending ones).
+func (f Fleet) fitReason(rooms []hostRoom, want *Limits, mem, cpu bool) string {
+	var memUsed, memTotal int64
+	var cpuUsed, cpuTotal int
+	for _, h := range rooms {
+		if h.mem >= 0 {
+			memUsed, memTotal = memUsed+h.memTotal-h.mem, memTotal+h.memTotal
+		}
+		if h.cpu >= 0 {
+			cpuUsed, cpuTotal = cpuUsed+h.cpuTotal-h.cpu, cpuTotal+h.cpuTotal
+		}
+	}
+	needMem := "the hosts' default"
+	if m := memOf(want); m > 0 {
+		needMem = mib(m)
+	}
+	var what, used, need []string
+	if mem {
+		what = append(what, "memory")
+		used = append(used, fmt.Sprintf("%d/%d MiB", memUsed>>20, memTotal>>20))
+		need = append(need, needMem)
+	}
+	if cpu {
+		what = append(what, "cpu")
+		used = append(used, fmt.Sprintf("%d/%dm", cpuUsed, cpuTotal))
+		need = append(need, fmt.Sprintf("%dm", want.CPUMillis))
+	}
+	return fmt.Sprintf("no host has %s: %s, %s reserved, the instance reserves %s",
+		strings.Join(what, " and "), plural(f.Hosts, "host"), strings.Join(used, " and "), strings.Join(need, " and "))
+}
+
+func memOf(l *Limits) int64 {
+	if l == nil {
+		return 0
+	}
+	return l.MemoryBytes
+}
+
+func mib(b int64) string { return fmt.Sprintf("%d MiB", b>>20) }
+
+// addPending counts n more pending instances of app/rev/proc, each
+// reserving l: start tickets just written.
+func (f *Fleet) addPending(app, rev, proc string, l *Limits, n int) {
+	key := app + "/" + rev + "/" + proc
+	f.Pending += n
+	f.Takes[key] += n
+	if f.pending == nil {
+		f.pending = map[string][]*Limits{}
+	}
+	for range n {
+		f.pending[key] = append(f.pending[key], l)
+	}
+}
+
+// reservation is what an instance of p reserves (its memory and CPU
+// limits), nil when it declares neither: the host's default.
+func (p ProcType) reservation() *Limits {
+	if p.Limits.MemoryBytes <= 0 && p.Limits.CPUMillis <= 0 {
+		return nil
+	}
+	return &Limits{MemoryBytes: max(p.Limits.MemoryBytes, 0), CPUMillis: max(p.Limits.CPUMillis, 0)}
+}
+
+// procReservation reads what an instance of app/proc reserves now and the
+// process type's mod revision (0 when it does not exist, for an absent
+// compare). A record that does not decode reserves the default, as in
+// Scale (the start's Launch read reports it).
+func (r *Registry) procReservation(ctx context.Context, app, proc string) (*Limits, int64, error) {
+	resp, err := r.cli.Get(ctx, r.procKey(app, proc))
+	if err != nil {
+		return nil, 0, fmt.Errorf("read process type %s/%s: %w", app, proc, err)
+	}
+	kv := first(resp.Kvs)
+	if kv == nil {
+		return nil, 0, nil
+	}
+	p, err := decodeProc(kv.Key, kv.Value, kv.ModRevision, app, proc)
+	if err != nil {
+		return nil, kv.ModRevision, nil
+	}
+	return p.reservation(), kv.ModRevision, nil
 }
 
 func plural(n int, what string) string {

@@ -192,7 +192,8 @@ func (s *HostSession) claimTxn(t Ticket) (claimTxn, error) {
 		// the ticket carries.
 		c.cmps = append(c.cmps, unchanged(r.instanceKey(t.Instance), t.ModRevision))
 		c.in = Instance{ID: t.Instance, App: t.App, Rev: t.Rev, Proc: t.Proc, Host: s.id,
-			State: InstanceClaimed, Since: time.Now().UTC(), Ticket: t.ID, Created: t.Created, Replaces: t.Replaces}
+			State: InstanceClaimed, Since: time.Now().UTC(), Ticket: t.ID, Created: t.Created, Replaces: t.Replaces,
+			Reserve: t.Reserve}
 		c.then = s.startClaimOps(t.ID, c.in)
 	} else {
 		c.cmps = append(c.cmps, exists(r.hostInstanceKey(s.id, t.Instance)), exists(r.instanceKey(t.Instance)))

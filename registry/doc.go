@@ -129,10 +129,17 @@
 // (Ticket.Reserve), so an agent decides before claiming whether the
 // instance fits. Fleet (NewFleet, Registry.Fleet) sums the live hosts'
 // slots that are not draining, the slots their live instances use and
-// the instances still pending.
+// the instances still pending; per host, it also counts what is left of
+// its memory and CPU after its instances' reservations (Instance.Reserve,
+// copied from the start ticket by Scale, ReplaceInstance and the claim;
+// nil reserves the host's HostResources.InstanceMemory), and Fits places
+// the pending instances on that room.
 //
 // Scale writes start tickets only for the fleet's room (free slots not
-// spoken for by pending instances); the rest of the count waits without
+// spoken for by pending instances, and no more than Fits finds memory and
+// CPU for, so that no ticket waits unclaimed for want of them without a
+// reason: "no host has memory: 2 hosts, 7680/8192 MiB reserved, the
+// instance reserves 1024 MiB"); the rest of the count waits without
 // a ticket, and the scale's ScaleStatus (status/<app>/<rev>/<proc>: desired,
 // admitted, waiting, reason such as "no host has capacity: 3 hosts,
 // 2997/3000 slots used") is put or deleted in the same transaction as the

@@ -201,15 +201,24 @@ func (r *Registry) ReplaceInstance(ctx context.Context, id string) (Ticket, erro
 		if old.ReplacedBy != "" {
 			return false, errorf("%s: already replaced by %s: %w", what, old.ReplacedBy, ErrExists)
 		}
+		// The replacement reserves what its process type declares now, as
+		// a start ticket written by Scale would (compared below, so a
+		// change of the limits meanwhile makes this try again).
+		cmps := []clientv3.Cmp{unchanged(r.instanceKey(old.ID), old.ModRevision)}
+		reserve, procMod, err := r.procReservation(ctx, old.App, old.Proc)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		cmps = append(cmps, unchanged(r.procKey(old.App, old.Proc), procMod))
 		now := time.Now().UTC()
 		t := Ticket{ID: newTicketID(), Op: TicketStart, App: old.App, Rev: old.Rev, Proc: old.Proc,
-			Instance: newInstanceID(old.App, old.Proc), Replaces: old.ID, MaxAttempts: 3, Created: now,
+			Instance: newInstanceID(old.App, old.Proc), Replaces: old.ID, Reserve: reserve, MaxAttempts: 3, Created: now,
 			FailedHosts: []string{old.Host}, Reasons: []string{"replacing " + old.ID + " of draining host " + old.Host}}
 		in := Instance{ID: t.Instance, App: old.App, Rev: old.Rev, Proc: old.Proc, State: InstancePending,
-			Since: now, Ticket: t.ID, Created: now, Replaces: old.ID}
+			Since: now, Ticket: t.ID, Created: now, Replaces: old.ID, Reserve: reserve}
 		next := old
 		next.ReplacedBy = in.ID
-		resp, err := r.cli.Txn(ctx).If(unchanged(r.instanceKey(old.ID), old.ModRevision)).Then(
+		resp, err := r.cli.Txn(ctx).If(cmps...).Then(
 			clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
 			clientv3.OpPut(r.instanceKey(in.ID), encode(in)),
 			clientv3.OpPut(r.instanceKey(old.ID), encode(next)),

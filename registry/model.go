@@ -272,8 +272,13 @@ type Instance struct {
 	// ReplacedBy names the instance replacing this one (a drain); while
 	// set, this one no longer counts toward its scale. Replaces is the
 	// reverse link on the replacement.
-	ReplacedBy  string    `json:"replaced_by,omitempty"`
-	Replaces    string    `json:"replaces,omitempty"`
+	ReplacedBy string `json:"replaced_by,omitempty"`
+	Replaces   string `json:"replaces,omitempty"`
+	// Reserve is what the instance reserves on its host, from its start
+	// ticket (Ticket.Reserve, copied by Scale, ReplaceInstance and the
+	// claim); nil means the host's default (HostResources.InstanceMemory).
+	// Fleet sums it per host.
+	Reserve     *Limits   `json:"reserve,omitempty"`
 	Created     time.Time `json:"created"`
 	ModRevision int64     `json:"-"`
 }
@@ -323,8 +328,8 @@ type Ticket struct {
 	// copies it into the instance record.
 	Replaces string `json:"replaces,omitempty"`
 	// Reserve is what a start ticket's instance reserves on its host: the
-	// process type's limits when Scale wrote the ticket; nil means the
-	// host's default reservation.
+	// process type's limits when Scale (or ReplaceInstance) wrote the
+	// ticket; nil means the host's default reservation.
 	Reserve *Limits `json:"reserve,omitempty"`
 	// Attempts counts releases; at MaxAttempts (default 3) the ticket is
 	// deleted and, for a start ticket, the instance fails.
@@ -352,6 +357,9 @@ type HostResources struct {
 	// CPUMillis is in thousandths of a core.
 	CPUMillis int `json:"cpu_millis,omitempty"`
 	Pids      int `json:"pids,omitempty"`
+	// InstanceMemory is what an instance whose process type declares no
+	// memory reserves on the host (0: nothing).
+	InstanceMemory int64 `json:"instance_memory,omitempty"`
 }
 
 // Host is an agent's host record; it exists while the agent's lease lives.

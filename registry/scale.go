@@ -116,9 +116,8 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 	if kv := first(rangeKvs(resp, 2)); kv != nil {
 		// A proc type that does not decode reserves the default; the
 		// claim's Launch read reports it.
-		if p, err := decodeProc(kv.Key, kv.Value, kv.ModRevision, app, proc); err == nil &&
-			(p.Limits.MemoryBytes > 0 || p.Limits.CPUMillis > 0) {
-			s.reserve = &Limits{MemoryBytes: p.Limits.MemoryBytes, CPUMillis: p.Limits.CPUMillis}
+		if p, err := decodeProc(kv.Key, kv.Value, kv.ModRevision, app, proc); err == nil {
+			s.reserve = p.reservation()
 		}
 	}
 	if kv := first(rangeKvs(resp, 5)); kv != nil {
@@ -350,8 +349,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	res.Stopped = append(res.Stopped, c.stopped...)
 	res.Cancelled = append(res.Cancelled, c.cancelled...)
 	if f := *fleet; f != nil && len(c.started) > 0 {
-		f.Pending += len(c.started)
-		f.Takes[app+"/"+rev+"/"+proc] += len(c.started)
+		f.addPending(app, rev, proc, s.reserve, len(c.started))
 	}
 	if p.partial {
 		*ours = -resp.Header.Revision
@@ -407,6 +405,12 @@ func (r *Registry) planScale(ctx context.Context, s *scaleSnap, target scaleTarg
 			after.Pending += free + p.have - after.Takes[p.app+"/"+p.rev+"/"+p.proc]
 			want, p.reason = free, after.Reason()
 		}
+		// Free slots are not enough: the hosts' memory and CPU must take
+		// the instances' reservations too (else their tickets would wait
+		// unclaimed, with no reason given).
+		if room, why := (*fleet).Fits(p.app, p.rev, p.proc, s.reserve, p.have); why != "" && room < want {
+			want, p.reason = room, why
+		}
 	}
 	p.add = min(want, p.chunk)
 	p.partial = want > p.chunk || -p.diff > p.chunk
@@ -461,7 +465,7 @@ func (r *Registry) scaleTxn(ctx context.Context, s *scaleSnap, p scalePlan) (sca
 		t := Ticket{ID: newTicketID(), Op: TicketStart, App: app, Rev: rev, Proc: proc,
 			Instance: newInstanceID(app, proc), Reserve: s.reserve, MaxAttempts: 3, Created: now}
 		in := Instance{ID: t.Instance, App: app, Rev: rev, Proc: proc, State: InstancePending,
-			Since: now, Ticket: t.ID, Created: now}
+			Since: now, Ticket: t.ID, Created: now, Reserve: s.reserve}
 		c.then = append(c.then, clientv3.OpPut(r.ticketKey(t.ID), encode(t)),
 			clientv3.OpPut(r.instanceKey(in.ID), encode(in)))
 		c.started = append(c.started, t.ID)
