@@ -20,9 +20,16 @@ import (
 func TestThreeAgentsRun300InstancesExactlyOnce(t *testing.T) {
 	c := newCluster(t)
 	c.app("fleet")
-	for _, h := range []string{"host-a", "host-b", "host-c"} {
+	hosts := []string{"host-a", "host-b", "host-c"}
+	for _, h := range hosts {
 		c.startAgent(h)
 	}
+	// Spreading is what this test checks, so the three hosts must be live
+	// when the tickets come: a host ranks the tickets among the hosts it
+	// knows then, and one that registers later finds them claimed (under
+	// load, the first host once claimed all 300 before the others had
+	// registered; that is placement working, not a lost claim).
+	waitRegistered(t, c, hosts...)
 	_, err := c.reg.Scale(c.ctx, "fleet", "v1", "web", 300)
 	must(t, err)
 	got := c.waitSettled("fleet", 300, 3*time.Minute)
@@ -83,6 +90,19 @@ func TestKill9AndRestartWithinTTLKeepsInstances(t *testing.T) {
 	if n := len(c.workloads()); n != 5 {
 		t.Fatalf("%d workload processes, want 5 (no duplicates)", n)
 	}
+}
+
+// waitRegistered waits until every one of hosts is registered.
+func waitRegistered(t *testing.T, c *cluster, hosts ...string) {
+	t.Helper()
+	proctest.WaitFor(t, time.Minute, "hosts "+strings.Join(hosts, ", ")+" registered", func() bool {
+		for _, h := range hosts {
+			if !hostRegistered(c, h) {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // hostRegistered reports whether host is registered (has a live lease).
