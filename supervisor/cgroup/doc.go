@@ -30,6 +30,17 @@
 // the child is moved; [Group.Kill] then freezes the group (freezer) before
 // killing so nothing can fork while it is emptied.
 //
+// # Where the groups go
+//
+// On v2 the parent group (e.g. "visor") is made below the agent's
+// delegated subtree when systemd runs the agent in a subgroup of a
+// delegated unit cgroup (Delegate=yes with DelegateSubgroup=, systemd 254
+// and later; systemd marks the unit's cgroup with the trusted.delegate
+// attribute), and below the hierarchy root otherwise: older systemd runs
+// the agent in the delegated cgroup itself, where controllers enabled for
+// children would keep the unit from starting again while instances run.
+// A v1 hierarchy (or tracking group) on a read-only mount is not used.
+//
 // Processes outlive the agent, so groups do too: [Manager.Open] re-attaches
 // to an existing group by id.
 //
