@@ -22,6 +22,8 @@ func newPSCmd(e *env) *cobra.Command {
 		RunE:  runWith(e, runPS),
 	}
 	cmd.Flags().String("host", "", "only instances on this host")
+	cmd.Flags().Bool("no-usage", false, "do not ask the agents for CPU, RSS and phase")
+	agentClientFlags(cmd.Flags())
 	return cmd
 }
 
@@ -42,6 +44,11 @@ type instanceOut struct {
 	Reason   string         `json:"reason"`
 	Ticket   string         `json:"ticket"`
 	Created  time.Time      `json:"created"`
+	// CPUPercent, RSSBytes and Phase come from the instance's agent
+	// (fillUsage); absent when it did not answer.
+	CPUPercent *float64 `json:"cpu_percent,omitempty"`
+	RSSBytes   *uint64  `json:"rss_bytes,omitempty"`
+	Phase      string   `json:"phase,omitempty"`
 }
 
 func newInstanceOut(i registry.Instance) instanceOut {
@@ -127,12 +134,15 @@ func runPS(ctx context.Context, e *env, args []string) error {
 			}
 			return x.ID < y.ID
 		})
+		if !flagBool(e, "no-usage") {
+			fillUsage(ctx, e, out)
+		}
 		err = e.print(out, func(w io.Writer) {
-			fmt.Fprintln(w, "INSTANCE\tAPP\tREV\tPROC\tHOST\tSTATE\tSINCE\tPORT\tPID\tRESTARTS\tREASON")
+			fmt.Fprintln(w, "INSTANCE\tAPP\tREV\tPROC\tHOST\tSTATE\tSINCE\tPORT\tPID\tCPU%\tRSS\tRESTARTS\tREASON")
 			for _, i := range out {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.ID, i.App, i.Rev, i.Proc,
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.ID, i.App, i.Rev, i.Proc,
 					dash(i.Host), i.State, ago(i.Since), zeroDash(i.Port), zeroDash(i.PID),
-					i.restartSummary(), dash(i.Reason))
+					i.cpuCell(), i.rssCell(), i.restartSummary(), dash(i.Reason))
 			}
 		})
 		if err != nil || host != "" {
