@@ -427,3 +427,14 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+func TestHostPageShowsDrain(t *testing.T) {
+	f := newFixture(t, nil)
+	if _, err := f.reg.Drain(testCtx(t), "h1", 0); err != nil {
+		t.Fatal(err)
+	}
+	_, body := f.get(t, "/ui/hosts/h1")
+	mustContain(t, body, `data-field="state">draining<`, `id="undrain"`)
+	_, body = f.get(t, "/ui/")
+	mustContain(t, body, `draining</span>`)
+}

@@ -237,6 +237,12 @@ func (h *Handler) host(w http.ResponseWriter, r *http.Request) {
 		h.registryError(w, r, fmt.Sprintf("live host %q", id), err)
 		return
 	}
+	drains, err := h.cfg.Registry.Drains(ctx) // Host leaves Draining unset
+	if err != nil && !errors.Is(err, registry.ErrCorrupt) {
+		h.registryError(w, r, fmt.Sprintf("host %q", id), err)
+		return
+	}
+	_, hst.Draining = drains[id]
 	insts, err := h.cfg.Registry.HostInstances(ctx, id)
 	if err != nil && !errors.Is(err, registry.ErrCorrupt) {
 		h.registryError(w, r, fmt.Sprintf("host %q", id), err)
