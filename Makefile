@@ -59,7 +59,8 @@ package:
 	done
 
 ## test-deps: as root with apt, install what test/vm needs (qemu-system-x86, qemu-utils,
-## mmdebstrap) when missing; elsewhere it does nothing and the VM suite skips with a message.
+## mmdebstrap) and the dashboard's browser test needs (chromium) when missing; elsewhere it
+## does nothing, and those tests skip with a message.
 .PHONY: test-deps vm-image test-vm
 test-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -67,6 +68,7 @@ test-deps:
 		command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-system-x86"; \
 		command -v qemu-img >/dev/null 2>&1 || missing="$$missing qemu-utils"; \
 		command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+		command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 		if [ -n "$$missing" ]; then \
 			echo "test-deps: apt-get install$$missing"; \
 			DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing >/dev/null || \
