@@ -240,10 +240,16 @@ func parseCPU(s string) (int, error) {
 	return n, nil
 }
 
-// stopSignals are the signals proc set accepts as a stop signal.
+// stopSignals are the signals proc set accepts as a stop signal by name:
+// the seed's 30 (gocircuit Proc.Signal) less the job-control ones. A
+// number from 1 to 64 is accepted too; the agent refuses one its OS lacks
+// or that pauses a process (issue 17, item 7).
 var stopSignals = map[string]bool{
-	"HUP": true, "INT": true, "QUIT": true, "KILL": true, "USR1": true, "USR2": true,
-	"TERM": true, "WINCH": true, "ALRM": true,
+	"ABRT": true, "ALRM": true, "BUS": true, "CHLD": true, "FPE": true, "HUP": true,
+	"ILL": true, "INT": true, "IO": true, "IOT": true, "KILL": true, "PIPE": true,
+	"PROF": true, "QUIT": true, "SEGV": true, "SYS": true, "TERM": true, "TRAP": true,
+	"URG": true, "USR1": true, "USR2": true, "VTALRM": true, "WINCH": true, "XCPU": true,
+	"XFSZ": true,
 }
 
 // jobControlSignals pause or resume a process rather than ask it to stop.
@@ -257,8 +263,11 @@ func parseSignal(flagName, s string) (string, error) {
 	if jobControlSignals[n] {
 		return "", usageError("--%s %q: a job-control signal does not stop a process; want TERM, INT, QUIT or HUP", flagName, s)
 	}
+	if num, err := strconv.Atoi(n); err == nil && n == strconv.Itoa(num) && num >= 1 && num <= 64 {
+		return n, nil
+	}
 	if !stopSignals[n] {
-		return "", usageError("--%s %q: want a signal name such as TERM, INT, QUIT or HUP", flagName, s)
+		return "", usageError("--%s %q: want a signal name such as TERM, INT, QUIT or HUP, or a number from 1 to 64", flagName, s)
 	}
 	return n, nil
 }

@@ -182,12 +182,12 @@ func TestProcSetFlagsCheckedBeforeDial(t *testing.T) {
 }
 
 func TestParseSignal(t *testing.T) {
-	for in, want := range map[string]string{"TERM": "TERM", "sigint": "INT", "SIGQUIT": "QUIT", " hup ": "HUP", "KILL": "KILL", "usr2": "USR2"} {
+	for in, want := range map[string]string{"TERM": "TERM", "sigint": "INT", "SIGQUIT": "QUIT", " hup ": "HUP", "KILL": "KILL", "usr2": "USR2", "xcpu": "XCPU", "SIGIOT": "IOT", "15": "15", "64": "64"} {
 		if got, err := parseSignal("stop-signal", in); err != nil || got != want {
 			t.Errorf("parseSignal(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "FOO", "STOP", "SIGSTOP", "TSTP", "CONT", "SIGCONT", "TTIN", "TTOU", "15"} {
+	for _, bad := range []string{"", "FOO", "STOP", "SIGSTOP", "TSTP", "CONT", "SIGCONT", "TTIN", "TTOU", "0", "65", "015", "-1"} {
 		if got, err := parseSignal("stop-signal", bad); err == nil {
 			t.Errorf("parseSignal(%q) = %q, want an error", bad, got)
 		}
