@@ -111,22 +111,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 	if err := a.artifacts.prepareDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a.metrics = newMetrics(a)
-	a.services = discovery.NewStore(reg.Client(), reg.Prefix(), cfg.Logger)
-	a.writer = newStateWriter(writerDeps{
-		host:            cfg.HostID,
-		addr:            cfg.Addr,
-		log:             log,
-		session:         a.writerSession,
-		instances:       reg,
-		endpoints:       a.services,
-		onReplaced:      func(id string) { a.spawn(func(ctx context.Context) { a.stopReplaced(ctx, id) }) },
-		ticketToRunning: a.metrics.ticketToRunning,
-	})
-	a.registrar = discovery.NewRegistrar(a.services, 0, discovery.RegistrarConfig{
-		Host:   cfg.HostID,
-		Logger: cfg.Logger,
-	})
+	// The supervisor reports to the agent (Handler) only once Run starts it.
 	sup, err := supervisor.New(supervisor.Config{
 		StateDir: filepath.Join(cfg.DataDir, "instances"),
 		LogDir:   filepath.Join(cfg.DataDir, "logs"),
@@ -142,6 +127,22 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.sup = sup
+	a.metrics = newMetrics(log, sup)
+	a.services = discovery.NewStore(reg.Client(), reg.Prefix(), cfg.Logger)
+	a.writer = newStateWriter(writerDeps{
+		host:            cfg.HostID,
+		addr:            cfg.Addr,
+		log:             log,
+		session:         a.writerSession,
+		instances:       reg,
+		endpoints:       a.services,
+		onReplaced:      func(id string) { a.spawn(func(ctx context.Context) { a.stopReplaced(ctx, id) }) },
+		ticketToRunning: a.metrics.ticketToRunning,
+	})
+	a.registrar = discovery.NewRegistrar(a.services, 0, discovery.RegistrarConfig{
+		Host:   cfg.HostID,
+		Logger: cfg.Logger,
+	})
 	return a, nil
 }
 

@@ -144,11 +144,12 @@ func (s *apiServer) serve(ctx context.Context) {
 	}
 	<-ctx.Done()
 	cancelBase()
-	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), apiShutdownTimeout)
 	defer cancel()
-	_ = s.unixSrv.Shutdown(sctx)
-	if s.httpSrv != nil {
-		_ = s.httpSrv.Shutdown(sctx)
+	for _, srv := range []*http.Server{s.unixSrv, s.httpSrv} {
+		if srv != nil && srv.Shutdown(sctx) != nil {
+			_ = srv.Close() // requests still running past the bound are cut
+		}
 	}
 	wg.Wait()
 }
@@ -214,7 +215,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleInstances(w http.ResponseWriter, r *http.Request) {
-	list := a.statusesWithUsage()
+	list := statusesWithUsage(a.sup)
 	if list == nil {
 		list = []supervisor.Status{}
 	}

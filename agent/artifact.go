@@ -185,142 +185,28 @@ func extract(ctx context.Context, r io.Reader, tmp string, lim unpackLimits) (in
 	}
 	defer root.Close()
 	cr := &countingReader{ctx: ctx, r: r, max: lim.maxBytes}
-	tr := tar.NewReader(cr)
-	tooLarge := func() error {
-		return fmt.Errorf("%w: unpacks to more than the %d bytes allowed (artifact_max_unpacked_bytes)", ErrArtifact, lim.maxBytes)
-	}
-	// links are the symlinks created so far, where they really lie (which
-	// differs from the entry name when a link is made through a linked
-	// directory), for the final check.
-	type link struct{ real, entry string }
-	var links []link
-	tooMany := func() error {
-		return fmt.Errorf("%w: has more than the %d entries allowed, directories its names imply included (artifact_max_entries)", ErrArtifact, lim.maxEntries)
-	}
-	var announced, written int64
-	entries := 0
-	dirs := map[string]bool{} // directories counted as entries
+	x := &extractor{ctx: ctx, root: root, cr: cr, tr: tar.NewReader(cr), lim: lim, dirs: map[string]bool{}}
 	for {
-		hdr, err := tr.Next()
+		hdr, err := x.tr.Next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			if cr.over {
-				return 0, tooLarge()
-			}
-			if ctx.Err() != nil {
-				return 0, fmt.Errorf("%w: unpack: %w", ErrArtifact, context.Cause(ctx))
-			}
-			return 0, fmt.Errorf("%w: read tar: %v", ErrArtifact, err)
+			return 0, x.readErr(err, "read tar")
 		}
-		if entries++; entries > lim.maxEntries {
-			return 0, tooMany()
+		name, skip, err := x.admit(hdr)
+		if err != nil {
+			return 0, err
 		}
-		// Every entry's size counts, skipped ones too: their data is read
-		// (and, for a sparse file, its holes written) all the same.
-		if hdr.Size < 0 || hdr.Size > lim.maxBytes-announced {
-			return 0, tooLarge()
-		}
-		announced += hdr.Size
-		name := filepath.Clean(hdr.Name)
-		if name == "." {
-			continue
-		}
-		if escapesByName(name) {
-			return 0, fmt.Errorf("%w: tar entry %q escapes the release directory", ErrArtifact, hdr.Name)
-		}
-		// Directories a name implies count as entries too: one long name
-		// must not create thousands of them.
-		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
-			dirs[d] = true
-			if entries++; entries > lim.maxEntries {
-				return 0, tooMany()
-			}
-		}
-		if hdr.Typeflag == tar.TypeDir {
-			dirs[name] = true
-		}
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := root.MkdirAll(name, 0o755); err != nil {
-				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
-			}
-		case tar.TypeReg:
-			if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
-			}
-			out, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, os.FileMode(hdr.Mode)&0o777)
-			if err != nil {
-				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
-			}
-			_, err = io.Copy(out, io.LimitReader(tr, hdr.Size))
-			if cerr := out.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				if cr.over {
-					return 0, tooLarge()
-				}
-				if ctx.Err() != nil {
-					return 0, fmt.Errorf("%w: unpack: %w", ErrArtifact, context.Cause(ctx))
-				}
-				return 0, fmt.Errorf("%w: write %s: %v", ErrArtifact, name, err)
-			}
-			written += hdr.Size
-		case tar.TypeSymlink:
-			if filepath.IsAbs(hdr.Linkname) {
-				return 0, fmt.Errorf("%w: symlink %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
-			}
-			parent := filepath.Dir(name)
-			if err := root.MkdirAll(parent, 0o755); err != nil {
-				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
-			}
-			// Where the link really goes: the parent as os.Root resolves it.
-			realParent, inside, err := resolveInside(root, "", parent)
-			if err != nil || !inside {
-				return 0, fmt.Errorf("%w: symlink %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
-			}
-			real := filepath.Join(realParent, filepath.Base(name))
-			if err := root.Symlink(hdr.Linkname, name); err != nil {
-				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
-			}
-			if err := checkLink(root, real, hdr.Name); err != nil {
+		if !skip {
+			if err := x.entry(hdr, name); err != nil {
 				return 0, err
 			}
-			links = append(links, link{real, hdr.Name})
-		case tar.TypeLink:
-			// Hard link names are relative to the archive root, not to
-			// the entry's directory.
-			old := filepath.Clean(hdr.Linkname)
-			if escapesByName(old) {
-				return 0, fmt.Errorf("%w: hard link %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
-			}
-			if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-				return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
-			}
-			// root.Link resolves both names inside the root, so a target
-			// reached through a link that leaves it is refused.
-			if err := root.Link(old, name); err != nil {
-				return 0, fmt.Errorf("%w: hard link %q -> %q: %v", ErrArtifact, hdr.Name, hdr.Linkname, err)
-			}
-			// A hard link to a symlink is a second symlink (Root.Link does
-			// not follow old): check it like one.
-			if st, err := root.Lstat(name); err == nil && st.Mode()&os.ModeSymlink != 0 {
-				realParent, inside, err := resolveInside(root, "", filepath.Dir(name))
-				if err != nil || !inside {
-					return 0, fmt.Errorf("%w: hard link %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
-				}
-				links = append(links, link{filepath.Join(realParent, filepath.Base(name)), hdr.Name})
-			}
-		default:
-			// Devices and fifos have no place in an app artifact.
-			continue
 		}
 	}
 	// A link checked when it was made may have been dangling then and
 	// resolve outside now (x -> d/.. before d -> .): check them all again.
-	for _, l := range links {
+	for _, l := range x.links {
 		if err := checkLink(root, l.real, l.entry); err != nil {
 			return 0, err
 		}
@@ -330,7 +216,174 @@ func extract(ctx context.Context, r io.Reader, tmp string, lim unpackLimits) (in
 	if err := root.Remove(releaseMarker); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return 0, fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, releaseMarker, err)
 	}
-	return written, nil
+	return x.written, nil
+}
+
+// extractor is extract's state: the tar stream, the os.Root everything is
+// written through, and the counts the limits bound.
+type extractor struct {
+	ctx  context.Context
+	root *os.Root
+	cr   *countingReader
+	tr   *tar.Reader
+	lim  unpackLimits
+	// links are the symlinks created so far, where they really lie (which
+	// differs from the entry name when a link is made through a linked
+	// directory), for the final check.
+	links              []extractedLink
+	announced, written int64
+	entries            int
+	dirs               map[string]bool // directories counted as entries
+}
+
+type extractedLink struct{ real, entry string }
+
+func (x *extractor) tooLarge() error {
+	return fmt.Errorf("%w: unpacks to more than the %d bytes allowed (artifact_max_unpacked_bytes)", ErrArtifact, x.lim.maxBytes)
+}
+
+func (x *extractor) tooMany() error {
+	return fmt.Errorf("%w: has more than the %d entries allowed, directories its names imply included (artifact_max_entries)", ErrArtifact, x.lim.maxEntries)
+}
+
+// readErr names why reading the stream failed: the size limit, the
+// context, or what (the tar or a write of name) went wrong.
+func (x *extractor) readErr(err error, what string) error {
+	if x.cr.over {
+		return x.tooLarge()
+	}
+	if x.ctx.Err() != nil {
+		return fmt.Errorf("%w: unpack: %w", ErrArtifact, context.Cause(x.ctx))
+	}
+	return fmt.Errorf("%w: %s: %v", ErrArtifact, what, err)
+}
+
+// admit counts entry hdr (and the directories its name implies) against
+// the limits and checks its name: the cleaned name, or skip for the root
+// itself.
+func (x *extractor) admit(hdr *tar.Header) (name string, skip bool, err error) {
+	if x.entries++; x.entries > x.lim.maxEntries {
+		return "", false, x.tooMany()
+	}
+	// Every entry's size counts, skipped ones too: their data is read
+	// (and, for a sparse file, its holes written) all the same.
+	if hdr.Size < 0 || hdr.Size > x.lim.maxBytes-x.announced {
+		return "", false, x.tooLarge()
+	}
+	x.announced += hdr.Size
+	name = filepath.Clean(hdr.Name)
+	if name == "." {
+		return "", true, nil
+	}
+	if escapesByName(name) {
+		return "", false, fmt.Errorf("%w: tar entry %q escapes the release directory", ErrArtifact, hdr.Name)
+	}
+	// Directories a name implies count as entries too: one long name
+	// must not create thousands of them.
+	for d := filepath.Dir(name); d != "." && !x.dirs[d]; d = filepath.Dir(d) {
+		x.dirs[d] = true
+		if x.entries++; x.entries > x.lim.maxEntries {
+			return "", false, x.tooMany()
+		}
+	}
+	if hdr.Typeflag == tar.TypeDir {
+		x.dirs[name] = true
+	}
+	return name, false, nil
+}
+
+// entry writes entry hdr under name (admitted). Devices and fifos have no
+// place in an app artifact and are skipped.
+func (x *extractor) entry(hdr *tar.Header, name string) error {
+	mkdir := func(dir string) error {
+		if err := x.root.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+		}
+		return nil
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		return mkdir(name)
+	case tar.TypeReg:
+		if err := mkdir(filepath.Dir(name)); err != nil {
+			return err
+		}
+		return x.file(hdr, name)
+	case tar.TypeSymlink:
+		if filepath.IsAbs(hdr.Linkname) {
+			return fmt.Errorf("%w: symlink %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
+		}
+		if err := mkdir(filepath.Dir(name)); err != nil {
+			return err
+		}
+		return x.symlink(hdr, name)
+	case tar.TypeLink:
+		// Hard link names are relative to the archive root, not to the
+		// entry's directory.
+		if escapesByName(filepath.Clean(hdr.Linkname)) {
+			return fmt.Errorf("%w: hard link %q -> %q escapes the release directory", ErrArtifact, hdr.Name, hdr.Linkname)
+		}
+		if err := mkdir(filepath.Dir(name)); err != nil {
+			return err
+		}
+		return x.hardLink(hdr, name)
+	}
+	return nil
+}
+
+// file writes regular file hdr to name.
+func (x *extractor) file(hdr *tar.Header, name string) error {
+	out, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, os.FileMode(hdr.Mode)&0o777)
+	if err != nil {
+		return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+	}
+	_, err = io.Copy(out, io.LimitReader(x.tr, hdr.Size))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return x.readErr(err, "write "+name)
+	}
+	x.written += hdr.Size
+	return nil
+}
+
+// symlink creates symlink hdr at name, checked to stay inside the release
+// where it really lies.
+func (x *extractor) symlink(hdr *tar.Header, name string) error {
+	// Where the link really goes: the parent as os.Root resolves it.
+	realParent, inside, err := resolveInside(x.root, "", filepath.Dir(name))
+	if err != nil || !inside {
+		return fmt.Errorf("%w: symlink %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
+	}
+	real := filepath.Join(realParent, filepath.Base(name))
+	if err := x.root.Symlink(hdr.Linkname, name); err != nil {
+		return fmt.Errorf("%w: tar entry %q: %v", ErrArtifact, hdr.Name, err)
+	}
+	if err := checkLink(x.root, real, hdr.Name); err != nil {
+		return err
+	}
+	x.links = append(x.links, extractedLink{real, hdr.Name})
+	return nil
+}
+
+// hardLink creates hard link hdr at name. root.Link resolves both names
+// inside the root, so a target reached through a link that leaves it is
+// refused.
+func (x *extractor) hardLink(hdr *tar.Header, name string) error {
+	if err := x.root.Link(filepath.Clean(hdr.Linkname), name); err != nil {
+		return fmt.Errorf("%w: hard link %q -> %q: %v", ErrArtifact, hdr.Name, hdr.Linkname, err)
+	}
+	// A hard link to a symlink is a second symlink (Root.Link does not
+	// follow old): check it like one.
+	if st, err := x.root.Lstat(name); err == nil && st.Mode()&os.ModeSymlink != 0 {
+		realParent, inside, err := resolveInside(x.root, "", filepath.Dir(name))
+		if err != nil || !inside {
+			return fmt.Errorf("%w: hard link %q: cannot resolve its directory inside the release: %v", ErrArtifact, hdr.Name, err)
+		}
+		x.links = append(x.links, extractedLink{filepath.Join(realParent, filepath.Base(name)), hdr.Name})
+	}
+	return nil
 }
 
 // escapesByName reports whether a cleaned entry name is absolute or climbs

@@ -213,24 +213,7 @@ func (c Config) withDefaults() Config {
 	if c.HTTPAddr == "" && !c.DisableHTTP {
 		c.HTTPAddr = "127.0.0.1:7777"
 	}
-	if c.LogStreams == 0 {
-		c.LogStreams = DefaultLogStreams
-	}
-	if c.LogStreamsPerClient == 0 {
-		c.LogStreamsPerClient = DefaultLogStreamsPerClient
-	}
-	if c.HTTPMaxConns == 0 {
-		c.HTTPMaxConns = DefaultHTTPMaxConns
-	}
-	if c.HTTPMaxConnsPerClient == 0 {
-		c.HTTPMaxConnsPerClient = DefaultHTTPMaxConnsPerClient
-	}
-	if c.HTTPIdleTimeout == 0 {
-		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
-	}
-	if c.SocketGroupScopes == nil {
-		c.SocketGroupScopes = []Scope{ScopeRead}
-	}
+	c = c.withAPIDefaults()
 	if c.PortMin == 0 && c.PortMax == 0 {
 		c.PortMin, c.PortMax = 20000, 29999
 	}
@@ -264,6 +247,45 @@ func (c Config) withDefaults() Config {
 	if c.Cgroups == "" {
 		c.Cgroups = "auto"
 	}
+	c = c.withArtifactDefaults()
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	if c.Ready == nil {
+		c.Ready = func() {}
+	}
+	if c.Stopping == nil {
+		c.Stopping = func() {}
+	}
+	return c
+}
+
+// withAPIDefaults fills in the local API's zero bounds (see withDefaults).
+func (c Config) withAPIDefaults() Config {
+	if c.LogStreams == 0 {
+		c.LogStreams = DefaultLogStreams
+	}
+	if c.LogStreamsPerClient == 0 {
+		c.LogStreamsPerClient = DefaultLogStreamsPerClient
+	}
+	if c.HTTPMaxConns == 0 {
+		c.HTTPMaxConns = DefaultHTTPMaxConns
+	}
+	if c.HTTPMaxConnsPerClient == 0 {
+		c.HTTPMaxConnsPerClient = DefaultHTTPMaxConnsPerClient
+	}
+	if c.HTTPIdleTimeout == 0 {
+		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
+	}
+	if c.SocketGroupScopes == nil {
+		c.SocketGroupScopes = []Scope{ScopeRead}
+	}
+	return c
+}
+
+// withArtifactDefaults fills in the artifact fetch and cache's zero
+// bounds (see withDefaults).
+func (c Config) withArtifactDefaults() Config {
 	if c.ArtifactConnectTimeout == 0 {
 		c.ArtifactConnectTimeout = defaultArtifactConnectTimeout
 	}
@@ -287,15 +309,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ArtifactCacheMaxBytes == 0 {
 		c.ArtifactCacheMaxBytes = defaultArtifactCacheMaxBytes
-	}
-	if c.Logger == nil {
-		c.Logger = hclog.NewNullLogger()
-	}
-	if c.Ready == nil {
-		c.Ready = func() {}
-	}
-	if c.Stopping == nil {
-		c.Stopping = func() {}
 	}
 	return c
 }
@@ -362,6 +375,14 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("tls_cert/tls_key: both or neither"))
 	}
 	errs = append(errs, c.validateBounds()...)
+	errs = append(errs, c.validateAuth()...)
+	return errors.Join(errs...)
+}
+
+// validateAuth checks the tokens, the socket group's scopes and the HTTP
+// listener's authentication (see Validate).
+func (c Config) validateAuth() []error {
+	var errs []error
 	names := map[string]bool{}
 	for _, t := range c.allTokens() {
 		if err := t.validate(); err != nil {
@@ -387,7 +408,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("token_file: the HTTP API on %q needs tokens (token_file), or http_addr \"off\" to serve only the unix socket, or insecure_http (loopback, development only)", c.HTTPAddr))
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // allTokens is Tokens plus the single Token as the operator "token".

@@ -8,7 +8,7 @@
 //     rendezvous hashing (weights from their reported load), the first
 //     claims at once and the others only as backups (placement.go); claimed
 //     tickets are executed (start, stop, restart, signal) through the
-//     supervisor by a bounded pool (tickets.go);
+//     supervisor by a bounded pool (pipeline.go, execute.go);
 //   - it turns a start ticket into a supervisor.Spec: the proc type's
 //     command (or the artifact's Procfile line) goes to the supervisor as
 //     a shell line, classified there by package supervisor/shellline, so
@@ -71,12 +71,49 @@
 //     to the URL's scheme and host unless allowed, file:// sources only
 //     regular files; unpacking contained in the release and bounded in
 //     bytes and entries. A start waiting for an artifact holds no ticket
-//     executor (tickets.go, execLoop) and is cancelled by its instance's
+//     executor (pipeline.go, execLoop) and is cancelled by its instance's
 //     stop, its ticket's deletion or shutdown; the fetch ends when no start
 //     waits for it. A release for an instance running as a non-root user
 //     is unpacked as root, then handed to root and the instance's group
 //     (read-only); root's releases are 0700. The cache is pruned by age and
 //     size, never removing a release an instance uses.
+//
+// # Parts
+//
+// The Agent (agent.go) builds the parts and wires them; each gets the
+// narrow interface or the few values it needs, declared where it is used,
+// so that each can be tested alone: admission (admission.go, capacity.go:
+// the capacity bookkeeping), the port allocator (ports.go), the state
+// writer (writer.go, writerdeps.go), the ticket pipeline (pipeline.go,
+// placement.go) and what executes its tickets (execute.go, start.go), the
+// session loop (session.go), adoption (adopt.go), the ticket watch
+// (ticketwatch.go), the local API (api.go) and the reconciler
+// (reconcile*.go).
+//
+// # Shutdown order
+//
+// Run runs the parts as one errgroup of actors. When its context ends (or
+// a service fails: a DNS server that cannot listen, the supervisor), it
+// stops them in this order, so that nothing claimed is lost and every
+// step is bounded (ShutdownTimeout in all, even with etcd unreachable):
+//
+//  1. the session loop: the ticket watch stops, no more claims; claimed
+//     tickets no executor started are released, starts under way are
+//     cancelled (their releases share drainTimeout); the reconciler
+//     resigns;
+//  2. the artifact fetches, cancelled with their starts, clean up;
+//  3. the final work begins, under one deadline (finalTimeout): the local
+//     API stops accepting and its requests get apiShutdownTimeout; with
+//     Config.StopOnExit every instance stops;
+//  4. the instances' last states are written (state writer flush);
+//  5. the session ends: closed with Config.StopOnExit, else left to
+//     expire, so that a restarted agent takes it over;
+//  6. the stops of replaced instances under way (a background group) get
+//     until the final deadline, then are cut off: the supervisor goes on
+//     stopping while it runs, and a copy left running is found again and
+//     stopped by the next agent's adoption;
+//  7. the services: state writer, service registrar, DNS, artifact cache
+//     pruning and the supervisor; Run returns once they have exited.
 //
 // The agent imports registry and supervisor; neither of them imports agent.
 // Instances outlive the agent: shutdown leaves them running unless

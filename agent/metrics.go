@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -23,7 +24,15 @@ type metrics struct {
 	badRecords *badRecords
 }
 
-func newMetrics(a *Agent) *metrics {
+// instanceLister lists the supervised instances, and reads one with its
+// usage (*supervisor.Supervisor).
+type instanceLister interface {
+	List() []supervisor.Status
+	Status(id string) (supervisor.Status, bool)
+}
+
+// newMetrics builds the metrics; instances are read at scrape time.
+func newMetrics(log hclog.Logger, instances instanceLister) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		claimsWon: prometheus.NewCounter(prometheus.CounterOpts{
@@ -54,10 +63,10 @@ func newMetrics(a *Agent) *metrics {
 			Help:    "Time from a start ticket's creation to its instance running.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
-		badRecords: newBadRecords(a.log),
+		badRecords: newBadRecords(log),
 	}
 	m.reg.MustRegister(m.claimsWon, m.claimsLost, m.claimConflicts, m.claimBatches, m.leaseLost, m.connected, m.leader, m.ticketToRunning,
-		&instanceCollector{a: a}, &usageCollector{a: a}, m.badRecords,
+		&instanceCollector{instances: instances}, &usageCollector{instances: instances}, m.badRecords,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -73,7 +82,7 @@ func (m *metrics) setConnected(up bool) {
 
 // instanceCollector reports instances by state and restarts by reason from
 // the supervisor at scrape time, so nothing is kept twice.
-type instanceCollector struct{ a *Agent }
+type instanceCollector struct{ instances instanceLister }
 
 var (
 	instancesDesc = prometheus.NewDesc("visor_agent_instances", "Instances supervised here, by state.", []string{"state"}, nil)
@@ -91,7 +100,7 @@ func (c *instanceCollector) Collect(ch chan<- prometheus.Metric) {
 		supervisor.StateStopping: 0, supervisor.StateExited: 0, supervisor.StateFailed: 0,
 	}
 	restarts := map[string]int{}
-	for _, st := range c.a.sup.List() {
+	for _, st := range c.instances.List() {
 		byState[st.State]++
 		for r, n := range st.Restarts {
 			restarts[r] += n

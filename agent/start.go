@@ -112,34 +112,7 @@ func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.
 		return supervisor.Spec{}, 0, err
 	}
 
-	env := make(map[string]string, len(appEnv)+len(proc.Env)+8)
-	for k, v := range appEnv {
-		env[k] = v
-	}
-	for k, v := range proc.Env {
-		env[k] = v
-	}
-	env["PORT"] = strconv.Itoa(port)
-	env["VISOR_APP"] = t.App
-	env["VISOR_REV"] = t.Rev
-	env["VISOR_PROC"] = t.Proc
-	env["VISOR_INSTANCE"] = inst.ID
-	env["VISOR_HOST"] = a.cfg.HostID
-	if _, ok := env["PATH"]; !ok {
-		env["PATH"] = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-	}
-	if _, ok := env["HOME"]; !ok {
-		env["HOME"] = dir
-	}
-	keys := make([]string, 0, len(env))
-	for k := range env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	envList := make([]string, 0, len(keys))
-	for _, k := range keys {
-		envList = append(envList, k+"="+env[k])
-	}
+	envList := instanceEnv(t, inst.ID, a.cfg.HostID, port, proc.Env, appEnv, dir)
 
 	// The supervisor parses the line (package supervisor/shellline): a
 	// simple command runs directly, a missing program is refused with its
@@ -177,21 +150,63 @@ func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.
 		},
 	}
 	a.adm.reservationOf(t).meta(spec.Meta)
-	if h := proc.Health; h != nil {
-		hc := &supervisor.HealthCheck{
-			Type:             supervisor.CheckType(h.Type), // same names: TestCheckTypesMatch
-			Command:          h.Command,
-			Period:           time.Duration(h.Period),
-			Timeout:          time.Duration(h.Timeout),
-			FailureThreshold: h.FailureThreshold,
-		}
-		switch hc.Type {
-		case supervisor.CheckTCP:
-			hc.Address = "127.0.0.1:" + strconv.Itoa(port)
-		case supervisor.CheckHTTP:
-			hc.URL = "http://127.0.0.1:" + strconv.Itoa(port) + h.Path
-		}
-		spec.Health = hc
-	}
+	spec.Health = healthCheck(proc.Health, port)
 	return spec, port, nil
+}
+
+// instanceEnv is the environment of instance id of ticket t on host:
+// the app's env, the proc type's over it, then PORT and the VISOR_*
+// identity; PATH and HOME (the release dir) unless set. Sorted by name.
+func instanceEnv(t registry.Ticket, id, host string, port int, procEnv, appEnv map[string]string, dir string) []string {
+	env := make(map[string]string, len(appEnv)+len(procEnv)+8)
+	for k, v := range appEnv {
+		env[k] = v
+	}
+	for k, v := range procEnv {
+		env[k] = v
+	}
+	env["PORT"] = strconv.Itoa(port)
+	env["VISOR_APP"] = t.App
+	env["VISOR_REV"] = t.Rev
+	env["VISOR_PROC"] = t.Proc
+	env["VISOR_INSTANCE"] = id
+	env["VISOR_HOST"] = host
+	if _, ok := env["PATH"]; !ok {
+		env["PATH"] = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+	}
+	if _, ok := env["HOME"]; !ok {
+		env["HOME"] = dir
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	envList := make([]string, 0, len(keys))
+	for _, k := range keys {
+		envList = append(envList, k+"="+env[k])
+	}
+	return envList
+}
+
+// healthCheck is the supervisor's check for a proc type's health check h
+// (nil: none) of an instance listening on port.
+func healthCheck(h *registry.HealthCheck, port int) *supervisor.HealthCheck {
+	if h == nil {
+		return nil
+	}
+	hc := &supervisor.HealthCheck{
+		Type:             supervisor.CheckType(h.Type), // same names: TestCheckTypesMatch
+		Command:          h.Command,
+		Period:           time.Duration(h.Period),
+		Timeout:          time.Duration(h.Timeout),
+		FailureThreshold: h.FailureThreshold,
+	}
+	switch hc.Type {
+	case supervisor.CheckTCP:
+		hc.Address = "127.0.0.1:" + strconv.Itoa(port)
+	case supervisor.CheckHTTP:
+		hc.URL = "http://127.0.0.1:" + strconv.Itoa(port) + h.Path
+	}
+	return hc
 }

@@ -7,84 +7,65 @@ import (
 	"github.com/visorhq/visor/registry"
 )
 
-// serve runs the ticket loop and the host status loop on session s until ctx
-// ends or the session's lease is lost.
+// serve runs, on session s, until ctx ends or the session's lease is
+// lost: the session's helpers (host status, drain flag, peers, and the
+// reconciler's campaign unless disabled) and the ticket watch feeding the
+// pipeline. It returns registry.ErrLeaseLost when the lease ended, and
+// only after every goroutine it started has exited.
 func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		select {
 		case <-s.Done():
 			cancel()
 		case <-sctx.Done():
 		}
-	}()
-	go func() {
-		defer wg.Done()
-		a.statusLoop(sctx, s)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for d := range a.reg.WatchDrain(sctx, a.cfg.HostID) {
-			if a.draining.Swap(d) != d {
-				a.log.Info("host drain changed", "draining", d)
-			}
-		}
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.watchPeers(sctx)
-	}()
+	})
+	wg.Go(func() { a.statusLoop(sctx, s) })
+	wg.Go(func() { a.watchDrain(sctx) })
+	wg.Go(func() { a.watchPeers(sctx) })
 	if !a.cfg.DisableReconciler {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.lead(sctx, int64(s.Lease()))
-		}()
+		wg.Go(func() { a.lead(sctx, int64(s.Lease())) })
 	}
 
 	p := newPipeline(sctx, a.pipelineDeps(s))
 	a.adm.forgetSkipped()
-	tickets := a.reg.WatchTickets(sctx, a.cfg.HostID)
-	for watching := true; watching; {
+	a.watchTickets(sctx, p)
+	p.close()
+	select {
+	case <-s.Done():
+		return registry.ErrLeaseLost
+	default:
+		return nil
+	}
+}
+
+// watchDrain keeps a.draining as the registry says until ctx ends.
+func (a *Agent) watchDrain(ctx context.Context) {
+	for d := range a.reg.WatchDrain(ctx, a.cfg.HostID) {
+		if a.draining.Swap(d) != d {
+			a.log.Info("host drain changed", "draining", d)
+		}
+	}
+}
+
+// watchTickets offers the tickets this host may claim to pipeline p until
+// ctx ends: those the watch delivers, and those passed over for want of
+// room once room frees up (admission). Another host's claim, or the
+// ticket's deletion, abandons its wait here; a deleted ticket's start
+// still fetching its artifact is cancelled.
+func (a *Agent) watchTickets(ctx context.Context, p *pipeline) {
+	tickets := a.reg.WatchTickets(ctx, a.cfg.HostID)
+	for {
 		select {
 		case ev, ok := <-tickets:
 			if !ok {
-				watching = false
-				break
+				return
 			}
-			if ev.Err != nil {
-				a.log.Warn("ticket watch", "error", ev.Err)
-				continue
-			}
-			if ev.Deleted || ev.Claimed {
-				a.adm.unskip(ev.Ticket.ID)
-				if ev.Ticket.Holder != a.cfg.HostID {
-					a.inflight.abandon(ev.Ticket.ID)
-				}
-				if ev.Deleted {
-					// A start still waiting for its artifact has no ticket
-					// left to complete: stop waiting.
-					a.starts.cancelTicket(ev.Ticket.ID)
-				}
-				continue
-			}
-			if !a.eligible(ev.Ticket) {
-				continue
-			}
-			if ev.Ticket.Op == registry.TicketStart && !a.adm.fits(a.adm.reservationOf(ev.Ticket)) {
-				a.adm.skip(ev.Ticket)
-				continue
-			}
-			if a.inflight.mark(ev.Ticket.ID) {
-				p.offer(ev.Ticket)
-			}
+			a.ticketEvent(ev, p)
 		case <-a.adm.room():
 			for _, t := range a.adm.takeFitting(a.cfg.HostID, a.draining.Load) {
 				if a.inflight.mark(t.ID) {
@@ -93,12 +74,28 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 			}
 		}
 	}
-	p.close()
-	select {
-	case <-s.Done():
-		return registry.ErrLeaseLost
-	default:
-		return nil
+}
+
+// ticketEvent handles one event of the ticket watch (see watchTickets).
+func (a *Agent) ticketEvent(ev registry.TicketEvent, p *pipeline) {
+	switch {
+	case ev.Err != nil:
+		a.log.Warn("ticket watch", "error", ev.Err)
+	case ev.Deleted || ev.Claimed:
+		a.adm.unskip(ev.Ticket.ID)
+		if ev.Ticket.Holder != a.cfg.HostID {
+			a.inflight.abandon(ev.Ticket.ID)
+		}
+		if ev.Deleted {
+			// A start still waiting for its artifact has no ticket left
+			// to complete: stop waiting.
+			a.starts.cancelTicket(ev.Ticket.ID)
+		}
+	case !a.eligible(ev.Ticket):
+	case ev.Ticket.Op == registry.TicketStart && !a.adm.fits(a.adm.reservationOf(ev.Ticket)):
+		a.adm.skip(ev.Ticket)
+	case a.inflight.mark(ev.Ticket.ID):
+		p.offer(ev.Ticket)
 	}
 }
 

@@ -11,13 +11,13 @@ import (
 // the process's phase ("stopped" after a SIGSTOP). GET /v1/instances and
 // /metrics answer with it (issue 17, item 6: CPU and memory appeared only
 // in the single-instance call).
-func (a *Agent) statusesWithUsage() []supervisor.Status {
-	list := a.sup.List()
+func statusesWithUsage(sup instanceLister) []supervisor.Status {
+	list := sup.List()
 	for i, st := range list {
 		if st.PID <= 0 {
 			continue
 		}
-		if full, ok := a.sup.Status(st.ID); ok {
+		if full, ok := sup.Status(st.ID); ok {
 			list[i] = full
 		}
 	}
@@ -34,7 +34,7 @@ var (
 )
 
 // usageCollector exports per-instance CPU and memory at scrape time.
-type usageCollector struct{ a *Agent }
+type usageCollector struct{ instances instanceLister }
 
 func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- instanceCPUDesc
@@ -42,7 +42,7 @@ func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, st := range c.a.statusesWithUsage() {
+	for _, st := range statusesWithUsage(c.instances) {
 		if st.PID <= 0 {
 			continue
 		}
