@@ -21,7 +21,10 @@ import (
 // program itself; a missing program releases the ticket with its name.
 func TestAgentShellLines(t *testing.T) {
 	f := newFixture(t)
-	f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true })
+	// No reconciler: it replaces an instance that exited (within a
+	// debounce of ~200 ms), and the test must see the one that exited
+	// with its code (it failed so under load).
+	f.startAgent(t, "host-a", t.TempDir(), func(c *Config) { c.StopOnExit = true; c.DisableReconciler = true })
 	const keep = -1
 	cases := []struct {
 		app, line string
