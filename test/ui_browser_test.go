@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -85,9 +86,16 @@ func waitJS(t *testing.T, ctx context.Context, what, expr string) {
 
 func textOf(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
-	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	// In the page's own JavaScript: a live update may swap the node
+	// between a lookup by node id and a read of it.
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelector(%q).textContent.trim()`, sel)))
 	must(t, err)
-	return strings.TrimSpace(s)
+	return s
+}
+
+// clickJS clicks the element with id in the page's JavaScript (see textOf).
+func clickJS(id string) chromedp.Action[chromedp.Void] {
+	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.getElementById(%q).click()`, id))
 }
 
 // uiWorkload prints a <script> line, "ready", and one line per SIGUSR1.
@@ -176,14 +184,13 @@ func scaleFromPage(t *testing.T, c *cluster, b context.Context, base string) str
 	must(t, chromedp.Do(b,
 		chromedp.Navigate(base+"/ui/apps/demo"),
 		chromedp.WaitVisible(chromedp.CSS(`#n-v1-web`)),
-		chromedp.SetValue(chromedp.CSS(`#n-v1-web`), "3"),
-		chromedp.Click(chromedp.CSS(row+`button[type=submit]`)),
+		chromedp.Evaluate[chromedp.Void](`(() => { const n = document.getElementById("n-v1-web"); n.value = "3"; n.form.requestSubmit() })()`),
 		chromedp.WaitVisible(chromedp.CSS(`#confirm`)),
 	))
 	if q := textOf(t, b, "#question"); q != "Scale demo/v1/web to 3 instances?" {
 		t.Fatalf("confirmation asks %q", q)
 	}
-	must(t, chromedp.Do(b, chromedp.Click(chromedp.CSS(`#confirm`)), chromedp.WaitVisible(chromedp.CSS(row))))
+	must(t, chromedp.Do(b, clickJS("confirm"), chromedp.WaitVisible(chromedp.CSS(row))))
 	waitJS(t, b, "app page shows 3 running", `document.querySelector('`+row+`td[data-col="running"]').textContent === "3"`)
 	waitJS(t, watch, "overview tab shows 3 running", running+` === "3"`)
 	same, err := chromedp.Run(watch, chromedp.Evaluate[bool](`window.sameDocument === true`))
@@ -238,9 +245,9 @@ func drainFromPage(t *testing.T, c *cluster, b context.Context, base string) {
 	must(t, chromedp.Do(b,
 		chromedp.Navigate(base+"/ui/hosts/ui-b"),
 		chromedp.WaitVisible(chromedp.CSS("#drain")),
-		chromedp.Click(chromedp.CSS("#drain")),
+		clickJS("drain"),
 		chromedp.WaitVisible(chromedp.CSS("#confirm")),
-		chromedp.Click(chromedp.CSS("#confirm")),
+		clickJS("confirm"),
 		chromedp.WaitVisible(chromedp.CSS("#undrain")),
 	))
 	if s := textOf(t, b, `[data-field="state"]`); s != "draining" {
