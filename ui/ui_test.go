@@ -438,3 +438,34 @@ func TestHostPageShowsDrain(t *testing.T) {
 	_, body = f.get(t, "/ui/")
 	mustContain(t, body, `draining</span>`)
 }
+
+// TestThousandInstances renders the overview and the app page of 1000
+// instances and checks they are all counted and listed; the time each
+// page took is logged (no timed assertion: see BENCHMARKS.md habits).
+func TestThousandInstances(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1000 instances: not under -short")
+	}
+	f := newFixture(t, nil)
+	ctx := testCtx(t)
+	for _, h := range []string{"big1", "big2"} {
+		s, err := f.reg.RegisterHost(ctx, registry.Host{ID: h, Capacity: 600}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close(context.Background()) })
+	}
+	if _, err := f.reg.Scale(ctx, "demo", "v1", "web", 1000); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, body := f.get(t, "/ui/")
+	t.Logf("overview of 1000 instances: %s", time.Since(start))
+	mustContain(t, body, `data-count="live">1000<`, `data-col="desired">1000<`)
+	start = time.Now()
+	_, body = f.get(t, "/ui/apps/demo")
+	t.Logf("app page listing 1000 instances: %s, %d bytes", time.Since(start), len(body))
+	if n := strings.Count(body, `<tr data-instance=`); n != 1000 {
+		t.Fatalf("app page lists %d instances, want 1000", n)
+	}
+}
