@@ -158,6 +158,16 @@ type Config struct {
 	// is requested, its ticket is deleted, or the agent shuts down.
 	// Default 10m.
 	ArtifactTimeout time.Duration
+	// ArtifactStallTimeout fails a fetch that receives no bytes for this
+	// long once the response started (a server that sends a little and
+	// then stalls), naming the stall, long before ArtifactTimeout.
+	// Default 60s.
+	ArtifactStallTimeout time.Duration
+	// ArtifactAllowLinkLocal lets artifact URLs (and their redirects)
+	// reach link-local addresses (169.254.0.0/16, fe80::/10), where cloud
+	// metadata services answer with credentials. Default false: such a
+	// fetch is refused before anything is sent.
+	ArtifactAllowLinkLocal bool
 	// ArtifactMaxBytes bounds a downloaded (or copied) artifact. Default
 	// 2 GiB.
 	ArtifactMaxBytes int64
@@ -291,6 +301,9 @@ func (c Config) withArtifactDefaults() Config {
 	}
 	if c.ArtifactTimeout == 0 {
 		c.ArtifactTimeout = defaultArtifactTimeout
+	}
+	if c.ArtifactStallTimeout == 0 {
+		c.ArtifactStallTimeout = defaultArtifactStallTimeout
 	}
 	if c.ArtifactMaxBytes == 0 {
 		c.ArtifactMaxBytes = defaultArtifactMaxBytes
@@ -471,6 +484,7 @@ func (c Config) validateArtifact() []error {
 	}{
 		{"artifact_connect_timeout", c.ArtifactConnectTimeout},
 		{"artifact_timeout", c.ArtifactTimeout},
+		{"artifact_stall_timeout", c.ArtifactStallTimeout},
 		{"artifact_cache_max_age", c.ArtifactCacheMaxAge},
 	} {
 		if d.v < 0 {

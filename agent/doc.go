@@ -66,9 +66,11 @@
 //     outage); a port probe that fails for lack of descriptors is reported
 //     as ErrNoDescriptors, not as a port shortage;
 //   - it fetches revision artifacts into a cache and unpacks them into
-//     release directories (fetch.go, artifact.go, release.go): every fetch
-//     bounded in time (connect and total timeouts) and size, redirects kept
-//     to the URL's scheme and host unless allowed, file:// sources only
+//     release directories (fetch.go, fetchguard.go, artifact.go,
+//     release.go): every fetch bounded in time (connect, total and stall
+//     timeouts) and size, link-local targets (cloud metadata) refused
+//     unless allowed, redirects kept to the URL's scheme and host unless
+//     allowed, file:// sources only
 //     regular files; unpacking contained in the release and bounded in
 //     bytes and entries. A start waiting for an artifact holds no ticket
 //     executor (pipeline.go, execLoop) and is cancelled by its instance's

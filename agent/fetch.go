@@ -30,6 +30,7 @@ var ErrArtifact = errors.New("agent: artifact")
 const (
 	defaultArtifactConnectTimeout = 30 * time.Second
 	defaultArtifactTimeout        = 10 * time.Minute
+	defaultArtifactStallTimeout   = time.Minute
 	defaultArtifactMaxBytes       = 2 << 30
 	defaultArtifactMaxUnpacked    = 8 << 30
 	defaultArtifactMaxEntries     = 100_000
@@ -47,6 +48,8 @@ const artifactPruneInterval = 10 * time.Minute
 type artifactLimits struct {
 	connectTimeout time.Duration
 	timeout        time.Duration
+	stallTimeout   time.Duration
+	linkLocal      bool // link-local targets allowed
 	maxBytes       int64
 	unpack         unpackLimits
 	redirectHosts  []string
@@ -59,6 +62,8 @@ func artifactLimitsOf(c Config) artifactLimits {
 	return artifactLimits{
 		connectTimeout: c.ArtifactConnectTimeout,
 		timeout:        c.ArtifactTimeout,
+		stallTimeout:   c.ArtifactStallTimeout,
+		linkLocal:      c.ArtifactAllowLinkLocal,
 		maxBytes:       c.ArtifactMaxBytes,
 		unpack:         unpackLimits{maxBytes: c.ArtifactMaxUnpackedBytes, maxEntries: c.ArtifactMaxEntries},
 		redirectHosts:  c.ArtifactRedirectHosts,
@@ -128,6 +133,9 @@ func newArtifactCache(dir string, lim artifactLimits, log hclog.Logger) *artifac
 		pins:    map[string]int{},
 	}
 	dialer := &net.Dialer{Timeout: lim.connectTimeout, KeepAlive: 30 * time.Second}
+	if !lim.linkLocal {
+		dialer.Control = refuseLinkLocal // after name resolution, before connecting
+	}
 	c.client = &http.Client{
 		Transport: &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
@@ -329,6 +337,9 @@ func (c *artifactCache) checkRedirect(req *http.Request, via []*http.Request) er
 	if req.URL.Scheme != orig.Scheme {
 		return fmt.Errorf("redirect to %s refused: the scheme must stay %s", to, orig.Scheme)
 	}
+	if err := c.checkLinkLocal(req.URL); err != nil {
+		return fmt.Errorf("redirect to %s refused: %w", to, err)
+	}
 	if strings.EqualFold(req.URL.Host, orig.Host) {
 		return nil
 	}
@@ -401,27 +412,11 @@ func (c *artifactCache) download(ctx context.Context, rawURL, sum, blobs, final 
 		}
 		src = f
 	case "http", "https":
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
-		if err != nil {
-			return "", fmt.Errorf("%w: %v", ErrArtifact, err)
+		var stop func()
+		if src, ctx, stop, err = c.openHTTP(ctx, u, rawURL); err != nil {
+			return "", err
 		}
-		resp, err := c.client.Do(req)
-		if err != nil {
-			if cause := context.Cause(ctx); cause != nil {
-				err = cause
-			}
-			return "", fmt.Errorf("%w: fetch %s: %v", ErrArtifact, shown, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
-			return "", fmt.Errorf("%w: fetch %s: %s", ErrArtifact, shown, resp.Status)
-		}
-		if resp.ContentLength > c.lim.maxBytes {
-			resp.Body.Close()
-			return "", fmt.Errorf("%w: %s is %d bytes, more than the %d allowed (artifact_max_bytes)",
-				ErrArtifact, shown, resp.ContentLength, c.lim.maxBytes)
-		}
-		src = resp.Body
+		defer stop()
 	default:
 		return "", fmt.Errorf("%w: url %q: scheme must be file, http or https", ErrArtifact, shown)
 	}
@@ -456,6 +451,48 @@ func (c *artifactCache) download(ctx context.Context, rawURL, sum, blobs, final 
 		return "", fmt.Errorf("%w: %v", ErrArtifact, err)
 	}
 	return final, nil
+}
+
+// openHTTP sends the GET of an http(s) artifact and returns its body, to
+// be read with the context it returns (ended by the stall timeout, see
+// stallReader, or by ctx) and stop called when done. A link-local target
+// is refused before anything is sent (see refuseLinkLocal).
+func (c *artifactCache) openHTTP(ctx context.Context, u *url.URL, rawURL string) (io.ReadCloser, context.Context, func(), error) {
+	shown := u.Redacted()
+	if err := c.checkLinkLocal(u); err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: fetch %s: %v", ErrArtifact, shown, err)
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(sctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		cancel(nil)
+		return nil, nil, nil, fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		cancel(nil)
+		var ll *linkLocalError
+		switch {
+		case errors.As(err, &ll):
+			err = ll
+		case context.Cause(ctx) != nil:
+			err = context.Cause(ctx)
+		}
+		return nil, nil, nil, fmt.Errorf("%w: fetch %s: %v", ErrArtifact, shown, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		cancel(nil)
+		return nil, nil, nil, fmt.Errorf("%w: fetch %s: %s", ErrArtifact, shown, resp.Status)
+	}
+	if resp.ContentLength > c.lim.maxBytes {
+		resp.Body.Close()
+		cancel(nil)
+		return nil, nil, nil, fmt.Errorf("%w: %s is %d bytes, more than the %d allowed (artifact_max_bytes)",
+			ErrArtifact, shown, resp.ContentLength, c.lim.maxBytes)
+	}
+	body := newStallReader(resp.Body, c.lim.stallTimeout, cancel)
+	return body, sctx, func() { body.stop(); cancel(nil) }, nil
 }
 
 // openRegular opens path for reading if it is a regular file (following

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -445,4 +446,80 @@ func TestUnpackLimits(t *testing.T) {
 			t.Fatalf("err = %v, want the byte limit named", err)
 		}
 	})
+}
+
+// TestArtifactFetchStall: a server that sends part of the artifact and
+// then nothing fails the fetch after ArtifactStallTimeout, naming the
+// stall, although the fetch's total timeout is an hour away.
+func TestArtifactFetchStall(t *testing.T) {
+	sent := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1048576")
+		w.Write(make([]byte, 4096))
+		w.(http.Flusher).Flush()
+		close(sent)
+		<-r.Context().Done() // stalls until the client goes
+	}))
+	defer srv.Close()
+	c := newTestCache(t, func(c *Config) {
+		c.ArtifactConnectTimeout, c.ArtifactTimeout = time.Hour, time.Hour
+		c.ArtifactStallTimeout = 300 * time.Millisecond
+	})
+	err := dirWithin(t, context.Background(), c, srv.URL+"/app.tar.gz", strings.Repeat("ab", 32))
+	<-sent
+	if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), "stalled: no bytes received for 300ms (artifact_stall_timeout)") {
+		t.Fatalf("err = %v, want the stall named", err)
+	}
+	waitFlights(t, c)
+}
+
+// TestArtifactFetchLinkLocal: artifact URLs and redirects to link-local
+// addresses (cloud metadata) are refused before anything is sent, unless
+// ArtifactAllowLinkLocal; the dialer refuses names that resolve there.
+func TestArtifactFetchLinkLocal(t *testing.T) {
+	ctx := context.Background()
+	sum := strings.Repeat("ab", 32)
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://169.254.169.254:1/latest/meta-data/", http.StatusFound)
+	}))
+	defer redirect.Close()
+	c := newTestCache(t, func(c *Config) { c.ArtifactRedirectHosts = []string{"169.254.169.254:1"} })
+	for url, addr := range map[string]string{
+		"http://169.254.169.254:1/app.tar.gz": "169.254.169.254",
+		"http://[fe80::1%25lo]:1/app.tar.gz":  "fe80::1%lo",
+		"http://[::ffff:169.254.1.1]:1/a":     "::ffff:169.254.1.1",
+		redirect.URL + "/app.tar.gz":          "169.254.169.254",
+	} {
+		err := dirWithin(t, ctx, c, url, sum)
+		if !errors.Is(err, ErrArtifact) || !strings.Contains(err.Error(), "refusing link-local address "+addr) ||
+			!strings.Contains(err.Error(), "artifact_allow_link_local") {
+			t.Errorf("%s: err = %v, want the link-local address refused", url, err)
+		}
+	}
+
+	// The dialer's check, for names that resolve to such an address.
+	for addr, refused := range map[string]bool{
+		"169.254.169.254:80": true, "[fe80::1%lo]:80": true, "[fe80::abcd]:443": true, "[::ffff:169.254.0.1]:80": true,
+		"127.0.0.1:80": false, "198.51.100.7:443": false, "[::1]:80": false, "[fd00::1]:80": false,
+	} {
+		err := refuseLinkLocal("tcp", addr, nil)
+		var ll *linkLocalError
+		if got := errors.As(err, &ll); got != refused {
+			t.Errorf("refuseLinkLocal(%s) = %v, want refused %v", addr, err, refused)
+		}
+	}
+
+	allowed := newTestCache(t, func(c *Config) { c.ArtifactAllowLinkLocal = true })
+	for _, u := range []string{"http://169.254.169.254/x", "http://[fe80::1]/x"} {
+		pu, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := allowed.checkLinkLocal(pu); err != nil {
+			t.Errorf("%s with artifact_allow_link_local: %v", u, err)
+		}
+		if err := c.checkLinkLocal(pu); err == nil {
+			t.Errorf("%s refused by default: got nil", u)
+		}
+	}
 }

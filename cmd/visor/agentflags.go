@@ -119,6 +119,8 @@ func apiFlags(fs *pflag.FlagSet, o *agentOptions) {
 func artifactFlags(fs *pflag.FlagSet, c *agent.Config) {
 	fs.DurationVar(&c.ArtifactConnectTimeout, "artifact-connect-timeout", 30*time.Second, "artifact fetch: bound on connecting (TCP, TLS, until the response headers)")
 	fs.DurationVar(&c.ArtifactTimeout, "artifact-timeout", 10*time.Minute, "artifact fetch: bound on one whole fetch and unpacking")
+	fs.DurationVar(&c.ArtifactStallTimeout, "artifact-stall-timeout", time.Minute, "artifact fetch: fail when no bytes arrive for this long")
+	fs.BoolVar(&c.ArtifactAllowLinkLocal, "artifact-allow-link-local", false, "artifact fetch: allow link-local targets (169.254.0.0/16, fe80::/10: cloud metadata services)")
 	parsedVar(fs, &c.ArtifactMaxBytes, "artifact-max-bytes", "2GiB", "bytes", "artifact fetch: largest artifact (bytes; KiB, MiB, GiB, TiB suffixes)", parseBytes)
 	parsedVar(fs, &c.ArtifactMaxUnpackedBytes, "artifact-max-unpacked-bytes", "8GiB", "bytes", "largest uncompressed tar stream of an artifact, skipped entries included", parseBytes)
 	fs.IntVar(&c.ArtifactMaxEntries, "artifact-max-entries", 100000, "most entries of an artifact (directories its names imply included)")
