@@ -101,51 +101,14 @@ func (d *DNSServer) Run(ctx context.Context) error {
 		log = hclog.NewNullLogger()
 	}
 	log = log.Named("dns")
-	domain := dns.Fqdn(strings.ToLower(d.Domain))
-	if d.Domain == "" {
-		domain = "visor."
+	pc, ln, err := d.listeners()
+	if err != nil {
+		return err
 	}
-	ttl := uint32(5)
-	if d.TTL > 0 {
-		ttl = uint32(max(d.TTL/time.Second, 1))
-	}
-	pc, ln := d.PacketConn, d.Listener
-	if pc == nil && ln == nil {
-		var err error
-		if pc, ln, err = listenDNS(d.Addr); err != nil {
-			return err
-		}
-	}
-	if pc == nil {
-		var err error
-		if pc, err = net.ListenPacket("udp", d.Addr); err != nil {
-			ln.Close()
-			return fmt.Errorf("dns listen udp %s: %w", d.Addr, err)
-		}
-	}
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", d.Addr); err != nil {
-			pc.Close()
-			return fmt.Errorf("dns listen tcp %s: %w", d.Addr, err)
-		}
-	}
-	r := &resolver{store: d.Store, domain: domain, ttl: ttl, log: log, base: ctx}
-	if d.RateLimit >= 0 {
-		rate, burst := d.RateLimit, d.RateBurst
-		if rate == 0 {
-			rate = DefaultDNSRate
-		}
-		if burst <= 0 {
-			burst = DefaultDNSBurst
-		}
-		r.limit = newRateLimiter(rate, burst, d.now)
-	}
-	handler := dns.HandlerFunc(r.serve)
-
+	r := d.newResolver(ctx, log)
 	servers := []*dns.Server{
-		{PacketConn: pc, Handler: handler},
-		{Listener: ln, Handler: handler},
+		{PacketConn: pc, Handler: dns.HandlerFunc(r.serve)},
+		{Listener: ln, Handler: dns.HandlerFunc(r.serve)},
 	}
 	errs := make(chan error, len(servers))
 	var wg sync.WaitGroup
@@ -163,7 +126,7 @@ func (d *DNSServer) Run(ctx context.Context) error {
 			errs <- err
 		}
 	}
-	log.Info("dns server listening", "udp", pc.LocalAddr().String(), "tcp", ln.Addr().String(), "domain", domain)
+	log.Info("dns server listening", "udp", pc.LocalAddr().String(), "tcp", ln.Addr().String(), "domain", r.domain)
 
 	var runErr error
 	select {
@@ -182,6 +145,55 @@ func (d *DNSServer) Run(ctx context.Context) error {
 		return fmt.Errorf("dns serve: %w", runErr)
 	}
 	return nil
+}
+
+// listeners returns the server's UDP and TCP listeners: the ones it was
+// given, else new ones on Addr (one port for both when Addr's port is 0).
+func (d *DNSServer) listeners() (net.PacketConn, net.Listener, error) {
+	pc, ln := d.PacketConn, d.Listener
+	if pc == nil && ln == nil {
+		return listenDNS(d.Addr)
+	}
+	if pc == nil {
+		var err error
+		if pc, err = net.ListenPacket("udp", d.Addr); err != nil {
+			ln.Close()
+			return nil, nil, fmt.Errorf("dns listen udp %s: %w", d.Addr, err)
+		}
+	}
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", d.Addr); err != nil {
+			pc.Close()
+			return nil, nil, fmt.Errorf("dns listen tcp %s: %w", d.Addr, err)
+		}
+	}
+	return pc, ln, nil
+}
+
+// newResolver builds the resolver of d's domain, TTL and rate limit
+// (defaults applied); base is the context of its lookups.
+func (d *DNSServer) newResolver(base context.Context, log hclog.Logger) *resolver {
+	domain := dns.Fqdn(strings.ToLower(d.Domain))
+	if d.Domain == "" {
+		domain = "visor."
+	}
+	ttl := uint32(5)
+	if d.TTL > 0 {
+		ttl = uint32(max(d.TTL/time.Second, 1))
+	}
+	r := &resolver{store: d.Store, domain: domain, ttl: ttl, log: log, base: base}
+	if d.RateLimit >= 0 {
+		rate, burst := d.RateLimit, d.RateBurst
+		if rate == 0 {
+			rate = DefaultDNSRate
+		}
+		if burst <= 0 {
+			burst = DefaultDNSBurst
+		}
+		r.limit = newRateLimiter(rate, burst, d.now)
+	}
+	return r
 }
 
 // resolver answers one question at a time from the Store.
