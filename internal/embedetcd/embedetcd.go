@@ -54,6 +54,35 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if c.Dir == "" {
 		return nil, errors.New("embedetcd: data dir is required")
 	}
+	c = c.withDefaults()
+	cfg, err := c.embedConfig()
+	if err != nil {
+		return nil, err
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("embedetcd: start: %w", err)
+	}
+	t := time.NewTimer(c.StartTimeout)
+	defer t.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedetcd: serve: %w", err)
+	case <-t.C:
+		e.Server.Stop()
+		e.Close()
+		return nil, fmt.Errorf("embedetcd: not ready after %s", c.StartTimeout)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	return &Server{etcd: e, clientURL: c.ClientURL}, nil
+}
+
+// withDefaults returns c with the documented defaults filled in.
+func (c Config) withDefaults() Config {
 	if c.Name == "" {
 		c.Name = "visor-dev"
 	}
@@ -72,6 +101,11 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if c.MaxTxnOps == 0 {
 		c.MaxTxnOps = 4096
 	}
+	return c
+}
+
+// embedConfig is the etcd member configuration of c (defaults applied).
+func (c Config) embedConfig() (*embed.Config, error) {
 	curl, err := url.Parse(c.ClientURL)
 	if err != nil {
 		return nil, fmt.Errorf("embedetcd: client url %q: %w", c.ClientURL, err)
@@ -80,7 +114,6 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedetcd: peer url %q: %w", c.PeerURL, err)
 	}
-
 	cfg := embed.NewConfig()
 	cfg.Name = c.Name
 	cfg.Dir = c.Dir
@@ -110,27 +143,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.SnapshotCount = 10000
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
-
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("embedetcd: start: %w", err)
-	}
-	t := time.NewTimer(c.StartTimeout)
-	defer t.Stop()
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("embedetcd: serve: %w", err)
-	case <-t.C:
-		e.Server.Stop()
-		e.Close()
-		return nil, fmt.Errorf("embedetcd: not ready after %s", c.StartTimeout)
-	case <-ctx.Done():
-		e.Close()
-		return nil, ctx.Err()
-	}
-	return &Server{etcd: e, clientURL: c.ClientURL}, nil
+	return cfg, nil
 }
 
 // Endpoint returns the client URL, suitable for clientv3.Config.Endpoints.
