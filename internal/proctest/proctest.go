@@ -60,140 +60,175 @@ func Exec(workload string, args ...string) *exec.Cmd {
 }
 
 func run(workload string, args []string) int {
-	arg := func(i int, def string) string {
-		if i < len(args) {
-			return args[i]
-		}
-		return def
-	}
-	dur := func(s string) time.Duration {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "proctest: bad duration %q\n", s)
-			os.Exit(2)
-		}
-		return d
-	}
-	num := func(s string) int {
-		n, err := strconv.Atoi(s)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "proctest: bad number %q\n", s)
-			os.Exit(2)
-		}
-		return n
-	}
-	switch workload {
-	case "sleep":
-		// sleep [D]: sleep D (default: forever), then exit 0.
-		if d := arg(0, ""); d != "" {
-			time.Sleep(dur(d))
-			return 0
-		}
-		select {}
-	case "exit":
-		// exit N: exit at once with code N.
-		return num(arg(0, "0"))
-	case "tick":
-		// tick D: print a numbered line to stdout every D, forever.
-		t := time.NewTicker(dur(arg(0, "10ms")))
-		for i := 0; ; i++ {
-			fmt.Fprintf(os.Stdout, "tick %d\n", i)
-			<-t.C
-		}
-	case "crash-after":
-		// crash-after D: run D, then exit 1.
-		time.Sleep(dur(arg(0, "0s")))
-		fmt.Fprintln(os.Stderr, "crashing")
-		return 1
-	case "ignore-sigterm":
-		// ignore-sigterm [FILE]: ignore SIGTERM, write FILE when ready, run forever.
-		signal.Ignore(syscall.SIGTERM)
-		ready(arg(0, ""), strconv.Itoa(os.Getpid()))
-		select {}
-	case "spawn-grandchild":
-		// spawn-grandchild FILE: start an ignore-sigterm grandchild in our
-		// process group, write its pid to FILE, run forever.
-		cmd := Exec("ignore-sigterm")
-		if err := cmd.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}
-		ready(arg(0, ""), strconv.Itoa(cmd.Process.Pid))
-		select {}
-	case "spawn-escapee":
-		// spawn-escapee FILE: start an ignore-sigterm grandchild in a new
-		// session (out of our process group: only a cgroup can catch it),
-		// write its pid to FILE, run forever.
-		cmd := Exec("ignore-sigterm")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}
-		ready(arg(0, ""), strconv.Itoa(cmd.Process.Pid))
-		select {}
-	case "print-lines":
-		// print-lines N [WIDTH]: write N numbered lines of WIDTH bytes to
-		// stdout and one line to stderr, then exit 0.
-		n, width := num(arg(0, "1")), num(arg(1, "0"))
-		pad := ""
-		if width > 10 {
-			pad = strings.Repeat("x", width-10)
-		}
-		for i := range n {
-			fmt.Fprintf(os.Stdout, "line %05d%s\n", i, pad)
-		}
-		fmt.Fprintln(os.Stderr, "done")
-		return 0
-	case "alloc":
-		// alloc MB: allocate and touch MB MiB, then run forever.
-		mb := num(arg(0, "1"))
-		var keep [][]byte
-		for range mb {
-			b := make([]byte, 1<<20)
-			for i := 0; i < len(b); i += 4096 {
-				b[i] = 1
-			}
-			keep = append(keep, b)
-		}
-		fmt.Fprintln(os.Stdout, "allocated", len(keep))
-		select {}
-	case "listen-port":
-		// listen-port ADDR [FILE]: serve HTTP 200 on ADDR (and accept TCP),
-		// write FILE when listening, run forever.
-		ln, err := net.Listen("tcp", arg(0, "127.0.0.1:0"))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}
-		ready(arg(1, ""), ln.Addr().String())
-		return func() int {
-			err := http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-				fmt.Fprintln(w, "ok")
-			}))
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}()
-	case "crash-seq":
-		// crash-seq FILE D1,D2,...: the k-th run (counted in FILE) lives Dk
-		// and exits 1; once the list is used up it runs forever.
-		file, seq := arg(0, ""), strings.Split(arg(1, ""), ",")
-		k := 0
-		if b, err := os.ReadFile(file); err == nil {
-			k, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-		}
-		if err := os.WriteFile(file, []byte(strconv.Itoa(k+1)), 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}
-		if k >= len(seq) {
-			select {}
-		}
-		time.Sleep(dur(seq[k]))
-		return 1
+	if w := workloads[workload]; w != nil {
+		return w(wargs(args))
 	}
 	fmt.Fprintf(os.Stderr, "proctest: unknown workload %q\n", workload)
 	return 2
+}
+
+// workloads are the helper process's behaviours, by name; each gets its
+// arguments and returns the exit code (many never return).
+var workloads = map[string]func(a wargs) int{
+	"sleep":            sleepWorkload,
+	"exit":             func(a wargs) int { return a.num(0, "0") }, // exit N: exit at once with code N
+	"tick":             tickWorkload,
+	"crash-after":      crashAfterWorkload,
+	"ignore-sigterm":   ignoreSigtermWorkload,
+	"spawn-grandchild": func(a wargs) int { return spawnWorkload(a, false) },
+	"spawn-escapee":    func(a wargs) int { return spawnWorkload(a, true) },
+	"print-lines":      printLinesWorkload,
+	"alloc":            allocWorkload,
+	"listen-port":      listenPortWorkload,
+	"crash-seq":        crashSeqWorkload,
+}
+
+// wargs are a workload's arguments; a malformed one exits 2.
+type wargs []string
+
+// arg is the i-th argument, or def.
+func (a wargs) arg(i int, def string) string {
+	if i < len(a) {
+		return a[i]
+	}
+	return def
+}
+
+// dur is the i-th argument (or def) as a duration.
+func (a wargs) dur(i int, def string) time.Duration { return parseDur(a.arg(i, def)) }
+
+// num is the i-th argument (or def) as an integer.
+func (a wargs) num(i int, def string) int {
+	s := a.arg(i, def)
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "proctest: bad number %q\n", s)
+		os.Exit(2)
+	}
+	return n
+}
+
+func parseDur(s string) time.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "proctest: bad duration %q\n", s)
+		os.Exit(2)
+	}
+	return d
+}
+
+// sleep [D]: sleep D (default: forever), then exit 0.
+func sleepWorkload(a wargs) int {
+	if a.arg(0, "") != "" {
+		time.Sleep(a.dur(0, ""))
+		return 0
+	}
+	select {}
+}
+
+// tick D: print a numbered line to stdout every D, forever.
+func tickWorkload(a wargs) int {
+	t := time.NewTicker(a.dur(0, "10ms"))
+	for i := 0; ; i++ {
+		fmt.Fprintf(os.Stdout, "tick %d\n", i)
+		<-t.C
+	}
+}
+
+// crash-after D: run D, then exit 1.
+func crashAfterWorkload(a wargs) int {
+	time.Sleep(a.dur(0, "0s"))
+	fmt.Fprintln(os.Stderr, "crashing")
+	return 1
+}
+
+// ignore-sigterm [FILE]: ignore SIGTERM, write FILE when ready, run forever.
+func ignoreSigtermWorkload(a wargs) int {
+	signal.Ignore(syscall.SIGTERM)
+	ready(a.arg(0, ""), strconv.Itoa(os.Getpid()))
+	select {}
+}
+
+// spawn-grandchild FILE: start an ignore-sigterm grandchild in our process
+// group, write its pid to FILE, run forever. spawn-escapee FILE: the same
+// with the grandchild in a new session (out of our process group: only a
+// cgroup can catch it).
+func spawnWorkload(a wargs, escape bool) int {
+	cmd := Exec("ignore-sigterm")
+	if escape {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ready(a.arg(0, ""), strconv.Itoa(cmd.Process.Pid))
+	select {}
+}
+
+// print-lines N [WIDTH]: write N numbered lines of WIDTH bytes to stdout
+// and one line to stderr, then exit 0.
+func printLinesWorkload(a wargs) int {
+	n, width := a.num(0, "1"), a.num(1, "0")
+	pad := ""
+	if width > 10 {
+		pad = strings.Repeat("x", width-10)
+	}
+	for i := range n {
+		fmt.Fprintf(os.Stdout, "line %05d%s\n", i, pad)
+	}
+	fmt.Fprintln(os.Stderr, "done")
+	return 0
+}
+
+// alloc MB: allocate and touch MB MiB, then run forever.
+func allocWorkload(a wargs) int {
+	mb := a.num(0, "1")
+	var keep [][]byte
+	for range mb {
+		b := make([]byte, 1<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		keep = append(keep, b)
+	}
+	fmt.Fprintln(os.Stdout, "allocated", len(keep))
+	select {}
+}
+
+// listen-port ADDR [FILE]: serve HTTP 200 on ADDR (and accept TCP), write
+// FILE when listening, run forever.
+func listenPortWorkload(a wargs) int {
+	ln, err := net.Listen("tcp", a.arg(0, "127.0.0.1:0"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ready(a.arg(1, ""), ln.Addr().String())
+	err = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	}))
+	fmt.Fprintln(os.Stderr, err)
+	return 2
+}
+
+// crash-seq FILE D1,D2,...: the k-th run (counted in FILE) lives Dk and
+// exits 1; once the list is used up it runs forever.
+func crashSeqWorkload(a wargs) int {
+	file, seq := a.arg(0, ""), strings.Split(a.arg(1, ""), ",")
+	k := 0
+	if b, err := os.ReadFile(file); err == nil {
+		k, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	if err := os.WriteFile(file, []byte(strconv.Itoa(k+1)), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if k >= len(seq) {
+		select {}
+	}
+	time.Sleep(parseDur(seq[k]))
+	return 1
 }
 
 // ready writes content to file atomically, if file is set.
