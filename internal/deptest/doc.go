@@ -1,4 +1,5 @@
-// Package deptest holds the test that keeps Visor's package boundaries:
-// which packages may depend on which (DESIGN.md, "Packages and the
-// direction of dependencies"). It has no code of its own.
+// Package deptest holds the tests that keep Visor's shape: which packages
+// may depend on which (DESIGN.md, "Packages and the direction of
+// dependencies"), and how large a non-test function or file may grow
+// before it is split by idea (80 and 600 lines). It has no code of its own.
 package deptest
