@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/visorhq/visor/internal/janitor"
 	"github.com/visorhq/visor/internal/testtime"
 )
 
@@ -52,7 +53,7 @@ type network struct {
 	tag   string // namePrefix + pid: every namespace's name starts with tag + "-"
 	hub   string // hub namespace name
 	hosts map[string]hostNet
-	jan   *janitor
+	jan   *janitor.Janitor
 }
 
 // requireNetAdmin skips the test, with the reason, unless it runs as root
@@ -219,7 +220,7 @@ func (n *network) dialLocked(ctx context.Context, addr string) (c net.Conn, rest
 // test process does the same itself.
 func (n *network) teardown(t testing.TB) {
 	t.Helper()
-	if err := n.jan.finish(testtime.Scaled(30 * time.Second)); err != nil {
+	if err := n.jan.Finish(testtime.Scaled(30 * time.Second)); err != nil {
 		t.Errorf("janitor: %v; removing the namespaces from the test process", err)
 		ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(30*time.Second))
 		defer cancel()

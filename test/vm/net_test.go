@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -20,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/visorhq/visor/internal/janitor"
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/internal/testtime"
 )
@@ -45,7 +44,7 @@ const bridge = "br0"
 type network struct {
 	tag string // namePrefix + pid
 	ns  string // namespace name
-	jan *janitor
+	jan *janitor.Janitor
 }
 
 // ipCmd runs ip with args and returns its output.
@@ -206,7 +205,7 @@ func (n *network) listen(addr string) (net.Listener, error) {
 // the test process does the same itself.
 func (n *network) teardown(t testing.TB) {
 	t.Helper()
-	if err := n.jan.finish(testtime.Scaled(60 * time.Second)); err != nil {
+	if err := n.jan.Finish(testtime.Scaled(60 * time.Second)); err != nil {
 		t.Errorf("janitor: %v; removing the namespace from the test process", err)
 		ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(60*time.Second))
 		defer cancel()
@@ -321,65 +320,14 @@ func removeLeftovers(t testing.TB) {
 }
 
 // janitorEnv starts the test binary as the janitor of run <value>: it waits
-// for EOF on its stdin, then removes everything of the run (removeRun).
+// for EOF on its stdin, then removes everything of the run (removeRun); see
+// internal/janitor for how it outlives the test.
 const janitorEnv = "VISOR_VM_JANITOR"
 
-// janitor is the run's janitor process. The test holds the only write end
-// of its stdin; EOF comes when the test closes it (teardown) or when the
-// test process dies, however it dies: the kernel closes the pipe. The
-// janitor runs in a session of its own with no parent-death signal, so it
-// outlives the test; it is not in the run's namespace.
-type janitor struct {
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	stderr bytes.Buffer
-	done   chan error
-}
-
-func startJanitor(tag string) (*janitor, error) {
-	j := &janitor{done: make(chan error, 1)}
-	j.cmd = exec.Command(proctest.Binary())
-	j.cmd.Env = append(os.Environ(), janitorEnv+"="+tag)
-	j.cmd.Stderr = &j.stderr
-	j.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var err error
-	if j.stdin, err = j.cmd.StdinPipe(); err != nil {
-		return nil, err
-	}
-	if err := j.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start janitor: %w", err)
-	}
-	go func() { j.done <- j.cmd.Wait() }() // finish receives it
-	return j, nil
-}
-
-// finish closes the janitor's stdin and waits up to d for it.
-func (j *janitor) finish(d time.Duration) error {
-	_ = j.stdin.Close()
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case err := <-j.done:
-		if err != nil {
-			return fmt.Errorf("%w: %s", err, strings.TrimSpace(j.stderr.String()))
-		}
-		return nil
-	case <-tm.C:
-		_ = j.cmd.Process.Kill()
-		<-j.done
-		return fmt.Errorf("did not finish within %s: %s", d, strings.TrimSpace(j.stderr.String()))
-	}
+// startJanitor starts the janitor of run tag.
+func startJanitor(tag string) (*janitor.Janitor, error) {
+	return janitor.Start(proctest.Binary(), janitorEnv, tag)
 }
 
 // janitorMain is the janitor process: it returns its exit code.
-func janitorMain(tag string) int {
-	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := removeRun(ctx, tag); err != nil {
-		fmt.Fprintln(os.Stderr, "janitor:", err)
-		return 1
-	}
-	return 0
-}
+func janitorMain(tag string) int { return janitor.Main(tag, 2*time.Minute, removeRun) }
