@@ -231,7 +231,11 @@ func (a *Agent) handleInstance(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// logsHandler serves GET /v1/instances/{id}/logs?stream=stdout|stderr&tail=N&follow=1.
+// logsHandler serves GET /v1/instances/{id}/logs?stream=stdout|stderr|all&tail=N&follow=1.
+// stream defaults to stdout; all merges both files (logfile.StreamMerged):
+// each line labelled "stdout | " or "stderr | ", the last tail lines of
+// stdout, then of stderr, then followed lines of both in the order they
+// are read. A merged stream counts as one stream against limit.
 // tail is at most maxTail (100000) lines; a larger value is rejected with
 // 400 rather than clamped, so a client never mistakes a cut answer for the
 // whole log. The lines are streamed from the file (logfile.Options.Stream),
@@ -250,8 +254,8 @@ func (a *Agent) logsHandler(limit *streamLimiter) http.HandlerFunc {
 		if stream == "" {
 			stream = "stdout"
 		}
-		if stream != "stdout" && stream != "stderr" {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("stream must be stdout or stderr, not %q", stream))
+		if stream != "stdout" && stream != "stderr" && stream != "all" {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("stream must be stdout, stderr or all, not %q", stream))
 			return
 		}
 		const maxTail = 100000
@@ -272,7 +276,6 @@ func (a *Agent) logsHandler(limit *streamLimiter) http.HandlerFunc {
 			return
 		}
 		defer release()
-		path := a.sup.LogPath(id, stream)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		out := io.Writer(w)
 		if follow {
@@ -280,10 +283,17 @@ func (a *Agent) logsHandler(limit *streamLimiter) http.HandlerFunc {
 			fw.flush() // the client sees the headers before the first line
 			out = fw
 		}
-		err := logfile.Options{}.Stream(r.Context(), path, tail, follow, out)
-		if errors.Is(err, os.ErrNotExist) && follow {
-			// No output yet: wait for the file, then stream all of it.
-			err = logfile.Follow(r.Context(), path, false, out)
+		var err error
+		if stream == "all" {
+			srcs := []logfile.Source{{Label: "stdout", Path: a.sup.LogPath(id, "stdout")}, {Label: "stderr", Path: a.sup.LogPath(id, "stderr")}}
+			err = logfile.Options{}.StreamMerged(r.Context(), srcs, tail, follow, out)
+		} else {
+			path := a.sup.LogPath(id, stream)
+			err = logfile.Options{}.Stream(r.Context(), path, tail, follow, out)
+			if errors.Is(err, os.ErrNotExist) && follow {
+				// No output yet: wait for the file, then stream all of it.
+				err = logfile.Follow(r.Context(), path, false, out)
+			}
 		}
 		switch {
 		case err == nil, r.Context().Err() != nil, errors.Is(err, os.ErrNotExist):

@@ -25,11 +25,18 @@ func newLogsCmd(e *env) *cobra.Command {
 		Short: "print (and follow) an instance's output, through its host's agent",
 		Long: `logs finds the instance's host in the registry and asks that host's agent
 (its HTTP API, or with --socket a local agent's unix socket) for the last
---tail lines of --stream; with -f it keeps streaming until interrupted.`,
+--tail lines of --stream; with -f it keeps streaming until interrupted.
+
+By default (--stream all) it shows stdout and stderr together, each line
+labelled "stdout | " or "stderr | ". The log files carry no timestamps, so
+the history comes stdout's last --tail lines first, then stderr's; followed
+lines (-f) of both come in the order the agent reads them, which is the
+order they were written, give or take a few milliseconds between the two
+files. --stream stdout or --stream stderr prints one of them, unlabelled.`,
 		RunE: runWith(e, runLogs),
 	}
 	cmd.Flags().BoolP("follow", "f", false, "follow: keep printing new output")
-	cmd.Flags().String("stream", "stdout", "stdout or stderr")
+	cmd.Flags().String("stream", "all", "all (stdout and stderr, labelled), stdout or stderr")
 	cmd.Flags().Int("tail", 100, "lines of history to print first")
 	agentClientFlags(cmd.Flags())
 	return cmd
@@ -50,8 +57,8 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 		return usageError("logs: want exactly one INSTANCE")
 	}
 	stream := flagString(e, "stream")
-	if stream != "stdout" && stream != "stderr" {
-		return usageError("logs: --stream must be stdout or stderr, not %q", stream)
+	if stream != "stdout" && stream != "stderr" && stream != "all" {
+		return usageError("logs: --stream must be all, stdout or stderr, not %q", stream)
 	}
 	tail := flagValue[int](e, "tail")
 	if tail < 0 || tail > maxLogTail {

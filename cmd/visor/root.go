@@ -84,7 +84,7 @@ func newRootCmd(e *env) *cobra.Command {
 		newEventsCmd(e), newHostCmd(e), newLogsCmd(e), newLookupCmd(e), newProcCmd(e),
 		newPSCmd(e), newRevCmd(e), newScaleCmd(e), newServiceCmd(e), newSignalCmd(e),
 		newTicketCmd(e), newVersionCmd(e),
-		newRestartCmd(e), newStopCmd(e),
+		newRestartCmd(e), newStopCmd(e), newDemoWebCmd(e),
 	)
 	// The plural and top-level spellings from before "host list" and
 	// "ticket list" existed; kept working (see README).

@@ -48,6 +48,13 @@
 // scan of 1000 files costs about 3.5 ms. Without inotify (other systems) it
 // falls back to a one-second ticker.
 //
+// [Options.StreamMerged] does the same for several files at once (an
+// instance's stdout and stderr), each line labelled with its file's name:
+// the files carry no timestamps, so the history comes file by file, and
+// followed lines come in the order they are read from the files, which is
+// the order they were written give or take the few milliseconds between
+// two inotify wake-ups.
+//
 // [Options.Stream] writes the last n lines to a writer: it reads backwards
 // in fixed blocks to find where they start, then copies forward in fixed
 // chunks, so its memory is the same for n = 10 and n = 100 000 (the agent's

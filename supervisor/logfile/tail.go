@@ -58,6 +58,12 @@ func (o Options) Tail(path string, n int) ([]string, error) {
 // [Options.Follow] waits for it instead), n < 0 (ErrNegativeCount), a
 // failed read or a failed write to w.
 func (o Options) Stream(ctx context.Context, path string, n int, follow bool, w io.Writer) error {
+	return o.stream(ctx, path, n, follow, w, nil)
+}
+
+// stream is Stream; with follow, historyDone (if not nil) is called once
+// the last n lines are written, before anything appended after them.
+func (o Options) stream(ctx context.Context, path string, n int, follow bool, w io.Writer, historyDone func()) error {
 	if n < 0 {
 		return fmt.Errorf("%w: %d", ErrNegativeCount, n)
 	}
@@ -103,6 +109,15 @@ func (o Options) Stream(ctx context.Context, path string, n int, follow bool, w 
 		fl.logical += st.off
 	}
 	if follow {
+		if historyDone != nil {
+			fl.limit = st.base0 + st.size0
+			if err := fl.drain(); err != nil {
+				f0.Close()
+				return err
+			}
+			historyDone()
+			fl.limit = -1
+		}
 		return fl.run(ctx, wt, false) // closes fl.f
 	}
 	defer f0.Close()
