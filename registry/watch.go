@@ -56,6 +56,17 @@ type Event struct {
 	Host     string        `json:"host,omitempty"`
 	State    InstanceState `json:"state,omitempty"`
 	Deleted  bool          `json:"deleted,omitempty"`
+	// Time is when the change happened, as far as the registry can tell;
+	// etcd keeps no time per revision, so it comes from the record: an
+	// instance's Since (when it entered its state), a created ticket's,
+	// app's or revision's Created, a host's Started (joined) or Updated,
+	// a drain's or a new scale status's Since. A change whose record holds
+	// no time of it (a delete, an env, scale or proc write, a claim, a
+	// released ticket) has a zero Time from Events; WatchEvents gives such
+	// a change the time it received it when the change is live (newer
+	// than the store was when the watch began), which is within
+	// milliseconds of the write.
+	Time time.Time `json:"time,omitzero"`
 	// Err reports a value that did not decode (the event is skipped, the
 	// watch goes on), a compaction (ErrCompacted; Revision is the last
 	// revision lost and the watch resumes at the next, the compact
@@ -190,6 +201,13 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 		}
 	}
 	pause := backoff.New(rewatchBackoff)
+	// liveAfter is the store's revision when the watch began: changes
+	// after it are live, and one without a time of its own gets the time
+	// it arrived. -1 until known.
+	liveAfter := int64(-1)
+	if rev <= 0 {
+		liveAfter = 0 // set below, from the current revision
+	}
 	for first := true; ctx.Err() == nil; first = false {
 		if !first && pause.Wait(ctx) != nil {
 			return
@@ -203,6 +221,9 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 				continue
 			}
 			rev = cur + 1
+			if liveAfter == 0 {
+				liveAfter = cur
+			}
 		}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wch := r.cli.Watch(wctx, r.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(rev))
@@ -224,7 +245,14 @@ func (r *Registry) watchEvents(ctx context.Context, rev int64, ch chan<- Event) 
 				break
 			}
 			pause.Reset()
+			if liveAfter < 0 {
+				liveAfter = resp.Header.Revision
+			}
+			now := time.Now()
 			for _, e := range r.events(resp.Events) {
+				if e.Time.IsZero() && liveAfter >= 0 && e.Revision > liveAfter {
+					e.Time = now
+				}
 				if !send(e) {
 					cancel()
 					return
@@ -257,7 +285,11 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 	case parts[0] == "status" && len(parts) == 4:
 		e.App, e.Rev, e.Proc, e.Type = parts[1], parts[2], parts[3], ScaleWaiting
 		if !del {
-			e.Err = decodeJSON(KindScaleStatus, kv.Key, kv.Value, &ScaleStatus{})
+			var st ScaleStatus
+			e.Err = decodeJSON(KindScaleStatus, kv.Key, kv.Value, &st)
+			if kv.CreateRevision == kv.ModRevision {
+				e.Time = st.Since
+			}
 		}
 		return e, true
 	case len(parts) != 2:
@@ -289,13 +321,20 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 			e.Type = HostJoined
 		}
 		if !del {
-			_, e.Err = decodeHost(kv, parts[1])
+			var h Host
+			h, e.Err = decodeHost(kv, parts[1])
+			e.Time = h.Updated
+			if e.Type == HostJoined {
+				e.Time = h.Started
+			}
 		}
 	case "drains":
 		e.Host, e.Type = parts[1], HostUndrained
 		if !del {
 			e.Type = HostDrained
-			_, e.Err = decodeDrain(kv, parts[1])
+			var d Drain
+			d, e.Err = decodeDrain(kv, parts[1])
+			e.Time = d.Since
 		}
 	default:
 		return e, false
@@ -317,12 +356,20 @@ func appEvent(e *Event, kv *mvccpb.KeyValue, parts []string) bool {
 		if del {
 			e.Type = AppDeleted
 		} else {
-			_, e.Err = decodeApp(kv.Value, kv.Key, app, kv.ModRevision)
+			var a App
+			a, e.Err = decodeApp(kv.Value, kv.Key, app, kv.ModRevision)
+			if kv.CreateRevision == kv.ModRevision {
+				e.Time = a.Created
+			}
 		}
 	case len(parts) == 4 && parts[2] == "revs":
 		e.Rev, e.Type = parts[3], RevChanged
 		if !del {
-			_, e.Err = decodeRevision(kv.Key, kv.Value, kv.ModRevision, app, parts[3])
+			var rv Revision
+			rv, e.Err = decodeRevision(kv.Key, kv.Value, kv.ModRevision, app, parts[3])
+			if kv.CreateRevision == kv.ModRevision {
+				e.Time = rv.Created
+			}
 		}
 	case len(parts) == 4 && parts[2] == "procs":
 		e.Proc, e.Type = parts[3], ProcChanged
@@ -366,6 +413,9 @@ func ticketEvent(e *Event, kv, val *mvccpb.KeyValue, id string) {
 		return
 	}
 	e.App, e.Rev, e.Proc, e.Instance, e.Host = t.App, t.Rev, t.Proc, t.Instance, t.Host
+	if e.Type == TicketCreated {
+		e.Time = t.Created
+	}
 }
 
 // instanceEvent fills e from a change of instance id, whose record is val
@@ -384,4 +434,7 @@ func instanceEvent(e *Event, val *mvccpb.KeyValue, id string) {
 		return
 	}
 	e.App, e.Rev, e.Proc, e.Host, e.State, e.Ticket = in.App, in.Rev, in.Proc, in.Host, in.State, in.Ticket
+	if !e.Deleted {
+		e.Time = in.Since
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,7 +21,13 @@ func newEventsCmd(e *env) *cobra.Command {
 current revision and exits. With -f it keeps following new events until
 interrupted; --since then resumes from an earlier revision (for example the
 last revision a previous run printed, plus one). With -o json each event is
-one JSON object per line.`,
+one JSON object per line.
+
+Each event shows when it happened: etcd keeps no time per revision, so the
+time comes from the record (an instance's state change, a ticket, app or
+revision created, a host joined or updated, a drain); with -f a live change
+whose record holds no time (a delete, an env, scale or proc write, a claim)
+shows when it arrived. Otherwise the time is "-" (omitted in JSON).`,
 		RunE: runWith(e, runEvents),
 	}
 	cmd.Flags().BoolP("follow", "f", false, "follow: keep printing new events")
@@ -30,17 +37,20 @@ one JSON object per line.`,
 
 // eventOut is the CLI's JSON form of a registry event.
 type eventOut struct {
-	Revision int64  `json:"revision"`
-	Type     string `json:"type"`
-	Key      string `json:"key"`
-	App      string `json:"app,omitempty"`
-	Rev      string `json:"rev,omitempty"`
-	Proc     string `json:"proc,omitempty"`
-	Ticket   string `json:"ticket,omitempty"`
-	Instance string `json:"instance,omitempty"`
-	Host     string `json:"host,omitempty"`
-	State    string `json:"state,omitempty"`
-	Error    string `json:"error,omitempty"`
+	// Time is when the change happened (registry.Event.Time); omitted
+	// when the registry cannot tell.
+	Time     *time.Time `json:"time,omitempty"`
+	Revision int64      `json:"revision"`
+	Type     string     `json:"type"`
+	Key      string     `json:"key"`
+	App      string     `json:"app,omitempty"`
+	Rev      string     `json:"rev,omitempty"`
+	Proc     string     `json:"proc,omitempty"`
+	Ticket   string     `json:"ticket,omitempty"`
+	Instance string     `json:"instance,omitempty"`
+	Host     string     `json:"host,omitempty"`
+	State    string     `json:"state,omitempty"`
+	Error    string     `json:"error,omitempty"`
 }
 
 // eventTypeNames are the CLI's stable names of the registry event types.
@@ -77,16 +87,28 @@ func newEventOut(ev registry.Event) eventOut {
 		Revision: ev.Revision, Type: name, Key: ev.Key, App: ev.App, Rev: ev.Rev, Proc: ev.Proc,
 		Ticket: ev.Ticket, Instance: ev.Instance, Host: ev.Host, State: string(ev.State),
 	}
+	if !ev.Time.IsZero() {
+		t := ev.Time.UTC()
+		out.Time = &t
+	}
 	if ev.Err != nil {
 		out.Error = ev.Err.Error()
 	}
 	return out
 }
 
-// line formats the event for table output, one line per event.
+// eventTimeFormat is how events print their time: UTC, milliseconds.
+const eventTimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// line formats the event for table output, one line per event: its time
+// ("-" when the registry cannot tell), revision, type and fields.
 func (o eventOut) line() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d %s", o.Revision, o.Type)
+	when := "-"
+	if o.Time != nil {
+		when = o.Time.Format(eventTimeFormat)
+	}
+	fmt.Fprintf(&b, "%s %d %s", when, o.Revision, o.Type)
 	for _, f := range []struct{ k, v string }{
 		{"app", o.App}, {"rev", o.Rev}, {"proc", o.Proc}, {"ticket", o.Ticket},
 		{"instance", o.Instance}, {"host", o.Host}, {"state", o.State},

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestEvents(t *testing.T) {
@@ -16,6 +17,7 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	since := strconv.FormatInt(rev0+1, 10)
+	start := time.Now().Add(-time.Second)
 
 	setupWeb(h)
 	h.ok("env", "set", "web", "A=1")
@@ -36,7 +38,7 @@ func TestEvents(t *testing.T) {
 			t.Fatalf("events -o json line %q: %v", line, err)
 		}
 		for k := range ev {
-			if !contains([]string{"revision", "type", "key", "app", "rev", "proc", "ticket", "instance", "host", "state", "error"}, k) {
+			if !contains([]string{"revision", "type", "key", "app", "rev", "proc", "ticket", "instance", "host", "state", "error", "time"}, k) {
 				t.Errorf("events -o json: unexpected field %q in %s", k, line)
 			}
 		}
@@ -45,6 +47,18 @@ func TestEvents(t *testing.T) {
 			continue
 		}
 		typ := ev["type"].(string)
+		// Events carry the time their record gives; a history read has
+		// none for changes whose record holds no time of them.
+		wantTime := map[string]bool{"app_changed": true, "rev_changed": true, "ticket_created": true,
+			"instance_changed": true, "host_joined": true}[typ]
+		if ts, ok := ev["time"].(string); ok != wantTime {
+			t.Errorf("events -o json: %s has time %v, want one: %v", typ, ev["time"], wantTime)
+		} else if ok {
+			when, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil || when.Before(start) || when.After(time.Now().Add(time.Second)) {
+				t.Errorf("events -o json: %s at %q (%v), not during the test", typ, ts, err)
+			}
+		}
 		if len(types) == 0 || types[len(types)-1] != typ {
 			types = append(types, typ)
 		}
@@ -95,6 +109,15 @@ func TestEventsFollow(t *testing.T) {
 	f.waitOutput(" app_changed app=api\n")
 	h.ok("app", "delete", "api")
 	f.waitOutput(" app_deleted app=api\n")
+	// A live delete has no time in its record: it gets the time it arrived.
+	for _, line := range strings.Split(f.stdout.String(), "\n") {
+		if strings.HasSuffix(line, " app_deleted app=api") {
+			ts, _, _ := strings.Cut(line, " ")
+			if _, err := time.Parse(time.RFC3339Nano, ts); err != nil {
+				t.Errorf("live app_deleted event without a time: %q", line)
+			}
+		}
+	}
 	if code := f.stop(); code != 0 {
 		t.Errorf("events -f: exit %d, stderr %q", code, f.stderr.String())
 	}
