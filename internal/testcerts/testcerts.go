@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,8 +22,9 @@ import (
 
 // Files are the PEM files New wrote.
 type Files struct {
-	// CA is the authority's certificate.
-	CA string
+	// CA is the authority's certificate; CAKey its private key (for
+	// Client).
+	CA, CAKey string
 	// ServerCert and ServerKey are valid for 127.0.0.1, ::1, localhost and
 	// the addresses given to NewFor.
 	ServerCert, ServerKey string
@@ -49,8 +51,13 @@ func NewFor(t testing.TB, ips ...net.IP) Files {
 	dir := t.TempDir()
 	caKey, caCert := authority(t, "visor test CA")
 	_, otherCert := authority(t, "other CA")
+	kb, err := x509.MarshalECPrivateKey(caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := Files{
 		CA:            writePEM(t, dir, "ca.pem", "CERTIFICATE", caCert.Raw),
+		CAKey:         writePEM(t, dir, "ca-key.pem", "EC PRIVATE KEY", kb),
 		OtherCA:       writePEM(t, dir, "other-ca.pem", "CERTIFICATE", otherCert.Raw),
 		ServerCert:    filepath.Join(dir, "server.pem"),
 		ServerKey:     filepath.Join(dir, "server-key.pem"),
@@ -75,6 +82,53 @@ func NewFor(t testing.TB, ips ...net.IP) Files {
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
 	return f
+}
+
+// Client writes a client certificate of f's authority with common name
+// cn (etcd takes a client's user from it when it authenticates by
+// certificate) next to f's files and returns the certificate's and the
+// key's paths.
+func (f Files) Client(t testing.TB, cn string) (certPath, keyPath string) {
+	t.Helper()
+	caKey, ca := f.load(t)
+	dir := filepath.Dir(f.CA)
+	name := "client-" + strings.Map(func(r rune) rune {
+		if r == '/' || r == os.PathSeparator {
+			return '_'
+		}
+		return r
+	}, cn)
+	certPath, keyPath = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+	leaf(t, caKey, ca, certPath, keyPath, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	return certPath, keyPath
+}
+
+// load reads f's authority back from its files.
+func (f Files) load(t testing.TB) (*ecdsa.PrivateKey, *x509.Certificate) {
+	t.Helper()
+	block := func(path string) []byte {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _ := pem.Decode(b)
+		if p == nil {
+			t.Fatalf("%s: no PEM block", path)
+		}
+		return p.Bytes
+	}
+	ca, err := x509.ParseCertificate(block(f.CA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := x509.ParseECPrivateKey(block(f.CAKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, ca
 }
 
 // serial numbers certificates uniquely within the process.
