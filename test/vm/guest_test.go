@@ -45,11 +45,16 @@ func (f *fleet) addGuest(i int) (*guest, error) {
 
 // configure gives a restored guest its identity, persistently (it survives
 // a reboot): the clock, hostname, MAC and address (systemd-networkd), the
-// etcd CA, the instances' user; then waits until etcd is reachable.
+// etcd CA and the agents' client certificate, the instances' user; then
+// waits until etcd is reachable.
 func (f *fleet) configure(ctx context.Context, g *guest) error {
-	ca, err := os.ReadFile(f.certs.CA)
-	if err != nil {
-		return err
+	var pems [3][]byte
+	for i, p := range []string{f.certs.CA, f.agentTLS.cert, f.agentTLS.key} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		pems[i] = b
 	}
 	script := fmt.Sprintf(`set -e
 date -u -s @%d >/dev/null
@@ -73,26 +78,33 @@ networkctl reconfigure eth0
 mkdir -p /etc/visor-vm
 cat >/etc/visor-vm/etcd-ca.pem <<'EOT'
 %[5]sEOT
+cat >/etc/visor-vm/agent.pem <<'EOT'
+%[8]sEOT
+(umask 077 && cat >/etc/visor-vm/agent-key.pem <<'EOT'
+%[9]sEOT
+)
 getent passwd %[6]s >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin %[6]s
 for i in $(seq 1 300); do
 	if timeout 2 bash -c '</dev/tcp/%[7]s/2379' 2>/dev/null; then exit 0; fi
 	sleep 0.2
 done
 echo "etcd at %[7]s:2379 not reachable"; ip addr; exit 1
-`, time.Now().Unix(), g.name, g.mac, guestAddr(g.idx), ca, appUser, memberAddr(1))
-	_, err = g.must(ctx, script)
+`, time.Now().Unix(), g.name, g.mac, guestAddr(g.idx), pems[0], appUser, memberAddr(1), pems[1], pems[2])
+	_, err := g.must(ctx, script)
 	return err
 }
 
 // agentConfig is /etc/visor/agent.json of guest g: the documented keys
-// (packaging/README.md) with the suite's etcd, TLS and user.
+// (packaging/README.md) with the suite's etcd and TLS: the agent
+// authenticates by its client certificate (common name agentUser, the
+// etcd user), with no username or password.
 func agentConfig(g *guest) string {
 	return fmt.Sprintf(`{
   "endpoints": %q,
   "prefix": %q,
   "ca_file": "/etc/visor-vm/etcd-ca.pem",
-  "username": %q,
-  "password": %q,
+  "cert_file": "/etc/visor-vm/agent.pem",
+  "key_file": "/etc/visor-vm/agent-key.pem",
   "host": %q,
   "data_dir": "/var/lib/visor",
   "run_dir": "/run/visor",
@@ -103,7 +115,7 @@ func agentConfig(g *guest) string {
   "capacity": "40",
   "log_level": "debug"
 }
-`, strings.Join(etcdEndpoints(), ","), prefix, agentUser, agentPass, g.name)
+`, strings.Join(etcdEndpoints(), ","), prefix, g.name)
 }
 
 // installDeb copies the package of version v into the guest and installs

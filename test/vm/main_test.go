@@ -72,10 +72,11 @@ func etcdMember() int {
 	cfg.InitialCluster = os.Getenv(etcdClusterEnv)
 	cfg.InitialClusterToken = "visor-vm"
 	cfg.ClusterState = embed.ClusterStateFlagNew
-	// Clients authenticate with a user and password (no client
-	// certificate: etcd asks for one whenever a client CA is set); peers
-	// with certificates of the suite's CA.
-	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1]}
+	// Clients and peers present certificates of the suite's CA
+	// (--client-cert-auth): with auth on, etcd takes a client's user from
+	// its certificate's common name unless it authenticates with a
+	// password, which then wins.
+	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1], TrustedCAFile: certs[2], ClientCertAuth: true}
 	cfg.PeerTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1], TrustedCAFile: certs[2], ClientCertAuth: true}
 	cfg.UnsafeNoFsync = true
 	// Password checks at the lowest bcrypt cost: at the default one, every

@@ -11,12 +11,12 @@ import (
 	"github.com/visorhq/visor/registry"
 )
 
-// scenarioUpgrade: dpkg -i of version+1 on h1; the postinst restarts the
+// scenarioUpgrade: dpkg -i of version+1 on h3; the postinst restarts the
 // running agent onto the new binary; its instances keep running.
 func scenarioUpgrade(t *testing.T, f *fleet) {
 	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
-	g := f.guest("h1")
+	g := f.guest("h3")
 	before, beforeProcs, oldPID := f.hostState(ctx, t, g)
 	if err := f.installDeb(ctx, g, "0.0.1~vm2"); err != nil {
 		t.Fatal(err)
@@ -59,8 +59,8 @@ func (f *fleet) hostStarted(ctx context.Context, name string) time.Time {
 	return h.Started
 }
 
-// scenarioPowerOff: kill -9 of h2's qemu. Its instances are replaced on h1;
-// then h2 boots from its disk, the agent starts at boot and rejoins, and
+// scenarioPowerOff: kill -9 of h2's qemu. Its instances are replaced on the
+// other hosts; then h2 boots from its disk, the agent starts at boot and rejoins, and
 // none of its old instances runs again (no duplicates).
 func scenarioPowerOff(t *testing.T, f *fleet) {
 	ctx, cancel := f.within(15 * time.Minute)
@@ -73,11 +73,11 @@ func scenarioPowerOff(t *testing.T, f *fleet) {
 	off := time.Now()
 	snap := map[string]registry.Instance{}
 	if err := waitFor(ctx, 500*time.Millisecond, func(ctx context.Context) string {
-		return f.settled(ctx, scale, []string{"h1"}, snap)
+		return f.settled(ctx, scale, f.except(g.name), snap)
 	}); err != nil {
 		t.Fatalf("after powering h2 off: %v", err)
 	}
-	t.Logf("h2's %d instances replaced on h1 %s after the power-off (ttl 5s + grace 5s)", len(before), time.Since(off).Round(100*time.Millisecond))
+	t.Logf("h2's %d instances replaced on the others %s after the power-off (ttl 5s + grace 5s)", len(before), time.Since(off).Round(100*time.Millisecond))
 	boot := time.Now()
 	if err := g.start(ctx, ""); err != nil {
 		t.Fatal(err)
@@ -91,7 +91,7 @@ func scenarioPowerOff(t *testing.T, f *fleet) {
 
 // checkRejoined waits until g's agent, started by systemd at boot, has a
 // host record newer than since, then checks that the fleet is settled with
-// both hosts and that none of old runs on g.
+// every host and that none of old runs on g.
 func (f *fleet) checkRejoined(ctx context.Context, t *testing.T, g *guest, since time.Time, old map[string]registry.Instance) {
 	t.Helper()
 	if err := waitFor(ctx, time.Second, func(ctx context.Context) string {
@@ -111,7 +111,7 @@ func (f *fleet) checkRejoined(ctx context.Context, t *testing.T, g *guest, since
 	}
 	snap := map[string]registry.Instance{}
 	if err := waitFor(ctx, time.Second, func(ctx context.Context) string {
-		return f.settled(ctx, scale, []string{"h1", "h2"}, snap)
+		return f.settled(ctx, scale, f.names(), snap)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,8 @@ func scenarioReboot(t *testing.T, f *fleet) {
 // scenarioPurge: systemctl stop then dpkg --purge on h2: the agent is
 // gone, its instances keep running (KillMode=process, as
 // packaging/README.md says: drain first if they should stop), the registry
-// replaces them on h1, and nothing of the package is left on disk.
+// replaces them on the other hosts, and nothing of the package is left on
+// disk.
 func scenarioPurge(t *testing.T, f *fleet) {
 	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
@@ -194,18 +195,16 @@ true`)
 		if err != nil {
 			return err.Error()
 		}
-		n := 0
 		for _, in := range run {
-			if in.Host != "h1" {
+			if in.Host == g.name {
 				return fmt.Sprintf("instance %s still on %s", in.ID, in.Host)
 			}
-			n++
 		}
-		if n != scale {
-			return fmt.Sprintf("%d running on h1, want %d", n, scale)
+		if len(run) != scale {
+			return fmt.Sprintf("%d running on %v, want %d", len(run), f.except(g.name), scale)
 		}
-		if _, err := f.reg.Host(ctx, "h2"); err == nil {
-			return "h2 still has a host record"
+		if _, err := f.reg.Host(ctx, g.name); err == nil {
+			return g.name + " still has a host record"
 		}
 		return ""
 	}); err != nil {

@@ -32,8 +32,7 @@ import (
 // replaced quickly).
 const (
 	prefix       = "/visor-vm/"
-	agentUser    = "visor"
-	agentPass    = "vm-agent-secret"
+	agentUser    = "visor" // the agents' certificate's common name
 	rootPass     = "vm-root-secret"
 	appUser      = "visorapp"
 	filePort     = 7070
@@ -185,6 +184,7 @@ type fleet struct {
 	net      *network
 	im       image
 	certs    testcerts.Files
+	agentTLS struct{ cert, key string } // client certificate, CN agentUser
 	tmpl     struct{ disk, state string }
 	debs     map[string]string // version -> .deb path; set before debsDone
 	debsDone chan error
@@ -233,10 +233,17 @@ func newFleet(t *testing.T, withDebs bool) *fleet {
 		ips = append(ips, net.IP(memberAddr(i).AsSlice()))
 	}
 	f.certs = testcerts.NewFor(t, ips...)
+	f.agentTLS.cert, f.agentTLS.key = f.certs.Client(t, agentUser)
 	f.debsDone = make(chan error, 1)
 	if withDebs {
 		f.bg.Add(1)
-		go func() { defer f.bg.Done(); f.debsDone <- f.buildDebs() }() // received by waitDebs
+		go func() { // received by waitDebs
+			defer f.bg.Done()
+			start := time.Now()
+			err := f.buildDebs()
+			t.Logf("packages built in %s (err %v)", time.Since(start).Round(100*time.Millisecond), err)
+			f.debsDone <- err
+		}()
 	} else {
 		f.debsDone <- nil
 	}
@@ -391,7 +398,11 @@ func (f *fleet) startMember(i int) {
 
 // connect waits for the cluster, enables auth with a root user and the
 // agents' user "visor", whose role may read and write the prefix only, and
-// connects the suite's registry client as root.
+// connects the suite's registry client as root. etcd requires a client
+// certificate of every client: the agents authenticate by theirs (common
+// name "visor", no password); the suite's client presents one whose common
+// name is no etcd user and becomes root by password, so both ways an
+// operator authenticates to etcd are exercised.
 func (f *fleet) connect() {
 	t := f.t
 	t.Helper()
@@ -401,14 +412,22 @@ func (f *fleet) connect() {
 		t.Fatal(err)
 	}
 	pool.AppendCertsFromPEM(ca)
-	cfg := clientv3.Config{
-		Endpoints:   etcdEndpoints(),
-		DialTimeout: testtime.Scaled(30 * time.Second),
-		TLS:         &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-		Logger:      zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(f.net.dial)},
+	clientCfg := func(cn, user, pass string) clientv3.Config {
+		certPath, keyPath := f.certs.Client(t, cn)
+		pair, err := tls.LoadX509KeyPair(certPath, keyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return clientv3.Config{
+			Endpoints:   etcdEndpoints(),
+			DialTimeout: testtime.Scaled(30 * time.Second),
+			TLS:         &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12},
+			Username:    user, Password: pass,
+			Logger:      zap.NewNop(),
+			DialOptions: []grpc.DialOption{grpc.WithContextDialer(f.net.dial)},
+		}
 	}
-	cli, err := clientv3.New(cfg)
+	cli, err := clientv3.New(clientCfg("vm-harness", "", ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +451,11 @@ func (f *fleet) connect() {
 			_, err := cli.RoleGrantPermission(ctx, "visor-agent", prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
 			return err
 		},
-		func() error { _, err := cli.UserAdd(ctx, agentUser, agentPass); return err },
+		// A user without password: it can only authenticate by certificate.
+		func() error {
+			_, err := cli.UserAddWithOptions(ctx, agentUser, "", &clientv3.UserAddOptions{NoPassword: true})
+			return err
+		},
 		func() error { _, err := cli.UserGrantRole(ctx, agentUser, "visor-agent"); return err },
 		func() error { _, err := cli.AuthEnable(ctx); return err },
 	}
@@ -441,23 +464,38 @@ func (f *fleet) connect() {
 			t.Fatalf("etcd set-up step %d: %v (member log: %s)", i, err, tail(filepath.Join(f.dir, "etcd1.log"), 5))
 		}
 	}
-	cfg.Username, cfg.Password = "root", rootPass
-	if f.cli, err = clientv3.New(cfg); err != nil {
+	if f.cli, err = clientv3.New(clientCfg("vm-harness", "root", rootPass)); err != nil {
 		t.Fatal(err)
 	}
 	f.reg = registry.New(f.cli, prefix, hclog.NewNullLogger())
-	// The agents' user cannot leave the prefix.
-	cfg.Username, cfg.Password = agentUser, agentPass
-	ac, err := clientv3.New(cfg)
+	f.checkCertAuth(ctx, clientCfg)
+}
+
+// checkCertAuth checks etcd's certificate authentication: the agents'
+// certificate (common name "visor") may write the prefix and nothing
+// else; a certificate whose common name is no etcd user may write
+// nothing.
+func (f *fleet) checkCertAuth(ctx context.Context, clientCfg func(cn, user, pass string) clientv3.Config) {
+	t := f.t
+	t.Helper()
+	ac, err := clientv3.New(clientCfg(agentUser, "", ""))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ac.Close()
 	if _, err := ac.Put(ctx, "/elsewhere", "x"); err == nil {
-		t.Fatal("etcd user visor may write outside the prefix")
+		t.Fatal("etcd user visor (by certificate) may write outside the prefix")
 	}
 	if _, err := ac.Put(ctx, prefix+"probe", "x"); err != nil {
-		t.Fatalf("etcd user visor cannot write its prefix: %v", err)
+		t.Fatalf("etcd user visor (by certificate) cannot write its prefix: %v", err)
+	}
+	sc, err := clientv3.New(clientCfg("vm-stranger", "", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if _, err := sc.Put(ctx, prefix+"probe", "x"); err == nil {
+		t.Fatal("a certificate whose common name is no etcd user may write the prefix")
 	}
 }
 

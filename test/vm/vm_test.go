@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -18,9 +19,11 @@ import (
 const (
 	app   = "web"
 	scale = 30
+	// numHosts is the number of guests TestVM runs (h1, h2, h3).
+	numHosts = 3
 )
 
-// TestVM boots two Debian guests (systemd as PID 1) from the saved
+// TestVM boots three Debian guests (systemd as PID 1) from the saved
 // template, installs Visor from its .deb on each and runs the scenarios of
 // issue 16 in order, each asserting through etcd and inside the guests. A
 // scenario that fails ends the run (the later ones build on it).
@@ -28,8 +31,8 @@ func TestVM(t *testing.T) {
 	f := newFleet(t, true)
 	start := time.Now()
 	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i := 1; i <= 2; i++ {
+	errs := make([]error, numHosts)
+	for i := 1; i <= numHosts; i++ {
 		wg.Add(1)
 		go func() { defer wg.Done(); _, errs[i-1] = f.addGuest(i) }()
 	}
@@ -39,7 +42,7 @@ func TestVM(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("2 guests up in %s", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("%d guests up in %s", numHosts, time.Since(start).Round(100*time.Millisecond))
 	for _, sc := range []struct {
 		name string
 		run  func(t *testing.T, f *fleet)
@@ -100,8 +103,9 @@ func unitProps(ctx context.Context, g *guest, props ...string) (map[string]strin
 
 // scenarioInstall: dpkg -i on each host, configuration the documented way,
 // systemctl enable --now: the unit is active when it returns, only after
-// the agent's registry session was up (READY=1), and both hosts are in
-// etcd and in `visor hosts`.
+// the agent's registry session was up (READY=1), and every host is in
+// etcd and in `visor hosts` (run in a guest with the agents' client
+// certificate).
 func scenarioInstall(t *testing.T, f *fleet) {
 	f.waitDebs(t)
 	ctx, cancel := f.within(15 * time.Minute)
@@ -171,17 +175,30 @@ func scenarioInstall(t *testing.T, f *fleet) {
 			t.Errorf("%s: no main pid", g.name)
 		}
 	}
-	out, err := f.guests[0].must(ctx, fmt.Sprintf("VISOR_ENDPOINTS=%s VISOR_PREFIX=%s VISOR_CA_FILE=/etc/visor-vm/etcd-ca.pem VISOR_USERNAME=%s VISOR_PASSWORD=%s visor hosts",
-		strings.Join(etcdEndpoints(), ","), prefix, agentUser, agentPass))
+	out, err := f.guests[0].must(ctx, fmt.Sprintf("VISOR_ENDPOINTS=%s VISOR_PREFIX=%s VISOR_CA_FILE=/etc/visor-vm/etcd-ca.pem VISOR_CERT_FILE=/etc/visor-vm/agent.pem VISOR_KEY_FILE=/etc/visor-vm/agent-key.pem visor hosts -o json 2>/tmp/hosts.err || { cat /tmp/hosts.err; exit 1; }",
+		strings.Join(etcdEndpoints(), ","), prefix))
 	if err != nil {
 		t.Fatal(err)
 	}
+	var listed []struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(out), &listed); err != nil {
+		t.Fatalf("visor hosts -o json: %v:\n%s", err, out)
+	}
+	names := map[string]bool{}
+	for _, h := range listed {
+		names[h.ID] = true
+	}
+	if len(listed) != numHosts {
+		t.Errorf("visor hosts lists %d hosts, want %d:\n%s", len(listed), numHosts, out)
+	}
 	for _, g := range f.guests {
-		if !strings.Contains(out, g.name) {
+		if !names[g.name] {
 			t.Errorf("visor hosts does not list %s:\n%s", g.name, out)
 		}
 	}
-	t.Logf("visor hosts:\n%s", out)
+	t.Logf("visor hosts -o json (by the agents' certificate) lists %v", names)
 }
 
 // registerApp registers the scenarios' app: sleep 3600 as appUser.
@@ -245,6 +262,26 @@ done`, appUser))
 		m[pid] = rest
 	}
 	return m, nil
+}
+
+// names are the guests' names (h1, h2, ...).
+func (f *fleet) names() []string {
+	var out []string
+	for _, g := range f.guests {
+		out = append(out, g.name)
+	}
+	return out
+}
+
+// except is names without name.
+func (f *fleet) except(name string) []string {
+	var out []string
+	for _, n := range f.names() {
+		if n != name {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func (f *fleet) guest(name string) *guest {
@@ -328,7 +365,7 @@ func agentCgroup(ctx context.Context, g *guest) (string, error) {
 	return p["ControlGroup"], nil
 }
 
-// scenarioScale: 30 instances across both hosts, each a process running
+// scenarioScale: 30 instances across the hosts, each a process running
 // as appUser in a cgroup below the agent unit's (Delegate=yes).
 func scenarioScale(t *testing.T, f *fleet) {
 	ctx, cancel := f.within(10 * time.Minute)
@@ -341,7 +378,7 @@ func scenarioScale(t *testing.T, f *fleet) {
 	}
 	snap := map[string]registry.Instance{}
 	if err := waitFor(ctx, time.Second, func(ctx context.Context) string {
-		return f.settled(ctx, scale, []string{"h1", "h2"}, snap)
+		return f.settled(ctx, scale, f.names(), snap)
 	}); err != nil {
 		t.Fatalf("scale %d: %v", scale, err)
 	}
@@ -349,8 +386,11 @@ func scenarioScale(t *testing.T, f *fleet) {
 	for _, in := range snap {
 		per[in.Host]++
 	}
-	if per["h1"] == 0 || per["h2"] == 0 {
-		t.Errorf("instances per host %v: want both hosts used", per)
+	for _, g := range f.guests {
+		if per[g.name] == 0 {
+			t.Errorf("instances per host %v: want every host used", per)
+			break
+		}
 	}
 	for _, g := range f.guests {
 		unit, err := agentCgroup(ctx, g)
@@ -443,7 +483,7 @@ func (f *fleet) checkKept(ctx context.Context, t *testing.T, g *guest, before ma
 	t.Helper()
 	snap := map[string]registry.Instance{}
 	if err := waitFor(ctx, time.Second, func(ctx context.Context) string {
-		return f.settled(ctx, scale, []string{"h1", "h2"}, snap)
+		return f.settled(ctx, scale, f.names(), snap)
 	}); err != nil {
 		t.Fatal(err)
 	}
