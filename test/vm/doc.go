@@ -2,8 +2,11 @@
 // Debian guests with systemd as PID 1, run by qemu under software
 // emulation (TCG: no /dev/kvm needed), get Visor from its .deb and run
 // the agent as the packaged systemd unit against a three-member etcd
-// cluster (TLS, auth with a user limited to the registry prefix) outside
-// them. The scenarios assert through etcd and inside the guests
+// cluster outside them, as an operator would run it: TLS, client
+// certificates required, auth on; the agents authenticate by a
+// certificate whose common name is an etcd user limited to the registry
+// prefix, the suite's own client as root by password. TestVM runs three
+// guests (h1-h3). The scenarios assert through etcd and inside the guests
 // (systemctl, /proc, the journal).
 //
 // # Image
@@ -32,7 +35,7 @@
 //
 // One network namespace of the suite's own (vsrv<pid>-net) holds a bridge
 // with the etcd members' addresses 198.51.100.1-3 and one tap per guest
-// (guests at 198.51.100.11, .12). The range is checked unused on the
+// (guests at 198.51.100.11-13). The range is checked unused on the
 // machine first; nothing is added to the root namespace, nothing is
 // routed out. qemu and the etcd members run inside the namespace.
 //
