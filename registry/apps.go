@@ -117,6 +117,8 @@ func (r *Registry) UnregisterApp(ctx context.Context, name string, force bool) e
 			clientv3.OpDelete(r.appDir(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(r.genDir(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(r.statusDir()+name+"/", clientv3.WithPrefix()),
+			clientv3.OpDelete(r.deployingKey(name)),
+			clientv3.OpDelete(r.deploysDir(name), clientv3.WithPrefix()),
 		).Commit()
 		if err != nil {
 			return false, errorf("registry: unregister app %q: %w", name, err)
@@ -549,6 +551,11 @@ func validProcType(p *ProcType) error {
 		}
 		if h.Period < 0 || h.Timeout < 0 || h.FailureThreshold < 0 {
 			return fmt.Errorf("%w: health check period, timeout and failure threshold must not be negative", ErrInvalid)
+		}
+	}
+	if p.Update != nil {
+		if err := p.Update.Valid(); err != nil {
+			return fmt.Errorf("update strategy: %w", err)
 		}
 	}
 	if p.Limits.MemoryBytes < 0 || p.Limits.CPUMillis < 0 || p.Limits.Pids < 0 {

@@ -14,6 +14,10 @@ import (
 // process type or revision removed) gets a stop ticket of its own. It
 // returns once the tickets are written, not when the instances are gone.
 func (r *Registry) stopAppInstances(ctx context.Context, app string) error {
+	// A deployment would move the instances on; it ends first.
+	if err := r.cancelDeployment(ctx, app, "app deleted"); err != nil {
+		return fmt.Errorf("registry: stop instances of app %q: %w", app, err)
+	}
 	scales, err := r.Scales(ctx, app)
 	if err != nil && !errors.Is(err, ErrCorrupt) {
 		return fmt.Errorf("registry: stop instances of app %q: %w", app, err)

@@ -33,6 +33,10 @@
 //	config/max_scale                   the fleet's bound on one scale
 //	                                   (decimal; default DefaultMaxScale,
 //	                                   10000)
+//	deploying/<app>                    Deployment: the app's active one;
+//	                                   absent when none is active
+//	deploys/<app>/<id>                 Deployment: ended ones (history);
+//	                                   ids sort by creation time
 //
 // Names of revisions and hosts match ^[a-z0-9][a-z0-9.-]*$ and are at
 // most 63 characters. Names of apps and process types are DNS labels
@@ -161,6 +165,43 @@
 // -dev` allows 4096 per transaction). An etcd that refuses it as too large
 // (its default --max-txn-ops is 128) gets steps of at most 40 tickets per
 // transaction, each step re-counting; the Registry keeps the smaller size.
+//
+// # Deployments
+//
+// A deployment moves an app's process types from the revisions they run
+// to one revision, keeping each one's total count (DeployProc.Count),
+// with a Strategy (defaults, then the process type's Update, then the
+// request's override). CreateDeployment checks everything first (app,
+// revision, process types, counts, strategy) and writes nothing on bad
+// input. The active deployment is the one record deploying/<app>: "one
+// active deployment per app" is the compare that the key is as read (absent
+// unless DeployRequest.Force, which writes the replaced one to the
+// history as cancelled in the same transaction). When a deployment ends
+// (succeeded, failed, reverted, cancelled) its record moves to
+// deploys/<app>/<id> in the transaction that ends it.
+//
+// The elected reconciler drives active deployments (package agent). Each
+// of its steps is one DeployStep transaction that compares the active
+// key's mod revision as the driver read it and, for every scale it
+// changes, the count it planned from, the scale and generation keys and
+// the instance records, as Scale does, then writes the new record
+// (state, progress) with the scale keys and their tickets. A second or
+// restarted leader, or a step planned before an operator's action
+// (DeploymentAction: pause, resume, promote, fail) or a Scale, is refused
+// whole with ErrStale and plans again from a new read: no step is ever
+// taken twice. Scale itself compares the active key too, and a Scale of
+// the revision a deployment moves a process type to changes that
+// deployment's Count instead of the scale key (ScaleResult.Deployment),
+// so the driver moves the instances there max-parallel at a time.
+//
+// A failure (the driver's, or DeploymentAction fail) moves the record to
+// reverting when a process type has AutoRevert or canaries not promoted:
+// its targets become the counts it moved from (DeployProc.From,
+// NewBefore), driven the same rolling way, and it ends reverted (or
+// failed, when the revert fails). Without, it ends failed where it is.
+// Rollback is a new deployment back to a named or the previous revision
+// that replaces an active one. A forced UnregisterApp cancels the active
+// deployment first; UnregisterApp deletes the history with the app.
 //
 // # Instance states
 //

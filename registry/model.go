@@ -141,7 +141,10 @@ type ProcType struct {
 	Limits      Limits       `json:"limits"`
 	User        string       `json:"user,omitempty"`
 	Group       string       `json:"group,omitempty"`
-	ModRevision int64        `json:"-"`
+	// Update is how a deployment moves the process type's instances to a
+	// new revision; nil: the defaults (see Strategy).
+	Update      *Strategy `json:"update,omitempty"`
+	ModRevision int64     `json:"-"`
 }
 
 // ScaleResult reports what Scale did.
@@ -159,6 +162,9 @@ type ScaleResult struct {
 	// ScaleStatus).
 	Waiting int
 	Reason  string
+	// Deployment is the id of the active deployment the count went to
+	// (see Scale), "" when the scale was written.
+	Deployment string
 }
 
 // ScaleEntry is one desired count.

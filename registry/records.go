@@ -507,6 +507,12 @@ func (r *Registry) checkKV(kv *mvccpb.KeyValue) error {
 		}
 		_, err := decodeDrain(kv, p[1])
 		return err
+	case "deploying", "deploys":
+		if (p[0] == "deploying") != (len(p) == 2) || len(p) < 2 || len(p) > 3 {
+			return layout(KindDeploy)
+		}
+		_, err := decodeDeploy(kv.Key, kv.Value, kv.ModRevision, p[1])
+		return err
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -418,3 +419,10 @@ func first(kvs []*mvccpb.KeyValue) *mvccpb.KeyValue {
 // joinCorrupt collects the decode errors of a listing into one BadRecords
 // error (nil when there are none).
 func joinCorrupt(errs []error) error { return badRecords(errs) }
+
+// transient reports whether err is an etcd server timeout, after which a
+// request may be retried (it may or may not have been applied).
+func transient(err error) bool {
+	return errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrLeaderChanged)
+}

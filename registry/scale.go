@@ -68,6 +68,8 @@ type scaleSnap struct {
 	reserve            *Limits    // the proc type's reservation, if it declares one
 	status             *ScaleStatus
 	statusMod          int64
+	deploy             *Deployment // the app's active deployment, if any
+	deployMod          int64       // its key's mod revision; 0: none
 }
 
 // scaleSnapshot reads, in one transaction, what Scale counts: the scale and
@@ -86,6 +88,7 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 		// range holds every instance of app/proc, plus a few of other
 		// app/proc pairs that share the prefix, filtered below.
 		clientv3.OpGet(r.instanceKey(app+"-"+proc+"-"), clientv3.WithPrefix()),
+		clientv3.OpGet(r.deployingKey(app)),
 	).Commit()
 	if err != nil {
 		return scaleSnap{}, errorf("registry: scale %s/%s/%s: read: %w", app, rev, proc, err)
@@ -129,6 +132,7 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 			s.status = &ScaleStatus{} // rewritten or deleted below
 		}
 	}
+	s.deploy, s.deployMod = activeIn(first(rangeKvs(resp, 7)), app)
 	for _, kv := range rangeKvs(resp, 6) {
 		in, err := decodeInstance(kv, strings.TrimPrefix(string(kv.Key), r.instancesDir()))
 		if err != nil {
@@ -210,6 +214,9 @@ func stopRank(a, b Instance) bool {
 // writes their tickets as room appears. With no live host at all, every
 // ticket is written (nothing can be overloaded, and max_scale bounds
 // them).
+//
+// A Scale of the revision an active deployment moves proc to sets the
+// deployment's count instead (see scaleOrDeploy).
 func (r *Registry) Scale(ctx context.Context, app, rev, proc string, n int) (ScaleResult, error) {
 	if n < 0 {
 		return ScaleResult{}, fmt.Errorf("%w: scale %d is negative", ErrInvalid, n)
@@ -222,7 +229,7 @@ func (r *Registry) Scale(ctx context.Context, app, rev, proc string, n int) (Sca
 		return ScaleResult{}, fmt.Errorf("%w: scale %d of %s/%s/%s is above the fleet's limit of %d instances per process type (registry key config/max_scale; `visor config max-scale N` sets it)",
 			ErrInvalid, n, app, rev, proc, limit)
 	}
-	return r.scale(ctx, app, rev, proc, n, nil)
+	return r.scaleOrDeploy(ctx, app, rev, proc, n)
 }
 
 // Rescale re-applies the desired count stored for app/rev/proc, creating
@@ -307,6 +314,9 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	}
 	if *ours != 0 && s.scaleMod != *ours {
 		return true, nil // superseded by a later Scale
+	}
+	if n != useStored && *ours == 0 && s.deploy != nil && s.deploy.targets(rev, proc) {
+		return false, errDeploying
 	}
 	if n == useStored {
 		if s.scaleMod == 0 {
@@ -446,6 +456,7 @@ func (r *Registry) scaleTxn(ctx context.Context, s *scaleSnap, p scalePlan) (sca
 			exists(r.appKey(app)), exists(r.revKey(app, rev)), exists(r.procKey(app, proc)),
 			unchanged(r.scaleKey(app, rev, proc), s.scaleMod),
 			unchanged(r.genKey(app, rev, proc), s.genMod),
+			unchanged(r.deployingKey(app), s.deployMod), // see scaleOrDeploy
 		},
 		then: []clientv3.Op{
 			clientv3.OpPut(r.scaleKey(app, rev, proc), strconv.Itoa(p.n)),
@@ -581,11 +592,4 @@ func (r *Registry) Scales(ctx context.Context, app string) ([]ScaleEntry, error)
 		out = append(out, ScaleEntry{App: parts[0], Rev: parts[2], Proc: parts[3], Desired: n})
 	}
 	return out, joinCorrupt(errs)
-}
-
-// transient reports whether err is an etcd server timeout, after which a
-// request may be retried (it may or may not have been applied).
-func transient(err error) bool {
-	return errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
-		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrLeaderChanged)
 }

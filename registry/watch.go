@@ -39,6 +39,9 @@ const (
 	// ScaleWaiting reports a change of a scale's waiting status (see
 	// ScaleStatus); Deleted when nothing waits any more.
 	ScaleWaiting EventType = "scale_waiting"
+	// DeployChanged reports a change of a deployment record: created,
+	// stepped, acted on, ended (the active key's delete has Deleted set).
+	DeployChanged EventType = "deploy_changed"
 )
 
 // Event is one typed change of the registry. Fields that do not apply to
@@ -290,6 +293,12 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 			if kv.CreateRevision == kv.ModRevision {
 				e.Time = st.Since
 			}
+		}
+		return e, true
+	case parts[0] == "deploys" && len(parts) == 3, parts[0] == "deploying" && len(parts) == 2:
+		e.App, e.Type = parts[1], DeployChanged
+		if !del {
+			_, e.Err = decodeDeploy(kv.Key, kv.Value, kv.ModRevision, parts[1])
 		}
 		return e, true
 	case len(parts) != 2:
