@@ -361,3 +361,29 @@ func TestStateWriterRefusedTransition(t *testing.T) {
 		t.Errorf("refused write of i2 still pending (%v) or scheduled for a retry (%v)", p, waiting)
 	}
 }
+
+// TestToInstanceReasonAndHealth: an instance in backoff says when it
+// restarts ("exit code 3, restarting in 2.5s", issue 17: ps should show
+// "restarting in 3 s"), a held restart does not; a failing health check
+// goes into the record's Health.
+func TestToInstanceReasonAndHealth(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		st         supervisor.Status
+		reason     string
+		wantHealth string
+	}{
+		{"backoff", supervisor.Status{State: supervisor.StateBackoff, Reason: "exit code 3", Backoff: 2468 * time.Millisecond}, "exit code 3, restarting in 2.5s", ""},
+		{"long backoff", supervisor.Status{State: supervisor.StateBackoff, Reason: "health", Backoff: 61400 * time.Millisecond}, "health, restarting in 1m1s", ""},
+		{"held", supervisor.Status{State: supervisor.StateBackoff, Reason: "exit code 1", Backoff: time.Second, Held: true}, "exit code 1", ""},
+		{"running, unhealthy", supervisor.Status{State: supervisor.StateRunning, Health: "tcp check: refused"}, "", "tcp check: refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.st.ID = "i-1"
+			got := toInstance("h1", tc.st)
+			if got.Reason != tc.reason || got.Health != tc.wantHealth {
+				t.Fatalf("reason %q health %q, want %q and %q", got.Reason, got.Health, tc.reason, tc.wantHealth)
+			}
+		})
+	}
+}

@@ -59,6 +59,23 @@ func (d *writerDeps) currentSession() writerSession {
 	return s
 }
 
+// joinReason is a, then b, joined by ", " when both are set.
+func joinReason(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + ", " + b
+}
+
+// roundDelay rounds a restart delay for people: tenths of a second below
+// 10 s, whole seconds above.
+func roundDelay(d time.Duration) time.Duration {
+	if d < 10*time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(time.Second)
+}
+
 // toInstance builds the registry record of instance st supervised on host.
 func toInstance(host string, st supervisor.Status) registry.Instance {
 	inst := registry.Instance{
@@ -73,7 +90,11 @@ func toInstance(host string, st supervisor.Status) registry.Instance {
 		Restarts: st.Restarts,
 		Signal:   st.Signal,
 		Reason:   st.Reason,
+		Health:   st.Health,
 		Ticket:   st.Meta[metaTicket],
+	}
+	if st.State == supervisor.StateBackoff && st.Backoff > 0 && !st.Held {
+		inst.Reason = joinReason(st.Reason, "restarting in "+roundDelay(st.Backoff).String())
 	}
 	if !st.StartTime.IsZero() {
 		inst.PIDStart = st.StartTime.UnixNano()

@@ -336,6 +336,7 @@ func withHolderView(cur, inst Instance) Instance {
 	next := cur
 	next.State, next.Port, next.PID, next.PIDStart = inst.State, inst.Port, inst.PID, inst.PIDStart
 	next.Restarts, next.ExitCode, next.Signal, next.Reason = inst.Restarts, inst.ExitCode, inst.Signal, inst.Reason
+	next.Health = inst.Health
 	next.Since = inst.Since
 	if next.Since.IsZero() {
 		next.Since = cur.Since
@@ -347,7 +348,7 @@ func withHolderView(cur, inst Instance) Instance {
 }
 
 // UpdateInstance writes the holder's view of an instance: state, since,
-// port, pid, pid start, restarts, exit code, signal and reason; the other
+// port, pid, pid start, restarts, exit code, signal, reason and health; the other
 // fields keep their stored values. The holder does not set lost
 // (ErrInvalid) or pending (ErrTransition: a release does). The stored
 // instance must name this host and not be lost (else ErrNotHolder), and

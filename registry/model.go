@@ -268,8 +268,13 @@ type Instance struct {
 	Restarts map[string]int `json:"restarts,omitempty"`
 	ExitCode *int           `json:"exit_code,omitempty"`
 	Signal   string         `json:"signal,omitempty"`
-	// Reason is the termination or failure reason.
+	// Reason is the termination or failure reason; in backoff it also
+	// says when the restart comes ("exit code 3, restarting in 2s").
 	Reason string `json:"reason,omitempty"`
+	// Health is the error of the instance's last health check while its
+	// checks fail ("http check: ... connection refused"), "" when they
+	// pass or there is none. The holder writes it only when it changes.
+	Health string `json:"health,omitempty"`
 	// Ticket is the start ticket that created the instance.
 	Ticket string `json:"ticket,omitempty"`
 	// StopTicket is the outstanding stop ticket, if any. An instance with a

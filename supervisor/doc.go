@@ -16,6 +16,12 @@
 // is refused), and so do its exec health checks. Config.RefuseRoot refuses
 // Specs that would run as uid 0 (ErrRoot). A health check is of one
 // CheckType (exec, tcp, http), each probed by its own prober (probe.go).
+// A failing check shows in Status.Health (the last probe's error) and
+// Status.HealthFailures; the StateHandler hears of a change of Health in a
+// Status of the same State, once per change of the message (the agent
+// writes it into the instance record), not once per probe. An instance
+// whose check never passes stays starting; it is killed and restarted only
+// once running (FailureThreshold consecutive failures).
 //
 // Children are reaped centrally: one poller goroutine waits on the pidfds of
 // all instances through epoll (kqueue EVFILT_PROC on darwin), so supervising

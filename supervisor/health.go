@@ -25,6 +25,18 @@ func (s *Supervisor) healthLoop(ctx context.Context, in *instance, gen uint64, h
 	}
 }
 
+// setHealthLocked sets the instance's health message and tells the
+// StateHandler when it changed (Status.Health).
+func (s *Supervisor) setHealthLocked(in *instance, msg string) {
+	if in.health == msg {
+		return
+	}
+	in.health = msg
+	if s.notes != nil {
+		s.notes.push(in.statusLocked())
+	}
+}
+
 // healthResult applies one probe result to the instance: a pass may meet
 // the started criterion; FailureThreshold consecutive failures of a running
 // instance kill it for a restart with reason "health".
@@ -36,10 +48,16 @@ func (s *Supervisor) healthResult(in *instance, gen uint64, h HealthCheck, err e
 	}
 	if err == nil {
 		in.fails, in.healthy = 0, true
+		if in.state == StateStarting && in.upOK {
+			in.health = "" // the move to running just below carries it
+		} else {
+			s.setHealthLocked(in, "")
+		}
 		s.maybeRunningLocked(in)
 		return
 	}
 	in.fails++
+	s.setHealthLocked(in, err.Error())
 	in.log.Debug("health check failed", "failures", in.fails, "error", err)
 	if in.state == StateRunning && in.fails >= h.FailureThreshold && !in.healthKill {
 		in.log.Warn("health check failing, restarting", "failures", in.fails, "error", err)

@@ -41,6 +41,7 @@ type instance struct {
 	upOK       bool          // MinUptime reached
 	healthy    bool          // a health check passed for this process
 	fails      int           // consecutive health check failures
+	health     string        // the last probe's error while it fails; "" once one passes
 	healthKill bool          // the process is being killed for failing health checks
 	continued  bool          // SIGCONT sent since the last stop signal
 	backoff    time.Duration // delay of the pending restart
@@ -86,11 +87,15 @@ func (in *instance) statusLocked() Status {
 		ExitCode:  in.exitCode,
 		Signal:    in.signal,
 		Reason:    in.reason,
+		Health:    in.health,
 		Adopted:   in.adopted,
 		Meta:      maps.Clone(in.spec.Meta),
 	}
 	if in.restarting && (in.state == StateStopping || in.state == StateExited) {
 		st.Restarting = true
+	}
+	if in.health != "" {
+		st.HealthFailures = in.fails
 	}
 	if in.state == StateBackoff {
 		st.Backoff = in.backoff

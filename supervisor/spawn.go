@@ -38,7 +38,7 @@ func (s *Supervisor) spawnLocked(in *instance) error {
 	// ResetAfter, and Now carries a monotonic reading.
 	in.startTime = s.now()
 	in.phase, in.continued = PhaseRunning, false
-	in.upOK, in.healthy, in.fails, in.healthKill = in.spec.MinUptime == 0, false, 0, false
+	in.upOK, in.healthy, in.fails, in.healthKill, in.health = in.spec.MinUptime == 0, false, 0, false, ""
 	if err := s.reaper.add(watch{in: in, gen: in.gen, fd: handle}); err != nil {
 		// Without a watch nobody would notice the exit: undo the start.
 		_ = killGroup(pid, syscall.SIGKILL)

@@ -26,6 +26,16 @@ type Status struct {
 	Signal string `json:"signal,omitempty"`
 	// Reason says why State was entered ("exit code 1", "oom", "stopped").
 	Reason string `json:"reason,omitempty"`
+	// Health is the error of the current process's last health check
+	// while its checks fail ("http check: ... connection refused"), ""
+	// once one passes, without a check, or before the first result.
+	// HealthFailures counts the consecutive failures. The StateHandler
+	// hears of a change of Health (a check starting to fail, failing
+	// differently, or passing again) with a Status in the same State,
+	// never of HealthFailures alone: a failing check costs one
+	// notification, not one per probe.
+	Health         string `json:"health,omitempty"`
+	HealthFailures int    `json:"health_failures,omitempty"`
 	// CPUPercent and RSSBytes are read on demand by Supervisor.Status
 	// (gopsutil); zero elsewhere.
 	CPUPercent float64 `json:"cpu_percent,omitempty"`

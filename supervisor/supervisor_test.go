@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -526,6 +527,56 @@ func TestHealthChecks(t *testing.T) {
 				t.Fatalf("backoff reason %q, want health", st.Reason)
 			}
 		}
+	})
+}
+
+// TestHealthReported (issue 17, item 6: health results were never shown):
+// a failing check shows in Status.Health with the consecutive failures,
+// and the StateHandler hears of it once per change of the message, not
+// once per probe; a pass clears it (the move to running carries that).
+func TestHealthReported(t *testing.T) {
+	t.Parallel()
+	h := start(t, Config{})
+	ctx := ctxT(t)
+	addr := freeAddr(t) // nothing listens: the tcp check is refused
+	spec := sleeper("sick")
+	spec.Health = &HealthCheck{Type: CheckTCP, Address: addr, Period: 20 * time.Millisecond, Timeout: 20 * time.Millisecond,
+		FailureThreshold: 1000}
+	if _, err := h.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	proctest.WaitFor(t, 20*time.Second, "5 consecutive health failures", func() bool {
+		st, _ := h.Status("sick")
+		return st.HealthFailures >= 5
+	})
+	st, _ := h.Status("sick")
+	if st.State != StateStarting || !strings.Contains(st.Health, "tcp check: ") {
+		t.Fatalf("status with a failing check: state %s, health %q", st.State, st.Health)
+	}
+	var told []string
+	for _, s := range h.rec.of("sick") {
+		if s.Health != "" && (len(told) == 0 || told[len(told)-1] != s.Health) {
+			told = append(told, s.Health)
+		} else if s.Health != "" {
+			t.Fatalf("handler told of the same health message twice: %q", s.Health)
+		}
+	}
+	if len(told) == 0 {
+		t.Fatal("handler never told of the failing check")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := waitState(t, h.Supervisor, "sick", StateRunning)
+	if running.Health != "" || running.HealthFailures != 0 {
+		t.Fatalf("running after a pass: health %q (%d failures), want none", running.Health, running.HealthFailures)
+	}
+	ln.Close()
+	proctest.WaitFor(t, 20*time.Second, "the running instance's failing check to be told", func() bool {
+		all := h.rec.of("sick")
+		last := all[len(all)-1]
+		return last.State == StateRunning && last.Health != ""
 	})
 }
 

@@ -42,8 +42,10 @@ type instanceOut struct {
 	ExitCode *int           `json:"exit_code"`
 	Signal   string         `json:"signal"`
 	Reason   string         `json:"reason"`
-	Ticket   string         `json:"ticket"`
-	Created  time.Time      `json:"created"`
+	// Health is the last health check's error while checks fail.
+	Health  string    `json:"health,omitempty"`
+	Ticket  string    `json:"ticket"`
+	Created time.Time `json:"created"`
 	// CPUPercent, RSSBytes and Phase come from the instance's agent
 	// (fillUsage); absent when it did not answer.
 	CPUPercent *float64 `json:"cpu_percent,omitempty"`
@@ -55,12 +57,25 @@ func newInstanceOut(i registry.Instance) instanceOut {
 	out := instanceOut{
 		ID: i.ID, App: i.App, Rev: i.Rev, Proc: i.Proc, Host: i.Host, State: string(i.State),
 		Since: i.Since, Port: i.Port, PID: i.PID, Restarts: i.Restarts, ExitCode: i.ExitCode,
-		Signal: i.Signal, Reason: i.Reason, Ticket: i.Ticket, Created: i.Created,
+		Signal: i.Signal, Reason: i.Reason, Health: i.Health, Ticket: i.Ticket, Created: i.Created,
 	}
 	if out.Restarts == nil {
 		out.Restarts = map[string]int{}
 	}
 	return out
+}
+
+// reasonCell is the REASON column: the instance's reason, and its failing
+// health check if any ("unhealthy: tcp check: ... connection refused").
+func (i instanceOut) reasonCell() string {
+	if i.Health == "" || i.State != string(registry.InstanceStarting) && i.State != string(registry.InstanceRunning) {
+		return i.Reason
+	}
+	h := "unhealthy: " + i.Health
+	if i.Reason == "" {
+		return h
+	}
+	return i.Reason + "; " + h
 }
 
 // restartSummary is the total restart count with the reasons, e.g. "3 (fail=2 oom=1)".
@@ -142,7 +157,7 @@ func runPS(ctx context.Context, e *env, args []string) error {
 			for _, i := range out {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.ID, i.App, i.Rev, i.Proc,
 					dash(i.Host), i.State, ago(i.Since), zeroDash(i.Port), zeroDash(i.PID),
-					i.cpuCell(), i.rssCell(), i.restartSummary(), dash(i.Reason))
+					i.cpuCell(), i.rssCell(), i.restartSummary(), dash(i.reasonCell()))
 			}
 		})
 		if err != nil || host != "" {

@@ -84,7 +84,7 @@ func newRootCmd(e *env) *cobra.Command {
 		newEventsCmd(e), newHostCmd(e), newLogsCmd(e), newLookupCmd(e), newProcCmd(e),
 		newPSCmd(e), newRevCmd(e), newScaleCmd(e), newServiceCmd(e), newSignalCmd(e),
 		newTicketCmd(e), newVersionCmd(e),
-		newRestartCmd(e), newStopCmd(e), newDemoWebCmd(e),
+		newRestartCmd(e), newStopCmd(e), newDemoWebCmd(e), newStatusCmd(e),
 	)
 	// The plural and top-level spellings from before "host list" and
 	// "ticket list" existed; kept working (see README).
@@ -111,7 +111,7 @@ var commandGroups = []struct {
 	names     []string
 }{
 	{"apps", "Apps and their processes:", []string{"app", "env", "rev", "proc", "scale", "ps", "restart", "stop", "logs", "signal", "lookup"}},
-	{"fleet", "The fleet:", []string{"host", "hosts", "drain", "undrain", "ticket", "tickets", "events", "config", "doctor"}},
+	{"fleet", "The fleet:", []string{"status", "host", "hosts", "drain", "undrain", "ticket", "tickets", "events", "config", "doctor"}},
 	{"hostagent", "On a host:", []string{"agent", "service"}},
 }
 
