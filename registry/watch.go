@@ -70,6 +70,10 @@ type Event struct {
 	// than the store was when the watch began), which is within
 	// milliseconds of the write.
 	Time time.Time `json:"time,omitzero"`
+	// Reason is an instance event's record's Reason (why it failed,
+	// exited or restarts), so that a watcher can keep an instance's state
+	// history without reading each record.
+	Reason string `json:"reason,omitempty"`
 	// Err reports a value that did not decode (the event is skipped, the
 	// watch goes on), a compaction (ErrCompacted; Revision is the last
 	// revision lost and the watch resumes at the next, the compact
@@ -446,4 +450,5 @@ func instanceEvent(e *Event, val *mvccpb.KeyValue, id string) {
 	if !e.Deleted {
 		e.Time = in.Since
 	}
+	e.Reason = in.Reason
 }
