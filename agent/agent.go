@@ -15,6 +15,7 @@ import (
 	"github.com/visorhq/visor/discovery"
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
+	"github.com/visorhq/visor/ui"
 )
 
 // Meta keys the agent stores with each supervised instance, so that a
@@ -53,6 +54,7 @@ type Agent struct {
 	services  *discovery.Store
 	registrar *discovery.Registrar
 	auth      *authenticator // API principals; set by listen
+	uiHist    *ui.History    // the dashboard's history; set by listen, nil without HTTP
 	started   time.Time
 
 	// What the ticket pipelines of successive sessions share (see

@@ -115,7 +115,8 @@
 //     stopping while it runs, and a copy left running is found again and
 //     stopped by the next agent's adoption;
 //  7. the services: state writer, service registrar, DNS, artifact cache
-//     pruning and the supervisor; Run returns once they have exited.
+//     pruning, the dashboard's history (package ui) and the supervisor;
+//     Run returns once they have exited.
 //
 // The agent imports registry and supervisor; neither of them imports agent.
 // Instances outlive the agent: shutdown leaves them running unless

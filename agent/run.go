@@ -96,7 +96,8 @@ func (a *Agent) startUp(ctx context.Context) (*apiServer, error) {
 
 // startServices adds the actors that serve until the end of the shutdown
 // (ctx) to g: state writer, service registrar, DNS server, artifact cache
-// pruning; and the API, which stops earlier (apiCtx).
+// pruning, the dashboard's history; and the API, which stops earlier
+// (apiCtx).
 func (a *Agent) startServices(g *errgroup.Group, ctx, apiCtx context.Context, api *apiServer) {
 	g.Go(func() error { api.serve(apiCtx); return nil })
 	g.Go(func() error { a.writer.run(ctx); return nil })
@@ -119,6 +120,9 @@ func (a *Agent) startServices(g *errgroup.Group, ctx, apiCtx context.Context, ap
 		})
 	}
 	g.Go(func() error { a.pruneLoop(ctx); return nil })
+	if a.uiHist != nil {
+		g.Go(func() error { a.uiHist.Run(ctx); return nil })
+	}
 }
 
 // serviceErr is a service's error for Run: nil for a clean stop.

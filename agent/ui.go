@@ -13,9 +13,16 @@ import (
 )
 
 // uiHandler is the dashboard (package ui) the HTTP API serves under /ui/,
-// behind the API's authentication (see uiCredentials and scopeFor).
+// behind the API's authentication (see uiCredentials and scopeFor). With
+// the HTTP listener on, it also makes the dashboard's history (charts,
+// instance state histories), which startServices runs: one more watch of
+// the registry's events and one of its hosts. Without it (unix socket
+// only) no browser reaches the dashboard, so no history is kept.
 func (a *Agent) uiHandler() http.Handler {
-	return ui.New(ui.Config{Registry: a.reg, Local: uiLocal{a}, Host: a.cfg.HostID, Logger: a.log.Named("ui")})
+	if !a.cfg.DisableHTTP && a.uiHist == nil {
+		a.uiHist = ui.NewHistory(ui.HistoryConfig{Registry: a.reg, Logger: a.log.Named("ui-history")})
+	}
+	return ui.New(ui.Config{Registry: a.reg, Local: uiLocal{a}, History: a.uiHist, Host: a.cfg.HostID, Logger: a.log.Named("ui")})
 }
 
 // uiLocal gives the dashboard the logs and usage of this host's instances.

@@ -28,6 +28,36 @@
 // registry on a timer. A page re-reads its view only when an event came,
 // at most once per refresh interval of the script.
 //
+// # Pictures and history
+//
+// The charts (running instances per app over the last hour on the
+// overview and the app page; load average and memory use per host on the
+// host page) and an instance's state history come from a History the
+// serving agent keeps in memory and runs beside its API: a ring buffer per
+// series, sampled every 10 s and 360 deep (an hour), and the last 32
+// states per instance. It is fed by what the registry already streams: one
+// watch of its events (instance changes carry their state, reason and
+// time; instances are listed once at start and after a compaction) and
+// one of its hosts (the load each agent publishes with its host record).
+// Nothing polls the registry. A series with nothing over its whole window
+// (an app without instances, a host gone) is dropped, and an instance's
+// history goes with its record, so the memory stays bounded by what the
+// fleet holds. The history starts with the agent: after a restart the
+// charts start empty and an instance's first listed state is the one it
+// had then. Charts are inline SVG rendered by html/template (no chart
+// library, no script): each has a title and a description giving the
+// latest, lowest and highest value, and its numbers follow as a table.
+//
+// # Logs of an instance on another host
+//
+// Logs are read from the agent that runs the instance. The instance page
+// of an instance on another host does not proxy them (the serving agent
+// would need a token for the other one, and a browser would see one
+// agent's credentials used for another's data): it links clearly to the
+// same page on the owning agent's dashboard, where the operator signs in
+// with that agent's token if one is needed. The log switch (stdout,
+// stderr) is a pair of links: each page follows one stream.
+//
 // # Actions
 //
 // Every action is a POST (nothing changes on a GET) and asks for

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -43,6 +44,9 @@ type Config struct {
 	// Local gives the logs and resource use of this host's instances;
 	// nil shows neither.
 	Local Local
+	// History is the past the charts and the instance state histories
+	// show; its owner runs it (History.Run). nil shows neither.
+	History *History
 	// Host is the serving agent's host id, shown in the header.
 	Host string
 	// Logger defaults to hclog.NewNullLogger().
@@ -81,10 +85,13 @@ func parseTemplates() map[string]*template.Template {
 }
 
 var funcs = template.FuncMap{
-	"mib":   mib,
-	"pct":   func(f float64) string { return fmt.Sprintf("%.1f%%", f) },
-	"load":  func(f float64) string { return fmt.Sprintf("%.2f", f) },
-	"since": sinceText,
+	"mib":      mib,
+	"pct":      func(f float64) string { return fmt.Sprintf("%.1f%%", f) },
+	"load":     func(f float64) string { return fmt.Sprintf("%.2f", f) },
+	"since":    sinceText,
+	"chart":    func(c Chart) (template.HTML, error) { return c.HTML() },
+	"clock":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
+	"restarts": restartCount,
 }
 
 func (h *Handler) routes() {

@@ -54,8 +54,9 @@ func (f fakeLocal) Usage(id string) (float64, uint64, bool) { return 12.5, 3 << 
 // fixture is a registry with app "demo" (rev v1, proc web, whose command
 // holds HTML), two live hosts, and the dashboard served over httptest.
 type fixture struct {
-	reg *registry.Registry
-	srv *httptest.Server
+	reg  *registry.Registry
+	srv  *httptest.Server
+	hist *History // not running: tests feed it (or run it) themselves
 }
 
 func newFixture(t *testing.T, local Local) *fixture {
@@ -81,9 +82,10 @@ func newFixture(t *testing.T, local Local) *fixture {
 	if err := reg.SetEnv(ctx, "demo", map[string]string{"SECRET_KEY": "hunter2"}); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(New(Config{Registry: reg, Local: local, Host: "h1", Logger: hclog.New(&hclog.LoggerOptions{Output: testWriter{t}})}))
+	hist := NewHistory(HistoryConfig{Registry: reg})
+	srv := httptest.NewServer(New(Config{Registry: reg, Local: local, History: hist, Host: "h1", Logger: hclog.New(&hclog.LoggerOptions{Output: testWriter{t}})}))
 	t.Cleanup(srv.Close)
-	return &fixture{reg: reg, srv: srv}
+	return &fixture{reg: reg, srv: srv, hist: hist}
 }
 
 func (f *fixture) get(t *testing.T, path string) (int, string) {

@@ -65,6 +65,7 @@ type overviewData struct {
 	Counts counts
 	Apps   int
 	Bad    string // records skipped as corrupt, if any
+	Pics   pictures
 }
 
 // readFleet reads the hosts, apps, scales and instances. Corrupt records
@@ -167,6 +168,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 		h.registryError(w, r, "fleet", err)
 		return
 	}
+	d.Pics = h.overviewPictures(d.Scales)
 	h.render(w, r, http.StatusOK, "overview", "Fleet", d)
 }
 
@@ -178,6 +180,7 @@ type appData struct {
 	EnvKeys   []string
 	Scales    []scaleRow
 	Instances []registry.Instance
+	Pics      pictures
 }
 
 func (h *Handler) app(w http.ResponseWriter, r *http.Request) {
@@ -211,6 +214,7 @@ func (h *Handler) app(w http.ResponseWriter, r *http.Request) {
 	slices.Sort(d.EnvKeys)
 	d.Scales = scaleRows(entries, d.Instances)
 	sortInstances(d.Instances)
+	d.Pics = h.appPictures(name)
 	h.render(w, r, http.StatusOK, "app", "App "+name, d)
 }
 
@@ -228,6 +232,7 @@ type hostData struct {
 	Host      registry.Host
 	Instances []registry.Instance
 	Counts    counts
+	Pics      pictures
 }
 
 func (h *Handler) host(w http.ResponseWriter, r *http.Request) {
@@ -248,7 +253,7 @@ func (h *Handler) host(w http.ResponseWriter, r *http.Request) {
 		h.registryError(w, r, fmt.Sprintf("host %q", id), err)
 		return
 	}
-	d := hostData{Host: hst, Instances: insts}
+	d := hostData{Host: hst, Instances: insts, Pics: h.hostPictures(id)}
 	for _, in := range insts {
 		d.Counts.add(in)
 	}
@@ -270,6 +275,11 @@ type instanceData struct {
 	Elsewhere string
 	Stream    string
 	Signals   []string
+	// History is the states the instance went through, newest first, as
+	// far as the serving agent's history saw (Kept false: none kept).
+	History      []Transition
+	HistoryKept  bool
+	HistorySince time.Time
 }
 
 func (h *Handler) instance(w http.ResponseWriter, r *http.Request) {
@@ -279,7 +289,10 @@ func (h *Handler) instance(w http.ResponseWriter, r *http.Request) {
 		h.registryError(w, r, fmt.Sprintf("instance %q", id), err)
 		return
 	}
-	d := instanceData{Instance: in, Stream: "stdout", Signals: signals}
+	d := instanceData{Instance: in, Stream: "stdout", Signals: signals, History: h.transitions(id)}
+	if hs := h.cfg.History; hs != nil {
+		d.HistoryKept, d.HistorySince = true, hs.Since()
+	}
 	if r.URL.Query().Get("stream") == "stderr" {
 		d.Stream = "stderr"
 	}
