@@ -98,16 +98,19 @@ func clickJS(id string) chromedp.Action[chromedp.Void] {
 	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.getElementById(%q).click()`, id))
 }
 
-// uiWorkload prints a <script> line, "ready", and one line per SIGUSR1.
-const uiWorkload = `trap 'echo "got USR1"' USR1; echo '<script>document.title="pwned"</script>'; echo ready; while :; do sleep 1 & wait $!; done`
+// uiWorkload prints a <script> line, "ready", one line per SIGUSR1 on
+// stdout and one per SIGUSR2 on stderr.
+const uiWorkload = `trap 'echo "got USR1"' USR1; trap 'echo "got USR2 on stderr" >&2' USR2; echo '<script>document.title="pwned"</script>'; echo ready; while :; do sleep 1 & wait $!; done`
 
 // TestDashboardInBrowser drives the dashboard (package ui) in a real
 // headless Chromium against two real agents on a real etcd (issue 19):
 // the overview's counts equal the registry; scaling from the page shows
 // the instances running without a reload; an instance's log shows a line
-// the workload prints after the page opened; a <script> log line is
-// inert text; draining a host from the page shows it draining. Each
-// view's screenshot is an artifact.
+// the workload prints after the page opened, on stdout and, switched to
+// stderr, on stderr; a <script> log line is inert text; the instance page
+// shows its state history; the overview, app and host pages show their
+// charts (inline SVG with a title and a description); draining a host
+// from the page shows it draining. Each view's screenshot is an artifact.
 func TestDashboardInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("browser test: not under -short")
@@ -134,6 +137,12 @@ func TestDashboardInBrowser(t *testing.T) {
 	id := scaleFromPage(t, c, b, base)
 	followLog(t, c, b, addrs, id)
 	drainFromPage(t, c, b, base)
+
+	// By now the history has sampled demo's instances (the first
+	// sample may predate the scale; the next comes within 10 s).
+	must(t, chromedp.Do(b, chromedp.Navigate(base+"/ui/"), chromedp.WaitVisible(chromedp.CSS(`[data-count="hosts"]`))))
+	chartShown(t, b, "app-demo", "Running instances of demo")
+	shot(t, b, "overview-charts")
 
 	must(t, chromedp.Do(b, chromedp.Navigate(base+"/ui/events"), chromedp.WaitVisible(chromedp.CSS("#events li"))))
 	shot(t, b, "events")
@@ -204,6 +213,9 @@ func scaleFromPage(t *testing.T, c *cluster, b context.Context, base string) str
 	if len(got) != 3 {
 		t.Fatalf("pages show 3 running, registry has %d", len(got))
 	}
+	if n := textOf(t, b, `figure[data-chart="app-demo"] figcaption strong`); n != "Running instances of demo" {
+		t.Fatalf("app page chart caption %q", n)
+	}
 	shot(t, b, "app")
 	shot(t, watch, "overview-live")
 	for id := range got {
@@ -236,7 +248,38 @@ func followLog(t *testing.T, c *cluster, b context.Context, addrs map[string]str
 	_, err = c.reg.CreateTicket(c.ctx, registry.Ticket{Op: registry.TicketSignal, Instance: id, Signal: "USR1"})
 	must(t, err)
 	waitJS(t, b, "line printed after the page opened", `window.sameDocument === true && document.getElementById("log").textContent.includes("got USR1")`)
+	waitJS(t, b, "state history shows running", `document.querySelector('#states tr[data-transition="running"]') !== null`)
 	shot(t, b, "instance")
+
+	// The stderr switch: the page follows stderr and shows a line the
+	// workload writes there after the switch.
+	must(t, chromedp.Do(b, clickJS("stream-stderr"),
+		chromedp.WaitVisible(chromedp.CSS(`#stream-stderr[aria-current]`)),
+	))
+	must(t, err2(chromedp.Run(b, chromedp.Evaluate[chromedp.Void](`window.sameDocument = true`))))
+	waitJS(t, b, "stderr log open", `document.getElementById("log-status").textContent === "Following the log live."`)
+	_, err = c.reg.CreateTicket(c.ctx, registry.Ticket{Op: registry.TicketSignal, Instance: id, Signal: "USR2"})
+	must(t, err)
+	waitJS(t, b, "stderr line printed after the switch", `window.sameDocument === true && document.getElementById("log").textContent.includes("got USR2 on stderr")`)
+	if l := textOf(t, b, "#log"); strings.Contains(l, "ready") {
+		t.Fatalf("the stderr log shows stdout lines: %q", l)
+	}
+	shot(t, b, "instance-stderr")
+}
+
+// chartShown checks that the page shows the chart named id as an inline
+// SVG with a title and a description (wait: the first sample may come
+// after the page opened; a live update brings it).
+func chartShown(t *testing.T, b context.Context, id, title string) {
+	t.Helper()
+	fig := fmt.Sprintf(`figure[data-chart=%q]`, id)
+	waitJS(t, b, "chart "+id, `document.querySelector('`+fig+` svg title') !== null && document.querySelector('`+fig+` svg desc') !== null`)
+	if got := textOf(t, b, fig+" svg title"); got != title {
+		t.Fatalf("chart %s title %q, want %q", id, got, title)
+	}
+	if d := textOf(t, b, fig+" svg desc"); !strings.Contains(d, "lowest") {
+		t.Fatalf("chart %s description %q gives no numbers", id, d)
+	}
 }
 
 func drainFromPage(t *testing.T, c *cluster, b context.Context, base string) {
@@ -253,6 +296,8 @@ func drainFromPage(t *testing.T, c *cluster, b context.Context, base string) {
 	if s := textOf(t, b, `[data-field="state"]`); s != "draining" {
 		t.Fatalf("host page after drain shows state %q", s)
 	}
+	chartShown(t, b, "load-ui-b", "Load average (1 min) of ui-b")
+	chartShown(t, b, "mem-ui-b", "Memory used on ui-b")
 	d, err := c.reg.Drains(c.ctx)
 	must(t, err)
 	if _, ok := d["ui-b"]; !ok {
