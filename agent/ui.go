@@ -30,6 +30,9 @@ type uiLocal struct{ a *Agent }
 
 var _ ui.Local = uiLocal{}
 
+// Has reports whether the supervisor here has the instance.
+func (l uiLocal) Has(id string) bool { return l.a.sup.Has(id) }
+
 // Logs streams an instance's log as GET /v1/instances/{id}/logs does.
 func (l uiLocal) Logs(ctx context.Context, id, stream string, tail int, follow bool, w io.Writer) error {
 	if !l.a.sup.Has(id) {

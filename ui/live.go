@@ -130,20 +130,20 @@ func (h *Handler) logs(w http.ResponseWriter, r *http.Request) {
 		}
 		tail = n
 	}
-	lw := &lineWriter{w: w}
-	started := false
-	lw.start = func() error {
-		if !started {
-			started = true
-			lw.flush = sse(w)
-		}
-		return nil
-	}
-	err := h.cfg.Local.Logs(r.Context(), id, stream, tail, true, lw)
-	switch {
-	case errors.Is(err, ErrNotLocal) && !started:
+	if !h.cfg.Local.Has(id) {
 		h.notFound(w, r, fmt.Sprintf("Instance %q does not run on this host; its logs are on its own host.", id))
-	case err != nil && r.Context().Err() == nil:
+		return
+	}
+	// The stream opens at once (the page then says it follows the log),
+	// also when the log is still empty: a stderr nothing was written to
+	// yet shows its first line when it comes.
+	flush := sse(w)
+	if _, err := io.WriteString(w, ": log\n\n"); err != nil || flush() != nil {
+		return
+	}
+	lw := &lineWriter{w: w, flush: flush}
+	err := h.cfg.Local.Logs(r.Context(), id, stream, tail, true, lw)
+	if err != nil && r.Context().Err() == nil {
 		h.log.Debug("log stream ended", "instance", id, "error", err)
 	}
 }
@@ -152,15 +152,11 @@ func (h *Handler) logs(w http.ResponseWriter, r *http.Request) {
 // at once. A partial last line waits for its newline.
 type lineWriter struct {
 	w     io.Writer
-	start func() error
 	flush func() error
 	buf   []byte
 }
 
 func (l *lineWriter) Write(p []byte) (int, error) {
-	if err := l.start(); err != nil {
-		return 0, err
-	}
 	l.buf = append(l.buf, p...)
 	var out strings.Builder
 	for {

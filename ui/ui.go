@@ -28,6 +28,9 @@ var ErrNotLocal = errors.New("ui: instance is not on this host")
 // host. The agent implements it; methods are called from request
 // goroutines, concurrently.
 type Local interface {
+	// Has reports whether the instance runs (or ran) on this host, so
+	// that its logs are here.
+	Has(id string) bool
 	// Logs writes the last tail lines of the instance's stream ("stdout"
 	// or "stderr") to w and then, if follow, every new line until ctx
 	// ends. It returns ErrNotLocal for an instance not on this host.

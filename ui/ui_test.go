@@ -49,6 +49,8 @@ func (f fakeLocal) Logs(ctx context.Context, id, stream string, tail int, follow
 	return nil
 }
 
+func (f fakeLocal) Has(id string) bool { return id == f.id }
+
 func (f fakeLocal) Usage(id string) (float64, uint64, bool) { return 12.5, 3 << 20, id == f.id }
 
 // fixture is a registry with app "demo" (rev v1, proc web, whose command
@@ -393,7 +395,7 @@ func TestLiveStreamCarriesRegistryChanges(t *testing.T) {
 
 func TestLogStreamLinesAndLocality(t *testing.T) {
 	f := newFixture(t, fakeLocal{id: "demo-web-1", lines: []string{"hello", "<script>alert(2)</script>"}})
-	rd := openStream(t, f.srv.URL+"/ui/instances/demo-web-1/logs?stream=stderr", false)
+	rd := openStream(t, f.srv.URL+"/ui/instances/demo-web-1/logs?stream=stderr", true)
 	if got := readEvent(t, rd, "line"); got != "stderr: hello" {
 		t.Fatalf("first line %q", got)
 	}
@@ -410,9 +412,16 @@ func TestLogStreamLinesAndLocality(t *testing.T) {
 	}
 }
 
+// TestEmptyLogStreamOpens: a log nothing was written to yet (a quiet
+// stderr) opens its stream at once, so the page says it follows it.
+func TestEmptyLogStreamOpens(t *testing.T) {
+	f := newFixture(t, fakeLocal{id: "demo-web-1"})
+	openStream(t, f.srv.URL+"/ui/instances/demo-web-1/logs?stream=stderr", true)
+}
+
 func TestLineWriterJoinsPartialLines(t *testing.T) {
 	var b strings.Builder
-	lw := &lineWriter{w: &b, start: func() error { return nil }, flush: func() error { return nil }}
+	lw := &lineWriter{w: &b, flush: func() error { return nil }}
 	for _, s := range []string{"ab", "c\r\nde", "f\n\nx"} {
 		lw.Write([]byte(s))
 	}
