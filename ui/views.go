@@ -93,7 +93,6 @@ func (h *Handler) readFleet(ctx context.Context) (overviewData, error) {
 	if err = keep(err); err != nil {
 		return d, err
 	}
-	d.Apps = len(apps)
 	var entries []registry.ScaleEntry
 	for _, a := range apps {
 		es, err := reg.Scales(ctx, a.Name)
@@ -102,13 +101,18 @@ func (h *Handler) readFleet(ctx context.Context) (overviewData, error) {
 		}
 		entries = append(entries, es...)
 	}
-	d.Hosts = hostRows(hosts, insts)
-	d.Scales = scaleRows(entries, insts)
+	d = fleetData(hosts, insts, len(apps), entries)
+	d.Bad = strings.Join(bad, "; ")
+	return d, nil
+}
+
+// fleetData joins what readFleet read into the overview.
+func fleetData(hosts []registry.Host, insts []registry.Instance, apps int, entries []registry.ScaleEntry) overviewData {
+	d := overviewData{Apps: apps, Hosts: hostRows(hosts, insts), Scales: scaleRows(entries, insts)}
 	for _, in := range insts {
 		d.Counts.add(in)
 	}
-	d.Bad = strings.Join(bad, "; ")
-	return d, nil
+	return d
 }
 
 func hostRows(hosts []registry.Host, insts []registry.Instance) []hostRow {
