@@ -45,6 +45,35 @@ func TestScaleWaitFailsAsSoonAsKnown(t *testing.T) {
 		if code != 1 || !strings.Contains(out, "crash-looping") || !strings.Contains(out, "exit code 3") {
 			t.Fatalf("scale --wait of an exit-3 command: exit %d, want 1 naming the crash loop and exit code 3:\n%s", code, out)
 		}
+		// The backoff's reason says when the restart comes (ps's REASON).
+		if !strings.Contains(out, "restarting in ") {
+			t.Fatalf("crash loop without \"restarting in\" in its reason:\n%s", out)
+		}
+	})
+
+	t.Run("failing health check past its deadline", func(t *testing.T) {
+		// The workload never listens, so its tcp check is refused: it
+		// stays starting. Deadline: (1 s + 1 s) × 2 + 10 s = 14 s.
+		must(t, err2(c.reg.RegisterApp(ctx, registry.App{Name: "sick"})))
+		must(t, c.reg.SetEnv(ctx, "sick", map[string]string{"VISOR_E2E": c.runID}))
+		must(t, err2(c.reg.RegisterRevision(ctx, registry.Revision{App: "sick", Name: "v1", Dir: os.TempDir()})))
+		must(t, err2(c.reg.SetProcType(ctx, registry.ProcType{App: "sick", Name: "web", Command: "exec sleep 3600",
+			StopTimeout: registry.Duration(3 * time.Second),
+			Health: &registry.HealthCheck{Type: registry.CheckTCP, Period: registry.Duration(time.Second),
+				Timeout: registry.Duration(time.Second), FailureThreshold: 2}})))
+		out, code := visor("scale", "sick", "v1", "web=1", "--wait", "--wait-timeout", timeout)
+		if code != 1 || !strings.Contains(out, "past its health check's deadline of 14s") || !strings.Contains(out, "tcp check: ") ||
+			!strings.Contains(out, "instance sick-web-") {
+			t.Fatalf("scale --wait of an instance whose health check fails: exit %d, want 1 naming the instance, deadline and check:\n%s", code, out)
+		}
+		// ps shows the failing check in its REASON column.
+		ps, code := visor("ps", "sick", "--no-usage")
+		if code != 0 || !strings.Contains(ps, "starting") || !strings.Contains(ps, "unhealthy: tcp check: ") {
+			t.Fatalf("ps of the unhealthy instance: exit %d\n%s", code, ps)
+		}
+		if out, code := visor("scale", "sick", "v1", "web=0", "--wait", "--wait-timeout", timeout); code != 0 {
+			t.Fatalf("scale to 0: exit %d\n%s", code, out)
+		}
 	})
 
 	t.Run("artifact 404 names it", func(t *testing.T) {

@@ -26,8 +26,11 @@ reset-after window (10 s by default; with a health check, running means its
 first pass). It fails as soon as the outcome is known (exit 1, naming the
 instance and why): an instance failed, one crash-loops (3 restarts, naming
 its last exit code), or a start failed on every live host (an artifact 404,
-a wrong sha256, a command not found). If --wait-timeout passes first it
-fails with exit code 3.
+a wrong sha256, a command not found), or an instance stays starting with
+its health check failing past the check's deadline: (period + timeout) ×
+failure threshold + 10 s (55 s for the defaults: period 10 s, timeout 5 s, threshold 3; raise the
+threshold for a slow starter). If --wait-timeout passes first it fails with
+exit code 3.
 
 A count above what the live hosts can run (their capacity, less the slots
 other instances use) is refused with the numbers, unless --force: then the
@@ -251,6 +254,12 @@ type scaleWaiter struct {
 	// count; since is when each running instance was seen starting to run.
 	stable map[string]time.Duration
 	since  map[string]time.Time
+	// healthDeadline is, per process type, how long an instance may start
+	// with a failing health check (0: no check); starting is when each
+	// starting instance started, health its check's last error.
+	healthDeadline map[string]time.Duration
+	starting       map[string]time.Time
+	health         map[string]string
 	// fail is set once the outcome is known to be a failure: an instance
 	// failed, crash-loops, or a start failed on every live host.
 	fail error
@@ -299,6 +308,7 @@ func (w *scaleWaiter) observe(inst registry.Instance, rev int64, during bool) {
 		w.fail = err
 	}
 	w.noteSince(inst, time.Now())
+	w.noteHealth(inst, time.Now())
 	w.state[inst.ID] = inst.State
 	w.procOf[inst.ID] = inst.Proc
 }
@@ -313,6 +323,8 @@ func (w *scaleWaiter) forget(id string, rev int64) {
 	delete(w.state, id)
 	delete(w.procOf, id)
 	delete(w.since, id)
+	delete(w.starting, id)
+	delete(w.health, id)
 }
 
 func (w *scaleWaiter) running() map[string]int {
@@ -409,6 +421,10 @@ func waitScale(ctx context.Context, e *env, r *registry.Registry, out io.Writer,
 		waiting:  make(map[string]string),
 		stable:   make(map[string]time.Duration),
 		since:    make(map[string]time.Time),
+
+		healthDeadline: make(map[string]time.Duration),
+		starting:       make(map[string]time.Time),
+		health:         make(map[string]string),
 	}
 	if err := w.readWaiting(ctx, r); err != nil {
 		return err
@@ -422,7 +438,15 @@ func waitScale(ctx context.Context, e *env, r *registry.Registry, out io.Writer,
 	settle := time.NewTimer(time.Hour)
 	defer settle.Stop()
 	for {
-		done, next := w.report(out, time.Now())
+		now := time.Now()
+		done, next := w.report(out, now)
+		if w.fail == nil {
+			var due time.Time
+			w.fail, due = w.healthOverdue(now)
+			if !due.IsZero() && (next.IsZero() || due.Before(next)) {
+				next = due
+			}
+		}
 		switch {
 		case w.fail != nil:
 			return w.fail
@@ -483,12 +507,14 @@ func (w *scaleWaiter) apply(ctx context.Context, r *registry.Registry, ev regist
 	case registry.InstanceDeleted:
 		w.forget(ev.Instance, ev.Revision)
 	case registry.InstanceChanged:
-		if ev.State != "" && ev.State != registry.InstanceFailed && ev.State != registry.InstanceBackoff && ev.App != "" && ev.Rev != "" && ev.Proc != "" {
+		if ev.State != "" && ev.State != registry.InstanceFailed && ev.State != registry.InstanceBackoff && ev.State != registry.InstanceStarting &&
+			ev.App != "" && ev.Rev != "" && ev.Proc != "" {
 			w.observe(registry.Instance{ID: ev.Instance, App: ev.App, Rev: ev.Rev, Proc: ev.Proc, State: ev.State}, ev.Revision, true)
 			return nil
 		}
 		// Read the record: the event lacks its details, or it failed or
-		// backs off, and the reason and restarts are worth showing.
+		// backs off, and the reason and restarts are worth showing, or it
+		// starts, and its health check's result counts.
 		inst, err := r.Instance(ctx, ev.Instance)
 		switch {
 		case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrCorrupt):

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
 	"github.com/visorhq/visor/registry"
+	"github.com/visorhq/visor/supervisor"
 	"github.com/visorhq/visor/supervisor/restart"
 )
 
@@ -22,13 +24,18 @@ var errWaitFailed = errors.New("will not reach the desired count")
 
 // readStable sets, per process type of w, how long an instance must have
 // been running to count: its restart policy's reset-after window (the
-// uptime after which the supervisor too counts a run as stable). A proc
-// type that cannot be read gets the default window.
+// uptime after which the supervisor too counts a run as stable); and its
+// health deadline (healthDeadline). A proc type that cannot be read gets
+// the default window and no health deadline.
 func (w *scaleWaiter) readStable(ctx context.Context, r *registry.Registry) {
 	for _, a := range w.want {
 		d := restart.DefaultResetAfter
-		if p, err := r.ProcType(ctx, w.app, a.proc); err == nil && p.Restart.ResetAfter > 0 {
+		p, err := r.ProcType(ctx, w.app, a.proc)
+		if err == nil && p.Restart.ResetAfter > 0 {
 			d = time.Duration(p.Restart.ResetAfter)
+		}
+		if err == nil {
+			w.healthDeadline[a.proc] = healthDeadline(p)
 		}
 		w.stable[a.proc] = d
 	}
@@ -123,4 +130,79 @@ func failedEverywhere(ctx context.Context, r *registry.Registry, t registry.Tick
 	}
 	return fmt.Errorf("%s/%s/%s: start of instance %s failed on every live host (%d of %d attempts): %s: %w",
 		t.App, t.Rev, t.Proc, t.Instance, t.Attempts, t.MaxAttempts, reason, errWaitFailed), nil
+}
+
+// healthStartGrace is what an instance's start may take beyond its health
+// check's failure window before `scale --wait` calls a failing check a
+// failure: the time to exec the program and open its port.
+const healthStartGrace = 10 * time.Second
+
+// healthDeadline is how long an instance of proc type p may stay starting
+// while its health check fails before `scale --wait` fails: (period +
+// timeout) × failure threshold (the time FailureThreshold probes take at
+// most, the supervisor's defaults for zero fields) plus healthStartGrace.
+// Zero without a health check.
+func healthDeadline(p registry.ProcType) time.Duration {
+	if p.Health == nil {
+		return 0
+	}
+	period, timeout, n := time.Duration(p.Health.Period), time.Duration(p.Health.Timeout), p.Health.FailureThreshold
+	if period <= 0 {
+		period = supervisor.DefaultHealthPeriod
+	}
+	if timeout <= 0 {
+		timeout = min(supervisor.DefaultHealthTimeout, period)
+	}
+	if n <= 0 {
+		n = supervisor.DefaultHealthFails
+	}
+	return (period+timeout)*time.Duration(n) + healthStartGrace
+}
+
+// noteHealth records when a starting instance started, and its health
+// check's last error; an instance in another state is forgotten.
+func (w *scaleWaiter) noteHealth(inst registry.Instance, now time.Time) {
+	if inst.State != registry.InstanceStarting {
+		delete(w.starting, inst.ID)
+		delete(w.health, inst.ID)
+		return
+	}
+	if _, ok := w.starting[inst.ID]; !ok || w.state[inst.ID] != registry.InstanceStarting {
+		since := inst.Since
+		if since.IsZero() || since.After(now) {
+			since = now
+		}
+		w.starting[inst.ID] = since
+	}
+	w.health[inst.ID] = inst.Health
+}
+
+// healthOverdue returns the failure of an instance that has been starting
+// longer than its health deadline with its check failing, while its process
+// type has fewer running instances than wanted; next is when
+// the next starting instance with a failing check reaches its deadline
+// (zero if none).
+func (w *scaleWaiter) healthOverdue(now time.Time) (fail error, next time.Time) {
+	running := w.running()
+	short := map[string]bool{} // process types with fewer running than wanted
+	for _, a := range w.want {
+		short[a.proc] = running[a.proc] < a.n
+	}
+	for _, id := range slices.Sorted(maps.Keys(w.starting)) {
+		proc, since := w.procOf[id], w.starting[id]
+		d := w.healthDeadline[proc]
+		if d == 0 || w.health[id] == "" || !short[proc] {
+			continue // no check, not failing, or not needed (a scale down)
+		}
+		at := since.Add(d)
+		if now.Before(at) {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+			continue
+		}
+		return fmt.Errorf("%s/%s/%s: instance %s has been starting for %s, past its health check's deadline of %s ((period + timeout) × failure threshold + %s): %s: %w",
+			w.app, w.rev, proc, id, now.Sub(since).Round(time.Second), d, healthStartGrace, w.health[id], errWaitFailed), time.Time{}
+	}
+	return nil, next
 }
