@@ -118,10 +118,13 @@ func agentConfig(g *guest) string {
 `, strings.Join(etcdEndpoints(), ","), prefix, g.name)
 }
 
-// installDeb copies the package of version v into the guest and installs
-// it with dpkg -i.
+// installDeb waits for the package of version v, copies it into the guest
+// and installs it with dpkg -i.
 func (f *fleet) installDeb(ctx context.Context, g *guest, v string) error {
-	path := f.debs[v]
+	path, err := f.waitDeb(ctx, v)
+	if err != nil {
+		return err
+	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return err

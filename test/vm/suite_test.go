@@ -186,8 +186,7 @@ type fleet struct {
 	certs    testcerts.Files
 	agentTLS struct{ cert, key string } // client certificate, CN agentUser
 	tmpl     struct{ disk, state string }
-	debs     map[string]string // version -> .deb path; set before debsDone
-	debsDone chan error
+	debs     map[string]*deb // by version; the map is fixed once newFleet returns
 	guests   []*guest
 	cli      *clientv3.Client
 	reg      *registry.Registry
@@ -234,18 +233,13 @@ func newFleet(t *testing.T, withDebs bool) *fleet {
 	}
 	f.certs = testcerts.NewFor(t, ips...)
 	f.agentTLS.cert, f.agentTLS.key = f.certs.Client(t, agentUser)
-	f.debsDone = make(chan error, 1)
+	f.debs = map[string]*deb{}
 	if withDebs {
+		for _, v := range debVersions {
+			f.debs[v] = &deb{ready: make(chan struct{})}
+		}
 		f.bg.Add(1)
-		go func() { // received by waitDebs
-			defer f.bg.Done()
-			start := time.Now()
-			err := f.buildDebs()
-			t.Logf("packages built in %s (err %v)", time.Since(start).Round(100*time.Millisecond), err)
-			f.debsDone <- err
-		}()
-	} else {
-		f.debsDone <- nil
+		go func() { defer f.bg.Done(); f.buildDebs() }() // read by waitDeb
 	}
 	for i := 1; i <= 3; i++ {
 		f.startMember(i)
@@ -256,17 +250,30 @@ func newFleet(t *testing.T, withDebs bool) *fleet {
 	return f
 }
 
-// waitDebs waits for the packages newFleet started building.
-func (f *fleet) waitDebs(t *testing.T) {
-	t.Helper()
+// deb is one package the suite builds: path or err are set when ready is
+// closed.
+type deb struct {
+	ready chan struct{}
+	path  string
+	err   error
+}
+
+// debVersions are the packages' versions, in build order: the installed
+// one first, then the upgrade.
+var debVersions = []string{"0.0.1~vm1", "0.0.1~vm2"}
+
+// waitDeb waits for the package of version v that newFleet started
+// building and returns its path.
+func (f *fleet) waitDeb(ctx context.Context, v string) (string, error) {
+	d, ok := f.debs[v]
+	if !ok {
+		return "", fmt.Errorf("no package %s is built by this suite", v)
+	}
 	select {
-	case err := <-f.debsDone:
-		f.debsDone <- err // for a later call
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-f.ctx.Done():
-		t.Fatal("packages not built before the suite's deadline")
+	case <-d.ready:
+		return d.path, d.err
+	case <-ctx.Done():
+		return "", fmt.Errorf("package %s not built: %w", v, ctx.Err())
 	}
 }
 
@@ -276,7 +283,18 @@ func (f *fleet) teardown() {
 	t := f.t
 	if t.Failed() && f.dir != "" {
 		for i := 1; i <= 3; i++ {
-			t.Logf("etcd member %d log (tail):\n%s", i, tail(filepath.Join(f.dir, fmt.Sprintf("etcd%d.log", i)), 10))
+			// Without checkCertAuth's expected refusal of "vm-stranger"
+			// (logged with a stack trace by every member).
+			var kept []string
+			for _, l := range strings.Split(tail(filepath.Join(f.dir, fmt.Sprintf("etcd%d.log", i)), 40), "\n") {
+				if !strings.Contains(l, `"vm-stranger"`) {
+					kept = append(kept, l)
+				}
+			}
+			if len(kept) > 10 {
+				kept = kept[len(kept)-10:]
+			}
+			t.Logf("etcd member %d log (tail):\n%s", i, strings.Join(kept, "\n"))
 		}
 	}
 	if t.Failed() {
@@ -311,55 +329,68 @@ func (f *fleet) teardown() {
 	}
 }
 
-// buildDebs builds two packages of the working tree as `make package`
-// does (go build, then nfpm with packaging/nfpm.yaml), version 0.0.1~vm1
-// and 0.0.1~vm2 (the upgrade), in a staging directory laid out like the
-// repository (nfpm's sources are relative), so that nothing is written
-// into the repository's bin/.
-func (f *fleet) buildDebs() error {
-	f.debs = map[string]string{}
-	root := repoRoot()
-	for _, v := range []string{"0.0.1~vm1", "0.0.1~vm2"} {
-		stage := filepath.Join(f.dir, "stage-"+strings.ReplaceAll(v, "~", "-"))
-		for _, d := range []string{"bin/package", "systemd", "packaging/scripts", "out"} {
-			if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
-				return err
-			}
+// buildDebs builds the packages of debVersions, one after the other, and
+// marks each ready as soon as it is built (the install does not wait for
+// the upgrade's package); after a failure the later ones fail too.
+func (f *fleet) buildDebs() {
+	var err error
+	for _, v := range debVersions {
+		d := f.debs[v]
+		start := time.Now()
+		if err == nil {
+			d.path, err = f.buildDeb(v)
+			f.t.Logf("package %s built in %s", v, time.Since(start).Round(100*time.Millisecond))
 		}
-		for _, file := range []string{
-			"systemd/visor-agent.service", "packaging/nfpm.yaml", "packaging/agent.json",
-			"packaging/agent.example.json", "packaging/visor.tmpfiles.conf",
-			"packaging/scripts/postinstall.sh", "packaging/scripts/preremove.sh", "packaging/scripts/postremove.sh",
-		} {
-			data, err := os.ReadFile(filepath.Join(root, file))
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(stage, file), data, 0o755); err != nil {
-				return err
-			}
-		}
-		ldflags := "-X github.com/visorhq/visor/internal/version.Version=v" + strings.ReplaceAll(v, "~", "-") +
-			" -X github.com/visorhq/visor/internal/version.Commit=vmtest"
-		build := exec.CommandContext(f.ctx, "go", "build", "-ldflags", ldflags, "-o", filepath.Join(stage, "bin/package/visor"), "./cmd/visor")
-		build.Dir = root
-		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %v\n%s", v, err, out)
-		}
-		pkg := exec.CommandContext(f.ctx, "go", "run", "github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2", "package", "-f", "packaging/nfpm.yaml", "-p", "deb", "-t", "out/")
-		pkg.Dir = stage
-		pkg.Env = append(os.Environ(), "GOARCH=amd64", "PKG_VERSION="+v)
-		if out, err := pkg.CombinedOutput(); err != nil {
-			return fmt.Errorf("nfpm %s: %v\n%s", v, err, out)
-		}
-		debs, _ := filepath.Glob(filepath.Join(stage, "out", "*.deb"))
-		if len(debs) != 1 {
-			return fmt.Errorf("nfpm made %v, want one .deb", debs)
-		}
-		f.debs[v] = debs[0]
+		d.err = err
+		close(d.ready)
 	}
-	return nil
+}
+
+// buildDeb builds the package of version v of the working tree as `make
+// package` does (go build, then nfpm with packaging/nfpm.yaml) in a staging
+// directory laid out like the repository (nfpm's sources are relative),
+// so that nothing is written into the repository's bin/, and returns its
+// path.
+func (f *fleet) buildDeb(v string) (string, error) {
+	root := repoRoot()
+	stage := filepath.Join(f.dir, "stage-"+strings.ReplaceAll(v, "~", "-"))
+	for _, d := range []string{"bin/package", "systemd", "packaging/scripts", "out"} {
+		if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	for _, file := range []string{
+		"systemd/visor-agent.service", "packaging/nfpm.yaml", "packaging/agent.json",
+		"packaging/agent.example.json", "packaging/visor.tmpfiles.conf",
+		"packaging/scripts/postinstall.sh", "packaging/scripts/preremove.sh", "packaging/scripts/postremove.sh",
+	} {
+		data, err := os.ReadFile(filepath.Join(root, file))
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(stage, file), data, 0o755); err != nil {
+			return "", err
+		}
+	}
+	ldflags := "-X github.com/visorhq/visor/internal/version.Version=v" + strings.ReplaceAll(v, "~", "-") +
+		" -X github.com/visorhq/visor/internal/version.Commit=vmtest"
+	build := exec.CommandContext(f.ctx, "go", "build", "-ldflags", ldflags, "-o", filepath.Join(stage, "bin/package/visor"), "./cmd/visor")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %v\n%s", v, err, out)
+	}
+	pkg := exec.CommandContext(f.ctx, "go", "run", "github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2", "package", "-f", "packaging/nfpm.yaml", "-p", "deb", "-t", "out/")
+	pkg.Dir = stage
+	pkg.Env = append(os.Environ(), "GOARCH=amd64", "PKG_VERSION="+v)
+	if out, err := pkg.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("nfpm %s: %v\n%s", v, err, out)
+	}
+	debs, _ := filepath.Glob(filepath.Join(stage, "out", "*.deb"))
+	if len(debs) != 1 {
+		return "", fmt.Errorf("nfpm made %v, want one .deb", debs)
+	}
+	return debs[0], nil
 }
 
 // startMember starts etcd member i in the namespace.

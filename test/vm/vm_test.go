@@ -51,8 +51,7 @@ func TestVM(t *testing.T) {
 		{"2-scale-30", scenarioScale},
 		{"3-agent-restart", scenarioRestart},
 		{"4-package-upgrade", scenarioUpgrade},
-		{"5-power-off", scenarioPowerOff},
-		{"6-reboot", scenarioReboot},
+		{"5+6-power-off-and-reboot", scenarioPowerOffReboot},
 		{"7-stop-purge", scenarioPurge},
 	} {
 		begin := time.Now()
@@ -107,7 +106,6 @@ func unitProps(ctx context.Context, g *guest, props ...string) (map[string]strin
 // etcd and in `visor hosts` (run in a guest with the agents' client
 // certificate).
 func scenarioInstall(t *testing.T, f *fleet) {
-	f.waitDebs(t)
 	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
