@@ -14,8 +14,8 @@ import (
 )
 
 // Config configures an Agent. The zero value of every field but HostID,
-// DataDir and RunDir has a documented default; Validate names the first
-// field that is wrong.
+// DataDir and RunDir has a documented default (DefaultConfig, the one
+// source of them); Validate names the first field that is wrong.
 type Config struct {
 	// HostID identifies this host in the registry. Default: the hostname.
 	HostID string
@@ -207,57 +207,92 @@ type Config struct {
 
 var hostIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
 
-// withDefaults returns c with defaults filled in.
+// DefaultConfig returns the default of every Config field that has one:
+// what New fills into a zero field, and what `visor agent` shows and uses
+// as its flags' defaults (cmd/visor/agentflags.go), so that the two never
+// drift. The fields with no default here are HostID and Addr (the
+// hostname, found when the agent starts), DataDir and RunDir (required),
+// and the booleans and lists whose zero value is the default. Capacity 0
+// is itself the default: automatic.
+func DefaultConfig() Config {
+	return Config{
+		InstanceMemory:           DefaultInstanceMemory,
+		StartRate:                DefaultStartRate,
+		StartBurst:               DefaultStartBurst,
+		TTL:                      10 * time.Second,
+		HTTPAddr:                 "127.0.0.1:7777",
+		SocketGroupScopes:        []Scope{ScopeRead},
+		LogStreams:               DefaultLogStreams,
+		LogStreamsPerClient:      DefaultLogStreamsPerClient,
+		HTTPMaxConns:             DefaultHTTPMaxConns,
+		HTTPMaxConnsPerClient:    DefaultHTTPMaxConnsPerClient,
+		HTTPIdleTimeout:          DefaultHTTPIdleTimeout,
+		PortMin:                  20000,
+		PortMax:                  29999,
+		ClaimDelay:               20 * time.Millisecond,
+		ClaimBackup:              500 * time.Millisecond,
+		MaxParallel:              64,
+		StatusInterval:           10 * time.Second,
+		LostGrace:                30 * time.Second,
+		ReconcileInterval:        30 * time.Second,
+		Cgroups:                  "auto",
+		ArtifactConnectTimeout:   defaultArtifactConnectTimeout,
+		ArtifactTimeout:          defaultArtifactTimeout,
+		ArtifactStallTimeout:     defaultArtifactStallTimeout,
+		ArtifactMaxBytes:         defaultArtifactMaxBytes,
+		ArtifactMaxUnpackedBytes: defaultArtifactMaxUnpacked,
+		ArtifactMaxEntries:       defaultArtifactMaxEntries,
+		ArtifactFetchParallel:    defaultArtifactFetchParallel,
+		ArtifactCacheMaxAge:      defaultArtifactCacheMaxAge,
+		ArtifactCacheMaxBytes:    defaultArtifactCacheMaxBytes,
+	}
+}
+
+// withDefaults returns c with the zero fields that have a default
+// (DefaultConfig) filled in.
 func (c Config) withDefaults() Config {
+	d := DefaultConfig()
 	if c.HostID == "" {
 		if h, err := os.Hostname(); err == nil {
 			c.HostID = h
 		}
 	}
-	if c.Addr == "" {
-		c.Addr = c.HostID
-	}
-	if c.TTL == 0 {
-		c.TTL = 10 * time.Second
-	}
+	orDefault(&c.Addr, c.HostID)
 	if c.HTTPAddr == "" && !c.DisableHTTP {
-		c.HTTPAddr = "127.0.0.1:7777"
+		c.HTTPAddr = d.HTTPAddr
 	}
-	c = c.withAPIDefaults()
 	if c.PortMin == 0 && c.PortMax == 0 {
-		c.PortMin, c.PortMax = 20000, 29999
+		c.PortMin, c.PortMax = d.PortMin, d.PortMax
 	}
-	if c.ClaimDelay == 0 {
-		c.ClaimDelay = 20 * time.Millisecond
+	if c.SocketGroupScopes == nil {
+		c.SocketGroupScopes = d.SocketGroupScopes
 	}
-	if c.ClaimBackup == 0 {
-		c.ClaimBackup = 500 * time.Millisecond
-	}
-	if c.MaxParallel == 0 {
-		c.MaxParallel = 64
-	}
-	if c.InstanceMemory == 0 {
-		c.InstanceMemory = DefaultInstanceMemory
-	}
-	if c.StartRate == 0 {
-		c.StartRate = DefaultStartRate
-	}
-	if c.StartBurst == 0 {
-		c.StartBurst = DefaultStartBurst
-	}
-	if c.StatusInterval < 10*time.Second {
-		c.StatusInterval = 10 * time.Second
-	}
-	if c.LostGrace == 0 {
-		c.LostGrace = 30 * time.Second
-	}
-	if c.ReconcileInterval == 0 {
-		c.ReconcileInterval = 30 * time.Second
-	}
-	if c.Cgroups == "" {
-		c.Cgroups = "auto"
-	}
-	c = c.withArtifactDefaults()
+	// Never less often than the default.
+	c.StatusInterval = max(c.StatusInterval, d.StatusInterval)
+	orDefault(&c.TTL, d.TTL)
+	orDefault(&c.ClaimDelay, d.ClaimDelay)
+	orDefault(&c.ClaimBackup, d.ClaimBackup)
+	orDefault(&c.MaxParallel, d.MaxParallel)
+	orDefault(&c.InstanceMemory, d.InstanceMemory)
+	orDefault(&c.StartRate, d.StartRate)
+	orDefault(&c.StartBurst, d.StartBurst)
+	orDefault(&c.LostGrace, d.LostGrace)
+	orDefault(&c.ReconcileInterval, d.ReconcileInterval)
+	orDefault(&c.Cgroups, d.Cgroups)
+	orDefault(&c.LogStreams, d.LogStreams)
+	orDefault(&c.LogStreamsPerClient, d.LogStreamsPerClient)
+	orDefault(&c.HTTPMaxConns, d.HTTPMaxConns)
+	orDefault(&c.HTTPMaxConnsPerClient, d.HTTPMaxConnsPerClient)
+	orDefault(&c.HTTPIdleTimeout, d.HTTPIdleTimeout)
+	orDefault(&c.ArtifactConnectTimeout, d.ArtifactConnectTimeout)
+	orDefault(&c.ArtifactTimeout, d.ArtifactTimeout)
+	orDefault(&c.ArtifactStallTimeout, d.ArtifactStallTimeout)
+	orDefault(&c.ArtifactMaxBytes, d.ArtifactMaxBytes)
+	orDefault(&c.ArtifactMaxUnpackedBytes, d.ArtifactMaxUnpackedBytes)
+	orDefault(&c.ArtifactMaxEntries, d.ArtifactMaxEntries)
+	orDefault(&c.ArtifactFetchParallel, d.ArtifactFetchParallel)
+	orDefault(&c.ArtifactCacheMaxAge, d.ArtifactCacheMaxAge)
+	orDefault(&c.ArtifactCacheMaxBytes, d.ArtifactCacheMaxBytes)
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -270,60 +305,12 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// withAPIDefaults fills in the local API's zero bounds (see withDefaults).
-func (c Config) withAPIDefaults() Config {
-	if c.LogStreams == 0 {
-		c.LogStreams = DefaultLogStreams
+// orDefault sets *v to def when *v is the zero value.
+func orDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
 	}
-	if c.LogStreamsPerClient == 0 {
-		c.LogStreamsPerClient = DefaultLogStreamsPerClient
-	}
-	if c.HTTPMaxConns == 0 {
-		c.HTTPMaxConns = DefaultHTTPMaxConns
-	}
-	if c.HTTPMaxConnsPerClient == 0 {
-		c.HTTPMaxConnsPerClient = DefaultHTTPMaxConnsPerClient
-	}
-	if c.HTTPIdleTimeout == 0 {
-		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
-	}
-	if c.SocketGroupScopes == nil {
-		c.SocketGroupScopes = []Scope{ScopeRead}
-	}
-	return c
-}
-
-// withArtifactDefaults fills in the artifact fetch and cache's zero
-// bounds (see withDefaults).
-func (c Config) withArtifactDefaults() Config {
-	if c.ArtifactConnectTimeout == 0 {
-		c.ArtifactConnectTimeout = defaultArtifactConnectTimeout
-	}
-	if c.ArtifactTimeout == 0 {
-		c.ArtifactTimeout = defaultArtifactTimeout
-	}
-	if c.ArtifactStallTimeout == 0 {
-		c.ArtifactStallTimeout = defaultArtifactStallTimeout
-	}
-	if c.ArtifactMaxBytes == 0 {
-		c.ArtifactMaxBytes = defaultArtifactMaxBytes
-	}
-	if c.ArtifactMaxUnpackedBytes == 0 {
-		c.ArtifactMaxUnpackedBytes = defaultArtifactMaxUnpacked
-	}
-	if c.ArtifactMaxEntries == 0 {
-		c.ArtifactMaxEntries = defaultArtifactMaxEntries
-	}
-	if c.ArtifactFetchParallel == 0 {
-		c.ArtifactFetchParallel = defaultArtifactFetchParallel
-	}
-	if c.ArtifactCacheMaxAge == 0 {
-		c.ArtifactCacheMaxAge = defaultArtifactCacheMaxAge
-	}
-	if c.ArtifactCacheMaxBytes == 0 {
-		c.ArtifactCacheMaxBytes = defaultArtifactCacheMaxBytes
-	}
-	return c
 }
 
 // Validate reports the first invalid field of c (after defaults), by name.

@@ -3,11 +3,14 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/visorhq/visor/agent"
 )
 
 // TestAgentAllowRootInstances: a production agent refuses instances that
@@ -134,5 +137,53 @@ func TestAgentSingleDashArgs(t *testing.T) {
 		c.StartRate != 100000 || c.StartBurst != 1000 || c.PortMin != 20000 || c.PortMax != 22999 ||
 		c.TTL != 5*time.Second || c.LostGrace != 2*time.Second || o.globals.prefix != "/p/" || o.globals.endpoints != "127.0.0.1:1" {
 		t.Errorf("parsed %+v (globals %+v, log level %v)", c, o.globals, o.logLevel)
+	}
+}
+
+// TestAgentFlagDefaultsAreTheAgents: with no flag, environment or file,
+// every field `visor agent` sets holds agent.DefaultConfig's value (or
+// stays zero, which the agent fills with that same value): the CLI has no
+// defaults of its own. The HTTP API is the one deliberate difference: off
+// unless --http-addr (or --dev) asks for it.
+func TestAgentFlagDefaultsAreTheAgents(t *testing.T) {
+	o, err := parseAgentFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := agent.DefaultConfig()
+	dv, cv := reflect.ValueOf(d), reflect.ValueOf(o.cfg)
+	checked := 0
+	for i := range dv.NumField() {
+		name := dv.Type().Field(i).Name
+		if dv.Field(i).IsZero() || name == "HTTPAddr" {
+			continue
+		}
+		if cv.Field(i).IsZero() {
+			continue // no flag: the agent's own default applies
+		}
+		checked++
+		if !reflect.DeepEqual(cv.Field(i).Interface(), dv.Field(i).Interface()) {
+			t.Errorf("%s: the CLI's default is %v, the agent's %v", name, cv.Field(i).Interface(), dv.Field(i).Interface())
+		}
+	}
+	if checked < 20 {
+		t.Errorf("only %d defaults came from flags, want at least 20", checked)
+	}
+	if !o.cfg.DisableHTTP {
+		t.Error("the HTTP API is on without --http-addr")
+	}
+	for _, tc := range []struct {
+		text string
+		n    int64
+	}{{"2GiB", 2 << 30}, {"20GiB", 20 << 30}, {"1536KiB", 1536 << 10}, {"1000", 1000}, {"0", 0}} {
+		if got := bytesText(tc.n); got != tc.text {
+			t.Errorf("bytesText(%d) = %q, want %q", tc.n, got, tc.text)
+		}
+		if back, err := parseBytes(tc.text); err != nil || back != tc.n {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", tc.text, back, err, tc.n)
+		}
+	}
+	if got := memoryText(128 << 20); got != "128M" {
+		t.Errorf("memoryText(128 MiB) = %q, want 128M", got)
 	}
 }

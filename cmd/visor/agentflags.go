@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/pflag"
@@ -57,11 +56,11 @@ func newAgentFlagSet(o *agentOptions) *pflag.FlagSet {
 	return fs
 }
 
-// agentFlags declares the agent's own flags on fs, writing into o. The
-// defaults written here are the agent's defaults; -dev changes a few
-// (see finish).
+// agentFlags declares the agent's own flags on fs, writing into o. Their
+// defaults are the agent's (agent.DefaultConfig, the one source of them);
+// -dev changes a few (see finish).
 func agentFlags(fs *pflag.FlagSet, o *agentOptions) {
-	c := &o.cfg
+	c, d := &o.cfg, agent.DefaultConfig()
 	fs.StringVar(&o.configFile, "config", "", "JSON config file: keys are flag names with underscores (env VISOR_CONFIG)")
 	fs.BoolVar(&o.dev, "dev", false, "development mode: run an embedded single-node etcd in this process")
 	fs.StringVar(&o.devData, "dev-data-dir", "", "dev mode: etcd data directory (default: <data-dir>/etcd)")
@@ -71,63 +70,63 @@ func agentFlags(fs *pflag.FlagSet, o *agentOptions) {
 	fs.StringVar(&c.Addr, "addr", "", "address clients reach this host's instances at (default: the host id)")
 	parsedVar(fs, &c.Labels, "labels", "", "k=v,...", "host labels, k=v[,k=v...]", parseLabels)
 	parsedVar(fs, &c.Capacity, "capacity", "auto", "count", "most instances this host runs: auto (from memory and the pid limit), unlimited, or a count", parseCapacity)
-	parsedVar(fs, &c.InstanceMemory, "instance-memory", "128M", "size", "memory an instance reserves when its process type declares none (sizes --capacity auto)", parseInstanceMemory)
-	parsedVar(fs, &c.StartRate, "start-rate", "50", "rate", "most instance starts per second on this host (token bucket)", parseRate)
-	parsedVar(fs, &c.StartBurst, "start-burst", "50", "count", "starts allowed at once before --start-rate applies", parsePositive)
-	fs.DurationVar(&c.TTL, "ttl", 10*time.Second, "host lease TTL (keepalive every TTL/3)")
+	parsedVar(fs, &c.InstanceMemory, "instance-memory", memoryText(d.InstanceMemory), "size", "memory an instance reserves when its process type declares none (sizes --capacity auto)", parseInstanceMemory)
+	parsedVar(fs, &c.StartRate, "start-rate", strconv.FormatFloat(d.StartRate, 'g', -1, 64), "rate", "most instance starts per second on this host (token bucket)", parseRate)
+	parsedVar(fs, &c.StartBurst, "start-burst", strconv.Itoa(d.StartBurst), "count", "starts allowed at once before --start-rate applies", parsePositive)
+	fs.DurationVar(&c.TTL, "ttl", d.TTL, "host lease TTL (keepalive every TTL/3)")
 	fs.StringVar(&c.DataDir, "data-dir", "", "state, logs and artifact cache (default /var/lib/visor; dev: a fresh temp dir)")
 	fs.StringVar(&c.RunDir, "run-dir", "", "directory of the unix socket agent.sock (default /run/visor; dev: <data-dir>/run)")
 	apiFlags(fs, o)
-	parsedVar(fs, &o.ports, "port-range", "20000-29999", "min-max", "ports given to instances as $PORT", parsePortRange)
-	fs.IntVar(&c.MaxParallel, "max-parallel", 64, "tickets executed at once")
+	parsedVar(fs, &o.ports, "port-range", fmt.Sprintf("%d-%d", d.PortMin, d.PortMax), "min-max", "ports given to instances as $PORT", parsePortRange)
+	fs.IntVar(&c.MaxParallel, "max-parallel", d.MaxParallel, "tickets executed at once")
 	fs.Var(&o.allowRoot, "allow-root-instances", "start instances that would run as root (proc types without a user, or user root) (default: false; with --dev: true)")
 	fs.Lookup("allow-root-instances").NoOptDefVal = "true"
 	fs.Var(&o.stopOnExit, "stop-on-exit", "stop every instance when the agent exits (default: leave them running; with --dev: true)")
 	fs.Lookup("stop-on-exit").NoOptDefVal = "true"
 	fs.DurationVar(&c.StopAfterDisconnect, "stop-after-disconnect", 0, "stop instances after etcd has been unreachable this long (0: never)")
-	fs.DurationVar(&c.LostGrace, "lost-grace", 30*time.Second, "reconciler: how long a host's lease must be gone before its instances are replaced")
-	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 30*time.Second, "reconciler: period of the full pass (it also acts on registry events)")
+	fs.DurationVar(&c.LostGrace, "lost-grace", d.LostGrace, "reconciler: how long a host's lease must be gone before its instances are replaced")
+	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", d.ReconcileInterval, "reconciler: period of the full pass (it also acts on registry events)")
 	fs.BoolVar(&c.EnablePprof, "enable-pprof", false, "serve Go's /debug/pprof profiles on the agent API (same access rules as the rest of it)")
 	fs.BoolVar(&c.DisableReconciler, "no-reconciler", false, "never run the reconciler on this agent (it is elected among the others)")
 	fs.StringVar(&c.DNSAddr, "dns-addr", "", "serve DNS for service endpoints (SRV/A under visor.) on this address, e.g. 127.0.0.1:8600 (default off)")
-	fs.StringVar(&c.Cgroups, "cgroups", "auto", "resource limits backend: auto, v2, v1 or none")
-	artifactFlags(fs, c)
+	fs.StringVar(&c.Cgroups, "cgroups", d.Cgroups, "resource limits backend: auto, v2, v1 or none")
+	artifactFlags(fs, c, d)
 	parsedVar(fs, &o.logLevel, "log-level", "info", "level", "log level: trace, debug, info, warn, error", parseLogLevel)
 	fs.BoolVar(&o.logJSON, "log-json", false, "log as JSON lines")
 }
 
 // apiFlags declares the flags of the agent's local API.
 func apiFlags(fs *pflag.FlagSet, o *agentOptions) {
-	c := &o.cfg
+	c, d := &o.cfg, agent.DefaultConfig()
 	fs.StringVar(&o.httpAddr, "http-addr", "", "HTTP API listen address, e.g. 127.0.0.1:7777; needs --token-file (default \"off\": the unix socket only; dev: 127.0.0.1:7777 without a token)")
 	fs.StringVar(&c.Token, "token", "", "a single bearer token of the HTTP API with the operator scope (prefer --token-file)")
 	fs.StringVar(&o.tokenFile, "token-file", "", "JSON file of the HTTP API's tokens: {\"tokens\":[{\"name\":..,\"scopes\":[\"read\"|\"logs\"|\"register\"|\"operator\"],\"sha256\":..}]}; mode 0600, owned by root")
 	fs.BoolVar(&c.InsecureHTTP, "insecure-http", false, "serve the HTTP API without a token (loopback only; every local user is an operator). --dev implies it when no token is given")
 	fs.StringVar(&c.SocketGroup, "socket-group", "", "group of the unix socket (mode 0660); its members get --socket-group-scopes (default: the agent's group)")
-	parsedVar(fs, &c.SocketGroupScopes, "socket-group-scopes", "read", "scopes", "scopes of the socket group's members: read, logs, register, operator (comma-separated)", parseScopes)
+	parsedVar(fs, &c.SocketGroupScopes, "socket-group-scopes", scopesText(d.SocketGroupScopes), "scopes", "scopes of the socket group's members: read, logs, register, operator (comma-separated)", parseScopes)
 	fs.StringVar(&c.TLSCertFile, "tls-cert", "", "serve the HTTP API over TLS with this certificate")
 	fs.StringVar(&c.TLSKeyFile, "tls-key", "", "TLS key for --tls-cert")
-	fs.IntVar(&c.LogStreams, "log-streams", agent.DefaultLogStreams, "most logs requests served at once (429 beyond)")
-	fs.IntVar(&c.LogStreamsPerClient, "log-streams-per-client", agent.DefaultLogStreamsPerClient, "most logs requests served at once to one client (remote IP, or uid on the socket)")
-	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", agent.DefaultHTTPMaxConns, "most open HTTP API connections (never more than half the fd limit); more are closed at once")
-	fs.IntVar(&c.HTTPMaxConnsPerClient, "http-max-conns-per-client", agent.DefaultHTTPMaxConnsPerClient, "most open HTTP API connections from one remote IP")
-	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", agent.DefaultHTTPIdleTimeout, "close HTTP API connections idle this long")
+	fs.IntVar(&c.LogStreams, "log-streams", d.LogStreams, "most logs requests served at once (429 beyond)")
+	fs.IntVar(&c.LogStreamsPerClient, "log-streams-per-client", d.LogStreamsPerClient, "most logs requests served at once to one client (remote IP, or uid on the socket)")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", d.HTTPMaxConns, "most open HTTP API connections (never more than half the fd limit); more are closed at once")
+	fs.IntVar(&c.HTTPMaxConnsPerClient, "http-max-conns-per-client", d.HTTPMaxConnsPerClient, "most open HTTP API connections from one remote IP")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", d.HTTPIdleTimeout, "close HTTP API connections idle this long")
 }
 
 // artifactFlags declares the flags of the artifact fetch, unpack and cache
-// bounds (agent.Config.Artifact*).
-func artifactFlags(fs *pflag.FlagSet, c *agent.Config) {
-	fs.DurationVar(&c.ArtifactConnectTimeout, "artifact-connect-timeout", 30*time.Second, "artifact fetch: bound on connecting (TCP, TLS, until the response headers)")
-	fs.DurationVar(&c.ArtifactTimeout, "artifact-timeout", 10*time.Minute, "artifact fetch: bound on one whole fetch and unpacking")
-	fs.DurationVar(&c.ArtifactStallTimeout, "artifact-stall-timeout", time.Minute, "artifact fetch: fail when no bytes arrive for this long")
+// bounds (agent.Config.Artifact*), with the defaults of d.
+func artifactFlags(fs *pflag.FlagSet, c *agent.Config, d agent.Config) {
+	fs.DurationVar(&c.ArtifactConnectTimeout, "artifact-connect-timeout", d.ArtifactConnectTimeout, "artifact fetch: bound on connecting (TCP, TLS, until the response headers)")
+	fs.DurationVar(&c.ArtifactTimeout, "artifact-timeout", d.ArtifactTimeout, "artifact fetch: bound on one whole fetch and unpacking")
+	fs.DurationVar(&c.ArtifactStallTimeout, "artifact-stall-timeout", d.ArtifactStallTimeout, "artifact fetch: fail when no bytes arrive for this long")
 	fs.BoolVar(&c.ArtifactAllowLinkLocal, "artifact-allow-link-local", false, "artifact fetch: allow link-local targets (169.254.0.0/16, fe80::/10: cloud metadata services)")
-	parsedVar(fs, &c.ArtifactMaxBytes, "artifact-max-bytes", "2GiB", "bytes", "artifact fetch: largest artifact (bytes; KiB, MiB, GiB, TiB suffixes)", parseBytes)
-	parsedVar(fs, &c.ArtifactMaxUnpackedBytes, "artifact-max-unpacked-bytes", "8GiB", "bytes", "largest uncompressed tar stream of an artifact, skipped entries included", parseBytes)
-	fs.IntVar(&c.ArtifactMaxEntries, "artifact-max-entries", 100000, "most entries of an artifact (directories its names imply included)")
+	parsedVar(fs, &c.ArtifactMaxBytes, "artifact-max-bytes", bytesText(d.ArtifactMaxBytes), "bytes", "artifact fetch: largest artifact (bytes; KiB, MiB, GiB, TiB suffixes)", parseBytes)
+	parsedVar(fs, &c.ArtifactMaxUnpackedBytes, "artifact-max-unpacked-bytes", bytesText(d.ArtifactMaxUnpackedBytes), "bytes", "largest uncompressed tar stream of an artifact, skipped entries included", parseBytes)
+	fs.IntVar(&c.ArtifactMaxEntries, "artifact-max-entries", d.ArtifactMaxEntries, "most entries of an artifact (directories its names imply included)")
 	parsedVar(fs, &c.ArtifactRedirectHosts, "artifact-redirect-hosts", "", "hosts", "hosts (name or name:port, comma-separated) artifact URLs may redirect to besides their own", parseList)
-	fs.IntVar(&c.ArtifactFetchParallel, "artifact-fetch-parallel", 8, "artifact fetches (and unpackings) at once")
-	fs.DurationVar(&c.ArtifactCacheMaxAge, "artifact-cache-max-age", 7*24*time.Hour, "remove cached artifacts and releases unused this long (never one an instance uses)")
-	parsedVar(fs, &c.ArtifactCacheMaxBytes, "artifact-cache-max-bytes", "20GiB", "bytes", "shrink the artifact cache, least recently used first, beyond this size", parseBytes)
+	fs.IntVar(&c.ArtifactFetchParallel, "artifact-fetch-parallel", d.ArtifactFetchParallel, "artifact fetches (and unpackings) at once")
+	fs.DurationVar(&c.ArtifactCacheMaxAge, "artifact-cache-max-age", d.ArtifactCacheMaxAge, "remove cached artifacts and releases unused this long (never one an instance uses)")
+	parsedVar(fs, &c.ArtifactCacheMaxBytes, "artifact-cache-max-bytes", bytesText(d.ArtifactCacheMaxBytes), "bytes", "shrink the artifact cache, least recently used first, beyond this size", parseBytes)
 }
 
 // parseAgentFlags parses the agent's arguments, environment and config
@@ -175,7 +174,7 @@ func (o *agentOptions) finish() error {
 	case h == "off", h == "" && !o.dev:
 		c.DisableHTTP = true
 	case h == "":
-		c.HTTPAddr = "127.0.0.1:7777"
+		c.HTTPAddr = agent.DefaultConfig().HTTPAddr
 	default:
 		c.HTTPAddr = h
 	}
@@ -347,6 +346,32 @@ func parseLogLevel(s string) (hclog.Level, error) {
 		return l, fmt.Errorf("%q is not one of trace, debug, info, warn, error", s)
 	}
 	return l, nil
+}
+
+// bytesText is the text parseBytes reads as n: the largest of KiB, MiB,
+// GiB and TiB that divides it.
+func bytesText(n int64) string {
+	for i, suf := range []string{"TiB", "GiB", "MiB", "KiB"} {
+		if unit := int64(1) << (10 * (4 - i)); n != 0 && n%unit == 0 {
+			return strconv.FormatInt(n/unit, 10) + suf
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// memoryText is the text parseMemory reads as n: the largest of K, M, G
+// and T that divides it.
+func memoryText(n int64) string {
+	return strings.TrimSuffix(strings.TrimSuffix(bytesText(n), "B"), "i")
+}
+
+// scopesText is the text parseScopes reads as scopes.
+func scopesText(scopes []agent.Scope) string {
+	s := make([]string, len(scopes))
+	for i, sc := range scopes {
+		s[i] = string(sc)
+	}
+	return strings.Join(s, ",")
 }
 
 // parseBytes reads a byte count: an integer, optionally followed by KiB,
