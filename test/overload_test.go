@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/visorhq/visor/agent"
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
@@ -91,9 +92,16 @@ func TestOverloadStaysWithinCapacity(t *testing.T) {
 	t.Cleanup(func() { stopWatch(); watching.Wait() })
 
 	// A slow start rate, so the burst is still being started while the
-	// scale goes up again and comes down.
+	// scale goes up again and comes down. The lease has the product's
+	// default TTL (scaled), not the harness's shorter one: the claim below
+	// is that an agent keeps the lease it would have in production. With
+	// 5 s (keepalive every 1.7 s) the test flaked at load 25-50: the
+	// embedded etcd lives in this race-built test process, and stalls of
+	// 2-3.5 s, seen in both agents' keepalives at the same moments (so not
+	// one agent starving itself), let a lease expire.
 	for _, h := range []string{"load-a", "load-b"} {
-		c.startAgent(h, "-capacity", "30", "-start-rate", "20", "-start-burst", "5")
+		c.startAgent(h, "-capacity", "30", "-start-rate", "20", "-start-burst", "5",
+			"-ttl", testtime.Scaled(agent.DefaultConfig().TTL).String())
 	}
 	proctest.WaitFor(t, 30*time.Second, "both hosts registered", func() bool {
 		hs, err := c.reg.Hosts(c.ctx)
