@@ -136,6 +136,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	overviewCounts(t, c, b, base)
 	id := scaleFromPage(t, c, b, base)
 	followLog(t, c, b, addrs, id)
+	deployFromPage(t, c, b, base)
 	drainFromPage(t, c, b, base)
 
 	// By now the history has sampled demo's instances (the first
@@ -304,4 +305,38 @@ func drainFromPage(t *testing.T, c *cluster, b context.Context, base string) {
 		t.Fatalf("registry drains after draining from the page: %v", d)
 	}
 	shot(t, b, "host")
+}
+
+// deployFromPage starts a deployment of demo to v2 with one canary (in
+// the registry, as the CLI would), checks the app page shows it with its
+// progress, and fails it from the page: confirmed, the deployment reverts
+// (its canary was not promoted). Without a deployment driver in the
+// agents it stays reverting; with one it ends reverted: either is seen.
+func deployFromPage(t *testing.T, c *cluster, b context.Context, base string) {
+	must(t, err2(c.reg.RegisterRevision(c.ctx, registry.Revision{App: "demo", Name: "v2", Dir: os.TempDir()})))
+	d, err := c.reg.CreateDeployment(c.ctx, registry.DeployRequest{App: "demo", Rev: "v2", By: "ui-test",
+		Override: &registry.Strategy{Canary: 1}})
+	must(t, err)
+	must(t, chromedp.Do(b,
+		chromedp.Navigate(base+"/ui/apps/demo"),
+		chromedp.WaitVisible(chromedp.CSS(`#deploy`)),
+	))
+	if id := textOf(t, b, `#deploy strong`); id != d.ID {
+		t.Fatalf("app page shows deployment %q, registry %q", id, d.ID)
+	}
+	waitJS(t, b, "deployment progress shown", `document.querySelector('tr[data-deploy-proc="web"] progress') !== null`)
+	shot(t, b, "app-deployment")
+	must(t, chromedp.Do(b, clickJS("deploy-fail"), chromedp.WaitVisible(chromedp.CSS("#confirm"))))
+	if q := textOf(t, b, "#question"); !strings.HasPrefix(q, "Fail deployment "+d.ID+" of demo?") {
+		t.Fatalf("confirmation asks %q", q)
+	}
+	must(t, chromedp.Do(b, clickJS("confirm"), chromedp.WaitVisible(chromedp.CSS(`#deployments`))))
+	waitJS(t, b, "deployment failed from the page", fmt.Sprintf(
+		`(() => { const a = document.querySelector('#deploy[data-deploy-state="reverting"]'); return a !== null || document.querySelector('tr[data-past-deploy=%q]') !== null })()`, d.ID))
+	cur, err := c.reg.Deployment(c.ctx, "demo")
+	must(t, err)
+	if cur.ID != d.ID || (cur.State != registry.DeployReverting && cur.State != registry.DeployReverted) {
+		t.Fatalf("after failing from the page the registry has deployment %s %s (%s)", cur.ID, cur.State, cur.Reason)
+	}
+	shot(t, b, "app-deployment-failed")
 }

@@ -2,7 +2,7 @@
 // HTTP address (issue 19): an overview of hosts and apps, an app, a host,
 // an instance with its logs followed live, and the registry's event
 // stream, with the operator's actions (scale, restart, stop, signal,
-// drain, undrain).
+// drain, undrain; promote, pause, resume and fail a deployment).
 //
 // # Why this front-end stack
 //
@@ -47,6 +47,18 @@
 // had then. Charts are inline SVG rendered by html/template (no chart
 // library, no script): each has a title and a description giving the
 // latest, lowest and highest value, and its numbers follow as a table.
+//
+// # Deployments
+//
+// The app page shows the app's active deployment (registry.Deployment):
+// its state and reason, and per process type its progress (instances
+// settled toward the target, new ones placed, healthy and unhealthy, old
+// ones left, canaries and whether they are promoted), updated live like
+// the rest of the page; then the ended deployments, newest first. Promote,
+// pause, resume and fail are POST actions like the others (confirmed,
+// operator scope); each form names the deployment the page showed, and
+// if another one (or none) is active by then nothing is done and the page
+// says so.
 //
 // # Logs of an instance on another host
 //

@@ -111,6 +111,7 @@ func (h *Handler) routes() {
 	m.HandleFunc("GET /ui/login", h.loginPage)
 	m.HandleFunc("POST /ui/login", h.login)
 	m.HandleFunc("POST /ui/apps/{app}/scale", h.actScale)
+	m.HandleFunc("POST /ui/apps/{app}/deploy/{op}", h.actDeploy)
 	m.HandleFunc("POST /ui/instances/{id}/{op}", h.actInstance)
 	m.HandleFunc("POST /ui/hosts/{host}/{op}", h.actHost)
 	m.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {

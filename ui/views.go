@@ -185,6 +185,7 @@ type appData struct {
 	Scales    []scaleRow
 	Instances []registry.Instance
 	Pics      pictures
+	Deploys   deploysData
 }
 
 func (h *Handler) app(w http.ResponseWriter, r *http.Request) {
@@ -197,13 +198,14 @@ func (h *Handler) app(w http.ResponseWriter, r *http.Request) {
 	}
 	d := appData{App: a}
 	errs := []error{}
-	var e1, e2, e3, e4, e5 error
+	var e1, e2, e3, e4, e5, e6 error
 	d.Revisions, e1 = reg.Revisions(ctx, name)
 	d.Procs, e2 = reg.ProcTypes(ctx, name)
 	env, e3 := reg.Env(ctx, name)
 	entries, e4 := reg.Scales(ctx, name)
 	d.Instances, e5 = reg.AppInstances(ctx, name)
-	for _, e := range []error{e1, e2, e3, e4, e5} {
+	d.Deploys, e6 = h.readDeploys(ctx, name)
+	for _, e := range []error{e1, e2, e3, e4, e5, e6} {
 		if e != nil && !errors.Is(e, registry.ErrCorrupt) {
 			errs = append(errs, e)
 		}
