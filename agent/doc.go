@@ -90,7 +90,12 @@
 // placement.go) and what executes its tickets (execute.go, start.go), the
 // session loop (session.go), adoption (adopt.go), the ticket watch
 // (ticketwatch.go), the local API (api.go) and the reconciler
-// (reconcile*.go).
+// (reconcile*.go), which also drives deployments (deploy.go, whose
+// comment describes the rollout: each pass plans every active
+// deployment's next step purely from the registry and writes it as one
+// registry.DeployStep transaction compared on the deployment record, so
+// a killed, restarted or second leader continues it and never doubles a
+// step).
 //
 // # Shutdown order
 //

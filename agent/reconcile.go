@@ -32,7 +32,8 @@ import (
 //     registry.ScaleStatus (visor ps, tickets, scale --wait show it);
 //   - a proc type whose replacements keep failing is retried with
 //     exponential backoff (up to 5 minutes) and reported, not hot-looped;
-//   - terminal instances older than an hour are deleted.
+//   - terminal instances older than an hour are deleted;
+//   - active deployments take their next step (deploy.go).
 //
 // A pass reads a snapshot, computes a plan from it (a pure function, table
 // tested without etcd) and applies the plan: reconcile_plan.go and
@@ -164,7 +165,7 @@ func (r *reconciler) run(ctx context.Context, lost <-chan struct{}) {
 			case registry.HostJoined:
 				delete(r.mem.hostGone, ev.Host)
 			case registry.ScaleChanged, registry.InstanceChanged, registry.TicketReleased, registry.InstanceDeleted,
-				registry.HostDrained, registry.HostUndrained:
+				registry.HostDrained, registry.HostUndrained, registry.DeployChanged:
 			default:
 				continue
 			}

@@ -70,6 +70,8 @@ func (r *reconciler) readSnapshot(ctx context.Context, now time.Time) (s snapsho
 	}
 	ts, err := r.reg.Tickets(ctx)
 	s.tickets, s.ticketsOK = ts, r.noError("tickets", err)
+	ds, err := r.reg.ActiveDeployments(ctx)
+	s.deploys, s.deploysOK = ds, r.noError("deployments", err)
 	return s, 0, true
 }
 
@@ -106,6 +108,7 @@ func (r *reconciler) apply(ctx context.Context, s snapshot, p plan) {
 		r.log.Warn("ticket has no eligible host", "ticket", t.ID, "app", t.App, "proc", t.Proc,
 			"failed_hosts", t.FailedHosts, "reasons", t.Reasons)
 	}
+	r.applyDeploys(ctx, p.deploys)
 	for _, id := range p.gc {
 		if err := r.reg.DeleteInstance(ctx, id); err != nil && !errors.Is(err, registry.ErrNotFound) {
 			r.log.Debug("gc instance", "instance", id, "error", err)

@@ -40,6 +40,10 @@ type snapshot struct {
 	// read (no ticket is then reported stuck).
 	tickets   []registry.Ticket
 	ticketsOK bool
+	// deploys are the active deployments (deploy.go), planned only when
+	// deploysOK and scalesOK.
+	deploys   []registry.Deployment
+	deploysOK bool
 }
 
 // memory is what the leader keeps from pass to pass; it lives only while
@@ -85,6 +89,8 @@ type plan struct {
 	stuck []registry.Ticket
 	// gc are the terminal instances older than gcAge, to delete.
 	gc []string
+	// deploys are the next steps of the active deployments.
+	deploys []deployPlan
 	// next is when the next pass is due.
 	next time.Duration
 }
@@ -159,6 +165,7 @@ func planPass(s snapshot, m memory, cfg reconcileConfig) plan {
 		return p
 	}
 	p.planScales(s, m)
+	p.planDeploys(s)
 	if s.ticketsOK {
 		for _, t := range s.tickets {
 			if t.Holder == "" && !m.stuck[t.ID] && len(t.FailedHosts) > 0 && eligibleHosts(t, s.hosts) == 0 {
