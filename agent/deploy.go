@@ -260,7 +260,11 @@ func instanceFailure(in registry.Instance, s registry.Strategy, now time.Time) (
 		}
 		deadline := in.Created.Add(time.Duration(s.HealthyDeadline))
 		if !now.Before(deadline) {
-			return fmt.Sprintf("is not running within the healthy deadline %s (still %s)", time.Duration(s.HealthyDeadline), in.State), time.Time{}
+			why := fmt.Sprintf("is not running within the healthy deadline %s (still %s", time.Duration(s.HealthyDeadline), in.State)
+			if in.Health != "" {
+				why += "; last health check: " + in.Health
+			}
+			return why + ")", time.Time{}
 		}
 		return "", deadline
 	}

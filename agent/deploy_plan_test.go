@@ -149,6 +149,11 @@ func TestPlanDeploy(t *testing.T) {
 		{name: "healthy deadline passed", d: dep(6, s2, nil), scales: scales("v1", 6, "v2", 1),
 			insts: cat(insts("v1", 0, 6, stRun, time.Hour), insts("v2", 0, 1, stStart, 6*time.Minute)),
 			state: registry.DeployFailed, reason: "not running within the healthy deadline 5m0s (still starting)"},
+		{name: "health check failing past the healthy deadline", d: dep(6, s2, nil), scales: scales("v1", 6, "v2", 1),
+			insts: cat(insts("v1", 0, 6, stRun, time.Hour), one("v2", 0, stStart, 5*time.Minute, func(i *registry.Instance) {
+				i.Health = "http check: connection refused"
+			})),
+			state: registry.DeployFailed, reason: "(still starting; last health check: http check: connection refused)"},
 		{name: "pending past the healthy deadline (no host takes it)", d: dep(6, s2, nil), scales: scales("v1", 6, "v2", 1),
 			insts: cat(insts("v1", 0, 6, stRun, time.Hour), insts("v2", 0, 1, stPend, 5*time.Minute)),
 			state: registry.DeployFailed, reason: "(still pending)"},
