@@ -198,7 +198,10 @@ func TestAgentMemoryWait(t *testing.T) {
 	_, err = f.reg.SetProcType(f.ctx, registry.ProcType{App: "demo", Name: "big", Command: "sleep 3600",
 		Limits: registry.Limits{MemoryBytes: 2*quarter + 1<<20}})
 	must(t, err)
-	sr, err := f.reg.Scale(f.ctx, "demo", "v1", "big", 1)
+	// v1 was released without big: big ships in the next release.
+	_, err = f.reg.RegisterRevisionFrom(f.ctx, "demo", "v2", "v1")
+	must(t, err)
+	sr, err := f.reg.Scale(f.ctx, "demo", "v2", "big", 1)
 	must(t, err)
 	if len(sr.Started) != 0 || sr.Waiting != 1 || !strings.HasPrefix(sr.Reason, "no host has memory: 1 host") {
 		t.Fatalf("scale big=1 beside 2 default instances: %d started, %d waiting (%q)", len(sr.Started), sr.Waiting, sr.Reason)

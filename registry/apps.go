@@ -207,8 +207,9 @@ func (r *Registry) EnvVar(ctx context.Context, app, key string) (string, error) 
 	return decodeEnv(kv.Key, app, key, kv.Value)
 }
 
-// SetEnv sets env vars of an app in one transaction. Running instances are
-// not restarted.
+// SetEnv sets env vars of an app in one transaction. Released revisions
+// keep the env of their release: the change reaches revisions released
+// later (their first Scale). Running instances are not restarted.
 func (r *Registry) SetEnv(ctx context.Context, app string, vars map[string]string) error {
 	if err := validName("app name", app); err != nil {
 		return err
@@ -220,7 +221,7 @@ func (r *Registry) SetEnv(ctx context.Context, app string, vars map[string]strin
 		}
 		ops = append(ops, clientv3.OpPut(r.envKey(app, k), v))
 	}
-	return r.appTxn(ctx, app, "set env", ops)
+	return r.appTxn(ctx, app, "set env", append(ops, touch(r.appConfigKey(app))))
 }
 
 // UnsetEnv removes env vars of an app in one transaction; missing keys are
@@ -236,7 +237,7 @@ func (r *Registry) UnsetEnv(ctx context.Context, app string, keys ...string) err
 		}
 		ops = append(ops, clientv3.OpDelete(r.envKey(app, k)))
 	}
-	return r.appTxn(ctx, app, "unset env", ops)
+	return r.appTxn(ctx, app, "unset env", append(ops, touch(r.appConfigKey(app))))
 }
 
 // appTxn applies ops if the app exists.
@@ -344,9 +345,12 @@ func validRevision(rv Revision) error {
 }
 
 // RegisterRevision creates a revision; ErrNotFound if the app is missing,
-// ErrExists if the revision exists. Created defaults to now.
+// ErrExists if the revision exists. Created defaults to now. The new
+// revision is a draft (rv.Release is ignored): its first Scale releases
+// it with the app's process types and env of then.
 func (r *Registry) RegisterRevision(ctx context.Context, rv Revision) (Revision, error) {
 	rv.SHA256 = strings.ToLower(rv.SHA256)
+	rv.Release = nil
 	if err := validRevision(rv); err != nil {
 		return Revision{}, err
 	}
@@ -405,6 +409,9 @@ func (r *Registry) removeChild(ctx context.Context, app, kind, name, key, rev, p
 			return false, fmt.Errorf("%w: %s %q of app %q has %d instances", ErrInUse, kind, name, app, n)
 		}
 		ops := []clientv3.Op{clientv3.OpDelete(key)}
+		if proc != "" {
+			ops = append(ops, touch(r.appConfigKey(app))) // see releaseTxn
+		}
 		for _, skv := range rangeKvs(snap, 3) {
 			sr, sp, ok := strings.Cut(strings.TrimPrefix(string(skv.Key), r.scaleDir(app)), "/")
 			if ok && ((rev != "" && sr == rev) || (proc != "" && sp == proc)) {
@@ -570,13 +577,15 @@ func validProcType(p *ProcType) error {
 }
 
 // SetProcType creates or replaces a process type; ErrNotFound if the app is
-// missing. Running instances keep their old definition until restarted.
+// missing. Revisions already released keep the process type of their
+// release: the change reaches revisions released later (their first
+// Scale), and draft revisions. Running instances are not restarted.
 func (r *Registry) SetProcType(ctx context.Context, p ProcType) (ProcType, error) {
 	if err := validProcType(&p); err != nil {
 		return ProcType{}, err
 	}
 	resp, err := r.cli.Txn(ctx).If(exists(r.appKey(p.App))).
-		Then(clientv3.OpPut(r.procKey(p.App, p.Name), encode(p))).Commit()
+		Then(clientv3.OpPut(r.procKey(p.App, p.Name), encode(p)), touch(r.appConfigKey(p.App))).Commit()
 	if err != nil {
 		return ProcType{}, errorf("registry: set process type %s/%s: %w", p.App, p.Name, err)
 	}

@@ -345,7 +345,7 @@ func TestWatchEvents(t *testing.T) {
 	must(t, h.Close(ctx))
 
 	want := []EventType{AppChanged, RevChanged, ProcChanged, EnvChanged, HostJoined,
-		ScaleChanged, TicketCreated, InstanceChanged, // scale up
+		ScaleChanged, RevChanged, TicketCreated, InstanceChanged, // scale up (its first: releases v1)
 		TicketClaimed, InstanceChanged, // claim
 		InstanceChanged,                          // the bad one
 		TicketDone, InstanceChanged, HostChanged, // complete, update host
@@ -385,11 +385,11 @@ func TestWatchEvents(t *testing.T) {
 	if bad != 1 {
 		t.Errorf("%d events with errors, want 1", bad)
 	}
-	claimedEv := got[8]
+	claimedEv := got[9]
 	if claimedEv.Ticket != tk.ID || claimedEv.Host != "h1" {
 		t.Errorf("claimed event = %+v", claimedEv)
 	}
-	runEv := got[12]
+	runEv := got[13]
 	if runEv.State != InstanceRunning || runEv.App != "web" || runEv.Instance != in.ID {
 		t.Errorf("instance event = %+v", runEv)
 	}
@@ -407,7 +407,7 @@ func TestWatchEvents(t *testing.T) {
 			t.Errorf("event %d: Events %s, watch %s", i, key(hist[i]), key(got[i]))
 		}
 	}
-	cut := got[9].Revision
+	cut := got[10].Revision
 	part, err := r.Events(ctx, start+1, cut)
 	must(t, err)
 	if len(part) == 0 || part[len(part)-1].Revision != cut || len(part) >= len(got) {
@@ -422,12 +422,12 @@ func TestWatchEvents(t *testing.T) {
 	}
 	rctx, rcancel := context.WithCancel(ctx)
 	defer rcancel()
-	resumed := collect(t, r.WatchEvents(rctx, got[10].Revision), 10*time.Second, func(evs []Event) bool {
-		return len(evs) >= len(got)-10
+	resumed := collect(t, r.WatchEvents(rctx, got[11].Revision), 10*time.Second, func(evs []Event) bool {
+		return len(evs) >= len(got)-11
 	})
 	for i, e := range resumed {
-		if e.Type != got[10+i].Type || e.Revision != got[10+i].Revision {
-			t.Fatalf("resumed event %d = %+v, want %+v", i, e, got[10+i])
+		if e.Type != got[11+i].Type || e.Revision != got[11+i].Revision {
+			t.Fatalf("resumed event %d = %+v, want %+v", i, e, got[11+i])
 		}
 	}
 }

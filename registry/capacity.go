@@ -415,24 +415,34 @@ func (p ProcType) reservation() *Limits {
 	return &Limits{MemoryBytes: max(p.Limits.MemoryBytes, 0), CPUMillis: max(p.Limits.CPUMillis, 0)}
 }
 
-// procReservation reads what an instance of app/proc reserves now and the
-// process type's mod revision (0 when it does not exist, for an absent
-// compare). A record that does not decode reserves the default, as in
-// Scale (the start's Launch read reports it).
-func (r *Registry) procReservation(ctx context.Context, app, proc string) (*Limits, int64, error) {
-	resp, err := r.cli.Get(ctx, r.procKey(app, proc))
+// procReservation reads what an instance of app/rev/proc reserves now,
+// with the compares that keep it so: a released revision's process type
+// is its release's (the record never changes, compared anyway); a draft's
+// is the app's, compared on its mod revision (absent when it does not
+// exist). A record that does not decode reserves the default, as in Scale
+// (the start's Launch read reports it).
+func (r *Registry) procReservation(ctx context.Context, app, rev, proc string) (*Limits, []clientv3.Cmp, error) {
+	resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.revKey(app, rev)), clientv3.OpGet(r.procKey(app, proc))).Commit()
 	if err != nil {
-		return nil, 0, fmt.Errorf("read process type %s/%s: %w", app, proc, err)
+		return nil, nil, fmt.Errorf("read process type %s/%s/%s: %w", app, rev, proc, err)
 	}
-	kv := first(resp.Kvs)
+	if kv := first(rangeKvs(resp, 0)); kv != nil {
+		rv, err := decodeRevision(kv.Key, kv.Value, kv.ModRevision, app, rev)
+		if err == nil && rv.Released() {
+			p := rv.Release.Procs[proc] // absent: the default, and the start fails naming it
+			return p.reservation(), []clientv3.Cmp{unchanged(r.revKey(app, rev), kv.ModRevision)}, nil
+		}
+	}
+	kv := first(rangeKvs(resp, 1))
 	if kv == nil {
-		return nil, 0, nil
+		return nil, []clientv3.Cmp{unchanged(r.procKey(app, proc), 0)}, nil
 	}
+	cmps := []clientv3.Cmp{unchanged(r.procKey(app, proc), kv.ModRevision)}
 	p, err := decodeProc(kv.Key, kv.Value, kv.ModRevision, app, proc)
 	if err != nil {
-		return nil, kv.ModRevision, nil
+		return nil, cmps, nil
 	}
-	return p.reservation(), kv.ModRevision, nil
+	return p.reservation(), cmps, nil
 }
 
 func plural(n int, what string) string {

@@ -124,6 +124,15 @@ func (r *Registry) createDeployment(ctx context.Context, req DeployRequest, reve
 		if err != nil {
 			return false, err
 		}
+		// The deployment's revision runs its release's process types; a
+		// draft is released in the creation's transaction (release.go).
+		var rcmps []clientv3.Cmp
+		var rops []clientv3.Op
+		if s.app && s.revOK {
+			if s.procs, rcmps, rops, err = r.deployRelease(ctx, req.App, req.Rev); err != nil {
+				return false, err
+			}
+		}
 		d, err := planDeployment(s, req, time.Now().UTC())
 		if err != nil {
 			return false, err
@@ -133,7 +142,8 @@ func (r *Registry) createDeployment(ctx context.Context, req DeployRequest, reve
 			unchanged(r.deployingKey(req.App), s.activeMod),
 			clientv3.Compare(clientv3.ModRevision(r.scaleDir(req.App)).WithPrefix(), "<", s.rev+1),
 			clientv3.Compare(clientv3.ModRevision(r.procDir(req.App)).WithPrefix(), "<", s.rev+1)}
-		ops := []clientv3.Op{clientv3.OpPut(r.deployingKey(req.App), encode(d))}
+		cmps = append(cmps, rcmps...)
+		ops := append([]clientv3.Op{clientv3.OpPut(r.deployingKey(req.App), encode(d))}, rops...)
 		if old := s.active; old != nil {
 			old.State, old.Reason, old.Updated, old.Ended = DeployCancelled, "replaced by deployment "+d.ID, d.Created, d.Created
 			ops = append(ops, clientv3.OpPut(r.deployKey(req.App, old.ID), encode(*old)))

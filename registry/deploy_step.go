@@ -88,6 +88,14 @@ func (r *Registry) deployStep(ctx context.Context, d Deployment, scales []Deploy
 		if err != nil {
 			return false, err
 		}
+		if s.revOK {
+			// A released revision's process type is its release's (its
+			// ticket's Reserve too); a step never releases one: the
+			// deployment's creation released its revision.
+			if err := r.scaleRevision(ctx, &s, d.App, sc.Rev, sc.Proc, useStored); err != nil {
+				return false, err
+			}
+		}
 		switch {
 		case s.deployMod != d.ModRevision:
 			return false, fmt.Errorf("%s: %w", what, ErrStale)

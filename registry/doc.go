@@ -20,6 +20,9 @@
 //	apps/<app>/scale/<rev>/<proc>      desired count (decimal string)
 //	gen/<app>/<rev>/<proc>             generation key: empty value, only its
 //	                                   mod revision matters (see Scale)
+//	gen/<app>/_config                  the app's configuration generation
+//	                                   key, touched by every write of its
+//	                                   process types or env (see Releases)
 //	tickets/<id>                       Ticket; ids sort by creation time
 //	claims/<ticket-id>                 holder host id (raw), bound to the
 //	                                   holder's lease
@@ -123,6 +126,50 @@
 // Claims do not write the generation key (a claim does not change the
 // count); a scale-down that cancels a start ticket compares that its claim
 // is still absent.
+//
+// # Releases
+//
+// A revision is a draft until its first Scale (of any process type, to
+// any count) or the creation of a deployment to it (CreateDeployment,
+// Rollback; ReleaseRevision does the same alone). That transaction also
+// rewrites the revision record with a Release: every process type of the
+// app (the whole
+// ProcType: command, env, restart policy, stop signal and timeout, min
+// uptime, health check, limits, user and group) and the app's env vars, as
+// read at one etcd revision. The transaction compares the revision record
+// (still the draft read), the app's configuration key gen/<app>/_config
+// (SetProcType, RemoveProcType, SetEnv and UnsetEnv touch it, so a
+// deletion since the read is seen) and the process type and env key
+// ranges (mod revisions not above the read's, for writers that do not
+// touch the key); on a conflict the Scale reads again and retries, so a
+// release is the app's configuration exactly as it was when the Scale
+// landed, never a mix of before and after a change. A process type that
+// does not decode makes the release fail naming it: a release has all the
+// process types or none; env vars that do not check out are left out, as
+// Launch always left them out of a process's env.
+//
+// From then on the revision is released and its Release never changes
+// (RegisterRevision ignores a Release it is given; nothing else writes
+// one). Launch reads the process type and env of a released revision from
+// its release, and Scale, Rescale and ReplaceInstance take a ticket's
+// Reserve from the release's limits, so `visor proc set` and `visor env
+// set` change only revisions released later (a deployment's steps, too,
+// take the process types of the revisions they scale from their
+// releases, and plan on the target's). A configuration change ships
+// by registering a new revision (RegisterRevisionFrom copies the artifact
+// of an existing one) and scaling it. A Scale of a released revision for
+// a process type its release lacks fails with ErrNotFound naming it ("it
+// was released before worker was added; register a new revision"); a
+// process type removed from the app stays in the releases that have it.
+//
+// Migration: a revision record written by a Visor older than releases has
+// no Release and stays a draft: Launch starts its instances from the
+// app's process types and env (the old behaviour), also when the
+// reconciler's Rescale re-applies its scale (Rescale never releases), until
+// an explicit Scale of it releases it with the app's configuration of
+// then. `visor doctor` names the draft revisions that have live instances.
+// A revision record that does not decode is scaled, as before, only down
+// or by Rescale: it cannot be released.
 //
 // # Admission
 //

@@ -201,15 +201,16 @@ func (r *Registry) ReplaceInstance(ctx context.Context, id string) (Ticket, erro
 		if old.ReplacedBy != "" {
 			return false, errorf("%s: already replaced by %s: %w", what, old.ReplacedBy, ErrExists)
 		}
-		// The replacement reserves what its process type declares now, as
-		// a start ticket written by Scale would (compared below, so a
-		// change of the limits meanwhile makes this try again).
+		// The replacement reserves what its process type declares now (the
+		// release's, for a released revision), as a start ticket written by
+		// Scale would (compared below, so a change of the limits meanwhile
+		// makes this try again).
 		cmps := []clientv3.Cmp{unchanged(r.instanceKey(old.ID), old.ModRevision)}
-		reserve, procMod, err := r.procReservation(ctx, old.App, old.Proc)
+		reserve, rc, err := r.procReservation(ctx, old.App, old.Rev, old.Proc)
 		if err != nil {
 			return false, fmt.Errorf("%s: %w", what, err)
 		}
-		cmps = append(cmps, unchanged(r.procKey(old.App, old.Proc), procMod))
+		cmps = append(cmps, rc...)
 		now := time.Now().UTC()
 		t := Ticket{ID: newTicketID(), Op: TicketStart, App: old.App, Rev: old.Rev, Proc: old.Proc,
 			Instance: newInstanceID(old.App, old.Proc), Replaces: old.ID, Reserve: reserve, MaxAttempts: 3, Created: now,

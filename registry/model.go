@@ -28,7 +28,26 @@ type Revision struct {
 	SHA256      string    `json:"sha256,omitempty"`
 	Dir         string    `json:"dir,omitempty"`
 	Created     time.Time `json:"created"`
-	ModRevision int64     `json:"-"`
+	// Release is what the revision runs with, snapshotted when it was
+	// first scaled; nil while it is a draft (see Release).
+	Release     *Release `json:"release,omitempty"`
+	ModRevision int64    `json:"-"`
+}
+
+// Released reports whether the revision has its own process types and
+// env (a Release), so that changes of the app's no longer reach it.
+func (rv Revision) Released() bool { return rv.Release != nil }
+
+// Release is a released revision's own configuration: every process type
+// of the app and the app's env vars as they were, at one etcd revision,
+// when the revision was first scaled. It never changes afterwards: the
+// instances of the revision start from it, whatever the app's process
+// types and env say later (doc.go, "Releases").
+type Release struct {
+	Released time.Time `json:"released"`
+	// Procs are the process types by name; their ModRevision is 0.
+	Procs map[string]ProcType `json:"procs"`
+	Env   map[string]string   `json:"env,omitempty"`
 }
 
 // Duration is a time.Duration that encodes in JSON as a Go duration string
@@ -165,6 +184,9 @@ type ScaleResult struct {
 	// Deployment is the id of the active deployment the count went to
 	// (see Scale), "" when the scale was written.
 	Deployment string
+	// Released reports that this call released the revision (its first
+	// Scale): its process types and env are now its own.
+	Released bool
 }
 
 // ScaleEntry is one desired count.

@@ -217,7 +217,7 @@ func decodeRevision(key, v []byte, mod int64, app, name string) (Revision, error
 		return Revision{}, err
 	}
 	rv.App, rv.Name, rv.ModRevision = app, name, mod
-	if err := validRevision(rv); err != nil {
+	if err := firstErr(validRevision(rv), validRelease(app, rv.Release)); err != nil {
 		return Revision{}, invalid(KindRevision, key, err)
 	}
 	return rv, nil

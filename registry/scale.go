@@ -66,6 +66,7 @@ type scaleSnap struct {
 	desiredErr         error      // the stored count does not decode
 	pending, live      []Instance // counted instances
 	reserve            *Limits    // the proc type's reservation, if it declares one
+	revision           revSnap    // the revision record and its release
 	status             *ScaleStatus
 	statusMod          int64
 	deploy             *Deployment // the app's active deployment, if any
@@ -79,7 +80,7 @@ type scaleSnap struct {
 func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (scaleSnap, error) {
 	resp, err := r.cli.Txn(ctx).Then(
 		clientv3.OpGet(r.appKey(app), clientv3.WithCountOnly()),
-		clientv3.OpGet(r.revKey(app, rev), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.revKey(app, rev)),
 		clientv3.OpGet(r.procKey(app, proc)),
 		clientv3.OpGet(r.scaleKey(app, rev, proc)),
 		clientv3.OpGet(r.genKey(app, rev, proc)),
@@ -98,6 +99,10 @@ func (r *Registry) scaleSnapshot(ctx context.Context, app, rev, proc string) (sc
 		app:    resp.Responses[0].GetResponseRange().Count > 0,
 		revOK:  resp.Responses[1].GetResponseRange().Count > 0,
 		procOK: resp.Responses[2].GetResponseRange().Count > 0,
+	}
+	if kv := first(rangeKvs(resp, 1)); kv != nil {
+		s.revision.mod = kv.ModRevision
+		s.revision.rv, s.revision.err = decodeRevision(kv.Key, kv.Value, kv.ModRevision, app, rev)
 	}
 	if kv := first(rangeKvs(resp, 3)); kv != nil {
 		s.scaleMod = kv.ModRevision
@@ -309,8 +314,9 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		return false, fmt.Errorf("%w: app %q", ErrNotFound, app)
 	case !s.revOK:
 		return false, fmt.Errorf("%w: revision %q of app %q", ErrNotFound, rev, app)
-	case !s.procOK:
-		return false, fmt.Errorf("%w: process type %q of app %q", ErrNotFound, proc, app)
+	}
+	if err := r.scaleRevision(ctx, &s, app, rev, proc, n); err != nil {
+		return false, err
 	}
 	if *ours != 0 && s.scaleMod != *ours {
 		return true, nil // superseded by a later Scale
@@ -335,7 +341,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 	if err != nil {
 		return false, errorf("%s: %w", what, err)
 	}
-	if p.add == 0 && p.diff >= 0 && p.statusSame && s.scaleMod != 0 && s.desired == n && s.desiredErr == nil {
+	if p.add == 0 && p.diff >= 0 && p.statusSame && s.scaleMod != 0 && s.desired == n && s.desiredErr == nil && s.revision.release == nil {
 		res.Waiting, res.Reason = p.diff, p.reason
 		return true, nil // in place, or nothing more can be admitted now
 	}
@@ -355,6 +361,7 @@ func (r *Registry) scaleStep(ctx context.Context, app, rev, proc string, n int, 
 		r.log.Debug("scale conflict, retrying", "app", app, "rev", rev, "proc", proc)
 		return false, nil
 	}
+	res.Released = res.Released || s.revision.release != nil
 	res.Started = append(res.Started, c.started...)
 	res.Stopped = append(res.Stopped, c.stopped...)
 	res.Cancelled = append(res.Cancelled, c.cancelled...)
@@ -453,7 +460,7 @@ func (r *Registry) scaleTxn(ctx context.Context, s *scaleSnap, p scalePlan) (sca
 	app, rev, proc := p.app, p.rev, p.proc
 	c := scaleTxn{txn: txn{
 		cmps: []clientv3.Cmp{
-			exists(r.appKey(app)), exists(r.revKey(app, rev)), exists(r.procKey(app, proc)),
+			exists(r.appKey(app)),
 			unchanged(r.scaleKey(app, rev, proc), s.scaleMod),
 			unchanged(r.genKey(app, rev, proc), s.genMod),
 			unchanged(r.deployingKey(app), s.deployMod), // see scaleOrDeploy
@@ -463,6 +470,7 @@ func (r *Registry) scaleTxn(ctx context.Context, s *scaleSnap, p scalePlan) (sca
 			touch(r.genKey(app, rev, proc)),
 		},
 	}}
+	c.cmps, c.then = r.revisionTxn(s, app, rev, proc, c.cmps, c.then)
 	if !p.statusSame {
 		c.cmps = append(c.cmps, unchanged(r.statusKey(app, rev, proc), s.statusMod))
 		if p.status != nil {
@@ -530,66 +538,4 @@ func (r *Registry) scaleDown(ctx context.Context, c *scaleTxn, s *scaleSnap, p s
 		budget--
 	}
 	return nil
-}
-
-// CurrentScale returns the desired count of app/rev/proc (0 if never set).
-func (r *Registry) CurrentScale(ctx context.Context, app, rev, proc string) (int, error) {
-	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
-		return 0, err
-	}
-	s, err := r.cli.Txn(ctx).Then(
-		clientv3.OpGet(r.appKey(app), clientv3.WithCountOnly()),
-		clientv3.OpGet(r.revKey(app, rev), clientv3.WithCountOnly()),
-		clientv3.OpGet(r.procKey(app, proc), clientv3.WithCountOnly()),
-		clientv3.OpGet(r.scaleKey(app, rev, proc)),
-	).Commit()
-	if err != nil {
-		return 0, errorf("registry: current scale %s/%s/%s: %w", app, rev, proc, err)
-	}
-	switch {
-	case s.Responses[0].GetResponseRange().Count == 0:
-		return 0, fmt.Errorf("%w: app %q", ErrNotFound, app)
-	case s.Responses[1].GetResponseRange().Count == 0:
-		return 0, fmt.Errorf("%w: revision %q of app %q", ErrNotFound, rev, app)
-	case s.Responses[2].GetResponseRange().Count == 0:
-		return 0, fmt.Errorf("%w: process type %q of app %q", ErrNotFound, proc, app)
-	}
-	kv := first(rangeKvs(s, 3))
-	if kv == nil {
-		return 0, nil
-	}
-	return decodeScale(kv.Key, kv.Value)
-}
-
-// Scales lists desired counts of one app, or of all apps when app is "".
-func (r *Registry) Scales(ctx context.Context, app string) ([]ScaleEntry, error) {
-	dir := r.appsDir()
-	if app != "" {
-		if err := validName("app name", app); err != nil {
-			return nil, err
-		}
-		dir = r.appDir(app)
-	}
-	resp, err := r.cli.Get(ctx, dir, clientv3.WithPrefix())
-	if err != nil {
-		return nil, errorf("registry: list scales: %w", err)
-	}
-	var out []ScaleEntry
-	var errs []error
-	for _, kv := range resp.Kvs {
-		parts := strings.Split(strings.TrimPrefix(string(kv.Key), r.appsDir()), "/")
-		if len(parts) != 4 || parts[1] != "scale" {
-			continue
-		}
-		n, err := decodeScale(kv.Key, kv.Value)
-		if err == nil {
-			err = invalid(KindScale, kv.Key, validNames("app name", parts[0], "revision name", parts[2], "process type", parts[3]))
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		out = append(out, ScaleEntry{App: parts[0], Rev: parts[2], Proc: parts[3], Desired: n})
-	}
-	return out, joinCorrupt(errs)
 }

@@ -63,9 +63,10 @@ func TestEvents(t *testing.T) {
 			types = append(types, typ)
 		}
 	}
-	// Scale writes the start ticket with its pending instance; the agent's
+	// Scale writes the start ticket with its pending instance (and, as the
+	// first scale of v1, releases it); the agent's
 	// claim, start and completion follow (consecutive repeats collapsed).
-	want := []string{"app_changed", "rev_changed", "proc_changed", "env_changed", "scale_changed", "ticket_created",
+	want := []string{"app_changed", "rev_changed", "proc_changed", "env_changed", "scale_changed", "rev_changed", "ticket_created",
 		"instance_changed", "host_joined", "ticket_claimed", "instance_changed", "ticket_done", "instance_changed", "app_changed"}
 	if strings.Join(types, " ") != strings.Join(want, " ") {
 		t.Errorf("event types:\n got %v\nwant %v", types, want)
