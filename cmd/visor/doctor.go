@@ -22,7 +22,10 @@ client or by someone with write access to the prefix), service endpoints
 included: its key, its kind and what is wrong. Agents and listings skip such records and say so; doctor
 names them all. It exits 0 when there are none and 1 when there are. A bad
 record is removed with etcdctl del KEY (or fixed by the command that writes
-it, e.g. visor env set).`,
+it, e.g. visor env set). On stderr it also names the unreleased (draft)
+revisions that have live instances: revisions registered by an older Visor,
+which start from the app's current process types and env until their next
+visor scale releases them.`,
 		RunE: runWith(e, runDoctor),
 	}
 }
@@ -53,6 +56,12 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 		}
 		for _, b := range eps {
 			out = append(out, badRecordOut{Key: b.Key, Kind: "service", Error: b.Err.Error()})
+		}
+		// Not bad records: draft revisions (of a Visor older than releases)
+		// that still run from the app's process types and env.
+		if drafts, err := liveDrafts(ctx, r); err == nil && len(drafts) > 0 {
+			fmt.Fprintf(e.stderr, "note: unreleased revisions with live instances (they start from the app's current process types and env until their next visor scale releases them): %s\n",
+				strings.Join(drafts, ", "))
 		}
 		err = e.print(out, func(w io.Writer) {
 			if len(out) == 0 {

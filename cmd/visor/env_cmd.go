@@ -15,8 +15,11 @@ func newEnvCmd(e *env) *cobra.Command {
 	return group(&cobra.Command{
 		Use:   "env",
 		Short: "set, unset and list an app's environment variables",
-		Long: `Env changes apply to instances started afterwards; running instances keep
-the environment they were started with.`,
+		Long: `Env changes apply to the app's next release: a revision scaled for the first
+time takes the app's env of that moment and keeps it (visor rev show APP REV
+lists its env keys). Released revisions, and their running instances, keep
+theirs; register a new revision (visor rev register APP NEWREV --from REV) and
+scale it to ship a change.`,
 	},
 		&cobra.Command{Use: "set APP KEY=VALUE [KEY=VALUE...]", Short: "set environment variables of an app (one transaction)", RunE: runWith(e, runEnvSet)},
 		&cobra.Command{Use: "unset APP KEY [KEY...]", Short: "remove environment variables of an app", RunE: runWith(e, runEnvUnset)},
@@ -54,6 +57,7 @@ func runEnvSet(ctx context.Context, e *env, args []string) error {
 		if err := r.SetEnv(ctx, app, vars); err != nil {
 			return fmt.Errorf("set env of app %q: %w", app, err)
 		}
+		noteReleased(ctx, e, r, app, "the env change")
 		keys := sortedKeys(vars)
 		return e.print(map[string]any{"app": app, "set": keys}, func(w io.Writer) {
 			fmt.Fprintf(w, "set %s on app %s\n", strings.Join(keys, " "), app)
@@ -75,6 +79,7 @@ func runEnvUnset(ctx context.Context, e *env, args []string) error {
 		if err := r.UnsetEnv(ctx, app, keys...); err != nil {
 			return fmt.Errorf("unset env of app %q: %w", app, err)
 		}
+		noteReleased(ctx, e, r, app, "the env change")
 		return e.print(map[string]any{"app": app, "unset": keys}, func(w io.Writer) {
 			fmt.Fprintf(w, "unset %s on app %s\n", strings.Join(keys, " "), app)
 		})

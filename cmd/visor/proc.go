@@ -25,7 +25,14 @@ func newProcCmd(e *env) *cobra.Command {
 flags; the others keep their values. --memory takes bytes with an optional
 binary unit (512K, 256M, 1G; 0 = unlimited). --cpu takes millicores ("500" or
 "500m") or cores with a decimal point ("0.5", "2.0"), at least 10m (0 =
-unlimited). --health-type none removes the health check.`,
+unlimited). --health-type none removes the health check.
+
+A process type belongs to the app's next release: a revision scaled for the
+first time takes all the app's process types (and env) of that moment and
+keeps them, so changing one here does not change what a released revision
+runs, nor its running or restarted instances (visor rev show APP REV lists a
+revision's own). Ship a change with a new revision: visor rev register APP
+NEWREV --from REV, then scale it.`,
 		RunE: runWith(e, runProcSet),
 	}
 	procSetFlags(set.Flags())
@@ -509,6 +516,7 @@ func runProcSet(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return fmt.Errorf("set proc type %s/%s: %w", app, name, err)
 		}
+		noteReleased(ctx, e, r, app, "the process type")
 		return e.print(newProcOut(p), func(w io.Writer) {
 			fmt.Fprintf(w, "set proc type %s/%s\n", p.App, p.Name)
 		})

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,19 +17,26 @@ import (
 
 func newRevCmd(e *env) *cobra.Command {
 	register := &cobra.Command{
-		Use:   "register APP REV (--artifact URL --sha256 HEX | --dir PATH)",
+		Use:   "register APP REV (--artifact URL --sha256 HEX | --dir PATH | --from OLDREV)",
 		Short: "register a revision: a tar.gz artifact or a directory on the hosts",
 		Long: `--artifact is a file://, http:// or https:// URL of a tar.gz; agents fetch it
 and check it against --sha256 (64 hex digits). --dir is an absolute path of a
-directory that is already present on every host.`,
+directory that is already present on every host. --from copies the artifact
+(or directory) of the revision OLDREV: how a change of process types or env
+ships for a build already registered.
+
+A new revision is a draft: its first scale releases it, with the app's
+process types and env of that moment, which it keeps from then on.`,
 		RunE: runWith(e, runRevRegister),
 	}
 	register.Flags().String("artifact", "", "URL of the revision's tar.gz (file://, http://, https://)")
 	register.Flags().String("sha256", "", "sha256 of the artifact, 64 hex digits")
 	register.Flags().String("dir", "", "absolute path of a directory already present on the hosts")
+	register.Flags().String("from", "", "copy the artifact or directory of this revision of the app")
 	return group(&cobra.Command{Use: "rev", Short: "register, list and delete an app's revisions"},
 		register,
-		&cobra.Command{Use: "list APP", Aliases: []string{"ls"}, Short: "list an app's revisions", RunE: runWith(e, runRevList)},
+		&cobra.Command{Use: "list APP", Aliases: []string{"ls"}, Short: "list an app's revisions, released or draft", RunE: runWith(e, runRevList)},
+		newRevShowCmd(e),
 		&cobra.Command{Use: "delete APP REV", Short: "delete a revision", RunE: runWith(e, runRevDelete)},
 	)
 }
@@ -41,10 +49,28 @@ type revOut struct {
 	SHA256      string    `json:"sha256,omitempty"`
 	Dir         string    `json:"dir,omitempty"`
 	Created     time.Time `json:"created"`
+	// State is "released" or "draft" (see revState).
+	State    string     `json:"state"`
+	Released *time.Time `json:"released,omitempty"`
+	// Procs are the release's process types: name -> command ("" = the
+	// Procfile's line); EnvKeys the release's env var names. Env holds the
+	// values only when asked (rev show --env).
+	Procs   map[string]string `json:"procs,omitempty"`
+	EnvKeys []string          `json:"env_keys,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
 }
 
 func newRevOut(v registry.Revision) revOut {
-	return revOut{App: v.App, Name: v.Name, ArtifactURL: v.ArtifactURL, SHA256: v.SHA256, Dir: v.Dir, Created: v.Created}
+	out := revOut{App: v.App, Name: v.Name, ArtifactURL: v.ArtifactURL, SHA256: v.SHA256, Dir: v.Dir, Created: v.Created, State: "draft"}
+	if rl := v.Release; rl != nil {
+		out.State, out.Released = "released", &rl.Released
+		out.Procs = make(map[string]string, len(rl.Procs))
+		for name, p := range rl.Procs {
+			out.Procs[name] = p.Command
+		}
+		out.EnvKeys = sortedKeys(rl.Env)
+	}
+	return out
 }
 
 // source is the revision's artifact URL or directory, for tables.
@@ -91,6 +117,12 @@ func runRevRegister(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	artifact, sum, dir := flagString(e, "artifact"), flagString(e, "sha256"), flagString(e, "dir")
+	if from := flagString(e, "from"); from != "" {
+		if artifact != "" || sum != "" || dir != "" {
+			return usageError("rev register: --from copies the artifact or dir; give no --artifact, --sha256 or --dir with it")
+		}
+		return runRevRegisterFrom(ctx, e, args[0], args[1], from)
+	}
 	if err := checkRevSource(artifact, sum, dir); err != nil {
 		return err
 	}
@@ -131,13 +163,13 @@ func runRevList(ctx context.Context, e *env, args []string) error {
 			return out[i].Name < out[j].Name
 		})
 		return e.print(out, func(w io.Writer) {
-			fmt.Fprintln(w, "REV\tSOURCE\tSHA256\tCREATED")
+			fmt.Fprintln(w, "REV\tSOURCE\tSHA256\tCREATED\tSTATE\tPROCS")
 			for _, v := range out {
 				sum := v.SHA256
 				if len(sum) > 12 {
 					sum = sum[:12]
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", v.Name, v.source(), dash(sum), ago(v.Created))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.source(), dash(sum), ago(v.Created), v.stateCell(), dash(strings.Join(sortedKeys(v.Procs), ",")))
 			}
 		})
 	})

@@ -12,7 +12,7 @@ func TestRevCommands(t *testing.T) {
 
 	var rev map[string]any
 	h.okJSON(&rev, "rev", "register", "web", "v1", "--artifact", "https://example.com/web-v1.tar.gz", "--sha256", sum)
-	checkFields(t, "rev register -o json", rev, "app", "name", "artifact_url", "sha256", "created")
+	checkFields(t, "rev register -o json", rev, "app", "name", "artifact_url", "sha256", "created", "state")
 	out := h.ok("rev", "register", "web", "v2", "--dir", "/srv/web/v2")
 	if !strings.Contains(out, "registered revision web/v2") {
 		t.Errorf("rev register: stdout %q", out)
@@ -29,7 +29,7 @@ func TestRevCommands(t *testing.T) {
 	if len(list) != 2 {
 		t.Fatalf("rev list -o json: %v", list)
 	}
-	checkFields(t, "rev list -o json dir", list[1], "app", "name", "dir", "created")
+	checkFields(t, "rev list -o json dir", list[1], "app", "name", "dir", "created", "state")
 
 	h.fails(1, []string{"v1", "exists"}, "rev", "register", "web", "v1", "--dir", "/srv/x")
 	h.fails(1, []string{"nope", "not found"}, "rev", "register", "nope", "v1", "--dir", "/srv/x")
