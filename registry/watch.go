@@ -62,8 +62,9 @@ type Event struct {
 	// Time is when the change happened, as far as the registry can tell;
 	// etcd keeps no time per revision, so it comes from the record: an
 	// instance's Since (when it entered its state), a created ticket's,
-	// app's or revision's Created, a host's Started (joined) or Updated,
-	// a drain's or a new scale status's Since. A change whose record holds
+	// app's or revision's Created, a revision's release's Released, a
+	// host's Started (joined) or Updated, a drain's or a new scale
+	// status's Since. A change whose record holds
 	// no time of it (a delete, an env, scale or proc write, a claim, a
 	// released ticket) has a zero Time from Events; WatchEvents gives such
 	// a change the time it received it when the change is live (newer
@@ -380,8 +381,11 @@ func appEvent(e *Event, kv *mvccpb.KeyValue, parts []string) bool {
 		if !del {
 			var rv Revision
 			rv, e.Err = decodeRevision(kv.Key, kv.Value, kv.ModRevision, app, parts[3])
-			if kv.CreateRevision == kv.ModRevision {
+			switch {
+			case kv.CreateRevision == kv.ModRevision:
 				e.Time = rv.Created
+			case rv.Release != nil:
+				e.Time = rv.Release.Released // the one write after its creation
 			}
 		}
 	case len(parts) == 4 && parts[2] == "procs":
