@@ -30,7 +30,11 @@ var errWaitFailed = errors.New("will not reach the desired count")
 func (w *scaleWaiter) readStable(ctx context.Context, r *registry.Registry) {
 	for _, a := range w.want {
 		d := restart.DefaultResetAfter
-		p, err := r.ProcType(ctx, w.app, a.proc)
+		// The process type the instances run: the revision's release's
+		// (the app's for a draft revision).
+		l, err := r.Launch(ctx, w.app, w.rev, a.proc)
+		_, err = registry.Skipped(err)
+		p := l.ProcType
 		if err == nil && p.Restart.ResetAfter > 0 {
 			d = time.Duration(p.Restart.ResetAfter)
 		}
