@@ -130,6 +130,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 	}
 	a.sup = sup
 	a.metrics = newMetrics(log, sup)
+	a.metrics.reg.MustRegister(newDeployCollector(reg, a.metrics.leader))
 	a.services = discovery.NewStore(reg.Client(), reg.Prefix(), cfg.Logger)
 	a.writer = newStateWriter(writerDeps{
 		host:            cfg.HostID,

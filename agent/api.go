@@ -164,6 +164,7 @@ func (a *Agent) routes() *http.ServeMux {
 	mux.HandleFunc("GET /v1/instances/{id}", a.handleInstance)
 	mux.HandleFunc("GET /v1/instances/{id}/logs", a.logsHandler(newStreamLimiter(a.cfg.LogStreams, a.cfg.LogStreamsPerClient)))
 	mux.HandleFunc("POST /v1/instances/{id}/signal", a.handleSignal)
+	a.deployRoutes(mux)
 	services := discovery.HandlerConfig{
 		Store: a.services, Registrar: a.registrar, Logger: a.cfg.Logger, Reserved: a.reservedService,
 	}.Handler()

@@ -393,12 +393,14 @@ func scopeName(s scopeSet) Scope {
 //	GET /healthz                                  none
 //	GET /v1/status, /v1/instances[/{id}], /metrics read
 //	GET /v1/services[/...] (lookup, watch)        read
+//	GET /v1/apps/{app}/deployment[s]              read
 //	GET /v1/instances/{id}/logs                   logs
 //	POST, PUT, DELETE /v1/services/...            register
 //	GET /ui/..., but its logs                     read (uiScope)
 //	GET /ui/instances/{id}/logs                   logs
 //	/ui/login, /ui/assets/...                     none
-//	everything else (signal, pprof, unknown, POST /ui/...) operator
+//	everything else (signal, deployment actions and rollback,
+//	pprof, unknown, POST /ui/...)                 operator
 func scopeFor(r *http.Request) (scopeSet, string) {
 	p := r.URL.Path
 	get := r.Method == http.MethodGet || r.Method == http.MethodHead
@@ -417,6 +419,11 @@ func scopeFor(r *http.Request) (scopeSet, string) {
 	case get && (p == "/v1/status" || p == "/metrics" || p == "/v1/instances" ||
 		strings.HasPrefix(p, "/v1/instances/") && strings.Count(p, "/") == 3):
 		return bitRead, "reading status"
+	case get && strings.HasPrefix(p, "/v1/apps/") && strings.Count(p, "/") == 4 &&
+		(strings.HasSuffix(p, "/deployment") || strings.HasSuffix(p, "/deployments")):
+		return bitRead, "reading deployments"
+	case strings.HasPrefix(p, "/v1/apps/") && (strings.Contains(p, "/deployment/") || strings.HasSuffix(p, "/rollback")):
+		return bitOperator, "changing a deployment"
 	case strings.HasPrefix(p, "/v1/instances/") && strings.HasSuffix(p, "/signal"):
 		return bitOperator, "signalling an instance"
 	case strings.HasPrefix(p, "/ui/"):

@@ -411,6 +411,15 @@ func TestScopeForRoutes(t *testing.T) {
 		{"GET", "/debug/pprof/cmdline", bitOperator},
 		{"GET", "/v1/instances/x1/other", bitOperator},
 		{"POST", "/v1/status", bitOperator},
+		{"GET", "/v1/apps/demo/deployment", bitRead},
+		{"GET", "/v1/apps/demo/deployments", bitRead},
+		{"HEAD", "/v1/apps/demo/deployments", bitRead},
+		{"POST", "/v1/apps/demo/deployment/pause", bitOperator},
+		{"POST", "/v1/apps/demo/deployment/promote", bitOperator},
+		{"POST", "/v1/apps/demo/rollback", bitOperator},
+		{"GET", "/v1/apps/demo/deployment/pause", bitOperator},
+		{"POST", "/v1/apps/demo/deployments", bitOperator},
+		{"GET", "/v1/apps/demo/other", bitOperator},
 	} {
 		r, _ := http.NewRequest(tc.method, "http://agent"+tc.path, nil)
 		if got, _ := scopeFor(r); got != tc.want {

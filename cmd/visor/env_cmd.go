@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -12,6 +13,15 @@ import (
 )
 
 func newEnvCmd(e *env) *cobra.Command {
+	set := &cobra.Command{
+		Use:   "set APP KEY=VALUE [KEY=VALUE...]",
+		Short: "set environment variables of an app (one transaction)",
+		Long:  envSetLong,
+		RunE:  runWith(e, runEnvSet),
+	}
+	set.Flags().Bool("rollout", false, "then restart the app's instances with it, as a rolling deployment of a new revision")
+	set.Flags().Bool("wait", false, "with --rollout: follow the deployment until it ends (exit 0 succeeded, 1 failed, 3 timed out)")
+	set.Flags().Duration("wait-timeout", 30*time.Minute, "how long --wait waits before failing (exit code 3)")
 	return group(&cobra.Command{
 		Use:   "env",
 		Short: "set, unset and list an app's environment variables",
@@ -21,7 +31,7 @@ lists its env keys). Released revisions, and their running instances, keep
 theirs; register a new revision (visor rev register APP NEWREV --from REV) and
 scale it to ship a change.`,
 	},
-		&cobra.Command{Use: "set APP KEY=VALUE [KEY=VALUE...]", Short: "set environment variables of an app (one transaction)", RunE: runWith(e, runEnvSet)},
+		set,
 		&cobra.Command{Use: "unset APP KEY [KEY...]", Short: "remove environment variables of an app", RunE: runWith(e, runEnvUnset)},
 		&cobra.Command{Use: "list APP", Aliases: []string{"ls"}, Short: "list an app's environment variables", RunE: runWith(e, runEnvList)},
 	)
@@ -53,7 +63,18 @@ func runEnvSet(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	rollout := flagBool(e, "rollout")
+	wait, timeout, err := waitFlags(e)
+	if err != nil {
+		return err
+	}
+	if wait && !rollout {
+		return usageError("--wait: only with --rollout (env set alone restarts nothing)")
+	}
 	return withRegistry(ctx, e, func(r *registry.Registry) error {
+		if rollout {
+			return envRollout(ctx, e, r, app, vars, wait, timeout)
+		}
 		if err := r.SetEnv(ctx, app, vars); err != nil {
 			return fmt.Errorf("set env of app %q: %w", app, err)
 		}

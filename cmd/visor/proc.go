@@ -84,6 +84,7 @@ func procSetFlags(fs *pflag.FlagSet) {
 	fs.String("user", "", "user the process runs as")
 	fs.String("group", "", "group the process runs as (with --user only; the user's supplementary groups apply)")
 	fs.Var(&kvFlag{}, "env", "process environment variable KEY=VALUE (repeatable)")
+	strategyFlags(fs) // how "visor deploy" moves its instances (ProcType.Update)
 }
 
 // procOut is the CLI's JSON form of a process type. Durations are strings
@@ -101,6 +102,7 @@ type procOut struct {
 	Limits      limitsOut         `json:"limits"`
 	User        string            `json:"user"`
 	Group       string            `json:"group"`
+	Update      *strategyOut      `json:"update"`
 }
 
 type restartOut struct {
@@ -145,6 +147,7 @@ func newProcOut(p registry.ProcType) procOut {
 		Limits: limitsOut{MemoryBytes: p.Limits.MemoryBytes, CPUMillis: p.Limits.CPUMillis, Pids: p.Limits.Pids},
 		User:   p.User,
 		Group:  p.Group,
+		Update: newUpdateOut(p.Update),
 	}
 	if out.Env == nil {
 		out.Env = map[string]string{}
@@ -338,7 +341,7 @@ func parseProcFlags(e *env) ([]procEdit, error) {
 	if health != nil {
 		add(health)
 	}
-	more, err := parseLimitAndUserFlags(e)
+	more, err := parseMoreProcFlags(e)
 	if err != nil {
 		return nil, err
 	}

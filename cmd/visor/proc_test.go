@@ -24,7 +24,7 @@ func TestProcCommands(t *testing.T) {
 		"--user", "nobody", "--group", "nogroup",
 		"--env", "A=1", "--env", "B=x=y")
 	checkFields(t, "proc set -o json", p, "app", "name", "command", "env", "restart", "stop_signal",
-		"stop_timeout", "min_uptime", "health", "limits", "user", "group")
+		"stop_timeout", "min_uptime", "health", "limits", "user", "group", "update")
 	checkFields(t, "proc restart", p["restart"].(map[string]any), "policy", "initial_delay", "max_delay", "reset_after", "max_restarts")
 	checkFields(t, "proc health", p["health"].(map[string]any), "type", "command", "path", "period", "timeout", "failure_threshold")
 	checkFields(t, "proc limits", p["limits"].(map[string]any), "memory_bytes", "cpu_millis", "pids")

@@ -83,6 +83,7 @@ func newRootCmd(e *env) *cobra.Command {
 		newAgentCmd(e), newAppCmd(e), newConfigCmd(e), newDoctorCmd(e), newEnvCmd(e),
 		newEventsCmd(e), newHostCmd(e), newLogsCmd(e), newLookupCmd(e), newProcCmd(e),
 		newPSCmd(e), newRevCmd(e), newScaleCmd(e), newServiceCmd(e), newSignalCmd(e),
+		newDeployCmd(e), newDeploysCmd(e), newRollbackCmd(e),
 		newTicketCmd(e), newVersionCmd(e),
 		newRestartCmd(e), newStopCmd(e), newDemoWebCmd(e), newStatusCmd(e),
 	)
@@ -110,7 +111,7 @@ var commandGroups = []struct {
 	id, title string
 	names     []string
 }{
-	{"apps", "Apps and their processes:", []string{"app", "env", "rev", "proc", "scale", "ps", "restart", "stop", "logs", "signal", "lookup"}},
+	{"apps", "Apps and their processes:", []string{"app", "env", "rev", "proc", "scale", "deploy", "deploys", "rollback", "ps", "restart", "stop", "logs", "signal", "lookup"}},
 	{"fleet", "The fleet:", []string{"status", "host", "hosts", "drain", "undrain", "ticket", "tickets", "events", "config", "doctor"}},
 	{"hostagent", "On a host:", []string{"agent", "service"}},
 }
