@@ -32,13 +32,18 @@ type deployRow struct {
 	Target int
 }
 
-// Actions that mean something in the deployment's state.
+// CanPromote reports whether promote means something now (the
+// deployment awaits promotion).
 func (d deploysData) CanPromote() bool {
 	return d.Active != nil && d.Active.State == registry.DeployAwaitingPromotion
 }
+
+// CanPause reports whether an active deployment can be paused.
 func (d deploysData) CanPause() bool {
 	return d.Active != nil && d.Active.State != registry.DeployPaused
 }
+
+// CanResume reports whether the deployment is paused.
 func (d deploysData) CanResume() bool {
 	return d.Active != nil && d.Active.State == registry.DeployPaused
 }

@@ -3,6 +3,7 @@ package ui
 import (
 	"context"
 	"errors"
+	"maps"
 	"math"
 	"sort"
 	"sync"
@@ -284,16 +285,7 @@ func (h *History) setHosts(hs []registry.Host) {
 func (h *History) sample(now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	running := map[string]float64{}
-	for _, r := range h.insts {
-		if _, ok := running[r.app]; !ok {
-			running[r.app] = 0
-		}
-		if r.state == registry.InstanceRunning {
-			running[r.app]++
-		}
-	}
-	h.push(h.apps, now, running, true)
+	h.push(h.apps, now, h.runningLocked(), true)
 	load := make(map[string]float64, len(h.hosts))
 	mem := make(map[string]float64, len(h.hosts))
 	for id, l := range h.hosts {
@@ -341,6 +333,33 @@ func seriesOf(series map[string]*ring[Point], k string) []Point {
 		return r.items()
 	}
 	return nil
+}
+
+// runningLocked counts the running instances per app (every app with an
+// instance has an entry).
+func (h *History) runningLocked() map[string]float64 {
+	running := map[string]float64{}
+	for _, r := range h.insts {
+		if _, ok := running[r.app]; !ok {
+			running[r.app] = 0
+		}
+		if r.state == registry.InstanceRunning {
+			running[r.app]++
+		}
+	}
+	return running
+}
+
+// Now returns what the history knows at this moment, between samples:
+// the running instances per app and each live host's load. ok is false
+// before Run listed the instances.
+func (h *History) Now() (running map[string]float64, hosts map[string]registry.HostLoad, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.started.IsZero() {
+		return nil, nil, false
+	}
+	return h.runningLocked(), maps.Clone(h.hosts), true
 }
 
 // AppRunning returns the app's running instance counts, oldest first.

@@ -92,6 +92,13 @@ func TestHistorySamplesAreBounded(t *testing.T) {
 	if got := h.Apps(); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("apps with a series: %v", got)
 	}
+	running, hosts, ok := h.Now()
+	if !ok || running["a"] != 2 || len(running) != 1 || hosts["h1"].Load1 != 1.5 {
+		t.Fatalf("Now: running %v hosts %v ok %v; want a: 2 and h1's load 1.5", running, hosts, ok)
+	}
+	if _, _, ok := NewHistory(HistoryConfig{}).Now(); ok {
+		t.Fatal("Now of a history that never listed reports ok")
+	}
 }
 
 // TestHistoryTransitions checks the per-instance state history: the
@@ -212,7 +219,8 @@ func TestPagesShowChartsAndStateHistory(t *testing.T) {
 		State: registry.InstanceFailed, Reason: "exit <code> 3"}, time.Now())
 
 	for path, want := range map[string][]string{
-		"/ui/":          {`data-chart="app-demo"`, `<title id="app-demo-t">Running instances of demo</title>`},
+		"/ui/": {`data-chart="app-demo"`, `<title id="app-demo-t">Running instances of demo</title>`,
+			"now 0, lowest 0, highest 0 (2 samples)"}, // the sample and the value now
 		"/ui/apps/demo": {`data-chart="app-demo"`, "<summary>Numbers</summary>"},
 		"/ui/hosts/h1":  {`data-chart="load-h1"`, `data-chart="mem-h1"`, "Memory used on h1"},
 		"/ui/instances/" + id: {`<table id="states">`, `data-transition="pending"`, `data-transition="failed"`,

@@ -26,9 +26,16 @@ func (h *Handler) newPictures() pictures {
 	return pictures{Kept: true, Since: h.cfg.History.Since(), Every: h.cfg.History.cfg.Interval}
 }
 
-func (h *Handler) appChart(app string, now time.Time) Chart {
+// appChart charts the app's running instances: the samples, then the
+// count at this moment (running, from History.Now), so that the chart's
+// last point agrees with the page's tables between samples.
+func (h *Handler) appChart(app string, now time.Time, running map[string]float64) Chart {
 	hs := h.cfg.History
-	return Chart{ID: "app-" + app, Title: "Running instances of " + app, Unit: "", Points: hs.AppRunning(app),
+	pts := hs.AppRunning(app)
+	if running != nil {
+		pts = append(pts, Point{T: now, V: running[app]})
+	}
+	return Chart{ID: "app-" + app, Title: "Running instances of " + app, Unit: "", Points: pts,
 		Window: hs.Window(), End: now}
 }
 
@@ -40,6 +47,7 @@ func (h *Handler) overviewPictures(rows []scaleRow) pictures {
 		return p
 	}
 	now := time.Now()
+	running, _, _ := h.cfg.History.Now()
 	seen := map[string]bool{}
 	for _, r := range rows {
 		if seen[r.App] {
@@ -50,7 +58,7 @@ func (h *Handler) overviewPictures(rows []scaleRow) pictures {
 			p.More++
 			continue
 		}
-		p.Charts = append(p.Charts, h.appChart(r.App, now))
+		p.Charts = append(p.Charts, h.appChart(r.App, now, running))
 	}
 	return p
 }
@@ -58,7 +66,8 @@ func (h *Handler) overviewPictures(rows []scaleRow) pictures {
 func (h *Handler) appPictures(app string) pictures {
 	p := h.newPictures()
 	if p.Kept {
-		p.Charts = []Chart{h.appChart(app, time.Now())}
+		running, _, _ := h.cfg.History.Now()
+		p.Charts = []Chart{h.appChart(app, time.Now(), running)}
 	}
 	return p
 }
@@ -70,6 +79,12 @@ func (h *Handler) hostPictures(host string) pictures {
 	}
 	hs, now := h.cfg.History, time.Now()
 	load, mem := hs.HostLoad(host)
+	if _, hosts, ok := hs.Now(); ok {
+		if l, live := hosts[host]; live {
+			load = append(load, Point{T: now, V: l.Load1})
+			mem = append(mem, Point{T: now, V: l.MemUsedPercent})
+		}
+	}
 	p.Charts = []Chart{
 		{ID: "load-" + host, Title: "Load average (1 min) of " + host, Points: load, Window: hs.Window(), End: now, Decimals: 2},
 		{ID: "mem-" + host, Title: "Memory used on " + host, Unit: "%", Points: mem, Max: 100, Window: hs.Window(), End: now, Decimals: 1},
