@@ -230,10 +230,12 @@ func TestDevAgentWithCLI(t *testing.T) {
 	}
 	proctest.WaitFor(t, 30*time.Second, "one workload process after scale to 1", func() bool { return len(c.workloads()) == 1 })
 
-	// Logs and signals go through the instance's agent.
+	// Logs and signals go through the instance's agent. The ticker process
+	// type ships in a new release (v1 was released without it).
 	for _, s := range [][]string{
 		{"proc", "set", "demo", "ticker", "--command", "exec " + selfCommand("tick", "50ms")},
-		{"scale", "demo", "v1", "ticker=1", "--wait", "--wait-timeout", "60s"},
+		{"rev", "register", "demo", "v2", "--from", "v1"},
+		{"scale", "demo", "v2", "ticker=1", "--wait", "--wait-timeout", "60s"},
 	} {
 		if out, err := visor(s...); err != nil {
 			t.Fatalf("visor %s: %v\n%s", strings.Join(s, " "), err, out)
