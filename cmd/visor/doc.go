@@ -7,8 +7,9 @@
 // The command tree is built with github.com/spf13/cobra, afresh for each
 // invocation (newRootCmd; commands bind their flags into it), one file per
 // area: agent, app, env, rev, proc, scale, ps, restart, stop, ticket
-// (tickets), host (hosts, drain, undrain), events, logs, signal, lookup,
-// config, doctor, service, version, plus cobra's help and completion.
+// (tickets), host (hosts, drain, undrain), status, events, logs, signal,
+// lookup, config, doctor, service, version, demo-web (the quickstart's
+// workload: a small HTTP server), plus cobra's help and completion.
 // Registry commands talk to etcd directly through package registry (restart
 // and stop write tickets the instance's agent carries out); logs and signal
 // call the instance's agent.
