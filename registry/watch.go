@@ -61,12 +61,13 @@ type Event struct {
 	Deleted  bool          `json:"deleted,omitempty"`
 	// Time is when the change happened, as far as the registry can tell;
 	// etcd keeps no time per revision, so it comes from the record: an
-	// instance's Since (when it entered its state), a created ticket's,
+	// instance's Since when the change is one of state, a created ticket's,
 	// app's or revision's Created, a revision's release's Released, a
 	// host's Started (joined) or Updated, a drain's or a new scale
 	// status's Since. A change whose record holds
 	// no time of it (a delete, an env, scale or proc write, a claim, a
-	// released ticket) has a zero Time from Events; WatchEvents gives such
+	// released ticket, an instance written in the same state) has a zero
+	// Time from Events; WatchEvents gives such
 	// a change the time it received it when the change is live (newer
 	// than the store was when the watch began), which is within
 	// milliseconds of the write.
@@ -325,7 +326,7 @@ func (r *Registry) event(ev *clientv3.Event, tickets map[string]bool) (Event, bo
 			e.Type = TicketReleased
 		}
 	case "instances":
-		instanceEvent(&e, val, parts[1])
+		instanceEvent(&e, val, ev.PrevKv, parts[1])
 	case "hosts":
 		e.Host, e.Type = parts[1], HostChanged
 		switch {
@@ -436,8 +437,9 @@ func ticketEvent(e *Event, kv, val *mvccpb.KeyValue, id string) {
 }
 
 // instanceEvent fills e from a change of instance id, whose record is val
-// (nil: a delete the watch sent without it).
-func instanceEvent(e *Event, val *mvccpb.KeyValue, id string) {
+// (nil: a delete the watch sent without it); prev is the record before the
+// change (nil if none or not sent).
+func instanceEvent(e *Event, val, prev *mvccpb.KeyValue, id string) {
 	e.Instance, e.Type = id, InstanceChanged
 	if e.Deleted {
 		e.Type = InstanceDeleted
@@ -451,8 +453,14 @@ func instanceEvent(e *Event, val *mvccpb.KeyValue, id string) {
 		return
 	}
 	e.App, e.Rev, e.Proc, e.Host, e.State, e.Ticket = in.App, in.Rev, in.Proc, in.Host, in.State, in.Ticket
-	if !e.Deleted {
-		e.Time = in.Since
+	if !e.Deleted && !in.Since.IsZero() {
+		// Since dates this change only if the state changed (a write
+		// in the same state, e.g. of its health, keeps the old Since).
+		if prev == nil {
+			e.Time = in.Since // created, or the watch sent no old record
+		} else if old, err := decodeInstance(prev, id); err != nil || old.State != in.State {
+			e.Time = in.Since
+		}
 	}
 	e.Reason = in.Reason
 }

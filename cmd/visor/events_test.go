@@ -123,3 +123,37 @@ func TestEventsFollow(t *testing.T) {
 		t.Errorf("events -f: exit %d, stderr %q", code, f.stderr.String())
 	}
 }
+
+// TestEventTimeOfSameStateWrite: an instance written in the same state
+// (its health check started failing) keeps its old Since, which does not
+// date that change: from history the event has no time rather than a
+// wrong one.
+func TestEventTimeOfSameStateWrite(t *testing.T) {
+	h := newHarness(t)
+	r := h.registry()
+	ctx := testContext(t)
+	setupWeb(h)
+	h.ok("scale", "web", "v1", "web=1")
+	sess := runInstances(t, r, "h1", 1)
+	insts, err := r.AppInstances(ctx, "web")
+	if err != nil || len(insts) != 1 {
+		t.Fatalf("instances: %v, %v", insts, err)
+	}
+	rev, err := r.CurrentRevision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := insts[0]
+	in.Health = "tcp check: refused"
+	if err := sess.UpdateInstance(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	out := h.ok("events", "--since", strconv.FormatInt(rev+1, 10), "-o", "json")
+	var ev map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &ev); err != nil {
+		t.Fatalf("events: %v\n%s", err, out)
+	}
+	if ev["type"] != "instance_changed" || ev["state"] != "running" || ev["time"] != nil {
+		t.Fatalf("same-state write: %v, want instance_changed running without a time", ev)
+	}
+}
