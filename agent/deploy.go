@@ -43,8 +43,9 @@ import (
 //     awaits promotion (or, with AutoPromote, is promoted);
 //   - failure: an instance of a revision being moved to, created since the
 //     phase began, that failed, exited with an error, crash-loops (in
-//     backoff after crashLoopRestarts restarts) or is not running within
-//     HealthyDeadline of its creation; or no progress (settled up or
+//     backoff after crashLoopRestarts restarts), could not start on any
+//     live host (every one failed its start ticket) or is not running
+//     within HealthyDeadline of its creation; or no progress (settled up or
 //     excess down) within ProgressDeadline. The record fails naming the
 //     instance and cause (registry.Deployment.Fail: reverting with
 //     AutoRevert or unpromoted canaries, else failed, nothing more
@@ -84,11 +85,21 @@ type procView struct {
 	wake      time.Time       // earliest time the clock alone changes the view
 }
 
-// planDeploy plans the next step of d from the desired counts and the
-// instances of its app at now; short holds the scale keys
-// ("app/rev/proc") whose instances wait for room (a stored
-// registry.ScaleStatus). It is pure.
-func planDeploy(d registry.Deployment, scales []registry.ScaleEntry, insts []registry.Instance, short map[string]bool, now time.Time) deployPlan {
+// deployInput is what planDeploy decides on, from the pass's snapshot.
+type deployInput struct {
+	scales []registry.ScaleEntry
+	insts  []registry.Instance
+	// short holds the scale keys ("app/rev/proc") whose instances wait
+	// for room (a stored registry.ScaleStatus).
+	short map[string]bool
+	// unstartable maps the instances whose start ticket every live host
+	// has failed to the last reason given.
+	unstartable map[string]string
+}
+
+// planDeploy plans the next step of d from in at now. It is pure.
+func planDeploy(d registry.Deployment, in deployInput, now time.Time) deployPlan {
+	scales := in.scales
 	out := deployPlan{d: d}
 	switch d.State {
 	case registry.DeployRunning, registry.DeployAwaitingPromotion, registry.DeployReverting:
@@ -103,8 +114,7 @@ func planDeploy(d registry.Deployment, scales []registry.ScaleEntry, insts []reg
 	var wake time.Time
 	for i, p := range d.Procs {
 		t, hold := deployTargets(d, p, scales)
-		v := viewProc(d, p, scales, insts, now)
-		v.short = short
+		v := viewProc(d, p, in, now)
 		wake = earliest(wake, v.wake)
 		if v.failure != "" && failure == "" {
 			failure = p.Proc + ": " + v.failure
@@ -197,10 +207,11 @@ func movingTo(d registry.Deployment, p registry.DeployProc, rev string) bool {
 
 // viewProc counts p's instances per revision and finds failures among
 // those of the revisions it moves to.
-func viewProc(d registry.Deployment, p registry.DeployProc, scales []registry.ScaleEntry, insts []registry.Instance, now time.Time) procView {
-	v := procView{scale: scaleOf(scales, d.App, p.Proc), counted: map[string]int{}, healthy: map[string]int{}}
+func viewProc(d registry.Deployment, p registry.DeployProc, di deployInput, now time.Time) procView {
+	v := procView{scale: scaleOf(di.scales, d.App, p.Proc), counted: map[string]int{}, healthy: map[string]int{},
+		short: di.short}
 	minHealthy := p.Strategy.MinHealthyTime()
-	for _, in := range insts {
+	for _, in := range di.insts {
 		if in.App != d.App || in.Proc != p.Proc {
 			continue
 		}
@@ -219,6 +230,9 @@ func viewProc(d registry.Deployment, p registry.DeployProc, scales []registry.Sc
 			continue
 		}
 		why, deadline := instanceFailure(in, p.Strategy, now)
+		if reason, ok := di.unstartable[in.ID]; ok && why == "" && in.State == registry.InstancePending {
+			why = "could not start on any live host: " + orNone(reason)
+		}
 		v.wake = earliest(v.wake, deadline)
 		if why != "" {
 			v.unhealthy++

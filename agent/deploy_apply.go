@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/visorhq/visor/registry"
@@ -14,8 +15,9 @@ func (p *plan) planDeploys(s snapshot) {
 	if !s.deploysOK || !s.scalesOK {
 		return
 	}
+	in := deployInput{scales: s.scales, insts: s.instances, short: s.statuses, unstartable: unstartable(s)}
 	for _, d := range s.deploys {
-		dp := planDeploy(d, s.scales, s.instances, s.statuses, s.now)
+		dp := planDeploy(d, in, s.now)
 		if dp.next > 0 {
 			p.next = min(p.next, dp.next+10*time.Millisecond)
 		}
@@ -23,6 +25,31 @@ func (p *plan) planDeploys(s snapshot) {
 			p.deploys = append(p.deploys, dp)
 		}
 	}
+}
+
+// unstartable returns the instances of the start tickets in s that every
+// live host has failed (so none will try again), with the last reason.
+func unstartable(s snapshot) map[string]string {
+	out := map[string]string{}
+	if !s.ticketsOK || len(s.hosts) == 0 {
+		return out
+	}
+	for _, t := range s.tickets {
+		if t.Op != registry.TicketStart || t.Holder != "" || len(t.FailedHosts) == 0 {
+			continue
+		}
+		all := true
+		for _, h := range s.hosts {
+			all = all && slices.Contains(t.FailedHosts, h.ID)
+		}
+		if all {
+			out[t.Instance] = ""
+			if n := len(t.Reasons); n > 0 {
+				out[t.Instance] = t.Reasons[n-1]
+			}
+		}
+	}
+	return out
 }
 
 // applyDeploys writes each planned deployment step with

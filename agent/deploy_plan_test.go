@@ -95,16 +95,18 @@ func TestPlanDeploy(t *testing.T) {
 	}
 	code1 := 1
 	for _, c := range []struct {
-		name   string
-		short  bool // v2's instances wait for room
-		d      registry.Deployment
-		scales []registry.ScaleEntry
-		insts  []registry.Instance
-		want   []string // scale changes
-		state  registry.DeployState
-		reason string // substring of the new reason
-		write  bool   // the record changes (or not) without scale changes
-		next   time.Duration
+		name  string
+		short bool // v2's instances wait for room
+		// unstartable: instances whose start every live host failed
+		unstartable map[string]string
+		d           registry.Deployment
+		scales      []registry.ScaleEntry
+		insts       []registry.Instance
+		want        []string // scale changes
+		state       registry.DeployState
+		reason      string // substring of the new reason
+		write       bool   // the record changes (or not) without scale changes
+		next        time.Duration
 	}{
 		{name: "first step starts max-parallel new", d: dep(6, s2, nil), scales: scales("v1", 6),
 			insts: insts("v1", 0, 6, stRun, time.Hour), want: []string{"v2:0->2"}, state: registry.DeployRunning},
@@ -154,6 +156,10 @@ func TestPlanDeploy(t *testing.T) {
 				i.Health = "http check: connection refused"
 			})),
 			state: registry.DeployFailed, reason: "(still starting; last health check: http check: connection refused)"},
+		{name: "start failed on every live host", d: dep(6, s2, nil), scales: scales("v1", 6, "v2", 1),
+			unstartable: map[string]string{"demo-web-v2-00": "chdir /srv/v2: no such file or directory"},
+			insts:       cat(insts("v1", 0, 6, stRun, time.Hour), insts("v2", 0, 1, stPend, 10*time.Second)),
+			state:       registry.DeployFailed, reason: "demo-web-v2-00 of v2 could not start on any live host: chdir /srv/v2"},
 		{name: "pending past the healthy deadline (no host takes it)", d: dep(6, s2, nil), scales: scales("v1", 6, "v2", 1),
 			insts: cat(insts("v1", 0, 6, stRun, time.Hour), insts("v2", 0, 1, stPend, 5*time.Minute)),
 			state: registry.DeployFailed, reason: "(still pending)"},
@@ -238,7 +244,8 @@ func TestPlanDeploy(t *testing.T) {
 			want:  []string{"v2:1->2"}, state: registry.DeployRunning},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got := planDeploy(c.d, c.scales, c.insts, map[string]bool{"demo/v2/web": c.short}, planNow)
+			got := planDeploy(c.d, deployInput{scales: c.scales, insts: c.insts, short: map[string]bool{"demo/v2/web": c.short},
+				unstartable: c.unstartable}, planNow)
 			if got.d.ModRevision != c.d.ModRevision {
 				t.Fatal("plan lost the record as read")
 			}
@@ -271,8 +278,8 @@ func TestPlanDeploy(t *testing.T) {
 func TestPlanDeployProgress(t *testing.T) {
 	t.Parallel()
 	d := dep(6, strat(2, 10*time.Second, nil), nil)
-	p := planDeploy(d, scales("v1", 4, "v2", 4), cat(insts("v1", 0, 4, stRun, time.Hour),
-		insts("v2", 0, 3, stRun, time.Minute), insts("v2", 3, 1, stStart, time.Second)), nil, planNow)
+	p := planDeploy(d, deployInput{scales: scales("v1", 4, "v2", 4), insts: cat(insts("v1", 0, 4, stRun, time.Hour),
+		insts("v2", 0, 3, stRun, time.Minute), insts("v2", 3, 1, stStart, time.Second))}, planNow)
 	if p.change == nil {
 		t.Fatal("no change")
 	}
@@ -324,7 +331,7 @@ func simulate(t *testing.T, d registry.Deployment, count, m int) {
 		for rev, n := range desired {
 			sc = append(sc, scale("demo", rev, "web", n))
 		}
-		p := planDeploy(d, sc, fleet, nil, planNow)
+		p := planDeploy(d, deployInput{scales: sc, insts: fleet}, planNow)
 		if p.change == nil {
 			t.Fatalf("pass %d: nothing to do in state %s with %v", pass, d.State, desired)
 		}

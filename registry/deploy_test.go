@@ -4,6 +4,7 @@ import (
 	"errors"
 	"maps"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -450,5 +451,55 @@ func TestDeployRecordsCheck(t *testing.T) {
 	}
 	if n != 2 {
 		t.Fatalf("Check found %d bad deployment records: %v", n, all)
+	}
+}
+
+// TestDeployStepRace: leaders that planned the same step on the same read
+// (a duplicate or a restarted one) race to write it: exactly one lands,
+// the others are refused as stale, and the step's tickets exist once.
+func TestDeployStepRace(t *testing.T) {
+	t.Parallel()
+	r, _, _ := setup(t)
+	ctx := testCtx(t)
+	seedDeploy(t, r, "race", nil)
+	d, err := r.CreateDeployment(ctx, DeployRequest{App: "race", Rev: "v2", Procs: []string{"web"}})
+	must(t, err)
+	const leaders = 8
+	errs := make(chan error, leaders)
+	var wg sync.WaitGroup
+	for range leaders {
+		wg.Go(func() {
+			_, err := r.DeployStep(ctx, d, DeployChange{Scales: []DeployScale{{Rev: "v2", Proc: "web", From: 0, To: 2},
+				{Rev: "v1", Proc: "web", From: 3, To: 2}}, Next: d})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	landed := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			landed++
+		case !errors.Is(err, ErrStale):
+			t.Errorf("a racing step failed otherwise: %v", err)
+		}
+	}
+	if landed != 1 {
+		t.Fatalf("%d racing steps landed, want exactly 1", landed)
+	}
+	tickets, err := r.Tickets(ctx)
+	must(t, err)
+	starts := map[string]int{}
+	for _, tk := range tickets {
+		if tk.App == "race" && tk.Proc == "web" && tk.Op == TicketStart {
+			starts[tk.Rev]++
+		}
+	}
+	// v1's instances were never claimed: the step cancelled one start.
+	for _, rev := range []string{"v1", "v2"} {
+		if n, _ := r.CurrentScale(ctx, "race", rev, "web"); n != 2 || starts[rev] != 2 {
+			t.Fatalf("%s scale %d with %d start tickets, want 2 and 2", rev, n, starts[rev])
+		}
 	}
 }
