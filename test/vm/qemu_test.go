@@ -253,22 +253,55 @@ func (g *guest) must(ctx context.Context, script string) (string, error) {
 }
 
 // waitAgent waits until the guest's command channel answers (after a boot
-// or restore), asking again every few seconds: a request sent before the
-// guest opened its port may be lost.
+// or restore).
 func (g *guest) waitAgent(ctx context.Context) error {
+	_, err := g.probe(ctx, "true", func(string) bool { return true })
+	return err
+}
+
+// probe sends script to the guest until an answer satisfies ok and returns
+// that answer's output. While the guest cannot answer (restoring, booting,
+// rebooting) requests wait in the channel, or are lost with a reboot: a new
+// one goes out after a pause that grows from 3 s to 15 s (scaled), and
+// every one stays awaited, so that a late answer counts. One probe every
+// 3 s, each answered only after the previous ones, left a slow guest
+// (restored at load 30) a queue of probes to run, one bash each, that grew
+// faster than it ran them.
+func (g *guest) probe(ctx context.Context, script string, ok func(out string) bool) (string, error) {
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel (deferred later, runs first)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	answers := make(chan string)
+	send := func() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, rc, err := g.run(pctx, script)
+			if err != nil || rc != 0 || !ok(out) {
+				return
+			}
+			select {
+			case answers <- out:
+			case <-pctx.Done():
+			}
+		}()
+	}
+	pause, most := testtime.Scaled(3*time.Second), testtime.Scaled(15*time.Second)
+	tm := time.NewTimer(0)
+	defer tm.Stop()
 	for {
-		try, cancel := context.WithTimeout(ctx, testtime.Scaled(3*time.Second))
-		_, _, err := g.run(try, "true")
-		cancel()
-		if err == nil {
-			return nil
-		}
 		select {
+		case out := <-answers:
+			return out, nil
 		case <-ctx.Done():
-			return fmt.Errorf("%s: command channel not answering: %w (console: %s)", g.name, ctx.Err(), tail(g.console(), 15))
+			return "", fmt.Errorf("%s: command channel not answering %q: %w (console: %s)", g.name, firstLine(script), ctx.Err(), tail(g.console(), 15))
 		case <-g.exited():
-			return fmt.Errorf("%s: qemu exited (log: %s)", g.name, tail(filepath.Join(g.dir, g.name+".qemu.log"), 10))
-		default:
+			return "", fmt.Errorf("%s: qemu exited (log: %s)", g.name, tail(filepath.Join(g.dir, g.name+".qemu.log"), 10))
+		case <-tm.C:
+			send()
+			tm.Reset(pause)
+			pause = min(2*pause, most)
 		}
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -150,31 +149,20 @@ func (f *fleet) checkRejoined(ctx context.Context, t *testing.T, g *guest, since
 // reboot runs `systemctl reboot` in g and waits until g answers from its
 // next boot (a new boot id).
 func reboot(ctx context.Context, g *guest) error {
-	bootID := func(ctx context.Context) string {
-		out, _, err := g.run(ctx, "cat /proc/sys/kernel/random/boot_id")
-		if err != nil {
-			return ""
-		}
-		return strings.TrimSpace(out)
+	out, err := g.must(ctx, "cat /proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return err
 	}
-	old := bootID(ctx)
-	if old == "" {
-		return fmt.Errorf("%s: no boot id before the reboot", g.name)
-	}
+	old := strings.TrimSpace(out)
 	if _, err := g.must(ctx, "(sleep 1; systemctl reboot) >/dev/null 2>&1 </dev/null &"); err != nil {
 		return err
 	}
-	// The channel answers again once the guest is up after the reboot;
-	// requests sent while it is down are lost, so each try has a deadline.
-	if err := waitFor(ctx, time.Second, func(ctx context.Context) string {
-		try, cancel := context.WithTimeout(ctx, testtime.Scaled(3*time.Second))
-		defer cancel()
-		if id := bootID(try); id == "" || id == old {
-			return "still the old boot (or not answering)"
-		}
-		return ""
+	// The channel answers again once the guest is up after the reboot.
+	if _, err := g.probe(ctx, "cat /proc/sys/kernel/random/boot_id", func(out string) bool {
+		id := strings.TrimSpace(out)
+		return id != "" && id != old
 	}); err != nil {
-		return fmt.Errorf("%s did not come back from the reboot: %w (console: %s)", g.name, err, tail(g.console(), 15))
+		return fmt.Errorf("%s did not come back from the reboot: %w", g.name, err)
 	}
 	return nil
 }
