@@ -82,7 +82,7 @@ func scenarioPowerOffReboot(t *testing.T, f *fleet) {
 	}); err != nil {
 		t.Fatalf("after powering %s off: %v", off.name, err)
 	}
-	t.Logf("%s's %d instances replaced on the others %s after the power-off (ttl 5s + grace 5s)", off.name, len(offBefore), time.Since(offAt).Round(100*time.Millisecond))
+	t.Logf("%s's %d instances replaced on the others %s after the power-off (ttl 10s + grace 20s)", off.name, len(offBefore), time.Since(offAt).Round(100*time.Millisecond))
 	rbBefore := map[string]registry.Instance{} // what h1 runs now, h2's replacements included
 	for id, in := range snap {
 		if in.Host == rb.name {
