@@ -480,3 +480,17 @@ func TestThousandInstances(t *testing.T) {
 		t.Fatalf("app page lists %d instances, want 1000", n)
 	}
 }
+
+// TestAppPageSaysReleasedOrDraft: the app page says which revisions are
+// released (with their release's process types) and which are drafts.
+func TestAppPageSaysReleasedOrDraft(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := testCtx(t)
+	_, body := f.get(t, "/ui/apps/demo")
+	mustContain(t, body, "· draft")
+	if _, err := f.reg.Scale(ctx, "demo", "v1", "web", 1); err != nil {
+		t.Fatal(err)
+	}
+	_, body = f.get(t, "/ui/apps/demo")
+	mustContain(t, body, "· released ", "<code>web</code>", "taken by its next release")
+}
