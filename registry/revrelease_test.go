@@ -186,6 +186,11 @@ func TestReleaseMissingProc(t *testing.T) {
 	if l.ProcType.Command != "work v1" {
 		t.Errorf("launch of the release's worker = %+v", l.ProcType)
 	}
+	if n, err := r.CurrentScale(ctx, "demo", "v1", "worker"); err != nil || n != 1 {
+		t.Errorf("current scale of the release's worker = %d, %v", n, err)
+	}
+	_, err = r.CurrentScale(ctx, "demo", "v1", "clock")
+	mustIs(t, err, ErrNotFound)
 }
 
 // TestReleaseMigration: a revision record of a Visor older than releases

@@ -9,13 +9,15 @@ import (
 )
 
 // CurrentScale returns the desired count of app/rev/proc (0 if never set).
+// The process type is the revision's release's when it is released (see
+// Release), else the app's.
 func (r *Registry) CurrentScale(ctx context.Context, app, rev, proc string) (int, error) {
 	if err := validNames("app name", app, "revision name", rev, "process type", proc); err != nil {
 		return 0, err
 	}
 	s, err := r.cli.Txn(ctx).Then(
 		clientv3.OpGet(r.appKey(app), clientv3.WithCountOnly()),
-		clientv3.OpGet(r.revKey(app, rev), clientv3.WithCountOnly()),
+		clientv3.OpGet(r.revKey(app, rev)),
 		clientv3.OpGet(r.procKey(app, proc), clientv3.WithCountOnly()),
 		clientv3.OpGet(r.scaleKey(app, rev, proc)),
 	).Commit()
@@ -27,7 +29,14 @@ func (r *Registry) CurrentScale(ctx context.Context, app, rev, proc string) (int
 		return 0, fmt.Errorf("%w: app %q", ErrNotFound, app)
 	case s.Responses[1].GetResponseRange().Count == 0:
 		return 0, fmt.Errorf("%w: revision %q of app %q", ErrNotFound, rev, app)
-	case s.Responses[2].GetResponseRange().Count == 0:
+	}
+	appHas := s.Responses[2].GetResponseRange().Count > 0
+	rkv := first(rangeKvs(s, 1))
+	if rv, err := decodeRevision(rkv.Key, rkv.Value, rkv.ModRevision, app, rev); err == nil && rv.Released() {
+		if _, err := rv.Proc(proc, appHas); err != nil {
+			return 0, err
+		}
+	} else if !appHas {
 		return 0, fmt.Errorf("%w: process type %q of app %q", ErrNotFound, proc, app)
 	}
 	kv := first(rangeKvs(s, 3))
