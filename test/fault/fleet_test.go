@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/visorhq/visor/internal/e2etest"
+	"github.com/visorhq/visor/internal/netnstest"
 	"github.com/visorhq/visor/internal/proctest"
 	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
@@ -114,7 +115,7 @@ var procKillWait = testtime.Scaled(10 * time.Second)
 // anything starts, tears everything down in order (teardown).
 func newFleet(t *testing.T, hosts []string) *fleet {
 	t.Helper()
-	requireNetAdmin(t)
+	netnstest.Require(t, "fault-injection suite")
 	bin := e2etest.VisorBinary(t)
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
@@ -141,7 +142,7 @@ func newFleet(t *testing.T, hosts []string) *fleet {
 	t.Cleanup(f.teardown)
 	f.net = newNetwork(t, hosts)
 	for _, h := range f.net.hosts {
-		ino, err := nsInode(h.ns)
+		ino, err := netnstest.Inode(h.ns)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -404,9 +405,9 @@ func (f *fleet) dumpLogs() {
 func (f *fleet) workloads(ctx context.Context) map[string][]int {
 	out := map[string][]int{}
 	tag := []byte("VISOR_E2E=" + f.runID + "\x00")
-	for pid := range pidsIn(ctx, f.hostNS) {
+	for pid := range netnstest.PidsIn(ctx, f.hostNS) {
 		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-		if err != nil || !bytes.Contains(env, tag) || !processAlive(pid) {
+		if err != nil || !bytes.Contains(env, tag) || !netnstest.ProcessAlive(pid) {
 			continue
 		}
 		for _, kv := range bytes.Split(env, []byte{0}) {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/visorhq/visor/internal/netnstest"
 	"github.com/visorhq/visor/internal/testtime"
 )
 
@@ -46,7 +47,7 @@ func holdForKill(t *testing.T, f *fleet) {
 	s.setUp(t)
 	up := harnessUp{Tag: f.net.tag, Namespaces: f.net.namespaces(), Links: map[string][]string{}}
 	for _, ns := range up.Namespaces {
-		out, err := ipCmd("-n", ns, "-o", "link", "show")
+		out, err := netnstest.IP("-n", ns, "-o", "link", "show")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -102,7 +103,7 @@ func rootState(t testing.TB) string {
 // before. Should this test fail half-way, its cleanup kills the harness
 // and removes what it left, as the next suite run would.
 func TestKilledHarnessLeavesNothing(t *testing.T) {
-	requireNetAdmin(t)
+	netnstest.Require(t, "fault-injection suite")
 	rootBefore := rootState(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestFaultInjection$", "-test.v", "-test.count=1",
 		"-test.timeout="+testtime.Scaled(5*time.Minute).String())
@@ -173,8 +174,8 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 	case len(up.Agents) != 3, len(up.Members) != 3, len(up.Workloads) == 0, len(up.Namespaces) != 4:
 		t.Fatalf("harness is not fully up: %+v", up)
 	}
-	if got := up.Links[up.Tag+"-hub"]; !contains(got, hubBridge) || len(got) != 5 { // lo, br0, 3 veths
-		t.Fatalf("hub links %v, want lo, %s and three veths", got, hubBridge)
+	if got := up.Links[up.Tag+"-hub"]; !contains(got, netnstest.Bridge) || len(got) != 5 { // lo, br0, 3 veths
+		t.Fatalf("hub links %v, want lo, %s and three veths", got, netnstest.Bridge)
 	}
 	for _, ns := range up.Namespaces[1:] {
 		if got := up.Links[ns]; !contains(got, "eth0") {
@@ -193,7 +194,7 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 	}
 	inodes := map[uint64]bool{}
 	for _, ns := range up.Namespaces {
-		ino, err := nsInode(ns)
+		ino, err := netnstest.Inode(ns)
 		if err != nil {
 			t.Fatalf("namespace %s of the harness: %v", ns, err)
 		}
@@ -224,10 +225,10 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 				l = append(l, fmt.Sprintf("process %d (%s)", pid, procState(pid)))
 			}
 		}
-		for pid := range pidsIn(context.Background(), inodes) {
+		for pid := range netnstest.PidsIn(context.Background(), inodes) {
 			l = append(l, fmt.Sprintf("process %d in a harness namespace", pid))
 		}
-		for _, ns := range runNamespaces(up.Tag) {
+		for _, ns := range netnstest.Namespaces(up.Tag + "-") {
 			l = append(l, "namespace "+ns)
 		}
 		for _, ref := range nsReferences(inodes) {

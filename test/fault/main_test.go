@@ -5,14 +5,13 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
 	"testing"
 
 	"go.etcd.io/etcd/server/v3/embed"
-	"golang.org/x/sys/unix"
 
 	"github.com/visorhq/visor/internal/e2etest"
+	"github.com/visorhq/visor/internal/netnstest"
 	"github.com/visorhq/visor/internal/proctest"
 )
 
@@ -40,7 +39,7 @@ func TestMain(m *testing.M) {
 	if tag := os.Getenv(janitorEnv); tag != "" {
 		os.Exit(janitorMain(tag))
 	}
-	dieWithParent()
+	netnstest.DieWithParent("fault")
 	code := m.Run()
 	e2etest.Cleanup()
 	os.Exit(code)
@@ -96,23 +95,5 @@ func etcdMember() int {
 		return fail(err)
 	case <-sigs:
 		return 0
-	}
-}
-
-// dieWithParent asks the kernel to SIGKILL this test process when its
-// parent (go test) dies, so that kill -9 of go test ends the suite too
-// (its agents and members follow by their own parent-death signal, and the
-// janitor removes the rest). The signal is armed on the calling thread and
-// fires when the parent dies only while that thread lives: the main
-// goroutine stays locked to it for the life of the process.
-func dieWithParent() {
-	runtime.LockOSThread() // for good: see above
-	ppid := os.Getppid()
-	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
-		fmt.Fprintln(os.Stderr, "fault: cannot arm the parent-death signal:", err)
-		return
-	}
-	if os.Getppid() != ppid { // the parent died before it was armed
-		os.Exit(2)
 	}
 }

@@ -5,14 +5,13 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
 	"testing"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
-	"golang.org/x/sys/unix"
 
+	"github.com/visorhq/visor/internal/netnstest"
 	"github.com/visorhq/visor/internal/proctest"
 )
 
@@ -37,7 +36,7 @@ func TestMain(m *testing.M) {
 	if tag := os.Getenv(janitorEnv); tag != "" {
 		os.Exit(janitorMain(tag))
 	}
-	dieWithParent()
+	netnstest.DieWithParent("vm")
 	os.Exit(m.Run())
 }
 
@@ -102,20 +101,5 @@ func etcdMember() int {
 		return fail(err)
 	case <-sigs:
 		return 0
-	}
-}
-
-// dieWithParent asks the kernel to SIGKILL this test process when its
-// parent (go test) dies; the main goroutine stays locked to the thread the
-// signal is armed on (it fires when that thread's parent dies).
-func dieWithParent() {
-	runtime.LockOSThread() // for good
-	ppid := os.Getppid()
-	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
-		fmt.Fprintln(os.Stderr, "vm: cannot arm the parent-death signal:", err)
-		return
-	}
-	if os.Getppid() != ppid {
-		os.Exit(2)
 	}
 }
