@@ -7,16 +7,64 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/visorhq/visor/discovery"
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
 )
 
+// adoptSupervisor is what adoption needs of the supervisor
+// (*supervisor.Supervisor).
+type adoptSupervisor interface {
+	List() []supervisor.Status
+	Resume(id string) error
+}
+
+// adoptWriter is what adoption needs of the state writer (*stateWriter).
+type adoptWriter interface {
+	touch(id string)
+	drop(id string) bool
+	expect(id string, t registry.Ticket)
+}
+
+// adoptRegistry is what adoption reads of the registry (*registry.Registry).
+type adoptRegistry interface {
+	HostInstances(ctx context.Context, host string) ([]registry.Instance, error)
+	Ticket(ctx context.Context, id string) (registry.Ticket, error)
+}
+
+// adoptSession is what adoption writes with a new session
+// (*registry.HostSession).
+type adoptSession interface {
+	Adopt(ctx context.Context, id string) (registry.Instance, error)
+	Reclaim(ctx context.Context, t registry.Ticket) error
+	UpdateInstance(ctx context.Context, in registry.Instance) error
+}
+
+// adopter re-binds the local instances to a new session (adoptAll): the
+// agent's part that runs when a session comes up, with only what it needs.
+type adopter struct {
+	host   string
+	log    hclog.Logger
+	sup    adoptSupervisor
+	writer adoptWriter
+	reg    adoptRegistry
+	// replaced stops instance id, which another host now holds, in the
+	// background (Agent.stopReplaced); it must not block.
+	replaced func(id string)
+}
+
+// adopter returns the agent's adopter.
+func (a *Agent) adopter() *adopter {
+	return &adopter{host: a.cfg.HostID, log: a.log, sup: a.sup, writer: a.writer, reg: a.reg,
+		replaced: func(id string) { a.spawn(func(ctx context.Context) { a.stopReplaced(ctx, id) }) }}
+}
+
 // adoptAll re-binds every local instance to session s. Instances the
 // registry gave to another host (or marked lost) while this agent was away
 // are stopped here: they were replaced. Registry instances of this host
 // with no local process are written back as exited.
-func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
+func (a *adopter) adoptAll(ctx context.Context, s adoptSession) {
 	list := a.sup.List()
 	local := make(map[string]bool, len(list))
 	// Each adoption is two or three round trips; a host with hundreds of
@@ -40,7 +88,7 @@ func (a *Agent) adoptAll(ctx context.Context, s *registry.HostSession) {
 		return
 	}
 
-	insts, err := a.reg.HostInstances(ctx, a.cfg.HostID)
+	insts, err := a.reg.HostInstances(ctx, a.host)
 	// Bad instance records are the reconciler's to report (it lists
 	// them all on every pass); this read happens once per session.
 	bad, err := registry.Skipped(err)
@@ -71,7 +119,7 @@ const adoptParallel = 16
 
 // adoptOne rebinds one live local instance to session s, or stops it when
 // it was replaced while this host was away.
-func (a *Agent) adoptOne(ctx context.Context, s *registry.HostSession, st supervisor.Status) {
+func (a *adopter) adoptOne(ctx context.Context, s adoptSession, st supervisor.Status) {
 	_, err := s.Adopt(ctx, st.ID)
 	switch {
 	case err == nil:
@@ -84,8 +132,7 @@ func (a *Agent) adoptOne(ctx context.Context, s *registry.HostSession, st superv
 	case errors.Is(err, registry.ErrNotHolder), errors.Is(err, registry.ErrNotFound):
 		if a.writer.drop(st.ID) {
 			a.log.Info("instance replaced while away; stopping it", "instance", st.ID)
-			id := st.ID
-			a.spawn(func(ctx context.Context) { a.stopReplaced(ctx, id) })
+			a.replaced(st.ID)
 		}
 	default:
 		if ctx.Err() != nil {
@@ -122,7 +169,7 @@ func instanceEndpoint(host, addr string, st supervisor.Status) discovery.Endpoin
 // whose claim died with the previous lease before the ticket completed, so
 // that no other host starts a second copy; the state writer then completes
 // it with the instance's current state.
-func (a *Agent) reclaimStartTicket(ctx context.Context, s *registry.HostSession, st supervisor.Status) {
+func (a *adopter) reclaimStartTicket(ctx context.Context, s adoptSession, st supervisor.Status) {
 	tid := st.Meta[metaTicket]
 	if tid == "" {
 		return

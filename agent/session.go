@@ -48,7 +48,7 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 		a.log.Info("registry session up", "lease", fmt.Sprintf("%x", int64(s.Lease())))
 		// Adopt before the state writer sees the session: a write of an
 		// instance not yet re-bound to the new lease would look replaced.
-		a.adoptAll(ctx, s)
+		a.adopter().adoptAll(ctx, s)
 		a.setSession(s)
 		a.registrar.SetLease(s.Lease())
 		a.syncEndpoints(ctx, s)
