@@ -2,15 +2,11 @@ package fault
 
 import (
 	"fmt"
-	"net/url"
 	"os"
-	"os/signal"
-	"syscall"
 	"testing"
 
-	"go.etcd.io/etcd/server/v3/embed"
-
 	"github.com/visorhq/visor/internal/e2etest"
+	"github.com/visorhq/visor/internal/embedetcd"
 	"github.com/visorhq/visor/internal/netnstest"
 	"github.com/visorhq/visor/internal/proctest"
 )
@@ -48,52 +44,17 @@ func TestMain(m *testing.M) {
 // etcdMember runs one member of the suite's etcd cluster, configured from
 // the environment, until SIGTERM or SIGINT.
 func etcdMember() int {
-	fail := func(err error) int {
+	cfg, err := embedetcd.Member{
+		Name: os.Getenv(etcdNameEnv), Dir: os.Getenv(etcdDirEnv),
+		ClientURL: os.Getenv(etcdClientEnv), PeerURL: os.Getenv(etcdPeerEnv),
+		InitialCluster: os.Getenv(etcdClusterEnv), Token: "visor-fault",
+	}.EmbedConfig()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "etcd member:", err)
 		return 2
 	}
-	curl, err := url.Parse(os.Getenv(etcdClientEnv))
-	if err != nil {
-		return fail(err)
-	}
-	purl, err := url.Parse(os.Getenv(etcdPeerEnv))
-	if err != nil {
-		return fail(err)
-	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	cfg := embed.NewConfig()
-	cfg.Name = os.Getenv(etcdNameEnv)
-	cfg.Dir = os.Getenv(etcdDirEnv)
-	cfg.ListenClientUrls = []url.URL{*curl}
-	cfg.AdvertiseClientUrls = []url.URL{*curl}
-	cfg.ListenPeerUrls = []url.URL{*purl}
-	cfg.AdvertisePeerUrls = []url.URL{*purl}
-	cfg.InitialCluster = os.Getenv(etcdClusterEnv)
-	cfg.InitialClusterToken = "visor-fault"
-	cfg.ClusterState = embed.ClusterStateFlagNew
-	cfg.UnsafeNoFsync = true
-	cfg.Logger = "zap"
-	cfg.LogLevel = "error" // to the member's log file
 	// Elections within about a second of a leader's death.
 	cfg.TickMs = 100
 	cfg.ElectionMs = 1000
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return fail(err)
-	}
-	defer e.Close()
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		return fail(err)
-	case <-sigs:
-		return 0
-	}
-	select {
-	case err := <-e.Err():
-		return fail(err)
-	case <-sigs:
-		return 0
-	}
+	return embedetcd.RunMember(cfg)
 }

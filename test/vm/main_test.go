@@ -2,15 +2,12 @@ package vm
 
 import (
 	"fmt"
-	"net/url"
 	"os"
-	"os/signal"
-	"syscall"
 	"testing"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
-	"go.etcd.io/etcd/server/v3/embed"
 
+	"github.com/visorhq/visor/internal/embedetcd"
 	"github.com/visorhq/visor/internal/netnstest"
 	"github.com/visorhq/visor/internal/proctest"
 )
@@ -47,59 +44,27 @@ func etcdMember() int {
 		fmt.Fprintln(os.Stderr, "etcd member:", err)
 		return 2
 	}
-	curl, err := url.Parse(os.Getenv(etcdClientEnv))
-	if err != nil {
-		return fail(err)
-	}
-	purl, err := url.Parse(os.Getenv(etcdPeerEnv))
-	if err != nil {
-		return fail(err)
-	}
 	var certs [3]string
 	if _, err := fmt.Sscanf(os.Getenv(etcdCertEnv), "%s %s %s", &certs[0], &certs[1], &certs[2]); err != nil {
 		return fail(fmt.Errorf("%s: %w", etcdCertEnv, err))
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	cfg := embed.NewConfig()
-	cfg.Name = os.Getenv(etcdNameEnv)
-	cfg.Dir = os.Getenv(etcdDirEnv)
-	cfg.ListenClientUrls = []url.URL{*curl}
-	cfg.AdvertiseClientUrls = []url.URL{*curl}
-	cfg.ListenPeerUrls = []url.URL{*purl}
-	cfg.AdvertisePeerUrls = []url.URL{*purl}
-	cfg.InitialCluster = os.Getenv(etcdClusterEnv)
-	cfg.InitialClusterToken = "visor-vm"
-	cfg.ClusterState = embed.ClusterStateFlagNew
+	cfg, err := embedetcd.Member{
+		Name: os.Getenv(etcdNameEnv), Dir: os.Getenv(etcdDirEnv),
+		ClientURL: os.Getenv(etcdClientEnv), PeerURL: os.Getenv(etcdPeerEnv),
+		InitialCluster: os.Getenv(etcdClusterEnv), Token: "visor-vm",
+	}.EmbedConfig()
+	if err != nil {
+		return fail(err)
+	}
 	// Clients and peers present certificates of the suite's CA
 	// (--client-cert-auth): with auth on, etcd takes a client's user from
 	// its certificate's common name unless it authenticates with a
 	// password, which then wins.
 	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1], TrustedCAFile: certs[2], ClientCertAuth: true}
 	cfg.PeerTLSInfo = transport.TLSInfo{CertFile: certs[0], KeyFile: certs[1], TrustedCAFile: certs[2], ClientCertAuth: true}
-	cfg.UnsafeNoFsync = true
 	// Password checks at the lowest bcrypt cost: at the default one, every
 	// authentication took seconds in a -race build on a loaded machine,
 	// beyond the clients' dial timeout.
 	cfg.BcryptCost = 4
-	cfg.Logger = "zap"
-	cfg.LogLevel = "error"
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return fail(err)
-	}
-	defer e.Close()
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		return fail(err)
-	case <-sigs:
-		return 0
-	}
-	select {
-	case err := <-e.Err():
-		return fail(err)
-	case <-sigs:
-		return 0
-	}
+	return embedetcd.RunMember(cfg)
 }
