@@ -245,7 +245,20 @@ func runDeployStatus(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		bar := isTerminal(e.stdout)
+		var last string
 		show := func(o deployOut) {
+			// -w shows a deployment again only when something but its
+			// update time changed.
+			key := o
+			key.Updated = time.Time{}
+			k := fmt.Sprintf("%+v", key)
+			if k == last {
+				return
+			}
+			if last != "" {
+				fmt.Fprintln(e.stdout)
+			}
+			last = k
 			_ = e.print(o, func(w io.Writer) { writeDeployStatus(w, o, bar) })
 		}
 		if !watch {

@@ -250,6 +250,12 @@ func TestEnvRollout(t *testing.T) {
 	if rv.Dir != v1.Dir {
 		t.Errorf("v1-env1 dir %q, want v1's %q", rv.Dir, v1.Dir)
 	}
+	if rv.Release == nil || rv.Release.Env["GREETING"] != "hi" {
+		t.Errorf("v1-env1 release %+v, want it released with GREETING=hi", rv.Release)
+	}
+	if v1.Release == nil || v1.Release.Env["GREETING"] != "" {
+		t.Errorf("v1 release %+v changed", v1.Release)
+	}
 	dep, err := r.Deployment(ctx, "demo")
 	if err != nil || dep.Rev != "v1-env1" || dep.State.Terminal() {
 		t.Errorf("deployment %+v (%v), want an active one to v1-env1", dep, err)

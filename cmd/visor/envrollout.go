@@ -12,20 +12,22 @@ import (
 	"github.com/visorhq/visor/registry"
 )
 
-const envSetLong = `env set writes the variables in one transaction. They apply to instances
-started afterwards; running instances keep the environment they were started
-with.
+const envSetLong = `env set writes the variables in one transaction. A revision keeps the env
+it was released with (its first scale or deployment); the change reaches
+revisions released afterwards, and running instances keep the environment
+they were started with.
 
 With --rollout the app's instances are restarted with the new env through
 the rolling machinery of "visor deploy": the revision the app runs now is
-registered again as <rev>-env<N> (the same artifact or directory), and a
-deployment moves every scaled process type to it, with each process type's
-strategy ("visor proc set --max-parallel ..."); its new instances start with
-the env as it is after this change. Other apps are not touched. It is
-refused, before anything is written, when the app runs no revision, more
-than one, or has an active deployment. If the deployment cannot be created
-after the env was written, the error names the new revision: "visor deploy
-APP REV" retries it.`
+registered again as <rev>-env<N> (the same artifact or directory, as "visor
+rev register --from" does), and a deployment releases it with the app's
+process types and env as they are after this change and moves every scaled
+process type to it, with each process type's strategy ("visor proc set
+--max-parallel ..."). Other apps are not touched. It is refused, before
+anything is written, when the app runs no revision, more than one, or has
+an active deployment. If the deployment cannot be created after the env was
+written, the error names the new revision: "visor deploy APP REV" retries
+it.`
 
 // envRolloutRev matches a revision name that an earlier --rollout made.
 var envRolloutRev = regexp.MustCompile(`^(.*)-env([0-9]+)$`)
@@ -43,10 +45,6 @@ func envRollout(ctx context.Context, e *env, r *registry.Registry, app string, v
 	} else if err != nil && !errors.Is(err, registry.ErrNotFound) {
 		return fmt.Errorf("env set --rollout %s: %w", app, err)
 	}
-	src, err := r.Revision(ctx, app, running)
-	if err != nil {
-		return fmt.Errorf("env set --rollout %s: %w", app, err)
-	}
 	name, err := nextEnvRev(ctx, r, app, running)
 	if err != nil {
 		return fmt.Errorf("env set --rollout %s: %w", app, err)
@@ -59,7 +57,7 @@ func envRollout(ctx context.Context, e *env, r *registry.Registry, app string, v
 		return fmt.Errorf("set env of app %q: %w", app, err)
 	}
 	fmt.Fprintf(e.stderr, "visor: set %s on app %s; rolling out as revision %s (from %s)\n", strings.Join(sortedKeys(vars), " "), app, name, running)
-	if _, err := r.RegisterRevision(ctx, registry.Revision{App: app, Name: name, ArtifactURL: src.ArtifactURL, SHA256: src.SHA256, Dir: src.Dir}); err != nil {
+	if _, err := r.RegisterRevisionFrom(ctx, app, name, running); err != nil {
 		return fmt.Errorf("env set --rollout %s: the env is set; register revision %s: %w", app, name, err)
 	}
 	d, err := r.CreateDeployment(ctx, registry.DeployRequest{App: app, Rev: name, By: operator()})
