@@ -157,6 +157,26 @@ func ProcessAlive(pid int) bool {
 	return i >= 0 && i+2 < len(st) && st[i+2] != 'Z' && st[i+2] != 'X'
 }
 
+// StartTime returns pid's start time (field 22 of /proc/<pid>/stat),
+// false for a process that is gone or a zombie: with the pid, it names a
+// process across pid reuse (a harness's kill test checks that the very
+// processes it saw are gone).
+func StartTime(pid int) (string, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return "", false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return "", false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return "", false
+	}
+	return f[19], true
+}
+
 // RemoveNamespaces kills every process in namespaces names until none is
 // left, then deletes them; the links inside go with them (a veth pair dies
 // with either end's namespace, a bridge with its own). A namespace already

@@ -116,7 +116,8 @@ func TestBridgeNamespaceLifecycle(t *testing.T) {
 }
 
 // TestDeadRun: a name of a live process's run (this one) is not a dead
-// run; a pid that cannot exist is; other names are neither.
+// run; a pid that cannot exist is; other names are neither. StartTime
+// knows this process and not a gone one.
 func TestDeadRun(t *testing.T) {
 	self := "vsrx" + strconv.Itoa(os.Getpid()) + "-hub"
 	if _, ok := DeadRun("vsrx", self); ok {
@@ -129,6 +130,12 @@ func TestDeadRun(t *testing.T) {
 		if tag, ok := DeadRun("vsrx", name); ok {
 			t.Errorf("DeadRun(%q) = %q, want not a run", name, tag)
 		}
+	}
+	if st, ok := StartTime(os.Getpid()); !ok || st == "" {
+		t.Errorf("StartTime(self) = %q, %v", st, ok)
+	}
+	if _, ok := StartTime(999999999); ok {
+		t.Error("StartTime of a gone pid reported a process")
 	}
 	if Addr(11).String() != "198.51.100.11" {
 		t.Errorf("Addr(11) = %s", Addr(11))

@@ -185,7 +185,7 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 	starts := map[int]string{} // pid -> start time: a pid reused later is not ours
 	for _, pids := range [][]int{up.Agents, up.Members, up.Workloads} {
 		for _, pid := range pids {
-			st, ok := startTime(pid)
+			st, ok := netnstest.StartTime(pid)
 			if !ok {
 				t.Fatalf("process %d of the harness is not running before the kill", pid)
 			}
@@ -221,7 +221,7 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 	left := func() []string {
 		var l []string
 		for pid, st := range starts {
-			if now, ok := startTime(pid); ok && now == st {
+			if now, ok := netnstest.StartTime(pid); ok && now == st {
 				l = append(l, fmt.Sprintf("process %d (%s)", pid, procState(pid)))
 			}
 		}
@@ -266,24 +266,6 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
-}
-
-// startTime returns pid's start time (field 22 of /proc/<pid>/stat), false
-// for a process that is gone or a zombie.
-func startTime(pid int) (string, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return "", false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return "", false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		return "", false
-	}
-	return f[19], true
 }
 
 // nsReferences lists open file descriptors, anywhere on the machine, that

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/visorhq/visor/internal/netnstest"
 	"github.com/visorhq/visor/internal/testtime"
 )
 
@@ -121,7 +122,7 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 	}
 	starts := map[int]string{}
 	for _, pid := range up.Procs {
-		if st, ok := startTime(pid); ok {
+		if st, ok := netnstest.StartTime(pid); ok {
 			starts[pid] = st
 		}
 	}
@@ -135,7 +136,7 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 	left := func() []string {
 		var l []string
 		for pid, st := range starts {
-			if now, ok := startTime(pid); ok && now == st {
+			if now, ok := netnstest.StartTime(pid); ok && now == st {
 				l = append(l, fmt.Sprintf("process %d", pid))
 			}
 		}
@@ -165,22 +166,4 @@ func TestKilledHarnessLeavesNothing(t *testing.T) {
 		case <-tk.C:
 		}
 	}
-}
-
-// startTime returns pid's start time (field 22 of /proc/<pid>/stat), false
-// for a process that is gone or a zombie.
-func startTime(pid int) (string, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return "", false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		return "", false
-	}
-	return f[19], true
 }
