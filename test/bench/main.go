@@ -79,8 +79,10 @@ type Idle struct {
 // Report is the whole output.
 type Report struct {
 	Machine string   `json:"machine"`
-	Results []Result `json:"results"`
+	Results []Result `json:"results,omitempty"`
 	Idle    *Idle    `json:"idle,omitempty"`
+	// Deploy is the -deploy comparison (then Results and Idle are empty).
+	Deploy *DeployResult `json:"deploy,omitempty"`
 }
 
 func main() {
@@ -97,6 +99,8 @@ func run() error {
 	idle := flag.Duration("idle", 20*time.Second, "idle measurement window at the largest N")
 	profile := flag.String("profile", "", "write each agent's CPU profile of every scale-up (the first -profile-seconds) into this directory")
 	profileFor := flag.Duration("profile-seconds", 5*time.Second, "length of the -profile CPU profiles")
+	deployN := flag.Int("deploy", 0, "instead of -n: time a rolling deploy of this many instances (max-parallel -deploy-parallel, min-healthy 0) against a scale-up of as many fresh ones")
+	deployPar := flag.Int("deploy-parallel", 10, "max-parallel of the -deploy deployment")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
@@ -170,8 +174,10 @@ func run() error {
 	if _, err := reg.RegisterApp(ctx, registry.App{Name: "bench"}); err != nil {
 		return err
 	}
-	if _, err := reg.RegisterRevision(ctx, registry.Revision{App: "bench", Name: "v1", Dir: work}); err != nil {
-		return err
+	for _, rev := range []string{"v1", "v2"} {
+		if _, err := reg.RegisterRevision(ctx, registry.Revision{App: "bench", Name: rev, Dir: work}); err != nil {
+			return err
+		}
 	}
 	if _, err := reg.SetProcType(ctx, registry.ProcType{App: "bench", Name: "sleep", Command: "exec /bin/sleep 3600",
 		Restart: registry.RestartPolicy{InitialDelay: registry.Duration(time.Millisecond)}}); err != nil {
@@ -179,6 +185,13 @@ func run() error {
 	}
 
 	rep := Report{Machine: machine()}
+	if *deployN > 0 {
+		scale := func() (Result, error) { return scaleUp(ctx, reg, cli, *deployN, procs) }
+		if rep.Deploy, err = benchDeploy(ctx, reg, cli, *deployN, *deployPar, scale); err != nil {
+			return err
+		}
+		return printReport(rep)
+	}
 	counts := strings.Split(*ns, ",")
 	for i, s := range counts {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -235,6 +248,10 @@ func run() error {
 		r.RatioToBareExec = r.SecondsToAllRunning / r.BareExecSeconds
 		rep.Results = append(rep.Results, r)
 	}
+	return printReport(rep)
+}
+
+func printReport(rep Report) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(rep)
