@@ -39,7 +39,11 @@
 //     re-registers, re-binds (adopts) its instances and stops only those
 //     that were replaced meanwhile;
 //   - it serves a local API on a unix socket and on HTTP (status,
-//     instances, logs, signals, Prometheus metrics, health), with bounds on
+//     instances, logs, signals, deployments (deployapi.go: status, history,
+//     pause/resume/fail/promote, rollback, read from and written to the
+//     registry, so any agent answers for the fleet), Prometheus metrics
+//     (the elected one adds deployments by state and running instances per
+//     revision, deploymetrics.go), health), with bounds on
 //     every wait and buffer (apibounds.go): header, read, write and idle
 //     timeouts (streaming routes get a deadline per write instead of one
 //     for the response), a header size limit, a connection cap in total

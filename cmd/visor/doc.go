@@ -6,7 +6,9 @@
 //
 // The command tree is built with github.com/spf13/cobra, afresh for each
 // invocation (newRootCmd; commands bind their flags into it), one file per
-// area: agent, app, env, rev, proc, scale, ps, restart, stop, ticket
+// area: agent, app, env, rev, proc, scale, deploy (deploy status|pause|
+// resume|fail|promote, deploys, rollback: deploy*.go; env set --rollout:
+// envrollout.go), ps, restart, stop, ticket
 // (tickets), host (hosts, drain, undrain), status, events, logs, signal,
 // lookup, config, doctor, service, version, demo-web (the quickstart's
 // workload: a small HTTP server), plus cobra's help and completion.
