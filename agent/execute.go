@@ -80,6 +80,18 @@ func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *re
 		}
 		return
 	}
+	if registry.Unavailable(err) {
+		// etcd did not answer (a leader change, a timeout): that says
+		// nothing about this host, so the ticket goes back without an
+		// attempt counted or this host excluded, and is claimed again
+		// (here or elsewhere) once etcd answers. Counting it excluded the
+		// only live host of a test/fault run for good.
+		log.Warn("ticket not done, etcd did not answer; giving it back", "error", err)
+		if rerr := s.Unclaim(ctx, t, err.Error()); rerr != nil {
+			log.Warn("give the ticket back", "error", rerr)
+		}
+		return
+	}
 	log.Warn("ticket failed; releasing it", "error", err)
 	if rerr := s.Release(ctx, t, err.Error()); rerr != nil {
 		log.Warn("release ticket", "error", rerr)

@@ -148,3 +148,33 @@ func ExplainTLS(err error) error {
 	}
 	return fmt.Errorf("TLS: %s: %w", cause, err)
 }
+
+// Unavailable reports whether err is etcd not answering for now (no
+// leader, a leader change, a request timed out in the cluster, no
+// connection) rather than an answer about the request. A caller may try
+// the same request again later; a failure like this says nothing about
+// the request or the host that sent it, so the agent gives a ticket that
+// failed this way back without counting an attempt.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, e := range []error{
+		rpctypes.ErrLeaderChanged, rpctypes.ErrGRPCLeaderChanged,
+		rpctypes.ErrNoLeader, rpctypes.ErrGRPCNoLeader,
+		rpctypes.ErrTimeout, rpctypes.ErrGRPCTimeout,
+		rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrGRPCTimeoutDueToLeaderFail,
+		rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrGRPCTimeoutDueToConnectionLost,
+		rpctypes.ErrTimeoutWaitAppliedIndex, rpctypes.ErrGRPCTimeoutWaitAppliedIndex,
+		rpctypes.ErrNotCapable, rpctypes.ErrGRPCNotCapable,
+	} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) && ee.Code() == codes.Unavailable {
+		return true
+	}
+	return status.Code(err) == codes.Unavailable
+}
