@@ -32,31 +32,7 @@ type scaleRow struct {
 func (s scaleRow) Short() bool { return s.Running < s.Desired }
 
 // counts are instance counts by what an operator cares about.
-type counts struct {
-	Live, Running, Starting, Backoff, Stopping, Failed, Lost, Exited int
-}
-
-func (c *counts) add(in registry.Instance) {
-	switch in.State {
-	case registry.InstanceRunning:
-		c.Running++
-	case registry.InstancePending, registry.InstanceClaimed, registry.InstanceStarting:
-		c.Starting++
-	case registry.InstanceBackoff:
-		c.Backoff++
-	case registry.InstanceStopping:
-		c.Stopping++
-	case registry.InstanceFailed:
-		c.Failed++
-	case registry.InstanceLost:
-		c.Lost++
-	case registry.InstanceExited:
-		c.Exited++
-	}
-	if in.State.Live() {
-		c.Live++
-	}
-}
+type counts = registry.InstanceCounts
 
 // overviewData is the fleet overview.
 type overviewData struct {
@@ -110,7 +86,7 @@ func (h *Handler) readFleet(ctx context.Context) (overviewData, error) {
 func fleetData(hosts []registry.Host, insts []registry.Instance, apps int, entries []registry.ScaleEntry) overviewData {
 	d := overviewData{Apps: apps, Hosts: hostRows(hosts, insts), Scales: scaleRows(entries, insts)}
 	for _, in := range insts {
-		d.Counts.add(in)
+		d.Counts.Add(in)
 	}
 	return d
 }
@@ -151,7 +127,7 @@ func scaleRows(entries []registry.ScaleEntry, insts []registry.Instance) []scale
 	for _, in := range insts {
 		r := row(in.App, in.Rev, in.Proc)
 		var c counts
-		c.add(in)
+		c.Add(in)
 		r.Running += c.Running
 		r.Starting += c.Starting
 		r.Backoff += c.Backoff
@@ -261,7 +237,7 @@ func (h *Handler) host(w http.ResponseWriter, r *http.Request) {
 	}
 	d := hostData{Host: hst, Instances: insts, Pics: h.hostPictures(id)}
 	for _, in := range insts {
-		d.Counts.add(in)
+		d.Counts.Add(in)
 	}
 	sortInstances(d.Instances)
 	h.render(w, r, http.StatusOK, "host", "Host "+id, d)

@@ -58,36 +58,10 @@ type hostProblem struct {
 	Instances int    `json:"instances"`
 }
 
-// instanceCounts are instance counts by what an operator acts on.
+// instanceCounts are the desired count beside the instance counts.
 type instanceCounts struct {
-	Desired   int `json:"desired"`
-	Running   int `json:"running"`
-	Starting  int `json:"starting"` // pending, claimed, starting
-	Unhealthy int `json:"unhealthy"`
-	Backoff   int `json:"backoff"`
-	Stopping  int `json:"stopping"`
-	Failed    int `json:"failed"`
-	Lost      int `json:"lost"`
-}
-
-func (c *instanceCounts) add(in registry.Instance) {
-	switch in.State {
-	case registry.InstanceRunning:
-		c.Running++
-	case registry.InstancePending, registry.InstanceClaimed, registry.InstanceStarting:
-		c.Starting++
-	case registry.InstanceBackoff:
-		c.Backoff++
-	case registry.InstanceStopping:
-		c.Stopping++
-	case registry.InstanceFailed:
-		c.Failed++
-	case registry.InstanceLost:
-		c.Lost++
-	}
-	if in.Health != "" && (in.State == registry.InstanceRunning || in.State == registry.InstanceStarting) {
-		c.Unhealthy++
-	}
+	Desired int `json:"desired"`
+	registry.InstanceCounts
 }
 
 type scaleSummary struct {
@@ -167,7 +141,7 @@ func readStatus(ctx context.Context, e *env, r *registry.Registry) (statusOut, e
 		st.Instances.Desired += s.Desired
 	}
 	for _, in := range insts {
-		st.Instances.add(in)
+		st.Instances.Add(in)
 	}
 	st.Tickets = summariseTickets(tickets)
 	st.Waiting = make([]waitingSummary, 0, len(waits))
@@ -232,7 +206,7 @@ func summariseScales(scales []registry.ScaleEntry, insts []registry.Instance) []
 		if in.State == registry.InstanceExited {
 			continue
 		}
-		row(in.App, in.Rev, in.Proc).add(in)
+		row(in.App, in.Rev, in.Proc).Add(in)
 	}
 	out := make([]scaleSummary, 0, len(idx))
 	for _, s := range idx {
