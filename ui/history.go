@@ -93,6 +93,8 @@ type History struct {
 
 	// applied, if set (tests), is called after each event Run applied.
 	applied func(registry.Event)
+	// listed, if set (tests), is called after each listing Run made.
+	listed func()
 }
 
 // instRec is what the history keeps of an instance.
@@ -192,6 +194,9 @@ func (h *History) follow(ctx context.Context, tick <-chan time.Time) bool {
 	}
 	h.list(insts)
 	h.sample(time.Now())
+	if h.listed != nil {
+		h.listed()
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -149,10 +149,25 @@ func TestHistoryRunFollowsTheRegistry(t *testing.T) {
 		default:
 		}
 	}
+	listed := make(chan struct{}, 1)
+	h.listed = func() {
+		select {
+		case listed <- struct{}{}:
+		default:
+		}
+	}
 	rctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { h.Run(rctx) })
 	defer func() { stop(); wg.Wait() }()
+	// Wait for Run's first listing: what happens after it must reach the
+	// history as events (a listing made after the MarkLost below would
+	// see the instance lost from the start).
+	select {
+	case <-listed:
+	case <-time.After(testtime.Scaled(30 * time.Second)):
+		t.Fatal("the history did not list the instances")
+	}
 
 	// The sample Run takes after its list shows the app (none running).
 	res, err := f.reg.Scale(ctx, "demo", "v1", "web", 2)
