@@ -39,7 +39,8 @@ const (
 // admission (capacity bookkeeping, admission.go), the port allocator
 // (ports.go), the state writer (writer.go), the ticket pipeline
 // (pipeline.go) and what it executes (execute.go, start.go), adoption
-// (adopt.go), the local API (api.go) and the metrics (metrics.go). Run
+// (adopt.go), the host record and its status writes (status.go), the
+// local API (api.go) and the metrics (metrics.go). Run
 // (run.go) runs them with one shutdown order.
 type Agent struct {
 	cfg       Config
@@ -53,6 +54,7 @@ type Agent struct {
 	metrics   *metrics
 	services  *discovery.Store
 	registrar *discovery.Registrar
+	status    *hostStatus    // the host record and its periodic writes
 	auth      *authenticator // API principals; set by listen
 	uiHist    *ui.History    // the dashboard's history; set by listen, nil without HTTP
 	started   time.Time
@@ -110,6 +112,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		starts:     newStartRuns(),
 		startLimit: rate.NewLimiter(rate.Limit(cfg.StartRate), cfg.StartBurst),
 	}
+	a.status = hostStatusOf(cfg, log, a.adm, a.started, a.HTTPAddr)
 	if err := a.artifacts.prepareDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}

@@ -294,11 +294,11 @@ func (a *Agent) registerConnMetrics(ls map[string]*limitListener) {
 // apiScheme is the scheme of the HTTP API for the host record: "https"
 // when it serves TLS, "http" otherwise, "" when there is none. CLIs use it
 // to call the agent with TLS, never sending a token in cleartext to it.
-func (a *Agent) apiScheme() string {
+func apiScheme(cfg Config) string {
 	switch {
-	case a.cfg.DisableHTTP:
+	case cfg.DisableHTTP:
 		return ""
-	case a.cfg.TLSCertFile != "":
+	case cfg.TLSCertFile != "":
 		return "https"
 	default:
 		return "http"

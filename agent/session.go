@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -70,7 +69,7 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 // that lease is revoked first: it is ours, and the instances it indexed are
 // adopted again under the new lease.
 func (a *Agent) register(ctx context.Context) (*registry.HostSession, error) {
-	host := a.hostRecord()
+	host := a.status.record()
 	s, err := a.reg.RegisterHost(ctx, host, a.cfg.TTL)
 	if errors.Is(err, registry.ErrExists) {
 		old, ok := a.persistedLease()
@@ -107,35 +106,6 @@ func (a *Agent) persistedLease() (int64, bool) {
 	}
 	id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 64)
 	return id, err == nil
-}
-
-func (a *Agent) hostRecord() registry.Host {
-	return registry.Host{
-		ID:        a.cfg.HostID,
-		Addr:      a.cfg.Addr,
-		Labels:    a.cfg.Labels,
-		Capacity:  a.adm.capacity,
-		Resources: &a.adm.resources,
-		Version:   a.cfg.Version,
-		APIAddr:   a.apiAddr(),
-		APIScheme: a.apiScheme(),
-		Started:   a.started,
-		Load:      a.hostLoad(),
-	}
-}
-
-// apiAddr is the HTTP API address other hosts' CLIs can call: the bound
-// address, with an unspecified IP replaced by the host's Addr.
-func (a *Agent) apiAddr() string {
-	addr := a.HTTPAddr()
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return ""
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		return net.JoinHostPort(a.cfg.Addr, port)
-	}
-	return addr
 }
 
 func (a *Agent) setSession(s *registry.HostSession) {

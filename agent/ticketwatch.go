@@ -24,7 +24,7 @@ func (a *Agent) serve(ctx context.Context, s *registry.HostSession) error {
 		case <-sctx.Done():
 		}
 	})
-	wg.Go(func() { a.statusLoop(sctx, s) })
+	wg.Go(func() { a.status.run(sctx, s) })
 	wg.Go(func() { a.watchDrain(sctx) })
 	wg.Go(func() { a.watchPeers(sctx) })
 	if !a.cfg.DisableReconciler {
