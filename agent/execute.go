@@ -7,21 +7,71 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/visorhq/visor/registry"
 	"github.com/visorhq/visor/supervisor"
 )
 
-// sessionExecutor is the pipeline's ticketExecutor: the agent's execution
-// of claimed tickets with session s.
-type sessionExecutor struct {
-	a *Agent
-	s *registry.HostSession
+// execSession is what the executor writes with (*registry.HostSession).
+type execSession interface {
+	ticketCompleter
+	Release(ctx context.Context, t registry.Ticket, reason string) error
+	Unclaim(ctx context.Context, t registry.Ticket, reason string) error
+	UpdateInstance(ctx context.Context, in registry.Instance) error
 }
 
-func (e sessionExecutor) prepare(ctx context.Context, j *job) bool { return e.a.prepareStart(ctx, j) }
+// execSupervisor is what stop, restart and signal tickets need of the
+// supervisor (*supervisor.Supervisor).
+type execSupervisor interface {
+	Stop(ctx context.Context, id string) (supervisor.Status, error)
+	Restart(ctx context.Context, id string) (supervisor.Status, error)
+	Signal(id, sig string) error
+	// Notified returns once the state changes made so far have been
+	// handed to the agent (InstanceStateChanged), or ctx ended.
+	Notified(ctx context.Context) error
+}
 
-func (e sessionExecutor) execute(ctx context.Context, drain func() context.Context, j *job) {
-	e.a.execute(ctx, drain, e.s, j)
+// instanceFlusher writes an instance's latest state to the registry
+// (*stateWriter).
+type instanceFlusher interface {
+	flushOne(ctx context.Context, id string)
+}
+
+// portReleaser gives back the port of a stopped instance (*portAllocator).
+type portReleaser interface {
+	freeOf(id string, st supervisor.Status)
+}
+
+// ticketStarter runs start tickets (*starter, start.go).
+type ticketStarter interface {
+	// prepare reads what start job j needs and reports whether it must
+	// wait for an artifact first (see ticketExecutor).
+	prepare(ctx context.Context, j *job) (fetch bool)
+	// start starts the instance of job j; the ticket completes when the
+	// instance first reaches running, or at once (with s) when the
+	// supervisor already has it.
+	start(ctx context.Context, s ticketCompleter, j *job) error
+}
+
+// executor is the pipeline's ticketExecutor for one session: it runs
+// claimed tickets with the few parts they need and completes, releases
+// or gives back each one.
+type executor struct {
+	log       hclog.Logger
+	session   execSession
+	sup       execSupervisor
+	instances instanceReader // a stop with no process here reads the record
+	writer    instanceFlusher
+	ports     portReleaser
+	starts    *startRuns // starts under way, cancelled by their stop
+	starter   ticketStarter
+}
+
+// executor returns the executor of session s.
+func (a *Agent) executor(s *registry.HostSession) *executor {
+	return &executor{log: a.log, session: s, sup: a.sup, instances: a.reg, writer: a.writer,
+		ports: a.ports, starts: a.starts, starter: a.starter()}
 }
 
 // pipelineDeps is what the ticket pipeline of session s gets.
@@ -30,7 +80,7 @@ func (a *Agent) pipelineDeps(s *registry.HostSession) pipelineDeps {
 		log:         a.log,
 		maxParallel: a.cfg.MaxParallel,
 		session:     s,
-		exec:        sessionExecutor{a: a, s: s},
+		exec:        a.executor(s),
 		inflight:    a.inflight,
 		adm:         a.adm,
 		supervised:  a.sup.Has,
@@ -41,23 +91,25 @@ func (a *Agent) pipelineDeps(s *registry.HostSession) pipelineDeps {
 	}
 }
 
+func (e *executor) prepare(ctx context.Context, j *job) bool { return e.starter.prepare(ctx, j) }
+
 // execute runs a claimed ticket and completes or releases it. drain gives
 // the context of a release when ctx ended meanwhile.
-func (a *Agent) execute(ctx context.Context, drain func() context.Context, s *registry.HostSession, j *job) {
-	t, inst := j.t, j.inst
-	log := a.log.With("ticket", t.ID, "op", string(t.Op), "instance", inst.ID)
+func (e *executor) execute(ctx context.Context, drain func() context.Context, j *job) {
+	t, inst, s := j.t, j.inst, e.session
+	log := e.log.With("ticket", t.ID, "op", string(t.Op), "instance", inst.ID)
 	log.Info("ticket claimed")
 	var err error
 	cancelled := false
 	switch t.Op {
 	case registry.TicketStart:
-		cancelled, err = a.runStart(ctx, s, j)
+		cancelled, err = e.runStart(ctx, j)
 	case registry.TicketStop:
-		err = a.stop(ctx, s, t)
+		err = e.stop(ctx, t)
 	case registry.TicketRestart:
-		err = a.restart(ctx, s, t)
+		err = e.restart(ctx, t)
 	case registry.TicketSignal:
-		err = a.signal(ctx, s, t)
+		err = e.signal(ctx, t)
 	default:
 		err = fmt.Errorf("unknown ticket op %q", t.Op)
 	}
@@ -174,30 +226,31 @@ func (r *startRuns) cancelTicket(id string) {
 	}
 }
 
-// runStart runs start ticket j, cancellable through a.starts; cancelled
+// runStart runs start ticket j, cancellable through e.starts; cancelled
 // reports that it ended because of that.
-func (a *Agent) runStart(ctx context.Context, s *registry.HostSession, j *job) (cancelled bool, err error) {
+func (e *executor) runStart(ctx context.Context, j *job) (cancelled bool, err error) {
 	id := j.inst.ID
 	if id == "" {
 		id = j.t.Instance
 	}
-	return a.starts.run(ctx, id, j.t.ID, func(ctx context.Context) error { return a.start(ctx, s, j) })
+	return e.starts.run(ctx, id, j.t.ID, func(ctx context.Context) error { return e.starter.start(ctx, e.session, j) })
 }
 
 // stop runs a stop ticket: the instance stops for good and the ticket
 // completes; its final state reaches the registry through the writer.
-func (a *Agent) stop(ctx context.Context, s *registry.HostSession, t registry.Ticket) error {
+func (e *executor) stop(ctx context.Context, t registry.Ticket) error {
+	s := e.session
 	// A start still fetching its artifact (or about to start the process)
 	// ends first: then the instance either never ran, or is the
 	// supervisor's to stop.
-	a.starts.cancel(ctx, t.Instance, "its stop was requested")
-	st, err := a.sup.Stop(ctx, t.Instance)
+	e.starts.cancel(ctx, t.Instance, "its stop was requested")
+	st, err := e.sup.Stop(ctx, t.Instance)
 	switch {
 	case errors.Is(err, supervisor.ErrNotFound):
 		// Nothing here to stop: record the instance as exited. The
 		// ticket completes only once that is written (or the record is
 		// gone), else it is released and tried again.
-		inst, ierr := a.reg.Instance(ctx, t.Instance)
+		inst, ierr := e.instances.Instance(ctx, t.Instance)
 		switch {
 		case errors.Is(ierr, registry.ErrNotFound):
 		case ierr != nil:
@@ -210,7 +263,7 @@ func (a *Agent) stop(ctx context.Context, s *registry.HostSession, t registry.Ti
 				// The instance may have ended meanwhile (a start cancelled
 				// by this stop retires it as not started): that is the
 				// outcome wanted.
-				now, rerr := a.reg.Instance(ctx, t.Instance)
+				now, rerr := e.instances.Instance(ctx, t.Instance)
 				if !errors.Is(uerr, registry.ErrTransition) || rerr != nil || !now.State.Terminal() {
 					return fmt.Errorf("stop: record the instance exited: %w", uerr)
 				}
@@ -219,35 +272,39 @@ func (a *Agent) stop(ctx context.Context, s *registry.HostSession, t registry.Ti
 	case err != nil:
 		return fmt.Errorf("stop: %w", err)
 	default:
-		a.ports.freeOf(st.ID, st)
+		e.ports.freeOf(st.ID, st)
 	}
-	a.flushInstance(ctx, t.Instance)
+	e.flushInstance(ctx, t.Instance)
 	return s.Complete(ctx, t)
 }
 
 // flushInstance waits until the supervisor's state changes so far have
 // reached the state writer and id's latest state is in the registry, so
 // that a ticket completed next is never seen done before its outcome.
-func (a *Agent) flushInstance(ctx context.Context, id string) {
-	if err := a.sup.Notified(ctx); err != nil {
+func (e *executor) flushInstance(ctx context.Context, id string) {
+	if err := e.sup.Notified(ctx); err != nil {
 		return
 	}
-	a.writer.flushOne(ctx, id)
+	e.writer.flushOne(ctx, id)
 }
 
-func (a *Agent) restart(ctx context.Context, s *registry.HostSession, t registry.Ticket) error {
-	if _, err := a.sup.Restart(ctx, t.Instance); err != nil {
+// restart runs a restart ticket: the supervisor restarts the instance and
+// the ticket completes once its new state is in the registry.
+func (e *executor) restart(ctx context.Context, t registry.Ticket) error {
+	if _, err := e.sup.Restart(ctx, t.Instance); err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
 	// As for a stop: the new process's state is in the registry before
 	// the ticket is done, so whoever waits for the ticket reads it.
-	a.flushInstance(ctx, t.Instance)
-	return s.Complete(ctx, t)
+	e.flushInstance(ctx, t.Instance)
+	return e.session.Complete(ctx, t)
 }
 
-func (a *Agent) signal(ctx context.Context, s *registry.HostSession, t registry.Ticket) error {
-	if err := a.sup.Signal(t.Instance, t.Signal); err != nil {
+// signal runs a signal ticket: the supervisor signals the instance and
+// the ticket completes.
+func (e *executor) signal(ctx context.Context, t registry.Ticket) error {
+	if err := e.sup.Signal(t.Instance, t.Signal); err != nil {
 		return fmt.Errorf("signal %s: %w", t.Signal, err)
 	}
-	return s.Complete(ctx, t)
+	return e.session.Complete(ctx, t)
 }

@@ -70,7 +70,7 @@ type job struct {
 	abandon context.CancelFunc
 	inst    registry.Instance // as claimed
 
-	// For a start, set by prepareStart: the launch read, or why it failed,
+	// For a start, set by starter.prepare: the launch read, or why it failed,
 	// and the group the release is handed to (-1: root's own release).
 	launch    *registry.Launch
 	launchErr error

@@ -15,9 +15,56 @@ import (
 	"github.com/visorhq/visor/supervisor/restart"
 )
 
+// ticketCompleter completes a ticket (*registry.HostSession).
+type ticketCompleter interface {
+	Complete(ctx context.Context, t registry.Ticket) error
+}
+
+// launchReader reads what a start needs of the registry
+// (*registry.Registry).
+type launchReader interface {
+	Launch(ctx context.Context, app, rev, proc string) (registry.Launch, error)
+}
+
+// startSupervisor is what a start needs of the supervisor
+// (*supervisor.Supervisor).
+type startSupervisor interface {
+	Start(ctx context.Context, spec supervisor.Spec) (supervisor.Status, error)
+}
+
+// startWriter is what a start tells the state writer (*stateWriter): the
+// ticket to complete with the instance's first running state, or that
+// none comes.
+type startWriter interface {
+	expect(id string, t registry.Ticket)
+	unexpect(id string)
+}
+
+// starter runs start tickets (the executor's ticketStarter): it reads the
+// launch, fetches the artifact, takes a port and hands the process to the
+// supervisor, with the few parts that needs.
+type starter struct {
+	host      string // Config.HostID
+	reg       launchReader
+	bad       *badRecords // reports launch records skipped
+	artifacts *artifactCache
+	ports     *portAllocator
+	adm       *admission // the reservation written into the instance's meta
+	writer    startWriter
+	sup       startSupervisor
+}
+
+// starter returns the agent's starter.
+func (a *Agent) starter() *starter {
+	return &starter{host: a.cfg.HostID, reg: a.reg, bad: a.metrics.badRecords, artifacts: a.artifacts,
+		ports: a.ports, adm: a.adm, writer: a.writer, sup: a.sup}
+}
+
+// prepare reads the launch of start job j (the revision, proc type and
+// env) and reports whether the start must first wait off the executors
 // for an artifact that is not in the cache yet.
-func (a *Agent) prepareStart(ctx context.Context, j *job) bool {
-	l, err := a.reg.Launch(ctx, j.t.App, j.t.Rev, j.t.Proc)
+func (sr *starter) prepare(ctx context.Context, j *job) bool {
+	l, err := sr.reg.Launch(ctx, j.t.App, j.t.Rev, j.t.Proc)
 	// Env vars that do not check out (a key with "=" would set another
 	// variable) are left out and reported, not passed to the process.
 	bad, err := registry.Skipped(err)
@@ -25,7 +72,7 @@ func (a *Agent) prepareStart(ctx context.Context, j *job) bool {
 		j.launchErr = err
 		return false
 	}
-	a.metrics.badRecords.observe("launch/"+j.t.App, bad)
+	sr.bad.observe("launch/"+j.t.App, bad)
 	j.launch = &l
 	rev := l.Revision
 	if rev.ArtifactURL == "" {
@@ -35,35 +82,35 @@ func (a *Agent) prepareStart(ctx context.Context, j *job) bool {
 		j.launchErr = err
 		return false
 	}
-	return !a.artifacts.ready(rev.SHA256, j.gid)
+	return !sr.artifacts.ready(rev.SHA256, j.gid)
 }
 
 // start runs a start ticket: resolve the revision and proc type, fetch the
 // artifact, pick a port and start the process. The ticket completes when
 // the instance first reaches running (or a terminal state), written by the
 // state writer in the same transaction as that state.
-func (a *Agent) start(ctx context.Context, s *registry.HostSession, j *job) error {
+func (sr *starter) start(ctx context.Context, s ticketCompleter, j *job) error {
 	t, inst := j.t, j.inst
 	if inst.ID == "" {
 		inst.ID = t.Instance
 	}
 	if j.launch == nil && j.launchErr == nil {
-		a.prepareStart(ctx, j)
+		sr.prepare(ctx, j)
 	}
 	if j.launchErr != nil {
 		return j.launchErr
 	}
-	spec, port, release, err := a.buildSpec(ctx, t, inst, *j.launch, j.gid)
+	spec, port, release, err := sr.buildSpec(ctx, t, inst, *j.launch, j.gid)
 	if err != nil {
 		return err
 	}
 	// Once the supervisor has the instance, its release counts as in use
 	// by it (metaDir); until then the pin keeps pruning away.
 	defer release()
-	a.writer.expect(inst.ID, t)
-	if _, err := a.sup.Start(ctx, spec); err != nil {
-		a.writer.unexpect(inst.ID)
-		a.ports.Free(port, inst.ID)
+	sr.writer.expect(inst.ID, t)
+	if _, err := sr.sup.Start(ctx, spec); err != nil {
+		sr.writer.unexpect(inst.ID)
+		sr.ports.Free(port, inst.ID)
 		if errors.Is(err, supervisor.ErrExists) {
 			// Already running here (a re-delivered ticket): done.
 			return s.Complete(ctx, t)
@@ -77,20 +124,20 @@ func (a *Agent) start(ctx context.Context, s *registry.HostSession, j *job) erro
 }
 
 // buildSpec turns a start ticket into a supervisor.Spec.
-func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.Instance, l registry.Launch, gid int) (supervisor.Spec, int, func(), error) {
+func (sr *starter) buildSpec(ctx context.Context, t registry.Ticket, inst registry.Instance, l registry.Launch, gid int) (supervisor.Spec, int, func(), error) {
 	rev, proc, appEnv := l.Revision, l.ProcType, l.Env
 	dir := rev.Dir
 	release := func() {}
 	if rev.ArtifactURL != "" {
 		var err error
-		dir, release, err = a.artifacts.Dir(ctx, rev.ArtifactURL, rev.SHA256, gid)
+		dir, release, err = sr.artifacts.Dir(ctx, rev.ArtifactURL, rev.SHA256, gid)
 		if err != nil {
 			return supervisor.Spec{}, 0, nil, err
 		}
 	} else if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return supervisor.Spec{}, 0, nil, fmt.Errorf("%w: revision directory %q is not on this host", ErrArtifact, dir)
 	}
-	spec, port, err := a.specIn(t, inst, proc, appEnv, dir)
+	spec, port, err := sr.specIn(t, inst, proc, appEnv, dir)
 	if err != nil {
 		release()
 		return supervisor.Spec{}, 0, nil, err
@@ -99,7 +146,7 @@ func (a *Agent) buildSpec(ctx context.Context, t registry.Ticket, inst registry.
 }
 
 // specIn builds the Spec of a start ticket whose working directory is dir.
-func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.ProcType, appEnv map[string]string, dir string) (supervisor.Spec, int, error) {
+func (sr *starter) specIn(t registry.Ticket, inst registry.Instance, proc registry.ProcType, appEnv map[string]string, dir string) (supervisor.Spec, int, error) {
 	var err error
 	command := proc.Command
 	if command == "" {
@@ -107,12 +154,12 @@ func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.
 			return supervisor.Spec{}, 0, err
 		}
 	}
-	port, err := a.ports.Allocate(inst.ID)
+	port, err := sr.ports.Allocate(inst.ID)
 	if err != nil {
 		return supervisor.Spec{}, 0, err
 	}
 
-	envList := instanceEnv(t, inst.ID, a.cfg.HostID, port, proc.Env, appEnv, dir)
+	envList := instanceEnv(t, inst.ID, sr.host, port, proc.Env, appEnv, dir)
 
 	// The supervisor parses the line (package supervisor/shellline): a
 	// simple command runs directly, a missing program is refused with its
@@ -149,7 +196,7 @@ func (a *Agent) specIn(t registry.Ticket, inst registry.Instance, proc registry.
 			metaDir:     dir,
 		},
 	}
-	a.adm.reservationOf(t).meta(spec.Meta)
+	sr.adm.reservationOf(t).meta(spec.Meta)
 	spec.Health = healthCheck(proc.Health, port)
 	return spec, port, nil
 }
