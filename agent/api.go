@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -25,7 +26,7 @@ const SocketName = "agent.sock"
 // apiServer serves the local API on the unix socket and, unless disabled,
 // on HTTP(S).
 type apiServer struct {
-	a         *Agent
+	log       hclog.Logger
 	unixL     net.Listener
 	httpL     net.Listener
 	unixSrv   *http.Server
@@ -67,7 +68,7 @@ func (a *Agent) listen() (*apiServer, error) {
 		ul.Close()
 		return nil, err
 	}
-	s := &apiServer{a: a, unixL: newLimitListener(ul, maxConns(a.cfg.HTTPMaxConns), 0, a.log)}
+	s := &apiServer{log: a.log, unixL: newLimitListener(ul, maxConns(a.cfg.HTTPMaxConns), 0, a.log)}
 	mux := a.routes()
 	s.unixSrv = newAPIServer(a.authUnix(mux), a.cfg.HTTPIdleTimeout)
 	s.unixSrv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
@@ -118,7 +119,7 @@ func (s *apiServer) serve(ctx context.Context) {
 	go func() {
 		defer wg.Done()
 		if err := s.unixSrv.Serve(s.unixL); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.a.log.Error("unix api stopped", "error", err)
+			s.log.Error("unix api stopped", "error", err)
 		}
 	}()
 	if s.httpSrv != nil {
@@ -133,7 +134,7 @@ func (s *apiServer) serve(ctx context.Context) {
 				err = s.httpSrv.Serve(s.httpL)
 			}
 			if err != nil && !errors.Is(err, http.ErrServerClosed) {
-				s.a.log.Error("http api stopped", "error", err)
+				s.log.Error("http api stopped", "error", err)
 			}
 		}()
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/visorhq/visor/supervisor"
 	"github.com/visorhq/visor/supervisor/logfile"
 	"github.com/visorhq/visor/ui"
 )
@@ -22,23 +23,31 @@ func (a *Agent) uiHandler() http.Handler {
 	if !a.cfg.DisableHTTP && a.uiHist == nil {
 		a.uiHist = ui.NewHistory(ui.HistoryConfig{Registry: a.reg, Logger: a.log.Named("ui-history")})
 	}
-	return ui.New(ui.Config{Registry: a.reg, Local: uiLocal{a}, History: a.uiHist, Host: a.cfg.HostID, Logger: a.log.Named("ui")})
+	return ui.New(ui.Config{Registry: a.reg, Local: uiLocal{a.sup}, History: a.uiHist, Host: a.cfg.HostID, Logger: a.log.Named("ui")})
+}
+
+// uiSupervisor is what the dashboard's view of this host needs of the
+// supervisor (*supervisor.Supervisor).
+type uiSupervisor interface {
+	Has(id string) bool
+	LogPath(id, stream string) string
+	Status(id string) (supervisor.Status, bool)
 }
 
 // uiLocal gives the dashboard the logs and usage of this host's instances.
-type uiLocal struct{ a *Agent }
+type uiLocal struct{ sup uiSupervisor }
 
 var _ ui.Local = uiLocal{}
 
 // Has reports whether the supervisor here has the instance.
-func (l uiLocal) Has(id string) bool { return l.a.sup.Has(id) }
+func (l uiLocal) Has(id string) bool { return l.sup.Has(id) }
 
 // Logs streams an instance's log as GET /v1/instances/{id}/logs does.
 func (l uiLocal) Logs(ctx context.Context, id, stream string, tail int, follow bool, w io.Writer) error {
-	if !l.a.sup.Has(id) {
+	if !l.sup.Has(id) {
 		return ui.ErrNotLocal
 	}
-	path := l.a.sup.LogPath(id, stream)
+	path := l.sup.LogPath(id, stream)
 	err := logfile.Options{}.Stream(ctx, path, tail, follow, w)
 	if errors.Is(err, os.ErrNotExist) && follow {
 		err = logfile.Follow(ctx, path, false, w)
@@ -48,7 +57,7 @@ func (l uiLocal) Logs(ctx context.Context, id, stream string, tail int, follow b
 
 // Usage is the supervisor's on-demand reading of the instance's process.
 func (l uiLocal) Usage(id string) (float64, uint64, bool) {
-	st, ok := l.a.sup.Status(id)
+	st, ok := l.sup.Status(id)
 	if !ok || st.PID == 0 {
 		return 0, 0, false
 	}
