@@ -88,14 +88,12 @@ type ticketGroup struct {
 	Reason string `json:"reason"`
 }
 
+// waitingSummary is a scale whose instances wait for room: the stored
+// registry.ScaleStatus, shown without its Since (status -o json has no
+// "since": the outer, always nil, field hides the embedded one).
 type waitingSummary struct {
-	App      string `json:"app"`
-	Rev      string `json:"rev"`
-	Proc     string `json:"proc"`
-	Desired  int    `json:"desired"`
-	Admitted int    `json:"admitted"`
-	Waiting  int    `json:"waiting"`
-	Reason   string `json:"reason"`
+	registry.ScaleStatus
+	Since *struct{} `json:"since,omitempty"`
 }
 
 func runStatus(ctx context.Context, e *env, args []string) error {
@@ -146,8 +144,7 @@ func readStatus(ctx context.Context, e *env, r *registry.Registry) (statusOut, e
 	st.Tickets = summariseTickets(tickets)
 	st.Waiting = make([]waitingSummary, 0, len(waits))
 	for _, w := range waits {
-		st.Waiting = append(st.Waiting, waitingSummary{App: w.App, Rev: w.Rev, Proc: w.Proc,
-			Desired: w.Desired, Admitted: w.Admitted, Waiting: w.Waiting, Reason: w.Reason})
+		st.Waiting = append(st.Waiting, waitingSummary{ScaleStatus: w})
 	}
 	return st, nil
 }

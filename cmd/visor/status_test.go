@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -90,4 +92,33 @@ func TestStatus(t *testing.T) {
 	if len(st.Waiting) != 1 || st.Waiting[0].Waiting != 2 || st.Waiting[0].Reason == "" {
 		t.Errorf("status -o json waiting: %+v", st.Waiting)
 	}
+	// A waiting scale has these keys, in this order (no "since").
+	var raw struct {
+		Waiting []json.RawMessage `json:"waiting"`
+	}
+	h.okJSON(&raw, "status")
+	if len(raw.Waiting) != 1 || !jsonKeysAre(raw.Waiting[0], "app", "rev", "proc", "desired", "admitted", "waiting", "reason") {
+		t.Errorf("status -o json waiting: %s", raw.Waiting)
+	}
+}
+
+// jsonKeysAre reports whether object b has exactly keys, in that order.
+func jsonKeysAre(b []byte, keys ...string) bool {
+	d := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := d.Token(); err != nil || tok != json.Delim('{') {
+		return false
+	}
+	var got []string
+	for d.More() {
+		tok, err := d.Token()
+		if err != nil {
+			return false
+		}
+		got = append(got, tok.(string))
+		var v json.RawMessage
+		if d.Decode(&v) != nil {
+			return false
+		}
+	}
+	return slices.Equal(got, keys)
 }
