@@ -73,14 +73,12 @@ type Agent struct {
 	// instances); see spawn.
 	bg bgGroup
 
-	mu        sync.Mutex // guards the fields below
-	session   *registry.HostSession
-	sessionCh chan struct{} // closed and replaced whenever session changes
-	httpAddr  string
-	// disconnectedSince is when the agent last lost its registry session;
-	// zero while connected.
-	disconnectedSince time.Time
-	readyOnce         sync.Once
+	sess      *sessionState // the current registry session (sessionstate.go)
+	lease     leaseFile     // the session's lease, kept for a restart
+	readyOnce sync.Once     // Config.Ready is called once, at the first session
+
+	mu       sync.Mutex // guards httpAddr
+	httpAddr string
 }
 
 var _ supervisor.StateHandler = (*Agent)(nil)
@@ -106,7 +104,7 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		adm:        hostAdmission(cfg, log),
 		artifacts:  newArtifactCache(filepath.Join(cfg.DataDir, "artifacts"), artifactLimitsOf(cfg), log.Named("artifacts")),
 		started:    time.Now(),
-		sessionCh:  make(chan struct{}),
+		lease:      leaseFile(filepath.Join(cfg.DataDir, "lease")),
 		place:      newPlacer(cfg, log),
 		inflight:   newInflightTickets(),
 		starts:     newStartRuns(),
@@ -133,13 +131,14 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 	}
 	a.sup = sup
 	a.metrics = newMetrics(log, sup)
+	a.sess = newSessionState(a.metrics.setConnected)
 	a.metrics.reg.MustRegister(newDeployCollector(reg, a.metrics.leader))
 	a.services = discovery.NewStore(reg.Client(), reg.Prefix(), cfg.Logger)
 	a.writer = newStateWriter(writerDeps{
 		host:            cfg.HostID,
 		addr:            cfg.Addr,
 		log:             log,
-		session:         a.writerSession,
+		session:         a.sess.forWriter,
 		instances:       reg,
 		endpoints:       a.services,
 		onReplaced:      func(id string) { a.spawn(func(ctx context.Context) { a.stopReplaced(ctx, id) }) },

@@ -516,7 +516,7 @@ func TestAgentLocalAPI(t *testing.T) {
 	}
 	resp2, err := a.reg.Client().Get(f.ctx, a.reg.Prefix()+"services/payments/"+eps[0].ID)
 	must(t, err)
-	if len(resp2.Kvs) != 1 || resp2.Kvs[0].Lease != int64(a.currentSession().Lease()) {
+	if len(resp2.Kvs) != 1 || resp2.Kvs[0].Lease != int64(a.sess.current().Lease()) {
 		t.Errorf("external registration not bound to the host lease: %+v", resp2.Kvs)
 	}
 

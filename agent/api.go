@@ -186,7 +186,7 @@ func (a *Agent) localAPI() *localAPI {
 		host: a.cfg.HostID, addr: a.cfg.Addr, version: a.cfg.Version, started: a.started,
 		sup: a.sup, log: a.log, leader: a.leaderOf,
 		lease: func() (clientv3.LeaseID, bool) {
-			if s := a.currentSession(); s != nil {
+			if s := a.sess.current(); s != nil {
 				return s.Lease(), true
 			}
 			return 0, false

@@ -146,7 +146,7 @@ func (a *Agent) finish(fctx context.Context) {
 		a.stopAll(fctx, "agent shutdown")
 	}
 	a.writer.flush(fctx)
-	if s := a.currentSession(); s != nil {
+	if s := a.sess.current(); s != nil {
 		if a.cfg.StopOnExit {
 			// Nothing runs here any more: leave the fleet at once.
 			_ = s.Close(fctx)

@@ -4,10 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -48,7 +44,7 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 		// Adopt before the state writer sees the session: a write of an
 		// instance not yet re-bound to the new lease would look replaced.
 		a.adopter().adoptAll(ctx, s)
-		a.setSession(s)
+		a.sess.set(s)
 		a.registrar.SetLease(s.Lease())
 		a.syncEndpoints(ctx, s)
 		a.readyOnce.Do(a.cfg.Ready)
@@ -58,7 +54,7 @@ func (a *Agent) sessionLoop(ctx context.Context) error {
 			return nil // Run flushes states with this session, then ends it
 		}
 		s.Orphan()
-		a.setSession(nil)
+		a.sess.set(nil)
 		a.metrics.leaseLost.Inc()
 		a.log.Warn("registry session lost; instances keep running", "error", err)
 	}
@@ -72,7 +68,7 @@ func (a *Agent) register(ctx context.Context) (*registry.HostSession, error) {
 	host := a.status.record()
 	s, err := a.reg.RegisterHost(ctx, host, a.cfg.TTL)
 	if errors.Is(err, registry.ErrExists) {
-		old, ok := a.persistedLease()
+		old, ok := a.lease.load()
 		h, herr := a.reg.Host(ctx, a.cfg.HostID)
 		if herr != nil || !ok || h.Lease != old {
 			return nil, fmt.Errorf("host %q is registered by another live agent (lease %x): %w", a.cfg.HostID, h.Lease, err)
@@ -86,73 +82,13 @@ func (a *Agent) register(ctx context.Context) (*registry.HostSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.persistLease(int64(s.Lease()))
+	a.lease.save(int64(s.Lease()))
 	return s, nil
-}
-
-func (a *Agent) leaseFile() string { return filepath.Join(a.cfg.DataDir, "lease") }
-
-func (a *Agent) persistLease(id int64) {
-	tmp := a.leaseFile() + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(id, 16)), 0o640); err == nil {
-		_ = os.Rename(tmp, a.leaseFile())
-	}
-}
-
-func (a *Agent) persistedLease() (int64, bool) {
-	b, err := os.ReadFile(a.leaseFile())
-	if err != nil {
-		return 0, false
-	}
-	id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 64)
-	return id, err == nil
-}
-
-func (a *Agent) setSession(s *registry.HostSession) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.session = s
-	if s != nil {
-		a.disconnectedSince = time.Time{}
-	} else if a.disconnectedSince.IsZero() {
-		a.disconnectedSince = time.Now()
-	}
-	close(a.sessionCh)
-	a.sessionCh = make(chan struct{})
-	a.metrics.setConnected(s != nil)
-}
-
-// currentSession returns the live session (nil while disconnected) and a
-// channel closed when it changes.
-func (a *Agent) currentSession() *registry.HostSession {
-	s, _ := a.sessionAndChange()
-	return s
-}
-
-// writerSession is sessionAndChange for the state writer: no session is a
-// nil interface, not a nil *registry.HostSession in one.
-func (a *Agent) writerSession() (writerSession, <-chan struct{}) {
-	s, ch := a.sessionAndChange()
-	if s == nil {
-		return nil, ch
-	}
-	return s, ch
-}
-
-func (a *Agent) sessionAndChange() (*registry.HostSession, <-chan struct{}) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.session, a.sessionCh
 }
 
 // noteDisconnected applies StopAfterDisconnect.
 func (a *Agent) noteDisconnected(ctx context.Context) {
-	a.mu.Lock()
-	if a.disconnectedSince.IsZero() {
-		a.disconnectedSince = time.Now()
-	}
-	since := a.disconnectedSince
-	a.mu.Unlock()
+	since := a.sess.disconnected(time.Now())
 	if a.cfg.StopAfterDisconnect > 0 && time.Since(since) > a.cfg.StopAfterDisconnect {
 		live := 0
 		for _, st := range a.sup.List() {
