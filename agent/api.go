@@ -161,7 +161,7 @@ func (a *Agent) routes() *http.ServeMux {
 	mux.HandleFunc("GET /v1/instances/{id}", api.handleInstance)
 	mux.HandleFunc("GET /v1/instances/{id}/logs", api.logsHandler(newStreamLimiter(a.cfg.LogStreams, a.cfg.LogStreamsPerClient)))
 	mux.HandleFunc("POST /v1/instances/{id}/signal", api.handleSignal)
-	a.deployRoutes(mux)
+	deployAPI{reg: a.reg}.routes(mux)
 	services := discovery.HandlerConfig{
 		Store: a.services, Registrar: a.registrar, Logger: a.cfg.Logger, Reserved: a.reservedService,
 	}.Handler()

@@ -21,20 +21,33 @@ import (
 //	GET  /v1/apps/{app}/deployments              history, oldest first (read)
 //	POST /v1/apps/{app}/deployment/{action}      pause, resume, fail or promote (operator)
 //	POST /v1/apps/{app}/rollback                 {"rev": ""}: deploy the previous (or named) revision (operator)
-func (a *Agent) deployRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/apps/{app}/deployment", a.handleDeployment)
-	mux.HandleFunc("GET /v1/apps/{app}/deployments", a.handleDeployments)
-	mux.HandleFunc("POST /v1/apps/{app}/deployment/{action}", a.handleDeployAction)
-	mux.HandleFunc("POST /v1/apps/{app}/rollback", a.handleRollback)
+func (api deployAPI) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/apps/{app}/deployment", api.handleDeployment)
+	mux.HandleFunc("GET /v1/apps/{app}/deployments", api.handleDeployments)
+	mux.HandleFunc("POST /v1/apps/{app}/deployment/{action}", api.handleDeployAction)
+	mux.HandleFunc("POST /v1/apps/{app}/rollback", api.handleRollback)
 }
+
+// deployRegistry is what the deployment routes read and write
+// (*registry.Registry).
+type deployRegistry interface {
+	App(ctx context.Context, name string) (registry.App, error)
+	Deployment(ctx context.Context, app string) (registry.Deployment, error)
+	Deployments(ctx context.Context, app string) ([]registry.Deployment, error)
+	DeploymentAction(ctx context.Context, app string, a registry.DeployAction) (registry.Deployment, error)
+	Rollback(ctx context.Context, app, rev, by string) (registry.Deployment, error)
+}
+
+// deployAPI serves the deployment routes from the registry alone.
+type deployAPI struct{ reg deployRegistry }
 
 // deployAPITimeout bounds one registry call of a deployment route.
 const deployAPITimeout = 10 * time.Second
 
-func (a *Agent) handleDeployment(w http.ResponseWriter, r *http.Request) {
+func (api deployAPI) handleDeployment(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), deployAPITimeout)
 	defer cancel()
-	d, err := a.reg.Deployment(ctx, r.PathValue("app"))
+	d, err := api.reg.Deployment(ctx, r.PathValue("app"))
 	if err != nil {
 		writeRegistryError(w, err)
 		return
@@ -42,15 +55,15 @@ func (a *Agent) handleDeployment(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, d)
 }
 
-func (a *Agent) handleDeployments(w http.ResponseWriter, r *http.Request) {
+func (api deployAPI) handleDeployments(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), deployAPITimeout)
 	defer cancel()
 	app := r.PathValue("app")
-	if _, err := a.reg.App(ctx, app); err != nil {
+	if _, err := api.reg.App(ctx, app); err != nil {
 		writeRegistryError(w, err)
 		return
 	}
-	ds, err := a.reg.Deployments(ctx, app)
+	ds, err := api.reg.Deployments(ctx, app)
 	if err != nil && !errors.Is(err, registry.ErrCorrupt) {
 		writeRegistryError(w, err)
 		return
@@ -61,7 +74,7 @@ func (a *Agent) handleDeployments(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ds)
 }
 
-func (a *Agent) handleDeployAction(w http.ResponseWriter, r *http.Request) {
+func (api deployAPI) handleDeployAction(w http.ResponseWriter, r *http.Request) {
 	act := registry.DeployAction(r.PathValue("action"))
 	switch act {
 	case registry.DeployPause, registry.DeployResume, registry.DeployFail, registry.DeployPromote:
@@ -71,7 +84,7 @@ func (a *Agent) handleDeployAction(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), deployAPITimeout)
 	defer cancel()
-	d, err := a.reg.DeploymentAction(ctx, r.PathValue("app"), act)
+	d, err := api.reg.DeploymentAction(ctx, r.PathValue("app"), act)
 	if err != nil {
 		writeRegistryError(w, err)
 		return
@@ -86,7 +99,7 @@ type RollbackRequest struct {
 	Rev string `json:"rev"`
 }
 
-func (a *Agent) handleRollback(w http.ResponseWriter, r *http.Request) {
+func (api deployAPI) handleRollback(w http.ResponseWriter, r *http.Request) {
 	var req RollbackRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10))
 	dec.DisallowUnknownFields()
@@ -96,7 +109,7 @@ func (a *Agent) handleRollback(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), deployAPITimeout)
 	defer cancel()
-	d, err := a.reg.Rollback(ctx, r.PathValue("app"), req.Rev, principalName(r))
+	d, err := api.reg.Rollback(ctx, r.PathValue("app"), req.Rev, principalName(r))
 	if err != nil {
 		writeRegistryError(w, err)
 		return

@@ -92,28 +92,28 @@
 // the capacity bookkeeping), the port allocator (ports.go), the state
 // writer (writer.go, writerdeps.go), the ticket pipeline (pipeline.go,
 // placement.go) and what executes its tickets (execute.go: the executor,
-// with the session, supervisor, registry read, writer flush and starter
-// it needs as small interfaces; start.go: the starter, which turns a start
+// with the session, supervisor, registry read, writer flush and starter it
+// needs as small interfaces; start.go: the starter, which turns a start
 // ticket into a supervisor.Spec), the session loop (session.go;
 // sessionstate.go: the current session the parts share across sessions,
 // and the lease kept in DataDir for a restart), the host record and its
 // periodic status writes (status.go: hostStatus, with its session write
-// and load sources as small interfaces), adoption (adopt.go: the
-// adopter, with the supervisor, writer, registry reads and session writes
-// it needs as small interfaces), the ticket watch (ticketwatch.go), the
-// local API (api.go: listeners and routes;
-// apihandlers.go: the status, instance, logs and signal handlers on a
-// localAPI of the supervisor and a few values; ui.go: the dashboard's view
-// of this host's instances, on the three supervisor calls it needs) and
-// the reconciler (reconcile*.go), which also drives deployments
-// (deploy.go, whose comment describes the rollout: each pass plans every
-// active deployment's next step purely from the registry and writes it
-// as one registry.DeployStep transaction compared on the deployment
-// record, so a killed, restarted or second leader continues it and never
-// doubles a step). Adoption, the API handlers, the dashboard's view of
-// this host, the pipeline, the executor, the host status, the session
-// state, the writer and the reconciler's plan have unit tests that start
-// no etcd.
+// and load sources as small interfaces), adoption (adopt.go: the adopter,
+// with the supervisor, writer, registry reads and session writes it needs
+// as small interfaces), the ticket watch (ticketwatch.go), the local API
+// (api.go: listeners and routes; apihandlers.go: the status, instance,
+// logs and signal handlers on a localAPI of the supervisor and a few
+// values; deployapi.go: the deployment routes, on the five registry calls
+// they make; ui.go: the dashboard's view of this host's instances, on the
+// three supervisor calls it needs) and the reconciler (reconcile*.go),
+// which also drives deployments (deploy.go, whose comment describes the
+// rollout: each pass plans every active deployment's next step purely from
+// the registry and writes it as one registry.DeployStep transaction
+// compared on the deployment record, so a killed, restarted or second
+// leader continues it and never doubles a step). Adoption, the API
+// handlers, the deployment routes, the dashboard's view of this host, the
+// pipeline, the executor, the host status, the session state, the writer
+// and the reconciler's plan have unit tests that start no etcd.
 //
 // # Shutdown order
 //
