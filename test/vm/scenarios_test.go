@@ -13,7 +13,8 @@ import (
 )
 
 // scenarioUpgrade: dpkg -i of version+1 on h3; the postinst restarts the
-// running agent onto the new binary; its instances keep running.
+// running agent onto the new binary; its instances keep running, in the
+// same cgroups (checkLayout).
 func scenarioUpgrade(t *testing.T, f *fleet) {
 	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
@@ -49,6 +50,7 @@ func scenarioUpgrade(t *testing.T, f *fleet) {
 		t.Fatal(err)
 	}
 	f.checkKept(ctx, t, g, before, beforeProcs)
+	f.checkLayout(ctx, t, g)
 }
 
 // hostStarted returns the start time in g's host record (zero if none).
@@ -66,7 +68,8 @@ func (f *fleet) hostStarted(ctx context.Context, name string) time.Time {
 // hosts; then h2 boots from its disk while h1 gets a clean `systemctl
 // reboot`. On each, the agent starts at boot (once), the host rejoins and
 // none of the instances it ran before going down runs there again; the app
-// settles at its scale on all three hosts.
+// settles at its scale on all three hosts, in the cgroup layout of
+// checkLayout.
 func scenarioPowerOffReboot(t *testing.T, f *fleet) {
 	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
@@ -144,6 +147,7 @@ func (f *fleet) checkRejoined(ctx context.Context, t *testing.T, g *guest, since
 			t.Errorf("instance %s of %s before it went down runs there again (pid %d)", id, g.name, in.PID)
 		}
 	}
+	f.checkLayout(ctx, t, g)
 }
 
 // reboot runs `systemctl reboot` in g and waits until g answers from its

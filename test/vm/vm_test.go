@@ -199,7 +199,8 @@ func scenarioInstall(t *testing.T, f *fleet) {
 	t.Logf("visor hosts -o json (by the agents' certificate) lists %v", names)
 }
 
-// registerApp registers the scenarios' app: sleep 3600 as appUser.
+// registerApp registers the scenarios' app: sleep 3600 as appUser, with
+// memory, CPU and pid limits.
 func (f *fleet) registerApp(ctx context.Context) error {
 	if _, err := f.reg.RegisterApp(ctx, registry.App{Name: app}); err != nil {
 		return err
@@ -210,6 +211,7 @@ func (f *fleet) registerApp(ctx context.Context) error {
 	_, err := f.reg.SetProcType(ctx, registry.ProcType{
 		App: app, Name: "web", Command: "exec sleep 3600", User: appUser,
 		StopTimeout: registry.Duration(3 * time.Second),
+		Limits:      registry.Limits{MemoryBytes: appMemory, CPUMillis: appCPU, Pids: appPids},
 	})
 	return err
 }
@@ -341,30 +343,9 @@ func contains(s []string, v string) bool {
 	return false
 }
 
-// systemdVersion is the guest's systemd version (252 on Debian bookworm).
-func systemdVersion(ctx context.Context, g *guest) (int, error) {
-	out, err := g.must(ctx, "systemctl --version | head -n1")
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(out)
-	if len(f) < 2 {
-		return 0, fmt.Errorf("systemctl --version: %q", out)
-	}
-	return strconv.Atoi(f[1])
-}
-
-// agentCgroup is the cgroup of the visor-agent unit in g.
-func agentCgroup(ctx context.Context, g *guest) (string, error) {
-	p, err := unitProps(ctx, g, "ControlGroup")
-	if err != nil {
-		return "", err
-	}
-	return p["ControlGroup"], nil
-}
-
 // scenarioScale: 30 instances across the hosts, each a process running
-// as appUser in a cgroup below the agent unit's (Delegate=yes).
+// as appUser in its cgroup below the agent unit's (Delegate=yes,
+// DelegateSubgroup=agent: see checkLayout) with the app's limits.
 func scenarioScale(t *testing.T, f *fleet) {
 	ctx, cancel := f.within(10 * time.Minute)
 	defer cancel()
@@ -391,43 +372,16 @@ func scenarioScale(t *testing.T, f *fleet) {
 		}
 	}
 	for _, g := range f.guests {
-		unit, err := agentCgroup(ctx, g)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// systemd >= 254 runs the agent in <unit>/agent (DelegateSubgroup)
-		// and the instances go below the unit; older systemd runs it in the
-		// delegated cgroup itself and they go below /visor (see
-		// supervisor/cgroup's delegatedBase), which the agent logs.
-		want := unit + "/visor/"
-		if v, err := systemdVersion(ctx, g); err != nil {
-			t.Fatal(err)
-		} else if v < 254 {
-			want = "/visor/"
-			if _, err := g.must(ctx, "journalctl -u visor-agent --no-pager | grep -q 'runs in its unit.s delegated cgroup itself'"); err != nil {
-				t.Errorf("systemd %d: the agent did not log why instance groups are not below its unit: %v", v, err)
-			}
-		}
-		procs, err := f.guestProcs(ctx, g)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for pid, info := range procs {
-			fields := strings.Fields(info) // uid cgroup starttime comm
-			if len(fields) < 4 || fields[3] != "sleep" {
-				t.Errorf("%s: pid %d: %q, want sleep", g.name, pid, info)
-				continue
-			}
-			if !strings.HasPrefix(fields[1], want) {
-				t.Errorf("%s: pid %d in cgroup %s, want below %s (agent unit %s)", g.name, pid, fields[1], want, unit)
-			}
-		}
+		f.checkLayout(ctx, t, g)
 	}
 	t.Logf("30 instances settled: per host %v", per)
 }
 
 // scenarioRestart: systemctl restart visor-agent on h1 keeps its
-// instances: same pids, same process start times, 0 restarts.
+// instances: same pids, same process start times, 0 restarts; the new
+// agent starts (no status=219/CGROUP although the instances' cgroups with
+// controllers stay in the unit's subtree) in <unit>/agent and the
+// instances are still in <unit>/visor.
 func scenarioRestart(t *testing.T, f *fleet) {
 	ctx, cancel := f.within(15 * time.Minute)
 	defer cancel()
@@ -444,6 +398,7 @@ func scenarioRestart(t *testing.T, f *fleet) {
 		t.Fatalf("after restart: %v (old main pid %s)", p, oldPID)
 	}
 	f.checkKept(ctx, t, g, before, beforeProcs)
+	f.checkLayout(ctx, t, g)
 }
 
 // hostState returns g's running instances (etcd), its app processes
