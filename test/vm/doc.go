@@ -14,7 +14,14 @@
 // image/mkimage.sh builds the guests' image with mmdebstrap from the
 // Debian mirror apt is configured with (nothing else is downloaded):
 // systemd, the Debian cloud kernel and the harness's command channel, as
-// a qcow2 disk with the kernel and initrd beside it. It is cached by
+// a qcow2 disk with the kernel and initrd beside it. Everything is from
+// the configured suite (Debian 12, bookworm) except systemd, which comes from the
+// same mirror's <suite>-backports (254; every package of its source is
+// pinned there): bookworm's 252 ignores the agent unit's
+// DelegateSubgroup=agent. The scenarios check that layout on the guests
+// (checkLayout): the agent in <unit cgroup>/agent, each instance in
+// <unit cgroup>/visor/<instance id> with the app's limits, after a start,
+// a restart, an upgrade and a boot. It is cached by
 // content (the script, the package list and the channel's files) in
 // $VISOR_VM_CACHE, default ${XDG_CACHE_HOME:-/var/cache}/visor-vm, and
 // rebuilt only when they change (`make vm-image` builds it ahead).
