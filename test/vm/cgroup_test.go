@@ -60,7 +60,7 @@ for p in $(pgrep -u "$u" || true); do
 	read -r m <$d/memory.max || m=-
 	read -r c <$d/cpu.max || c=-
 	read -r n <$d/pids.max || n=-
-	echo "proc $p ${cg#0::} $m|$c|$n"
+	echo "proc $p|${cg#0::}|$m|$c|$n"
 done`, appUser))
 	if err != nil {
 		return layout{}, err
@@ -84,16 +84,15 @@ done`, appUser))
 		case "cgfailed":
 			l.cgFailed, _ = strconv.Atoi(rest)
 		case "proc":
-			f := strings.Fields(rest)
-			if len(f) != 3 {
+			f := strings.Split(rest, "|") // pid|cgroup|memory.max|cpu.max|pids.max
+			if len(f) != 5 {
 				return l, fmt.Errorf("%s: %q", g.name, line)
 			}
 			pid, err := strconv.Atoi(f[0])
 			if err != nil {
 				return l, fmt.Errorf("%s: %q", g.name, line)
 			}
-			lim := strings.Split(f[2], "|")
-			l.procs[pid] = procGroup{cgroup: f[1], memMax: lim[0], cpuMax: lim[1], pidsMax: lim[2]}
+			l.procs[pid] = procGroup{cgroup: f[1], memMax: f[2], cpuMax: f[3], pidsMax: f[4]}
 		}
 	}
 	return l, nil
