@@ -38,10 +38,7 @@ func TestVMHold(t *testing.T) {
 	if os.Getenv(holdEnv) != "1" {
 		t.Skip("runs only as the subject of TestKilledHarnessLeavesNothing")
 	}
-	f := newFleet(t, false)
-	if _, err := f.addGuest(1); err != nil {
-		t.Fatal(err)
-	}
+	f := newFleet(t, false, 1)
 	ino, err := nsInode(f.net.ns)
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +55,7 @@ func TestVMHold(t *testing.T) {
 // processes, neither its namespace nor its directory of disks is left.
 func TestKilledHarnessLeavesNothing(t *testing.T) {
 	requireVM(t)
+	t.Parallel() // with TestVM: its own namespace, guest and etcd
 	cmd := exec.Command(os.Args[0], "-test.run=^TestVMHold$", "-test.v", "-test.count=1",
 		"-test.timeout="+testtime.Scaled(15*time.Minute).String())
 	cmd.Env = append(os.Environ(), holdEnv+"=1")

@@ -208,10 +208,11 @@ func etcdEndpoints() []string {
 }
 
 // newFleet builds the image (or finds it cached), the namespace, the etcd
-// cluster (TLS, auth with a user limited to the prefix), the template and
-// the packages. Guests are started by the scenarios. One cleanup tears
-// everything down.
-func newFleet(t *testing.T, withDebs bool) *fleet {
+// cluster (TLS, auth with a user limited to the prefix), the template, the
+// packages (in the background) and guests h1..h<guests>, restored from the
+// template in parallel while etcd elects its leader and is set up. One
+// cleanup tears everything down.
+func newFleet(t *testing.T, withDebs bool, guests int) *fleet {
 	t.Helper()
 	requireVM(t)
 	checkRangeUnused(t)
@@ -245,8 +246,31 @@ func newFleet(t *testing.T, withDebs bool) *fleet {
 		f.startMember(i)
 	}
 	f.tmpl.disk, f.tmpl.state = template(ctx, t, f.net, f.im)
-	f.connect()
-	f.startFileServer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, guests)
+	for i := 1; i <= guests; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, errs[i-1] = f.addGuest(i) }()
+	}
+	func() {
+		// Also when connect fails the test (Goexit): the restores end
+		// with f.ctx and are waited for before the cleanup runs.
+		defer func() {
+			if t.Failed() {
+				f.cancel()
+			}
+			wg.Wait()
+		}()
+		f.connect()
+		f.startFileServer()
+	}()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d guests up in %s", guests, time.Since(start).Round(100*time.Millisecond))
 	return f
 }
 
