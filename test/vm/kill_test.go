@@ -55,7 +55,6 @@ func TestVMHold(t *testing.T) {
 // processes, neither its namespace nor its directory of disks is left.
 func TestKilledHarnessLeavesNothing(t *testing.T) {
 	requireVM(t)
-	t.Parallel() // with TestVM: its own namespace, guest and etcd
 	cmd := exec.Command(os.Args[0], "-test.run=^TestVMHold$", "-test.v", "-test.count=1",
 		"-test.timeout="+testtime.Scaled(15*time.Minute).String())
 	cmd.Env = append(os.Environ(), holdEnv+"=1")
