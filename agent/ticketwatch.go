@@ -91,7 +91,7 @@ func (a *Agent) ticketEvent(ev registry.TicketEvent, p *pipeline) {
 			// to complete: stop waiting.
 			a.starts.cancelTicket(ev.Ticket.ID)
 		}
-	case !a.eligible(ev.Ticket):
+	case !eligible(ev.Ticket, a.cfg.HostID, a.draining.Load()):
 	case ev.Ticket.Op == registry.TicketStart && !a.adm.fits(a.adm.reservationOf(ev.Ticket)):
 		a.adm.skip(ev.Ticket)
 	case a.inflight.mark(ev.Ticket.ID):
@@ -99,21 +99,22 @@ func (a *Agent) ticketEvent(ev registry.TicketEvent, p *pipeline) {
 	}
 }
 
-// eligible reports whether this host may claim t: targeted here or
-// untargeted, not among the hosts that already failed it, and for starts
-// not draining. Whether a start fits is asked apart (fits): a ticket
-// that does not fit yet is kept for when room frees up.
-func (a *Agent) eligible(t registry.Ticket) bool {
+// eligible reports whether host, draining or not, may claim t: unclaimed,
+// targeted at host or untargeted, host not among the hosts that already
+// failed it, and for starts host not draining. Whether a start fits is
+// asked apart (fits): a ticket that does not fit yet is kept for when room
+// frees up.
+func eligible(t registry.Ticket, host string, draining bool) bool {
 	if t.Holder != "" {
 		return false
 	}
-	if t.Host != "" && t.Host != a.cfg.HostID {
+	if t.Host != "" && t.Host != host {
 		return false
 	}
-	if t.Excludes(a.cfg.HostID) {
+	if t.Excludes(host) {
 		return false
 	}
-	if t.Op == registry.TicketStart && a.draining.Load() {
+	if t.Op == registry.TicketStart && draining {
 		return false
 	}
 	return true
