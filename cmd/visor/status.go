@@ -37,11 +37,11 @@ func newStatusCmd(e *env) *cobra.Command {
 
 // statusOut is `visor status`: the fleet on one screen.
 type statusOut struct {
-	Hosts     hostsSummary     `json:"hosts"`
-	Scales    []scaleSummary   `json:"scales"`
-	Instances instanceCounts   `json:"instances"`
-	Tickets   ticketsSummary   `json:"tickets"`
-	Waiting   []waitingSummary `json:"waiting"`
+	Hosts     hostsSummary           `json:"hosts"`
+	Scales    []scaleSummary         `json:"scales"`
+	Instances instanceCounts         `json:"instances"`
+	Tickets   ticketsSummary         `json:"tickets"`
+	Waiting   []registry.ScaleStatus `json:"waiting"`
 }
 
 type hostsSummary struct {
@@ -86,14 +86,6 @@ type ticketGroup struct {
 	Proc   string `json:"proc"`
 	Count  int    `json:"count"`
 	Reason string `json:"reason"`
-}
-
-// waitingSummary is a scale whose instances wait for room: the stored
-// registry.ScaleStatus, shown without its Since (status -o json has no
-// "since": the outer, always nil, field hides the embedded one).
-type waitingSummary struct {
-	registry.ScaleStatus
-	Since *struct{} `json:"since,omitempty"`
 }
 
 func runStatus(ctx context.Context, e *env, args []string) error {
@@ -142,9 +134,9 @@ func readStatus(ctx context.Context, e *env, r *registry.Registry) (statusOut, e
 		st.Instances.Add(in)
 	}
 	st.Tickets = summariseTickets(tickets)
-	st.Waiting = make([]waitingSummary, 0, len(waits))
-	for _, w := range waits {
-		st.Waiting = append(st.Waiting, waitingSummary{ScaleStatus: w})
+	st.Waiting = waits
+	if st.Waiting == nil {
+		st.Waiting = []registry.ScaleStatus{}
 	}
 	return st, nil
 }

@@ -89,15 +89,15 @@ func TestStatus(t *testing.T) {
 	if st.Tickets.Waiting != 1 || len(st.Tickets.Groups) != 1 || st.Tickets.Groups[0].Op != "start" {
 		t.Errorf("status -o json tickets: %+v", st.Tickets)
 	}
-	if len(st.Waiting) != 1 || st.Waiting[0].Waiting != 2 || st.Waiting[0].Reason == "" {
+	if len(st.Waiting) != 1 || st.Waiting[0].Waiting != 2 || st.Waiting[0].Reason == "" || st.Waiting[0].Since.IsZero() {
 		t.Errorf("status -o json waiting: %+v", st.Waiting)
 	}
-	// A waiting scale has these keys, in this order (no "since").
+	// A waiting scale has these keys, in this order; since is when it began to wait.
 	var raw struct {
 		Waiting []json.RawMessage `json:"waiting"`
 	}
 	h.okJSON(&raw, "status")
-	if len(raw.Waiting) != 1 || !jsonKeysAre(raw.Waiting[0], "app", "rev", "proc", "desired", "admitted", "waiting", "reason") {
+	if len(raw.Waiting) != 1 || !jsonKeysAre(raw.Waiting[0], "app", "rev", "proc", "desired", "admitted", "waiting", "reason", "since") {
 		t.Errorf("status -o json waiting: %s", raw.Waiting)
 	}
 }
