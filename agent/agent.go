@@ -96,6 +96,11 @@ func New(cfg Config, reg *registry.Registry) (*Agent, error) {
 		}
 	}
 	log := cfg.Logger.Named("agent").With("host", cfg.HostID)
+	if lo, hi, ok := ephemeralOverlap(cfg.PortMin, cfg.PortMax, ephemeralRangeFile); ok {
+		log.Warn("the instance port range overlaps the kernel's ephemeral ports (net.ipv4.ip_local_port_range): "+
+			"a port there may be taken by an outgoing connection, and an instance given it cannot bind",
+			"port_range", fmt.Sprintf("%d-%d", cfg.PortMin, cfg.PortMax), "overlap", fmt.Sprintf("%d-%d", lo, hi))
+	}
 	a := &Agent{
 		cfg:        cfg,
 		log:        log,

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -138,4 +140,33 @@ func portFree(port int) (bool, error) {
 	}
 	l.Close()
 	return true, nil
+}
+
+// ephemeralRangeFile holds the kernel's range of ports for outgoing
+// connections (Linux; absent elsewhere).
+const ephemeralRangeFile = "/proc/sys/net/ipv4/ip_local_port_range"
+
+// ephemeralOverlap reports the part of [first, last] that lies inside the
+// kernel's ephemeral port range read from file, and whether there is one.
+// A port there can be taken at any moment by an outgoing connection (the
+// agent's own to etcd, a health check's): an instance restarted on it then
+// fails to bind, again and again. Found by the deployment acceptance test,
+// whose agents' ranges were drawn up to 59 999: an instance crash-looped
+// on a port a connection had taken. Nomad warns about the same overlap.
+func ephemeralOverlap(first, last int, file string) (lo, hi int, ok bool) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0, false
+	}
+	elo, err1 := strconv.Atoi(f[0])
+	ehi, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	lo, hi = max(first, elo), min(last, ehi)
+	return lo, hi, lo <= hi
 }

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -84,5 +86,38 @@ func TestPortAllocatorReserveAndFreeCheckOwner(t *testing.T) {
 	p.Free(31010, "a")
 	if p.owner(31010) != "" {
 		t.Fatalf("Free by the owner kept the port")
+	}
+}
+
+func TestEphemeralOverlap(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "ip_local_port_range")
+	must(t, os.WriteFile(file, []byte("32768\t60999\n"), 0o644))
+	cases := []struct {
+		first, last int
+		lo, hi      int
+		ok          bool
+	}{
+		{20000, 29999, 0, 0, false}, // the default range
+		{20000, 32767, 0, 0, false},
+		{20000, 32768, 32768, 32768, true},
+		{30000, 59999, 32768, 59999, true},
+		{40000, 40099, 40000, 40099, true},
+		{61000, 65535, 0, 0, false},
+		{30000, 65535, 32768, 60999, true},
+	}
+	for _, c := range cases {
+		lo, hi, ok := ephemeralOverlap(c.first, c.last, file)
+		if ok != c.ok || (ok && (lo != c.lo || hi != c.hi)) {
+			t.Errorf("ephemeralOverlap(%d, %d) = %d, %d, %v; want %d, %d, %v", c.first, c.last, lo, hi, ok, c.lo, c.hi, c.ok)
+		}
+	}
+	for _, bad := range []string{"", "32768", "a b", "1 2 3"} {
+		must(t, os.WriteFile(file, []byte(bad), 0o644))
+		if _, _, ok := ephemeralOverlap(1, 65535, file); ok {
+			t.Errorf("ephemeralOverlap with range file %q: overlap reported", bad)
+		}
+	}
+	if _, _, ok := ephemeralOverlap(1, 65535, filepath.Join(t.TempDir(), "absent")); ok {
+		t.Error("ephemeralOverlap without a range file: overlap reported")
 	}
 }

@@ -39,7 +39,9 @@ type deployFleet struct {
 	starts map[string]int
 	// portBase is the first port of host i's range (portBase+100*i, 100
 	// ports): the agents share this machine, and ranges of their own keep
-	// their instances' ports apart.
+	// their instances' ports apart. The ranges lie below the kernel's
+	// ephemeral ports (32768 up): drawn up to 59 999, an instance once
+	// crash-looped on a port an outgoing connection had taken.
 	portBase int
 }
 
@@ -59,7 +61,7 @@ func (f *deployFleet) agent(host string) *agentProc {
 func newDeployFleet(t *testing.T) *deployFleet {
 	c := newCluster(t)
 	f := &deployFleet{cluster: c, t: t, hosts: []string{"host-a", "host-b", "host-c"},
-		stops: map[string]int{}, starts: map[string]int{}, portBase: 30000 + 300*rand.IntN(100)}
+		stops: map[string]int{}, starts: map[string]int{}, portBase: 20000 + 300*rand.IntN(40)}
 	for i := range f.hosts {
 		f.start(i)
 	}
