@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/visorhq/visor/internal/proctest"
-	"github.com/visorhq/visor/internal/testtime"
 	"github.com/visorhq/visor/registry"
 )
 
@@ -83,7 +82,7 @@ func TestLogsMemoryBounded(t *testing.T) {
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	must(t, err2(c.reg.Scale(ctx, "chatty", "v1", "web", 1)))
 	var id string
-	for k := range c.waitSettled("chatty", 1, testtime.Scaled(60*time.Second)) {
+	for k := range c.waitSettled("chatty", 1, 60*time.Second) {
 		id = k
 	}
 	logsURL := base + "/v1/instances/" + id + "/logs"

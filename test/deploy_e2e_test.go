@@ -281,7 +281,7 @@ func (f *deployFleet) leader(t *testing.T) string {
 // with one process.
 func (f *deployFleet) settledOn(t *testing.T, rev string) {
 	t.Helper()
-	got := f.waitSettled("demo", 12, 2*time.Minute)
+	got := f.waitSettledIn(t, "demo", 12, 2*time.Minute)
 	for id, in := range got {
 		if in.Rev != rev {
 			t.Fatalf("demo settled with instance %s of %s, want all of %s: %v", id, in.Rev, rev, f.revsRunning())

@@ -227,6 +227,14 @@ func (c *cluster) running(app string) map[string]registry.Instance {
 // registry, each with exactly one live process whose pid matches.
 func (c *cluster) waitSettled(app string, n int, timeout time.Duration) map[string]registry.Instance {
 	c.t.Helper()
+	return c.waitSettledIn(c.t, app, n, timeout)
+}
+
+// waitSettledIn is waitSettled failing t, for a subtest (a subtest must
+// not fail its parent: FailNow on the parent ends the subtest's goroutine
+// with a confusing "panic(nil) or runtime.Goexit").
+func (c *cluster) waitSettledIn(t *testing.T, app string, n int, timeout time.Duration) map[string]registry.Instance {
+	t.Helper()
 	var got map[string]registry.Instance
 	var why string
 	timeout = testtime.Scaled(timeout)
@@ -241,7 +249,7 @@ func (c *cluster) waitSettled(app string, n int, timeout time.Duration) map[stri
 		}
 		select {
 		case <-deadline.C:
-			c.t.Fatalf("%s not settled at %d after %s: %s", app, n, timeout, why)
+			t.Fatalf("%s not settled at %d after %s: %s", app, n, timeout, why)
 		case <-tick.C:
 		}
 	}

@@ -127,7 +127,7 @@ func TestOverloadStaysWithinCapacity(t *testing.T) {
 		t.Fatalf("scale above max_scale: %v", err)
 	}
 
-	got := c.waitSettled("load", hosts*capacity, testtime.Scaled(2*time.Minute))
+	got := c.waitSettled("load", hosts*capacity, 2*time.Minute)
 	perHost := map[string]int{}
 	for _, in := range got {
 		perHost[in.Host]++
