@@ -68,7 +68,10 @@
 //   - it stops, rather than retrying, when etcd refuses it for lack of
 //     permission (registry.ErrPermission: a read-only role is not an
 //     outage); a port probe that fails for lack of descriptors is reported
-//     as ErrNoDescriptors, not as a port shortage;
+//     as ErrNoDescriptors, not as a port shortage; a port range that
+//     overlaps the kernel's ephemeral ports (ip_local_port_range) is
+//     logged as a warning at start, since a connection may take a port
+//     there and an instance restarted on it cannot bind;
 //   - it fetches revision artifacts into a cache and unpacks them into
 //     release directories (fetch.go, fetchguard.go, artifact.go,
 //     release.go): every fetch bounded in time (connect, total and stall
