@@ -124,6 +124,12 @@ func scenarioInstall(t *testing.T, f *fleet) {
 				}
 				t.Logf("%s: package installed after %s (waiting for it included), agent active after %s", g.name,
 					installed.Round(100*time.Millisecond), time.Since(begin).Round(100*time.Millisecond))
+				// Where the time from dpkg -i to active goes under emulation:
+				// systemd's reloads (the postinst's, enable's) and the
+				// agent's start until READY=1.
+				if out, err := g.must(ctx, "journalctl -b -o short-precise --no-pager | grep -E 'Reloading finished|(Starting|Started) visor-agent|registry session up' | awk '{t=$3; $1=$2=$3=$4=\"\"; sub(/^ +/, \"\"); print t, $0}'"); err == nil {
+					t.Logf("%s: the journal from the install on:\n%s", g.name, out)
+				}
 				return nil
 			}()
 		}()
