@@ -115,6 +115,11 @@ func TestDevModeOwnsItsWorld(t *testing.T) {
 		if left := c.workloads(); len(left) != 0 {
 			t.Fatalf("after SIGINT, instance processes left running: %v", left)
 		}
+		// Its temporary data dir (registry, logs) went with it: every
+		// `make run` used to leave ~60 MB in $TMPDIR.
+		if left, _ := filepath.Glob(filepath.Join(tmp, "visor-dev-*")); len(left) != 0 {
+			t.Fatalf("after SIGINT, the dev agent's temporary data dir is left: %v", left)
+		}
 		d2 := startDev(t, bin, tmp)
 		if left := c.workloads(); len(left) != 0 {
 			t.Fatalf("second dev start: processes no registry knows: %v", left)
@@ -131,6 +136,9 @@ func TestDevModeOwnsItsWorld(t *testing.T) {
 		d.runDemo(t, c.runID+"-keep", 2)
 		before := e2etest.Workloads(c.runID + "-keep")
 		d.interrupt(t)
+		if _, err := os.Stat(filepath.Join(data, "lease")); err != nil {
+			t.Fatalf("a data dir given with -data-dir must outlive the agent: %v", err)
+		}
 		if after := e2etest.Workloads(c.runID + "-keep"); len(after) != 2 {
 			t.Fatalf("kept instances: %v, want the 2 of %v", after, before)
 		}

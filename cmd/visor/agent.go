@@ -105,7 +105,8 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 
 // startDevEtcd starts the embedded etcd of --dev (with a fresh temporary
 // data dir if none was given) and points o's endpoints at it. The caller
-// calls stop once the agent is done.
+// calls stop once the agent is done: it stops etcd and removes the
+// temporary data dir.
 func startDevEtcd(ctx context.Context, e *env, o *agentOptions, logger hclog.Logger) (stop func(), err error) {
 	if o.tempDataDir {
 		dir, err := os.MkdirTemp("", "visor-dev-")
@@ -130,7 +131,21 @@ func startDevEtcd(ctx context.Context, e *env, o *agentOptions, logger hclog.Log
 	o.globals.endpoints = srv.Endpoint()
 	logger.Info("dev mode: embedded etcd up", "endpoint", srv.Endpoint(), "data_dir", etcdDir)
 	fmt.Fprintf(e.stderr, "\n  visor dev agent: etcd at %s, state in %s\n  in another shell: bin/visor app create demo; bin/visor --help\n\n", srv.Endpoint(), o.cfg.DataDir)
-	return srv.Close, nil
+	if !o.tempDataDir {
+		return srv.Close, nil
+	}
+	// The temporary data dir (etcd's ~60 MB of WAL among it) goes with the
+	// agent: nothing else knows the registry in it, and its instances were
+	// stopped (-dev implies -stop-on-exit).
+	dir := o.cfg.DataDir
+	return func() {
+		srv.Close()
+		if err := os.RemoveAll(dir); err != nil {
+			logger.Warn("dev mode: could not remove the temporary data dir", "dir", dir, "error", err)
+			return
+		}
+		logger.Info("dev mode: removed the temporary data dir", "dir", dir)
+	}, nil
 }
 
 // dialAgentRegistry connects to the registry g names. It fails fast on a
