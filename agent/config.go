@@ -313,6 +313,10 @@ func orDefault[T comparable](v *T, def T) {
 	}
 }
 
+// maxSocketPath is the longest Unix socket path Linux accepts (sun_path
+// holds 108 bytes with the terminating NUL; macOS allows 103).
+const maxSocketPath = 107
+
 // Validate reports the first invalid field of c (after defaults), by name.
 func (c Config) Validate() error {
 	c = c.withDefaults()
@@ -344,6 +348,9 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("run_dir: required"))
 	} else if !filepath.IsAbs(c.RunDir) {
 		errs = append(errs, fmt.Errorf("run_dir: %q is not an absolute path", c.RunDir))
+	} else if sock := filepath.Join(c.RunDir, SocketName); len(sock) > maxSocketPath {
+		// The kernel refuses it with a bare "invalid argument" at bind.
+		errs = append(errs, fmt.Errorf("run_dir: the API socket %s would be %d bytes long, above the %d a Unix socket path may have; choose a shorter run_dir", sock, len(sock), maxSocketPath))
 	}
 	if c.PortMin < 1 || c.PortMax > 65535 || c.PortMin > c.PortMax {
 		errs = append(errs, fmt.Errorf("port_range: %d-%d is not a range within 1-65535", c.PortMin, c.PortMax))

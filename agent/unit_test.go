@@ -32,6 +32,7 @@ func TestConfigValidate(t *testing.T) {
 		{"ttl too small", func(c *Config) { c.TTL = time.Second }, "ttl"},
 		{"relative data dir", func(c *Config) { c.DataDir = "data" }, "data_dir"},
 		{"missing run dir", func(c *Config) { c.RunDir = "" }, "run_dir"},
+		{"run dir too long for its socket", func(c *Config) { c.RunDir = "/tmp/" + strings.Repeat("d", 92) }, "above the 107 a Unix socket path may have"},
 		{"inverted port range", func(c *Config) { c.PortMin, c.PortMax = 3000, 2000 }, "port_range"},
 		{"port range beyond 65535", func(c *Config) { c.PortMin, c.PortMax = 2000, 70000 }, "port_range"},
 		{"unknown cgroups", func(c *Config) { c.Cgroups = "v3" }, "cgroups"},

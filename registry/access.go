@@ -52,31 +52,48 @@ func CheckEndpoints(endpoints []string, withTLS bool) error {
 	return nil
 }
 
-// probeTLS explains why etcd did not answer within the dial timeout when
-// the cause is TLS (the etcd client reports only "context deadline
-// exceeded"): it connects to each endpoint and, with cfg, performs a TLS
-// handshake, or, without cfg, checks whether the endpoint speaks TLS. It
-// returns the first cause found, or nil.
-func probeTLS(ctx context.Context, endpoints []string, cfg *tls.Config) error {
+// probeEndpoints explains why etcd did not answer within the dial timeout
+// (the etcd client reports only "context deadline exceeded"): it connects
+// to each endpoint and, with cfg, performs a TLS handshake, or, without
+// cfg, checks whether the endpoint speaks TLS. It returns the first TLS
+// cause found; else, when no endpoint accepts a connection at all, their
+// dial errors (connection refused, no route, a timeout); else nil.
+func probeEndpoints(ctx context.Context, endpoints []string, cfg *tls.Config) error {
+	var unreachable []error
 	for _, ep := range endpoints {
 		host := ep
 		if u, err := url.Parse(ep); err == nil && u.Host != "" {
 			host = u.Host
 		}
-		if err := probeOne(ctx, host, cfg); err != nil {
-			return fmt.Errorf("endpoint %s: %w", ep, err)
+		dialErr, tlsErr := probeOne(ctx, host, cfg)
+		if tlsErr != nil {
+			return fmt.Errorf("endpoint %s: %w", ep, tlsErr)
 		}
+		if dialErr != nil {
+			unreachable = append(unreachable, dialErr)
+		}
+	}
+	if len(unreachable) > 0 && len(unreachable) == len(endpoints) {
+		return fmt.Errorf("no endpoint accepts connections (is etcd, or `visor agent -dev`, running there?): %w", errors.Join(unreachable...))
 	}
 	return nil
 }
 
-func probeOne(ctx context.Context, hostport string, cfg *tls.Config) error {
+// probeOne connects to hostport: dialErr is why it could not, tlsErr the
+// TLS problem found once connected.
+func probeOne(ctx context.Context, hostport string, cfg *tls.Config) (dialErr, tlsErr error) {
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	raw, err := (&net.Dialer{}).DialContext(pctx, "tcp", hostport)
 	if err != nil {
-		return nil // not a TLS problem; the caller's error stands
+		return err, nil
 	}
+	return nil, probeTLS(pctx, raw, hostport, cfg)
+}
+
+// probeTLS returns the TLS problem of the connection raw to hostport: a
+// failed handshake with cfg, or, without cfg, a server that speaks TLS.
+func probeTLS(pctx context.Context, raw net.Conn, hostport string, cfg *tls.Config) error {
 	defer raw.Close()
 	if dl, ok := pctx.Deadline(); ok {
 		raw.SetDeadline(dl)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -45,7 +46,8 @@ func tlsConfig(t *testing.T, ca, cert, key string) *tls.Config {
 
 // TestDialTLSErrorsNameTheCause: against an etcd with client-certificate
 // TLS, each way of getting TLS wrong is reported by its cause, not as
-// "context deadline exceeded" alone (issue 14 row 10).
+// "context deadline exceeded" alone (issue 14 row 10); so is an endpoint
+// where nothing listens.
 func TestDialTLSErrorsNameTheCause(t *testing.T) {
 	certs := testcerts.New(t)
 	c := etcdtest.NewWith(t, func(cfg *embedetcd.Config) {
@@ -59,6 +61,13 @@ func TestDialTLSErrorsNameTheCause(t *testing.T) {
 		cfg.ClientURL = strings.Replace(cfg.ClientURL, "http://", "https://", 1)
 		cfg.ClientCertFile, cfg.ClientKeyFile, cfg.ClientCAFile = certs.WrongNameCert, certs.WrongNameKey, certs.CA
 	})
+	// An address where nothing listens (a member down, a typo'd port).
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
 	for _, tc := range []struct {
 		name      string
 		endpoints []string
@@ -71,6 +80,8 @@ func TestDialTLSErrorsNameTheCause(t *testing.T) {
 		{"wrong host name", wrong.Endpoints(), tlsConfig(t, certs.CA, certs.ClientCert, certs.ClientKey), []string{`not valid for the name "127.0.0.1"`}, nil},
 		{"no client certificate", []string{ep}, tlsConfig(t, certs.CA, "", ""), []string{"refused the TLS handshake", "client certificate"}, nil},
 		{"no TLS settings", []string{hostport}, nil, []string{"etcd serves TLS but no TLS settings were given"}, nil},
+		{"nothing listens there", []string{closed}, nil, []string{"no endpoint accepts connections", closed, "connection refused"}, nil},
+		{"one member down, one up", []string{"https://" + closed, ep}, tlsConfig(t, certs.CA, certs.ClientCert, certs.ClientKey), nil, nil},
 		{"http:// endpoint with TLS settings", []string{strings.Replace(ep, "https://", "http://", 1)}, tlsConfig(t, certs.CA, certs.ClientCert, certs.ClientKey),
 			[]string{"is http:// but TLS is configured"}, ErrInvalid},
 	} {

@@ -111,8 +111,9 @@ func Dial(ctx context.Context, c Config) (*Registry, error) {
 	if _, err := cli.Get(vctx, r.prefix, clientv3.WithCountOnly()); err != nil {
 		cli.Close()
 		if errors.Is(err, context.DeadlineExceeded) {
-			// The etcd client hides TLS failures behind the timeout.
-			if cause := probeTLS(context.WithoutCancel(ctx), c.Endpoints, c.TLS); cause != nil {
+			// The etcd client hides TLS failures and refused connections
+			// behind the timeout.
+			if cause := probeEndpoints(context.WithoutCancel(ctx), c.Endpoints, c.TLS); cause != nil {
 				err = fmt.Errorf("%w (then: %w)", cause, err)
 			}
 		}

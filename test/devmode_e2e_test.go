@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -128,6 +129,23 @@ func TestDevModeOwnsItsWorld(t *testing.T) {
 			t.Fatalf("second dev start: ps = %v\n%s", err, out)
 		}
 		d2.interrupt(t)
+	})
+
+	t.Run("second on its addresses", func(t *testing.T) {
+		d := startDev(t, bin, t.TempDir())
+		tmp := t.TempDir()
+		ctx, cancel := context.WithTimeout(context.Background(), testtime.Scaled(time.Minute))
+		defer cancel()
+		second := exec.CommandContext(ctx, bin, d.cmd.Args[1:]...)
+		second.Env = append(os.Environ(), "TMPDIR="+tmp)
+		out, err := second.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "is another `visor agent -dev` or an etcd running here?") {
+			t.Fatalf("a second dev agent on the first one's addresses: %v; want a failure naming the likely cause:\n%s", err, out)
+		}
+		if left, _ := filepath.Glob(filepath.Join(tmp, "visor-dev-*")); len(left) != 0 {
+			t.Fatalf("the failed dev agent left its temporary data dir: %v", left)
+		}
+		d.interrupt(t)
 	})
 
 	t.Run("keeps them with its own data dir and re-adopts", func(t *testing.T) {

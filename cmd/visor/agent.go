@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	oklogrun "github.com/oklog/run"
@@ -126,6 +127,12 @@ func startDevEtcd(ctx context.Context, e *env, o *agentOptions, logger hclog.Log
 		PeerURL:   o.devPeer,
 	})
 	if err != nil {
+		if o.tempDataDir {
+			os.RemoveAll(o.cfg.DataDir)
+		}
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("dev: %w (is another `visor agent -dev` or an etcd running here? Stop it, or give this one other addresses: -dev-client-url, -dev-peer-url, -http-addr)", err)
+		}
 		return nil, fmt.Errorf("dev: %w", err)
 	}
 	o.globals.endpoints = srv.Endpoint()

@@ -54,7 +54,7 @@ func agentFor(ctx context.Context, e *env, id string) (agentCall, error) {
 		return agentCall{}, err
 	}
 	var h registry.Host
-	err = withRegistry(ctx, e, func(r *registry.Registry) error {
+	err = withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		in, err := r.Instance(ctx, id)
 		if err != nil {
 			return err

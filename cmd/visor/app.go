@@ -76,7 +76,7 @@ func runAppCreate(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 1, 1, "APP"); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		a, err := r.RegisterApp(ctx, registry.App{
 			Name:    args[0],
 			RepoURL: flagString(e, "repo"),
@@ -95,7 +95,7 @@ func runAppList(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 0, 0, ""); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		apps, err := r.Apps(ctx)
 		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list apps: %w", err)
@@ -119,7 +119,7 @@ func runAppShow(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	name := args[0]
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		a, err := r.App(ctx, name)
 		if err != nil {
 			return fmt.Errorf("show app %q: %w", name, err)
@@ -199,7 +199,7 @@ func runAppDelete(ctx context.Context, e *env, args []string) error {
 	if wait && timeout <= 0 {
 		return usageError("--wait-timeout %s: must be positive", timeout)
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		from, err := r.CurrentRevision(ctx)
 		if err != nil {
 			return fmt.Errorf("delete app %q: %w", args[0], err)
@@ -226,7 +226,7 @@ func runAppDelete(ctx context.Context, e *env, args []string) error {
 // withRegistry checks the output format, dials the registry, runs fn and
 // closes the registry. Registry input errors (ErrInvalid) become usage
 // errors, so bad input exits with 2 like a bad flag.
-func withRegistry(ctx context.Context, e *env, fn func(r *registry.Registry) error) error {
+func withRegistry(ctx context.Context, e *env, fn func(ctx context.Context, r *registry.Registry) error) error {
 	if _, err := e.jsonOutput(); err != nil {
 		return err
 	}
@@ -235,7 +235,9 @@ func withRegistry(ctx context.Context, e *env, fn func(r *registry.Registry) err
 		return err
 	}
 	defer r.Close()
-	err = fn(r)
+	rctx, cancel := e.requestContext(ctx)
+	defer cancel()
+	err = fn(rctx, r)
 	if errors.Is(err, registry.ErrInvalid) {
 		return asUsage(err)
 	}

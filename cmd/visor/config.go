@@ -36,7 +36,7 @@ func runConfigMaxScale(ctx context.Context, e *env, args []string) error {
 		}
 		set = n
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		if set >= 0 {
 			if err := r.SetMaxScale(ctx, set); err != nil {
 				return err

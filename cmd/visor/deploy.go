@@ -140,7 +140,7 @@ func runDeploy(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		from, err := r.CurrentRevision(ctx)
 		if err != nil {
 			return fmt.Errorf("deploy %s %s: %w", app, rev, err)
@@ -235,7 +235,7 @@ func runDeployStatus(ctx context.Context, e *env, args []string) error {
 	}
 	app := args[0]
 	watch := flagBool(e, "watch")
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		from, err := r.CurrentRevision(ctx)
 		if err != nil {
 			return fmt.Errorf("deploy status %s: %w", app, err)
@@ -278,7 +278,7 @@ func runDeployAction(ctx context.Context, e *env, a registry.DeployAction, args 
 		return err
 	}
 	app := args[0]
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		d, err := r.DeploymentAction(ctx, app, a)
 		if err != nil {
 			return fmt.Errorf("deploy %s %s: %w", a, app, err)
@@ -295,7 +295,7 @@ func runDeploys(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	app := args[0]
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		if _, err := r.App(ctx, app); err != nil {
 			return fmt.Errorf("deploys %s: %w", app, err)
 		}
@@ -324,7 +324,7 @@ func runRollback(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		from, err := r.CurrentRevision(ctx)
 		if err != nil {
 			return fmt.Errorf("rollback %s: %w", app, err)

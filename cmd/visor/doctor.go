@@ -41,7 +41,7 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 0, 0, ""); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		bad, err := r.Check(ctx)
 		if err != nil {
 			return fmt.Errorf("doctor: %w", err)

@@ -39,7 +39,7 @@ func runDrain(ctx context.Context, e *env, args []string) error {
 		return usageError("drain: want exactly one HOST")
 	}
 	deadline := flagValue[time.Duration](e, "deadline")
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		d, err := r.Drain(ctx, args[0], deadline)
 		if err != nil {
 			return err
@@ -58,7 +58,7 @@ func runUndrain(ctx context.Context, e *env, args []string) error {
 	if len(args) != 1 {
 		return usageError("undrain: want exactly one HOST")
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		if err := r.Undrain(ctx, args[0]); err != nil {
 			return err
 		}

@@ -43,7 +43,7 @@ func (g *globals) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&g.username, "username", "", "etcd user")
 	fs.StringVar(&g.password, "password", "", "etcd password")
 	fs.StringVarP(&g.output, "output", "o", "text", "output format of commands that print data: text or json")
-	fs.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long to wait for etcd on connect")
+	fs.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long to wait for etcd: the connect, then a command's requests (not --watch, --follow or --wait)")
 	for _, name := range []string{"endpoints", "prefix", "ca-file", "cert-file", "key-file", "username", "password", "output", "timeout"} {
 		envVar(fs, name, envName(name))
 	}
@@ -157,6 +157,24 @@ func (e *env) registry(ctx context.Context) (*registry.Registry, error) {
 		return nil, fmt.Errorf("connect to registry at %s: %w", e.globals.endpoints, err)
 	}
 	return r, nil
+}
+
+// requestContext bounds a command's registry work by --timeout, as
+// etcdctl's --command-timeout bounds its requests: the etcd client waits
+// for a lost etcd to come back, so without a bound a command whose etcd
+// went away after the connect hung until interrupted. A command that
+// follows (--watch, --follow) or waits (--wait) is not bounded by it: it
+// runs until interrupted, or until its --wait-timeout.
+func (e *env) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	for _, name := range []string{"watch", "follow", "wait"} {
+		if e.flags == nil {
+			break
+		}
+		if f := e.flags.Lookup(name); f != nil && f.Value.String() == "true" {
+			return context.WithCancel(ctx)
+		}
+	}
+	return context.WithTimeout(ctx, e.globals.timeout)
 }
 
 // jsonOutput reports whether --output json was asked for; any other value

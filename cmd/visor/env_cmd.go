@@ -71,7 +71,7 @@ func runEnvSet(ctx context.Context, e *env, args []string) error {
 	if wait && !rollout {
 		return usageError("--wait: only with --rollout (env set alone restarts nothing)")
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		if rollout {
 			return envRollout(ctx, e, r, app, vars, wait, timeout)
 		}
@@ -96,7 +96,7 @@ func runEnvUnset(ctx context.Context, e *env, args []string) error {
 			return usageError("env unset: %q: want a KEY, not KEY=VALUE", k)
 		}
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		if err := r.UnsetEnv(ctx, app, keys...); err != nil {
 			return fmt.Errorf("unset env of app %q: %w", app, err)
 		}
@@ -112,7 +112,7 @@ func runEnvList(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	app := args[0]
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		vars, err := r.Env(ctx, app)
 		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list env of app %q: %w", app, err)

@@ -159,7 +159,7 @@ func runEvents(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	p := eventPrinter{w: e.stdout, json: asJSON}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		if follow {
 			return followEvents(ctx, r, p, since)
 		}

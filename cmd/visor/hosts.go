@@ -104,7 +104,7 @@ func runHosts(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	watch := flagBool(e, "watch")
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		var from int64
 		if watch {
 			// Read the revision before listing, and watch from the next one,

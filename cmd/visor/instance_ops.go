@@ -123,7 +123,7 @@ func runInstanceOp(ctx context.Context, e *env, args []string, op registry.Ticke
 	if wait && timeout <= 0 {
 		return usageError("--wait-timeout %s: must be positive", timeout)
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		from, err := r.CurrentRevision(ctx)
 		if err != nil {
 			return fmt.Errorf("%s: %w", op, err)

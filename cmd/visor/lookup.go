@@ -51,7 +51,7 @@ func runLookup(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		store := discovery.NewStore(r.Client(), r.Prefix(), nil)
 		eps, rev, err := store.LookupRevision(ctx, name, version, healthy)
 		if errors.Is(err, discovery.ErrInvalid) {

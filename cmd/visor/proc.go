@@ -424,7 +424,7 @@ func runProcSet(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		p, err := r.ProcType(ctx, app, name)
 		switch {
 		case errors.Is(err, registry.ErrNotFound):
@@ -453,7 +453,7 @@ func runProcList(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 1, 1, "APP"); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		procs, err := r.ProcTypes(ctx, args[0])
 		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list proc types of app %q: %w", args[0], err)
@@ -485,7 +485,7 @@ func runProcDelete(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 2, 2, "APP PROC"); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		if err := r.RemoveProcType(ctx, args[0], args[1]); err != nil {
 			return fmt.Errorf("delete proc type %s/%s: %w", args[0], args[1], err)
 		}

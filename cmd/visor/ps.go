@@ -106,7 +106,7 @@ func runPS(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	host := flagString(e, "host")
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		var (
 			insts []registry.Instance
 			err   error

@@ -126,7 +126,7 @@ func runRevRegister(ctx context.Context, e *env, args []string) error {
 	if err := checkRevSource(artifact, sum, dir); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		v, err := r.RegisterRevision(ctx, registry.Revision{
 			App:         args[0],
 			Name:        args[1],
@@ -147,7 +147,7 @@ func runRevList(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 1, 1, "APP"); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		revs, err := r.Revisions(ctx, args[0])
 		if err := e.skipped(err); err != nil {
 			return fmt.Errorf("list revisions of app %q: %w", args[0], err)
@@ -179,7 +179,7 @@ func runRevDelete(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 2, 2, "APP REV"); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		if err := r.UnregisterRevision(ctx, args[0], args[1]); err != nil {
 			return fmt.Errorf("delete revision %s/%s: %w", args[0], args[1], err)
 		}

@@ -31,7 +31,7 @@ func runRevShow(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 2, 2, "APP REV"); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		v, err := r.Revision(ctx, args[0], args[1])
 		if err != nil {
 			return fmt.Errorf("show revision %s/%s: %w", args[0], args[1], err)
@@ -84,7 +84,7 @@ func (v revOut) stateCell() string {
 }
 
 func runRevRegisterFrom(ctx context.Context, e *env, app, rev, from string) error {
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		v, err := r.RegisterRevisionFrom(ctx, app, rev, from)
 		if err != nil {
 			return fmt.Errorf("register revision %s/%s from %s: %w", app, rev, from, err)

@@ -114,7 +114,7 @@ func runScale(ctx context.Context, e *env, args []string) error {
 	if wait && timeout <= 0 {
 		return usageError("--wait-timeout %s: must be positive", timeout)
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		// With --wait, changes are followed from before the scale, so that a
 		// start that fails at once is still seen.
 		var from int64

@@ -92,7 +92,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if err := wantArgs(args, 0, 0, ""); err != nil {
 		return err
 	}
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		st, err := readStatus(ctx, e, r)
 		if err != nil {
 			return err

@@ -60,7 +60,7 @@ func runTickets(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	host := flagString(e, "host")
-	return withRegistry(ctx, e, func(r *registry.Registry) error {
+	return withRegistry(ctx, e, func(ctx context.Context, r *registry.Registry) error {
 		var (
 			ts  []registry.Ticket
 			err error
