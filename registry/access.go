@@ -21,6 +21,11 @@ import (
 // authentication). It is not an outage: retrying does not help.
 var ErrPermission = errors.New("registry: permission denied by etcd")
 
+// ErrUnreachable reports that no etcd endpoint accepted a connection
+// (refused, no route, timed out): nothing serves there, as opposed to an
+// etcd that answered badly.
+var ErrUnreachable = errors.New("no endpoint accepts connections")
+
 // accessErr wraps err with ErrPermission when etcd refused it for lack of
 // permission or authentication, and returns it unchanged otherwise.
 func accessErr(err error) error {
@@ -74,7 +79,7 @@ func probeEndpoints(ctx context.Context, endpoints []string, cfg *tls.Config) er
 		}
 	}
 	if len(unreachable) > 0 && len(unreachable) == len(endpoints) {
-		return fmt.Errorf("no endpoint accepts connections (is etcd, or `visor agent -dev`, running there?): %w", errors.Join(unreachable...))
+		return fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(unreachable...))
 	}
 	return nil
 }

@@ -80,7 +80,7 @@ func TestDialTLSErrorsNameTheCause(t *testing.T) {
 		{"wrong host name", wrong.Endpoints(), tlsConfig(t, certs.CA, certs.ClientCert, certs.ClientKey), []string{`not valid for the name "127.0.0.1"`}, nil},
 		{"no client certificate", []string{ep}, tlsConfig(t, certs.CA, "", ""), []string{"refused the TLS handshake", "client certificate"}, nil},
 		{"no TLS settings", []string{hostport}, nil, []string{"etcd serves TLS but no TLS settings were given"}, nil},
-		{"nothing listens there", []string{closed}, nil, []string{"no endpoint accepts connections", closed, "connection refused"}, nil},
+		{"nothing listens there", []string{closed}, nil, []string{"no endpoint accepts connections", closed, "connection refused"}, ErrUnreachable},
 		{"one member down, one up", []string{"https://" + closed, ep}, tlsConfig(t, certs.CA, certs.ClientCert, certs.ClientKey), nil, nil},
 		{"http:// endpoint with TLS settings", []string{strings.Replace(ep, "https://", "http://", 1)}, tlsConfig(t, certs.CA, certs.ClientCert, certs.ClientKey),
 			[]string{"is http:// but TLS is configured"}, ErrInvalid},

@@ -109,6 +109,10 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 // calls stop once the agent is done: it stops etcd and removes the
 // temporary data dir.
 func startDevEtcd(ctx context.Context, e *env, o *agentOptions, logger hclog.Logger) (stop func(), err error) {
+	// The temporary data dir (etcd's ~60 MB of WAL among it) goes with the
+	// agent: nothing else knows the registry in it, and its instances were
+	// stopped (-dev implies -stop-on-exit).
+	removeTemp := func() {}
 	if o.tempDataDir {
 		dir, err := os.MkdirTemp("", "visor-dev-")
 		if err != nil {
@@ -116,6 +120,13 @@ func startDevEtcd(ctx context.Context, e *env, o *agentOptions, logger hclog.Log
 		}
 		o.cfg.DataDir = dir
 		o.cfg.RunDir = filepath.Join(dir, "run")
+		removeTemp = func() {
+			if err := os.RemoveAll(dir); err != nil {
+				logger.Warn("dev mode: could not remove the temporary data dir", "dir", dir, "error", err)
+				return
+			}
+			logger.Info("dev mode: removed the temporary data dir", "dir", dir)
+		}
 	}
 	etcdDir := o.devData
 	if etcdDir == "" {
@@ -127,9 +138,7 @@ func startDevEtcd(ctx context.Context, e *env, o *agentOptions, logger hclog.Log
 		PeerURL:   o.devPeer,
 	})
 	if err != nil {
-		if o.tempDataDir {
-			os.RemoveAll(o.cfg.DataDir)
-		}
+		removeTemp()
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("dev: %w (is another `visor agent -dev` or an etcd running here? Stop it, or give this one other addresses: -dev-client-url, -dev-peer-url, -http-addr)", err)
 		}
@@ -138,20 +147,9 @@ func startDevEtcd(ctx context.Context, e *env, o *agentOptions, logger hclog.Log
 	o.globals.endpoints = srv.Endpoint()
 	logger.Info("dev mode: embedded etcd up", "endpoint", srv.Endpoint(), "data_dir", etcdDir)
 	fmt.Fprintf(e.stderr, "\n  visor dev agent: etcd at %s, state in %s\n  in another shell: bin/visor app create demo; bin/visor --help\n\n", srv.Endpoint(), o.cfg.DataDir)
-	if !o.tempDataDir {
-		return srv.Close, nil
-	}
-	// The temporary data dir (etcd's ~60 MB of WAL among it) goes with the
-	// agent: nothing else knows the registry in it, and its instances were
-	// stopped (-dev implies -stop-on-exit).
-	dir := o.cfg.DataDir
 	return func() {
 		srv.Close()
-		if err := os.RemoveAll(dir); err != nil {
-			logger.Warn("dev mode: could not remove the temporary data dir", "dir", dir, "error", err)
-			return
-		}
-		logger.Info("dev mode: removed the temporary data dir", "dir", dir)
+		removeTemp()
 	}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -153,6 +154,9 @@ func (e *env) registry(ctx context.Context) (*registry.Registry, error) {
 	dctx, cancel := context.WithTimeout(ctx, e.globals.timeout)
 	defer cancel()
 	r, err := registry.Dial(dctx, cfg)
+	if errors.Is(err, registry.ErrUnreachable) {
+		return nil, fmt.Errorf("connect to registry at %s (is etcd, or `visor agent -dev`, running there?): %w", e.globals.endpoints, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connect to registry at %s: %w", e.globals.endpoints, err)
 	}
@@ -167,9 +171,6 @@ func (e *env) registry(ctx context.Context) (*registry.Registry, error) {
 // runs until interrupted, or until its --wait-timeout.
 func (e *env) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	for _, name := range []string{"watch", "follow", "wait"} {
-		if e.flags == nil {
-			break
-		}
 		if f := e.flags.Lookup(name); f != nil && f.Value.String() == "true" {
 			return context.WithCancel(ctx)
 		}
